@@ -3,4 +3,5 @@
 //! See ARCHITECTURE.md for the code map and the invariants between modules.
 
 pub mod demo;
+pub mod domain;
 pub mod pb;

@@ -1,0 +1,217 @@
+//! Car parks: kinds, space categories, capacity, status.
+
+use std::time::Duration;
+
+use super::{
+    CarParkId, Error, LatLng, OpeningHours, OperatorId, RegionId, Tariff, TimeZoneName, Timestamp,
+};
+
+/// How many space categories there are; counts are kept in arrays of this length.
+pub const CATEGORY_COUNT: usize = 4;
+
+/// A category of parking space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SpaceCategory {
+    Standard = 0,
+    EvCharging = 1,
+    Accessible = 2,
+    Motorcycle = 3,
+}
+
+impl SpaceCategory {
+    /// Every category, in index order.
+    pub const ALL: [SpaceCategory; CATEGORY_COUNT] = [
+        Self::Standard,
+        Self::EvCharging,
+        Self::Accessible,
+        Self::Motorcycle,
+    ];
+
+    /// The index into per-category arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Lowercase name for logs and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::EvCharging => "ev_charging",
+            Self::Accessible => "accessible",
+            Self::Motorcycle => "motorcycle",
+        }
+    }
+}
+
+/// What kind of place a car park is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CarParkKind {
+    Garage,
+    SurfaceLot,
+    OnStreet,
+    SharedPrivate,
+}
+
+/// How honest a car park's live numbers are right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CarParkStatus {
+    /// Open and reported within its staleness window.
+    Open,
+    /// Outside opening hours or declared closed.
+    Closed,
+    /// No report within its staleness window.
+    Stale,
+    /// Never reported.
+    NoData,
+}
+
+impl CarParkStatus {
+    /// Lowercase name, used as a bounded metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+            Self::Stale => "stale",
+            Self::NoData => "no_data",
+        }
+    }
+}
+
+/// Spaces per category.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capacity([u32; CATEGORY_COUNT]);
+
+impl Capacity {
+    /// Most spaces of one category in one car park.
+    pub const MAX_PER_CATEGORY: u32 = 100_000;
+
+    /// From (category, spaces) pairs; each category at most once, at least one space in all.
+    /// Errors name the entry as `[i].category` or `[i].spaces`.
+    pub fn new(entries: impl IntoIterator<Item = (SpaceCategory, i64)>) -> Result<Self, Error> {
+        let mut spaces = [0u32; CATEGORY_COUNT];
+        let mut seen = [false; CATEGORY_COUNT];
+        for (i, (category, n)) in entries.into_iter().enumerate() {
+            if std::mem::replace(&mut seen[category.index()], true) {
+                return Err(Error::invalid(
+                    format!("[{i}].category"),
+                    format!("{} is listed twice", category.name()),
+                ));
+            }
+            if !(0..=i64::from(Self::MAX_PER_CATEGORY)).contains(&n) {
+                return Err(Error::invalid(
+                    format!("[{i}].spaces"),
+                    format!("{n} is not in [0, {}]", Self::MAX_PER_CATEGORY),
+                ));
+            }
+            spaces[category.index()] = n as u32;
+        }
+        if spaces.iter().all(|&n| n == 0) {
+            return Err(Error::invalid("", "a car park needs at least one space"));
+        }
+        Ok(Self(spaces))
+    }
+
+    /// Spaces of one category.
+    pub fn of(&self, category: SpaceCategory) -> u32 {
+        self.0[category.index()]
+    }
+
+    /// All spaces.
+    pub fn total(&self) -> u32 {
+        self.0.iter().sum()
+    }
+
+    /// Per-category array.
+    pub fn as_array(&self) -> [u32; CATEGORY_COUNT] {
+        self.0
+    }
+}
+
+/// A registered car park: static data only (live counts are [`super::Live`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CarPark {
+    pub id: CarParkId,
+    pub region: RegionId,
+    pub operator: OperatorId,
+    pub name: String,
+    pub address: String,
+    pub location: LatLng,
+    pub kind: CarParkKind,
+    pub capacity: Capacity,
+    pub time_zone: TimeZoneName,
+    pub opening_hours: OpeningHours,
+    pub closed: bool,
+    pub tariff: Tariff,
+    pub covered: bool,
+    /// Maximum vehicle height; `None` means no limit.
+    pub max_height_cm: Option<u32>,
+    /// How often the operator reports; three of these without a report make it STALE.
+    pub report_interval: Duration,
+}
+
+impl CarPark {
+    /// Default expected report interval.
+    pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+    /// Reports missed before a car park is STALE.
+    pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+    /// Checks the free-text fields that have no type of their own.
+    pub fn validated(self) -> Result<Self, Error> {
+        let name_len = self.name.chars().count();
+        if name_len == 0 || name_len > 200 {
+            return Err(Error::invalid("name", "must be 1 to 200 characters"));
+        }
+        if self.address.chars().count() > 300 {
+            return Err(Error::invalid("address", "must be at most 300 characters"));
+        }
+        let secs = self.report_interval.as_secs();
+        if !(10..=86_400).contains(&secs) {
+            return Err(Error::invalid(
+                "report_interval_seconds",
+                format!("{secs} is not in [10, 86400]"),
+            ));
+        }
+        if self.max_height_cm.is_some_and(|h| h > 2_000) {
+            return Err(Error::invalid("max_height_cm", "must be at most 2000"));
+        }
+        Ok(self)
+    }
+
+    /// How long without a report before the numbers are STALE.
+    pub fn staleness_window(&self) -> Duration {
+        self.report_interval * Self::STALE_AFTER_INTERVALS
+    }
+
+    /// Whether it is open at `at` (declared state and opening hours).
+    pub fn is_open_at(&self, at: Timestamp) -> bool {
+        !self.closed && self.opening_hours.is_open(at, self.time_zone.zone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_rules() {
+        use SpaceCategory::*;
+        let c = Capacity::new([(Standard, 100), (EvCharging, 10)]).unwrap();
+        assert_eq!(
+            (
+                c.of(Standard),
+                c.of(EvCharging),
+                c.of(Accessible),
+                c.total()
+            ),
+            (100, 10, 0, 110)
+        );
+        let twice = Capacity::new([(Standard, 1), (Standard, 2)]).unwrap_err();
+        assert!(
+            matches!(twice, Error::InvalidArgument { ref field, .. } if field == "[1].category")
+        );
+        assert!(Capacity::new([(Standard, -1)]).is_err());
+        assert!(Capacity::new([(Standard, 100_001)]).is_err());
+        assert!(Capacity::new([(Standard, 0)]).is_err());
+        assert!(Capacity::new([]).is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! The one error type of citypark; `grpc/` maps it to a status code in one place.
+
+use std::fmt;
+
+/// Result with citypark's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, as a client should learn it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A field is missing or invalid. `field` is a path such as `car_park.capacity[1].spaces`.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    /// The named thing does not exist.
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// No or an unknown API key.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this (another operator's car park).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The request is valid but the current state forbids it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A limit was exceeded.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The store cannot be reached right now; the caller may retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected state; details are logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An invalid-argument error for `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Puts `prefix.` in front of an invalid field's path, so nested validators can name
+    /// fields relative to themselves.
+    pub fn in_field(self, prefix: &str) -> Self {
+        match self {
+            Error::InvalidArgument { field, reason } if field.is_empty() => {
+                Error::InvalidArgument {
+                    field: prefix.to_owned(),
+                    reason,
+                }
+            }
+            Error::InvalidArgument { field, reason } if field.starts_with('[') => {
+                Error::InvalidArgument {
+                    field: format!("{prefix}{field}"),
+                    reason,
+                }
+            }
+            Error::InvalidArgument { field, reason } => Error::InvalidArgument {
+                field: format!("{prefix}.{field}"),
+                reason,
+            },
+            other => other,
+        }
+    }
+
+    /// A not-found error for a car park.
+    pub fn car_park_not_found(id: impl fmt::Display) -> Self {
+        Error::NotFound {
+            kind: "car park",
+            id: id.to_string(),
+        }
+    }
+}

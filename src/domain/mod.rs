@@ -1,0 +1,25 @@
+//! The pure domain: validated value types and the rules of parking (no I/O, no async).
+//!
+//! Nothing here imports tokio, tonic, prost or redis: every rule is a function from
+//! values to values, so the engine, every store backend and the tests share one copy.
+
+mod carpark;
+mod error;
+mod geo;
+mod ids;
+mod occupancy;
+mod schedule;
+mod tariff;
+
+pub use carpark::{CATEGORY_COUNT, Capacity, CarPark, CarParkKind, CarParkStatus, SpaceCategory};
+pub use error::{Error, Result};
+pub use geo::{BoundingBox, EARTH_RADIUS_M, LatLng, Radius};
+pub use ids::{BayId, CarParkId, OperatorId, RegionId};
+pub use occupancy::{
+    Availability, CategoryAvailability, Live, MAX_FUTURE_SKEW, Report, ReportBody, ReportOutcome,
+};
+pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
+pub use tariff::{Stay, Tariff};
+
+/// A point in time; the domain takes "now" as an argument and never reads a clock.
+pub type Timestamp = jiff::Timestamp;
