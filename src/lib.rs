@@ -2,6 +2,15 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants between modules.
 
+pub mod app;
+pub mod auth;
+pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod engine;
+pub mod grpc;
+pub mod metrics;
 pub mod pb;
+pub mod service;
+pub mod store;
+pub mod telemetry;

@@ -177,6 +177,18 @@ impl CarPark {
         Ok(self)
     }
 
+    /// Operators may change only their own car parks.
+    pub fn check_owner(&self, caller: &OperatorId) -> Result<(), Error> {
+        if &self.operator == caller {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "car park {} belongs to another operator",
+                self.id
+            )))
+        }
+    }
+
     /// How long without a report before the numbers are STALE.
     pub fn staleness_window(&self) -> Duration {
         self.report_interval * Self::STALE_AFTER_INTERVALS

@@ -8,16 +8,18 @@ mod error;
 mod geo;
 mod ids;
 mod occupancy;
+mod query;
 mod schedule;
 mod tariff;
 
 pub use carpark::{CATEGORY_COUNT, Capacity, CarPark, CarParkKind, CarParkStatus, SpaceCategory};
 pub use error::{Error, Result};
-pub use geo::{BoundingBox, EARTH_RADIUS_M, LatLng, Radius};
+pub use geo::{BoundingBox, EARTH_RADIUS_M, LatLng, Radius, chord_to_m};
 pub use ids::{BayId, CarParkId, OperatorId, RegionId};
 pub use occupancy::{
     Availability, CategoryAvailability, Live, MAX_FUTURE_SKEW, Report, ReportBody, ReportOutcome,
 };
+pub use query::{Admitted, NearbyQuery};
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
 pub use tariff::{Stay, Tariff};
 

@@ -1,0 +1,214 @@
+//! Runs the servers on given listeners until a shutdown future fires, then drains.
+//!
+//! The library never binds a port or reads a signal itself, so tests run it on
+//! `127.0.0.1:0` and stop it with a oneshot, exactly as `main` runs it for real.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::{
+    auth::ApiKeys,
+    engine::Engine,
+    grpc::{Api, MetricsLayer},
+    pb,
+    service::{Clock, Limits, Service, SystemClock},
+    store::{Store, embedded::EmbeddedStore},
+};
+
+/// Runtime settings of a server.
+#[derive(Clone)]
+pub struct Settings {
+    pub api_keys: ApiKeys,
+    pub clock: Arc<dyn Clock>,
+    pub limits: Limits,
+    pub max_message_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub status_sweep: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            api_keys: ApiKeys::default(),
+            clock: Arc::new(SystemClock),
+            limits: Limits::default(),
+            max_message_bytes: 1 << 20,
+            shutdown_grace: Duration::from_secs(10),
+            status_sweep: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The engine answering queries and the store taking writes.
+#[derive(Clone)]
+pub struct Backend {
+    pub engine: Arc<Engine>,
+    pub store: Arc<dyn Store>,
+}
+
+impl Backend {
+    /// The embedded backend: the engine is the store.
+    pub fn embedded(change_buffer: usize) -> Self {
+        let engine = Arc::new(Engine::new(change_buffer));
+        Self {
+            store: Arc::new(EmbeddedStore::new(engine.clone())),
+            engine,
+        }
+    }
+}
+
+/// Why the server stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("metrics server failed: {0}")]
+    Metrics(#[source] std::io::Error),
+    #[error("reflection service could not be built: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves gRPC on `grpc` (and Prometheus metrics on `metrics`, if given) until
+/// `shutdown` completes; then marks health NOT_SERVING, ends watch and publish
+/// streams, stops accepting, and drains open calls for at most the grace period.
+pub async fn run(
+    grpc: TcpListener,
+    metrics: Option<TcpListener>,
+    backend: Backend,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AppError> {
+    let handle = crate::metrics::install();
+    let token = CancellationToken::new();
+    let service = Service::new(
+        backend.engine.clone(),
+        backend.store.clone(),
+        settings.clock.clone(),
+        settings.limits.clone(),
+    );
+    let api = Api::new(
+        service.clone(),
+        Arc::new(settings.api_keys.clone()),
+        token.clone(),
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::registry_server::RegistryServer<Api>>()
+        .await;
+    health
+        .set_serving::<pb::ingest_server::IngestServer<Api>>()
+        .await;
+    health
+        .set_serving::<pb::availability_server::AvailabilityServer<Api>>()
+        .await;
+
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+    let reflection_v1alpha =
+        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+
+    let max = settings.max_message_bytes;
+    let router = Server::builder()
+        .layer(MetricsLayer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            pb::registry_server::RegistryServer::new(api.clone()).max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::ingest_server::IngestServer::new(api.clone()).max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::availability_server::AvailabilityServer::new(api).max_decoding_message_size(max),
+        );
+
+    let addr = grpc.local_addr().ok();
+    // Small request/response pairs: Nagle's delay would dominate their latency.
+    let incoming = TcpListenerStream::new(grpc).map(|conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = grpc_stopped.await;
+    }));
+
+    let metrics_task = match metrics {
+        Some(listener) => {
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let handle = handle.clone();
+                    async move { handle.render() }
+                }),
+            );
+            let stop = token.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }))
+        }
+        None => None,
+    };
+
+    let sweeper = {
+        let (service, token, every) = (service.clone(), token.clone(), settings.status_sweep);
+        tokio::spawn(async move { service.sweep_statuses(every, token).await })
+    };
+
+    tracing::info!(addr = ?addr, store = backend.store.name(), car_parks = backend.engine.len(), "citypark serving");
+    let early = tokio::select! {
+        () = shutdown => None,
+        result = &mut grpc_task => Some(result),
+    };
+    if let Some(result) = early {
+        token.cancel();
+        return match result {
+            Ok(r) => r.map_err(AppError::from),
+            Err(join) => panic!("gRPC server task panicked: {join}"),
+        };
+    }
+
+    tracing::info!("shutting down: health NOT_SERVING, draining");
+    health
+        .set_not_serving::<pb::registry_server::RegistryServer<Api>>()
+        .await;
+    health
+        .set_not_serving::<pb::ingest_server::IngestServer<Api>>()
+        .await;
+    health
+        .set_not_serving::<pb::availability_server::AvailabilityServer<Api>>()
+        .await;
+    token.cancel();
+    let _ = stop_grpc.send(());
+    let drained = tokio::time::timeout(settings.shutdown_grace, &mut grpc_task).await;
+    let result = match drained {
+        Ok(Ok(r)) => r.map_err(AppError::from),
+        Ok(Err(join)) => panic!("gRPC server task panicked: {join}"),
+        Err(_) => {
+            tracing::warn!(grace = ?settings.shutdown_grace, "drain deadline passed; closing open calls");
+            grpc_task.abort();
+            Ok(())
+        }
+    };
+    let _ = sweeper.await;
+    if let Some(task) = metrics_task {
+        match task.await {
+            Ok(Err(e)) => return Err(AppError::Metrics(e)),
+            Ok(Ok(())) | Err(_) => {}
+        }
+    }
+    tracing::info!("stopped");
+    result
+}

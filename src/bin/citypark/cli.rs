@@ -1,0 +1,30 @@
+//! Command-line shape of the `citypark` binary.
+
+use citypark::config::ServeConfig;
+use clap::{Parser, Subcommand};
+
+use crate::client::ClientCommand;
+
+/// citypark: every car park of a city as one virtual car park, over gRPC.
+///
+/// `citypark serve --demo` starts a server with a generated Qingdao-scale city;
+/// `citypark nearby --lat 36.066 --lon 120.383` then asks it for free spaces.
+#[derive(Debug, Parser)]
+#[command(name = "citypark", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (embedded store; add --demo for a generated city).
+    Serve(Box<ServeConfig>),
+    /// Print the SHA-256 of an API key, for --api-keys and the keys file.
+    HashKey {
+        /// The key to hash.
+        key: String,
+    },
+    #[command(flatten)]
+    Client(ClientCommand),
+}

@@ -1,0 +1,131 @@
+//! Configuration of `citypark serve`: every flag also reads a `CITYPARK_*` variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+use crate::{
+    auth::ApiKeys,
+    domain::{Error, Result},
+    service::Limits,
+};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `citypark serve` options.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address of the gRPC server.
+    #[arg(long, env = "CITYPARK_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the Prometheus /metrics endpoint.
+    #[arg(long, env = "CITYPARK_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+
+    /// Load a generated Qingdao-scale demo city and run simulated operators that
+    /// stream occupancy through the gRPC API. Adds the demo operators' well-known
+    /// API keys ("demo-key-<operator>"): never use in production.
+    #[arg(long, env = "CITYPARK_DEMO")]
+    pub demo: bool,
+
+    /// Seed of the demo city.
+    #[arg(long, env = "CITYPARK_DEMO_SEED", default_value_t = 2026)]
+    pub demo_seed: u64,
+
+    /// How often each demo car park reports, in seconds.
+    #[arg(long, env = "CITYPARK_DEMO_INTERVAL_SECS", default_value_t = 20)]
+    pub demo_interval_secs: u64,
+
+    /// TOML file of operator API keys: [[operator]] tables with `id` and `key_sha256`
+    /// (hex SHA-256 of the key; `citypark hash-key` prints it).
+    #[arg(long, env = "CITYPARK_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Operator API keys as `operator:sha256hex` pairs, comma-separated.
+    #[arg(long, env = "CITYPARK_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "CITYPARK_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter in RUST_LOG syntax.
+    #[arg(long, env = "CITYPARK_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Seconds to drain open calls at shutdown before they are cut.
+    #[arg(long, env = "CITYPARK_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// Largest accepted request message, in bytes.
+    #[arg(long, env = "CITYPARK_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Changes kept for slow watchers before they are resynced.
+    #[arg(long, env = "CITYPARK_CHANGE_BUFFER", default_value_t = 4096)]
+    pub change_buffer: usize,
+
+    /// Seconds between sweeps that find car parks turning STALE or CLOSED with time.
+    #[arg(long, env = "CITYPARK_STATUS_SWEEP_SECS", default_value_t = 5)]
+    pub status_sweep_secs: u64,
+}
+
+impl ServeConfig {
+    /// The configured API keys (file, then list). Errors are for the user to fix.
+    pub fn api_keys(&self) -> Result<ApiKeys> {
+        let mut keys = ApiKeys::default();
+        if let Some(path) = &self.api_keys_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::invalid("--api-keys-file", format!("{}: {e}", path.display()))
+            })?;
+            keys.add_toml(&text)
+                .map_err(|e| e.in_field("--api-keys-file"))?;
+        }
+        if let Some(list) = &self.api_keys {
+            keys.add_list(list).map_err(|e| e.in_field("--api-keys"))?;
+        }
+        Ok(keys)
+    }
+
+    /// Checks ranges clap cannot express.
+    pub fn validate(&self) -> Result<()> {
+        if !(1024..=64 << 20).contains(&self.max_message_bytes) {
+            return Err(Error::invalid(
+                "--max-message-bytes",
+                "must be 1 KiB to 64 MiB",
+            ));
+        }
+        if self.change_buffer == 0 || self.status_sweep_secs == 0 || self.demo_interval_secs == 0 {
+            return Err(Error::invalid(
+                "--change-buffer/--status-sweep-secs/--demo-interval-secs",
+                "must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runtime settings from this configuration.
+    pub fn settings(&self, api_keys: ApiKeys) -> crate::app::Settings {
+        crate::app::Settings {
+            api_keys,
+            limits: Limits::default(),
+            max_message_bytes: self.max_message_bytes,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            status_sweep: Duration::from_secs(self.status_sweep_secs),
+            ..crate::app::Settings::default()
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The nearest-available query and the filter every candidate passes through.
+
+use super::{
+    CarPark, CarParkKind, CarParkStatus, Error, LatLng, Live, Radius, SpaceCategory, Stay,
+    Timestamp,
+};
+
+/// A validated nearest-available query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NearbyQuery {
+    pub center: LatLng,
+    pub radius: Radius,
+    pub limit: usize,
+    pub category: SpaceCategory,
+    pub min_available: u32,
+    /// Empty means every kind.
+    pub kinds: Vec<CarParkKind>,
+    pub open_now: bool,
+    pub stay: Option<Stay>,
+    pub max_price: Option<i64>,
+    pub include_stale: bool,
+    pub include_no_data: bool,
+}
+
+/// Why a candidate made it into the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub status: CarParkStatus,
+    /// Available spaces of the queried category.
+    pub available: u32,
+    /// Price of the stay, when one was given.
+    pub price: Option<i64>,
+}
+
+impl NearbyQuery {
+    /// Largest radius, in metres.
+    pub const MAX_RADIUS_M: f64 = 50_000.0;
+    /// Radius when none is given.
+    pub const DEFAULT_RADIUS_M: f64 = 2_000.0;
+    /// Most results.
+    pub const MAX_LIMIT: usize = 100;
+    /// Results when no limit is given.
+    pub const DEFAULT_LIMIT: usize = 10;
+
+    /// Checks the limits that need more than one field (a price cap needs a stay).
+    pub fn validated(self) -> Result<Self, Error> {
+        if self.limit == 0 || self.limit > Self::MAX_LIMIT {
+            return Err(Error::invalid(
+                "limit",
+                format!("must be 1 to {}", Self::MAX_LIMIT),
+            ));
+        }
+        if self.max_price.is_some() && self.stay.is_none() {
+            return Err(Error::invalid("max_price_minor", "needs a stay to price"));
+        }
+        if self.max_price.is_some_and(|p| p < 0) {
+            return Err(Error::invalid("max_price_minor", "must not be negative"));
+        }
+        Ok(self)
+    }
+
+    /// Whether a car park answers this query at `now`, and with what numbers.
+    pub fn admits(&self, car_park: &CarPark, live: &Live, now: Timestamp) -> Option<Admitted> {
+        if car_park.capacity.of(self.category) == 0 {
+            return None;
+        }
+        if !self.kinds.is_empty() && !self.kinds.contains(&car_park.kind) {
+            return None;
+        }
+        let status = live.status(car_park, now);
+        let shown = match status {
+            CarParkStatus::Open => true,
+            CarParkStatus::Closed => !self.open_now,
+            CarParkStatus::Stale => self.include_stale,
+            CarParkStatus::NoData => self.include_no_data,
+        };
+        if !shown {
+            return None;
+        }
+        let available = live.available(self.category);
+        if available < self.min_available {
+            return None;
+        }
+        let price = self.stay.map(|stay| car_park.tariff.price(&stay));
+        if let (Some(price), Some(max)) = (price, self.max_price) {
+            if price > max {
+                return None;
+            }
+        }
+        Some(Admitted {
+            status,
+            available,
+            price,
+        })
+    }
+}

@@ -1,0 +1,353 @@
+//! Conversions between protobuf messages and domain values; validation errors name
+//! the field as the client wrote it.
+
+use std::time::Duration;
+
+use crate::{
+    domain::{
+        Availability, BayId, BoundingBox, Capacity, CarPark, CarParkId, CarParkKind, CarParkStatus,
+        Error, LatLng, NearbyQuery, OpeningHours, OpeningPeriod, OperatorId, Radius, RegionId,
+        Report, ReportBody, Result, SpaceCategory, Stay, Tariff, TimeZoneName, Timestamp,
+    },
+    engine::Nearby,
+    pb,
+};
+
+/// A required message field, or an error naming it.
+pub fn required<T>(value: Option<T>, field: &str) -> Result<T> {
+    value.ok_or_else(|| Error::invalid(field, "is required"))
+}
+
+pub fn car_park_id(value: &str, field: &str) -> Result<CarParkId> {
+    CarParkId::parse(value).map_err(|e| e.in_field(field))
+}
+
+pub fn timestamp(value: &prost_types::Timestamp, field: &str) -> Result<Timestamp> {
+    if !(0..1_000_000_000).contains(&value.nanos) {
+        return Err(Error::invalid(field, "nanos must be in [0, 999999999]"));
+    }
+    Timestamp::new(value.seconds, value.nanos).map_err(|_| Error::invalid(field, "is out of range"))
+}
+
+pub fn pb_timestamp(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.as_second(),
+        nanos: t.subsec_nanosecond(),
+    }
+}
+
+fn lat_lng(value: Option<&pb::LatLng>, field: &str) -> Result<LatLng> {
+    let p = required(value, field)?;
+    LatLng::new(p.latitude, p.longitude).map_err(|e| e.in_field(field))
+}
+
+fn pb_lat_lng(p: LatLng) -> pb::LatLng {
+    pb::LatLng {
+        latitude: p.lat(),
+        longitude: p.lon(),
+    }
+}
+
+/// A category that must be set.
+fn category(value: i32, field: &str) -> Result<SpaceCategory> {
+    match pb::SpaceCategory::try_from(value) {
+        Ok(pb::SpaceCategory::Standard) => Ok(SpaceCategory::Standard),
+        Ok(pb::SpaceCategory::EvCharging) => Ok(SpaceCategory::EvCharging),
+        Ok(pb::SpaceCategory::Accessible) => Ok(SpaceCategory::Accessible),
+        Ok(pb::SpaceCategory::Motorcycle) => Ok(SpaceCategory::Motorcycle),
+        Ok(pb::SpaceCategory::Unspecified) => Err(Error::invalid(field, "must be set")),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{value} is not a space category"),
+        )),
+    }
+}
+
+fn pb_category(c: SpaceCategory) -> pb::SpaceCategory {
+    match c {
+        SpaceCategory::Standard => pb::SpaceCategory::Standard,
+        SpaceCategory::EvCharging => pb::SpaceCategory::EvCharging,
+        SpaceCategory::Accessible => pb::SpaceCategory::Accessible,
+        SpaceCategory::Motorcycle => pb::SpaceCategory::Motorcycle,
+    }
+}
+
+fn kind(value: i32, field: &str) -> Result<CarParkKind> {
+    match pb::CarParkKind::try_from(value) {
+        Ok(pb::CarParkKind::Garage) => Ok(CarParkKind::Garage),
+        Ok(pb::CarParkKind::SurfaceLot) => Ok(CarParkKind::SurfaceLot),
+        Ok(pb::CarParkKind::OnStreet) => Ok(CarParkKind::OnStreet),
+        Ok(pb::CarParkKind::SharedPrivate) => Ok(CarParkKind::SharedPrivate),
+        Ok(pb::CarParkKind::Unspecified) => Err(Error::invalid(field, "must be set")),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{value} is not a car park kind"),
+        )),
+    }
+}
+
+fn pb_kind(k: CarParkKind) -> pb::CarParkKind {
+    match k {
+        CarParkKind::Garage => pb::CarParkKind::Garage,
+        CarParkKind::SurfaceLot => pb::CarParkKind::SurfaceLot,
+        CarParkKind::OnStreet => pb::CarParkKind::OnStreet,
+        CarParkKind::SharedPrivate => pb::CarParkKind::SharedPrivate,
+    }
+}
+
+fn pb_status(s: CarParkStatus) -> pb::CarParkStatus {
+    match s {
+        CarParkStatus::Open => pb::CarParkStatus::Open,
+        CarParkStatus::Closed => pb::CarParkStatus::Closed,
+        CarParkStatus::Stale => pb::CarParkStatus::Stale,
+        CarParkStatus::NoData => pb::CarParkStatus::NoData,
+    }
+}
+
+/// A car park from an upsert; an empty operator_id means the caller's.
+pub fn car_park(p: pb::CarPark, caller: &OperatorId) -> Result<CarPark> {
+    let f = |name: &str| format!("car_park.{name}");
+    let operator = match p.operator_id.as_str() {
+        "" => caller.clone(),
+        other => OperatorId::parse(other).map_err(|e| e.in_field(&f("operator_id")))?,
+    };
+    let capacity = Capacity::new(
+        p.capacity
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Ok((
+                    category(c.category, &format!("car_park.capacity[{i}].category"))?,
+                    i64::from(c.spaces),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?,
+    )
+    .map_err(|e| e.in_field(&f("capacity")))?;
+    let periods = p
+        .opening_hours
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let day = u8::try_from(h.day)
+                .ok()
+                .filter(|d| (1..=7).contains(d))
+                .unwrap_or(0);
+            OpeningPeriod::new(day, i64::from(h.open_minute), i64::from(h.close_minute))
+                .map_err(|e| e.in_field(&format!("car_park.opening_hours[{i}]")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let tariff = match &p.tariff {
+        Some(t) => Tariff::new(
+            &t.currency,
+            t.hourly_rate_minor,
+            t.daily_cap_minor,
+            i64::from(t.free_minutes),
+        )
+        .map_err(|e| e.in_field(&f("tariff")))?,
+        None => Tariff::default(),
+    };
+    let interval = match p.report_interval_seconds {
+        0 => CarPark::DEFAULT_REPORT_INTERVAL,
+        s if s < 0 => {
+            return Err(Error::invalid(
+                f("report_interval_seconds"),
+                "must not be negative",
+            ));
+        }
+        s => Duration::from_secs(s as u64),
+    };
+    if p.max_height_cm < 0 {
+        return Err(Error::invalid(f("max_height_cm"), "must not be negative"));
+    }
+    CarPark {
+        id: car_park_id(&p.id, &f("id"))?,
+        region: RegionId::parse(&p.region).map_err(|e| e.in_field(&f("region")))?,
+        operator,
+        name: p.name,
+        address: p.address,
+        location: lat_lng(p.location.as_ref(), &f("location"))?,
+        kind: kind(p.kind, &f("kind"))?,
+        capacity,
+        time_zone: TimeZoneName::parse(&p.time_zone).map_err(|e| e.in_field(&f("time_zone")))?,
+        opening_hours: OpeningHours::new(periods).map_err(|e| e.in_field(&f("opening_hours")))?,
+        closed: p.closed,
+        tariff,
+        covered: p.covered,
+        max_height_cm: (p.max_height_cm > 0).then_some(p.max_height_cm as u32),
+        report_interval: interval,
+    }
+    .validated()
+    .map_err(|e| e.in_field("car_park"))
+}
+
+pub fn pb_car_park(c: &CarPark) -> pb::CarPark {
+    pb::CarPark {
+        id: c.id.to_string(),
+        region: c.region.to_string(),
+        operator_id: c.operator.to_string(),
+        name: c.name.clone(),
+        address: c.address.clone(),
+        location: Some(pb_lat_lng(c.location)),
+        kind: pb_kind(c.kind).into(),
+        capacity: SpaceCategory::ALL
+            .into_iter()
+            .filter(|cat| c.capacity.of(*cat) > 0)
+            .map(|cat| pb::CategoryCapacity {
+                category: pb_category(cat).into(),
+                spaces: c.capacity.of(cat) as i32,
+            })
+            .collect(),
+        time_zone: c.time_zone.as_str().to_owned(),
+        opening_hours: c
+            .opening_hours
+            .periods()
+            .iter()
+            .map(|p| pb::OpeningPeriod {
+                day: i32::from(p.day),
+                open_minute: i32::from(p.open_minute),
+                close_minute: i32::from(p.close_minute),
+            })
+            .collect(),
+        closed: c.closed,
+        tariff: Some(pb::Tariff {
+            currency: c.tariff.currency.clone(),
+            hourly_rate_minor: c.tariff.hourly_rate,
+            daily_cap_minor: c.tariff.daily_cap,
+            free_minutes: c.tariff.free_minutes as i32,
+        }),
+        covered: c.covered,
+        max_height_cm: c.max_height_cm.map_or(0, |h| h as i32),
+        report_interval_seconds: c.report_interval.as_secs() as i32,
+    }
+}
+
+pub fn pb_availability(a: &Availability) -> pb::CarParkAvailability {
+    pb::CarParkAvailability {
+        car_park_id: a.car_park.to_string(),
+        region: a.region.to_string(),
+        status: pb_status(a.status).into(),
+        categories: a
+            .categories
+            .iter()
+            .map(|c| pb::CategoryAvailability {
+                category: pb_category(c.category).into(),
+                capacity: c.capacity as i32,
+                free: c.free as i32,
+                available: c.available as i32,
+            })
+            .collect(),
+        observed_at: a.observed_at.map(pb_timestamp),
+        data_age_seconds: a.data_age.map(|d| d.as_secs() as i64),
+        last_sequence: a.last_sequence,
+        drift_count: a.drift_count,
+    }
+}
+
+fn counts(list: &[pb::CategoryCount], field: &str) -> Result<Vec<(SpaceCategory, i64)>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Ok((
+                category(c.category, &format!("{field}[{i}].category"))?,
+                i64::from(c.count),
+            ))
+        })
+        .collect()
+}
+
+/// A report; errors name fields relative to the report (`snapshot.free[0].count`).
+pub fn report(r: pb::OccupancyReport) -> Result<Report> {
+    use pb::occupancy_report::Body;
+    let id = car_park_id(&r.car_park_id, "car_park_id")?;
+    let observed_at = timestamp(
+        required(r.observed_at.as_ref(), "observed_at")?,
+        "observed_at",
+    )?;
+    let body = match required(r.body, "body")? {
+        Body::Snapshot(s) => ReportBody::snapshot(counts(&s.free, "snapshot.free")?)
+            .map_err(|e| e.in_field("snapshot.free"))?,
+        Body::Delta(d) => ReportBody::delta(
+            counts(&d.entries, "delta.entries")?,
+            counts(&d.exits, "delta.exits")?,
+            &d.plate,
+        )
+        .map_err(|e| e.in_field("delta"))?,
+        Body::Bay(b) => ReportBody::Bay {
+            bay: BayId::parse(&b.bay_id).map_err(|e| e.in_field("bay.bay_id"))?,
+            category: category(b.category, "bay.category")?,
+            occupied: b.occupied,
+        },
+    };
+    Report::new(id, r.sequence, observed_at, body)
+}
+
+/// A nearby query with the documented defaults and caps.
+pub fn nearby_query(r: pb::FindNearbyRequest) -> Result<NearbyQuery> {
+    let center = lat_lng(r.location.as_ref(), "location")?;
+    let radius_m = if r.radius_m == 0.0 {
+        NearbyQuery::DEFAULT_RADIUS_M
+    } else {
+        r.radius_m
+    };
+    let radius =
+        Radius::new(radius_m, NearbyQuery::MAX_RADIUS_M).map_err(|e| e.in_field("radius_m"))?;
+    let limit = match r.limit {
+        0 => NearbyQuery::DEFAULT_LIMIT,
+        n if n < 0 => return Err(Error::invalid("limit", "must not be negative")),
+        n => n as usize,
+    };
+    let category = match r.category {
+        0 => SpaceCategory::Standard,
+        c => category(c, "category")?,
+    };
+    let min_available = match r.min_available {
+        0 => 1,
+        n if n < 0 => return Err(Error::invalid("min_available", "must not be negative")),
+        n => n as u32,
+    };
+    let kinds = r
+        .kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| kind(*k, &format!("kinds[{i}]")))
+        .collect::<Result<Vec<_>>>()?;
+    let stay = match &r.stay {
+        Some(s) => {
+            let start = timestamp(required(s.start.as_ref(), "stay.start")?, "stay.start")?;
+            let end = timestamp(required(s.end.as_ref(), "stay.end")?, "stay.end")?;
+            Some(Stay::new(start, end).map_err(|e| e.in_field("stay"))?)
+        }
+        None => None,
+    };
+    NearbyQuery {
+        center,
+        radius,
+        limit,
+        category,
+        min_available,
+        kinds,
+        open_now: r.open_now,
+        stay,
+        max_price: r.max_price_minor,
+        include_stale: r.include_stale,
+        include_no_data: r.include_no_data,
+    }
+    .validated()
+}
+
+pub fn pb_nearby(n: &Nearby) -> pb::NearbyCarPark {
+    pb::NearbyCarPark {
+        car_park: Some(pb_car_park(&n.car_park)),
+        distance_m: n.distance_m,
+        availability: Some(pb_availability(&n.availability)),
+        available: n.admitted.available as i32,
+        price_minor: n.admitted.price,
+    }
+}
+
+pub fn bounding_box(b: &pb::BoundingBox) -> Result<BoundingBox> {
+    let sw = lat_lng(b.south_west.as_ref(), "area.south_west")?;
+    let ne = lat_lng(b.north_east.as_ref(), "area.north_east")?;
+    BoundingBox::new(sw, ne).map_err(|e| e.in_field("area"))
+}

@@ -1,0 +1,355 @@
+//! The three citypark services: convert the request, call the service, convert back.
+
+use std::{pin::Pin, sync::Arc};
+
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{
+    convert::{self, required},
+    status::{reject, to_status},
+};
+use crate::{
+    auth::ApiKeys,
+    domain::{CarParkId, Error, OperatorId, RegionId, ReportOutcome, Result},
+    engine::Applied,
+    pb,
+    service::{Service, WatchEvent, WatchSelector},
+};
+
+/// The gRPC face of the service.
+#[derive(Clone)]
+pub struct Api {
+    service: Service,
+    keys: Arc<ApiKeys>,
+    shutdown: CancellationToken,
+}
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
+
+impl Api {
+    pub fn new(service: Service, keys: Arc<ApiKeys>, shutdown: CancellationToken) -> Self {
+        Self {
+            service,
+            keys,
+            shutdown,
+        }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> std::result::Result<OperatorId, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or(""));
+        self.keys.authenticate(header).map_err(to_status)
+    }
+}
+
+fn ok<T>(result: Result<T>) -> Reply<T> {
+    result.map(Response::new).map_err(to_status)
+}
+
+#[tonic::async_trait]
+impl pb::registry_server::Registry for Api {
+    async fn upsert_car_park(
+        &self,
+        request: Request<pb::UpsertCarParkRequest>,
+    ) -> Reply<pb::UpsertCarParkResponse> {
+        let caller = self.caller(&request)?;
+        let result = async {
+            let car_park = convert::car_park(
+                required(request.into_inner().car_park, "car_park")?,
+                &caller,
+            )?;
+            let (stored, created) = self.service.upsert_car_park(&caller, car_park).await?;
+            Ok(pb::UpsertCarParkResponse {
+                car_park: Some(convert::pb_car_park(&stored)),
+                created,
+            })
+        };
+        ok(result.await)
+    }
+
+    async fn get_car_park(
+        &self,
+        request: Request<pb::GetCarParkRequest>,
+    ) -> Reply<pb::GetCarParkResponse> {
+        ok((|| {
+            let id = convert::car_park_id(&request.get_ref().id, "id")?;
+            let (car_park, availability) = self.service.get_car_park(&id)?;
+            Ok(pb::GetCarParkResponse {
+                car_park: Some(convert::pb_car_park(&car_park)),
+                availability: Some(convert::pb_availability(&availability)),
+            })
+        })())
+    }
+
+    async fn list_car_parks(
+        &self,
+        request: Request<pb::ListCarParksRequest>,
+    ) -> Reply<pb::ListCarParksResponse> {
+        ok((|| {
+            let r = request.get_ref();
+            let region = match r.region.as_str() {
+                "" => None,
+                s => Some(RegionId::parse(s).map_err(|e| e.in_field("region"))?),
+            };
+            let operator = match r.operator_id.as_str() {
+                "" => None,
+                s => Some(OperatorId::parse(s).map_err(|e| e.in_field("operator_id"))?),
+            };
+            let token =
+                match r.page_token.as_str() {
+                    "" => None,
+                    s => Some(CarParkId::parse(s).map_err(|_| {
+                        Error::invalid("page_token", "is not a token from this API")
+                    })?),
+                };
+            let size = match r.page_size {
+                0 => 100,
+                n => usize::try_from(n)
+                    .map_err(|_| Error::invalid("page_size", "must not be negative"))?,
+            };
+            let (page, next) = self.service.list_car_parks(
+                region.as_ref(),
+                operator.as_ref(),
+                token.as_ref(),
+                size,
+            )?;
+            Ok(pb::ListCarParksResponse {
+                car_parks: page.iter().map(|cp| convert::pb_car_park(cp)).collect(),
+                next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+            })
+        })())
+    }
+
+    async fn delete_car_park(
+        &self,
+        request: Request<pb::DeleteCarParkRequest>,
+    ) -> Reply<pb::DeleteCarParkResponse> {
+        let caller = self.caller(&request)?;
+        let result = async {
+            let id = convert::car_park_id(&request.get_ref().id, "id")?;
+            self.service.delete_car_park(&caller, id.clone()).await?;
+            Ok(pb::DeleteCarParkResponse { id: id.to_string() })
+        };
+        ok(result.await)
+    }
+}
+
+fn ack_applied(report: (String, u64), applied: &Applied) -> pb::ReportAck {
+    let (result, clamped) = match applied.outcome {
+        ReportOutcome::Applied { clamped } => (pb::ReportResult::Applied, clamped),
+        ReportOutcome::Duplicate => (pb::ReportResult::Duplicate, 0),
+    };
+    pb::ReportAck {
+        car_park_id: report.0,
+        sequence: report.1,
+        result: result.into(),
+        availability: Some(convert::pb_availability(&applied.availability)),
+        clamped,
+        ..Default::default()
+    }
+}
+
+fn ack_rejected(report: (String, u64), error: &Error) -> pb::ReportAck {
+    let (code, field, reason) = reject(error);
+    pb::ReportAck {
+        car_park_id: report.0,
+        sequence: report.1,
+        result: pb::ReportResult::Rejected.into(),
+        reject_code: code.into(),
+        field,
+        reason,
+        ..Default::default()
+    }
+}
+
+impl Api {
+    /// Acks for one batch, in order: invalid reports are rejected here, the valid ones
+    /// go to the store together so a backend can write them in one round trip.
+    async fn publish_batch(
+        &self,
+        caller: &OperatorId,
+        reports: Vec<pb::OccupancyReport>,
+    ) -> Vec<pb::ReportAck> {
+        let keys: Vec<_> = reports
+            .iter()
+            .map(|r| (r.car_park_id.clone(), r.sequence))
+            .collect();
+        let parsed: Vec<_> = reports.into_iter().map(convert::report).collect();
+        let valid: Vec<_> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
+        let mut results = match self.service.report(caller, valid).await {
+            Ok(results) => results.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
+            Err(error) => vec![Err(error); parsed.iter().filter(|p| p.is_ok()).count()].into_iter(),
+        };
+        keys.into_iter()
+            .zip(parsed)
+            .map(|(key, parsed)| match parsed {
+                Err(error) => {
+                    crate::metrics::record_report(&Err(error.clone()));
+                    ack_rejected(key, &error)
+                }
+                Ok(_) => match results.next().expect("one result per valid report") {
+                    Ok(Ok(applied)) => ack_applied(key, &applied),
+                    Ok(Err(error)) | Err(error) => ack_rejected(key, &error),
+                },
+            })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ingest_server::Ingest for Api {
+    async fn report(&self, request: Request<pb::ReportRequest>) -> Reply<pb::ReportResponse> {
+        let caller = self.caller(&request)?;
+        let result = async {
+            let raw = required(request.into_inner().report, "report")?;
+            let key = (raw.car_park_id.clone(), raw.sequence);
+            let report = convert::report(raw).map_err(|e| e.in_field("report"))?;
+            let applied = self
+                .service
+                .report(&caller, vec![report])
+                .await?
+                .pop()
+                .expect("one result per report")?;
+            Ok(pb::ReportResponse {
+                ack: Some(ack_applied(key, &applied)),
+            })
+        };
+        ok(result.await)
+    }
+
+    type PublishStream = BoxStream<pb::PublishResponse>;
+
+    async fn publish(
+        &self,
+        request: Request<Streaming<pb::PublishRequest>>,
+    ) -> Reply<Self::PublishStream> {
+        let caller = self.caller(&request)?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let api = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = api.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down; reconnect and resend from the last ack"))).await;
+                        return;
+                    }
+                    m = inbound.next() => m,
+                };
+                let batch = match message {
+                    None => return,
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "publish stream ended by the client");
+                        return;
+                    }
+                    Some(Ok(batch)) => batch,
+                };
+                let max = api.service.limits().max_batch;
+                if batch.reports.len() > max {
+                    let _ = tx
+                        .send(Err(Status::resource_exhausted(format!(
+                            "more than {max} reports in one PublishRequest"
+                        ))))
+                        .await;
+                    return;
+                }
+                let acks = api.publish_batch(&caller, batch.reports).await;
+                if tx.send(Ok(pb::PublishResponse { acks })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn pb_event(event: WatchEvent) -> pb::WatchAvailabilityResponse {
+    use pb::watch_availability_response::Event;
+    let event = match event {
+        WatchEvent::Update(a) => Event::Update(convert::pb_availability(&a)),
+        WatchEvent::SnapshotComplete(n) => {
+            Event::SnapshotComplete(pb::SnapshotComplete { car_parks: n })
+        }
+        WatchEvent::Resync(missed) => Event::Resync(pb::Resync { missed }),
+        WatchEvent::Removed(id) => Event::Removed(pb::CarParkRemoved {
+            car_park_id: id.to_string(),
+        }),
+    };
+    pb::WatchAvailabilityResponse { event: Some(event) }
+}
+
+#[tonic::async_trait]
+impl pb::availability_server::Availability for Api {
+    async fn find_nearby(
+        &self,
+        request: Request<pb::FindNearbyRequest>,
+    ) -> Reply<pb::FindNearbyResponse> {
+        let query = convert::nearby_query(request.into_inner()).map_err(to_status)?;
+        let results = self.service.find_nearby(&query);
+        Ok(Response::new(pb::FindNearbyResponse {
+            results: results.iter().map(convert::pb_nearby).collect(),
+        }))
+    }
+
+    async fn get_availability(
+        &self,
+        request: Request<pb::GetAvailabilityRequest>,
+    ) -> Reply<pb::GetAvailabilityResponse> {
+        ok((|| {
+            let ids = request
+                .get_ref()
+                .car_park_ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| convert::car_park_id(id, &format!("car_park_ids[{i}]")))
+                .collect::<Result<Vec<_>>>()?;
+            let (found, missing) = self.service.get_availability(&ids)?;
+            Ok(pb::GetAvailabilityResponse {
+                availabilities: found.iter().map(convert::pb_availability).collect(),
+                not_found_ids: missing.iter().map(|id| id.to_string()).collect(),
+            })
+        })())
+    }
+
+    type WatchAvailabilityStream = BoxStream<pb::WatchAvailabilityResponse>;
+
+    async fn watch_availability(
+        &self,
+        request: Request<pb::WatchAvailabilityRequest>,
+    ) -> Reply<Self::WatchAvailabilityStream> {
+        use pb::watch_availability_request::Selector;
+        let selector = (|| match required(request.into_inner().selector, "selector")? {
+            Selector::Ids(ids) => Ok(WatchSelector::Ids(
+                ids.ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| convert::car_park_id(id, &format!("ids.ids[{i}]")))
+                    .collect::<Result<_>>()?,
+            )),
+            Selector::Area(area) => Ok(WatchSelector::Area(convert::bounding_box(&area)?)),
+        })()
+        .map_err(to_status)?;
+        let events = self
+            .service
+            .watch(selector, self.shutdown.clone())
+            .map_err(to_status)?;
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(events).map(|e| Ok(pb_event(e))),
+        )))
+    }
+
+    async fn ping(&self, request: Request<pb::PingRequest>) -> Reply<pb::PingResponse> {
+        Ok(Response::new(pb::PingResponse {
+            payload: request.into_inner().payload,
+        }))
+    }
+}

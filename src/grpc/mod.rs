@@ -1,0 +1,13 @@
+//! The gRPC adapter: the only module that knows protobuf and tonic.
+//!
+//! `handlers` converts and delegates to `service`; `status` is the one mapping from
+//! errors to gRPC codes; `layer` counts requests for the metrics.
+
+mod convert;
+mod handlers;
+mod layer;
+mod status;
+
+pub use handlers::Api;
+pub use layer::MetricsLayer;
+pub use status::to_status;

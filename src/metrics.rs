@@ -1,0 +1,161 @@
+//! Every metric citypark exports, named and described in this one file.
+//!
+//! Names carry the `citypark_` prefix and base units; only counters end in `_total`.
+//! Labels are bounded: gRPC method, code, result, reason, status. Never a car park
+//! id or a plate.
+
+use std::sync::OnceLock;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    domain::{CarParkStatus, Error, ReportOutcome, Result},
+    engine::Applied,
+};
+
+pub const GRPC_REQUESTS: &str = "citypark_grpc_requests_total";
+pub const GRPC_DURATION: &str = "citypark_grpc_request_duration_seconds";
+pub const INGEST_REPORTS: &str = "citypark_ingest_reports_total";
+pub const INGEST_CLAMPED: &str = "citypark_ingest_clamped_counts_total";
+pub const CAR_PARKS: &str = "citypark_car_parks";
+pub const WATCHERS: &str = "citypark_watchers";
+pub const WATCH_RESYNCS: &str = "citypark_watch_resyncs_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// Installs the process-wide Prometheus recorder once and returns its handle; later
+/// calls (several servers in one test process) share it.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(GRPC_DURATION.to_owned()), LATENCY_BUCKETS)
+                .expect("static buckets are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed by an embedding program; then
+            // ours only renders what it sees, which is nothing, and that is its choice.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        GRPC_REQUESTS,
+        Unit::Count,
+        "gRPC requests answered, by method and status code"
+    );
+    describe_histogram!(
+        GRPC_DURATION,
+        Unit::Seconds,
+        "time to answer a gRPC request (to the response headers for streams)"
+    );
+    describe_counter!(
+        INGEST_REPORTS,
+        Unit::Count,
+        "occupancy reports by result (applied, duplicate, rejected) and reason"
+    );
+    describe_counter!(
+        INGEST_CLAMPED,
+        Unit::Count,
+        "counts pulled back into [0, capacity] by deltas and bay reports (drift)"
+    );
+    describe_gauge!(CAR_PARKS, Unit::Count, "registered car parks by status");
+    describe_gauge!(WATCHERS, Unit::Count, "open availability watch streams");
+    describe_counter!(
+        WATCH_RESYNCS,
+        Unit::Count,
+        "watchers that fell behind and were sent a fresh snapshot"
+    );
+}
+
+/// Counts one answered gRPC request.
+pub fn record_request(method: &'static str, code: &'static str, seconds: f64) {
+    counter!(GRPC_REQUESTS, "method" => method, "code" => code).increment(1);
+    histogram!(GRPC_DURATION, "method" => method, "code" => code).record(seconds);
+}
+
+/// The bounded reason label of an error.
+pub fn reason(error: &Error) -> &'static str {
+    match error {
+        Error::InvalidArgument { .. } => "invalid_argument",
+        Error::NotFound { .. } => "not_found",
+        Error::Unauthenticated(_) => "unauthenticated",
+        Error::PermissionDenied(_) => "permission_denied",
+        Error::FailedPrecondition(_) => "failed_precondition",
+        Error::ResourceExhausted(_) => "resource_exhausted",
+        Error::Unavailable(_) => "unavailable",
+        Error::Internal(_) => "internal",
+    }
+}
+
+/// Counts one report's result.
+pub fn record_report(result: &Result<Applied>) {
+    match result {
+        Ok(Applied {
+            outcome: ReportOutcome::Applied { clamped },
+            ..
+        }) => {
+            counter!(INGEST_REPORTS, "result" => "applied", "reason" => "").increment(1);
+            if *clamped > 0 {
+                counter!(INGEST_CLAMPED).increment(u64::from(*clamped));
+            }
+        }
+        Ok(Applied {
+            outcome: ReportOutcome::Duplicate,
+            ..
+        }) => counter!(INGEST_REPORTS, "result" => "duplicate", "reason" => "").increment(1),
+        Err(error) => {
+            counter!(INGEST_REPORTS, "result" => "rejected", "reason" => reason(error)).increment(1)
+        }
+    }
+}
+
+/// Counts a batch that failed as a whole.
+pub fn record_batch_failure(error: &Error) {
+    counter!(INGEST_REPORTS, "result" => "rejected", "reason" => reason(error)).increment(1);
+}
+
+/// Sets the per-status gauges.
+pub fn record_statuses(counts: &[(CarParkStatus, usize)]) {
+    for (status, n) in counts {
+        gauge!(CAR_PARKS, "status" => status.name()).set(*n as f64);
+    }
+}
+
+/// Counts a watcher resync.
+pub fn record_resync() {
+    counter!(WATCH_RESYNCS).increment(1);
+}
+
+/// Holds the open-watchers gauge up for as long as it lives.
+pub struct WatcherGauge(());
+
+impl WatcherGauge {
+    pub fn new() -> Self {
+        gauge!(WATCHERS).increment(1.0);
+        Self(())
+    }
+}
+
+impl Default for WatcherGauge {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for WatcherGauge {
+    fn drop(&mut self) {
+        gauge!(WATCHERS).decrement(1.0);
+    }
+}
