@@ -203,11 +203,10 @@ pub async fn run(
         }
     };
     let _ = sweeper.await;
-    if let Some(task) = metrics_task {
-        match task.await {
-            Ok(Err(e)) => return Err(AppError::Metrics(e)),
-            Ok(Ok(())) | Err(_) => {}
-        }
+    if let Some(task) = metrics_task
+        && let Ok(Err(e)) = task.await
+    {
+        return Err(AppError::Metrics(e));
     }
     tracing::info!("stopped");
     result

@@ -1268,14 +1268,17 @@ impl Operator {
         }
         if code == pb::RejectCode::NotFound {
             // Someone deleted it; reporting on, or registering it again, would fight them.
+            // Its reports still in flight stay pending: their acks are on the way.
             let id = ack.car_park_id.as_str();
+            let before = self.sim.len();
             self.sim.retain(|p| p.id != id);
             self.car_parks.retain(|c| c.id != id);
-            self.pending.retain(|r| r.car_park_id != id);
-            if self.cursor >= self.sim.len() {
-                self.cursor = 0;
+            if self.sim.len() < before {
+                if self.cursor >= self.sim.len() {
+                    self.cursor = 0;
+                }
+                info!(operator = %self.id, car_park = %id, "demo car park gone; no longer simulated");
             }
-            info!(operator = %self.id, car_park = %id, "demo car park gone; no longer simulated");
         }
     }
 }

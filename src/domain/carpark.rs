@@ -10,7 +10,8 @@ use super::{
 pub const CATEGORY_COUNT: usize = 4;
 
 /// A category of parking space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SpaceCategory {
     Standard = 0,
     EvCharging = 1,
@@ -44,7 +45,8 @@ impl SpaceCategory {
 }
 
 /// What kind of place a car park is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CarParkKind {
     Garage,
     SurfaceLot,
@@ -78,7 +80,7 @@ impl CarParkStatus {
 }
 
 /// Spaces per category.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Capacity([u32; CATEGORY_COUNT]);
 
 impl Capacity {
@@ -128,7 +130,7 @@ impl Capacity {
 }
 
 /// A registered car park: static data only (live counts are [`super::Live`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CarPark {
     pub id: CarParkId,
     pub region: RegionId,

@@ -9,7 +9,7 @@ use super::Error;
 pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// A validated latitude/longitude in degrees.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LatLng {
     lat: f64,
     lon: f64,

@@ -82,10 +82,10 @@ impl NearbyQuery {
             return None;
         }
         let price = self.stay.map(|stay| car_park.tariff.price(&stay));
-        if let (Some(price), Some(max)) = (price, self.max_price) {
-            if price > max {
-                return None;
-            }
+        if let (Some(price), Some(max)) = (price, self.max_price)
+            && price > max
+        {
+            return None;
         }
         Some(Admitted {
             status,

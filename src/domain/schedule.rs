@@ -47,6 +47,19 @@ impl fmt::Debug for TimeZoneName {
     }
 }
 
+impl serde::Serialize for TimeZoneName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TimeZoneName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
+
 impl PartialEq for TimeZoneName {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name
@@ -54,7 +67,7 @@ impl PartialEq for TimeZoneName {
 }
 
 /// One opening period on a weekday, in minutes after local midnight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OpeningPeriod {
     /// ISO weekday, 1 = Monday .. 7 = Sunday.
     pub day: u8,
@@ -93,7 +106,7 @@ impl OpeningPeriod {
 }
 
 /// A week of opening periods; no periods means open around the clock.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OpeningHours {
     periods: Vec<OpeningPeriod>,
 }

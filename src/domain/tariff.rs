@@ -38,7 +38,7 @@ impl Stay {
 }
 
 /// How a car park prices a stay, in the currency's minor unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tariff {
     /// ISO 4217 code.
     pub currency: String,

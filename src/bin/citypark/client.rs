@@ -1,6 +1,751 @@
-//! Placeholder until the client subcommands land (being written now).
-#[derive(Debug, clap::Subcommand)]
-pub enum ClientCommand {}
-pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
-    match cmd {}
+//! Client subcommands: ask a citypark server for space and send operator reports.
+//!
+//! Each command is one call of the public gRPC API, printed for people: enough to try a
+//! deployment without grpcurl or an app.
+
+use std::fmt::Display;
+use std::io::{self, Write as _};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use citypark::pb;
+use citypark::pb::availability_client::AvailabilityClient;
+use citypark::pb::ingest_client::IngestClient;
+use citypark::pb::occupancy_report::Body;
+use citypark::pb::watch_availability_request::Selector;
+use citypark::pb::watch_availability_response::Event;
+
+/// Client subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Nearest car parks with available spaces.
+    Nearby(NearbyArgs),
+    /// Live availability of car parks by id.
+    Get(GetArgs),
+    /// Stream availability changes for ids or a bounding box.
+    Watch(WatchArgs),
+    /// Send one occupancy report as an operator.
+    Report(ReportArgs),
+}
+
+/// Where the server is.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// The citypark gRPC server.
+    #[arg(
+        long,
+        env = "CITYPARK_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+}
+
+/// A space category, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Category {
+    Standard,
+    EvCharging,
+    Accessible,
+    Motorcycle,
+}
+
+impl From<Category> for pb::SpaceCategory {
+    fn from(category: Category) -> Self {
+        match category {
+            Category::Standard => Self::Standard,
+            Category::EvCharging => Self::EvCharging,
+            Category::Accessible => Self::Accessible,
+            Category::Motorcycle => Self::Motorcycle,
+        }
+    }
+}
+
+/// A kind of car park, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    Garage,
+    SurfaceLot,
+    OnStreet,
+    SharedPrivate,
+}
+
+impl From<Kind> for pb::CarParkKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Garage => Self::Garage,
+            Kind::SurfaceLot => Self::SurfaceLot,
+            Kind::OnStreet => Self::OnStreet,
+            Kind::SharedPrivate => Self::SharedPrivate,
+        }
+    }
+}
+
+/// Arguments of `nearby`.
+#[derive(Debug, Args)]
+pub struct NearbyArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Latitude of the search point, in degrees.
+    #[arg(long, allow_negative_numbers = true, env = "CITYPARK_LAT")]
+    lat: f64,
+    /// Longitude of the search point, in degrees.
+    #[arg(long, allow_negative_numbers = true, env = "CITYPARK_LON")]
+    lon: f64,
+    /// Search radius in metres (at most 50000).
+    #[arg(long, default_value_t = 2000.0, env = "CITYPARK_RADIUS_M")]
+    radius_m: f64,
+    /// Most results (at most 100).
+    #[arg(long, default_value_t = 10, env = "CITYPARK_LIMIT")]
+    limit: i32,
+    /// The space category needed.
+    #[arg(long, value_enum, default_value_t = Category::Standard, env = "CITYPARK_CATEGORY")]
+    category: Category,
+    /// Only car parks with at least this many available spaces.
+    #[arg(long, default_value_t = 1, env = "CITYPARK_MIN_AVAILABLE")]
+    min_available: i32,
+    /// Only these kinds (repeat, or separate with commas).
+    #[arg(
+        long = "kind",
+        value_enum,
+        value_delimiter = ',',
+        env = "CITYPARK_KIND"
+    )]
+    kinds: Vec<Kind>,
+    /// Only car parks open now.
+    #[arg(long, env = "CITYPARK_OPEN_NOW")]
+    open_now: bool,
+    /// Price a stay of this many hours, starting now.
+    #[arg(long, env = "CITYPARK_STAY_HOURS")]
+    stay_hours: Option<f64>,
+    /// Only car parks whose price for the stay is at most this, in minor units (fen).
+    #[arg(long, requires = "stay_hours", env = "CITYPARK_MAX_PRICE")]
+    max_price: Option<i64>,
+    /// Also list car parks whose data is stale.
+    #[arg(long, env = "CITYPARK_INCLUDE_STALE")]
+    include_stale: bool,
+    /// Also list car parks that never reported.
+    #[arg(long, env = "CITYPARK_INCLUDE_NO_DATA")]
+    include_no_data: bool,
+}
+
+/// Arguments of `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Car park ids.
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+/// Arguments of `watch`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("selector").required(true).args(["ids", "bbox"])))]
+pub struct WatchArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// A car park to watch (repeat for more).
+    #[arg(long = "id")]
+    ids: Vec<String>,
+    /// An area to watch: "south,west,north,east" in degrees.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_bbox)]
+    bbox: Option<pb::BoundingBox>,
+}
+
+/// Arguments of `report`.
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("body").required(true).multiple(true).args(["free", "enter", "exit", "bay"])
+))]
+pub struct ReportArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The operator's API key.
+    #[arg(long, env = "CITYPARK_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// The car park reported on.
+    #[arg(long, env = "CITYPARK_CAR_PARK")]
+    car_park: String,
+    /// The report's sequence number [default: the current Unix time in milliseconds,
+    /// so every run is newer than the last].
+    #[arg(long)]
+    sequence: Option<u64>,
+    /// Free spaces per category, absolute, e.g. standard=10,ev-charging=2.
+    #[arg(long, value_delimiter = ',', value_parser = parse_count, conflicts_with_all = ["enter", "exit", "bay"])]
+    free: Vec<pb::CategoryCount>,
+    /// Vehicles that entered, per category, e.g. standard=1.
+    #[arg(long, value_delimiter = ',', value_parser = parse_count, conflicts_with = "bay")]
+    enter: Vec<pb::CategoryCount>,
+    /// Vehicles that left, per category, e.g. standard=1.
+    #[arg(long, value_delimiter = ',', value_parser = parse_count, conflicts_with = "bay")]
+    exit: Vec<pb::CategoryCount>,
+    /// Licence plate read at the barrier, for a single entry or exit.
+    #[arg(long, conflicts_with_all = ["free", "bay"])]
+    plate: Option<String>,
+    /// A bay whose sensor changed.
+    #[arg(long, requires = "occupied")]
+    bay: Option<String>,
+    /// Whether a vehicle is in the bay now.
+    #[arg(long, requires = "bay")]
+    occupied: Option<bool>,
+    /// The bay's category.
+    #[arg(long, value_enum, default_value_t = Category::Standard)]
+    bay_category: Category,
+}
+
+/// Runs one client command against the server.
+pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
+    let result = match command {
+        ClientCommand::Nearby(args) => nearby(args).await,
+        ClientCommand::Get(args) => get(args).await,
+        ClientCommand::Watch(args) => watch(args).await,
+        ClientCommand::Report(args) => report(args).await,
+    };
+    match result {
+        // A reader that stops early (`citypark watch ... | head`) is not a failure.
+        Err(error)
+            if error
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Writes a line to stdout; unlike `println!` it reports a closed pipe instead of
+/// panicking.
+fn say(line: impl Display) -> io::Result<()> {
+    writeln!(io::stdout(), "{line}")
+}
+
+async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(args.server.clone())
+        .with_context(|| format!("invalid --server {:?}", args.server))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", args.server))
+}
+
+/// Turns a failed call into "Rpc failed: Code: message".
+fn failed(rpc: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+    move |status| anyhow!("{rpc} failed: {:?}: {}", status.code(), status.message())
+}
+
+async fn nearby(args: NearbyArgs) -> anyhow::Result<()> {
+    let category = pb::SpaceCategory::from(args.category);
+    let stay = args.stay_hours.map(stay_from_now).transpose()?;
+    let request = pb::FindNearbyRequest {
+        location: Some(pb::LatLng {
+            latitude: args.lat,
+            longitude: args.lon,
+        }),
+        radius_m: args.radius_m,
+        limit: args.limit,
+        category: category as i32,
+        min_available: args.min_available,
+        kinds: args
+            .kinds
+            .iter()
+            .map(|k| pb::CarParkKind::from(*k) as i32)
+            .collect(),
+        open_now: args.open_now,
+        stay,
+        max_price_minor: args.max_price,
+        include_stale: args.include_stale,
+        include_no_data: args.include_no_data,
+    };
+    let mut client = AvailabilityClient::new(connect(&args.connect).await?);
+    let results = client
+        .find_nearby(request)
+        .await
+        .map_err(failed("FindNearby"))?
+        .into_inner()
+        .results;
+    let category_name = category_name(category as i32);
+    if results.is_empty() {
+        say(format_args!(
+            "no car park with {category_name} space within {} m",
+            args.radius_m
+        ))?;
+        return Ok(());
+    }
+
+    let mut columns = vec![
+        ("#", Align::Right),
+        ("distance", Align::Right),
+        ("id", Align::Left),
+        ("name", Align::Left),
+        ("kind", Align::Left),
+        ("status", Align::Left),
+        (category_name, Align::Right),
+    ];
+    if stay.is_some() {
+        columns.push(("price", Align::Right));
+    }
+    columns.push(("age", Align::Right));
+    let mut table = Table::new(columns);
+    for (rank, result) in results.iter().enumerate() {
+        let car_park = result.car_park.clone().unwrap_or_default();
+        let availability = result.availability.clone().unwrap_or_default();
+        let capacity = availability
+            .categories
+            .iter()
+            .find(|c| c.category == category as i32)
+            .map_or(0, |c| c.capacity);
+        let mut row = vec![
+            (rank + 1).to_string(),
+            format_distance(result.distance_m),
+            car_park.id,
+            car_park.name,
+            kind_name(car_park.kind).to_owned(),
+            status_name(availability.status).to_owned(),
+            format!("{}/{capacity}", result.available),
+        ];
+        if stay.is_some() {
+            let currency = car_park.tariff.map(|t| t.currency).unwrap_or_default();
+            row.push(
+                result
+                    .price_minor
+                    .map_or_else(|| "-".to_owned(), |p| format_money(p, &currency)),
+            );
+        }
+        row.push(format_age(availability.data_age_seconds));
+        table.push(row);
+    }
+    table.print()?;
+    Ok(())
+}
+
+fn stay_from_now(hours: f64) -> anyhow::Result<pb::StayWindow> {
+    let length = Duration::try_from_secs_f64(hours * 3_600.0)
+        .map_err(|_| anyhow!("--stay-hours must be a positive number of hours"))?;
+    let start = SystemTime::now();
+    Ok(pb::StayWindow {
+        start: Some(start.into()),
+        end: Some((start + length).into()),
+    })
+}
+
+async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let mut client = AvailabilityClient::new(connect(&args.connect).await?);
+    let response = client
+        .get_availability(pb::GetAvailabilityRequest {
+            car_park_ids: args.ids,
+        })
+        .await
+        .map_err(failed("GetAvailability"))?
+        .into_inner();
+    if !response.availabilities.is_empty() {
+        print_availability(&response.availabilities)?;
+    }
+    if !response.not_found_ids.is_empty() {
+        bail!("not registered: {}", response.not_found_ids.join(", "));
+    }
+    Ok(())
+}
+
+/// One row per car park and category, so the output greps well.
+fn print_availability(availabilities: &[pb::CarParkAvailability]) -> io::Result<()> {
+    let mut table = Table::new(vec![
+        ("id", Align::Left),
+        ("status", Align::Left),
+        ("category", Align::Left),
+        ("free", Align::Right),
+        ("available", Align::Right),
+        ("capacity", Align::Right),
+        ("age", Align::Right),
+        ("sequence", Align::Right),
+    ]);
+    for a in availabilities {
+        for c in &a.categories {
+            table.push(vec![
+                a.car_park_id.clone(),
+                status_name(a.status).to_owned(),
+                category_name(c.category).to_owned(),
+                c.free.to_string(),
+                c.available.to_string(),
+                c.capacity.to_string(),
+                format_age(a.data_age_seconds),
+                a.last_sequence.to_string(),
+            ]);
+        }
+    }
+    table.print()
+}
+
+async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let selector = match args.bbox {
+        Some(area) => Selector::Area(area),
+        None => Selector::Ids(pb::CarParkIds { ids: args.ids }),
+    };
+    let mut client = AvailabilityClient::new(connect(&args.connect).await?);
+    let mut events = client
+        .watch_availability(pb::WatchAvailabilityRequest {
+            selector: Some(selector),
+        })
+        .await
+        .map_err(failed("WatchAvailability"))?
+        .into_inner();
+    // One listener for the whole watch: a fresh one per event could miss a Ctrl-C
+    // that lands between two events.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let message = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            message = events.message() => message.map_err(failed("WatchAvailability"))?,
+        };
+        let Some(message) = message else {
+            say(format_args!("{} closed by the server", now()))?;
+            return Ok(());
+        };
+        let event = match message.event {
+            Some(Event::Update(a)) => format!(
+                "update {} {} {} age {}",
+                a.car_park_id,
+                status_name(a.status),
+                format_categories(&a.categories),
+                format_age(a.data_age_seconds)
+            ),
+            Some(Event::SnapshotComplete(s)) => {
+                format!("snapshot_complete car_parks={}", s.car_parks)
+            }
+            Some(Event::Resync(r)) => format!("resync missed={}", r.missed),
+            Some(Event::Removed(r)) => format!("removed {}", r.car_park_id),
+            None => continue,
+        };
+        say(format_args!("{} {event}", now()))?;
+    }
+}
+
+fn parse_bbox(s: &str) -> Result<pb::BoundingBox, String> {
+    let corners: Vec<f64> = s
+        .split(',')
+        .map(|part| part.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{e} (expected \"south,west,north,east\")"))?;
+    let [south, west, north, east] = corners[..] else {
+        return Err("expected four numbers: \"south,west,north,east\"".to_owned());
+    };
+    Ok(pb::BoundingBox {
+        south_west: Some(pb::LatLng {
+            latitude: south,
+            longitude: west,
+        }),
+        north_east: Some(pb::LatLng {
+            latitude: north,
+            longitude: east,
+        }),
+    })
+}
+
+async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let bearer = AsciiMetadataValue::try_from(format!("Bearer {}", args.api_key))
+        .map_err(|_| anyhow!("--api-key must be printable ASCII"))?;
+    let body = if !args.free.is_empty() {
+        Body::Snapshot(pb::SnapshotReport { free: args.free })
+    } else if let Some(bay_id) = args.bay {
+        Body::Bay(pb::BayStatusReport {
+            bay_id,
+            category: pb::SpaceCategory::from(args.bay_category) as i32,
+            occupied: args.occupied.unwrap_or_default(),
+        })
+    } else {
+        Body::Delta(pb::DeltaReport {
+            entries: args.enter,
+            exits: args.exit,
+            plate: args.plate.unwrap_or_default(),
+        })
+    };
+    let sequence = args.sequence.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64)
+    });
+    let mut request = tonic::Request::new(pb::ReportRequest {
+        report: Some(pb::OccupancyReport {
+            car_park_id: args.car_park,
+            sequence,
+            observed_at: Some(SystemTime::now().into()),
+            body: Some(body),
+        }),
+    });
+    request.metadata_mut().insert("authorization", bearer);
+    let mut client = IngestClient::new(connect(&args.connect).await?);
+    let ack = client
+        .report(request)
+        .await
+        .map_err(failed("Report"))?
+        .into_inner()
+        .ack
+        .context("Report answered without an ack")?;
+    let result = match ack.result() {
+        pb::ReportResult::Applied => "applied",
+        pb::ReportResult::Duplicate => "duplicate (not newer than the last applied sequence)",
+        pb::ReportResult::Rejected => "rejected",
+        pb::ReportResult::Unspecified => "unspecified",
+    };
+    say(format_args!(
+        "{} sequence {}: {result}",
+        ack.car_park_id, ack.sequence
+    ))?;
+    if ack.clamped > 0 {
+        say(format_args!(
+            "clamped {} count(s) into [0, capacity]",
+            ack.clamped
+        ))?;
+    }
+    if !ack.reason.is_empty() {
+        say(format_args!("reason: {} {}", ack.field, ack.reason))?;
+    }
+    if let Some(availability) = ack.availability {
+        print_availability(&[availability])?;
+    }
+    Ok(())
+}
+
+/// Parses `category=count`, e.g. `ev-charging=2`.
+fn parse_count(s: &str) -> Result<pb::CategoryCount, String> {
+    let (name, count) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected CATEGORY=COUNT, got {s:?}"))?;
+    let category = Category::from_str(name.trim(), true)?;
+    let count = count
+        .trim()
+        .parse::<i32>()
+        .map_err(|e| format!("count of {name}: {e}"))?;
+    Ok(pb::CategoryCount {
+        category: pb::SpaceCategory::from(category) as i32,
+        count,
+    })
+}
+
+fn category_name(category: i32) -> &'static str {
+    match pb::SpaceCategory::try_from(category) {
+        Ok(pb::SpaceCategory::Standard) => "standard",
+        Ok(pb::SpaceCategory::EvCharging) => "ev-charging",
+        Ok(pb::SpaceCategory::Accessible) => "accessible",
+        Ok(pb::SpaceCategory::Motorcycle) => "motorcycle",
+        _ => "unknown",
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match pb::CarParkKind::try_from(kind) {
+        Ok(pb::CarParkKind::Garage) => "garage",
+        Ok(pb::CarParkKind::SurfaceLot) => "surface-lot",
+        Ok(pb::CarParkKind::OnStreet) => "on-street",
+        Ok(pb::CarParkKind::SharedPrivate) => "shared-private",
+        _ => "unknown",
+    }
+}
+
+fn status_name(status: i32) -> &'static str {
+    match pb::CarParkStatus::try_from(status) {
+        Ok(pb::CarParkStatus::Open) => "open",
+        Ok(pb::CarParkStatus::Closed) => "closed",
+        Ok(pb::CarParkStatus::Stale) => "stale",
+        Ok(pb::CarParkStatus::NoData) => "no-data",
+        _ => "unknown",
+    }
+}
+
+/// `standard 118/400 ev-charging 3/40`: available of capacity per category.
+fn format_categories(categories: &[pb::CategoryAvailability]) -> String {
+    categories
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}/{}",
+                category_name(c.category),
+                c.available,
+                c.capacity
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn format_distance(metres: f64) -> String {
+    if metres < 1_000.0 {
+        format!("{metres:.0} m")
+    } else {
+        format!("{:.1} km", metres / 1_000.0)
+    }
+}
+
+fn format_age(seconds: Option<i64>) -> String {
+    match seconds {
+        None => "-".to_owned(),
+        Some(s) if s < 60 => format!("{s}s"),
+        Some(s) if s < 3_600 => format!("{}m", s / 60),
+        Some(s) if s < 86_400 => format!("{}h", s / 3_600),
+        Some(s) => format!("{}d", s / 86_400),
+    }
+}
+
+fn format_money(minor: i64, currency: &str) -> String {
+    let amount = format!("{}.{:02}", minor / 100, (minor % 100).abs());
+    match currency {
+        "CNY" => format!("¥{amount}"),
+        "" => amount,
+        other => format!("{amount} {other}"),
+    }
+}
+
+/// Local wall-clock time for watch lines.
+fn now() -> impl std::fmt::Display {
+    jiff::Zoned::now().strftime("%Y-%m-%d %H:%M:%S")
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A plain text table: each column as wide as its widest cell.
+struct Table {
+    columns: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(columns: Vec<(&'static str, Align)>) -> Self {
+        Self {
+            columns,
+            rows: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    fn print(&self) -> io::Result<()> {
+        let width = |cell: &str| cell.chars().count();
+        let widths: Vec<usize> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (header, _))| {
+                self.rows
+                    .iter()
+                    .filter_map(|row| row.get(i))
+                    .map(|cell| width(cell))
+                    .fold(width(header), usize::max)
+            })
+            .collect();
+        let line = |cells: Vec<&str>| {
+            let mut out = String::new();
+            for ((cell, (_, align)), w) in cells.into_iter().zip(&self.columns).zip(&widths) {
+                let pad = " ".repeat(w - width(cell));
+                match align {
+                    Align::Left => out.extend([cell, &pad]),
+                    Align::Right => out.extend([&pad, cell]),
+                }
+                out.push_str("  ");
+            }
+            out.trim_end().to_owned()
+        };
+        say(line(
+            self.columns.iter().map(|(header, _)| *header).collect(),
+        ))?;
+        for row in &self.rows {
+            say(line(row.iter().map(String::as_str).collect()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct TestCli {
+        #[command(subcommand)]
+        command: ClientCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
+        TestCli::try_parse_from(std::iter::once("citypark").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        TestCli::command().debug_assert();
+        let Ok(ClientCommand::Nearby(nearby)) = parse(&[
+            "nearby",
+            "--lat",
+            "-33.9",
+            "--lon",
+            "18.4",
+            "--kind",
+            "garage,on-street",
+            "--kind",
+            "surface-lot",
+        ]) else {
+            panic!("nearby parses");
+        };
+        assert_eq!(nearby.lat, -33.9);
+        assert_eq!(
+            nearby.kinds,
+            [Kind::Garage, Kind::OnStreet, Kind::SurfaceLot]
+        );
+        assert!(parse(&["nearby", "--lat", "1", "--lon", "2", "--max-price", "5"]).is_err());
+        assert!(parse(&["watch"]).is_err());
+        assert!(parse(&["watch", "--id", "a", "--bbox", "1,2,3,4"]).is_err());
+        assert!(parse(&["watch", "--bbox", "-34,18,-33,19"]).is_ok());
+        let report = ["report", "--api-key", "k", "--car-park", "p"];
+        let with = |extra: &[&str]| parse(&[&report[..], extra].concat());
+        assert!(with(&[]).is_err());
+        assert!(with(&["--free", "standard=3,accessible=1"]).is_ok());
+        assert!(
+            with(&[
+                "--enter",
+                "standard=1",
+                "--exit",
+                "ev-charging=1",
+                "--plate",
+                "X"
+            ])
+            .is_ok()
+        );
+        assert!(with(&["--bay", "b001", "--occupied", "true"]).is_ok());
+        assert!(with(&["--bay", "b001"]).is_err());
+        assert!(with(&["--free", "standard=3", "--enter", "standard=1"]).is_err());
+    }
+
+    #[test]
+    fn parses_counts_and_boxes() {
+        let count = parse_count("ev-charging=2").expect("valid");
+        assert_eq!(count.category, pb::SpaceCategory::EvCharging as i32);
+        assert_eq!(count.count, 2);
+        assert!(parse_count("standard").is_err());
+        assert!(parse_count("bicycle=1").is_err());
+        let bbox = parse_bbox("36.0,120.3,36.1,120.45").expect("valid");
+        assert_eq!(bbox.north_east.map(|p| p.longitude), Some(120.45));
+        assert!(parse_bbox("36.0,120.3,36.1").is_err());
+    }
+
+    #[test]
+    fn formats_for_people() {
+        assert_eq!(format_distance(349.6), "350 m");
+        assert_eq!(format_distance(1_234.0), "1.2 km");
+        assert_eq!(format_age(Some(75)), "1m");
+        assert_eq!(format_age(None), "-");
+        assert_eq!(format_money(1_250, "CNY"), "¥12.50");
+        assert_eq!(format_money(905, "EUR"), "9.05 EUR");
+    }
 }

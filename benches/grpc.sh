@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# gRPC benchmark: FindNearby against the Ping echo baseline (E), same server, same
+# load generator (h2load, Debian's nghttp2-client), runs interleaved A/B/A/B and
+# reported as medians. Usage: benches/grpc.sh [rounds] [requests-per-run]
+#
+# The server is the release binary with the demo city (2,350 car parks, simulated
+# operators streaming occupancy meanwhile). Requests are pre-encoded gRPC frames, so
+# the client costs the same for every method.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=${1:-5}
+requests=${2:-100000}
+conns=${CONNS:-4}
+streams=${STREAMS:-32}
+port=${PORT:-50151}
+metrics_port=${METRICS_PORT:-9564}
+
+command -v h2load >/dev/null || { echo "h2load missing: apt-get install -y nghttp2-client" >&2; exit 1; }
+cargo build --release --quiet
+out=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; rm -rf "$out"' EXIT
+
+# One gRPC frame: flag byte 0 (uncompressed), 4-byte big-endian length, protobuf.
+python3 - "$out" <<'PY'
+import struct, sys
+out = sys.argv[1]
+def frame(msg): return b"\x00" + struct.pack(">I", len(msg)) + msg
+def double(field, v): return bytes([(field << 3) | 1]) + struct.pack("<d", v)
+def sub(field, body): return bytes([(field << 3) | 2, len(body)]) + body
+latlng = double(1, 36.066) + double(2, 120.383)
+open(f"{out}/nearby.bin", "wb").write(frame(sub(1, latlng)))          # FindNearby{location}
+open(f"{out}/ping.bin", "wb").write(frame(b""))                        # Ping{}
+PY
+
+./target/release/citypark serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$metrics_port \
+  --log warn >"$out/server.log" 2>&1 &
+server=$!
+# Wait until the demo city is registered (the demo registers through the API).
+for _ in $(seq 1 120); do
+  n=$(curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '/^citypark_grpc_requests_total\{method="citypark.v1.Registry\/UpsertCarPark",code="ok"\}/ {print $2}')
+  [ "${n:-0}" -ge 2350 ] 2>/dev/null && break
+  sleep 0.5
+done
+
+run() { # method body -> req/s
+  h2load -n "$requests" -c "$conns" -m "$streams" -t 1 \
+    -H 'content-type: application/grpc' -H 'te: trailers' -d "$out/$2.bin" \
+    "http://127.0.0.1:$port/citypark.v1.Availability/$1" 2>&1 |
+    awk '/^finished in/ {gsub(",", "", $4); print $4} /^requests:/ {if ($8 != "0") {print "FAILED " $0 > "/dev/stderr"}}'
+}
+
+run Ping ping >/dev/null # warm-up
+ping=(); nearby=()
+for i in $(seq 1 "$rounds"); do
+  ping+=("$(run Ping ping)")
+  nearby+=("$(run FindNearby nearby)")
+  echo "round $i: Ping ${ping[-1]} req/s, FindNearby ${nearby[-1]} req/s"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+p=$(median "${ping[@]}"); f=$(median "${nearby[@]}")
+echo "median: Ping (E) $p req/s, FindNearby $f req/s, ratio $(python3 -c "print(f'{$f/$p:.2f}')")"
