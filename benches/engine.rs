@@ -9,8 +9,8 @@ use std::{hint::black_box, time::Instant};
 
 use citypark::{
     domain::{
-        Capacity, CarPark, CarParkId, CarParkKind, LatLng, Live, NearbyQuery, OpeningHours, OperatorId, Radius,
-        RegionId, SpaceCategory, Tariff, TimeZoneName, Timestamp,
+        Capacity, CarPark, CarParkId, CarParkKind, LatLng, Live, NearbyQuery, OpeningHours,
+        OperatorId, Radius, RegionId, SpaceCategory, Tariff, TimeZoneName, Timestamp,
     },
     engine::Engine,
 };
@@ -69,7 +69,11 @@ fn city(n: usize, rng: &mut Rng) -> Vec<CarPark> {
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -95,7 +99,13 @@ fn measure(n: usize) {
 
     let queries = 20_000;
     let points: Vec<_> = (0..queries)
-        .map(|_| LatLng::new(36.07 + (rng.unit() - 0.5) * span, 120.38 + (rng.unit() - 0.5) * span).unwrap())
+        .map(|_| {
+            LatLng::new(
+                36.07 + (rng.unit() - 0.5) * span,
+                120.38 + (rng.unit() - 0.5) * span,
+            )
+            .unwrap()
+        })
         .collect();
     let start = Instant::now();
     let mut results = 0;

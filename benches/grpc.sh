@@ -47,7 +47,7 @@ run() { # method body -> req/s
   h2load -n "$requests" -c "$conns" -m "$streams" -t 1 \
     -H 'content-type: application/grpc' -H 'te: trailers' -d "$out/$2.bin" \
     "http://127.0.0.1:$port/citypark.v1.Availability/$1" 2>&1 |
-    awk '/^finished in/ {gsub(",", "", $4); print $4} /^requests:/ {if ($8 != "0") {print "FAILED " $0 > "/dev/stderr"}}'
+    awk '/^finished in/ {gsub(",", "", $4); print $4} /^requests:/ {if ($10 != "0") {print "FAILED " $0 > "/dev/stderr"}}'
 }
 
 run Ping ping >/dev/null # warm-up

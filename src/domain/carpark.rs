@@ -10,7 +10,9 @@ use super::{
 pub const CATEGORY_COUNT: usize = 4;
 
 /// A category of parking space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SpaceCategory {
     Standard = 0,

@@ -179,7 +179,12 @@ impl Live {
     }
 
     /// Follows a capacity change: free counts and bays beyond the new capacity are cut.
+    /// Before any report nothing is known, so every space of the new capacity is free.
     pub fn resize(&mut self, capacity: Capacity) {
+        if self.last_sequence == 0 {
+            self.free = capacity.as_array();
+            return;
+        }
         for c in SpaceCategory::ALL {
             self.free[c.index()] = self.free[c.index()].min(capacity.of(c));
         }
@@ -191,7 +196,8 @@ impl Live {
     /// Applies `report` at server time `now`, or says why not. Nothing changes on error.
     ///
     /// A duplicate is detected before the counts are checked, so an operator who resends
-    /// an old report after a capacity change is told DUPLICATE, not rejected.
+    /// an old report after a capacity change is told DUPLICATE, not rejected. A duplicate
+    /// changes nothing, not even the feed's liveness: only new reports keep it OPEN.
     pub fn apply(
         &mut self,
         car_park: &CarPark,
@@ -206,7 +212,6 @@ impl Live {
             ));
         }
         if report.sequence <= self.last_sequence {
-            self.received_at = Some(now);
             return Ok(ReportOutcome::Duplicate);
         }
         let capacity = car_park.capacity;
@@ -246,13 +251,13 @@ impl Live {
                 category,
                 occupied,
             } => {
-                let bays = self.bays.get_or_insert_with(Default::default);
                 if capacity.of(*category) == 0 {
                     return Err(Error::invalid(
                         "bay.category",
                         format!("the car park has no {} spaces", category.name()),
                     ));
                 }
+                let bays = self.bays.get_or_insert_with(Default::default);
                 if !bays.contains_key(bay) && bays.len() >= capacity.total() as usize {
                     return Err(Error::invalid(
                         "bay.bay_id",
@@ -292,6 +297,11 @@ impl Live {
         if !car_park.is_open_at(now) {
             return CarParkStatus::Closed;
         }
+        self.data_status(car_park, now)
+    }
+
+    /// How fresh the numbers are, whatever the opening hours: NO_DATA, STALE or OPEN.
+    pub fn data_status(&self, car_park: &CarPark, now: Timestamp) -> CarParkStatus {
         let Some(received) = self.received_at else {
             return CarParkStatus::NoData;
         };

@@ -68,11 +68,15 @@ impl NearbyQuery {
             return None;
         }
         let status = live.status(car_park, now);
-        let shown = match status {
-            CarParkStatus::Open => true,
-            CarParkStatus::Closed => !self.open_now,
+        if status == CarParkStatus::Closed && self.open_now {
+            return None;
+        }
+        // A closed car park is shown with the same care for its numbers as an open one:
+        // never-reported or stale numbers only when asked for.
+        let shown = match live.data_status(car_park, now) {
             CarParkStatus::Stale => self.include_stale,
             CarParkStatus::NoData => self.include_no_data,
+            CarParkStatus::Open | CarParkStatus::Closed => true,
         };
         if !shown {
             return None;

@@ -212,13 +212,18 @@ impl pb::ingest_server::Ingest for Api {
         let result = async {
             let raw = required(request.into_inner().report, "report")?;
             let key = (raw.car_park_id.clone(), raw.sequence);
-            let report = convert::report(raw).map_err(|e| e.in_field("report"))?;
+            let report = convert::report(raw).map_err(|e| {
+                crate::metrics::record_report(&Err(e.clone()));
+                e.in_field("report")
+            })?;
             let applied = self
                 .service
                 .report(&caller, vec![report])
                 .await?
                 .pop()
-                .expect("one result per report")?;
+                .expect("one result per report")
+                // The store names fields relative to the report, as in a Publish ack.
+                .map_err(|e| e.in_field("report"))?;
             Ok(pb::ReportResponse {
                 ack: Some(ack_applied(key, &applied)),
             })
@@ -248,7 +253,11 @@ impl pb::ingest_server::Ingest for Api {
                 let batch = match message {
                     None => return,
                     Some(Err(status)) => {
+                        // A message that could not be read (too large, malformed) ends
+                        // the stream with its status, not with a silent OK; a client
+                        // that went away is not listening, so the send fails harmlessly.
                         tracing::debug!(%status, "publish stream ended by the client");
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                     Some(Ok(batch)) => batch,

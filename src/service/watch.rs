@@ -82,9 +82,14 @@ impl Service {
                     Ok(_) => continue,
                     Err(RecvError::Lagged(missed)) => {
                         metrics::record_resync();
-                        if tx.send(WatchEvent::Resync(missed)).await.is_err()
-                            || service.send_snapshot(&selector, &tx).await.is_err()
-                        {
+                        if tx.send(WatchEvent::Resync(missed)).await.is_err() {
+                            return;
+                        }
+                        // The snapshot covers every change still queued for this
+                        // receiver; replaying those after it would take the watcher
+                        // back in time, so go on from the newest change instead.
+                        changes = changes.resubscribe();
+                        if service.send_snapshot(&selector, &tx).await.is_err() {
                             return;
                         }
                         continue;

@@ -1,4 +1,13 @@
 //! citypark's end-to-end tests: one binary, real servers on loopback, real clients.
 
+mod auth;
+mod bad_input;
+mod ingest;
+mod nearby;
+mod nearby_property;
+mod registry;
 mod smoke;
+mod standard_services;
+mod status_time;
 mod support;
+mod watch;

@@ -1,6 +1,6 @@
 //! Test harness: a real server on 127.0.0.1:0, real generated clients, a hand clock.
 
-use std::{sync::Arc, time::Duration};
+use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use citypark::{
     app::{self, Backend, Settings},
@@ -8,16 +8,24 @@ use citypark::{
     domain::{OperatorId, Timestamp},
     pb::{
         self, availability_client::AvailabilityClient, ingest_client::IngestClient,
-        registry_client::RegistryClient,
+        registry_client::RegistryClient, watch_availability_response::Event,
     },
-    service::ManualClock,
+    service::{Clock, ManualClock},
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
-    Request,
+    Code, Request, Status, Streaming,
     metadata::MetadataValue,
     transport::{Channel, Endpoint},
 };
+
+/// The longest any test waits for one message; an upper bound, never a synchronisation.
+pub const PATIENCE: Duration = Duration::from_secs(5);
 
 /// Operators every test server knows: (id, key).
 pub const OPERATOR_A: (&str, &str) = ("op-a", "key-a");
@@ -87,13 +95,24 @@ impl TestServer {
         }
     }
 
-    /// A channel to the server.
+    /// A channel to the server: a connection of its own.
     pub async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        self.endpoint().connect().await.unwrap()
+    }
+
+    /// The endpoint of the server, to build a channel with other settings.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::from_shared(format!("http://{}", self.addr)).unwrap()
+    }
+
+    /// The server's idea of now.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Moves the server's clock forward by `secs` seconds.
+    pub fn advance(&self, secs: u64) {
+        self.clock.advance(Duration::from_secs(secs));
     }
 
     pub async fn registry(&self) -> RegistryClient<Channel> {
@@ -283,4 +302,335 @@ pub fn free_standard(a: &pb::CarParkAvailability) -> i32 {
         .iter()
         .find(|c| c.category == pb::SpaceCategory::Standard as i32)
         .map_or(-1, |c| c.free)
+}
+
+/// `t` plus `secs` seconds (negative for earlier).
+pub fn after(t: Timestamp, secs: i64) -> Timestamp {
+    t + jiff::SignedDuration::from_secs(secs)
+}
+
+/// A point `north_m` metres north and `east_m` metres east of `here()` (flat-earth
+/// offsets: accurate to well under a metre over a few kilometres).
+pub fn offset(north_m: f64, east_m: f64) -> (f64, f64) {
+    let origin = here();
+    let m_per_deg_lat = 111_195.0;
+    let m_per_deg_lon = m_per_deg_lat * origin.latitude.to_radians().cos();
+    (
+        origin.latitude + north_m / m_per_deg_lat,
+        origin.longitude + east_m / m_per_deg_lon,
+    )
+}
+
+/// A garage `north_m` metres north of `here()`.
+pub fn garage_north(id: &str, north_m: f64) -> pb::CarPark {
+    let (lat, lon) = offset(north_m, 0.0);
+    garage(id, lat, lon)
+}
+
+/// A capacity list from (category, spaces) pairs.
+pub fn capacity(entries: &[(pb::SpaceCategory, i32)]) -> Vec<pb::CategoryCapacity> {
+    entries
+        .iter()
+        .map(|&(category, spaces)| pb::CategoryCapacity {
+            category: category.into(),
+            spaces,
+        })
+        .collect()
+}
+
+/// A snapshot report with the given free counts per category.
+pub fn snapshot_of(
+    id: &str,
+    sequence: u64,
+    free: &[(pb::SpaceCategory, i32)],
+    at: Timestamp,
+) -> pb::OccupancyReport {
+    pb::OccupancyReport {
+        body: Some(pb::occupancy_report::Body::Snapshot(pb::SnapshotReport {
+            free: free
+                .iter()
+                .map(|&(category, count)| pb::CategoryCount {
+                    category: category.into(),
+                    count,
+                })
+                .collect(),
+        })),
+        ..snapshot(id, sequence, 0, at)
+    }
+}
+
+/// A bay sensor report on a standard bay.
+pub fn bay(
+    id: &str,
+    sequence: u64,
+    bay_id: &str,
+    occupied: bool,
+    at: Timestamp,
+) -> pb::OccupancyReport {
+    pb::OccupancyReport {
+        body: Some(pb::occupancy_report::Body::Bay(pb::BayStatusReport {
+            bay_id: bay_id.to_owned(),
+            category: pb::SpaceCategory::Standard.into(),
+            occupied,
+        })),
+        ..snapshot(id, sequence, 0, at)
+    }
+}
+
+/// Sends one report with the given key and returns the ack.
+pub async fn report_as(
+    server: &TestServer,
+    report: pb::OccupancyReport,
+    key: &str,
+) -> Result<pb::ReportAck, Status> {
+    let mut ingest = server.ingest().await;
+    ingest
+        .report(authed(
+            pb::ReportRequest {
+                report: Some(report),
+            },
+            key,
+        ))
+        .await
+        .map(|r| r.into_inner().ack.unwrap())
+}
+
+/// Sends one report as operator A, which must be applied; returns the ack.
+pub async fn report_ok(server: &TestServer, r: pb::OccupancyReport) -> pb::ReportAck {
+    let ack = report(server, r).await.unwrap();
+    assert_eq!(ack.result(), pb::ReportResult::Applied, "{ack:?}");
+    ack
+}
+
+/// The live state of one registered car park, through GetAvailability.
+pub async fn availability_of(server: &TestServer, id: &str) -> pb::CarParkAvailability {
+    let mut availability = server.availability().await;
+    let mut found = availability
+        .get_availability(pb::GetAvailabilityRequest {
+            car_park_ids: vec![id.to_owned()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        found.not_found_ids,
+        Vec::<String>::new(),
+        "{id} is registered"
+    );
+    found.availabilities.pop().unwrap()
+}
+
+/// A car park as registered, through GetCarPark.
+pub async fn car_park_of(server: &TestServer, id: &str) -> Result<pb::CarPark, Status> {
+    let mut registry = server.registry().await;
+    registry
+        .get_car_park(pb::GetCarParkRequest { id: id.to_owned() })
+        .await
+        .map(|r| r.into_inner().car_park.unwrap())
+}
+
+/// Ids of every registered car park, through ListCarParks.
+pub async fn all_ids(server: &TestServer) -> Vec<String> {
+    let mut registry = server.registry().await;
+    let page = registry
+        .list_car_parks(pb::ListCarParksRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.next_page_token.is_empty());
+    page.car_parks.into_iter().map(|c| c.id).collect()
+}
+
+/// A FindNearby request around `here()` with everything else at its default.
+pub fn near_here() -> pb::FindNearbyRequest {
+    pb::FindNearbyRequest {
+        location: Some(here()),
+        ..Default::default()
+    }
+}
+
+/// The answer to a FindNearby that must succeed.
+pub async fn find(server: &TestServer, request: pb::FindNearbyRequest) -> Vec<pb::NearbyCarPark> {
+    let mut availability = server.availability().await;
+    availability
+        .find_nearby(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+}
+
+/// The car park ids of a FindNearby answer, in order.
+pub fn ids_of(results: &[pb::NearbyCarPark]) -> Vec<&str> {
+    results
+        .iter()
+        .map(|r| r.car_park.as_ref().unwrap().id.as_str())
+        .collect()
+}
+
+/// Asserts that `result` failed with `code` and returns the status.
+#[track_caller]
+pub fn expect_code<T: Debug>(result: Result<T, Status>, code: Code) -> Status {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got Ok({value:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            status
+        }
+    }
+}
+
+/// Asserts INVALID_ARGUMENT whose message names `field` first (`field: reason`).
+#[track_caller]
+pub fn expect_invalid<T: Debug>(result: Result<T, Status>, field: &str) {
+    let status = expect_code(result, Code::InvalidArgument);
+    assert!(
+        status.message().starts_with(&format!("{field}: ")),
+        "message should name {field:?}: {:?}",
+        status.message()
+    );
+}
+
+/// The next message of a stream; fails the test if none comes within [`PATIENCE`].
+pub async fn next<T>(stream: &mut Streaming<T>) -> Result<Option<T>, Status> {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("no message within the time bound")
+}
+
+/// Opens a watch on the given car parks.
+pub async fn watch_ids(
+    server: &TestServer,
+    ids: &[&str],
+) -> Result<Streaming<pb::WatchAvailabilityResponse>, Status> {
+    watch(
+        server.availability().await,
+        pb::watch_availability_request::Selector::Ids(pb::CarParkIds {
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+        }),
+    )
+    .await
+}
+
+/// Opens a watch on a box given by its south-west and north-east corners.
+pub async fn watch_area(
+    server: &TestServer,
+    south_west: (f64, f64),
+    north_east: (f64, f64),
+) -> Result<Streaming<pb::WatchAvailabilityResponse>, Status> {
+    let point = |(latitude, longitude)| {
+        Some(pb::LatLng {
+            latitude,
+            longitude,
+        })
+    };
+    watch(
+        server.availability().await,
+        pb::watch_availability_request::Selector::Area(pb::BoundingBox {
+            south_west: point(south_west),
+            north_east: point(north_east),
+        }),
+    )
+    .await
+}
+
+/// Opens a watch with a given client.
+pub async fn watch(
+    mut client: AvailabilityClient<Channel>,
+    selector: pb::watch_availability_request::Selector,
+) -> Result<Streaming<pb::WatchAvailabilityResponse>, Status> {
+    client
+        .watch_availability(pb::WatchAvailabilityRequest {
+            selector: Some(selector),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The next event of a watch, which must come.
+pub async fn next_event(stream: &mut Streaming<pb::WatchAvailabilityResponse>) -> Event {
+    next(stream)
+        .await
+        .expect("watch stream failed")
+        .expect("watch stream ended")
+        .event
+        .expect("an event")
+}
+
+/// The next event of a watch, which must be an update.
+pub async fn next_update(
+    stream: &mut Streaming<pb::WatchAvailabilityResponse>,
+) -> pb::CarParkAvailability {
+    match next_event(stream).await {
+        Event::Update(a) => a,
+        other => panic!("expected an update, got {other:?}"),
+    }
+}
+
+/// Reads a snapshot: the updates up to `snapshot_complete`, whose count must match.
+pub async fn read_snapshot(
+    stream: &mut Streaming<pb::WatchAvailabilityResponse>,
+) -> Vec<pb::CarParkAvailability> {
+    let mut states = Vec::new();
+    loop {
+        match next_event(stream).await {
+            Event::Update(a) => states.push(a),
+            Event::SnapshotComplete(done) => {
+                assert_eq!(done.car_parks as usize, states.len());
+                return states;
+            }
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+    }
+}
+
+/// An open Publish stream: batches go in, one answer per batch comes out.
+pub struct Publisher {
+    batches: mpsc::Sender<pb::PublishRequest>,
+    answers: Streaming<pb::PublishResponse>,
+}
+
+impl Publisher {
+    /// Opens a Publish stream with `key` on a connection of its own.
+    pub async fn open(server: &TestServer, key: &str) -> Result<Self, Status> {
+        let (batches, rx) = mpsc::channel(16);
+        let answers = server
+            .ingest()
+            .await
+            .publish(authed(ReceiverStream::new(rx), key))
+            .await?
+            .into_inner();
+        Ok(Self { batches, answers })
+    }
+
+    /// Sends one batch without waiting for its answer.
+    pub async fn send(&self, reports: Vec<pb::OccupancyReport>) {
+        self.batches
+            .send(pb::PublishRequest { reports })
+            .await
+            .expect("the publish stream is open");
+    }
+
+    /// The next answer: its acks, `None` at the end, or the status ending the stream.
+    pub async fn answer(&mut self) -> Result<Option<Vec<pb::ReportAck>>, Status> {
+        next(&mut self.answers)
+            .await
+            .map(|r| r.map(|response| response.acks))
+    }
+
+    /// Sends one batch and returns its acks, which must come.
+    pub async fn exchange(&mut self, reports: Vec<pb::OccupancyReport>) -> Vec<pb::ReportAck> {
+        let n = reports.len();
+        self.send(reports).await;
+        let acks = self
+            .answer()
+            .await
+            .expect("publish stream failed")
+            .expect("publish stream ended");
+        assert_eq!(acks.len(), n, "one ack per report");
+        acks
+    }
 }

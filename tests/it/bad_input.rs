@@ -1,0 +1,473 @@
+//! Bad requests: each is refused with a clear status naming the field, and changes nothing.
+
+use crate::support::*;
+use citypark::pb::{self, SpaceCategory::*};
+use tonic::Code;
+
+/// A server with one reported car park, "g1", and what it looks like.
+async fn one_car_park() -> (TestServer, pb::CarPark, pb::CarParkAvailability) {
+    let server = TestServer::start().await;
+    let stored = register(&server, garage("g1", 36.067, 120.383)).await;
+    report_ok(&server, snapshot("g1", 1, 42, server.now())).await;
+    let live = availability_of(&server, "g1").await;
+    (server, stored, live)
+}
+
+/// Asserts that the city is still exactly the one of [`one_car_park`].
+async fn assert_unchanged(
+    server: &TestServer,
+    stored: &pb::CarPark,
+    live: &pb::CarParkAvailability,
+    after: &str,
+) {
+    assert_eq!(server.backend.engine.len(), 1, "after {after}");
+    assert_eq!(all_ids(server).await, ["g1"], "after {after}");
+    assert_eq!(
+        &car_park_of(server, "g1").await.unwrap(),
+        stored,
+        "after {after}"
+    );
+    assert_eq!(&availability_of(server, "g1").await, live, "after {after}");
+}
+
+type Edit = fn(&mut pb::CarPark);
+
+fn at(latitude: f64, longitude: f64) -> Option<pb::LatLng> {
+    Some(pb::LatLng {
+        latitude,
+        longitude,
+    })
+}
+
+/// A stay from and to the given seconds after the start of the test clock.
+fn stay(start: i64, end: Option<i64>) -> Option<pb::StayWindow> {
+    Some(pb::StayWindow {
+        start: Some(pb_time(after(start_time(), start))),
+        end: end.map(|e| pb_time(after(start_time(), e))),
+    })
+}
+
+#[tokio::test]
+async fn invalid_car_parks_are_refused_naming_the_field() {
+    let (server, stored, live) = one_car_park().await;
+    let cases: Vec<(&str, Edit)> = vec![
+        ("car_park.location.latitude", |c| {
+            c.location = at(f64::NAN, 120.0)
+        }),
+        ("car_park.location.latitude", |c| {
+            c.location = at(f64::INFINITY, 120.0)
+        }),
+        ("car_park.location.latitude", |c| {
+            c.location = at(90.5, 120.0)
+        }),
+        ("car_park.location.latitude", |c| {
+            c.location = at(-91.0, 120.0)
+        }),
+        ("car_park.location.longitude", |c| {
+            c.location = at(36.0, f64::NAN)
+        }),
+        ("car_park.location.longitude", |c| {
+            c.location = at(36.0, f64::NEG_INFINITY)
+        }),
+        ("car_park.location.longitude", |c| {
+            c.location = at(36.0, 180.5)
+        }),
+        ("car_park.location", |c| c.location = None),
+        ("car_park.id", |c| c.id = String::new()),
+        ("car_park.id", |c| c.id = "x".repeat(65)),
+        ("car_park.id", |c| c.id = "g 1".into()),
+        ("car_park.region", |c| c.region = String::new()),
+        ("car_park.region", |c| c.region = "Qingdao".into()),
+        ("car_park.operator_id", |c| c.operator_id = "op a".into()),
+        ("car_park.name", |c| c.name = String::new()),
+        ("car_park.name", |c| c.name = "n".repeat(201)),
+        ("car_park.address", |c| c.address = "a".repeat(301)),
+        ("car_park.kind", |c| c.kind = 0),
+        ("car_park.kind", |c| c.kind = 99),
+        ("car_park.capacity", |c| c.capacity.clear()),
+        ("car_park.capacity", |c| {
+            c.capacity = capacity(&[(Standard, 0)])
+        }),
+        ("car_park.capacity[0].spaces", |c| {
+            c.capacity = capacity(&[(Standard, -1)])
+        }),
+        ("car_park.capacity[0].spaces", |c| {
+            c.capacity = capacity(&[(Standard, 100_001)])
+        }),
+        ("car_park.capacity[1].category", |c| {
+            c.capacity = capacity(&[(Standard, 1), (Standard, 2)])
+        }),
+        ("car_park.capacity[0].category", |c| {
+            c.capacity = capacity(&[(Unspecified, 1)])
+        }),
+        ("car_park.time_zone", |c| c.time_zone = String::new()),
+        ("car_park.time_zone", |c| {
+            c.time_zone = "Mars/Olympus".into()
+        }),
+        ("car_park.opening_hours[0].day", |c| {
+            c.opening_hours = vec![pb::OpeningPeriod {
+                day: 0,
+                open_minute: 0,
+                close_minute: 60,
+            }]
+        }),
+        ("car_park.opening_hours[0].close_minute", |c| {
+            c.opening_hours = vec![pb::OpeningPeriod {
+                day: 1,
+                open_minute: 600,
+                close_minute: 600,
+            }]
+        }),
+        ("car_park.opening_hours[0].open_minute", |c| {
+            c.opening_hours = vec![pb::OpeningPeriod {
+                day: 1,
+                open_minute: -1,
+                close_minute: 600,
+            }]
+        }),
+        ("car_park.tariff.currency", |c| {
+            c.tariff.as_mut().unwrap().currency = "cny".into()
+        }),
+        ("car_park.tariff.hourly_rate_minor", |c| {
+            c.tariff.as_mut().unwrap().hourly_rate_minor = -1
+        }),
+        ("car_park.tariff.free_minutes", |c| {
+            c.tariff.as_mut().unwrap().free_minutes = -5
+        }),
+        ("car_park.report_interval_seconds", |c| {
+            c.report_interval_seconds = 9
+        }),
+        ("car_park.report_interval_seconds", |c| {
+            c.report_interval_seconds = -60
+        }),
+        ("car_park.report_interval_seconds", |c| {
+            c.report_interval_seconds = 86_401
+        }),
+        ("car_park.max_height_cm", |c| c.max_height_cm = -1),
+    ];
+    let mut registry = server.registry().await;
+    for (field, edit) in cases {
+        let mut car_park = garage("g1", 36.067, 120.383);
+        car_park.capacity = capacity(&[(Standard, 5)]);
+        edit(&mut car_park);
+        let result = registry
+            .upsert_car_park(authed(
+                pb::UpsertCarParkRequest {
+                    car_park: Some(car_park.clone()),
+                },
+                OPERATOR_A.1,
+            ))
+            .await;
+        expect_invalid(result, field);
+        assert_unchanged(&server, &stored, &live, &format!("{car_park:?}")).await;
+    }
+    expect_invalid(
+        registry
+            .upsert_car_park(authed(
+                pb::UpsertCarParkRequest { car_park: None },
+                OPERATOR_A.1,
+            ))
+            .await,
+        "car_park",
+    );
+    assert_unchanged(&server, &stored, &live, "no car park").await;
+
+    // The limits themselves are accepted.
+    let edge = pb::CarPark {
+        location: at(-90.0, 180.0),
+        ..garage(&"x".repeat(64), 0.0, 0.0)
+    };
+    register(&server, edge).await;
+}
+
+/// A report on "g1" observed now, edited.
+fn bad_report(
+    server: &TestServer,
+    edit: impl FnOnce(&mut pb::OccupancyReport),
+) -> pb::OccupancyReport {
+    let mut report = snapshot("g1", 2, 10, server.now());
+    edit(&mut report);
+    report
+}
+
+fn free(counts: &[(pb::SpaceCategory, i32)]) -> Option<pb::occupancy_report::Body> {
+    snapshot_of("g1", 1, counts, start_time()).body
+}
+
+#[tokio::test]
+async fn invalid_reports_are_refused_naming_the_field() {
+    use pb::occupancy_report::Body;
+    let (server, stored, live) = one_car_park().await;
+    let now = server.now();
+    let cases: Vec<(&str, pb::OccupancyReport)> = vec![
+        (
+            "report.car_park_id",
+            bad_report(&server, |r| r.car_park_id = String::new()),
+        ),
+        (
+            "report.car_park_id",
+            bad_report(&server, |r| r.car_park_id = "g".repeat(65)),
+        ),
+        ("report.sequence", bad_report(&server, |r| r.sequence = 0)),
+        (
+            "report.observed_at",
+            bad_report(&server, |r| r.observed_at = None),
+        ),
+        (
+            "report.observed_at",
+            bad_report(&server, |r| r.observed_at = Some(pb_time(after(now, 301)))),
+        ),
+        (
+            "report.observed_at",
+            bad_report(&server, |r| {
+                r.observed_at = Some(prost_types::Timestamp {
+                    seconds: now.as_second(),
+                    nanos: -1,
+                })
+            }),
+        ),
+        (
+            "report.observed_at",
+            bad_report(&server, |r| {
+                r.observed_at = Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                })
+            }),
+        ),
+        ("report.body", bad_report(&server, |r| r.body = None)),
+        (
+            "report.snapshot.free",
+            bad_report(&server, |r| r.body = free(&[])),
+        ),
+        (
+            "report.snapshot.free[0].count",
+            bad_report(&server, |r| r.body = free(&[(Standard, 101)])),
+        ),
+        (
+            "report.snapshot.free[1].count",
+            bad_report(&server, |r| {
+                r.body = free(&[(Standard, 1), (EvCharging, 11)])
+            }),
+        ),
+        (
+            "report.snapshot.free[0].count",
+            bad_report(&server, |r| r.body = free(&[(Standard, -1)])),
+        ),
+        (
+            "report.snapshot.free[0].category",
+            bad_report(&server, |r| r.body = free(&[(Unspecified, 1)])),
+        ),
+        (
+            "report.snapshot.free[1].category",
+            bad_report(&server, |r| r.body = free(&[(Standard, 1), (Standard, 2)])),
+        ),
+        (
+            "report.delta.entries[0].count",
+            bad_report(&server, |r| r.body = delta("g1", 2, -1, 0, now).body),
+        ),
+        (
+            "report.delta.exits[0].count",
+            bad_report(&server, |r| r.body = delta("g1", 2, 0, -3, now).body),
+        ),
+        (
+            "report.delta.plate",
+            bad_report(&server, |r| {
+                r.body = Some(Body::Delta(pb::DeltaReport {
+                    plate: "P".repeat(17),
+                    ..Default::default()
+                }))
+            }),
+        ),
+        (
+            "report.bay.bay_id",
+            bad_report(&server, |r| r.body = bay("g1", 2, "", true, now).body),
+        ),
+        (
+            "report.bay.category",
+            bad_report(&server, |r| {
+                r.body = Some(Body::Bay(pb::BayStatusReport {
+                    bay_id: "b1".into(),
+                    category: Accessible.into(),
+                    occupied: true,
+                }))
+            }),
+        ),
+    ];
+    for (field, bad) in cases {
+        let shown = format!("{bad:?}");
+        expect_invalid(report(&server, bad).await, field);
+        assert_unchanged(&server, &stored, &live, &shown).await;
+    }
+    let mut ingest = server.ingest().await;
+    expect_invalid(
+        ingest
+            .report(authed(pb::ReportRequest { report: None }, OPERATOR_A.1))
+            .await,
+        "report",
+    );
+    expect_code(
+        report(&server, snapshot("nope", 2, 1, now)).await,
+        Code::NotFound,
+    );
+    assert_unchanged(&server, &stored, &live, "the last bad report").await;
+
+    // Exactly five minutes ahead is still accepted.
+    report_ok(&server, snapshot("g1", 2, 10, after(now, 300))).await;
+}
+
+#[tokio::test]
+async fn invalid_queries_are_refused_naming_the_field() {
+    let (server, stored, live) = one_car_park().await;
+    let query = |edit: fn(&mut pb::FindNearbyRequest)| {
+        let mut request = near_here();
+        edit(&mut request);
+        request
+    };
+    let cases: Vec<(&str, pb::FindNearbyRequest)> = vec![
+        ("location", query(|r| r.location = None)),
+        (
+            "location.latitude",
+            query(|r| r.location.as_mut().unwrap().latitude = f64::NAN),
+        ),
+        (
+            "location.latitude",
+            query(|r| r.location.as_mut().unwrap().latitude = -90.5),
+        ),
+        (
+            "location.longitude",
+            query(|r| r.location.as_mut().unwrap().longitude = f64::INFINITY),
+        ),
+        (
+            "location.longitude",
+            query(|r| r.location.as_mut().unwrap().longitude = 181.0),
+        ),
+        ("radius_m", query(|r| r.radius_m = 50_000.5)),
+        ("radius_m", query(|r| r.radius_m = -1.0)),
+        ("radius_m", query(|r| r.radius_m = f64::NAN)),
+        ("radius_m", query(|r| r.radius_m = f64::INFINITY)),
+        ("limit", query(|r| r.limit = 101)),
+        ("limit", query(|r| r.limit = -1)),
+        ("min_available", query(|r| r.min_available = -1)),
+        ("category", query(|r| r.category = 99)),
+        ("kinds[1]", query(|r| r.kinds = vec![1, 0])),
+        ("stay.end", query(|r| r.stay = stay(0, None))),
+        ("stay.end", query(|r| r.stay = stay(0, Some(0)))),
+        (
+            "stay.end",
+            query(|r| r.stay = stay(0, Some(30 * 86_400 + 1))),
+        ),
+        ("max_price_minor", query(|r| r.max_price_minor = Some(100))),
+        (
+            "max_price_minor",
+            query(|r| {
+                r.stay = stay(0, Some(3600));
+                r.max_price_minor = Some(-1)
+            }),
+        ),
+    ];
+    let mut availability = server.availability().await;
+    for (field, request) in cases {
+        let shown = format!("{request:?}");
+        expect_invalid(availability.find_nearby(request).await, field);
+        assert_unchanged(&server, &stored, &live, &shown).await;
+    }
+
+    // The limits themselves are accepted.
+    let widest = find(
+        &server,
+        pb::FindNearbyRequest {
+            radius_m: 50_000.0,
+            limit: 100,
+            stay: stay(0, Some(30 * 86_400)),
+            ..near_here()
+        },
+    )
+    .await;
+    assert_eq!(ids_of(&widest), ["g1"]);
+}
+
+#[tokio::test]
+async fn get_availability_takes_1_to_1000_valid_ids() {
+    let (server, _, live) = one_car_park().await;
+    let mut availability = server.availability().await;
+    let mut get = async |ids: Vec<String>| {
+        availability
+            .get_availability(pb::GetAvailabilityRequest { car_park_ids: ids })
+            .await
+            .map(|r| r.into_inner())
+    };
+    let mut ids: Vec<String> = (0..999).map(|i| format!("n{i}")).collect();
+    ids.insert(500, "g1".into());
+    let answer = get(ids.clone()).await.unwrap();
+    assert_eq!(answer.availabilities, [live]);
+    assert_eq!(answer.not_found_ids.len(), 999);
+    assert_eq!(answer.not_found_ids[0], "n0");
+
+    ids.push("n999".into());
+    expect_invalid(get(ids).await, "car_park_ids");
+    expect_invalid(get(vec![]).await, "car_park_ids");
+    expect_invalid(
+        get(vec!["g1".into(), "a b".into()]).await,
+        "car_park_ids[1]",
+    );
+    expect_invalid(get(vec!["x".repeat(65)]).await, "car_park_ids[0]");
+}
+
+#[tokio::test]
+async fn oversize_messages_are_refused_with_out_of_range() {
+    let (server, stored, live) = one_car_park().await;
+    let limit = 1 << 20;
+    let mut availability = server.availability().await;
+    let echo = availability
+        .ping(pb::PingRequest {
+            payload: vec![7; limit - 16],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(echo.payload.len(), limit - 16);
+    let status = expect_code(
+        availability
+            .ping(pb::PingRequest {
+                payload: vec![7; limit + 1],
+            })
+            .await,
+        Code::OutOfRange,
+    );
+    assert!(status.message().contains("too large"), "{status:?}");
+
+    let huge = pb::CarPark {
+        address: "a".repeat(limit),
+        ..garage("g1", 36.067, 120.383)
+    };
+    expect_code(
+        server
+            .registry()
+            .await
+            .upsert_car_park(authed(
+                pb::UpsertCarParkRequest {
+                    car_park: Some(huge),
+                },
+                OPERATOR_A.1,
+            ))
+            .await,
+        Code::OutOfRange,
+    );
+
+    let mut publisher = Publisher::open(&server, OPERATOR_A.1).await.unwrap();
+    let plate = "P".repeat(16);
+    let reports: Vec<_> = (0..1000)
+        .map(|i| pb::OccupancyReport {
+            car_park_id: "g".repeat(64),
+            body: Some(pb::occupancy_report::Body::Delta(pb::DeltaReport {
+                plate: plate.repeat(70),
+                ..Default::default()
+            })),
+            ..snapshot("g1", 2 + i, 1, server.now())
+        })
+        .collect();
+    publisher.send(reports).await;
+    expect_code(publisher.answer().await, Code::OutOfRange);
+    assert_unchanged(&server, &stored, &live, "oversize messages").await;
+}
