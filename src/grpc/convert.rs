@@ -336,13 +336,37 @@ pub fn nearby_query(r: pb::FindNearbyRequest) -> Result<NearbyQuery> {
     .validated()
 }
 
-pub fn pb_nearby(n: &Nearby) -> pb::NearbyCarPark {
+/// One result; the full registration and every category only for view FULL.
+pub fn pb_nearby(n: &Nearby, full: bool, category: SpaceCategory) -> pb::NearbyCarPark {
+    let cp = &n.car_park;
     pb::NearbyCarPark {
-        car_park: Some(pb_car_park(&n.car_park)),
+        car_park_id: cp.id.to_string(),
+        name: cp.name.clone(),
+        kind: pb_kind(cp.kind).into(),
+        location: Some(pb_lat_lng(cp.location)),
+        address: cp.address.clone(),
+        status: pb_status(n.admitted.status).into(),
         distance_m: n.distance_m,
-        availability: Some(pb_availability(&n.availability)),
         available: n.admitted.available as i32,
+        capacity: cp.capacity.of(category) as i32,
+        data_age_seconds: n.availability.data_age.map(|d| d.as_secs() as i64),
         price_minor: n.admitted.price,
+        currency: n
+            .admitted
+            .price
+            .map(|_| cp.tariff.currency.clone())
+            .unwrap_or_default(),
+        car_park: full.then(|| pb_car_park(cp)),
+        availability: full.then(|| pb_availability(&n.availability)),
+    }
+}
+
+/// Whether a FindNearby request asks for the FULL view.
+pub fn full_view(view: i32) -> Result<bool> {
+    match pb::NearbyView::try_from(view) {
+        Ok(pb::NearbyView::Unspecified | pb::NearbyView::Basic) => Ok(false),
+        Ok(pb::NearbyView::Full) => Ok(true),
+        Err(_) => Err(Error::invalid("view", format!("{view} is not a view"))),
     }
 }
 

@@ -302,10 +302,15 @@ impl pb::availability_server::Availability for Api {
         &self,
         request: Request<pb::FindNearbyRequest>,
     ) -> Reply<pb::FindNearbyResponse> {
-        let query = convert::nearby_query(request.into_inner()).map_err(to_status)?;
+        let request = request.into_inner();
+        let full = convert::full_view(request.view).map_err(to_status)?;
+        let query = convert::nearby_query(request).map_err(to_status)?;
         let results = self.service.find_nearby(&query);
         Ok(Response::new(pb::FindNearbyResponse {
-            results: results.iter().map(convert::pb_nearby).collect(),
+            results: results
+                .iter()
+                .map(|n| convert::pb_nearby(n, full, query.category))
+                .collect(),
         }))
     }
 

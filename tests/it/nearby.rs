@@ -218,12 +218,7 @@ async fn open_now_reads_opening_hours_in_the_car_parks_time_zone() {
     let all = find(&server, near_here()).await;
     let statuses: Vec<_> = all
         .iter()
-        .map(|r| {
-            (
-                r.car_park.as_ref().unwrap().id.as_str(),
-                r.availability.as_ref().unwrap().status(),
-            )
-        })
+        .map(|r| (r.car_park_id.as_str(), r.status()))
         .collect();
     assert_eq!(
         statuses,
@@ -316,9 +311,9 @@ async fn car_parks_without_data_are_shown_only_when_asked() {
 
     let all = find(&server, with(|r| r.include_no_data = true)).await;
     assert_eq!(ids_of(&all), ["silent", "live"]);
-    let silent = all[0].availability.as_ref().unwrap();
+    let silent = &all[0];
     assert_eq!(silent.status(), CarParkStatus::NoData);
-    assert_eq!((silent.observed_at, silent.data_age_seconds), (None, None));
+    assert_eq!(silent.data_age_seconds, None);
     assert_eq!(
         all[0].available, 100,
         "min_available is checked against capacity"
@@ -332,7 +327,7 @@ async fn car_parks_without_data_are_shown_only_when_asked() {
 }
 
 #[tokio::test]
-async fn the_answer_carries_the_registration_and_live_state() {
+async fn the_basic_view_carries_the_list_fields_and_full_adds_the_rest() {
     let server = TestServer::start().await;
     let stored = register(&server, garage_north("g1", 100.0)).await;
     report_ok(
@@ -342,9 +337,38 @@ async fn the_answer_carries_the_registration_and_live_state() {
     .await;
     let results = find(&server, near_here()).await;
     assert_eq!(results.len(), 1);
-    assert_eq!(results[0].car_park.as_ref(), Some(&stored));
+    let basic = &results[0];
     assert_eq!(
-        results[0].availability.as_ref(),
+        (
+            basic.car_park_id.as_str(),
+            basic.name.as_str(),
+            basic.address.as_str()
+        ),
+        ("g1", stored.name.as_str(), stored.address.as_str())
+    );
+    assert_eq!((basic.kind, basic.location), (stored.kind, stored.location));
+    assert_eq!(
+        (basic.status(), basic.available, basic.capacity),
+        (CarParkStatus::Open, 42, 100)
+    );
+    assert_eq!(basic.data_age_seconds, Some(0));
+    assert_eq!(
+        (basic.car_park.as_ref(), basic.availability.as_ref()),
+        (None, None)
+    );
+
+    let full = find(&server, with(|r| r.view = pb::NearbyView::Full.into())).await;
+    assert_eq!(full[0].car_park.as_ref(), Some(&stored));
+    assert_eq!(
+        full[0].availability.as_ref(),
         Some(&availability_of(&server, "g1").await)
     );
+    assert_eq!(full[0].car_park_id, "g1");
+
+    let bad = server
+        .availability()
+        .await
+        .find_nearby(with(|r| r.view = 7))
+        .await;
+    expect_invalid(bad, "view");
 }

@@ -86,13 +86,13 @@ async fn stale_car_parks_are_left_out_of_find_nearby_unless_included() {
     )
     .await;
     assert_eq!(ids_of(&all), ["old", "new"]);
-    let old = all[0].availability.as_ref().unwrap();
+    let old = &all[0];
     assert_eq!(
         (old.status(), old.data_age_seconds),
         (CarParkStatus::Stale, Some(600))
     );
     assert_eq!(all[0].available, 10);
-    let new = all[1].availability.as_ref().unwrap();
+    let new = &all[1];
     assert_eq!(
         (new.status(), new.data_age_seconds),
         (CarParkStatus::Open, Some(5))

@@ -465,10 +465,7 @@ pub async fn find(server: &TestServer, request: pb::FindNearbyRequest) -> Vec<pb
 
 /// The car park ids of a FindNearby answer, in order.
 pub fn ids_of(results: &[pb::NearbyCarPark]) -> Vec<&str> {
-    results
-        .iter()
-        .map(|r| r.car_park.as_ref().unwrap().id.as_str())
-        .collect()
+    results.iter().map(|r| r.car_park_id.as_str()).collect()
 }
 
 /// Asserts that `result` failed with `code` and returns the status.

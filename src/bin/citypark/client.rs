@@ -260,6 +260,7 @@ async fn nearby(args: NearbyArgs) -> anyhow::Result<()> {
         max_price_minor: args.max_price,
         include_stale: args.include_stale,
         include_no_data: args.include_no_data,
+        view: pb::NearbyView::Basic.into(),
     };
     let mut client = AvailabilityClient::new(connect(&args.connect).await?);
     let results = client
@@ -292,31 +293,23 @@ async fn nearby(args: NearbyArgs) -> anyhow::Result<()> {
     columns.push(("age", Align::Right));
     let mut table = Table::new(columns);
     for (rank, result) in results.iter().enumerate() {
-        let car_park = result.car_park.clone().unwrap_or_default();
-        let availability = result.availability.clone().unwrap_or_default();
-        let capacity = availability
-            .categories
-            .iter()
-            .find(|c| c.category == category as i32)
-            .map_or(0, |c| c.capacity);
         let mut row = vec![
             (rank + 1).to_string(),
             format_distance(result.distance_m),
-            car_park.id,
-            car_park.name,
-            kind_name(car_park.kind).to_owned(),
-            status_name(availability.status).to_owned(),
-            format!("{}/{capacity}", result.available),
+            result.car_park_id.clone(),
+            result.name.clone(),
+            kind_name(result.kind).to_owned(),
+            status_name(result.status).to_owned(),
+            format!("{}/{}", result.available, result.capacity),
         ];
         if stay.is_some() {
-            let currency = car_park.tariff.map(|t| t.currency).unwrap_or_default();
             row.push(
                 result
                     .price_minor
-                    .map_or_else(|| "-".to_owned(), |p| format_money(p, &currency)),
+                    .map_or_else(|| "-".to_owned(), |p| format_money(p, &result.currency)),
             );
         }
-        row.push(format_age(availability.data_age_seconds));
+        row.push(format_age(result.data_age_seconds));
         table.push(row);
     }
     table.print()?;
