@@ -8,29 +8,13 @@
 use std::{hint::black_box, time::Instant};
 
 use citypark::{
+    demo::Rng,
     domain::{
         Capacity, CarPark, CarParkId, CarParkKind, LatLng, Live, NearbyQuery, OpeningHours,
         OperatorId, Radius, RegionId, SpaceCategory, Tariff, TimeZoneName, Timestamp,
     },
     engine::Engine,
 };
-
-/// splitmix64: deterministic and dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// Car parks spread over a box whose area grows with n, so density stays city-like.
 fn city(n: usize, rng: &mut Rng) -> Vec<CarPark> {
@@ -51,8 +35,8 @@ fn city(n: usize, rng: &mut Rng) -> Vec<CarPark> {
                 location: LatLng::new(lat, lon.clamp(-180.0, 180.0)).unwrap(),
                 kind: CarParkKind::Garage,
                 capacity: Capacity::new([
-                    (SpaceCategory::Standard, 200 + (rng.next() % 300) as i64),
-                    (SpaceCategory::EvCharging, (rng.next() % 20) as i64),
+                    (SpaceCategory::Standard, 200 + (rng.next_u64() % 300) as i64),
+                    (SpaceCategory::EvCharging, (rng.next_u64() % 20) as i64),
                 ])
                 .unwrap(),
                 time_zone: zone.clone(),
@@ -78,7 +62,7 @@ fn rss_bytes() -> u64 {
 }
 
 fn measure(n: usize) {
-    let mut rng = Rng(n as u64);
+    let mut rng = Rng::new(n as u64);
     let now: Timestamp = "2026-11-30T02:00:00Z".parse().unwrap();
     let parks = city(n, &mut rng);
     let span = 0.25 * (n as f64 / 2_350.0).sqrt();
