@@ -193,6 +193,31 @@ impl CarPark {
         }
     }
 
+    /// The state an upsert of `self` by `caller` leaves, given what exists: an operator
+    /// changes only its own car parks, the region never changes, and live counts survive
+    /// (cut to a smaller capacity). Every store backend computes upserts with this.
+    pub fn replacing(
+        self,
+        existing: Option<(&CarPark, &super::Live)>,
+        caller: &OperatorId,
+    ) -> Result<(CarPark, super::Live), Error> {
+        self.check_owner(caller)?;
+        let Some((old, live)) = existing else {
+            let live = super::Live::new(self.capacity);
+            return Ok((self, live));
+        };
+        old.check_owner(caller)?;
+        if old.region != self.region {
+            return Err(Error::FailedPrecondition(format!(
+                "car park {} is in region {}; delete it to move it to {}",
+                self.id, old.region, self.region
+            )));
+        }
+        let mut live = live.clone();
+        live.resize(self.capacity);
+        Ok((self, live))
+    }
+
     /// How long without a report before the numbers are STALE.
     pub fn staleness_window(&self) -> Duration {
         self.report_interval * Self::STALE_AFTER_INTERVALS

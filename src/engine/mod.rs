@@ -10,7 +10,10 @@
 
 mod index;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
@@ -57,6 +60,8 @@ pub struct Applied {
 struct SlotState {
     car_park: Arc<CarPark>,
     live: Live,
+    /// Bumped by every write; a replica applies a change only if it is newer.
+    version: u64,
     /// The status last sent to watchers, so the sweeper reports only transitions.
     last_status: CarParkStatus,
 }
@@ -72,9 +77,87 @@ struct Inner {
     slots: Vec<Option<Slot>>,
     vacant: Vec<u32>,
     tree: Tree,
+    /// Versions of deleted car parks, so a replica never lets an older change
+    /// resurrect one.
+    tombstones: HashMap<CarParkId, u64>,
 }
 
 impl Inner {
+    /// Sets a car park's whole state, adding it or moving it in the index as needed,
+    /// and tells watchers. Callers hold the write lock and have checked the version.
+    fn put(
+        &mut self,
+        engine: &Engine,
+        car_park: Arc<CarPark>,
+        live: Live,
+        version: u64,
+        now: Timestamp,
+    ) {
+        let availability = live.availability(&car_park, now);
+        self.tombstones.remove(&car_park.id);
+        if let Some(&i) = self.by_id.get(&car_park.id) {
+            let slot = self.slots[i as usize]
+                .as_ref()
+                .expect("the id map points at live slots only");
+            let mut state = slot.state.lock();
+            if state.car_park.location != car_park.location {
+                self.tree
+                    .remove(&IndexPoint::new(state.car_park.location, i));
+                self.tree.insert(IndexPoint::new(car_park.location, i));
+            }
+            *state = SlotState {
+                car_park: car_park.clone(),
+                live,
+                version,
+                last_status: availability.status,
+            };
+            engine.publish(&car_park, ChangeKind::Updated(availability));
+            return;
+        }
+        let slot = Slot {
+            state: Mutex::new(SlotState {
+                car_park: car_park.clone(),
+                live,
+                version,
+                last_status: availability.status,
+            }),
+        };
+        let i = match self.vacant.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_id.insert(car_park.id.clone(), i);
+        self.tree.insert(IndexPoint::new(car_park.location, i));
+        engine.publish(&car_park, ChangeKind::Updated(availability));
+    }
+
+    /// Removes a car park, leaving a tombstone at `version`, and tells watchers.
+    fn remove(&mut self, engine: &Engine, id: &CarParkId, version: u64) {
+        self.tombstones.insert(id.clone(), version);
+        let Some(i) = self.by_id.remove(id) else {
+            return;
+        };
+        let car_park = self.slot_at(i).state.lock().car_park.clone();
+        self.tree.remove(&IndexPoint::new(car_park.location, i));
+        self.slots[i as usize] = None;
+        self.vacant.push(i);
+        engine.publish(&car_park, ChangeKind::Removed);
+    }
+
+    /// The version a car park has, or had when it was deleted, or 0.
+    fn version_of(&self, id: &str) -> u64 {
+        match self.slot(id) {
+            Some(slot) => slot.state.lock().version,
+            None => self.tombstones.get(id).copied().unwrap_or(0),
+        }
+    }
+
     fn slot(&self, id: &str) -> Option<&Slot> {
         self.by_id
             .get(id)
@@ -135,58 +218,20 @@ impl Engine {
         caller: &OperatorId,
         now: Timestamp,
     ) -> Result<(Arc<CarPark>, bool)> {
-        car_park.check_owner(caller)?;
-        let car_park = Arc::new(car_park);
         let mut inner = self.inner.write();
-        let inner = &mut *inner;
-        if let Some(&i) = inner.by_id.get(&car_park.id) {
-            let slot = inner.slots[i as usize]
-                .as_ref()
-                .expect("the id map points at live slots only");
-            let mut state = slot.state.lock();
-            state.car_park.check_owner(caller)?;
-            if state.car_park.region != car_park.region {
-                return Err(Error::FailedPrecondition(format!(
-                    "car park {} is in region {}; delete it to move it to {}",
-                    car_park.id, state.car_park.region, car_park.region
-                )));
-            }
-            if state.car_park.location != car_park.location {
-                inner
-                    .tree
-                    .remove(&IndexPoint::new(state.car_park.location, i));
-                inner.tree.insert(IndexPoint::new(car_park.location, i));
-            }
-            state.live.resize(car_park.capacity);
-            state.car_park = car_park.clone();
-            let availability = state.live.availability(&car_park, now);
-            state.last_status = availability.status;
-            self.publish(&car_park, ChangeKind::Updated(availability));
-            return Ok((car_park, false));
-        }
-        let live = Live::new(car_park.capacity);
-        let availability = live.availability(&car_park, now);
-        let slot = Slot {
-            state: Mutex::new(SlotState {
-                car_park: car_park.clone(),
-                live,
-                last_status: availability.status,
-            }),
-        };
-        let i = match inner.vacant.pop() {
-            Some(i) => {
-                inner.slots[i as usize] = Some(slot);
-                i
-            }
-            None => {
-                inner.slots.push(Some(slot));
-                (inner.slots.len() - 1) as u32
-            }
-        };
-        inner.by_id.insert(car_park.id.clone(), i);
-        inner.tree.insert(IndexPoint::new(car_park.location, i));
-        self.publish(&car_park, ChangeKind::Updated(availability));
-        Ok((car_park, true))
+        let existing = inner.slot(car_park.id.as_str()).map(|slot| {
+            let state = slot.state.lock();
+            (state.car_park.clone(), state.live.clone(), state.version)
+        });
+        let version = existing.as_ref().map_or_else(
+            || inner.tombstones.get(&car_park.id).copied().unwrap_or(0),
+            |e| e.2,
+        );
+        let (car_park, live) =
+            car_park.replacing(existing.as_ref().map(|(c, l, _)| (&**c, l)), caller)?;
+        let car_park = Arc::new(car_park);
+        inner.put(self, car_park.clone(), live, version + 1, now);
+        Ok((car_park, existing.is_none()))
     }
 
     /// Loads many car parks into an empty engine at once, building the R-tree in one
@@ -215,6 +260,7 @@ impl Engine {
                 state: Mutex::new(SlotState {
                     car_park: Arc::new(car_park),
                     live,
+                    version: 1,
                     last_status,
                 }),
             }));
@@ -226,17 +272,15 @@ impl Engine {
     /// Removes a car park on behalf of `caller`.
     pub fn delete(&self, id: &CarParkId, caller: &OperatorId) -> Result<()> {
         let mut inner = self.inner.write();
-        let i = *inner
-            .by_id
-            .get(id)
-            .ok_or_else(|| Error::car_park_not_found(id))?;
-        let car_park = inner.slot_at(i).state.lock().car_park.clone();
+        let (car_park, version) = {
+            let slot = inner
+                .slot(id.as_str())
+                .ok_or_else(|| Error::car_park_not_found(id))?;
+            let state = slot.state.lock();
+            (state.car_park.clone(), state.version)
+        };
         car_park.check_owner(caller)?;
-        inner.by_id.remove(id);
-        inner.tree.remove(&IndexPoint::new(car_park.location, i));
-        inner.slots[i as usize] = None;
-        inner.vacant.push(i);
-        self.publish(&car_park, ChangeKind::Removed);
+        inner.remove(self, id, version + 1);
         Ok(())
     }
 
@@ -252,6 +296,7 @@ impl Engine {
         let outcome = state.live.apply(&state.car_park, report, now)?;
         let availability = state.live.availability(&state.car_park, now);
         if outcome != ReportOutcome::Duplicate {
+            state.version += 1;
             state.last_status = availability.status;
             // Sent while the car park's lock is held, so watchers see its changes in order.
             self.publish(&state.car_park, ChangeKind::Updated(availability.clone()));
@@ -389,6 +434,104 @@ impl Engine {
             }
         }
         changed
+    }
+
+    /// A car park's whole state with its version, for a store that computes writes
+    /// itself; and the version to expect when the car park does not exist (its
+    /// tombstone's, or 0).
+    pub fn versioned(&self, id: &str) -> (Option<(Arc<CarPark>, Live)>, u64) {
+        let inner = self.inner.read();
+        match inner.slot(id) {
+            Some(slot) => {
+                let state = slot.state.lock();
+                (
+                    Some((state.car_park.clone(), state.live.clone())),
+                    state.version,
+                )
+            }
+            None => (None, inner.version_of(id)),
+        }
+    }
+
+    /// Replica: sets a car park's registration and live state at `version`, unless the
+    /// engine already holds that version or a newer one. True if it was applied.
+    pub fn put_versioned(
+        &self,
+        car_park: CarPark,
+        live: Live,
+        version: u64,
+        now: Timestamp,
+    ) -> bool {
+        let mut inner = self.inner.write();
+        if inner.version_of(car_park.id.as_str()) >= version {
+            return false;
+        }
+        inner.put(self, Arc::new(car_park), live, version, now);
+        true
+    }
+
+    /// Replica: sets a car park's live state at `version` if it is newer than what the
+    /// engine holds. True if it was applied.
+    pub fn live_versioned(&self, id: &str, live: Live, version: u64, now: Timestamp) -> bool {
+        let inner = self.inner.read();
+        let Some(slot) = inner.slot(id) else {
+            return false;
+        };
+        let mut state = slot.state.lock();
+        if state.version >= version {
+            return false;
+        }
+        let availability = live.availability(&state.car_park, now);
+        state.live = live;
+        state.version = version;
+        state.last_status = availability.status;
+        // Sent under the car park's lock, as in `apply`, to keep watchers in order.
+        self.publish(&state.car_park, ChangeKind::Updated(availability));
+        true
+    }
+
+    /// Replica: removes a car park deleted at `version` unless it was re-created later.
+    pub fn delete_versioned(&self, id: &CarParkId, version: u64) -> bool {
+        let mut inner = self.inner.write();
+        if inner.version_of(id.as_str()) >= version {
+            return false;
+        }
+        inner.remove(self, id, version);
+        true
+    }
+
+    /// Replica: makes a region exactly what a snapshot says, whatever the versions
+    /// (the snapshot is the authority), removing car parks it does not hold.
+    pub fn replace_region(
+        &self,
+        region: &RegionId,
+        car_parks: Vec<(CarPark, Live, u64)>,
+        tombstones: Vec<(CarParkId, u64)>,
+        now: Timestamp,
+    ) {
+        let mut inner = self.inner.write();
+        let keep: std::collections::HashSet<CarParkId> =
+            car_parks.iter().map(|(c, _, _)| c.id.clone()).collect();
+        let gone: Vec<(CarParkId, u64)> = inner
+            .by_id
+            .iter()
+            .filter_map(|(id, &i)| {
+                let state = inner.slot_at(i).state.lock();
+                (&state.car_park.region == region && !keep.contains(id))
+                    .then(|| (id.clone(), state.version))
+            })
+            .collect();
+        for (id, version) in gone {
+            inner.remove(self, &id, version);
+        }
+        for (car_park, live, version) in car_parks {
+            inner.put(self, Arc::new(car_park), live, version, now);
+        }
+        for (id, version) in tombstones {
+            if inner.slot(id.as_str()).is_none() {
+                inner.tombstones.insert(id, version);
+            }
+        }
     }
 
     /// Counts car parks by status, for the metrics.
