@@ -12,11 +12,16 @@ use tonic::transport::Server;
 
 use crate::{
     auth::ApiKeys,
+    domain::Error,
     engine::Engine,
     grpc::{Api, MetricsLayer},
     pb,
     service::{Clock, Limits, Service, SystemClock},
-    store::{Store, embedded::EmbeddedStore},
+    store::{
+        Store,
+        embedded::EmbeddedStore,
+        redis::{RedisOptions, RedisStore},
+    },
 };
 
 /// Runtime settings of a server.
@@ -58,6 +63,21 @@ impl Backend {
             store: Arc::new(EmbeddedStore::new(engine.clone())),
             engine,
         }
+    }
+
+    /// The Redis backend: connects, loads every region's snapshot into a fresh engine
+    /// and follows the change streams. `clock` must be the server's.
+    pub async fn redis(
+        options: RedisOptions,
+        change_buffer: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        let engine = Arc::new(Engine::new(change_buffer));
+        let store = RedisStore::open(options, engine.clone(), clock).await?;
+        Ok(Self {
+            store: Arc::new(store),
+            engine,
+        })
     }
 }
 
@@ -162,6 +182,39 @@ pub async fn run(
         None => None,
     };
 
+    // A store that can lose its backend takes the write services out of rotation
+    // while it is gone; queries keep answering from the engine.
+    let store_health = backend.store.health().map(|mut up| {
+        let health = health.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            loop {
+                let serving = *up.borrow_and_update();
+                crate::metrics::record_store_up(serving);
+                if serving {
+                    health
+                        .set_serving::<pb::registry_server::RegistryServer<Api>>()
+                        .await;
+                    health
+                        .set_serving::<pb::ingest_server::IngestServer<Api>>()
+                        .await;
+                } else {
+                    tracing::warn!("store unreachable: Registry and Ingest report NOT_SERVING");
+                    health
+                        .set_not_serving::<pb::registry_server::RegistryServer<Api>>()
+                        .await;
+                    health
+                        .set_not_serving::<pb::ingest_server::IngestServer<Api>>()
+                        .await;
+                }
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    changed = up.changed() => if changed.is_err() { return },
+                }
+            }
+        })
+    });
+
     let sweeper = {
         let (service, token, every) = (service.clone(), token.clone(), settings.status_sweep);
         tokio::spawn(async move { service.sweep_statuses(every, token).await })
@@ -203,6 +256,9 @@ pub async fn run(
         }
     };
     let _ = sweeper.await;
+    if let Some(task) = store_health {
+        let _ = task.await;
+    }
     if let Some(task) = metrics_task
         && let Ok(Err(e)) = task.await
     {

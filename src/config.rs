@@ -26,6 +26,35 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// Where the city's state lives. Empty: embedded in this process (nothing is
+    /// kept across restarts). `redis://[:password@]host:port/db` (or `rediss://` for
+    /// TLS): a standalone Redis. `redis+cluster://host1:port1,host2:port2`: a Redis
+    /// Cluster. With Redis, any number of instances serve one city.
+    #[arg(
+        long,
+        env = "CITYPARK_STORE",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub store: String,
+
+    /// Prefix of every Redis key, so deployments can share a Redis.
+    #[arg(long, env = "CITYPARK_REDIS_PREFIX", default_value = "cp")]
+    pub redis_prefix: String,
+
+    /// Seconds start-up keeps retrying to reach Redis before it fails.
+    #[arg(
+        long,
+        env = "CITYPARK_REDIS_CONNECT_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub redis_connect_timeout_secs: u64,
+
+    /// Approximate length each region's Redis change stream is capped at. An instance
+    /// further behind than this reloads the region's snapshot.
+    #[arg(long, env = "CITYPARK_REDIS_STREAM_MAX_LEN", default_value_t = 100_000)]
+    pub redis_stream_max_len: u64,
+
     /// Address of the Prometheus /metrics endpoint.
     #[arg(long, env = "CITYPARK_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
@@ -115,6 +144,36 @@ impl ServeConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The Redis options, or None for the embedded store.
+    pub fn redis(&self) -> Result<Option<crate::store::redis::RedisOptions>> {
+        if self.store.trim().is_empty() {
+            return Ok(None);
+        }
+        crate::store::redis::parse_target(&self.store).map_err(|e| {
+            Error::invalid(
+                "--store",
+                format!("{}: {e}", crate::store::redis::redact(&self.store)),
+            )
+        })?;
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
+            return Err(Error::invalid(
+                "--redis-prefix",
+                "must be non-empty, without braces or spaces",
+            ));
+        }
+        if self.redis_stream_max_len < 1_000 {
+            return Err(Error::invalid(
+                "--redis-stream-max-len",
+                "must be at least 1000",
+            ));
+        }
+        let mut options = crate::store::redis::RedisOptions::new(self.store.trim());
+        options.prefix = self.redis_prefix.clone();
+        options.connect_timeout = Duration::from_secs(self.redis_connect_timeout_secs);
+        options.stream_max_len = self.redis_stream_max_len;
+        Ok(Some(options))
     }
 
     /// Runtime settings from this configuration.

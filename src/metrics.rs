@@ -23,6 +23,9 @@ pub const INGEST_CLAMPED: &str = "citypark_ingest_clamped_counts_total";
 pub const CAR_PARKS: &str = "citypark_car_parks";
 pub const WATCHERS: &str = "citypark_watchers";
 pub const WATCH_RESYNCS: &str = "citypark_watch_resyncs_total";
+pub const REDIS_ROUND_TRIPS: &str = "citypark_redis_round_trips_total";
+pub const REDIS_REPORTS_WRITTEN: &str = "citypark_redis_reports_written_total";
+pub const STORE_UP: &str = "citypark_store_up";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -131,6 +134,21 @@ pub fn record_statuses(counts: &[(CarParkStatus, usize)]) {
     for (status, n) in counts {
         gauge!(CAR_PARKS, "status" => status.name()).set(*n as f64);
     }
+}
+
+/// Counts one round trip to Redis.
+pub fn record_redis_round_trip(op: &'static str) {
+    counter!(REDIS_ROUND_TRIPS, "op" => op).increment(1);
+}
+
+/// Counts reports written to Redis in one round trip.
+pub fn record_redis_reports_written(n: u64) {
+    counter!(REDIS_REPORTS_WRITTEN).increment(n);
+}
+
+/// Sets whether the store accepts writes.
+pub fn record_store_up(up: bool) {
+    gauge!(STORE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Counts a watcher resync.

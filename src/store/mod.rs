@@ -4,6 +4,7 @@
 //! backend passes the same conformance suite (`tests/it/store_conformance.rs`).
 
 pub mod embedded;
+pub mod redis;
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -40,4 +41,14 @@ pub trait Store: Send + Sync + 'static {
         caller: OperatorId,
         now: Timestamp,
     ) -> StoreFuture<'_, Vec<Result<Applied>>>;
+
+    /// Whether writes can reach the backend, as it changes; `None` if always.
+    fn health(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+
+    /// Round trips made to the backend so far (0 for the embedded store).
+    fn round_trips(&self) -> u64 {
+        0
+    }
 }

@@ -3,14 +3,22 @@
 mod cli;
 mod client;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use citypark::{app, config::ServeConfig, demo, domain::OperatorId, telemetry};
+use citypark::{
+    app,
+    config::ServeConfig,
+    demo,
+    domain::OperatorId,
+    service::{Clock, SystemClock},
+    store::redis::redact,
+    telemetry,
+};
 use cli::{Cli, Command};
 
 // Small, short-lived allocations dominate a request (protobuf messages, strings);
@@ -42,7 +50,10 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: ServeConfig, runtime: &tokio::runtime::Runtime) -> ExitCode {
-    let keys = config.validate().and_then(|()| config.api_keys());
+    let keys = config
+        .validate()
+        .and_then(|()| config.redis())
+        .and_then(|_| config.api_keys());
     let mut keys = match keys {
         Ok(keys) => keys,
         Err(error) => {
@@ -86,7 +97,14 @@ async fn run(config: ServeConfig, keys: citypark::auth::ApiKeys) -> anyhow::Resu
     let grpc_addr = grpc.local_addr()?;
     tracing::info!(grpc = %grpc_addr, metrics = %metrics.local_addr()?, "listening");
 
-    let backend = app::Backend::embedded(config.change_buffer);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let backend = match config.redis()? {
+        None => app::Backend::embedded(config.change_buffer),
+        Some(options) => {
+            tracing::info!(store = %redact(&options.url), "connecting to redis");
+            app::Backend::redis(options, config.change_buffer, clock.clone()).await?
+        }
+    };
     let demo_stop = CancellationToken::new();
     if config.demo {
         let city = demo::generate_city(config.demo_seed);
@@ -115,14 +133,11 @@ async fn run(config: ServeConfig, keys: citypark::auth::ApiKeys) -> anyhow::Resu
         shutdown_signal().await;
         demo_stop.cancel();
     };
-    app::run(
-        grpc,
-        Some(metrics),
-        backend,
-        config.settings(keys),
-        shutdown,
-    )
-    .await?;
+    let settings = app::Settings {
+        clock,
+        ..config.settings(keys)
+    };
+    app::run(grpc, Some(metrics), backend, settings, shutdown).await?;
     Ok(())
 }
 
