@@ -5,6 +5,8 @@ mod bad_input;
 mod ingest;
 mod nearby;
 mod nearby_property;
+mod redis_harness;
+mod redis_support;
 mod registry;
 mod smoke;
 mod standard_services;

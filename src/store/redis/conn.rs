@@ -11,8 +11,10 @@ use redis::{
     cluster_async::ClusterConnection,
 };
 
-/// Where Redis is, parsed from `--store`.
+/// Where Redis is, parsed from `--store`. One exists per store, so its size does
+/// not matter.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Target {
     Standalone(redis::Client),
     Cluster(ClusterClient),

@@ -117,20 +117,16 @@ impl Shared {
         Ok(tail)
     }
 
-    /// Runs one `write.lua` for a car park: Ok((n, version)), or the version found.
+    /// Runs one `write.lua`, in its own round trip.
     async fn write_one(
         &self,
         keys: &RegionKeys,
-        op: &str,
-        id: &CarParkId,
-        expected: u64,
-        park: &str,
-        live: &str,
+        write: &Write<'_>,
         what: &'static str,
     ) -> Result<WriteResult> {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.write).ignore();
-        pipe.invoke_script(&self.write_invocation(keys, op, id, expected, park, live));
+        pipe.invoke_script(&self.write_invocation(keys, write));
         let mut conn = self.conn.clone();
         self.round_trip(what);
         let (reply,): (Vec<i64>,) = pipe
@@ -144,11 +140,7 @@ impl Shared {
     fn write_invocation<'a>(
         &'a self,
         keys: &RegionKeys,
-        op: &str,
-        id: &CarParkId,
-        expected: u64,
-        park: &str,
-        live: &str,
+        write: &Write<'_>,
     ) -> redis::ScriptInvocation<'a> {
         let mut invocation = self.write.prepare_invoke();
         invocation
@@ -157,11 +149,11 @@ impl Shared {
             .key(&keys.versions)
             .key(&keys.counter)
             .key(&keys.changes)
-            .arg(op)
-            .arg(id.as_str())
-            .arg(expected)
-            .arg(park)
-            .arg(live)
+            .arg(write.op)
+            .arg(write.id.as_str())
+            .arg(write.expected)
+            .arg(write.park)
+            .arg(write.live)
             .arg(self.options.stream_max_len);
         invocation
     }
@@ -201,6 +193,19 @@ impl Shared {
             tracing::warn!(region = %region, change = n, "replica did not catch up within the apply wait");
         }
     }
+}
+
+/// The arguments of one `write.lua`.
+struct Write<'a> {
+    /// "put", "live" or "del".
+    op: &'static str,
+    id: &'a CarParkId,
+    /// The version the write was computed from.
+    expected: u64,
+    /// Registration JSON ("put" only).
+    park: &'a str,
+    /// Live state JSON ("put" and "live").
+    live: &'a str,
 }
 
 /// What `write.lua` answered.
@@ -329,18 +334,15 @@ impl RedisStore {
             let (new, live) = car_park
                 .clone()
                 .replacing(existing.as_ref().map(|(c, l)| (c, l)), &caller)?;
-            match shared
-                .write_one(
-                    &keys,
-                    "put",
-                    &new.id,
-                    version,
-                    &encode(&new),
-                    &encode(&live),
-                    "registry",
-                )
-                .await?
-            {
+            let (park, live) = (encode(&new), encode(&live));
+            let write = Write {
+                op: "put",
+                id: &new.id,
+                expected: version,
+                park: &park,
+                live: &live,
+            };
+            match shared.write_one(&keys, &write, "registry").await? {
                 WriteResult::Written { n, .. } => {
                     shared.await_applied(&region, n).await;
                     return Ok((Arc::new(new), created));
@@ -391,10 +393,14 @@ impl RedisStore {
             car_park.check_owner(&caller)?;
             let region = car_park.region.clone();
             let keys = shared.keys(&region);
-            match shared
-                .write_one(&keys, "del", &id, version, "", "", "registry")
-                .await?
-            {
+            let write = Write {
+                op: "del",
+                id: &id,
+                expected: version,
+                park: "",
+                live: "",
+            };
+            match shared.write_one(&keys, &write, "registry").await? {
                 WriteResult::Written { n, .. } => {
                     let mut conn = shared.conn.clone();
                     shared.round_trip("registry");

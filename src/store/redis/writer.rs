@@ -12,7 +12,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MAX_ATTEMPTS, Shared, WriteResult, encode, unavailable};
+use super::{MAX_ATTEMPTS, Shared, Write, WriteResult, encode, unavailable};
 use crate::{
     domain::{
         CarPark, CarParkId, Error, Live, OperatorId, RegionId, Report, ReportOutcome, Result,
@@ -120,7 +120,7 @@ fn compute(chain: &Chain, jobs: &[Job]) -> Computed {
         .collect();
     Computed {
         results,
-        write: changed.then(|| (live, chain.version)),
+        write: changed.then_some((live, chain.version)),
     }
 }
 
@@ -183,9 +183,14 @@ async fn write_batch(shared: &Arc<Shared>, jobs: Vec<Job>) {
             for (&k, live) in ks.iter().zip(&lives) {
                 let chain = &chains[pending[k]];
                 let expected = computed[k].write.as_ref().expect("grouped writes").1;
-                pipe.invoke_script(
-                    &shared.write_invocation(&keys, "live", &chain.id, expected, "", live),
-                );
+                let write = Write {
+                    op: "live",
+                    id: &chain.id,
+                    expected,
+                    park: "",
+                    live,
+                };
+                pipe.invoke_script(&shared.write_invocation(&keys, &write));
             }
             let mut conn = shared.conn.clone();
             shared.round_trip("ingest");
