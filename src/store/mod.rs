@@ -47,7 +47,8 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// Round trips made to the backend so far (0 for the embedded store).
+    /// Round trips made to the backend for RPCs so far, replication not counted (0 for
+    /// the embedded store). Queries never add to it.
     fn round_trips(&self) -> u64 {
         0
     }

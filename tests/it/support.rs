@@ -11,6 +11,7 @@ use citypark::{
         registry_client::RegistryClient, watch_availability_response::Event,
     },
     service::{Clock, ManualClock},
+    store::redis::RedisOptions,
 };
 use tokio::{
     net::TcpListener,
@@ -59,7 +60,38 @@ impl TestServer {
 
     /// A server on the given backend.
     pub async fn start_on(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_with_clock(backend, Arc::new(ManualClock::new(start_time())), tweak).await
+    }
+
+    /// A server on Redis at `url` under key `prefix`; servers given the same url and
+    /// prefix serve one city. The clock is the server's own (see `share_clock`).
+    pub async fn start_redis(url: &str, prefix: &str) -> Self {
         let clock = Arc::new(ManualClock::new(start_time()));
+        Self::start_redis_with(url, prefix, clock, |_| {}).await
+    }
+
+    /// As `start_redis`, with a given clock and settings.
+    pub async fn start_redis_with(
+        url: &str,
+        prefix: &str,
+        clock: Arc<ManualClock>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let mut options = RedisOptions::new(url);
+        options.prefix = prefix.to_owned();
+        options.connect_timeout = Duration::from_secs(5);
+        let backend = Backend::redis(options, 4096, clock.clone())
+            .await
+            .expect("redis backend starts");
+        Self::start_with_clock(backend, clock, tweak).await
+    }
+
+    /// A server on the given backend and clock.
+    pub async fn start_with_clock(
+        backend: Backend,
+        clock: Arc<ManualClock>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
         let mut keys = ApiKeys::default();
         for (id, key) in [OPERATOR_A, OPERATOR_B] {
             keys.insert_plain(OperatorId::parse(id).unwrap(), key);

@@ -95,9 +95,12 @@ impl Shared {
         RegionKeys::new(&self.options.prefix, region)
     }
 
-    /// Counts one round trip to Redis, by what it was for.
+    /// Counts one round trip to Redis, by what it was for. The store's own counter
+    /// counts only those made for RPCs (registry and ingest), not replication.
     fn round_trip(&self, op: &'static str) {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        if matches!(op, "registry" | "ingest") {
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+        }
         metrics::record_redis_round_trip(op);
     }
 
