@@ -1,0 +1,226 @@
+//! Ingest benchmark: occupancy reports per second over `Ingest.Publish` against the
+//! `Ping` echo baseline, driven by the same tonic client in the same run.
+//!
+//! It needs a running server; `benches/ingest.sh` starts one per store (embedded,
+//! Redis) and runs this. Environment: `CITYPARK_BENCH_SERVER` (gRPC URL),
+//! `CITYPARK_BENCH_KEY` (an operator API key the server knows), `CITYPARK_BENCH_METRICS`
+//! (metrics URL, optional: reports per Redis round trip), `CITYPARK_BENCH_ROUNDS`,
+//! `CITYPARK_BENCH_SECONDS`. Nothing here asserts a speed.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use citypark::pb::{self, availability_client::AvailabilityClient, ingest_client::IngestClient, registry_client::RegistryClient};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, metadata::MetadataValue, transport::Channel};
+
+const CAR_PARKS: usize = 2_000;
+const STREAMS: usize = 8;
+const BATCH: usize = 10;
+const WINDOW: usize = 8;
+const PING_TASKS: usize = 64;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn authed<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = MetadataValue::try_from(format!("Bearer {key}")).expect("ascii key");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+fn category(category: pb::SpaceCategory, n: i32) -> pb::CategoryCount {
+    pb::CategoryCount { category: category.into(), count: n }
+}
+
+async fn register(channel: Channel, key: &str, run: &str) -> Vec<String> {
+    let mut registry = RegistryClient::new(channel);
+    let mut ids = Vec::new();
+    for i in 0..CAR_PARKS {
+        let id = format!("bench-{run}-{i:05}");
+        let car_park = pb::CarPark {
+            id: id.clone(),
+            region: "qingdao".into(),
+            name: format!("Bench car park {i}"),
+            location: Some(pb::LatLng { latitude: 36.0 + (i as f64) * 1e-4, longitude: 120.3 }),
+            kind: pb::CarParkKind::Garage.into(),
+            capacity: vec![pb::CategoryCapacity { category: pb::SpaceCategory::Standard.into(), spaces: 500 }],
+            time_zone: "Asia/Shanghai".into(),
+            ..Default::default()
+        };
+        registry
+            .upsert_car_park(authed(pb::UpsertCarParkRequest { car_park: Some(car_park) }, key))
+            .await
+            .expect("bench car park registers");
+        ids.push(id);
+    }
+    ids
+}
+
+/// Ping calls per second over `seconds`, from many concurrent tasks.
+async fn ping(channel: Channel, seconds: f64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..PING_TASKS)
+        .map(|_| {
+            let mut client = AvailabilityClient::new(channel.clone());
+            let done = done.clone();
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    client.ping(pb::PingRequest::default()).await.expect("ping");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for t in tasks {
+        t.await.expect("ping task");
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Applied reports per second over `seconds`: STREAMS streams, each on its own share
+/// of the car parks, BATCH reports a message, WINDOW messages in flight.
+async fn publish(channel: Channel, key: &str, ids: &[String], sequences: &mut [u64], seconds: f64) -> f64 {
+    let applied = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for s in 0..STREAMS {
+        let mine: Vec<(String, u64)> =
+            ids.iter().zip(sequences.iter()).skip(s).step_by(STREAMS).map(|(id, seq)| (id.clone(), *seq)).collect();
+        let mut client = IngestClient::new(channel.clone());
+        let key = key.to_owned();
+        let applied = applied.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = mine;
+            let (tx, rx) = tokio::sync::mpsc::channel(WINDOW);
+            let mut acks = client.publish(authed(ReceiverStream::new(rx), &key)).await.expect("publish").into_inner();
+            let mut cursor = 0;
+            let mut next = |mine: &mut Vec<(String, u64)>| {
+                let now = prost_types::Timestamp::from(SystemTime::now());
+                let reports = (0..BATCH)
+                    .map(|_| {
+                        let len = mine.len();
+                        let (id, seq) = &mut mine[cursor % len];
+                        cursor += 1;
+                        *seq += 1;
+                        pb::OccupancyReport {
+                            car_park_id: id.clone(),
+                            sequence: *seq,
+                            observed_at: Some(now),
+                            body: Some(pb::occupancy_report::Body::Delta(pb::DeltaReport {
+                                entries: vec![category(pb::SpaceCategory::Standard, 1)],
+                                exits: vec![category(pb::SpaceCategory::Standard, 1)],
+                                plate: String::new(),
+                            })),
+                        }
+                    })
+                    .collect();
+                pb::PublishRequest { reports }
+            };
+            for _ in 0..WINDOW {
+                tx.send(next(&mut mine)).await.expect("stream open");
+            }
+            while let Some(response) = acks.next().await {
+                let response = response.expect("acks");
+                let ok = response.acks.iter().filter(|a| a.result == pb::ReportResult::Applied as i32).count();
+                applied.fetch_add(ok as u64, Ordering::Relaxed);
+                if Instant::now() >= deadline {
+                    break;
+                }
+                tx.send(next(&mut mine)).await.expect("stream open");
+            }
+            drop(tx);
+            while acks.next().await.is_some() {}
+            mine
+        }));
+    }
+    let start = Instant::now();
+    let mut finished = Vec::new();
+    for t in tasks {
+        finished.push(t.await.expect("publish task"));
+    }
+    let rate = applied.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    // Carry the sequences over to the next round.
+    for (s, mine) in finished.into_iter().enumerate() {
+        for (k, (_, seq)) in mine.into_iter().enumerate() {
+            sequences[s + k * STREAMS] = seq;
+        }
+    }
+    rate
+}
+
+/// (reports written, ingest round trips) from the server's metrics.
+async fn redis_counters(url: &str) -> Option<(f64, f64)> {
+    let url = url.strip_prefix("http://")?;
+    let (host, path) = url.split_once('/').map_or((url, "metrics".to_owned()), |(h, p)| (h, p.to_owned()));
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.ok()?;
+    let value = |prefix: &str| {
+        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok())
+    };
+    Some((value("citypark_redis_reports_written_total ")?, value("citypark_redis_round_trips_total{op=\"ingest\"}")?))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let Ok(server) = std::env::var("CITYPARK_BENCH_SERVER") else {
+        eprintln!("benches/ingest needs a running server: use benches/ingest.sh");
+        return;
+    };
+    let key = env("CITYPARK_BENCH_KEY", "bench-key");
+    let rounds: usize = env("CITYPARK_BENCH_ROUNDS", "5").parse().expect("rounds");
+    let seconds: f64 = env("CITYPARK_BENCH_SECONDS", "3").parse().expect("seconds");
+    let metrics = std::env::var("CITYPARK_BENCH_METRICS").ok();
+    // One client thread: the server keeps the other core.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(server).expect("url").connect().await.expect("connect");
+        let run = format!("{:x}", SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis());
+        let ids = register(channel.clone(), &key, &run).await;
+        let mut sequences = vec![0u64; ids.len()];
+        let before = match &metrics {
+            Some(m) => redis_counters(m).await,
+            None => None,
+        };
+        let (mut pings, mut reports, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            let p = ping(channel.clone(), seconds).await;
+            let r = publish(channel.clone(), &key, &ids, &mut sequences, seconds).await;
+            println!("round {round}: Ping {p:.0} req/s, Publish {r:.0} reports/s, ratio {:.2}", r / p);
+            pings.push(p);
+            reports.push(r);
+            ratios.push(r / p);
+        }
+        println!(
+            "median: Ping (E) {:.0} req/s, Publish {:.0} reports/s, ratio {:.2}",
+            median(pings),
+            median(reports),
+            median(ratios)
+        );
+        if let (Some(m), Some((w0, t0))) = (&metrics, before)
+            && let Some((w1, t1)) = redis_counters(m).await
+            && t1 > t0
+        {
+            println!("redis: {:.1} reports per round trip ({:.0} reports in {:.0} round trips)", (w1 - w0) / (t1 - t0), w1 - w0, t1 - t0);
+        }
+    });
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Ingest benchmark: Publish reports/s against Ping (same tonic client, same run), on
+# the embedded store and on a standalone Redis started here; also FindNearby against
+# Ping with h2load on both, and Redis reports per round trip.
+# Usage: benches/ingest.sh [rounds] [seconds-per-run]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+seconds=${2:-3}
+command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server" >&2; exit 1; }
+cargo build --release --quiet --bins --bench ingest
+bench=$(ls -t target/release/deps/ingest-* | grep -v '\.d$' | head -1)
+out=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$out"' EXIT
+
+key=bench-key
+hash=$(./target/release/citypark hash-key "$key")
+redis_port=${REDIS_PORT:-16390}
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$out" --save "" --appendonly yes \
+  --appendfsync everysec --daemonize no --logfile "$out/redis.log" &
+pids+=($!)
+sleep 0.5
+
+python3 - "$out" <<'PY'
+import struct, sys
+def frame(m): return b"\x00" + struct.pack(">I", len(m)) + m
+def double(f, v): return bytes([(f << 3) | 1]) + struct.pack("<d", v)
+def sub(f, b): return bytes([(f << 3) | 2, len(b)]) + b
+open(f"{sys.argv[1]}/nearby.bin", "wb").write(frame(sub(1, double(1, 36.066) + double(2, 120.383))))
+open(f"{sys.argv[1]}/ping.bin", "wb").write(frame(b""))
+PY
+
+nearby_ratio() { # port -> "ping nearby ratio" medians over $rounds
+  local port=$1 p=() f=()
+  for _ in $(seq 1 "$rounds"); do
+    for m in Ping:ping FindNearby:nearby; do
+      r=$(h2load -n 50000 -c 4 -m 32 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' \
+        -d "$out/${m#*:}.bin" "http://127.0.0.1:$port/citypark.v1.Availability/${m%%:*}" | awk '/^finished in/ {gsub(",", "", $4); print $4}')
+      if [ "${m%%:*}" = Ping ]; then p+=("$r"); else f+=("$r"); fi
+    done
+  done
+  python3 -c "import statistics,sys; p=[float(x) for x in sys.argv[1].split()]; f=[float(x) for x in sys.argv[2].split()]; print(f'Ping {statistics.median(p):.0f} req/s, FindNearby {statistics.median(f):.0f} req/s, ratio {statistics.median([b/a for a,b in zip(p,f)]):.2f}')" "${p[*]}" "${f[*]}"
+}
+
+for store in embedded redis; do
+  port=$((50200 + ${#pids[@]})); mport=$((9700 + ${#pids[@]}))
+  args=(serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --log warn --api-keys "bench:$hash")
+  [ "$store" = redis ] && args+=(--store "redis://127.0.0.1:$redis_port/0")
+  ./target/release/citypark "${args[@]}" >"$out/$store.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 120); do
+    n=$(curl -s "http://127.0.0.1:$mport/metrics" | awk '/^citypark_grpc_requests_total\{method="citypark.v1.Registry\/UpsertCarPark",code="ok"\}/ {print $2}')
+    [ "${n:-0}" -ge 2350 ] 2>/dev/null && break
+    sleep 0.5
+  done
+  echo "== $store: FindNearby (h2load)"
+  nearby_ratio "$port"
+  echo "== $store: Publish (tonic client)"
+  CITYPARK_BENCH_SERVER="http://127.0.0.1:$port" CITYPARK_BENCH_KEY=$key CITYPARK_BENCH_ROUNDS=$rounds \
+    CITYPARK_BENCH_SECONDS=$seconds CITYPARK_BENCH_METRICS="http://127.0.0.1:$mport/metrics" "$bench"
+  echo "== $store: redis round trips by purpose"
+  curl -s "http://127.0.0.1:$mport/metrics" | grep '^citypark_redis_round_trips_total' || echo "(none: embedded)"
+  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+done
