@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use citypark::pb::{self, availability_client::AvailabilityClient, ingest_client::IngestClient, registry_client::RegistryClient};
+use citypark::pb::{
+    self, availability_client::AvailabilityClient, ingest_client::IngestClient,
+    registry_client::RegistryClient,
+};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
@@ -37,7 +40,10 @@ fn authed<T>(message: T, key: &str) -> Request<T> {
 }
 
 fn category(category: pb::SpaceCategory, n: i32) -> pb::CategoryCount {
-    pb::CategoryCount { category: category.into(), count: n }
+    pb::CategoryCount {
+        category: category.into(),
+        count: n,
+    }
 }
 
 async fn register(channel: Channel, key: &str, run: &str) -> Vec<String> {
@@ -49,14 +55,25 @@ async fn register(channel: Channel, key: &str, run: &str) -> Vec<String> {
             id: id.clone(),
             region: "qingdao".into(),
             name: format!("Bench car park {i}"),
-            location: Some(pb::LatLng { latitude: 36.0 + (i as f64) * 1e-4, longitude: 120.3 }),
+            location: Some(pb::LatLng {
+                latitude: 36.0 + (i as f64) * 1e-4,
+                longitude: 120.3,
+            }),
             kind: pb::CarParkKind::Garage.into(),
-            capacity: vec![pb::CategoryCapacity { category: pb::SpaceCategory::Standard.into(), spaces: 500 }],
+            capacity: vec![pb::CategoryCapacity {
+                category: pb::SpaceCategory::Standard.into(),
+                spaces: 500,
+            }],
             time_zone: "Asia/Shanghai".into(),
             ..Default::default()
         };
         registry
-            .upsert_car_park(authed(pb::UpsertCarParkRequest { car_park: Some(car_park) }, key))
+            .upsert_car_park(authed(
+                pb::UpsertCarParkRequest {
+                    car_park: Some(car_park),
+                },
+                key,
+            ))
             .await
             .expect("bench car park registers");
         ids.push(id);
@@ -89,20 +106,35 @@ async fn ping(channel: Channel, seconds: f64) -> f64 {
 
 /// Applied reports per second over `seconds`: STREAMS streams, each on its own share
 /// of the car parks, BATCH reports a message, WINDOW messages in flight.
-async fn publish(channel: Channel, key: &str, ids: &[String], sequences: &mut [u64], seconds: f64) -> f64 {
+async fn publish(
+    channel: Channel,
+    key: &str,
+    ids: &[String],
+    sequences: &mut [u64],
+    seconds: f64,
+) -> f64 {
     let applied = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for s in 0..STREAMS {
-        let mine: Vec<(String, u64)> =
-            ids.iter().zip(sequences.iter()).skip(s).step_by(STREAMS).map(|(id, seq)| (id.clone(), *seq)).collect();
+        let mine: Vec<(String, u64)> = ids
+            .iter()
+            .zip(sequences.iter())
+            .skip(s)
+            .step_by(STREAMS)
+            .map(|(id, seq)| (id.clone(), *seq))
+            .collect();
         let mut client = IngestClient::new(channel.clone());
         let key = key.to_owned();
         let applied = applied.clone();
         tasks.push(tokio::spawn(async move {
             let mut mine = mine;
             let (tx, rx) = tokio::sync::mpsc::channel(WINDOW);
-            let mut acks = client.publish(authed(ReceiverStream::new(rx), &key)).await.expect("publish").into_inner();
+            let mut acks = client
+                .publish(authed(ReceiverStream::new(rx), &key))
+                .await
+                .expect("publish")
+                .into_inner();
             let mut cursor = 0;
             let mut next = |mine: &mut Vec<(String, u64)>| {
                 let now = prost_types::Timestamp::from(SystemTime::now());
@@ -131,7 +163,11 @@ async fn publish(channel: Channel, key: &str, ids: &[String], sequences: &mut [u
             }
             while let Some(response) = acks.next().await {
                 let response = response.expect("acks");
-                let ok = response.acks.iter().filter(|a| a.result == pb::ReportResult::Applied as i32).count();
+                let ok = response
+                    .acks
+                    .iter()
+                    .filter(|a| a.result == pb::ReportResult::Applied as i32)
+                    .count();
                 applied.fetch_add(ok as u64, Ordering::Relaxed);
                 if Instant::now() >= deadline {
                     break;
@@ -161,16 +197,26 @@ async fn publish(channel: Channel, key: &str, ids: &[String], sequences: &mut [u
 /// (reports written, ingest round trips) from the server's metrics.
 async fn redis_counters(url: &str) -> Option<(f64, f64)> {
     let url = url.strip_prefix("http://")?;
-    let (host, path) = url.split_once('/').map_or((url, "metrics".to_owned()), |(h, p)| (h, p.to_owned()));
+    let (host, path) = url
+        .split_once('/')
+        .map_or((url, "metrics".to_owned()), |(h, p)| (h, p.to_owned()));
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
-    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).await.ok()?;
     let value = |prefix: &str| {
-        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok())
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
     };
-    Some((value("citypark_redis_reports_written_total ")?, value("citypark_redis_round_trips_total{op=\"ingest\"}")?))
+    Some((
+        value("citypark_redis_reports_written_total ")?,
+        value("citypark_redis_round_trips_total{op=\"ingest\"}")?,
+    ))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -191,10 +237,23 @@ fn main() {
     let seconds: f64 = env("CITYPARK_BENCH_SECONDS", "3").parse().expect("seconds");
     let metrics = std::env::var("CITYPARK_BENCH_METRICS").ok();
     // One client thread: the server keeps the other core.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(server).expect("url").connect().await.expect("connect");
-        let run = format!("{:x}", SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis());
+        let channel = tonic::transport::Endpoint::from_shared(server)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let run = format!(
+            "{:x}",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        );
         let ids = register(channel.clone(), &key, &run).await;
         let mut sequences = vec![0u64; ids.len()];
         let before = match &metrics {
@@ -205,7 +264,10 @@ fn main() {
         for round in 1..=rounds {
             let p = ping(channel.clone(), seconds).await;
             let r = publish(channel.clone(), &key, &ids, &mut sequences, seconds).await;
-            println!("round {round}: Ping {p:.0} req/s, Publish {r:.0} reports/s, ratio {:.2}", r / p);
+            println!(
+                "round {round}: Ping {p:.0} req/s, Publish {r:.0} reports/s, ratio {:.2}",
+                r / p
+            );
             pings.push(p);
             reports.push(r);
             ratios.push(r / p);
@@ -220,7 +282,12 @@ fn main() {
             && let Some((w1, t1)) = redis_counters(m).await
             && t1 > t0
         {
-            println!("redis: {:.1} reports per round trip ({:.0} reports in {:.0} round trips)", (w1 - w0) / (t1 - t0), w1 - w0, t1 - t0);
+            println!(
+                "redis: {:.1} reports per round trip ({:.0} reports in {:.0} round trips)",
+                (w1 - w0) / (t1 - t0),
+                w1 - w0,
+                t1 - t0
+            );
         }
     });
 }

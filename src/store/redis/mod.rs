@@ -405,12 +405,15 @@ impl RedisStore {
             };
             match shared.write_one(&keys, &write, "registry").await? {
                 WriteResult::Written { n, .. } => {
+                    // The delete stands once written; freeing the id for other regions
+                    // is best effort (a leftover claim only stops a move elsewhere).
                     let mut conn = shared.conn.clone();
                     shared.round_trip("registry");
-                    let _: i64 = conn
-                        .del(keys::id_owner(&shared.options.prefix, &id))
-                        .await
-                        .map_err(|e| unavailable(&e))?;
+                    let freed: redis::RedisResult<i64> =
+                        conn.del(keys::id_owner(&shared.options.prefix, &id)).await;
+                    if let Err(error) = freed {
+                        tracing::warn!(%error, car_park = %id, "could not free a deleted car park's id");
+                    }
                     shared.await_applied(&region, n).await;
                     return Ok(());
                 }
