@@ -1036,6 +1036,9 @@ struct Operator {
     /// order, and after a reconnect these are sent again.
     pending: VecDeque<pb::OccupancyReport>,
     acked_on_stream: u64,
+    /// Whether the first round went out: it reports on every car park at once, so a
+    /// newcomer's first query finds live numbers instead of a city of NO_DATA.
+    started: bool,
     interval: Duration,
     rng: Rng,
     tally: Tally,
@@ -1196,7 +1199,12 @@ impl Operator {
         let now = SystemTime::now();
         let (hour, weekend) = shanghai_clock(now);
         let observed_at = prost_types::Timestamp::from(now);
-        let take = n.div_ceil(TICKS_PER_ROUND as usize);
+        let take = if self.started {
+            n.div_ceil(TICKS_PER_ROUND as usize)
+        } else {
+            self.started = true;
+            n
+        };
         let mut reports = Vec::new();
         for _ in 0..take {
             let park = &mut self.sim[self.cursor];
@@ -1399,6 +1407,7 @@ pub async fn run_operators(
             cursor: 0,
             pending: VecDeque::new(),
             acked_on_stream: 0,
+            started: false,
             interval,
             rng,
             tally: Tally::default(),

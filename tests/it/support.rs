@@ -663,3 +663,84 @@ impl Publisher {
         acks
     }
 }
+
+/// Redis-backed servers with store options of the test's choosing, and servers that can
+/// crash.
+impl TestServer {
+    /// As `start_redis_with`, with the store's options changed by `tweak` first: e.g. a
+    /// tiny `stream_max_len`, which the CLI refuses (its minimum is 1000) but the library
+    /// takes.
+    pub async fn start_redis_opts(
+        url: &str,
+        prefix: &str,
+        clock: Arc<ManualClock>,
+        tweak: impl FnOnce(&mut RedisOptions),
+    ) -> Self {
+        let mut options = RedisOptions::new(url);
+        options.prefix = prefix.to_owned();
+        options.connect_timeout = Duration::from_secs(5);
+        tweak(&mut options);
+        let backend = Backend::redis(options, 4096, clock.clone())
+            .await
+            .expect("redis backend starts");
+        Self::start_with_clock(backend, clock, |_| {}).await
+    }
+
+    /// As `start_redis_with`, but the whole server (gRPC connections, Publish and watch
+    /// tasks, the store's writer, tails and Redis connections) runs in a Tokio runtime of
+    /// its own, so that [`TestServer::kill`] can end all of it at once.
+    pub async fn start_redis_killable(url: &str, prefix: &str, clock: Arc<ManualClock>) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("killable-server")
+            .enable_all()
+            .build()
+            .expect("a runtime for the server");
+        let (url, prefix) = (url.to_owned(), prefix.to_owned());
+        let mut server = runtime
+            .spawn(async move { Self::start_redis_with(&url, &prefix, clock, |_| {}).await })
+            .await
+            .expect("the server starts");
+        let run = server.task.take().expect("a running server");
+        // The runtime lives as long as this task: it ends when the server has stopped
+        // (`stop`, drop) or when it is aborted (`kill`); either way the runtime goes too.
+        server.task = Some(tokio::spawn(async move {
+            let _runtime = OwnedRuntime(Some(runtime));
+            run.await.expect("the server task did not panic")
+        }));
+        server
+    }
+
+    /// Ends a server from [`TestServer::start_redis_killable`] as a crash would.
+    ///
+    /// Chosen over `stop` because `stop` is an orderly shutdown: health goes NOT_SERVING,
+    /// every in-flight batch is finished and acknowledged, and Publish streams are told
+    /// UNAVAILABLE before the sockets close, so no report is ever applied without its
+    /// ack being sent. Aborting the `app::run` task alone is no crash either: the gRPC
+    /// server, its connections and the store run in tasks of their own and would keep
+    /// serving. Shutting the server's own runtime down drops every one of its tasks at
+    /// its next await, without running any shutdown step: connections close mid-stream
+    /// and a batch already sent to Redis may be applied there with its acks never sent,
+    /// exactly what a killed process leaves behind. (The Redis server is unaffected.)
+    /// On a server from any other constructor this only aborts `app::run`.
+    pub async fn kill(mut self) {
+        // Never sent (dropping it would count as the signal): a crash gives no notice.
+        std::mem::forget(self.stop.take());
+        let task = self.task.take().expect("a running server");
+        task.abort();
+        // Returns once the task is gone, i.e. once its runtime has been shut down.
+        let _ = task.await;
+    }
+}
+
+/// A runtime shut down when dropped, without waiting for its tasks (which a plain drop
+/// would do, and may not inside another runtime).
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
