@@ -238,10 +238,17 @@ async fn writes_through_a_are_seen_on_b(url: &str) {
 
     // The other way round: car parks registered through B are reported on through A
     // at once. A's replica may not have applied a registration made through B yet;
-    // Redis, not the replica, decides whether a car park exists.
+    // Redis, not the replica, decides whether a car park exists. The first is in a
+    // region new to both, which A does not even follow yet (it looks for new regions
+    // only every second): its replica cannot know that car park.
     for i in 0..10 {
         let id = format!("multi-b-{i}");
-        register(&b, garage_north(&id, 200.0 + f64::from(i))).await;
+        let region = if i == 0 { "laoshan" } else { "qingdao" };
+        let car_park = pb::CarPark {
+            region: region.into(),
+            ..garage_north(&id, 200.0 + f64::from(i))
+        };
+        register(&b, car_park).await;
         let ack = report_ok(&a, snapshot(&id, 1, i, a.now())).await;
         assert_eq!(free_standard(ack.availability.as_ref().unwrap()), i);
     }
@@ -254,6 +261,44 @@ async fn writes_through_a_are_seen_on_b(url: &str) {
         .await;
         assert_eq!(free_standard(&on_b), i);
         assert_eq!(on_b, availability_of(&a, &id).await);
+    }
+
+    // Likewise a delete through A of a car park just registered through B, in another
+    // region new to A.
+    let car_park = pb::CarPark {
+        region: "huangdao".into(),
+        ..garage_north("multi-d", 300.0)
+    };
+    register(&b, car_park).await;
+    a.registry()
+        .await
+        .delete_car_park(authed(
+            pb::DeleteCarParkRequest {
+                id: "multi-d".into(),
+            },
+            OPERATOR_A.1,
+        ))
+        .await
+        .unwrap();
+    eventually("B drops the car park deleted through A", || async {
+        let gone = car_park_of(&b, "multi-d").await.err()?;
+        (gone.code() == Code::NotFound).then_some(())
+    })
+    .await;
+
+    // And car parks registered nowhere are still NOT_FOUND, however many at once (their
+    // owners are looked up in Redis together, across Cluster slots).
+    let mut publisher = Publisher::open(&a, OPERATOR_A.1).await.unwrap();
+    let acks = publisher
+        .exchange(
+            (0..5)
+                .map(|i| snapshot(&format!("nowhere-{i}"), 1, 1, a.now()))
+                .collect(),
+        )
+        .await;
+    for ack in &acks {
+        assert_eq!(ack.result(), pb::ReportResult::Rejected, "{ack:?}");
+        assert_eq!(ack.reject_code(), pb::RejectCode::NotFound, "{ack:?}");
     }
 }
 
@@ -613,8 +658,8 @@ async fn an_instance_too_far_behind_reloads_the_snapshot() {
     })
     .await;
 
-    // A hole, made deterministically: in one transaction, a real change (write.lua
-    // deleting hole-q, as the store would) and a trim of the stream past it. No
+    // A hole, made deterministically: in one transaction, a real change (the store's
+    // write.lua deleting hole-q) and a trim of the stream past it. No
     // instance can read the entry: Redis serves blocked readers after EXEC, when it is
     // gone. (Catching a live instance between an append and its read cannot be timed.)
     let mut raw = redis::Client::open(url.as_str())
@@ -630,7 +675,7 @@ async fn an_instance_too_far_behind_reloads_the_snapshot() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    let (written, _, _): (Vec<i64>, i64, i64) = redis::pipe()
+    let (written, _): (Vec<i64>, i64) = redis::pipe()
         .atomic()
         .cmd("EVAL")
         .arg(include_str!("../../src/store/redis/write.lua"))
@@ -646,12 +691,12 @@ async fn an_instance_too_far_behind_reloads_the_snapshot() {
         .arg("")
         .arg("")
         .arg(10)
+        // No version floor: the store passes 0 for a delete too.
+        .arg(0)
         .cmd("XTRIM")
         .arg(key("changes"))
         .arg("MAXLEN")
         .arg(0)
-        .cmd("DEL")
-        .arg(format!("{prefix}:id:hole-q"))
         .query_async(&mut raw)
         .await
         .unwrap();

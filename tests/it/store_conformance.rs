@@ -174,6 +174,35 @@ fn jinan(id: &str) -> pb::CarPark {
     }
 }
 
+/// A car park with every optional field set, so that a backend which stores
+/// registrations (Redis, as JSON) is seen to give back exactly what it was given.
+fn every_field(id: &str) -> pb::CarPark {
+    let period = |day: pb::Weekday, open_minute, close_minute| pb::OpeningPeriod {
+        day: day.into(),
+        open_minute,
+        close_minute,
+    };
+    pb::CarPark {
+        kind: pb::CarParkKind::SurfaceLot.into(),
+        // In category order, the order the server gives them back in.
+        capacity: capacity(&[(Standard, 40), (EvCharging, 6), (Accessible, 2)]),
+        opening_hours: vec![
+            period(pb::Weekday::Monday, 420, 1320),
+            period(pb::Weekday::Sunday, 0, 1440),
+        ],
+        tariff: Some(pb::Tariff {
+            currency: "CNY".into(),
+            hourly_rate_minor: 800,
+            daily_cap_minor: 0,
+            free_minutes: 0,
+        }),
+        covered: true,
+        max_height_cm: 210,
+        report_interval_seconds: 30,
+        ..garage(id, 36.070_123_456_7, 120.380_987_654_3)
+    }
+}
+
 /// Every listed car park's id, a page of `page_size` at a time, and the page sizes.
 async fn list_in_pages(server: &TestServer, page_size: i32) -> (Vec<String>, Vec<usize>) {
     let mut registry = server.registry().await;
@@ -328,6 +357,15 @@ async fn upsert_get_list_delete(kind: Kind) {
     assert_eq!((free_standard(&fresh), fresh.last_sequence), (100, 0));
     report_ok(&server, snapshot("g1", 1, 5, server.now())).await;
     assert_eq!(counts(&server, "g1").await, (5, 1, 0));
+
+    // Every field comes back as given, with the operator filled in.
+    let full = register(&server, every_field("full")).await;
+    let expected = pb::CarPark {
+        operator_id: OPERATOR_A.0.into(),
+        ..every_field("full")
+    };
+    assert_eq!(full, expected);
+    assert_eq!(car_park_of(&server, "full").await.unwrap(), expected);
 }
 
 async fn replace_keeps_live_counts_and_clamps_to_a_smaller_capacity(kind: Kind) {
@@ -493,6 +531,17 @@ async fn duplicate_by_sequence_changes_nothing(kind: Kind) {
     report_ok(&server, snapshot("g1", 6, 7, now)).await;
     let update = next_update(&mut watch).await;
     assert_eq!((update.last_sequence, free_standard(&update)), (6, 7));
+
+    // Nor does a duplicate make stale numbers look live (three intervals of 60 s).
+    server.advance(181);
+    let stale = availability_of(&server, "g1").await;
+    assert_eq!(stale.status(), CarParkStatus::Stale);
+    let resent = report(&server, snapshot("g1", 6, 7, server.now()))
+        .await
+        .unwrap();
+    assert_eq!(resent.result(), ReportResult::Duplicate);
+    assert_eq!(resent.availability.unwrap().status(), CarParkStatus::Stale);
+    assert_eq!(availability_of(&server, "g1").await, stale);
 }
 
 async fn invalid_report_is_rejected_and_changes_nothing(kind: Kind) {
@@ -973,20 +1022,29 @@ async fn restart_serves_what_it_served_before(kind: Kind) {
     register(&server, garage_north("g2", 200.0)).await;
     register(&server, jinan("j1")).await;
     register_as(&server, garage_north("b1", 300.0), OPERATOR_B.1).await;
+    register(&server, every_field("full")).await;
+    // Moved from Qingdao to Jinan the only way there is: deleted, registered again.
+    register(&server, garage_north("m1", 400.0)).await;
+    report_ok(&server, snapshot("m1", 1, 1, now)).await;
+    let mut registry = server.registry().await;
+    registry
+        .delete_car_park(delete("m1", OPERATOR_A.1))
+        .await
+        .unwrap();
+    register(&server, jinan("m1")).await;
+    report_ok(&server, snapshot("m1", 1, 21, now)).await;
     report_ok(&server, snapshot("g1", 4, 40, now)).await;
     report_ok(&server, delta("g1", 5, 0, 500, now)).await;
     report_ok(&server, snapshot("j1", 1, 11, now)).await;
     report_ok(&server, bay("street", 1, "b1", true, now)).await;
     report_ok(&server, bay("street", 2, "b2", true, now)).await;
-    server
-        .registry()
-        .await
+    registry
         .delete_car_park(delete("g2", OPERATOR_A.1))
         .await
         .unwrap();
 
     let ids = all_ids(&server).await;
-    assert_eq!(ids, ["b1", "g1", "j1", "street"]);
+    assert_eq!(ids, ["b1", "full", "g1", "j1", "m1", "street"]);
     let mut registrations = Vec::new();
     for id in &ids {
         registrations.push(car_park_of(&server, id).await.unwrap());
@@ -1045,6 +1103,8 @@ async fn restart_serves_what_it_served_before(kind: Kind) {
     assert_eq!(acked_free(&ack), 3, "b2 was occupied already");
     let ack = report_ok(&server, bay("street", 4, "b1", false, now)).await;
     assert_eq!(acked_free(&ack), 4);
+    let ack = report_ok(&server, delta("m1", 2, 1, 0, now)).await;
+    assert_eq!(acked_free(&ack), 20, "m1 is served from Jinan");
     // A deleted id can be registered again, afresh.
     let mut registry = server.registry().await;
     let again = registry

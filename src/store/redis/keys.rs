@@ -36,7 +36,8 @@ pub fn regions(prefix: &str) -> String {
     format!("{prefix}:regions")
 }
 
-/// String: the region a car park id belongs to; keeps ids unique across regions.
+/// String: the region a car park id belongs to, or `deleted:<version>` after a delete;
+/// keeps ids unique across regions and their versions growing (`claim.lua`).
 pub fn id_owner(prefix: &str, id: &CarParkId) -> String {
     format!("{prefix}:id:{id}")
 }

@@ -81,6 +81,7 @@ struct Shared {
     options: RedisOptions,
     write: Script,
     position: Script,
+    claim: Script,
     regions: Mutex<HashMap<RegionId, Arc<RegionTail>>>,
     healthy: watch::Sender<bool>,
     round_trips: AtomicU64,
@@ -157,7 +158,8 @@ impl Shared {
             .arg(write.expected)
             .arg(write.park)
             .arg(write.live)
-            .arg(self.options.stream_max_len);
+            .arg(self.options.stream_max_len)
+            .arg(write.floor);
         invocation
     }
 
@@ -182,6 +184,49 @@ impl Shared {
             _ => None,
         };
         Ok((state, version.unwrap_or(0)))
+    }
+
+    /// The owner of each id (the region its car park is in) as Redis holds it; `None`
+    /// for an id no region holds. The lookups go out together (ids are in different
+    /// Cluster slots, so not in one pipeline).
+    async fn owners(
+        &self,
+        ids: &[&CarParkId],
+        what: &'static str,
+    ) -> Result<Vec<Option<RegionId>>> {
+        let mut lookups = tokio::task::JoinSet::new();
+        for (k, id) in ids.iter().enumerate() {
+            let (mut conn, key) = (self.conn.clone(), keys::id_owner(&self.options.prefix, id));
+            self.round_trip(what);
+            lookups.spawn(async move { (k, conn.get::<_, Option<String>>(key).await) });
+        }
+        let mut owners = vec![None; ids.len()];
+        while let Some(done) = lookups.join_next().await {
+            let (k, owner) = done.map_err(|e| Error::Internal(format!("owner lookup: {e}")))?;
+            // Anything but a region ("deleted:<version>") means no car park.
+            owners[k] = owner
+                .map_err(|e| unavailable(&e))?
+                .and_then(|r| RegionId::parse(&r).ok());
+        }
+        Ok(owners)
+    }
+
+    /// The state of a car park this replica does not hold, from Redis, for the region
+    /// `owner` says it is in; the region is followed here from then on. A car park
+    /// registered through another instance may not have reached this replica yet (its
+    /// region may not even be followed here yet): Redis, not the replica, says whether
+    /// a car park exists.
+    async fn fetch_unknown(
+        self: &Arc<Self>,
+        id: &CarParkId,
+        owner: Option<RegionId>,
+        what: &'static str,
+    ) -> Result<(Option<(CarPark, Live)>, u64)> {
+        let Some(region) = owner else {
+            return Ok((None, self.engine.versioned(id.as_str()).1));
+        };
+        self.region(&region).await?;
+        self.fetch(&self.keys(&region), id, what).await
     }
 
     /// Waits until this instance's replica has applied change `n` of `region`, so a
@@ -209,6 +254,8 @@ struct Write<'a> {
     park: &'a str,
     /// Live state JSON ("put" and "live").
     live: &'a str,
+    /// The version the id was deleted at, in any region ("put" only; else 0).
+    floor: u64,
 }
 
 /// What `write.lua` answered.
@@ -296,6 +343,7 @@ impl RedisStore {
             options,
             write: Script::new(include_str!("write.lua")),
             position: Script::new(include_str!("position.lua")),
+            claim: Script::new(include_str!("claim.lua")),
             regions: Mutex::new(HashMap::new()),
             healthy,
             round_trips: AtomicU64::new(0),
@@ -320,7 +368,14 @@ impl RedisStore {
         let shared = &self.shared;
         let region = car_park.region.clone();
         let keys = shared.keys(&region);
-        self.claim_id(&car_park.id, &region).await?;
+        // The rules first, against this replica, so that a refusal is the embedded
+        // store's: whose a car park is comes before where it is, so another operator
+        // learns nothing about it. Redis decides below (the claim, the versioned write).
+        let (known, _) = shared.engine.versioned(car_park.id.as_str());
+        car_park
+            .clone()
+            .replacing(known.as_ref().map(|(c, l)| (&**c, l)), &caller)?;
+        let floor = self.claim_id(&car_park.id, &region).await?;
         if !shared.regions.lock().await.contains_key(&region) {
             let mut conn = shared.conn.clone();
             shared.round_trip("registry");
@@ -344,6 +399,7 @@ impl RedisStore {
                 expected: version,
                 park: &park,
                 live: &live,
+                floor,
             };
             match shared.write_one(&keys, &write, "registry").await? {
                 WriteResult::Written { n, .. } => {
@@ -362,25 +418,28 @@ impl RedisStore {
     }
 
     /// Makes sure `id` is not registered in another region (ids are unique in the
-    /// deployment, while each region's keys live in their own slot).
-    async fn claim_id(&self, id: &CarParkId, region: &RegionId) -> Result<()> {
+    /// deployment, while each region's keys live in their own slot) and claims it for
+    /// `region`; returns the version it was last deleted at (0 if never), which its
+    /// next version must exceed (`claim.lua`).
+    async fn claim_id(&self, id: &CarParkId, region: &RegionId) -> Result<u64> {
         let shared = &self.shared;
         let mut conn = shared.conn.clone();
         shared.round_trip("registry");
-        let previous: Option<String> = redis::cmd("SET")
-            .arg(keys::id_owner(&shared.options.prefix, id))
+        let (claimed, answer): (i64, String) = shared
+            .claim
+            .key(keys::id_owner(&shared.options.prefix, id))
             .arg(region.as_str())
-            .arg("NX")
-            .arg("GET")
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;
-        match previous {
-            Some(other) if other != region.as_str() => Err(Error::FailedPrecondition(format!(
-                "car park {id} is in region {other}; delete it to move it to {region}"
-            ))),
-            _ => Ok(()),
+        if claimed == 1 {
+            return answer
+                .parse()
+                .map_err(|_| Error::Internal(format!("bad floor {answer:?} from claim.lua")));
         }
+        Err(Error::FailedPrecondition(format!(
+            "car park {id} is in region {answer}; delete it to move it to {region}"
+        )))
     }
 
     async fn delete(&self, id: CarParkId, caller: OperatorId) -> Result<()> {
@@ -389,6 +448,10 @@ impl RedisStore {
             let (state, version) = shared.engine.versioned(id.as_str());
             (state.map(|(c, l)| ((*c).clone(), l)), version)
         };
+        if existing.is_none() {
+            let owner = shared.owners(&[&id], "registry").await?.pop().flatten();
+            (existing, version) = shared.fetch_unknown(&id, owner, "registry").await?;
+        }
         for _ in 0..MAX_ATTEMPTS {
             let Some((car_park, _)) = &existing else {
                 return Err(Error::car_park_not_found(&id));
@@ -402,15 +465,21 @@ impl RedisStore {
                 expected: version,
                 park: "",
                 live: "",
+                floor: 0,
             };
             match shared.write_one(&keys, &write, "registry").await? {
-                WriteResult::Written { n, .. } => {
+                WriteResult::Written { n, version } => {
                     // The delete stands once written; freeing the id for other regions
-                    // is best effort (a leftover claim only stops a move elsewhere).
+                    // is best effort (a leftover claim only stops a move elsewhere). The
+                    // freed claim keeps the version reached, for `claim.lua`.
                     let mut conn = shared.conn.clone();
                     shared.round_trip("registry");
-                    let freed: redis::RedisResult<i64> =
-                        conn.del(keys::id_owner(&shared.options.prefix, &id)).await;
+                    let freed: redis::RedisResult<()> = conn
+                        .set(
+                            keys::id_owner(&shared.options.prefix, &id),
+                            format!("deleted:{version}"),
+                        )
+                        .await;
                     if let Err(error) = freed {
                         tracing::warn!(%error, car_park = %id, "could not free a deleted car park's id");
                     }

@@ -4,7 +4,9 @@
 --
 -- KEYS: 1 parks hash, 2 live hash, 3 version hash, 4 change counter, 5 change stream
 -- ARGV: 1 op ("put" | "live" | "del"), 2 car park id, 3 expected version,
---       4 car park JSON ("put"), 5 live JSON ("put", "live"), 6 stream MAXLEN (approx.)
+--       4 car park JSON ("put"), 5 live JSON ("put", "live"), 6 stream MAXLEN (approx.),
+--       7 floor: the version the id was deleted at in any region (claim.lua), which the
+--         new version must exceed (0 if none)
 -- Returns {1, n, version} when written (n: the change's number in the region),
 --         {0, current version} when the version did not match,
 --         {-1, current version} when "live"/"del" found no car park.
@@ -17,7 +19,7 @@ local op = ARGV[1]
 if op ~= 'put' and redis.call('HEXISTS', KEYS[1], id) == 0 then
   return {-1, current}
 end
-local version = current + 1
+local version = math.max(current, tonumber(ARGV[7])) + 1
 if op == 'put' then
   redis.call('HSET', KEYS[1], id, ARGV[4])
 end
@@ -27,7 +29,8 @@ if op == 'del' then
 else
   redis.call('HSET', KEYS[2], id, ARGV[5])
 end
--- The version outlives a delete (a tombstone), so versions of an id only grow.
+-- The version outlives a delete (a tombstone), and the floor carries it into other
+-- regions, so versions of an id only grow.
 redis.call('HSET', KEYS[3], id, version)
 local n = redis.call('INCR', KEYS[4])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*',

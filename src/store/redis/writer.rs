@@ -144,7 +144,44 @@ async fn write_batch(shared: &Arc<Shared>, jobs: Vec<Job>) {
     }
     let mut results: Vec<Vec<Option<Result<Applied>>>> =
         jobs.iter().map(|j| vec![None; j.reports.len()]).collect();
-    let mut pending: Vec<usize> = (0..chains.len()).collect();
+    // A car park this replica does not hold may exist all the same (registered through
+    // another instance, not replicated here yet): Redis decides before NOT_FOUND.
+    let unknown: Vec<usize> = (0..chains.len())
+        .filter(|&c| chains[c].base.is_none())
+        .collect();
+    if !unknown.is_empty() {
+        let ids: Vec<&CarParkId> = unknown.iter().map(|&c| &chains[c].id).collect();
+        let owners = shared.owners(&ids, "ingest").await;
+        for (k, &c) in unknown.iter().enumerate() {
+            let state = match &owners {
+                Ok(owners) => {
+                    shared
+                        .fetch_unknown(&chains[c].id, owners[k].clone(), "ingest")
+                        .await
+                }
+                Err(error) => Err(error.clone()),
+            };
+            match state {
+                Ok((state, version)) => {
+                    chains[c].base = state.map(|(cp, live)| (Arc::new(cp), live));
+                    chains[c].version = version;
+                }
+                Err(error) => {
+                    for &(job, i) in &chains[c].items {
+                        results[job][i] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+    let mut pending: Vec<usize> = (0..chains.len())
+        .filter(|&c| {
+            chains[c]
+                .items
+                .iter()
+                .any(|&(j, i)| results[j][i].is_none())
+        })
+        .collect();
     for attempt in 0..MAX_ATTEMPTS {
         if pending.is_empty() {
             break;
@@ -189,6 +226,7 @@ async fn write_batch(shared: &Arc<Shared>, jobs: Vec<Job>) {
                     expected,
                     park: "",
                     live,
+                    floor: 0,
                 };
                 pipe.invoke_script(&shared.write_invocation(&keys, &write));
             }
