@@ -819,3 +819,41 @@ async fn reports_are_batched_under_load() {
         assert_eq!(state.expect(id).last_sequence, REPORTS);
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_redis_at_start_is_a_clear_error_after_bounded_retries() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut options =
+        citypark::store::redis::RedisOptions::new(format!("redis://:secret@127.0.0.1:{port}/0"));
+    options.connect_timeout = Duration::from_millis(600);
+    let started = Instant::now();
+    let clock: Arc<dyn citypark::service::Clock> = shared_clock();
+    let error = match citypark::app::Backend::redis(options, 64, clock).await {
+        Ok(_) => panic!("a backend started without Redis"),
+        Err(error) => error,
+    };
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "gave up without retrying: {waited:?}"
+    );
+    assert!(waited < SETTLE, "retries were not bounded: {waited:?}");
+    let message = error.to_string();
+    assert!(
+        matches!(error, citypark::domain::Error::Unavailable(_)),
+        "{error:?}"
+    );
+    assert!(
+        message.contains("cannot reach Redis") && message.contains(&port.to_string()),
+        "{message}"
+    );
+    assert!(
+        !message.contains("secret"),
+        "the password leaked: {message}"
+    );
+}
