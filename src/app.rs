@@ -81,6 +81,34 @@ impl Backend {
     }
 }
 
+/// The services that write through the store: out of rotation while it is down.
+const WRITE_SERVICES: [&str; 2] = [
+    pb::registry_server::SERVICE_NAME,
+    pb::ingest_server::SERVICE_NAME,
+];
+/// Every citypark service.
+const ALL_SERVICES: [&str; 3] = [
+    pb::registry_server::SERVICE_NAME,
+    pb::ingest_server::SERVICE_NAME,
+    pb::availability_server::SERVICE_NAME,
+];
+
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    services: &[&str],
+    serving: bool,
+) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for service in services {
+        health.set_service_status(service, status).await;
+    }
+}
+
 /// Why the server stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -117,15 +145,7 @@ pub async fn run(
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::registry_server::RegistryServer<Api>>()
-        .await;
-    health
-        .set_serving::<pb::ingest_server::IngestServer<Api>>()
-        .await;
-    health
-        .set_serving::<pb::availability_server::AvailabilityServer<Api>>()
-        .await;
+    set_health(&health, &ALL_SERVICES, true).await;
 
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
         b.register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -191,22 +211,10 @@ pub async fn run(
             loop {
                 let serving = *up.borrow_and_update();
                 crate::metrics::record_store_up(serving);
-                if serving {
-                    health
-                        .set_serving::<pb::registry_server::RegistryServer<Api>>()
-                        .await;
-                    health
-                        .set_serving::<pb::ingest_server::IngestServer<Api>>()
-                        .await;
-                } else {
+                if !serving {
                     tracing::warn!("store unreachable: Registry and Ingest report NOT_SERVING");
-                    health
-                        .set_not_serving::<pb::registry_server::RegistryServer<Api>>()
-                        .await;
-                    health
-                        .set_not_serving::<pb::ingest_server::IngestServer<Api>>()
-                        .await;
                 }
+                set_health(&health, &WRITE_SERVICES, serving).await;
                 tokio::select! {
                     _ = token.cancelled() => return,
                     changed = up.changed() => if changed.is_err() { return },
@@ -234,15 +242,7 @@ pub async fn run(
     }
 
     tracing::info!("shutting down: health NOT_SERVING, draining");
-    health
-        .set_not_serving::<pb::registry_server::RegistryServer<Api>>()
-        .await;
-    health
-        .set_not_serving::<pb::ingest_server::IngestServer<Api>>()
-        .await;
-    health
-        .set_not_serving::<pb::availability_server::AvailabilityServer<Api>>()
-        .await;
+    set_health(&health, &ALL_SERVICES, false).await;
     token.cancel();
     let _ = stop_grpc.send(());
     let drained = tokio::time::timeout(settings.shutdown_grace, &mut grpc_task).await;

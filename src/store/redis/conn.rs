@@ -89,33 +89,41 @@ impl Conn {
     }
 }
 
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Standalone(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
+/// Both connection enums delegate every call to the connection they hold.
+macro_rules! delegate_connection_like {
+    ($name:ident) => {
+        impl ConnectionLike for $name {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                match self {
+                    $name::Standalone(c) => c.req_packed_command(cmd),
+                    $name::Cluster(c) => c.req_packed_command(cmd),
+                }
+            }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                pipeline: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                match self {
+                    $name::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+                    $name::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+                }
+            }
 
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Standalone(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            fn get_db(&self) -> i64 {
+                match self {
+                    $name::Standalone(c) => c.get_db(),
+                    $name::Cluster(c) => c.get_db(),
+                }
+            }
         }
-    }
+    };
 }
+
+delegate_connection_like!(Conn);
+delegate_connection_like!(Dedicated);
 
 /// A connection of its own for blocking reads (XREAD BLOCK).
 pub enum Dedicated {
@@ -146,34 +154,6 @@ impl Dedicated {
                     client.get_async_connection_with_config(config).await?,
                 ))
             }
-        }
-    }
-}
-
-impl ConnectionLike for Dedicated {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Dedicated::Standalone(c) => c.req_packed_command(cmd),
-            Dedicated::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Dedicated::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
-            Dedicated::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Dedicated::Standalone(c) => c.get_db(),
-            Dedicated::Cluster(c) => c.get_db(),
         }
     }
 }
