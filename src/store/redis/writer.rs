@@ -84,6 +84,27 @@ struct Chain {
     version: u64,
 }
 
+/// Each report's result, once settled.
+type Results = Vec<Vec<Option<Result<Applied>>>>;
+
+impl Chain {
+    /// Takes the car park's state as just read from Redis, or settles every report of
+    /// the chain with the error that kept it from being read.
+    fn rebase(&mut self, fetched: Result<(Option<(CarPark, Live)>, u64)>, results: &mut Results) {
+        match fetched {
+            Ok((state, version)) => {
+                self.base = state.map(|(cp, live)| (Arc::new(cp), live));
+                self.version = version;
+            }
+            Err(error) => {
+                for &(job, i) in &self.items {
+                    results[job][i] = Some(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// A chain computed against its base: the results and, if anything changed, the write.
 struct Computed {
     results: Vec<Result<Applied>>,
@@ -142,8 +163,7 @@ async fn write_batch(shared: &Arc<Shared>, jobs: Vec<Job>) {
             chains[c].items.push((j, i));
         }
     }
-    let mut results: Vec<Vec<Option<Result<Applied>>>> =
-        jobs.iter().map(|j| vec![None; j.reports.len()]).collect();
+    let mut results: Results = jobs.iter().map(|j| vec![None; j.reports.len()]).collect();
     // A car park this replica does not hold may exist all the same (registered through
     // another instance, not replicated here yet): Redis decides before NOT_FOUND.
     let unknown: Vec<usize> = (0..chains.len())
@@ -161,17 +181,7 @@ async fn write_batch(shared: &Arc<Shared>, jobs: Vec<Job>) {
                 }
                 Err(error) => Err(error.clone()),
             };
-            match state {
-                Ok((state, version)) => {
-                    chains[c].base = state.map(|(cp, live)| (Arc::new(cp), live));
-                    chains[c].version = version;
-                }
-                Err(error) => {
-                    for &(job, i) in &chains[c].items {
-                        results[job][i] = Some(Err(error.clone()));
-                    }
-                }
-            }
+            chains[c].rebase(state, &mut results);
         }
     }
     let mut pending: Vec<usize> = (0..chains.len())
@@ -297,17 +307,8 @@ async fn write_batch(shared: &Arc<Shared>, jobs: Vec<Job>) {
                 .region
                 .clone();
             let keys = shared.keys(&region);
-            match shared.fetch(&keys, &chains[c].id, "ingest").await {
-                Ok((state, version)) => {
-                    chains[c].base = state.map(|(cp, live)| (Arc::new(cp), live));
-                    chains[c].version = version;
-                }
-                Err(error) => {
-                    for &(job, i) in &chains[c].items {
-                        results[job][i] = Some(Err(error.clone()));
-                    }
-                }
-            }
+            let fetched = shared.fetch(&keys, &chains[c].id, "ingest").await;
+            chains[c].rebase(fetched, &mut results);
         }
         pending = retry
             .into_iter()
