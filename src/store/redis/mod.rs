@@ -371,10 +371,11 @@ impl RedisStore {
         // The rules first, against this replica, so that a refusal is the embedded
         // store's: whose a car park is comes before where it is, so another operator
         // learns nothing about it. Redis decides below (the claim, the versioned write).
-        let (known, _) = shared.engine.versioned(car_park.id.as_str());
+        let (known, mut version) = shared.engine.versioned(car_park.id.as_str());
+        let mut existing = known.map(|(c, l)| ((*c).clone(), l));
         car_park
             .clone()
-            .replacing(known.as_ref().map(|(c, l)| (&**c, l)), &caller)?;
+            .replacing(existing.as_ref().map(|(c, l)| (c, l)), &caller)?;
         let floor = self.claim_id(&car_park.id, &region).await?;
         if !shared.regions.lock().await.contains_key(&region) {
             let mut conn = shared.conn.clone();
@@ -385,8 +386,6 @@ impl RedisStore {
                 .map_err(|e| unavailable(&e))?;
             shared.region(&region).await?;
         }
-        let (mut existing, mut version) = shared.engine.versioned(car_park.id.as_str());
-        let mut existing = existing.take().map(|(c, l)| ((*c).clone(), l));
         for _ in 0..MAX_ATTEMPTS {
             let created = existing.is_none();
             let (new, live) = car_park
