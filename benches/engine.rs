@@ -5,51 +5,16 @@
 //! nearest-available query (limit 10, radius 2 km) from random points. It is a
 //! measurement, not a test: nothing here asserts a speed.
 
+mod common;
+
 use std::{hint::black_box, time::Instant};
 
 use citypark::{
     demo::Rng,
-    domain::{
-        Capacity, CarPark, CarParkId, CarParkKind, LatLng, Live, NearbyQuery, OpeningHours,
-        OperatorId, Radius, RegionId, SpaceCategory, Tariff, TimeZoneName, Timestamp,
-    },
+    domain::{LatLng, Live, NearbyQuery, Radius, SpaceCategory, Timestamp},
     engine::Engine,
 };
-
-/// Car parks spread over a box whose area grows with n, so density stays city-like.
-fn city(n: usize, rng: &mut Rng) -> Vec<CarPark> {
-    let span = 0.25 * (n as f64 / 2_350.0).sqrt();
-    let zone = TimeZoneName::parse("Asia/Shanghai").unwrap();
-    let region = RegionId::parse("qingdao").unwrap();
-    let operator = OperatorId::parse("bench-operator").unwrap();
-    (0..n)
-        .map(|i| {
-            let lat = (36.07 + (rng.unit() - 0.5) * span).clamp(-89.0, 89.0);
-            let lon = 120.38 + (rng.unit() - 0.5) * span;
-            CarPark {
-                id: CarParkId::parse(&format!("cp-{i:07}")).unwrap(),
-                region: region.clone(),
-                operator: operator.clone(),
-                name: format!("Car park {i}"),
-                address: format!("{} Example Road", i % 900 + 1),
-                location: LatLng::new(lat, lon.clamp(-180.0, 180.0)).unwrap(),
-                kind: CarParkKind::Garage,
-                capacity: Capacity::new([
-                    (SpaceCategory::Standard, 200 + (rng.next_u64() % 300) as i64),
-                    (SpaceCategory::EvCharging, (rng.next_u64() % 20) as i64),
-                ])
-                .unwrap(),
-                time_zone: zone.clone(),
-                opening_hours: OpeningHours::always(),
-                closed: false,
-                tariff: Tariff::new("CNY", 500, 3000, 15).unwrap(),
-                covered: true,
-                max_height_cm: Some(210),
-                report_interval: CarPark::DEFAULT_REPORT_INTERVAL,
-            }
-        })
-        .collect()
-}
+use common::city;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -65,7 +30,7 @@ fn measure(n: usize) {
     let mut rng = Rng::new(n as u64);
     let now: Timestamp = "2026-11-30T02:00:00Z".parse().unwrap();
     let parks = city(n, &mut rng);
-    let span = 0.25 * (n as f64 / 2_350.0).sqrt();
+    let span = common::span(n);
     let before = rss_bytes();
     let engine = Engine::new(1024);
     let start = Instant::now();
