@@ -124,9 +124,9 @@ pub fn record_report(result: &Result<Applied>) {
     }
 }
 
-/// Counts a batch that failed as a whole.
-pub fn record_batch_failure(error: &Error) {
-    counter!(INGEST_REPORTS, "result" => "rejected", "reason" => reason(error)).increment(1);
+/// Counts the `reports` of a batch that failed as a whole.
+pub fn record_batch_failure(error: &Error, reports: u64) {
+    counter!(INGEST_REPORTS, "result" => "rejected", "reason" => reason(error)).increment(reports);
 }
 
 /// Sets the per-status gauges.

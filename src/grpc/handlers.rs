@@ -180,10 +180,10 @@ impl Api {
             .iter()
             .map(|r| (r.car_park_id.clone(), r.sequence))
             .collect();
-        let parsed: Vec<_> = reports.into_iter().map(convert::report).collect();
-        let valid: Vec<_> = parsed
-            .iter()
-            .filter_map(|p| p.as_ref().ok().cloned())
+        let mut valid = Vec::with_capacity(reports.len());
+        let parsed: Vec<Result<()>> = reports
+            .into_iter()
+            .map(|r| convert::report(r).map(|r| valid.push(r)))
             .collect();
         let mut results = match self.service.report(caller, valid).await {
             Ok(results) => results.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),

@@ -150,13 +150,14 @@ impl Service {
                 self.limits.max_batch
             )));
         }
+        let count = reports.len() as u64;
         let results = self
             .store
             .apply_reports(reports, caller.clone(), self.now())
             .await;
         match &results {
             Ok(results) => results.iter().for_each(metrics::record_report),
-            Err(error) => metrics::record_batch_failure(error),
+            Err(error) => metrics::record_batch_failure(error, count),
         }
         results
     }
