@@ -1,29 +1,9 @@
-//! Ingest: unary Report (applied, duplicate, clamping, bays) and the Publish stream.
+//! Ingest details beyond the store conformance suite (tests/it/store_conformance.rs):
+//! partial snapshots and the Publish stream: order, rejections with reasons, limits.
 
 use crate::support::*;
 use citypark::pb::{self, RejectCode, ReportResult, SpaceCategory::*};
 use tonic::Code;
-
-#[tokio::test]
-async fn report_is_applied_and_acked_with_the_new_counts() {
-    let server = TestServer::start().await;
-    register(&server, garage("g1", 36.067, 120.383)).await;
-    let at = after(server.now(), -30);
-    let ack = report(&server, snapshot("g1", 1, 42, at)).await.unwrap();
-    assert_eq!(
-        (ack.car_park_id.as_str(), ack.sequence, ack.result()),
-        ("g1", 1, ReportResult::Applied)
-    );
-    assert_eq!(ack.reject_code(), RejectCode::Unspecified);
-    assert_eq!(ack.clamped, 0);
-    let live = ack.availability.unwrap();
-    assert_eq!(live.status(), pb::CarParkStatus::Open);
-    assert_eq!(free_standard(&live), 42);
-    assert_eq!(live.observed_at, Some(pb_time(at)));
-    assert_eq!(live.data_age_seconds, Some(30));
-    assert_eq!(live.last_sequence, 1);
-    assert_eq!(availability_of(&server, "g1").await, live);
-}
 
 #[tokio::test]
 async fn a_snapshot_leaves_unlisted_categories_alone() {
@@ -43,81 +23,6 @@ async fn a_snapshot_leaves_unlisted_categories_alone() {
         .map(|c| (c.category(), c.free))
         .collect();
     assert_eq!(free, [(Standard, 20), (EvCharging, 4)], "in category order");
-}
-
-#[tokio::test]
-async fn a_report_not_newer_than_the_last_is_a_duplicate_and_changes_nothing() {
-    let server = TestServer::start().await;
-    register(&server, garage("g1", 36.067, 120.383)).await;
-    let now = server.now();
-    report_ok(&server, snapshot("g1", 5, 42, now)).await;
-    let before = availability_of(&server, "g1").await;
-    for sequence in [5, 4, 1] {
-        let ack = report(&server, snapshot("g1", sequence, 10, now))
-            .await
-            .unwrap();
-        assert_eq!(ack.result(), ReportResult::Duplicate);
-        assert_eq!(ack.sequence, sequence);
-        let shown = ack.availability.unwrap();
-        assert_eq!(
-            (free_standard(&shown), shown.last_sequence),
-            (42, 5),
-            "the ack shows the current counts"
-        );
-    }
-    assert_eq!(availability_of(&server, "g1").await, before);
-}
-
-#[tokio::test]
-async fn deltas_are_clamped_into_capacity_and_counted_as_drift() {
-    let server = TestServer::start().await;
-    register(&server, garage("g1", 36.067, 120.383)).await;
-    let now = server.now();
-    report_ok(&server, snapshot("g1", 1, 5, now)).await;
-
-    let ack = report_ok(&server, delta("g1", 2, 3, 0, now)).await;
-    assert_eq!(ack.clamped, 0);
-    assert_eq!(free_standard(ack.availability.as_ref().unwrap()), 2);
-
-    let ack = report_ok(&server, delta("g1", 3, 10, 1, now)).await;
-    assert_eq!(ack.clamped, 1, "2 - 10 + 1 is below zero");
-    let live = ack.availability.unwrap();
-    assert_eq!((free_standard(&live), live.drift_count), (0, 1));
-
-    let ack = report_ok(&server, delta("g1", 4, 0, 500, now)).await;
-    assert_eq!(ack.clamped, 1, "500 exits overflow the capacity of 100");
-    let live = ack.availability.unwrap();
-    assert_eq!((free_standard(&live), live.drift_count), (100, 2));
-
-    let ack = report_ok(&server, delta("g1", 5, 4, 2, now)).await;
-    assert_eq!(ack.clamped, 0);
-    let live = availability_of(&server, "g1").await;
-    assert_eq!((free_standard(&live), live.drift_count), (98, 2));
-}
-
-#[tokio::test]
-async fn bay_reports_toggle_one_space_each() {
-    let server = TestServer::start().await;
-    let zone = pb::CarPark {
-        kind: pb::CarParkKind::OnStreet.into(),
-        capacity: capacity(&[(Standard, 5)]),
-        ..garage("street", 36.067, 120.383)
-    };
-    register(&server, zone).await;
-    let now = server.now();
-    let free_after = async |sequence, bay_id, occupied| {
-        let ack = report_ok(&server, bay("street", sequence, bay_id, occupied, now)).await;
-        assert_eq!(ack.clamped, 0);
-        free_standard(ack.availability.as_ref().unwrap())
-    };
-    assert_eq!(free_after(1, "b1", true).await, 4);
-    assert_eq!(free_after(2, "b1", true).await, 4, "still the same car");
-    assert_eq!(free_after(3, "b2", true).await, 3);
-    assert_eq!(free_after(4, "b1", false).await, 4);
-    assert_eq!(free_after(5, "b1", false).await, 4, "already free");
-    assert_eq!(free_after(6, "b3", false).await, 4, "a new bay starts free");
-    let live = availability_of(&server, "street").await;
-    assert_eq!((free_standard(&live), live.last_sequence), (4, 6));
 }
 
 #[tokio::test]
@@ -257,22 +162,4 @@ async fn publish_over_1000_reports_in_one_message_ends_the_stream() {
         (50, 1000),
         "nothing of the oversize batch was applied"
     );
-}
-
-#[tokio::test]
-async fn a_duplicate_does_not_make_stale_numbers_look_live() {
-    let server = TestServer::start().await;
-    register(&server, garage("g1", 36.067, 120.383)).await;
-    report_ok(&server, snapshot("g1", 1, 42, server.now())).await;
-    server.advance(181);
-    let stale = availability_of(&server, "g1").await;
-    assert_eq!(stale.status(), pb::CarParkStatus::Stale);
-
-    // An operator resending its last report after a reconnect has observed nothing new.
-    let ack = report(&server, snapshot("g1", 1, 42, server.now()))
-        .await
-        .unwrap();
-    assert_eq!(ack.result(), ReportResult::Duplicate);
-    assert_eq!(ack.availability.unwrap().status(), pb::CarParkStatus::Stale);
-    assert_eq!(availability_of(&server, "g1").await, stale);
 }

@@ -1,4 +1,5 @@
-//! Registry: upsert (create and replace), get, list with paging and filters, delete.
+//! Registry details beyond the store conformance suite (tests/it/store_conformance.rs):
+//! moves in the index, get, list filters and page sizes, delete, NO_DATA capacity.
 
 use crate::support::*;
 use citypark::pb::{self, SpaceCategory::*};
@@ -43,66 +44,6 @@ async fn upsert_creates_then_replaces_and_fills_in_the_operator() {
         second.car_park.unwrap()
     );
     assert_eq!(all_ids(&server).await, ["g1"]);
-}
-
-#[tokio::test]
-async fn replace_keeps_live_counts_and_clamps_them_to_a_smaller_capacity() {
-    let server = TestServer::start().await;
-    register(&server, garage("g1", 36.067, 120.383)).await;
-    report_ok(
-        &server,
-        snapshot_of("g1", 7, &[(Standard, 42), (EvCharging, 3)], server.now()),
-    )
-    .await;
-
-    let renamed = pb::CarPark {
-        name: "Renamed".into(),
-        ..garage("g1", 36.067, 120.383)
-    };
-    register(&server, renamed).await;
-    let kept = availability_of(&server, "g1").await;
-    assert_eq!(free_standard(&kept), 42);
-    assert_eq!(kept.last_sequence, 7);
-    assert_eq!(kept.status(), pb::CarParkStatus::Open);
-
-    let smaller = pb::CarPark {
-        capacity: capacity(&[(Standard, 30)]),
-        ..garage("g1", 36.067, 120.383)
-    };
-    register(&server, smaller).await;
-    let clamped = availability_of(&server, "g1").await;
-    assert_eq!(clamped.categories.len(), 1, "EV spaces are gone");
-    let standard = &clamped.categories[0];
-    assert_eq!(
-        (standard.capacity, standard.free, standard.available),
-        (30, 30, 30)
-    );
-    assert_eq!(clamped.last_sequence, 7);
-}
-
-#[tokio::test]
-async fn changing_the_region_fails_the_precondition_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let original = register(&server, garage("g1", 36.067, 120.383)).await;
-    let moved = pb::CarPark {
-        region: "jinan".into(),
-        name: "Moved".into(),
-        ..garage("g1", 36.067, 120.383)
-    };
-    let mut registry = server.registry().await;
-    let status = expect_code(
-        registry
-            .upsert_car_park(authed(
-                pb::UpsertCarParkRequest {
-                    car_park: Some(moved),
-                },
-                OPERATOR_A.1,
-            ))
-            .await,
-        Code::FailedPrecondition,
-    );
-    assert!(status.message().contains("qingdao"), "{status:?}");
-    assert_eq!(car_park_of(&server, "g1").await.unwrap(), original);
 }
 
 #[tokio::test]
