@@ -29,6 +29,9 @@ use index::{IndexPoint, Tree, envelope_of};
 pub struct Change {
     pub car_park: CarParkId,
     pub location: LatLng,
+    /// Where it was before, when this change moved it (so area watchers learn that it
+    /// left their area).
+    pub moved_from: Option<LatLng>,
     pub kind: ChangeKind,
 }
 
@@ -100,9 +103,10 @@ impl Inner {
                 .as_ref()
                 .expect("the id map points at live slots only");
             let mut state = slot.state.lock();
-            if state.car_park.location != car_park.location {
-                self.tree
-                    .remove(&IndexPoint::new(state.car_park.location, i));
+            let old = state.car_park.location;
+            let moved_from = (old != car_park.location).then_some(old);
+            if moved_from.is_some() {
+                self.tree.remove(&IndexPoint::new(old, i));
                 self.tree.insert(IndexPoint::new(car_park.location, i));
             }
             *state = SlotState {
@@ -111,7 +115,7 @@ impl Inner {
                 version,
                 last_status: availability.status,
             };
-            engine.publish(&car_park, ChangeKind::Updated(availability));
+            engine.publish_move(&car_park, moved_from, ChangeKind::Updated(availability));
             return;
         }
         let slot = Slot {
@@ -203,10 +207,15 @@ impl Engine {
     }
 
     fn publish(&self, car_park: &CarPark, kind: ChangeKind) {
+        self.publish_move(car_park, None, kind);
+    }
+
+    fn publish_move(&self, car_park: &CarPark, moved_from: Option<LatLng>, kind: ChangeKind) {
         // No receivers is normal: nobody is watching.
         let _ = self.changes.send(Arc::new(Change {
             car_park: car_park.id.clone(),
             location: car_park.location,
+            moved_from,
             kind,
         }));
     }

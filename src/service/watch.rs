@@ -36,10 +36,20 @@ enum Filter {
 }
 
 impl Filter {
-    fn wants(&self, change: &Change) -> bool {
+    /// What this watcher is told of a change, if anything. An area watcher is told
+    /// that a car park which moved out of its area is gone from it.
+    fn event(&self, change: &Change) -> Option<WatchEvent> {
+        let update = || match &change.kind {
+            ChangeKind::Updated(a) => WatchEvent::Update(a.clone()),
+            ChangeKind::Removed => WatchEvent::Removed(change.car_park.clone()),
+        };
         match self {
-            Filter::Ids(ids) => ids.contains(&change.car_park),
-            Filter::Area(area) => area.contains(change.location),
+            Filter::Ids(ids) => ids.contains(&change.car_park).then(update),
+            Filter::Area(area) if area.contains(change.location) => Some(update()),
+            Filter::Area(area) => change
+                .moved_from
+                .filter(|from| area.contains(*from))
+                .map(|_| WatchEvent::Removed(change.car_park.clone())),
         }
     }
 }
@@ -75,11 +85,10 @@ impl Service {
                     r = changes.recv() => r,
                 };
                 let event = match received {
-                    Ok(change) if filter.wants(&change) => match &change.kind {
-                        ChangeKind::Updated(a) => WatchEvent::Update(a.clone()),
-                        ChangeKind::Removed => WatchEvent::Removed(change.car_park.clone()),
+                    Ok(change) => match filter.event(&change) {
+                        Some(event) => event,
+                        None => continue,
                     },
-                    Ok(_) => continue,
                     Err(RecvError::Lagged(missed)) => {
                         metrics::record_resync();
                         if tx.send(WatchEvent::Resync(missed)).await.is_err() {

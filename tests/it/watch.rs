@@ -252,3 +252,24 @@ async fn a_stalled_watcher_does_not_block_ingest_and_is_resynced() {
     watched(total + 1).await;
     assert!(resyncs > 0, "the watcher fell behind");
 }
+
+#[tokio::test]
+async fn a_car_park_moving_out_of_a_watched_area_is_removed_from_it_and_back_in_is_updated() {
+    let server = TestServer::start().await;
+    register(&server, garage("mover", 36.05, 120.35)).await;
+    let mut watch = watch_area(&server, (36.0, 120.3), (36.1, 120.4))
+        .await
+        .unwrap();
+    assert_eq!(read_snapshot(&mut watch).await.len(), 1);
+
+    register(&server, garage("mover", 36.30, 120.35)).await;
+    match next_event(&mut watch).await {
+        Event::Removed(gone) => assert_eq!(gone.car_park_id, "mover"),
+        other => panic!("expected removed, got {other:?}"),
+    }
+    // Moving about outside the area is none of this watcher's business.
+    register(&server, garage("mover", 36.40, 120.35)).await;
+    register(&server, garage("mover", 36.06, 120.36)).await;
+    let back = next_update(&mut watch).await;
+    assert_eq!(back.car_park_id, "mover");
+}
