@@ -33,6 +33,8 @@ pub struct Settings {
     pub max_message_bytes: usize,
     pub shutdown_grace: Duration,
     pub status_sweep: Duration,
+    /// Browser origins allowed to call over gRPC-Web; empty means any.
+    pub cors_origins: Vec<http::HeaderValue>,
 }
 
 impl Default for Settings {
@@ -44,6 +46,7 @@ impl Default for Settings {
             max_message_bytes: 1 << 20,
             shutdown_grace: Duration::from_secs(10),
             status_sweep: Duration::from_secs(5),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -79,6 +82,34 @@ impl Backend {
             engine,
         })
     }
+}
+
+/// CORS for gRPC-Web: the headers a gRPC-Web client sends (the API key included) and
+/// the trailers-as-headers it must be able to read.
+fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow_origin = if origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers([
+            CONTENT_TYPE,
+            AUTHORIZATION,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(24 * 3600))
 }
 
 /// The services that write through the store: out of rotation while it is down.
@@ -156,8 +187,13 @@ pub async fn run(
         reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
 
     let max = settings.max_message_bytes;
+    // Browsers speak gRPC-Web over HTTP/1.1 or HTTP/2 and ask CORS first; native
+    // clients speak gRPC over HTTP/2. One port serves both.
     let router = Server::builder()
+        .accept_http1(true)
         .layer(MetricsLayer)
+        .layer(cors(&settings.cors_origins))
+        .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -82,6 +82,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
 
+    /// Browser origins allowed to call the API over gRPC-Web (CORS), comma-separated,
+    /// e.g. `https://app.example.com`; empty allows any origin (the API's queries are
+    /// public, and writes still need an API key).
+    #[arg(long, env = "CITYPARK_CORS_ORIGINS", default_value = "")]
+    pub cors_origins: String,
+
     /// Log format.
     #[arg(
         long,
@@ -143,6 +149,7 @@ impl ServeConfig {
                 "must be positive",
             ));
         }
+        self.cors_origins()?;
         Ok(())
     }
 
@@ -176,6 +183,26 @@ impl ServeConfig {
         Ok(Some(options))
     }
 
+    /// The CORS origins, checked.
+    pub fn cors_origins(&self) -> Result<Vec<http::HeaderValue>> {
+        self.cors_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                if !(o.starts_with("http://") || o.starts_with("https://")) {
+                    return Err(Error::invalid(
+                        "--cors-origins",
+                        format!("{o:?} is not an http(s) origin"),
+                    ));
+                }
+                http::HeaderValue::from_str(o).map_err(|_| {
+                    Error::invalid("--cors-origins", format!("{o:?} is not a valid origin"))
+                })
+            })
+            .collect()
+    }
+
     /// Runtime settings from this configuration.
     pub fn settings(&self, api_keys: ApiKeys) -> crate::app::Settings {
         crate::app::Settings {
@@ -184,6 +211,8 @@ impl ServeConfig {
             max_message_bytes: self.max_message_bytes,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             status_sweep: Duration::from_secs(self.status_sweep_secs),
+            // Checked by `validate`.
+            cors_origins: self.cors_origins().unwrap_or_default(),
             ..crate::app::Settings::default()
         }
     }
