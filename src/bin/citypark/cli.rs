@@ -18,7 +18,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server (embedded store; add --demo for a generated city).
+    /// Run the server (embedded store, or Redis with --store; --demo adds a generated city).
     Serve(Box<ServeConfig>),
     /// Print the SHA-256 of an API key, for --api-keys and the keys file.
     HashKey {
