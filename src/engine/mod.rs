@@ -462,6 +462,11 @@ impl Engine {
         }
     }
 
+    /// The version a car park has, or had when it was deleted, or 0 if never seen.
+    pub fn version(&self, id: &str) -> u64 {
+        self.inner.read().version_of(id)
+    }
+
     /// Replica: sets a car park's registration and live state at `version`, unless the
     /// engine already holds that version or a newer one. True if it was applied.
     pub fn put_versioned(
