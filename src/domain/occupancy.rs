@@ -315,6 +315,17 @@ impl Live {
 
     /// Everything a client sees about this car park at `now`.
     pub fn availability(&self, car_park: &CarPark, now: Timestamp) -> Availability {
+        self.availability_with(car_park, now, self.status(car_park, now))
+    }
+
+    /// As [`Self::availability`], with the status already worked out for `now` (a
+    /// nearby query has it from its filter and saves working it out twice).
+    pub fn availability_with(
+        &self,
+        car_park: &CarPark,
+        now: Timestamp,
+        status: CarParkStatus,
+    ) -> Availability {
         let categories = SpaceCategory::ALL
             .into_iter()
             .filter(|c| car_park.capacity.of(*c) > 0)
@@ -328,7 +339,7 @@ impl Live {
         Availability {
             car_park: car_park.id.clone(),
             region: car_park.region.clone(),
-            status: self.status(car_park, now),
+            status,
             categories,
             observed_at: self.observed_at,
             data_age: self.observed_at.map(|t| {

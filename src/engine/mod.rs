@@ -380,7 +380,10 @@ impl Engine {
             }
             let state = inner.slot_at(point.slot).state.lock();
             if let Some(admitted) = query.admits(&state.car_park, &state.live, now) {
-                let availability = state.live.availability(&state.car_park, now);
+                let availability =
+                    state
+                        .live
+                        .availability_with(&state.car_park, now, admitted.status);
                 found.push((
                     d2,
                     Nearby {
