@@ -95,11 +95,6 @@ impl Radius {
         Ok(Self(metres))
     }
 
-    /// Metres.
-    pub fn metres(self) -> f64 {
-        self.0
-    }
-
     /// The radius as a chord length on the unit sphere (see [`LatLng::unit_vector`]).
     pub fn chord(self) -> f64 {
         m_to_chord(self.0)

@@ -333,13 +333,6 @@ impl Engine {
         Some(state.live.availability(&state.car_park, now))
     }
 
-    /// The owner of a car park, if it exists.
-    pub fn owner(&self, id: &str) -> Option<OperatorId> {
-        let inner = self.inner.read();
-        let state = inner.slot(id)?.state.lock();
-        Some(state.car_park.operator.clone())
-    }
-
     /// Car parks after `after` in id order, filtered, at most `limit`; and whether more follow.
     pub fn list(
         &self,

@@ -39,11 +39,6 @@ impl ManualClock {
         self.millis
             .fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }
-
-    /// Jumps to `at`.
-    pub fn set(&self, at: Timestamp) {
-        self.millis.store(at.as_millisecond(), Ordering::SeqCst);
-    }
 }
 
 impl Clock for ManualClock {

@@ -6,15 +6,15 @@
 pub mod clock;
 mod watch;
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use watch::{WatchEvent, WatchSelector};
 
 use crate::{
     domain::{
-        Availability, CarPark, CarParkId, Error, NearbyQuery, OperatorId, RegionId, Report,
-        ReportOutcome, Result, Timestamp,
+        Availability, CarPark, CarParkId, Error, NearbyQuery, OperatorId, RegionId, Report, Result,
+        Timestamp,
     },
     engine::{Applied, Engine, Nearby},
     metrics,
@@ -80,11 +80,6 @@ impl Service {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
-    }
-
-    /// The engine answering queries.
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
     }
 
     /// Registers or replaces a car park of `caller`'s.
@@ -189,32 +184,6 @@ impl Service {
         Ok((found, missing))
     }
 
-    /// Checks a watch selection: ids must exist and be few enough.
-    pub fn check_watch(&self, selector: &WatchSelector) -> Result<()> {
-        match selector {
-            WatchSelector::Ids(ids) => {
-                if ids.is_empty() || ids.len() > self.limits.max_ids {
-                    return Err(Error::invalid(
-                        "ids.ids",
-                        format!("must list 1 to {} ids", self.limits.max_ids),
-                    ));
-                }
-                let unique: HashSet<_> = ids.iter().collect();
-                if let Some(id) = unique
-                    .into_iter()
-                    .find(|id| self.engine.availability(id.as_str(), self.now()).is_none())
-                {
-                    return Err(Error::car_park_not_found(id));
-                }
-                Ok(())
-            }
-            WatchSelector::Area(area) => self
-                .engine
-                .in_area(area, self.limits.max_watch_car_parks, self.now())
-                .map(drop),
-        }
-    }
-
     /// Tells watchers of status changes that come with time alone, every `every`,
     /// and keeps the status gauges current; runs until `shutdown`.
     pub async fn sweep_statuses(
@@ -234,15 +203,4 @@ impl Service {
             metrics::record_statuses(&self.engine.status_counts(now));
         }
     }
-}
-
-/// Whether an ack says something changed (for callers that count).
-pub fn applied(result: &Result<Applied>) -> bool {
-    matches!(
-        result,
-        Ok(Applied {
-            outcome: ReportOutcome::Applied { .. },
-            ..
-        })
-    )
 }

@@ -1,13 +1,13 @@
 //! Watches: the current state of a selection, then its changes, resynced when behind.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::Service;
 use crate::{
-    domain::{Availability, BoundingBox, CarParkId, Result},
+    domain::{Availability, BoundingBox, CarParkId, Error, Result},
     engine::{Change, ChangeKind},
     metrics,
 };
@@ -64,10 +64,10 @@ impl Service {
         selector: WatchSelector,
         shutdown: CancellationToken,
     ) -> Result<mpsc::Receiver<WatchEvent>> {
-        self.check_watch(&selector)?;
-        let (tx, rx) = mpsc::channel(self.limits.watch_buffer);
         // Subscribe before the first snapshot, so no change can fall between the two.
         let mut changes = self.engine.subscribe();
+        let first = self.snapshot(&selector, true)?;
+        let (tx, rx) = mpsc::channel(self.limits.watch_buffer);
         let filter = match &selector {
             WatchSelector::Ids(ids) => Filter::Ids(ids.iter().cloned().collect()),
             WatchSelector::Area(area) => Filter::Area(*area),
@@ -75,7 +75,7 @@ impl Service {
         let service = self.clone();
         tokio::spawn(async move {
             let _gauge = metrics::WatcherGauge::new();
-            if service.send_snapshot(&selector, &tx).await.is_err() {
+            if send_snapshot(&tx, first).await.is_err() {
                 return;
             }
             loop {
@@ -98,7 +98,10 @@ impl Service {
                         // receiver; replaying those after it would take the watcher
                         // back in time, so go on from the newest change instead.
                         changes = changes.resubscribe();
-                        if service.send_snapshot(&selector, &tx).await.is_err() {
+                        // The watch was checked when it started: now it gets what
+                        // there is (a deleted id is left out, a grown area sent whole).
+                        let fresh = service.snapshot(&selector, false).unwrap_or_default();
+                        if send_snapshot(&tx, fresh).await.is_err() {
                             return;
                         }
                         continue;
@@ -113,33 +116,47 @@ impl Service {
         Ok(rx)
     }
 
-    async fn send_snapshot(
-        &self,
-        selector: &WatchSelector,
-        tx: &mpsc::Sender<WatchEvent>,
-    ) -> Result<(), ()> {
+    /// The current state of a selection, in id order. When a watch starts (`first`)
+    /// its ids must be 1 to `max_ids` registered car parks and its area must hold at
+    /// most `max_watch_car_parks`; a resync later sends what there is.
+    fn snapshot(&self, selector: &WatchSelector, first: bool) -> Result<Vec<Availability>> {
         let now = self.now();
-        let states = match selector {
+        match selector {
             WatchSelector::Ids(ids) => {
-                let unique: HashSet<_> = ids.iter().collect();
-                let mut states: Vec<_> = unique
-                    .into_iter()
-                    .filter_map(|id| self.engine.availability(id.as_str(), now))
-                    .collect();
-                states.sort_by(|a, b| a.car_park.cmp(&b.car_park));
-                states
+                let max = self.limits.max_ids;
+                if first && (ids.is_empty() || ids.len() > max) {
+                    return Err(Error::invalid(
+                        "ids.ids",
+                        format!("must list 1 to {max} ids"),
+                    ));
+                }
+                let mut states = Vec::with_capacity(ids.len());
+                for id in ids.iter().collect::<BTreeSet<_>>() {
+                    match self.engine.availability(id.as_str(), now) {
+                        Some(state) => states.push(state),
+                        None if first => return Err(Error::car_park_not_found(id)),
+                        None => {}
+                    }
+                }
+                Ok(states)
             }
-            // The cap was checked when the watch started; a later resync sends the
-            // area as it is then, even if it has grown.
-            WatchSelector::Area(area) => self
-                .engine
-                .in_area(area, usize::MAX, now)
-                .unwrap_or_default(),
-        };
-        let n = states.len() as u32;
-        for state in states {
-            tx.send(WatchEvent::Update(state)).await.map_err(drop)?;
+            WatchSelector::Area(area) => {
+                let max = if first {
+                    self.limits.max_watch_car_parks
+                } else {
+                    usize::MAX
+                };
+                self.engine.in_area(area, max, now)
+            }
         }
-        tx.send(WatchEvent::SnapshotComplete(n)).await.map_err(drop)
     }
+}
+
+/// Sends a snapshot and its end marker; Err if the watcher is gone.
+async fn send_snapshot(tx: &mpsc::Sender<WatchEvent>, states: Vec<Availability>) -> Result<(), ()> {
+    let n = states.len() as u32;
+    for state in states {
+        tx.send(WatchEvent::Update(state)).await.map_err(drop)?;
+    }
+    tx.send(WatchEvent::SnapshotComplete(n)).await.map_err(drop)
 }
