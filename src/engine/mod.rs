@@ -422,23 +422,28 @@ impl Engine {
     }
 
     /// Tells watchers about car parks whose status changed with time alone (opening
-    /// hours, staleness); returns how many changed.
-    pub fn sweep_status(&self, now: Timestamp) -> usize {
+    /// hours, staleness), and counts car parks by status for the metrics, in one pass.
+    pub fn sweep_status(&self, now: Timestamp) -> [(CarParkStatus, usize); 4] {
         let inner = self.inner.read();
-        let mut changed = 0;
+        let mut counts = [
+            (CarParkStatus::Open, 0),
+            (CarParkStatus::Closed, 0),
+            (CarParkStatus::Stale, 0),
+            (CarParkStatus::NoData, 0),
+        ];
         for slot in inner.slots.iter().flatten() {
             let mut state = slot.state.lock();
             let status = state.live.status(&state.car_park, now);
+            if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == status) {
+                entry.1 += 1;
+            }
             if status != state.last_status {
                 state.last_status = status;
-                changed += 1;
-                self.publish(
-                    &state.car_park,
-                    ChangeKind::Updated(state.live.availability(&state.car_park, now)),
-                );
+                let availability = state.live.availability_with(&state.car_park, now, status);
+                self.publish(&state.car_park, ChangeKind::Updated(availability));
             }
         }
-        changed
+        counts
     }
 
     /// A car park's whole state with its version, for a store that computes writes
@@ -542,24 +547,5 @@ impl Engine {
                 inner.tombstones.insert(id, version);
             }
         }
-    }
-
-    /// Counts car parks by status, for the metrics.
-    pub fn status_counts(&self, now: Timestamp) -> [(CarParkStatus, usize); 4] {
-        let inner = self.inner.read();
-        let mut counts = [
-            (CarParkStatus::Open, 0),
-            (CarParkStatus::Closed, 0),
-            (CarParkStatus::Stale, 0),
-            (CarParkStatus::NoData, 0),
-        ];
-        for slot in inner.slots.iter().flatten() {
-            let state = slot.state.lock();
-            let status = state.live.status(&state.car_park, now);
-            if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == status) {
-                entry.1 += 1;
-            }
-        }
-        counts
     }
 }

@@ -198,9 +198,7 @@ impl Service {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = self.now();
-            self.engine.sweep_status(now);
-            metrics::record_statuses(&self.engine.status_counts(now));
+            metrics::record_statuses(&self.engine.sweep_status(self.now()));
         }
     }
 }

@@ -818,6 +818,16 @@ async fn reports_are_batched_under_load() {
     for (id, state) in ids.iter().zip(states(&server, &ids).await) {
         assert_eq!(state.expect(id).last_sequence, REPORTS);
     }
+    // The Redis series exist (values are process-wide, shared with other tests).
+    let text = server.metrics_text().await;
+    for series in [
+        r#"citypark_redis_round_trips_total{op="ingest"}"#,
+        r#"citypark_redis_round_trips_total{op="tail"}"#,
+        "citypark_redis_reports_written_total ",
+        "citypark_store_up ",
+    ] {
+        assert!(text.contains(series), "{series} missing\n{text}");
+    }
 }
 
 #[tokio::test]
