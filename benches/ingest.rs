@@ -7,6 +7,8 @@
 //! (metrics URL, optional: reports per Redis round trip), `CITYPARK_BENCH_ROUNDS`,
 //! `CITYPARK_BENCH_SECONDS`. Nothing here asserts a speed.
 
+mod common;
+
 use std::{
     sync::{
         Arc,
@@ -219,11 +221,6 @@ async fn redis_counters(url: &str) -> Option<(f64, f64)> {
     ))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -274,9 +271,9 @@ fn main() {
         }
         println!(
             "median: Ping (E) {:.0} req/s, Publish {:.0} reports/s, ratio {:.2}",
-            median(pings),
-            median(reports),
-            median(ratios)
+            common::median(pings),
+            common::median(reports),
+            common::median(ratios)
         );
         if let (Some(m), Some((w0, t0))) = (&metrics, before)
             && let Some((w1, t1)) = redis_counters(m).await

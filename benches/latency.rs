@@ -7,6 +7,8 @@
 //! omission). One tonic client thread; the server has the other core. DESIGN.md asks
 //! p99 ≤ 5× p50 there. Nothing here asserts a speed.
 
+mod common;
+
 use std::{
     process::{Child, Command, Stdio},
     sync::{
@@ -95,11 +97,6 @@ fn quantile(sorted: &[u64], q: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -151,10 +148,10 @@ fn main() {
         }
         println!(
             "median: peak {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, p99/p50 {:.1}",
-            median(rows.iter().map(|r| r.0).collect()),
-            median(rows.iter().map(|r| r.1).collect()),
-            median(rows.iter().map(|r| r.2).collect()),
-            median(rows.iter().map(|r| r.2 / r.1).collect())
+            common::median(rows.iter().map(|r| r.0).collect()),
+            common::median(rows.iter().map(|r| r.1).collect()),
+            common::median(rows.iter().map(|r| r.2).collect()),
+            common::median(rows.iter().map(|r| r.2 / r.1).collect())
         );
     });
 }

@@ -68,11 +68,6 @@ fn h2load(port: u16, method: &str, body: &std::path::Path) -> f64 {
         .expect("req/s")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -138,9 +133,9 @@ fn main() {
         }
         println!(
             "| {n:>9} | {:>14.0} | {:>16.0} | {:>14.2} |",
-            median(pings),
-            median(finds),
-            median(ratios)
+            common::median(pings),
+            common::median(finds),
+            common::median(ratios)
         );
         let _ = stop.send(());
         runtime

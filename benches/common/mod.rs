@@ -66,3 +66,9 @@ pub fn reported(car_park: &CarPark, free: u32, now: Timestamp) -> Live {
         .expect("the report applies");
     live
 }
+
+/// The median of a run's figures (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

@@ -48,15 +48,7 @@ fn shared_clock() -> Arc<ManualClock> {
 /// The live state of car parks on `server`, in the order asked; `None` for one it does
 /// not know.
 async fn states(server: &TestServer, ids: &[String]) -> Vec<Option<pb::CarParkAvailability>> {
-    let found = server
-        .availability()
-        .await
-        .get_availability(pb::GetAvailabilityRequest {
-            car_park_ids: ids.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let found = lookup(server, ids).await;
     ids.iter()
         .map(|id| {
             found
@@ -70,20 +62,10 @@ async fn states(server: &TestServer, ids: &[String]) -> Vec<Option<pb::CarParkAv
 
 /// Everything `server` holds: every car park's registration and live state.
 async fn city(server: &TestServer) -> Vec<(pb::CarPark, pb::CarParkAvailability)> {
-    let page = server
-        .registry()
-        .await
-        .list_car_parks(pb::ListCarParksRequest {
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(page.next_page_token.is_empty());
-    let ids: Vec<String> = page.car_parks.iter().map(|c| c.id.clone()).collect();
+    let car_parks = all_car_parks(server).await;
+    let ids: Vec<String> = car_parks.iter().map(|c| c.id.clone()).collect();
     let states = states(server, &ids).await;
-    page.car_parks
+    car_parks
         .into_iter()
         .zip(states)
         .map(|(car_park, state)| (car_park, state.expect("a listed car park has a state")))

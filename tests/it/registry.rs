@@ -225,15 +225,7 @@ async fn delete_removes_the_car_park_and_its_live_state() {
     assert_eq!(deleted.id, "g1");
     expect_code(car_park_of(&server, "g1").await, Code::NotFound);
     assert_eq!(all_ids(&server).await, ["g2"]);
-    let found = server
-        .availability()
-        .await
-        .get_availability(pb::GetAvailabilityRequest {
-            car_park_ids: vec!["g1".into(), "g2".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let found = lookup(&server, &["g1", "g2"]).await;
     assert_eq!(found.not_found_ids, ["g1"]);
     assert_eq!(found.availabilities.len(), 1);
     let nearby = find(

@@ -334,15 +334,7 @@ async fn upsert_get_list_delete(kind: Kind) {
     let (ids, _) = list_in_pages(&server, 10).await;
     assert_eq!(ids.len(), 24);
     assert!(!ids.contains(&"g1".to_owned()));
-    let found = server
-        .availability()
-        .await
-        .get_availability(pb::GetAvailabilityRequest {
-            car_park_ids: vec!["g1".into(), "g00".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let found = lookup(&server, &["g1", "g00"]).await;
     assert_eq!(found.not_found_ids, ["g1"]);
 
     // Registered again, it is new and starts afresh: no counts survive a delete.
@@ -845,15 +837,7 @@ async fn queries_read_the_writes_at_once(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(ids_of(&find(&server, nearby(true)).await), ["g2"]);
-    let found = server
-        .availability()
-        .await
-        .get_availability(pb::GetAvailabilityRequest {
-            car_park_ids: vec!["g1".into(), "g2".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let found = lookup(&server, &["g1", "g2"]).await;
     assert_eq!(found.not_found_ids, ["g1"]);
     assert_eq!(free_standard(&found.availabilities[0]), 9);
 }
@@ -1049,15 +1033,7 @@ async fn restart_serves_what_it_served_before(kind: Kind) {
     for id in &ids {
         registrations.push(car_park_of(&server, id).await.unwrap());
     }
-    let live = server
-        .availability()
-        .await
-        .get_availability(pb::GetAvailabilityRequest {
-            car_park_ids: ids.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let live = lookup(&server, &ids).await;
     let nearby = find(&server, near_here()).await;
     let clock = server.clock.clone();
     server.stop().await.unwrap();
@@ -1078,15 +1054,7 @@ async fn restart_serves_what_it_served_before(kind: Kind) {
             registration
         );
     }
-    let live_again = server
-        .availability()
-        .await
-        .get_availability(pb::GetAvailabilityRequest {
-            car_park_ids: ids.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let live_again = lookup(&server, &ids).await;
     assert_eq!(live_again, live);
     assert_eq!(find(&server, near_here()).await, nearby);
     expect_code(car_park_of(&server, "g2").await, Code::NotFound);

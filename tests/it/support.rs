@@ -461,8 +461,8 @@ pub async fn car_park_of(server: &TestServer, id: &str) -> Result<pb::CarPark, S
         .map(|r| r.into_inner().car_park.unwrap())
 }
 
-/// Ids of every registered car park, through ListCarParks.
-pub async fn all_ids(server: &TestServer) -> Vec<String> {
+/// Every registered car park (at most 1000), through ListCarParks.
+pub async fn all_car_parks(server: &TestServer) -> Vec<pb::CarPark> {
     let mut registry = server.registry().await;
     let page = registry
         .list_car_parks(pb::ListCarParksRequest {
@@ -473,7 +473,29 @@ pub async fn all_ids(server: &TestServer) -> Vec<String> {
         .unwrap()
         .into_inner();
     assert!(page.next_page_token.is_empty());
-    page.car_parks.into_iter().map(|c| c.id).collect()
+    page.car_parks
+}
+
+/// Ids of every registered car park, through ListCarParks.
+pub async fn all_ids(server: &TestServer) -> Vec<String> {
+    all_car_parks(server)
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+/// GetAvailability for `ids`, which must succeed.
+pub async fn lookup<S: AsRef<str>>(server: &TestServer, ids: &[S]) -> pb::GetAvailabilityResponse {
+    server
+        .availability()
+        .await
+        .get_availability(pb::GetAvailabilityRequest {
+            car_park_ids: ids.iter().map(|id| id.as_ref().to_owned()).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// A FindNearby request around `here()` with everything else at its default.
