@@ -217,3 +217,91 @@ impl ServeConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    fn parse(args: &[&str]) -> ServeConfig {
+        Cli::try_parse_from(std::iter::once("citypark").chain(args.iter().copied()))
+            .expect("flags parse")
+            .serve
+    }
+
+    fn field_of(error: Error) -> String {
+        match error {
+            Error::InvalidArgument { field, .. } => field,
+            other => panic!("not a field error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_embedded_and_valid() {
+        let config = parse(&[]);
+        assert!(config.validate().is_ok());
+        assert!(config.redis().unwrap().is_none());
+        assert!(config.cors_origins().unwrap().is_empty());
+        assert_eq!(
+            config.settings(ApiKeys::default()).max_message_bytes,
+            1 << 20
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let bad = |args: &[&str]| {
+            let config = parse(args);
+            field_of(
+                config
+                    .validate()
+                    .and_then(|()| config.redis().map(drop))
+                    .unwrap_err(),
+            )
+        };
+        assert_eq!(bad(&["--cors-origins", "ftp://x"]), "--cors-origins");
+        assert_eq!(bad(&["--max-message-bytes", "10"]), "--max-message-bytes");
+        assert_eq!(bad(&["--store", "http://x"]), "--store");
+        assert_eq!(bad(&["--store", "redis+cluster://"]), "--store");
+        assert_eq!(
+            bad(&["--store", "redis://h:1", "--redis-prefix", "a{b}"]),
+            "--redis-prefix"
+        );
+        assert_eq!(
+            bad(&["--store", "redis://h:1", "--redis-stream-max-len", "10"]),
+            "--redis-stream-max-len"
+        );
+    }
+
+    #[test]
+    fn redis_options_follow_the_flags_and_hide_the_password() {
+        let config = parse(&[
+            "--store",
+            "redis://:secret@h:6379/2",
+            "--redis-prefix",
+            "city",
+            "--redis-connect-timeout-secs",
+            "7",
+        ]);
+        let options = config.redis().unwrap().expect("redis");
+        assert_eq!(
+            (options.prefix.as_str(), options.connect_timeout),
+            ("city", Duration::from_secs(7))
+        );
+        let error = parse(&["--store", "mysql://:secret@h"])
+            .redis()
+            .unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
+        let origins = parse(&["--cors-origins", "https://a.example, https://b.example"])
+            .cors_origins()
+            .unwrap();
+        assert_eq!(origins.len(), 2);
+    }
+}
