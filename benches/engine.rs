@@ -11,7 +11,7 @@ use std::{hint::black_box, time::Instant};
 
 use citypark::{
     demo::Rng,
-    domain::{LatLng, Live, NearbyQuery, Radius, SpaceCategory, Timestamp},
+    domain::{CarParkState, LatLng, NearbyQuery, Radius, SpaceCategory, Timestamp},
     engine::Engine,
 };
 use common::city;
@@ -35,13 +35,7 @@ fn measure(n: usize) {
     let engine = Engine::new(1024);
     let start = Instant::now();
     engine
-        .load(
-            parks.into_iter().map(|cp| {
-                let live = Live::new(cp.capacity);
-                (cp, live)
-            }),
-            now,
-        )
+        .load(parks.into_iter().map(|cp| (CarParkState::new(cp), 1)), now)
         .unwrap();
     let load = start.elapsed();
     let per_car_park = rss_bytes().saturating_sub(before) as f64 / n as f64;

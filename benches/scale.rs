@@ -13,9 +13,8 @@ use std::{process::Command, sync::Arc, time::Duration};
 use citypark::{
     app::{self, Backend, Settings},
     demo::Rng,
-    domain::{CarPark, Timestamp},
+    domain::{CarPark, CarParkState, Timestamp},
     engine::Engine,
-    store::embedded::EmbeddedStore,
 };
 
 const ROUNDS: usize = 5;
@@ -98,15 +97,13 @@ fn main() {
             .load(
                 city.map(|cp| {
                     let live = common::reported(&cp, 120, now);
-                    (cp, live)
+                    let car_park = Arc::new(cp);
+                    (CarParkState { car_park, live }, 1)
                 }),
                 now,
             )
             .expect("load");
-        let backend = Backend {
-            store: Arc::new(EmbeddedStore::new(engine.clone())),
-            engine,
-        };
+        let backend = Backend::on_engine(engine);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");

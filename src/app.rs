@@ -12,13 +12,14 @@ use tonic::transport::Server;
 
 use crate::{
     auth::ApiKeys,
+    clock::{Clock, SystemClock},
     domain::Error,
     engine::Engine,
     grpc::{Api, MetricsLayer},
     pb,
-    service::{Clock, Limits, Service, SystemClock},
+    service::{Limits, Service},
     store::{
-        Store,
+        AnyStore, Store,
         embedded::EmbeddedStore,
         redis::{RedisOptions, RedisStore},
     },
@@ -55,15 +56,19 @@ impl Default for Settings {
 #[derive(Clone)]
 pub struct Backend {
     pub engine: Arc<Engine>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<AnyStore>,
 }
 
 impl Backend {
     /// The embedded backend: the engine is the store.
     pub fn embedded(change_buffer: usize) -> Self {
-        let engine = Arc::new(Engine::new(change_buffer));
+        Self::on_engine(Arc::new(Engine::new(change_buffer)))
+    }
+
+    /// The embedded backend on an engine already filled (benchmarks load one in bulk).
+    pub fn on_engine(engine: Arc<Engine>) -> Self {
         Self {
-            store: Arc::new(EmbeddedStore::new(engine.clone())),
+            store: Arc::new(AnyStore::Embedded(EmbeddedStore::new(engine.clone()))),
             engine,
         }
     }
@@ -78,7 +83,7 @@ impl Backend {
         let engine = Arc::new(Engine::new(change_buffer));
         let store = RedisStore::open(options, engine.clone(), clock).await?;
         Ok(Self {
-            store: Arc::new(store),
+            store: Arc::new(AnyStore::Redis(store)),
             engine,
         })
     }
@@ -111,6 +116,9 @@ fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
         ])
         .max_age(Duration::from_secs(24 * 3600))
 }
+
+/// Time background tasks get to stop even when draining took the whole grace period.
+const MIN_STOP: Duration = Duration::from_secs(1);
 
 /// The services that write through the store: out of rotation while it is down.
 const WRITE_SERVICES: [&str; 2] = [
@@ -153,7 +161,9 @@ pub enum AppError {
 
 /// Serves gRPC on `grpc` (and Prometheus metrics on `metrics`, if given) until
 /// `shutdown` completes; then marks health NOT_SERVING, ends watch and publish
-/// streams, stops accepting, and drains open calls for at most the grace period.
+/// streams, stops accepting, drains open calls, and stops and joins every background
+/// task (the store's included), all within the grace period. No task it started
+/// outlives it.
 pub async fn run(
     grpc: TcpListener,
     metrics: Option<TcpListener>,
@@ -269,36 +279,56 @@ pub async fn run(
         () = shutdown => None,
         result = &mut grpc_task => Some(result),
     };
-    if let Some(result) = early {
-        token.cancel();
-        return match result {
+    let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+    let result = match early {
+        Some(result) => match result {
             Ok(r) => r.map_err(AppError::from),
             Err(join) => panic!("gRPC server task panicked: {join}"),
-        };
-    }
-
-    tracing::info!("shutting down: health NOT_SERVING, draining");
-    set_health(&health, &ALL_SERVICES, false).await;
-    token.cancel();
-    let _ = stop_grpc.send(());
-    let drained = tokio::time::timeout(settings.shutdown_grace, &mut grpc_task).await;
-    let result = match drained {
-        Ok(Ok(r)) => r.map_err(AppError::from),
-        Ok(Err(join)) => panic!("gRPC server task panicked: {join}"),
-        Err(_) => {
-            tracing::warn!(grace = ?settings.shutdown_grace, "drain deadline passed; closing open calls");
-            grpc_task.abort();
-            Ok(())
+        },
+        None => {
+            tracing::info!("shutting down: health NOT_SERVING, draining");
+            set_health(&health, &ALL_SERVICES, false).await;
+            // Streams end first (publishers are told to reconnect and resend), so the
+            // drain waits only for unary calls in flight.
+            token.cancel();
+            let _ = stop_grpc.send(());
+            match tokio::time::timeout_at(deadline, &mut grpc_task).await {
+                Ok(Ok(r)) => r.map_err(AppError::from),
+                Ok(Err(join)) => panic!("gRPC server task panicked: {join}"),
+                Err(_) => {
+                    tracing::warn!(grace = ?settings.shutdown_grace, "drain deadline passed; closing open calls");
+                    grpc_task.abort();
+                    Ok(())
+                }
+            }
         }
     };
-    let _ = sweeper.await;
-    if let Some(task) = store_health {
-        let _ = task.await;
-    }
-    if let Some(task) = metrics_task
-        && let Ok(Err(e)) = task.await
-    {
-        return Err(AppError::Metrics(e));
+    token.cancel();
+    // Then every background task, within what is left of the grace period: the
+    // call-serving tasks, the sweeper, the health follower, the metrics server, and the
+    // store's own (its writer fails what it has not written; its followers stop).
+    let background = async {
+        service.wait_tasks().await;
+        let _ = sweeper.await;
+        if let Some(task) = store_health {
+            let _ = task.await;
+        }
+        let metrics = match metrics_task {
+            Some(task) => task.await.ok().and_then(Result::err),
+            None => None,
+        };
+        backend.store.close().await;
+        metrics
+    };
+    let stopped = tokio::time::timeout_at(
+        deadline.max(tokio::time::Instant::now() + MIN_STOP),
+        background,
+    )
+    .await;
+    match stopped {
+        Ok(Some(e)) => return Err(AppError::Metrics(e)),
+        Ok(None) => {}
+        Err(_) => tracing::warn!("background tasks did not stop within the grace period"),
     }
     tracing::info!("stopped");
     result

@@ -11,10 +11,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::{
-    domain::{CarParkStatus, Error, ReportOutcome, Result},
-    engine::Applied,
-};
+use crate::domain::{Applied, CarParkStatus, Error, ReportOutcome, Result};
 
 pub const GRPC_REQUESTS: &str = "citypark_grpc_requests_total";
 pub const GRPC_DURATION: &str = "citypark_grpc_request_duration_seconds";
@@ -26,6 +23,7 @@ pub const WATCH_RESYNCS: &str = "citypark_watch_resyncs_total";
 pub const REDIS_ROUND_TRIPS: &str = "citypark_redis_round_trips_total";
 pub const REDIS_REPORTS_WRITTEN: &str = "citypark_redis_reports_written_total";
 pub const STORE_UP: &str = "citypark_store_up";
+pub const REPLICATION_SKIPPED: &str = "citypark_replication_skipped_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -75,6 +73,11 @@ fn describe() {
     );
     describe_gauge!(CAR_PARKS, Unit::Count, "registered car parks by status");
     describe_gauge!(WATCHERS, Unit::Count, "open availability watch streams");
+    describe_counter!(
+        REPLICATION_SKIPPED,
+        Unit::Count,
+        "stored records and change-stream entries skipped because this version cannot read them, by kind and reason (unknown_kind, newer_format, missing_base, undecodable)"
+    );
     describe_counter!(
         WATCH_RESYNCS,
         Unit::Count,
@@ -149,6 +152,11 @@ pub fn record_redis_reports_written(n: u64) {
 /// Sets whether the store accepts writes.
 pub fn record_store_up(up: bool) {
     gauge!(STORE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts a stored record or change skipped by replication.
+pub fn record_replication_skipped(kind: &'static str, reason: &'static str) {
+    counter!(REPLICATION_SKIPPED, "kind" => kind, "reason" => reason).increment(1);
 }
 
 /// Counts a watcher resync.

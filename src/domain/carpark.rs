@@ -1,9 +1,10 @@
 //! Car parks: kinds, space categories, capacity, status.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use super::{
-    CarParkId, Error, LatLng, OpeningHours, OperatorId, RegionId, Tariff, TimeZoneName, Timestamp,
+    Availability, CarParkId, Error, LatLng, Live, OpeningHours, OperatorId, RegionId, Report,
+    ReportOutcome, Tariff, TimeZoneName, Timestamp,
 };
 
 /// How many space categories there are; counts are kept in arrays of this length.
@@ -131,7 +132,7 @@ impl Capacity {
     }
 }
 
-/// A registered car park: static data only (live counts are [`super::Live`]).
+/// A registered car park: static data only (live counts are [`Live`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CarPark {
     pub id: CarParkId,
@@ -181,8 +182,9 @@ impl CarPark {
         Ok(self)
     }
 
-    /// Operators may change only their own car parks.
-    pub fn check_owner(&self, caller: &OperatorId) -> Result<(), Error> {
+    /// Operators may change only their own car parks: the one ownership rule, checked
+    /// by every write of a car park (upsert, delete, report) below.
+    fn check_owner(&self, caller: &OperatorId) -> Result<(), Error> {
         if &self.operator == caller {
             Ok(())
         } else {
@@ -198,24 +200,29 @@ impl CarPark {
     /// (cut to a smaller capacity). Every store backend computes upserts with this.
     pub fn replacing(
         self,
-        existing: Option<(&CarPark, &super::Live)>,
+        existing: Option<(&CarPark, &Live)>,
         caller: &OperatorId,
-    ) -> Result<(CarPark, super::Live), Error> {
+    ) -> Result<(CarPark, Live), Error> {
         self.check_owner(caller)?;
         let Some((old, live)) = existing else {
-            let live = super::Live::new(self.capacity);
+            let live = Live::new(self.capacity);
             return Ok((self, live));
         };
         old.check_owner(caller)?;
         if old.region != self.region {
-            return Err(Error::FailedPrecondition(format!(
-                "car park {} is in region {}; delete it to move it to {}",
-                self.id, old.region, self.region
-            )));
+            return Err(Self::region_taken(&self.id, &old.region, &self.region));
         }
         let mut live = live.clone();
         live.resize(self.capacity);
         Ok((self, live))
+    }
+
+    /// Why a car park cannot be registered in `wanted`: its id is held in `held`. Ids
+    /// are unique across regions, and a car park never changes region in place.
+    pub fn region_taken(id: &CarParkId, held: &RegionId, wanted: &RegionId) -> Error {
+        Error::FailedPrecondition(format!(
+            "car park {id} is in region {held}; delete it to move it to {wanted}"
+        ))
     }
 
     /// How long without a report before the numbers are STALE.
@@ -227,6 +234,84 @@ impl CarPark {
     pub fn is_open_at(&self, at: Timestamp) -> bool {
         !self.closed && self.opening_hours.is_open(at, self.time_zone.zone())
     }
+}
+
+/// A car park with its live counts: the aggregate that the registry and ingest change,
+/// one version for both. Every rule of a write to it is here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CarParkState {
+    pub car_park: Arc<CarPark>,
+    pub live: Live,
+}
+
+impl CarParkState {
+    /// A car park nobody has reported on.
+    pub fn new(car_park: CarPark) -> Self {
+        let live = Live::new(car_park.capacity);
+        Self {
+            car_park: Arc::new(car_park),
+            live,
+        }
+    }
+
+    /// The state an upsert of `car_park` by `caller` leaves over `existing` (see
+    /// [`CarPark::replacing`]).
+    pub fn upserted(
+        existing: Option<&CarParkState>,
+        car_park: CarPark,
+        caller: &OperatorId,
+    ) -> Result<Self, Error> {
+        let (car_park, live) =
+            car_park.replacing(existing.map(|s| (&*s.car_park, &s.live)), caller)?;
+        Ok(Self {
+            car_park: Arc::new(car_park),
+            live,
+        })
+    }
+
+    /// Whether `caller` may delete it.
+    pub fn check_delete(&self, caller: &OperatorId) -> Result<(), Error> {
+        self.car_park.check_owner(caller)
+    }
+
+    /// Applies `reports` by `caller` in order at `now`, each with its own result, and
+    /// returns the states the car park passed through: one after each report that
+    /// changed its counts, oldest first (empty if none did). A rejected report changes
+    /// nothing.
+    pub fn apply_reports<'a>(
+        &self,
+        reports: impl IntoIterator<Item = &'a Report>,
+        caller: &OperatorId,
+        now: Timestamp,
+    ) -> (Vec<Result<Applied, Error>>, Vec<CarParkState>) {
+        let mut live = self.live.clone();
+        let mut states = Vec::new();
+        let results = reports
+            .into_iter()
+            .map(|report| {
+                self.car_park.check_owner(caller)?;
+                let outcome = live.apply(&self.car_park, report, now)?;
+                if outcome != ReportOutcome::Duplicate {
+                    states.push(CarParkState {
+                        car_park: self.car_park.clone(),
+                        live: live.clone(),
+                    });
+                }
+                Ok(Applied {
+                    outcome,
+                    availability: live.availability(&self.car_park, now),
+                })
+            })
+            .collect();
+        (results, states)
+    }
+}
+
+/// The result of applying one report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub outcome: ReportOutcome,
+    pub availability: Availability,
 }
 
 #[cfg(test)]

@@ -12,7 +12,10 @@ mod query;
 mod schedule;
 mod tariff;
 
-pub use carpark::{CATEGORY_COUNT, Capacity, CarPark, CarParkKind, CarParkStatus, SpaceCategory};
+pub use carpark::{
+    Applied, CATEGORY_COUNT, Capacity, CarPark, CarParkKind, CarParkState, CarParkStatus,
+    SpaceCategory,
+};
 pub use error::{Error, Result};
 pub use geo::{BoundingBox, EARTH_RADIUS_M, LatLng, Radius, chord_to_m};
 pub use ids::{BayId, CarParkId, OperatorId, RegionId};

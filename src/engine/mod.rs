@@ -1,7 +1,8 @@
 //! The city in memory: car parks, live counts, a spatial index and a change feed.
 //!
 //! Every query is answered here with no network round trip. In embedded mode the
-//! engine is the store; with Redis it is each instance's replica.
+//! engine is the store; with Redis it is each instance's replica. It holds no rule of
+//! who may write what: it keeps what the store committed (`replica.rs`), versioned.
 //!
 //! Locking: one `RwLock` guards the id map, the slots and the R-tree, and is held for
 //! writing only to add, move or remove a car park (O(log n)). Reports take it for
@@ -9,6 +10,7 @@
 //! hold each car park's mutex only long enough to copy its numbers.
 
 mod index;
+mod replica;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,9 +22,10 @@ use tokio::sync::broadcast;
 
 use crate::domain::{
     Admitted, Availability, BoundingBox, CarPark, CarParkId, CarParkStatus, Error, LatLng, Live,
-    NearbyQuery, OperatorId, RegionId, Report, ReportOutcome, Result, Timestamp, chord_to_m,
+    NearbyQuery, OperatorId, RegionId, Result, Timestamp, chord_to_m,
 };
 use index::{IndexPoint, Tree, envelope_of};
+pub use replica::Replica;
 
 /// One change, as watchers receive it.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,13 +54,6 @@ pub struct Nearby {
     pub distance_m: f64,
     pub availability: Availability,
     pub admitted: Admitted,
-}
-
-/// The result of applying one report.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Applied {
-    pub outcome: ReportOutcome,
-    pub availability: Availability,
 }
 
 struct SlotState {
@@ -220,102 +216,6 @@ impl Engine {
         }));
     }
 
-    /// Registers or replaces a car park on behalf of `caller`; true if it is new.
-    pub fn upsert(
-        &self,
-        car_park: CarPark,
-        caller: &OperatorId,
-        now: Timestamp,
-    ) -> Result<(Arc<CarPark>, bool)> {
-        let mut inner = self.inner.write();
-        let existing = inner.slot(car_park.id.as_str()).map(|slot| {
-            let state = slot.state.lock();
-            (state.car_park.clone(), state.live.clone(), state.version)
-        });
-        let version = existing.as_ref().map_or_else(
-            || inner.tombstones.get(&car_park.id).copied().unwrap_or(0),
-            |e| e.2,
-        );
-        let (car_park, live) =
-            car_park.replacing(existing.as_ref().map(|(c, l, _)| (&**c, l)), caller)?;
-        let car_park = Arc::new(car_park);
-        inner.put(self, car_park.clone(), live, version + 1, now);
-        Ok((car_park, existing.is_none()))
-    }
-
-    /// Loads many car parks into an empty engine at once, building the R-tree in one
-    /// bulk pass (far faster than one insert each). Live states come with them.
-    pub fn load(
-        &self,
-        entries: impl IntoIterator<Item = (CarPark, Live)>,
-        now: Timestamp,
-    ) -> Result<()> {
-        let mut inner = self.inner.write();
-        if !inner.by_id.is_empty() {
-            return Err(Error::Internal("bulk load into a non-empty engine".into()));
-        }
-        let mut points = Vec::new();
-        for (car_park, live) in entries {
-            let i = inner.slots.len() as u32;
-            if inner.by_id.insert(car_park.id.clone(), i).is_some() {
-                return Err(Error::Internal(format!(
-                    "car park {} loaded twice",
-                    car_park.id
-                )));
-            }
-            points.push(IndexPoint::new(car_park.location, i));
-            let last_status = live.status(&car_park, now);
-            inner.slots.push(Some(Slot {
-                state: Mutex::new(SlotState {
-                    car_park: Arc::new(car_park),
-                    live,
-                    version: 1,
-                    last_status,
-                }),
-            }));
-        }
-        inner.tree = Tree::bulk_load(points);
-        Ok(())
-    }
-
-    /// Removes a car park on behalf of `caller`.
-    pub fn delete(&self, id: &CarParkId, caller: &OperatorId) -> Result<()> {
-        let mut inner = self.inner.write();
-        let (car_park, version) = {
-            let slot = inner
-                .slot(id.as_str())
-                .ok_or_else(|| Error::car_park_not_found(id))?;
-            let state = slot.state.lock();
-            (state.car_park.clone(), state.version)
-        };
-        car_park.check_owner(caller)?;
-        inner.remove(self, id, version + 1);
-        Ok(())
-    }
-
-    /// Applies one report on behalf of `caller`.
-    pub fn apply(&self, report: &Report, caller: &OperatorId, now: Timestamp) -> Result<Applied> {
-        let inner = self.inner.read();
-        let slot = inner
-            .slot(report.car_park.as_str())
-            .ok_or_else(|| Error::car_park_not_found(&report.car_park))?;
-        let mut state = slot.state.lock();
-        let state = &mut *state;
-        state.car_park.check_owner(caller)?;
-        let outcome = state.live.apply(&state.car_park, report, now)?;
-        let availability = state.live.availability(&state.car_park, now);
-        if outcome != ReportOutcome::Duplicate {
-            state.version += 1;
-            state.last_status = availability.status;
-            // Sent while the car park's lock is held, so watchers see its changes in order.
-            self.publish(&state.car_park, ChangeKind::Updated(availability.clone()));
-        }
-        Ok(Applied {
-            outcome,
-            availability,
-        })
-    }
-
     /// One car park with its live state.
     pub fn get(&self, id: &str, now: Timestamp) -> Option<(Arc<CarPark>, Availability)> {
         let inner = self.inner.read();
@@ -444,108 +344,5 @@ impl Engine {
             }
         }
         counts
-    }
-
-    /// A car park's whole state with its version, for a store that computes writes
-    /// itself; and the version to expect when the car park does not exist (its
-    /// tombstone's, or 0).
-    pub fn versioned(&self, id: &str) -> (Option<(Arc<CarPark>, Live)>, u64) {
-        let inner = self.inner.read();
-        match inner.slot(id) {
-            Some(slot) => {
-                let state = slot.state.lock();
-                (
-                    Some((state.car_park.clone(), state.live.clone())),
-                    state.version,
-                )
-            }
-            None => (None, inner.version_of(id)),
-        }
-    }
-
-    /// The version a car park has, or had when it was deleted, or 0 if never seen.
-    pub fn version(&self, id: &str) -> u64 {
-        self.inner.read().version_of(id)
-    }
-
-    /// Replica: sets a car park's registration and live state at `version`, unless the
-    /// engine already holds that version or a newer one. True if it was applied.
-    pub fn put_versioned(
-        &self,
-        car_park: CarPark,
-        live: Live,
-        version: u64,
-        now: Timestamp,
-    ) -> bool {
-        let mut inner = self.inner.write();
-        if inner.version_of(car_park.id.as_str()) >= version {
-            return false;
-        }
-        inner.put(self, Arc::new(car_park), live, version, now);
-        true
-    }
-
-    /// Replica: sets a car park's live state at `version` if it is newer than what the
-    /// engine holds. True if it was applied.
-    pub fn live_versioned(&self, id: &str, live: Live, version: u64, now: Timestamp) -> bool {
-        let inner = self.inner.read();
-        let Some(slot) = inner.slot(id) else {
-            return false;
-        };
-        let mut state = slot.state.lock();
-        if state.version >= version {
-            return false;
-        }
-        let availability = live.availability(&state.car_park, now);
-        state.live = live;
-        state.version = version;
-        state.last_status = availability.status;
-        // Sent under the car park's lock, as in `apply`, to keep watchers in order.
-        self.publish(&state.car_park, ChangeKind::Updated(availability));
-        true
-    }
-
-    /// Replica: removes a car park deleted at `version` unless it was re-created later.
-    pub fn delete_versioned(&self, id: &CarParkId, version: u64) -> bool {
-        let mut inner = self.inner.write();
-        if inner.version_of(id.as_str()) >= version {
-            return false;
-        }
-        inner.remove(self, id, version);
-        true
-    }
-
-    /// Replica: makes a region exactly what a snapshot says, whatever the versions
-    /// (the snapshot is the authority), removing car parks it does not hold.
-    pub fn replace_region(
-        &self,
-        region: &RegionId,
-        car_parks: Vec<(CarPark, Live, u64)>,
-        tombstones: Vec<(CarParkId, u64)>,
-        now: Timestamp,
-    ) {
-        let mut inner = self.inner.write();
-        let keep: std::collections::HashSet<CarParkId> =
-            car_parks.iter().map(|(c, _, _)| c.id.clone()).collect();
-        let gone: Vec<(CarParkId, u64)> = inner
-            .by_id
-            .iter()
-            .filter_map(|(id, &i)| {
-                let state = inner.slot_at(i).state.lock();
-                (&state.car_park.region == region && !keep.contains(id))
-                    .then(|| (id.clone(), state.version))
-            })
-            .collect();
-        for (id, version) in gone {
-            inner.remove(self, &id, version);
-        }
-        for (car_park, live, version) in car_parks {
-            inner.put(self, Arc::new(car_park), live, version, now);
-        }
-        for (id, version) in tombstones {
-            if inner.slot(id.as_str()).is_none() {
-                inner.tombstones.insert(id, version);
-            }
-        }
     }
 }

@@ -13,8 +13,7 @@ use super::{
 };
 use crate::{
     auth::ApiKeys,
-    domain::{CarParkId, Error, OperatorId, RegionId, ReportOutcome, Result},
-    engine::Applied,
+    domain::{Applied, CarParkId, Error, OperatorId, RegionId, ReportOutcome, Result},
     pb,
     service::{Service, WatchEvent, WatchSelector},
 };
@@ -241,7 +240,7 @@ impl pb::ingest_server::Ingest for Api {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let api = self.clone();
-        tokio::spawn(async move {
+        self.service.spawn(async move {
             loop {
                 let message = tokio::select! {
                     _ = api.shutdown.cancelled() => {

@@ -73,7 +73,7 @@ impl Service {
             WatchSelector::Area(area) => Filter::Area(*area),
         };
         let service = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let _gauge = metrics::WatcherGauge::new();
             if send_snapshot(&tx, first).await.is_err() {
                 return;

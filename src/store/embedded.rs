@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use super::{Store, StoreFuture};
+use super::{Aggregate, Change, Claim, Committed, Store, Versioned, Write};
 use crate::{
-    domain::{CarPark, CarParkId, OperatorId, Report, Timestamp},
+    domain::{CarParkId, RegionId, Result, Timestamp},
     engine::Engine,
 };
 
-/// Writes straight into the engine; a restart starts from an empty city.
+/// Commits straight into the engine (a compare-and-set on its versions); a restart
+/// starts from an empty city.
 pub struct EmbeddedStore {
     engine: Arc<Engine>,
 }
@@ -25,30 +26,62 @@ impl Store for EmbeddedStore {
         "embedded"
     }
 
-    fn upsert_car_park(
+    async fn fetch<A: Aggregate>(
         &self,
-        car_park: CarPark,
-        caller: OperatorId,
-        now: Timestamp,
-    ) -> StoreFuture<'_, (Arc<CarPark>, bool)> {
-        Box::pin(async move { self.engine.upsert(car_park, &caller, now) })
+        keys: Vec<(RegionId, String)>,
+    ) -> Result<Vec<Versioned<A>>> {
+        Ok(keys
+            .iter()
+            .map(|(_, id)| Versioned::in_replica(&self.engine, id))
+            .collect())
     }
 
-    fn delete_car_park(&self, id: CarParkId, caller: OperatorId) -> StoreFuture<'_, ()> {
-        Box::pin(async move { self.engine.delete(&id, &caller) })
+    async fn commit<A: Aggregate>(
+        &self,
+        writes: Vec<Write<A>>,
+        _what: &'static str,
+        now: Timestamp,
+    ) -> Vec<Result<Committed>> {
+        let replica = A::replica(&self.engine);
+        writes
+            .into_iter()
+            .map(|write| {
+                let states = match write.change {
+                    Change::Put {
+                        record, mut steps, ..
+                    } => {
+                        steps.push(record);
+                        steps
+                    }
+                    Change::Delete => Vec::new(),
+                };
+                Ok(
+                    match replica.compare_and_set(
+                        &write.id,
+                        write.expected,
+                        write.floor,
+                        states,
+                        now,
+                    ) {
+                        Some(version) => Committed::Written { version },
+                        None => Committed::Conflict,
+                    },
+                )
+            })
+            .collect()
     }
 
-    fn apply_reports(
-        &self,
-        reports: Vec<Report>,
-        caller: OperatorId,
-        now: Timestamp,
-    ) -> StoreFuture<'_, Vec<crate::domain::Result<crate::engine::Applied>>> {
-        Box::pin(async move {
-            Ok(reports
-                .iter()
-                .map(|r| self.engine.apply(r, &caller, now))
-                .collect())
-        })
+    /// One engine holds every region, so the registry's own rules keep ids unique.
+    async fn claim_id(&self, _id: &CarParkId, _region: &RegionId) -> Result<Claim> {
+        Ok(Claim::Claimed { floor: 0 })
     }
+
+    async fn release_id(&self, _id: &CarParkId, _version: u64) {}
+
+    /// Whatever the engine does not hold does not exist.
+    async fn locate(&self, ids: Vec<CarParkId>) -> Result<Vec<Option<RegionId>>> {
+        Ok(vec![None; ids.len()])
+    }
+
+    async fn close(&self) {}
 }

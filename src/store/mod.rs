@@ -1,49 +1,81 @@
 //! The one persistence and coordination seam: every write goes through a [`Store`].
 //!
-//! Backends: [`embedded::EmbeddedStore`] (the engine itself; the default). Every
-//! backend passes the same conformance suite (`tests/it/store_conformance.rs`).
+//! A store holds no business rule. It reads records with their versions, commits new
+//! versions atomically (compare-and-set: a write computed from a version that is no
+//! longer current is refused, and the service decides again), and makes every commit
+//! reach every instance's engine. What a record is, per kind, is `table::Aggregate`.
+//!
+//! Backends: [`embedded::EmbeddedStore`] (the engine itself; the default) and
+//! [`redis::RedisStore`]. Both pass the same conformance suite
+//! (`tests/it/store_conformance.rs`).
 
+pub mod carpark;
 pub mod embedded;
 pub mod redis;
+pub mod table;
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::future::Future;
 
-use crate::{
-    domain::{CarPark, CarParkId, OperatorId, Report, Result, Timestamp},
-    engine::Applied,
-};
+use tokio::sync::watch;
 
-/// A boxed future, so that `Arc<dyn Store>` works with async methods.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+use crate::domain::{CarParkId, RegionId, Result, Timestamp};
+pub use table::{Aggregate, Change, Committed, Parts, Versioned, Write};
+
+/// Whether a car park id could be claimed for a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Claimed; a new version of the car park must exceed `floor` (the version it was
+    /// last deleted at in any region, or 0).
+    Claimed { floor: u64 },
+    /// Another region holds the id.
+    Taken(RegionId),
+}
 
 /// Writes of the city, each one atomic in the backend and acknowledged only once it is
-/// durable there. Reads are the engine's business, never the store's.
+/// durable there. Reads are the engine's business; a store reads only to settle a
+/// conflict or to find what this instance's engine does not hold yet.
 pub trait Store: Send + Sync + 'static {
-    /// A short name for logs and metrics ("embedded", "redis").
+    /// A short name for logs ("embedded", "redis").
     fn name(&self) -> &'static str;
 
-    /// Registers or replaces a car park for `caller`; true if it is new.
-    fn upsert_car_park(
+    /// Records as the authority holds them now, by (region, id).
+    fn fetch<A: Aggregate>(
         &self,
-        car_park: CarPark,
-        caller: OperatorId,
-        now: Timestamp,
-    ) -> StoreFuture<'_, (Arc<CarPark>, bool)>;
+        keys: Vec<(RegionId, String)>,
+    ) -> impl Future<Output = Result<Vec<Versioned<A>>>> + Send;
 
-    /// Removes a car park of `caller`'s.
-    fn delete_car_park(&self, id: CarParkId, caller: OperatorId) -> StoreFuture<'_, ()>;
-
-    /// Applies reports in order for `caller`. The outer error fails the whole batch
-    /// (nothing applied, e.g. the backend is unreachable); inner errors reject one report.
-    fn apply_reports(
+    /// Commits each write if its record is still at the version it was computed from,
+    /// and makes it visible in this instance's engine before returning. An error says
+    /// that write was not made (the backend is unreachable). `what` says what the writes
+    /// are for, as metrics name it ("registry", "ingest").
+    /// `now` is when the writes were decided, for the status watchers are shown.
+    fn commit<A: Aggregate>(
         &self,
-        reports: Vec<Report>,
-        caller: OperatorId,
+        writes: Vec<Write<A>>,
+        what: &'static str,
         now: Timestamp,
-    ) -> StoreFuture<'_, Vec<Result<Applied>>>;
+    ) -> impl Future<Output = Vec<Result<Committed>>> + Send;
+
+    /// Claims a car park id for `region`: ids are unique in a deployment, while each
+    /// region's records live apart.
+    fn claim_id(
+        &self,
+        id: &CarParkId,
+        region: &RegionId,
+    ) -> impl Future<Output = Result<Claim>> + Send;
+
+    /// Frees the id of a car park deleted at `version`, for any region to claim.
+    fn release_id(&self, id: &CarParkId, version: u64) -> impl Future<Output = ()> + Send;
+
+    /// The region each id is registered in, per the authority; `None` for ids that
+    /// are not. For ids this instance's engine does not hold (yet).
+    fn locate(
+        &self,
+        ids: Vec<CarParkId>,
+    ) -> impl Future<Output = Result<Vec<Option<RegionId>>>> + Send;
 
     /// Whether writes can reach the backend, as it changes; `None` if always.
-    fn health(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+    fn health(&self) -> Option<watch::Receiver<bool>> {
         None
     }
 
@@ -51,5 +83,71 @@ pub trait Store: Send + Sync + 'static {
     /// the embedded store). Queries never add to it.
     fn round_trips(&self) -> u64 {
         0
+    }
+
+    /// Stops the store's background tasks and waits for them; writes still queued fail
+    /// UNAVAILABLE.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The backend a server runs on, chosen at start.
+pub enum AnyStore {
+    Embedded(embedded::EmbeddedStore),
+    Redis(redis::RedisStore),
+}
+
+/// Calls the same method on whichever backend it is.
+macro_rules! each {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Embedded($s) => $call,
+            AnyStore::Redis($s) => $call,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    fn name(&self) -> &'static str {
+        each!(self, s => s.name())
+    }
+
+    async fn fetch<A: Aggregate>(
+        &self,
+        keys: Vec<(RegionId, String)>,
+    ) -> Result<Vec<Versioned<A>>> {
+        each!(self, s => s.fetch(keys).await)
+    }
+
+    async fn commit<A: Aggregate>(
+        &self,
+        writes: Vec<Write<A>>,
+        what: &'static str,
+        now: Timestamp,
+    ) -> Vec<Result<Committed>> {
+        each!(self, s => s.commit(writes, what, now).await)
+    }
+
+    async fn claim_id(&self, id: &CarParkId, region: &RegionId) -> Result<Claim> {
+        each!(self, s => s.claim_id(id, region).await)
+    }
+
+    async fn release_id(&self, id: &CarParkId, version: u64) {
+        each!(self, s => s.release_id(id, version).await)
+    }
+
+    async fn locate(&self, ids: Vec<CarParkId>) -> Result<Vec<Option<RegionId>>> {
+        each!(self, s => s.locate(ids).await)
+    }
+
+    fn health(&self) -> Option<watch::Receiver<bool>> {
+        each!(self, s => s.health())
+    }
+
+    fn round_trips(&self) -> u64 {
+        each!(self, s => s.round_trips())
+    }
+
+    async fn close(&self) {
+        each!(self, s => s.close().await)
     }
 }

@@ -1,14 +1,14 @@
 //! FindNearby against brute force on random cities: in the engine, and through gRPC.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use citypark::{
     domain::{
-        Capacity, CarPark, CarParkId, CarParkKind, LatLng, Live, NearbyQuery, OpeningHours,
-        OpeningPeriod, OperatorId, Radius, RegionId, Report, ReportBody, SpaceCategory, Stay,
-        Tariff, TimeZoneName, Timestamp,
+        Capacity, CarPark, CarParkId, CarParkKind, CarParkState, LatLng, Live, NearbyQuery,
+        OpeningHours, OpeningPeriod, OperatorId, Radius, RegionId, Report, ReportBody,
+        SpaceCategory, Stay, Tariff, TimeZoneName, Timestamp,
     },
-    engine::Engine,
+    engine::{Engine, Replica},
     pb,
 };
 use proptest::{prelude::*, sample::Index};
@@ -287,17 +287,17 @@ proptest! {
             .collect();
         let places: Vec<_> = specs.iter().map(|s| s.place.clone()).collect();
         let locations = locate(&clusters, &places);
-        let owner = OperatorId::parse("op-a").unwrap();
         let engine = Engine::new(16);
         let mut city = Vec::new();
         for (i, (spec, at)) in specs.iter().zip(&locations).enumerate() {
             let cp = car_park(i, spec, *at);
             let mut live = Live::new(cp.capacity);
-            engine.upsert(cp.clone(), &owner, now()).unwrap();
             if let Some((report, received)) = first_report(&cp, spec) {
                 live.apply(&cp, &report, received).unwrap();
-                engine.apply(&report, &owner, received).unwrap();
             }
+            // One insert at a time, as registrations reach the engine.
+            let record = CarParkState { car_park: Arc::new(cp.clone()), live: live.clone() };
+            Replica::put(&engine, record, 1, now());
             city.push((cp, live));
         }
         let center = resolve(&clusters, &locations, &q.center);

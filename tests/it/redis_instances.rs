@@ -3,7 +3,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use citypark::{pb, service::ManualClock};
+use citypark::{pb, service::ManualClock, store::Store};
 use tokio::time::Instant;
 use tonic::Code;
 use tonic_health::pb::{
@@ -662,18 +662,19 @@ async fn an_instance_too_far_behind_reloads_the_snapshot() {
         .cmd("EVAL")
         .arg(include_str!("../../src/store/redis/write.lua"))
         .arg(5)
-        .arg(key("parks"))
-        .arg(key("live"))
         .arg(key("versions"))
         .arg(key("n"))
         .arg(key("changes"))
+        .arg(key("parks"))
+        .arg(key("live"))
+        .arg("car_park")
         .arg("del")
         .arg("hole-q")
         .arg(version)
-        .arg("")
-        .arg("")
-        .arg(10)
         // No version floor: the store passes 0 for a delete too.
+        .arg(0)
+        .arg(10)
+        // A delete carries no states.
         .arg(0)
         .cmd("XTRIM")
         .arg(key("changes"))

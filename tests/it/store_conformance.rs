@@ -20,6 +20,7 @@ use citypark::{
         watch_availability_response::Event,
     },
     service::ManualClock,
+    store::Store,
 };
 use tonic::Code;
 

@@ -1,20 +1,20 @@
 //! The Redis key schema. Every key of a region carries the region as a hash tag, so
 //! one atomic step's keys share a Redis Cluster slot.
 
-use crate::domain::{CarParkId, RegionId};
+use crate::{
+    domain::{CarParkId, RegionId},
+    store::Aggregate,
+};
 
 /// Keys of one region, under a deployment prefix (default `cp`).
 #[derive(Debug, Clone)]
 pub struct RegionKeys {
-    /// Hash: car park id → registration JSON.
-    pub parks: String,
-    /// Hash: car park id → live state JSON.
-    pub live: String,
-    /// Hash: car park id → version (kept after a delete).
-    pub versions: String,
-    /// Counter: changes ever made in the region; numbers the stream entries.
+    /// `cp:{qingdao}`: what every key of the region starts with.
+    base: String,
+    /// Counter: changes ever made in the region, of every kind; numbers the stream
+    /// entries without holes.
     pub counter: String,
-    /// Stream: every change, capped.
+    /// Stream: every change of every kind, capped.
     pub changes: String,
 }
 
@@ -22,16 +22,29 @@ impl RegionKeys {
     pub fn new(prefix: &str, region: &RegionId) -> Self {
         let base = format!("{prefix}:{{{region}}}");
         Self {
-            parks: format!("{base}:parks"),
-            live: format!("{base}:live"),
-            versions: format!("{base}:versions"),
             counter: format!("{base}:n"),
             changes: format!("{base}:changes"),
+            base,
         }
+    }
+
+    /// A hash of the region, by its name relative to the region (`parks`).
+    pub fn hash(&self, name: &str) -> String {
+        format!("{}:{name}", self.base)
+    }
+
+    /// The hash of versions of kind `A`.
+    pub fn versions<A: Aggregate>(&self) -> String {
+        self.hash(A::VERSIONS)
+    }
+
+    /// The hashes of the parts of kind `A`, in part order.
+    pub fn parts<A: Aggregate>(&self) -> Vec<String> {
+        A::PARTS.iter().map(|p| self.hash(p)).collect()
     }
 }
 
-/// Set of every region that has car parks.
+/// Set of every region that has records.
 pub fn regions(prefix: &str) -> String {
     format!("{prefix}:regions")
 }
@@ -45,18 +58,30 @@ pub fn id_owner(prefix: &str, id: &CarParkId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::CarParkState;
 
     #[test]
     fn region_keys_share_one_hash_tag() {
         let keys = RegionKeys::new("cp", &RegionId::parse("qingdao").unwrap());
-        for key in [
-            &keys.parks,
-            &keys.live,
-            &keys.versions,
-            &keys.counter,
-            &keys.changes,
-        ] {
+        let mut all = keys.parts::<CarParkState>();
+        all.extend([
+            keys.versions::<CarParkState>(),
+            keys.counter.clone(),
+            keys.changes.clone(),
+        ]);
+        for key in &all {
             assert!(key.starts_with("cp:{qingdao}:"), "{key}");
         }
+        // The car park's keys are those citypark always used, so stored data stays.
+        assert_eq!(
+            all,
+            [
+                "cp:{qingdao}:parks",
+                "cp:{qingdao}:live",
+                "cp:{qingdao}:versions",
+                "cp:{qingdao}:n",
+                "cp:{qingdao}:changes"
+            ]
+        );
     }
 }

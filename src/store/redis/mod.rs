@@ -1,14 +1,17 @@
 //! The Redis backend: Redis is the authority, the engine each instance's replica.
 //!
-//! Every write is one atomic step in Redis (`write.lua`: compare the car park's
-//! version, store, count, append to the region's change stream) and is acknowledged
-//! only after Redis confirmed it. Every instance tails each region's stream on a
-//! connection of its own and applies the changes to its engine, so queries and
-//! watches are served locally and see writes made on any instance. See
+//! Every write is one atomic step in Redis (`write.lua`: compare the record's version,
+//! store, count, append to the region's change stream), for any aggregate kind, and is
+//! acknowledged only after Redis confirmed it. Every instance follows each region's
+//! stream on a connection of its own and applies the changes to its engine, so queries
+//! and watches are served locally and see writes made on any instance. See
 //! ARCHITECTURE.md for the key schema and the consistency guarantees.
 
 mod conn;
+mod ids;
 mod keys;
+mod kinds;
+mod snapshot;
 mod tail;
 mod writer;
 
@@ -23,13 +26,14 @@ use std::{
 
 use redis::{AsyncCommands, Script};
 use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{Store, StoreFuture};
+use super::{Aggregate, Claim, Committed, Store, Versioned, Write};
 use crate::{
-    domain::{CarPark, CarParkId, Error, Live, OperatorId, RegionId, Report, Result, Timestamp},
-    engine::{Applied, Engine},
+    clock::Clock,
+    domain::{CarParkId, Error, RegionId, Result, Timestamp},
+    engine::Engine,
     metrics,
-    service::Clock,
 };
 use conn::{Conn, Target};
 pub use conn::{parse_target, redact};
@@ -47,8 +51,8 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// Approximate length each region's change stream is capped at.
     pub stream_max_len: u64,
-    /// Longest a write waits for this instance's replica to show it (read-your-writes).
-    pub apply_wait: Duration,
+    /// How often an idle instance checks that Redis answers (health follows it).
+    pub heartbeat: Duration,
 }
 
 impl RedisOptions {
@@ -58,7 +62,7 @@ impl RedisOptions {
             prefix: "cp".into(),
             connect_timeout: Duration::from_secs(30),
             stream_max_len: 100_000,
-            apply_wait: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
         }
     }
 }
@@ -72,7 +76,7 @@ fn unavailable(error: &redis::RedisError) -> Error {
     Error::Unavailable(UNAVAILABLE.into())
 }
 
-/// State shared by the store, its tails and its writer.
+/// State shared by the store, its tails, its writer and its heartbeat.
 struct Shared {
     target: Target,
     conn: Conn,
@@ -80,11 +84,15 @@ struct Shared {
     clock: Arc<dyn Clock>,
     options: RedisOptions,
     write: Script,
+    snapshot: Script,
     position: Script,
     claim: Script,
     regions: Mutex<HashMap<RegionId, Arc<RegionTail>>>,
     healthy: watch::Sender<bool>,
     round_trips: AtomicU64,
+    /// Every background task of the store, so `close` can wait for them.
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Shared {
@@ -97,7 +105,7 @@ impl Shared {
     }
 
     /// Counts one round trip to Redis, by what it was for. The store's own counter
-    /// counts only those made for RPCs (registry and ingest), not replication.
+    /// counts only those made for RPCs (writes), not replication.
     fn round_trip(&self, op: &'static str) {
         if matches!(op, "registry" | "ingest") {
             self.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -108,6 +116,17 @@ impl Shared {
     fn set_healthy(&self, up: bool) {
         self.healthy
             .send_if_modified(|h| std::mem::replace(h, up) != up);
+    }
+
+    /// Runs `task` until the store closes; `close` waits for it.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                () = task => {}
+            }
+        });
     }
 
     /// The tail of `region`, started (snapshot loaded, stream followed) if new here.
@@ -121,174 +140,31 @@ impl Shared {
         Ok(tail)
     }
 
-    /// Runs one `write.lua`, in its own round trip.
-    async fn write_one(
+    /// Records of kind `A` in `region` as Redis holds them, read consistently
+    /// (`snapshot.lua`); in id order of `ids`.
+    async fn read<A: Aggregate>(
         &self,
-        keys: &RegionKeys,
-        write: &Write<'_>,
+        region: &RegionId,
+        ids: &[String],
         what: &'static str,
-    ) -> Result<WriteResult> {
-        let mut pipe = redis::pipe();
-        pipe.load_script(&self.write).ignore();
-        pipe.invoke_script(&self.write_invocation(keys, write));
+    ) -> Result<Vec<Versioned<A>>> {
+        let keys = self.keys(region);
+        let mut invocation = self.snapshot.key(keys.versions::<A>());
+        for part in keys.parts::<A>() {
+            invocation.key(part);
+        }
+        for id in ids {
+            invocation.arg(id);
+        }
         let mut conn = self.conn.clone();
         self.round_trip(what);
-        let (reply,): (Vec<i64>,) = pipe
-            .query_async(&mut conn)
+        let columns: Vec<Vec<Option<String>>> = invocation
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;
-        self.set_healthy(true);
-        WriteResult::parse(&reply)
+        snapshot::decode_rows::<A>(&columns, ids.len())
+            .map(|rows| rows.into_iter().map(|(_, v)| v).collect())
     }
-
-    fn write_invocation<'a>(
-        &'a self,
-        keys: &RegionKeys,
-        write: &Write<'_>,
-    ) -> redis::ScriptInvocation<'a> {
-        let mut invocation = self.write.prepare_invoke();
-        invocation
-            .key(&keys.parks)
-            .key(&keys.live)
-            .key(&keys.versions)
-            .key(&keys.counter)
-            .key(&keys.changes)
-            .arg(write.op)
-            .arg(write.id.as_str())
-            .arg(write.expected)
-            .arg(write.park)
-            .arg(write.live)
-            .arg(self.options.stream_max_len)
-            .arg(write.floor);
-        invocation
-    }
-
-    /// A car park's state as Redis holds it: (registration and live, version).
-    async fn fetch(
-        &self,
-        keys: &RegionKeys,
-        id: &CarParkId,
-        what: &'static str,
-    ) -> Result<(Option<(CarPark, Live)>, u64)> {
-        let mut conn = self.conn.clone();
-        self.round_trip(what);
-        let (park, live, version): (Option<String>, Option<String>, Option<u64>) = redis::pipe()
-            .hget(&keys.parks, id.as_str())
-            .hget(&keys.live, id.as_str())
-            .hget(&keys.versions, id.as_str())
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let state = match (park, live) {
-            (Some(park), Some(live)) => Some((decode(&park)?, decode(&live)?)),
-            _ => None,
-        };
-        Ok((state, version.unwrap_or(0)))
-    }
-
-    /// The owner of each id (the region its car park is in) as Redis holds it; `None`
-    /// for an id no region holds. The lookups go out together (ids are in different
-    /// Cluster slots, so not in one pipeline).
-    async fn owners(
-        &self,
-        ids: &[&CarParkId],
-        what: &'static str,
-    ) -> Result<Vec<Option<RegionId>>> {
-        let mut lookups = tokio::task::JoinSet::new();
-        for (k, id) in ids.iter().enumerate() {
-            let (mut conn, key) = (self.conn.clone(), keys::id_owner(&self.options.prefix, id));
-            self.round_trip(what);
-            lookups.spawn(async move { (k, conn.get::<_, Option<String>>(key).await) });
-        }
-        let mut owners = vec![None; ids.len()];
-        while let Some(done) = lookups.join_next().await {
-            let (k, owner) = done.map_err(|e| Error::Internal(format!("owner lookup: {e}")))?;
-            // Anything but a region ("deleted:<version>") means no car park.
-            owners[k] = owner
-                .map_err(|e| unavailable(&e))?
-                .and_then(|r| RegionId::parse(&r).ok());
-        }
-        Ok(owners)
-    }
-
-    /// The state of a car park this replica does not hold, from Redis, for the region
-    /// `owner` says it is in; the region is followed here from then on. A car park
-    /// registered through another instance may not have reached this replica yet (its
-    /// region may not even be followed here yet): Redis, not the replica, says whether
-    /// a car park exists.
-    async fn fetch_unknown(
-        self: &Arc<Self>,
-        id: &CarParkId,
-        owner: Option<RegionId>,
-        what: &'static str,
-    ) -> Result<(Option<(CarPark, Live)>, u64)> {
-        let Some(region) = owner else {
-            return Ok((None, self.engine.versioned(id.as_str()).1));
-        };
-        self.region(&region).await?;
-        self.fetch(&self.keys(&region), id, what).await
-    }
-
-    /// Waits until this instance's replica has applied change `n` of `region`, so a
-    /// client that wrote through this instance reads its write here. A write is durable
-    /// once Redis confirmed it; if the replica lags past the wait, the write stands and
-    /// the lag is logged.
-    async fn await_applied(self: &Arc<Self>, region: &RegionId, n: u64) {
-        let Ok(tail) = self.region(region).await else {
-            return;
-        };
-        if !tail.wait_applied(n, self.options.apply_wait).await {
-            tracing::warn!(region = %region, change = n, "replica did not catch up within the apply wait");
-        }
-    }
-}
-
-/// The arguments of one `write.lua`.
-struct Write<'a> {
-    /// "put", "live" or "del".
-    op: &'static str,
-    id: &'a CarParkId,
-    /// The version the write was computed from.
-    expected: u64,
-    /// Registration JSON ("put" only).
-    park: &'a str,
-    /// Live state JSON ("put" and "live").
-    live: &'a str,
-    /// The version the id was deleted at, in any region ("put" only; else 0).
-    floor: u64,
-}
-
-/// What `write.lua` answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriteResult {
-    Written { n: u64, version: u64 },
-    Conflict { version: u64 },
-    Missing,
-}
-
-impl WriteResult {
-    fn parse(reply: &[i64]) -> Result<Self> {
-        match reply {
-            [1, n, v] => Ok(WriteResult::Written {
-                n: *n as u64,
-                version: *v as u64,
-            }),
-            [0, v] => Ok(WriteResult::Conflict { version: *v as u64 }),
-            [-1, _] => Ok(WriteResult::Missing),
-            other => Err(Error::Internal(format!(
-                "unexpected reply from write.lua: {other:?}"
-            ))),
-        }
-    }
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("domain values serialize")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| Error::Internal(format!("undecodable state in Redis: {e}")))
 }
 
 /// The Redis store. Cloning shares it.
@@ -297,9 +173,6 @@ pub struct RedisStore {
     shared: Arc<Shared>,
     writer: mpsc::Sender<writer::Job>,
 }
-
-/// How many times a write is recomputed after another instance changed the car park first.
-const MAX_ATTEMPTS: usize = 5;
 
 impl RedisStore {
     /// Connects (retrying with backoff up to `connect_timeout`), loads every region's
@@ -342,11 +215,14 @@ impl RedisStore {
             clock,
             options,
             write: Script::new(include_str!("write.lua")),
+            snapshot: Script::new(include_str!("snapshot.lua")),
             position: Script::new(include_str!("position.lua")),
             claim: Script::new(include_str!("claim.lua")),
             regions: Mutex::new(HashMap::new()),
             healthy,
             round_trips: AtomicU64::new(0),
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
         });
         let mut conn = shared.conn.clone();
         shared.round_trip("start");
@@ -359,140 +235,10 @@ impl RedisStore {
                 .map_err(|_| Error::Internal(format!("bad region {region:?} in Redis")))?;
             shared.region(&region).await?;
         }
-        tokio::spawn(tail::discover_regions(Arc::downgrade(&shared)));
-        let writer = writer::spawn(shared.clone());
+        shared.spawn(tail::discover_regions(Arc::downgrade(&shared)));
+        shared.spawn(heartbeat(Arc::downgrade(&shared)));
+        let writer = writer::spawn(&shared);
         Ok(Self { shared, writer })
-    }
-
-    async fn upsert(&self, car_park: CarPark, caller: OperatorId) -> Result<(Arc<CarPark>, bool)> {
-        let shared = &self.shared;
-        let region = car_park.region.clone();
-        let keys = shared.keys(&region);
-        // The rules first, against this replica, so that a refusal is the embedded
-        // store's: whose a car park is comes before where it is, so another operator
-        // learns nothing about it. Redis decides below (the claim, the versioned write).
-        let (known, mut version) = shared.engine.versioned(car_park.id.as_str());
-        let mut existing = known.map(|(c, l)| ((*c).clone(), l));
-        car_park
-            .clone()
-            .replacing(existing.as_ref().map(|(c, l)| (c, l)), &caller)?;
-        let floor = self.claim_id(&car_park.id, &region).await?;
-        if !shared.regions.lock().await.contains_key(&region) {
-            let mut conn = shared.conn.clone();
-            shared.round_trip("registry");
-            let _: i64 = conn
-                .sadd(keys::regions(&shared.options.prefix), region.as_str())
-                .await
-                .map_err(|e| unavailable(&e))?;
-            shared.region(&region).await?;
-        }
-        for _ in 0..MAX_ATTEMPTS {
-            let created = existing.is_none();
-            let (new, live) = car_park
-                .clone()
-                .replacing(existing.as_ref().map(|(c, l)| (c, l)), &caller)?;
-            let (park, live) = (encode(&new), encode(&live));
-            let write = Write {
-                op: "put",
-                id: &new.id,
-                expected: version,
-                park: &park,
-                live: &live,
-                floor,
-            };
-            match shared.write_one(&keys, &write, "registry").await? {
-                WriteResult::Written { n, .. } => {
-                    shared.await_applied(&region, n).await;
-                    return Ok((Arc::new(new), created));
-                }
-                WriteResult::Conflict { .. } | WriteResult::Missing => {
-                    (existing, version) = shared.fetch(&keys, &car_park.id, "registry").await?;
-                }
-            }
-        }
-        Err(Error::Unavailable(format!(
-            "car park {} changed concurrently too often; retry",
-            car_park.id
-        )))
-    }
-
-    /// Makes sure `id` is not registered in another region (ids are unique in the
-    /// deployment, while each region's keys live in their own slot) and claims it for
-    /// `region`; returns the version it was last deleted at (0 if never), which its
-    /// next version must exceed (`claim.lua`).
-    async fn claim_id(&self, id: &CarParkId, region: &RegionId) -> Result<u64> {
-        let shared = &self.shared;
-        let mut conn = shared.conn.clone();
-        shared.round_trip("registry");
-        let (claimed, answer): (i64, String) = shared
-            .claim
-            .key(keys::id_owner(&shared.options.prefix, id))
-            .arg(region.as_str())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        if claimed == 1 {
-            return answer
-                .parse()
-                .map_err(|_| Error::Internal(format!("bad floor {answer:?} from claim.lua")));
-        }
-        Err(Error::FailedPrecondition(format!(
-            "car park {id} is in region {answer}; delete it to move it to {region}"
-        )))
-    }
-
-    async fn delete(&self, id: CarParkId, caller: OperatorId) -> Result<()> {
-        let shared = &self.shared;
-        let (mut existing, mut version) = {
-            let (state, version) = shared.engine.versioned(id.as_str());
-            (state.map(|(c, l)| ((*c).clone(), l)), version)
-        };
-        if existing.is_none() {
-            let owner = shared.owners(&[&id], "registry").await?.pop().flatten();
-            (existing, version) = shared.fetch_unknown(&id, owner, "registry").await?;
-        }
-        for _ in 0..MAX_ATTEMPTS {
-            let Some((car_park, _)) = &existing else {
-                return Err(Error::car_park_not_found(&id));
-            };
-            car_park.check_owner(&caller)?;
-            let region = car_park.region.clone();
-            let keys = shared.keys(&region);
-            let write = Write {
-                op: "del",
-                id: &id,
-                expected: version,
-                park: "",
-                live: "",
-                floor: 0,
-            };
-            match shared.write_one(&keys, &write, "registry").await? {
-                WriteResult::Written { n, version } => {
-                    // The delete stands once written; freeing the id for other regions
-                    // is best effort (a leftover claim only stops a move elsewhere). The
-                    // freed claim keeps the version reached, for `claim.lua`.
-                    let mut conn = shared.conn.clone();
-                    shared.round_trip("registry");
-                    let freed: redis::RedisResult<()> = conn
-                        .set(
-                            keys::id_owner(&shared.options.prefix, &id),
-                            format!("deleted:{version}"),
-                        )
-                        .await;
-                    if let Err(error) = freed {
-                        tracing::warn!(%error, car_park = %id, "could not free a deleted car park's id");
-                    }
-                    shared.await_applied(&region, n).await;
-                    return Ok(());
-                }
-                WriteResult::Conflict { .. } | WriteResult::Missing => {
-                    (existing, version) = shared.fetch(&keys, &id, "registry").await?;
-                }
-            }
-        }
-        Err(Error::Unavailable(format!(
-            "car park {id} changed concurrently too often; retry"
-        )))
     }
 }
 
@@ -501,26 +247,44 @@ impl Store for RedisStore {
         "redis"
     }
 
-    fn upsert_car_park(
+    async fn fetch<A: Aggregate>(
         &self,
-        car_park: CarPark,
-        caller: OperatorId,
-        _now: Timestamp,
-    ) -> StoreFuture<'_, (Arc<CarPark>, bool)> {
-        Box::pin(self.upsert(car_park, caller))
+        keys: Vec<(RegionId, String)>,
+    ) -> Result<Vec<Versioned<A>>> {
+        let mut by_region: HashMap<&RegionId, Vec<usize>> = HashMap::new();
+        for (i, (region, _)) in keys.iter().enumerate() {
+            by_region.entry(region).or_default().push(i);
+        }
+        let mut out: Vec<Versioned<A>> = keys.iter().map(|_| Versioned::none()).collect();
+        for (region, positions) in by_region {
+            let ids: Vec<String> = positions.iter().map(|&i| keys[i].1.clone()).collect();
+            let read = self.shared.read::<A>(region, &ids, "registry").await?;
+            for (i, versioned) in positions.into_iter().zip(read) {
+                out[i] = versioned;
+            }
+        }
+        Ok(out)
     }
 
-    fn delete_car_park(&self, id: CarParkId, caller: OperatorId) -> StoreFuture<'_, ()> {
-        Box::pin(self.delete(id, caller))
-    }
-
-    fn apply_reports(
+    async fn commit<A: Aggregate>(
         &self,
-        reports: Vec<Report>,
-        caller: OperatorId,
+        writes: Vec<Write<A>>,
+        what: &'static str,
         now: Timestamp,
-    ) -> StoreFuture<'_, Vec<Result<Applied>>> {
-        Box::pin(writer::submit(&self.writer, reports, caller, now))
+    ) -> Vec<Result<Committed>> {
+        writer::submit(&self.shared, &self.writer, writes, what, now).await
+    }
+
+    async fn claim_id(&self, id: &CarParkId, region: &RegionId) -> Result<Claim> {
+        ids::claim(&self.shared, id, region).await
+    }
+
+    async fn release_id(&self, id: &CarParkId, version: u64) {
+        ids::release(&self.shared, id, version).await
+    }
+
+    async fn locate(&self, ids: Vec<CarParkId>) -> Result<Vec<Option<RegionId>>> {
+        ids::locate(&self.shared, &ids).await
     }
 
     fn health(&self) -> Option<watch::Receiver<bool>> {
@@ -529,6 +293,37 @@ impl Store for RedisStore {
 
     fn round_trips(&self) -> u64 {
         self.shared.round_trips.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        self.shared.stop.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}
+
+/// Checks every `heartbeat` that Redis answers, so health follows Redis even on an
+/// instance that writes nothing and follows no region yet.
+async fn heartbeat(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(store) = shared.upgrade() else {
+            return;
+        };
+        let every = store.options.heartbeat;
+        let mut conn = store.conn.clone();
+        let ping = tokio::time::timeout(
+            every.max(Duration::from_secs(1)) * 2,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        let up = matches!(ping, Ok(Ok(_)));
+        if !up && *store.healthy.borrow() {
+            tracing::warn!("redis does not answer the heartbeat");
+        }
+        store.set_healthy(up);
+        metrics::record_redis_round_trip("heartbeat");
+        drop(store);
+        tokio::time::sleep(every).await;
     }
 }
 

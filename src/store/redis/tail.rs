@@ -1,4 +1,5 @@
-//! Following a region: load its snapshot, then apply its change stream to the engine.
+//! Following a region: load its snapshot, then apply its change stream to the engine,
+//! for every aggregate kind (`kinds.rs`).
 //!
 //! The snapshot is taken after reading the stream's position (`position.lua`), and
 //! the stream is replayed from that position; a change already in the snapshot is
@@ -13,10 +14,19 @@ use std::{
 };
 
 use redis::{AsyncCommands, streams::StreamReadReply};
-use tokio::sync::watch;
 
-use super::{Shared, conn::Dedicated, decode, is_connection_error, unavailable};
-use crate::domain::{CarPark, CarParkId, Error, Live, RegionId, Result};
+use super::{
+    Shared,
+    conn::Dedicated,
+    is_connection_error,
+    kinds::{self, Entry},
+    unavailable,
+};
+use crate::{
+    domain::{RegionId, Result},
+    metrics,
+    store::table::DecodeError,
+};
 
 /// How long one blocking read waits for new changes.
 const BLOCK: Duration = Duration::from_secs(1);
@@ -35,32 +45,22 @@ struct Position {
 /// One followed region.
 pub struct RegionTail {
     region: RegionId,
-    applied: watch::Sender<u64>,
 }
 
 impl RegionTail {
     /// Loads the region's snapshot into the engine and starts following its stream.
     pub(super) async fn start(shared: Arc<Shared>, region: RegionId) -> Result<Arc<Self>> {
         let position = load(&shared, &region).await?;
-        let (applied, _) = watch::channel(position.n);
-        let tail = Arc::new(Self { region, applied });
+        let tail = Arc::new(Self { region });
         tracing::info!(region = %tail.region, change = position.n, "region loaded from redis");
-        tokio::spawn(follow(Arc::downgrade(&shared), tail.clone(), position));
+        shared.spawn(follow(Arc::downgrade(&shared), tail.clone(), position));
         Ok(tail)
-    }
-
-    /// Waits until change `n` has been applied here; false if `wait` passed first.
-    pub async fn wait_applied(&self, n: u64, wait: Duration) -> bool {
-        let mut applied = self.applied.subscribe();
-        matches!(
-            tokio::time::timeout(wait, applied.wait_for(|&a| a >= n)).await,
-            Ok(Ok(_))
-        )
     }
 }
 
-/// Reads the region's position, then its whole state, and makes the engine's region
-/// exactly that state.
+/// Reads the region's position, then every kind's records, and makes the engine's
+/// region exactly that state. Changes made meanwhile are replayed from the position
+/// (and skipped where the snapshot already has their version).
 async fn load(shared: &Shared, region: &RegionId) -> Result<Position> {
     let keys = shared.keys(region);
     let mut conn = shared.conn.clone();
@@ -72,39 +72,13 @@ async fn load(shared: &Shared, region: &RegionId) -> Result<Position> {
         .invoke_async(&mut conn)
         .await
         .map_err(|e| unavailable(&e))?;
-    shared.round_trip("snapshot");
-    let (parks, lives, versions): (
-        HashMap<String, String>,
-        HashMap<String, String>,
-        HashMap<String, u64>,
-    ) = redis::pipe()
-        .hgetall(&keys.parks)
-        .hgetall(&keys.live)
-        .hgetall(&keys.versions)
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let mut car_parks = Vec::with_capacity(parks.len());
-    for (id, park) in &parks {
-        let live = lives
-            .get(id)
-            .ok_or_else(|| Error::Internal(format!("car park {id} has no live state in Redis")))?;
-        let car_park: CarPark = decode(park)?;
-        let live: Live = decode(live)?;
-        car_parks.push((car_park, live, versions.get(id).copied().unwrap_or(1)));
+    for kind in kinds::KINDS {
+        kind.load(shared, region).await?;
     }
-    let tombstones = versions
-        .iter()
-        .filter(|(id, _)| !parks.contains_key(*id))
-        .filter_map(|(id, v)| CarParkId::parse(id).ok().map(|id| (id, *v)))
-        .collect();
-    shared
-        .engine
-        .replace_region(region, car_parks, tombstones, shared.now());
     Ok(Position { n, id })
 }
 
-/// Follows the stream until the store is dropped: reconnects after errors, reloads
+/// Follows the stream until the store closes: reconnects after errors, reloads
 /// after a hole.
 async fn follow(shared: Weak<Shared>, tail: Arc<RegionTail>, mut position: Position) {
     let mut backoff = Duration::from_millis(100);
@@ -147,7 +121,6 @@ async fn follow(shared: Weak<Shared>, tail: Arc<RegionTail>, mut position: Posit
                         tracing::warn!(region = %tail.region, from = position.n, to = p.n, "region reloaded from redis snapshot");
                         position = p;
                         reload = false;
-                        tail.applied.send_replace(position.n);
                     }
                     Err(_) => break,
                 }
@@ -190,12 +163,9 @@ async fn follow(shared: Weak<Shared>, tail: Arc<RegionTail>, mut position: Posit
                     reload = true;
                     break;
                 }
-                if let Err(error) = apply(&store, &entry) {
-                    tracing::error!(%error, region = %tail.region, change = n, "undecodable change skipped");
-                }
+                apply(&store, &entry);
                 position = Position { n, id: entry.id };
             }
-            tail.applied.send_replace(position.n);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -211,44 +181,62 @@ async fn regressed(store: &Shared, region: &RegionId, position: &Position) -> bo
     matches!(counter, Ok(n) if n.unwrap_or(0) < position.n)
 }
 
-/// Applies one stream entry to the engine; older versions are ignored there.
-fn apply(store: &Shared, entry: &redis::streams::StreamId) -> Result<()> {
-    let field = |name: &str| {
-        entry
-            .get::<String>(name)
-            .ok_or_else(|| Error::Internal(format!("change without {name}")))
+/// Reads a stream entry. Entries without a kind were written before kinds existed:
+/// car park changes with ops `put`, `live` (live counts only) and `del`, and the
+/// registration in field `park`.
+fn entry(raw: &redis::streams::StreamId) -> Result<Entry, DecodeError> {
+    let text = |value: &redis::Value| redis::from_redis_value_ref::<String>(value).ok();
+    let mut fields: HashMap<String, String> = raw
+        .map
+        .iter()
+        .filter_map(|(k, v)| text(v).map(|t| (k.clone(), t)))
+        .collect();
+    let mut take = |name: &str| {
+        fields
+            .remove(name)
+            .ok_or_else(|| DecodeError::Corrupt(format!("change without {name}")))
     };
-    let id = field("id")?;
-    let version: u64 = entry
-        .get("v")
-        .ok_or_else(|| Error::Internal("change without v".into()))?;
-    // Most entries an instance reads are its own writes, already written through to
-    // its engine: skip them before decoding any JSON.
-    if store.engine.version(&id) >= version {
-        return Ok(());
+    let id = take("id")?;
+    let version = take("v")?
+        .parse()
+        .map_err(|_| DecodeError::Corrupt("bad version".into()))?;
+    let op = take("op")?;
+    let (kind, op) = match take("k") {
+        Ok(kind) => (kind, op),
+        Err(_) => {
+            if let Some(park) = fields.remove("park") {
+                fields.insert("parks".into(), park);
+            }
+            let op = if op == "live" { "put".into() } else { op };
+            ("car_park".into(), op)
+        }
+    };
+    fields.remove("n");
+    fields.retain(|_, v| !v.is_empty());
+    Ok(Entry {
+        kind,
+        op,
+        id,
+        version,
+        parts: fields,
+    })
+}
+
+/// Applies one stream entry to the engine; older versions are ignored there. An entry
+/// this version cannot read (a kind or format from a newer version) is skipped with a
+/// warning and a metric: the instance goes on with every other change.
+fn apply(store: &Shared, raw: &redis::streams::StreamId) {
+    let (kind, result) = match entry(raw) {
+        Err(error) => ("unknown", Err(error)),
+        Ok(entry) => match kinds::kind(&entry.kind) {
+            Some(kind) => (kind.name(), kind.apply(store, &entry).map(drop)),
+            None => ("unknown", Err(DecodeError::UnknownKind(entry.kind))),
+        },
+    };
+    if let Err(error) = result {
+        metrics::record_replication_skipped(kind, error.label());
+        tracing::warn!(%error, kind, change = %raw.id, "change skipped");
     }
-    let now = store.now();
-    match field("op")?.as_str() {
-        "put" => {
-            store.engine.put_versioned(
-                decode(&field("park")?)?,
-                decode(&field("live")?)?,
-                version,
-                now,
-            );
-        }
-        "live" => {
-            store
-                .engine
-                .live_versioned(&id, decode(&field("live")?)?, version, now);
-        }
-        "del" => {
-            let id = CarParkId::parse(&id).map_err(|e| Error::Internal(e.to_string()))?;
-            store.engine.delete_versioned(&id, version);
-        }
-        other => return Err(Error::Internal(format!("unknown change op {other:?}"))),
-    }
-    Ok(())
 }
 
 /// Starts following regions that other instances created, checking every second,

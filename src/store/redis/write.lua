@@ -1,38 +1,67 @@
--- One write of one car park, atomic: compare its version, store its new state, count
--- the change in the region and append it to the region's change stream.
--- The business rules ran in Rust already; this script only makes the write atomic.
+-- One write of one record of any kind, atomic: compare its version, store the parts it
+-- sets (or delete it), count the change in the region and append it to the region's
+-- change stream. The business rules ran in Rust already; this script only makes the
+-- write atomic.
 --
--- KEYS: 1 parks hash, 2 live hash, 3 version hash, 4 change counter, 5 change stream
--- ARGV: 1 op ("put" | "live" | "del"), 2 car park id, 3 expected version,
---       4 car park JSON ("put"), 5 live JSON ("put", "live"), 6 stream MAXLEN (approx.),
---       7 floor: the version the id was deleted at in any region (claim.lua), which the
---         new version must exceed (0 if none)
--- Returns {1, n, version} when written (n: the change's number in the region),
---         {0, current version} when the version did not match,
---         {-1, current version} when "live"/"del" found no car park.
-local id = ARGV[2]
-local current = tonumber(redis.call('HGET', KEYS[3], id) or '0')
-if current ~= tonumber(ARGV[3]) then
+-- A write may carry several states of the record, oldest first (several reports on one
+-- car park decided together): each becomes a version and a stream entry of its own, so
+-- every instance's watchers see each; the last is what stays.
+--
+-- KEYS: 1 the kind's version hash, 2 the region's change counter, 3 the region's
+--       change stream, 4.. the kind's part hashes (every part, in part order)
+-- ARGV: 1 kind, 2 op ("put" | "del"), 3 id, 4 expected version, 5 floor: a version the
+--       new one must exceed besides the current one (0 if none), 6 stream MAXLEN
+--       (approx.), 7 number of states (0 for "del"), then per state, per part, its name
+--       and its stored value ("" leaves the part unchanged)
+-- Returns {1, n, version} when written (n: the last change's number in the region),
+--         {0, current version} when the record is not at the expected version, or a
+--         delete or partial put found no record.
+local id = ARGV[3]
+local current = tonumber(redis.call('HGET', KEYS[1], id) or '0')
+if current ~= tonumber(ARGV[4]) then
   return {0, current}
 end
-local op = ARGV[1]
-if op ~= 'put' and redis.call('HEXISTS', KEYS[1], id) == 0 then
-  return {-1, current}
+local op = ARGV[2]
+local parts = #KEYS - 3
+local states = tonumber(ARGV[7])
+local partial = false
+for i = 1, parts do
+  if ARGV[7 + 2 * i] == '' then
+    partial = true
+  end
 end
-local version = math.max(current, tonumber(ARGV[7])) + 1
-if op == 'put' then
-  redis.call('HSET', KEYS[1], id, ARGV[4])
+if (op == 'del' or partial) and redis.call('HEXISTS', KEYS[4], id) == 0 then
+  return {0, current}
+end
+local version = math.max(current, tonumber(ARGV[5]))
+local n = 0
+local function append(entry)
+  n = redis.call('INCR', KEYS[2])
+  entry[2] = n
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', unpack(entry))
 end
 if op == 'del' then
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
+  version = version + 1
+  for i = 1, parts do
+    redis.call('HDEL', KEYS[3 + i], id)
+  end
+  append({'n', 0, 'k', ARGV[1], 'op', op, 'id', id, 'v', version})
 else
-  redis.call('HSET', KEYS[2], id, ARGV[5])
+  for s = 0, states - 1 do
+    version = version + 1
+    local entry = {'n', 0, 'k', ARGV[1], 'op', op, 'id', id, 'v', version}
+    for i = 1, parts do
+      local at = 7 + 2 * (s * parts + i)
+      local value = ARGV[at]
+      if value ~= '' then
+        redis.call('HSET', KEYS[3 + i], id, value)
+        entry[#entry + 1] = ARGV[at - 1]
+        entry[#entry + 1] = value
+      end
+    end
+    append(entry)
+  end
 end
--- The version outlives a delete (a tombstone), and the floor carries it into other
--- regions, so versions of an id only grow.
-redis.call('HSET', KEYS[3], id, version)
-local n = redis.call('INCR', KEYS[4])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*',
-  'n', n, 'op', op, 'id', id, 'v', version, 'park', ARGV[4], 'live', ARGV[5])
+-- The version outlives a delete (a tombstone), so versions of an id only grow.
+redis.call('HSET', KEYS[1], id, version)
 return {1, n, version}

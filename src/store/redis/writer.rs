@@ -1,348 +1,264 @@
-//! The report writer: one task that takes every pending report, from every Publish
-//! stream and unary call, and writes them in pipelined batches.
+//! The writer: one task that takes every pending write, from every caller, and writes
+//! them in pipelined batches, one round trip per region.
 //!
-//! Under load, reports queue while a batch is in flight and go together in the next,
-//! so Redis sees many reports per round trip; with no load a report goes alone at once.
-//! Jobs are taken in arrival order and a car park's reports stay in order, so
-//! per-car-park order holds across streams. All reports on one car park in a batch
-//! are computed in order in Rust and written as one compare-and-set of its version:
-//! they commit together or are recomputed together.
+//! Under load, writes queue while a batch is in flight and go together in the next, so
+//! Redis sees many per round trip; with no load a write goes alone at once. Jobs are
+//! taken in arrival order, so a record's writes stay in order across callers. Each
+//! write is one `write.lua` (a compare-and-set of one record of any kind); the ones
+//! written go through to this instance's engine at once, so the next decision here
+//! starts from them (the stream entry is then skipped by its version).
 
 use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MAX_ATTEMPTS, Shared, Write, WriteResult, encode, unavailable};
+use super::{Shared, unavailable};
 use crate::{
-    domain::{
-        CarPark, CarParkId, Error, Live, OperatorId, RegionId, Report, ReportOutcome, Result,
-        Timestamp,
-    },
-    engine::Applied,
+    domain::{Error, RegionId, Result, Timestamp},
+    engine::Engine,
     metrics,
+    store::{Aggregate, Change, Committed, Parts, Write},
 };
 
-/// Reports a batch is filled up to before it is written.
-const MAX_BATCH_REPORTS: usize = 2_000;
+/// Writes a batch is filled up to before it is written.
+const MAX_BATCH_WRITES: usize = 2_000;
 
-/// One caller's reports and where to send their results.
-pub struct Job {
-    reports: Vec<Report>,
-    caller: OperatorId,
-    now: Timestamp,
-    reply: oneshot::Sender<Vec<Result<Applied>>>,
+/// Applies a written record to this instance's engine, at the version Redis gave it.
+type WriteThrough = Box<dyn FnOnce(&Engine, u64, Timestamp) + Send>;
+
+/// One write, ready for `write.lua`.
+struct Pending {
+    region: RegionId,
+    keys: Vec<String>,
+    args: Vec<String>,
+    through: WriteThrough,
 }
 
-/// Starts the writer; it ends when every sender is dropped.
-pub(super) fn spawn(shared: Arc<Shared>) -> mpsc::Sender<Job> {
+/// One caller's writes and where to send their results.
+pub struct Job {
+    writes: Vec<Pending>,
+    /// What the writes are for, as the round-trip metric names it.
+    what: &'static str,
+    /// When they were decided, for the status watchers are shown.
+    now: Timestamp,
+    reply: oneshot::Sender<Vec<Result<Committed>>>,
+}
+
+/// Starts the writer; it ends when the store closes, failing what it has not written.
+pub(super) fn spawn(shared: &Arc<Shared>) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(1_024);
-    tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut size = first.reports.len();
+    let (writer, stop) = (shared.clone(), shared.stop.clone());
+    shared.tasks.spawn(async move {
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => break,
+                job = rx.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            let mut size = first.writes.len();
             let mut jobs = vec![first];
-            while size < MAX_BATCH_REPORTS {
+            while size < MAX_BATCH_WRITES {
                 let Ok(job) = rx.try_recv() else { break };
-                size += job.reports.len();
+                size += job.writes.len();
                 jobs.push(job);
             }
-            write_batch(&shared, jobs).await;
+            write_batch(&writer, jobs).await;
+        }
+        // Closing: what is still queued was never written.
+        rx.close();
+        while let Some(job) = rx.recv().await {
+            let gone = Error::Unavailable("the store is shutting down; retry".into());
+            let _ = job
+                .reply
+                .send(job.writes.iter().map(|_| Err(gone.clone())).collect());
         }
     });
     tx
 }
 
-/// Queues reports and waits for their results.
-pub(super) async fn submit(
+/// Queues writes and waits for their results.
+pub(super) async fn submit<A: Aggregate>(
+    shared: &Shared,
     writer: &mpsc::Sender<Job>,
-    reports: Vec<Report>,
-    caller: OperatorId,
+    writes: Vec<Write<A>>,
+    what: &'static str,
     now: Timestamp,
-) -> Result<Vec<Result<Applied>>> {
-    if reports.is_empty() {
-        return Ok(Vec::new());
+) -> Vec<Result<Committed>> {
+    if writes.is_empty() {
+        return Vec::new();
     }
+    let n = writes.len();
+    let writes = writes.into_iter().map(|w| prepare(shared, w)).collect();
     let (reply, results) = oneshot::channel();
-    let gone = || Error::Unavailable("the store is shutting down".into());
-    writer
+    let gone = || {
+        vec![
+            Err(Error::Unavailable(
+                "the store is shutting down; retry".into()
+            ));
+            n
+        ]
+    };
+    if writer
         .send(Job {
-            reports,
-            caller,
+            writes,
+            what,
             now,
             reply,
         })
         .await
-        .map_err(|_| gone())?;
-    results.await.map_err(|_| gone())
+        .is_err()
+    {
+        return gone();
+    }
+    results.await.unwrap_or_else(|_| gone())
 }
 
-/// The reports of one car park in a batch, as (job, index) in arrival order.
-struct Chain {
-    id: CarParkId,
-    items: Vec<(usize, usize)>,
-    /// What Redis (or the replica) holds: registration and live state, and version.
-    base: Option<(Arc<CarPark>, Live)>,
-    version: u64,
-}
-
-/// Each report's result, once settled.
-type Results = Vec<Vec<Option<Result<Applied>>>>;
-
-impl Chain {
-    /// Takes the car park's state as just read from Redis, or settles every report of
-    /// the chain with the error that kept it from being read.
-    fn rebase(&mut self, fetched: Result<(Option<(CarPark, Live)>, u64)>, results: &mut Results) {
-        match fetched {
-            Ok((state, version)) => {
-                self.base = state.map(|(cp, live)| (Arc::new(cp), live));
-                self.version = version;
-            }
-            Err(error) => {
-                for &(job, i) in &self.items {
-                    results[job][i] = Some(Err(error.clone()));
-                }
-            }
+/// The keys and arguments of one `write.lua`, and its write-through.
+fn prepare<A: Aggregate>(shared: &Shared, write: Write<A>) -> Pending {
+    let keys = shared.keys(&write.region);
+    let mut script_keys = vec![
+        keys.versions::<A>(),
+        keys.counter.clone(),
+        keys.changes.clone(),
+    ];
+    script_keys.extend(keys.parts::<A>());
+    let (op, states, parts) = match write.change {
+        Change::Put {
+            record,
+            parts,
+            mut steps,
+        } => {
+            steps.push(record);
+            ("put", steps, parts)
+        }
+        Change::Delete => ("del", Vec::new(), Parts::ALL),
+    };
+    let mut args = vec![
+        A::KIND.to_owned(),
+        op.to_owned(),
+        write.id.clone(),
+        write.expected.to_string(),
+        write.floor.to_string(),
+        shared.options.stream_max_len.to_string(),
+        states.len().to_string(),
+    ];
+    for state in &states {
+        for (i, name) in A::PARTS.iter().enumerate() {
+            args.push((*name).to_owned());
+            args.push(if parts.has(i) {
+                state.encode_part(i)
+            } else {
+                String::new()
+            });
         }
     }
-}
-
-/// A chain computed against its base: the results and, if anything changed, the write.
-struct Computed {
-    results: Vec<Result<Applied>>,
-    write: Option<(Live, u64)>,
-}
-
-fn compute(chain: &Chain, jobs: &[Job]) -> Computed {
-    let Some((car_park, base)) = &chain.base else {
-        let results = chain
-            .items
-            .iter()
-            .map(|_| Err(Error::car_park_not_found(&chain.id)))
-            .collect();
-        return Computed {
-            results,
-            write: None,
-        };
-    };
-    let mut live = base.clone();
-    let mut changed = false;
-    let results = chain
-        .items
-        .iter()
-        .map(|&(job, i)| {
-            let job = &jobs[job];
-            car_park.check_owner(&job.caller)?;
-            let outcome = live.apply(car_park, &job.reports[i], job.now)?;
-            changed |= outcome != ReportOutcome::Duplicate;
-            Ok(Applied {
-                outcome,
-                availability: live.availability(car_park, job.now),
-            })
+    let id = write.id;
+    let through: WriteThrough = if states.is_empty() {
+        Box::new(move |engine, version, _| {
+            A::replica(engine).remove(&id, version);
         })
-        .collect();
-    Computed {
-        results,
-        write: changed.then_some((live, chain.version)),
+    } else {
+        // The states were written as the last versions up to the one Redis answers.
+        Box::new(move |engine, last, now| {
+            let first = last + 1 - states.len() as u64;
+            for (k, state) in states.into_iter().enumerate() {
+                A::replica(engine).put(state, first + k as u64, now);
+            }
+        })
+    };
+    Pending {
+        region: write.region,
+        keys: script_keys,
+        args,
+        through,
     }
 }
 
 async fn write_batch(shared: &Arc<Shared>, jobs: Vec<Job>) {
-    let mut chains: Vec<Chain> = Vec::new();
-    let mut by_id: HashMap<CarParkId, usize> = HashMap::new();
+    let mut results: Vec<Vec<Option<Result<Committed>>>> =
+        jobs.iter().map(|j| vec![None; j.writes.len()]).collect();
+    let mut by_region: HashMap<&RegionId, Vec<(usize, usize)>> = HashMap::new();
     for (j, job) in jobs.iter().enumerate() {
-        for (i, report) in job.reports.iter().enumerate() {
-            let c = *by_id.entry(report.car_park.clone()).or_insert_with(|| {
-                let (base, version) = shared.engine.versioned(report.car_park.as_str());
-                chains.push(Chain {
-                    id: report.car_park.clone(),
-                    items: Vec::new(),
-                    base,
-                    version,
-                });
-                chains.len() - 1
-            });
-            chains[c].items.push((j, i));
+        for (w, write) in job.writes.iter().enumerate() {
+            by_region.entry(&write.region).or_default().push((j, w));
         }
     }
-    let mut results: Results = jobs.iter().map(|j| vec![None; j.reports.len()]).collect();
-    // A car park this replica does not hold may exist all the same (registered through
-    // another instance, not replicated here yet): Redis decides before NOT_FOUND.
-    let unknown: Vec<usize> = (0..chains.len())
-        .filter(|&c| chains[c].base.is_none())
-        .collect();
-    if !unknown.is_empty() {
-        let ids: Vec<&CarParkId> = unknown.iter().map(|&c| &chains[c].id).collect();
-        let owners = shared.owners(&ids, "ingest").await;
-        for (k, &c) in unknown.iter().enumerate() {
-            let state = match &owners {
-                Ok(owners) => {
-                    shared
-                        .fetch_unknown(&chains[c].id, owners[k].clone(), "ingest")
-                        .await
-                }
-                Err(error) => Err(error.clone()),
-            };
-            chains[c].rebase(state, &mut results);
-        }
-    }
-    let mut pending: Vec<usize> = (0..chains.len())
-        .filter(|&c| {
-            chains[c]
-                .items
-                .iter()
-                .any(|&(j, i)| results[j][i].is_none())
-        })
-        .collect();
-    for attempt in 0..MAX_ATTEMPTS {
-        if pending.is_empty() {
-            break;
-        }
-        let computed: Vec<Computed> = pending
-            .iter()
-            .map(|&c| compute(&chains[c], &jobs))
-            .collect();
-        // Writes grouped by region: one pipeline (one round trip) per region, since a
-        // region's keys share one Cluster slot and so one node.
-        let mut by_region: HashMap<RegionId, Vec<usize>> = HashMap::new();
-        for (k, done) in computed.iter().enumerate() {
-            if done.write.is_some() {
-                let region = chains[pending[k]]
-                    .base
-                    .as_ref()
-                    .expect("a write has a base")
-                    .0
-                    .region
-                    .clone();
-                by_region.entry(region).or_default().push(k);
+    let mut written: Vec<((usize, usize), u64)> = Vec::new();
+    // One pipeline (one round trip) per region: a region's keys share one Cluster slot
+    // and so one node.
+    for (_, items) in by_region {
+        let mut pipe = redis::pipe();
+        // Loading the script in the same round trip makes the batch immune to a script
+        // cache emptied by a Redis restart or failover.
+        pipe.load_script(&shared.write).ignore();
+        for &(j, w) in &items {
+            let write = &jobs[j].writes[w];
+            let mut invocation = shared.write.prepare_invoke();
+            for key in &write.keys {
+                invocation.key(key);
             }
-        }
-        let mut retry = Vec::new();
-        let mut outcome: Vec<Option<Result<WriteResult>>> = vec![None; computed.len()];
-        for (region, ks) in &by_region {
-            let keys = shared.keys(region);
-            let lives: Vec<String> = ks
-                .iter()
-                .map(|&k| encode(&computed[k].write.as_ref().expect("grouped writes").0))
-                .collect();
-            let mut pipe = redis::pipe();
-            // Loading the script in the same round trip makes the batch immune to a
-            // script cache emptied by a Redis restart or failover.
-            pipe.load_script(&shared.write).ignore();
-            for (&k, live) in ks.iter().zip(&lives) {
-                let chain = &chains[pending[k]];
-                let expected = computed[k].write.as_ref().expect("grouped writes").1;
-                let write = Write {
-                    op: "live",
-                    id: &chain.id,
-                    expected,
-                    park: "",
-                    live,
-                    floor: 0,
-                };
-                pipe.invoke_script(&shared.write_invocation(&keys, &write));
+            for arg in &write.args {
+                invocation.arg(arg);
             }
-            let mut conn = shared.conn.clone();
-            shared.round_trip("ingest");
-            let reply: redis::RedisResult<Vec<Vec<i64>>> = pipe.query_async(&mut conn).await;
-            match reply {
-                Ok(replies) => {
-                    shared.set_healthy(true);
-                    metrics::record_redis_reports_written(ks.len() as u64);
-                    for (&k, reply) in ks.iter().zip(replies) {
-                        outcome[k] = Some(WriteResult::parse(&reply));
-                    }
-                }
-                Err(error) => {
-                    shared.set_healthy(false);
-                    let error = unavailable(&error);
-                    for &k in ks {
-                        outcome[k] = Some(Err(error.clone()));
-                    }
+            pipe.invoke_script(&invocation);
+        }
+        let what = if items.iter().any(|&(j, _)| jobs[j].what == "ingest") {
+            "ingest"
+        } else {
+            jobs[items[0].0].what
+        };
+        let mut conn = shared.conn.clone();
+        shared.round_trip(what);
+        let reply: redis::RedisResult<Vec<Vec<i64>>> = pipe.query_async(&mut conn).await;
+        match reply {
+            Ok(replies) => {
+                shared.set_healthy(true);
+                let ingested = items.iter().filter(|&&(j, _)| jobs[j].what == "ingest");
+                metrics::record_redis_reports_written(ingested.count() as u64);
+                for (&(j, w), reply) in items.iter().zip(replies) {
+                    results[j][w] = Some(match reply.as_slice() {
+                        [1, _, version] => {
+                            written.push(((j, w), *version as u64));
+                            Ok(Committed::Written {
+                                version: *version as u64,
+                            })
+                        }
+                        [0, _] => Ok(Committed::Conflict),
+                        other => Err(Error::Internal(format!(
+                            "unexpected reply from write.lua: {other:?}"
+                        ))),
+                    });
                 }
             }
-        }
-        for (k, done) in computed.into_iter().enumerate() {
-            let c = pending[k];
-            let chain = &chains[c];
-            let settled = match (&done.write, outcome[k].take()) {
-                (None, _) => Some(done.results),
-                (Some((live, _)), Some(Ok(WriteResult::Written { version, .. }))) => {
-                    // Written through to this replica at once, so the next batch
-                    // computes from it; the stream entry is then skipped by version.
-                    shared.engine.live_versioned(
-                        chain.id.as_str(),
-                        live.clone(),
-                        version,
-                        chain_now(chain, &jobs),
-                    );
-                    Some(done.results)
-                }
-                (Some(_), Some(Ok(WriteResult::Missing))) => Some(
-                    chain
-                        .items
-                        .iter()
-                        .map(|_| Err(Error::car_park_not_found(&chain.id)))
-                        .collect(),
-                ),
-                (Some(_), Some(Err(error))) => {
-                    Some(chain.items.iter().map(|_| Err(error.clone())).collect())
-                }
-                (Some(_), Some(Ok(WriteResult::Conflict { .. })) | None) => None,
-            };
-            match settled {
-                Some(chain_results) => {
-                    for (&(job, i), result) in chain.items.iter().zip(chain_results) {
-                        results[job][i] = Some(result);
-                    }
-                }
-                None => retry.push(c),
-            }
-        }
-        // Another instance changed these car parks first: start again from Redis.
-        for &c in &retry {
-            let region = chains[c]
-                .base
-                .as_ref()
-                .expect("a write has a base")
-                .0
-                .region
-                .clone();
-            let keys = shared.keys(&region);
-            let fetched = shared.fetch(&keys, &chains[c].id, "ingest").await;
-            chains[c].rebase(fetched, &mut results);
-        }
-        pending = retry
-            .into_iter()
-            .filter(|&c| {
-                chains[c]
-                    .items
-                    .iter()
-                    .any(|&(j, i)| results[j][i].is_none())
-            })
-            .collect();
-        if attempt + 1 == MAX_ATTEMPTS {
-            for &c in &pending {
-                for &(job, i) in &chains[c].items {
-                    results[job][i] = Some(Err(Error::Unavailable(format!(
-                        "car park {} changed concurrently too often; resend",
-                        chains[c].id
-                    ))));
+            Err(error) => {
+                shared.set_healthy(false);
+                let error = unavailable(&error);
+                for (j, w) in items {
+                    results[j][w] = Some(Err(error.clone()));
                 }
             }
         }
     }
-    for (job, results) in jobs.into_iter().zip(results) {
+    // Through to this replica before anyone is answered, so a client reads its write
+    // here at once.
+    let mut throughs: Vec<Vec<Option<WriteThrough>>> = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        throughs.push(job.writes.into_iter().map(|p| Some(p.through)).collect());
+        replies.push((job.reply, job.now));
+    }
+    for ((j, w), version) in written {
+        if let Some(through) = throughs[j][w].take() {
+            through(&shared.engine, version, replies[j].1);
+        }
+    }
+    for ((reply, _), results) in replies.into_iter().zip(results) {
         let results = results
             .into_iter()
-            .map(|r| r.expect("every report settled"))
+            .map(|r| r.expect("every write settled"))
             .collect();
-        let _ = job.reply.send(results);
+        let _ = reply.send(results);
     }
-}
-
-/// The time of the chain's last report, for the status shown to watchers.
-fn chain_now(chain: &Chain, jobs: &[Job]) -> Timestamp {
-    chain
-        .items
-        .last()
-        .map_or_else(Timestamp::now, |&(job, _)| jobs[job].now)
 }

@@ -1,4 +1,5 @@
-//! Where "now" comes from: the system clock, or a hand-driven one in tests.
+//! Where "now" comes from: the system clock, or a hand-driven one in tests. A port:
+//! the service, the store and the sweeper receive one; none of them reads a clock itself.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 

@@ -1,0 +1,57 @@
+//! Availability use cases: nearest-available, live states by id, and the status sweep.
+
+use std::time::Duration;
+
+use super::Service;
+use crate::{
+    domain::{Availability, CarParkId, Error, NearbyQuery, Result},
+    engine::Nearby,
+    metrics,
+};
+
+impl Service {
+    /// The nearest car parks the query admits.
+    pub fn find_nearby(&self, query: &NearbyQuery) -> Vec<Nearby> {
+        self.engine.nearby(query, self.now())
+    }
+
+    /// Live states by id, in request order, and the ids that are not registered.
+    pub fn get_availability(
+        &self,
+        ids: &[CarParkId],
+    ) -> Result<(Vec<Availability>, Vec<CarParkId>)> {
+        if ids.is_empty() || ids.len() > self.limits.max_ids {
+            return Err(Error::invalid(
+                "car_park_ids",
+                format!("must list 1 to {} ids", self.limits.max_ids),
+            ));
+        }
+        let now = self.now();
+        let (mut found, mut missing) = (Vec::with_capacity(ids.len()), Vec::new());
+        for id in ids {
+            match self.engine.availability(id.as_str(), now) {
+                Some(a) => found.push(a),
+                None => missing.push(id.clone()),
+            }
+        }
+        Ok((found, missing))
+    }
+
+    /// Tells watchers of status changes that come with time alone, every `every`,
+    /// and keeps the status gauges current; runs until `shutdown`.
+    pub async fn sweep_statuses(
+        &self,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            metrics::record_statuses(&self.engine.sweep_status(self.now()));
+        }
+    }
+}

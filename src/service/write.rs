@@ -1,0 +1,152 @@
+//! The one write path of every use case: read, decide by the rules, commit with
+//! compare-and-set; after a conflict read from the authority and decide again.
+//!
+//! The rule is the use case's `decide` closure, run here and nowhere else (never in a
+//! store backend); the store only reads versions and commits them.
+
+use super::Service;
+use crate::{
+    domain::{Error, RegionId, Result},
+    store::{Aggregate, Change, Committed, Store, Versioned, Write},
+};
+
+/// How many times a write is decided again after another writer changed its record
+/// first.
+const MAX_ATTEMPTS: usize = 5;
+
+/// One record a use case writes: where it lives and what was last read of it.
+pub(super) struct Target<A> {
+    pub id: String,
+    /// The record's region when the record is not there to say it (a car park being
+    /// registered); `None` for a record nobody holds.
+    pub region: Option<RegionId>,
+    pub current: Versioned<A>,
+}
+
+impl<A: Aggregate> Target<A> {
+    fn region(&self) -> Option<RegionId> {
+        self.current
+            .record
+            .as_ref()
+            .map(|r| r.region().clone())
+            .or_else(|| self.region.clone())
+    }
+}
+
+/// What the rule decided for one record: what to write, if anything, and what the
+/// caller learns.
+pub(super) struct Decision<A, T> {
+    pub change: Option<Change<A>>,
+    pub output: T,
+}
+
+impl<A, T> Decision<A, T> {
+    /// Nothing to write.
+    pub fn answer(output: T) -> Self {
+        Self {
+            change: None,
+            output,
+        }
+    }
+}
+
+impl Service {
+    /// Decides and commits each target; returns what each decision answered, with the
+    /// record's version after it. `floor` is the version the first write of a record
+    /// must exceed (see `Write::floor`).
+    pub(super) async fn transact<A: Aggregate, T>(
+        &self,
+        what: &'static str,
+        mut targets: Vec<Target<A>>,
+        floor: u64,
+        decide: impl Fn(usize, &Versioned<A>) -> Result<Decision<A, T>>,
+    ) -> Result<Vec<Result<(T, u64)>>> {
+        let mut results: Vec<Option<Result<(T, u64)>>> = targets.iter().map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..targets.len()).collect();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut writes = Vec::new();
+            let mut waiting = Vec::new();
+            for &i in &pending {
+                let target = &targets[i];
+                match decide(i, &target.current) {
+                    Err(error) => results[i] = Some(Err(error)),
+                    Ok(Decision {
+                        change: None,
+                        output,
+                    }) => results[i] = Some(Ok((output, target.current.version))),
+                    Ok(Decision {
+                        change: Some(change),
+                        output,
+                    }) => {
+                        let region = match &change {
+                            Change::Put { record, .. } => record.region().clone(),
+                            Change::Delete => target.region().ok_or_else(|| {
+                                Error::Internal(format!("delete of {} without a region", target.id))
+                            })?,
+                        };
+                        writes.push(Write {
+                            region,
+                            id: target.id.clone(),
+                            expected: target.current.version,
+                            floor,
+                            change,
+                        });
+                        waiting.push((i, output));
+                    }
+                }
+            }
+            if writes.is_empty() {
+                break;
+            }
+            let regions: Vec<RegionId> = writes.iter().map(|w| w.region.clone()).collect();
+            let committed = self.store.commit(writes, what, self.now()).await;
+            let mut conflicted = Vec::new();
+            for (((i, output), done), region) in waiting.into_iter().zip(committed).zip(regions) {
+                match done {
+                    Ok(Committed::Written { version }) => results[i] = Some(Ok((output, version))),
+                    Ok(Committed::Conflict) => conflicted.push((i, region)),
+                    Err(error) => results[i] = Some(Err(error)),
+                }
+            }
+            if conflicted.is_empty() {
+                break;
+            }
+            // Another writer changed these records first: what the authority holds now
+            // is what the rules decide on next.
+            let keys = conflicted
+                .iter()
+                .map(|(i, region)| (region.clone(), targets[*i].id.clone()))
+                .collect();
+            match self.store.fetch::<A>(keys).await {
+                Ok(fetched) => {
+                    for ((i, _), current) in conflicted.iter().zip(fetched) {
+                        targets[*i].current = current;
+                    }
+                }
+                Err(error) => {
+                    for (i, _) in &conflicted {
+                        results[*i] = Some(Err(error.clone()));
+                    }
+                }
+            }
+            pending = conflicted
+                .into_iter()
+                .map(|(i, _)| i)
+                .filter(|&i| results[i].is_none())
+                .collect();
+        }
+        Ok(results
+            .into_iter()
+            .zip(&targets)
+            .map(|(result, target)| {
+                result.unwrap_or_else(|| {
+                    Err(Error::Unavailable(format!(
+                        "{} {} changed concurrently too often; retry",
+                        A::KIND.replace('_', " "),
+                        target.id
+                    )))
+                })
+            })
+            .collect())
+    }
+}

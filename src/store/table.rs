@@ -1,0 +1,255 @@
+//! What a replicated aggregate is, once for every kind (garage's `TableSchema`, for us).
+//!
+//! An aggregate kind — car parks today; a reservation ledger, shared offers, sessions
+//! and wallets later — is a small schema file: its name, the format its records are
+//! written in, the Redis hashes its parts live in, how a part is encoded and decoded
+//! (migrating older formats), and the engine index it replicates into (`Replica`).
+//! Writes, the change stream, snapshot loads and the stream follower are written once,
+//! for any kind, against this trait.
+
+use std::fmt;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    domain::RegionId,
+    engine::{Engine, Replica},
+};
+
+/// One kind of replicated aggregate.
+pub trait Aggregate: Clone + Send + Sync + 'static {
+    /// The kind's name: the `k` field of change-stream entries, and a metric label.
+    const KIND: &'static str;
+    /// The format this version writes records in; `decode` reads it and every older one.
+    const FORMAT: u32;
+    /// The region's hash of versions (kept after a delete, a tombstone, so an id's
+    /// versions only grow), relative to the region's key prefix.
+    const VERSIONS: &'static str;
+    /// The region's hashes a record's parts are kept in, relative to the region's key
+    /// prefix. Parts are stored apart so that a write of one part (live counts) does not
+    /// rewrite the others (the registration).
+    const PARTS: &'static [&'static str];
+
+    /// The record's id, unique within its kind.
+    fn id(&self) -> &str;
+
+    /// The region whose keys (and Redis Cluster slot) hold the record.
+    fn region(&self) -> &RegionId;
+
+    /// The JSON of part `part` (an index into `PARTS`).
+    fn encode_part(&self, part: usize) -> String;
+
+    /// A record from its stored parts, each with the format it was written in; a part
+    /// that is `None` was not written by this change and comes from `base`.
+    fn decode(parts: &[Option<Stored<'_>>], base: Option<&Self>) -> Result<Self, DecodeError>;
+
+    /// The engine's index of this kind.
+    fn replica(engine: &Engine) -> &dyn Replica<Self>;
+}
+
+/// Which parts of a record a write sets, as a bit per part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts(u32);
+
+impl Parts {
+    /// Every part.
+    pub const ALL: Parts = Parts(u32::MAX);
+
+    /// Only part `i`.
+    pub const fn only(i: usize) -> Self {
+        Parts(1 << i)
+    }
+
+    /// Whether part `i` is set.
+    pub fn has(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+}
+
+/// What a write does to one record.
+#[derive(Debug, Clone)]
+pub enum Change<A> {
+    /// Sets the record; only `parts` are stored anew (the others must exist already).
+    /// `steps` are states it passes through first, oldest first (several reports on
+    /// one car park decided together): each is a version of its own, so watchers on
+    /// every instance see each. Usually empty.
+    Put {
+        record: A,
+        parts: Parts,
+        steps: Vec<A>,
+    },
+    /// Removes the record, leaving its version as a tombstone.
+    Delete,
+}
+
+/// One compare-and-set of one record.
+#[derive(Debug, Clone)]
+pub struct Write<A> {
+    pub region: RegionId,
+    pub id: String,
+    /// The version the change was computed from; the write is refused if the record is
+    /// at another one now.
+    pub expected: u64,
+    /// A version the new one must exceed besides `expected` (an id re-created after a
+    /// delete in another region continues above its old versions); 0 if none.
+    pub floor: u64,
+    pub change: Change<A>,
+}
+
+impl<A> Change<A> {
+    /// Sets `parts` of the record.
+    pub fn put(record: A, parts: Parts) -> Self {
+        Change::Put {
+            record,
+            parts,
+            steps: Vec::new(),
+        }
+    }
+}
+
+/// What became of one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Written; `version` is the record's (its last step's) version now.
+    Written { version: u64 },
+    /// The record is no longer at the expected version: read it again and decide again.
+    Conflict,
+}
+
+/// A record (or its absence) with its version: 0 if never written, else the version of
+/// its last write (for an absent record, its delete).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<A> {
+    pub record: Option<A>,
+    pub version: u64,
+}
+
+impl<A> Versioned<A> {
+    /// Nothing, never written.
+    pub fn none() -> Self {
+        Self {
+            record: None,
+            version: 0,
+        }
+    }
+}
+
+impl<A: Aggregate> Versioned<A> {
+    /// What `engine` holds for `id`.
+    pub fn in_replica(engine: &Engine, id: &str) -> Self {
+        let replica = A::replica(engine);
+        match replica.get(id) {
+            Some((record, version)) => Self {
+                record: Some(record),
+                version,
+            },
+            None => Self {
+                record: None,
+                version: replica.version(id),
+            },
+        }
+    }
+}
+
+/// A stored part: the format it was written in and its JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored<'a> {
+    pub format: u32,
+    pub json: &'a str,
+}
+
+impl<'a> Stored<'a> {
+    /// Reads a stored value: `<format>:<json>`. A value that is bare JSON was written
+    /// before records carried a format (format 0).
+    pub fn parse(text: &'a str) -> Result<Self, DecodeError> {
+        if text.starts_with('{') || text.starts_with('[') {
+            return Ok(Self {
+                format: 0,
+                json: text,
+            });
+        }
+        let (format, json) = text
+            .split_once(':')
+            .ok_or_else(|| DecodeError::Corrupt("no format prefix".into()))?;
+        let format = format
+            .parse()
+            .map_err(|_| DecodeError::Corrupt(format!("bad format {format:?}")))?;
+        Ok(Self { format, json })
+    }
+
+    /// Decodes the JSON of a part whose formats up to `current` all share one shape;
+    /// a newer format is refused, to be skipped rather than misread.
+    pub fn json<T: DeserializeOwned>(self, current: u32) -> Result<T, DecodeError> {
+        if self.format > current {
+            return Err(DecodeError::NewerFormat(self.format));
+        }
+        serde_json::from_str(self.json).map_err(|e| DecodeError::Corrupt(e.to_string()))
+    }
+}
+
+/// A part as stored: `<format>:<json>`.
+pub fn encode<T: Serialize>(format: u32, value: &T) -> String {
+    let json = serde_json::to_string(value).expect("domain values serialize");
+    format!("{format}:{json}")
+}
+
+/// Why a stored record could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Written by a newer citypark in a format this one does not know: skipped.
+    NewerFormat(u32),
+    /// A part the change does not carry, and no record to take it from.
+    MissingBase,
+    /// A kind this version does not know (a newer version wrote it): skipped.
+    UnknownKind(String),
+    /// Not what any version wrote.
+    Corrupt(String),
+}
+
+impl DecodeError {
+    /// A bounded metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecodeError::NewerFormat(_) => "newer_format",
+            DecodeError::MissingBase => "missing_base",
+            DecodeError::UnknownKind(_) => "unknown_kind",
+            DecodeError::Corrupt(_) => "undecodable",
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::NewerFormat(n) => {
+                write!(f, "written in format {n}, newer than this version reads")
+            }
+            DecodeError::MissingBase => {
+                f.write_str("a partial change of a record this instance does not hold")
+            }
+            DecodeError::UnknownKind(kind) => write!(f, "kind {kind:?} is unknown to this version"),
+            DecodeError::Corrupt(e) => write!(f, "undecodable: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_values_carry_their_format() {
+        let text = encode(1, &vec![1, 2]);
+        assert_eq!(text, "1:[1,2]");
+        let stored = Stored::parse(&text).unwrap();
+        assert_eq!(stored.format, 1);
+        assert_eq!(stored.json::<Vec<u32>>(1).unwrap(), vec![1, 2]);
+        assert_eq!(
+            stored.json::<Vec<u32>>(0).unwrap_err(),
+            DecodeError::NewerFormat(1)
+        );
+        let legacy = Stored::parse("{\"a\":1}").unwrap();
+        assert_eq!(legacy.format, 0);
+        assert!(matches!(Stored::parse("x"), Err(DecodeError::Corrupt(_))));
+    }
+}
