@@ -13,7 +13,7 @@ mod schedule;
 mod tariff;
 
 pub use carpark::{CATEGORY_COUNT, Capacity, CarPark, CarParkKind, CarParkStatus, SpaceCategory};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use geo::{BoundingBox, EARTH_RADIUS_M, LatLng, Radius, chord_to_m};
 pub use ids::{BayId, CarParkId, OperatorId, RegionId};
 pub use occupancy::{
