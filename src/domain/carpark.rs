@@ -1,4 +1,7 @@
 //! Car parks: kinds, space categories, capacity, status.
+//!
+//! Each enum has one name table (`ALL`, `name`, `parse`): snake_case names that logs,
+//! error messages, metric labels, the CLI and the stored JSON (serde) all share.
 
 use std::time::Duration;
 
@@ -35,7 +38,7 @@ impl SpaceCategory {
         self as usize
     }
 
-    /// Lowercase name for logs and the CLI.
+    /// The one name: for logs, error messages and the CLI.
     pub fn name(self) -> &'static str {
         match self {
             Self::Standard => "standard",
@@ -43,6 +46,11 @@ impl SpaceCategory {
             Self::Accessible => "accessible",
             Self::Motorcycle => "motorcycle",
         }
+    }
+
+    /// The category of a [`Self::name`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 
@@ -54,6 +62,31 @@ pub enum CarParkKind {
     SurfaceLot,
     OnStreet,
     SharedPrivate,
+}
+
+impl CarParkKind {
+    /// Every kind.
+    pub const ALL: [CarParkKind; 4] = [
+        Self::Garage,
+        Self::SurfaceLot,
+        Self::OnStreet,
+        Self::SharedPrivate,
+    ];
+
+    /// The one name: for logs and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Garage => "garage",
+            Self::SurfaceLot => "surface_lot",
+            Self::OnStreet => "on_street",
+            Self::SharedPrivate => "shared_private",
+        }
+    }
+
+    /// The kind of a [`Self::name`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// How honest a car park's live numbers are right now.
@@ -70,7 +103,10 @@ pub enum CarParkStatus {
 }
 
 impl CarParkStatus {
-    /// Lowercase name, used as a bounded metric label.
+    /// Every status.
+    pub const ALL: [CarParkStatus; 4] = [Self::Open, Self::Closed, Self::Stale, Self::NoData];
+
+    /// The one name: a bounded metric label, and what the CLI prints.
     pub fn name(self) -> &'static str {
         match self {
             Self::Open => "open",
@@ -78,6 +114,11 @@ impl CarParkStatus {
             Self::Stale => "stale",
             Self::NoData => "no_data",
         }
+    }
+
+    /// The status of a [`Self::name`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 
@@ -232,6 +273,29 @@ impl CarPark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_name_parses_back_and_matches_the_stored_json() {
+        for c in SpaceCategory::ALL {
+            assert_eq!(SpaceCategory::parse(c.name()), Some(c));
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.name()));
+        }
+        for k in CarParkKind::ALL {
+            assert_eq!(CarParkKind::parse(k.name()), Some(k));
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.name()));
+        }
+        for s in CarParkStatus::ALL {
+            assert_eq!(CarParkStatus::parse(s.name()), Some(s));
+        }
+        assert_eq!(SpaceCategory::parse("ev-charging"), None, "one spelling");
+        assert_eq!(CarParkKind::parse(""), None);
+        assert_eq!(
+            CarParkStatus::ALL.map(CarParkStatus::name),
+            ["open", "closed", "stale", "no_data"]
+        );
+    }
 
     #[test]
     fn capacity_rules() {
