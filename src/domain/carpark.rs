@@ -92,11 +92,11 @@ impl CarParkKind {
 /// How honest a car park's live numbers are right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CarParkStatus {
-    /// Open and reported within its staleness window.
+    /// Open, with numbers observed within its staleness window.
     Open,
     /// Outside opening hours or declared closed.
     Closed,
-    /// No report within its staleness window.
+    /// The newest numbers were observed more than 3 report intervals ago.
     Stale,
     /// Never reported.
     NoData,
@@ -190,14 +190,15 @@ pub struct CarPark {
     pub covered: bool,
     /// Maximum vehicle height; `None` means no limit.
     pub max_height_cm: Option<u32>,
-    /// How often the operator reports; three of these without a report make it STALE.
+    /// How often the operator reports; numbers observed more than three of these ago
+    /// are STALE.
     pub report_interval: Duration,
 }
 
 impl CarPark {
     /// Default expected report interval.
     pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(60);
-    /// Reports missed before a car park is STALE.
+    /// Report intervals after which the newest numbers are STALE.
     pub const STALE_AFTER_INTERVALS: u32 = 3;
 
     /// Checks the free-text fields that have no type of their own.
@@ -259,7 +260,7 @@ impl CarPark {
         Ok((self, live))
     }
 
-    /// How long without a report before the numbers are STALE.
+    /// How old (since observed) the newest numbers may be before they are STALE.
     pub fn staleness_window(&self) -> Duration {
         self.report_interval * Self::STALE_AFTER_INTERVALS
     }
