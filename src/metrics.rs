@@ -91,20 +91,6 @@ pub fn record_request(method: &'static str, code: &'static str, seconds: f64) {
     histogram!(GRPC_DURATION, "method" => method, "code" => code).record(seconds);
 }
 
-/// The bounded reason label of an error.
-pub fn reason(error: &Error) -> &'static str {
-    match error {
-        Error::InvalidArgument { .. } => "invalid_argument",
-        Error::NotFound { .. } => "not_found",
-        Error::Unauthenticated(_) => "unauthenticated",
-        Error::PermissionDenied(_) => "permission_denied",
-        Error::FailedPrecondition(_) => "failed_precondition",
-        Error::ResourceExhausted(_) => "resource_exhausted",
-        Error::Unavailable(_) => "unavailable",
-        Error::Internal(_) => "internal",
-    }
-}
-
 /// Counts one report's result.
 pub fn record_report(result: &Result<Applied>) {
     match result {
@@ -122,14 +108,16 @@ pub fn record_report(result: &Result<Applied>) {
             ..
         }) => counter!(INGEST_REPORTS, "result" => "duplicate", "reason" => "").increment(1),
         Err(error) => {
-            counter!(INGEST_REPORTS, "result" => "rejected", "reason" => reason(error)).increment(1)
+            counter!(INGEST_REPORTS, "result" => "rejected", "reason" => error.kind().label())
+                .increment(1)
         }
     }
 }
 
 /// Counts the `reports` of a batch that failed as a whole.
 pub fn record_batch_failure(error: &Error, reports: u64) {
-    counter!(INGEST_REPORTS, "result" => "rejected", "reason" => reason(error)).increment(reports);
+    counter!(INGEST_REPORTS, "result" => "rejected", "reason" => error.kind().label())
+        .increment(reports);
 }
 
 /// Sets the per-status gauges.

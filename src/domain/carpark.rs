@@ -1,4 +1,7 @@
 //! Car parks: kinds, space categories, capacity, status.
+//!
+//! Each enum has one name table (`ALL`, `name`, `parse`): snake_case names that logs,
+//! error messages, metric labels, the CLI and the stored JSON (serde) all share.
 
 use std::{sync::Arc, time::Duration};
 
@@ -36,7 +39,7 @@ impl SpaceCategory {
         self as usize
     }
 
-    /// Lowercase name for logs and the CLI.
+    /// The one name: for logs, error messages and the CLI.
     pub fn name(self) -> &'static str {
         match self {
             Self::Standard => "standard",
@@ -44,6 +47,11 @@ impl SpaceCategory {
             Self::Accessible => "accessible",
             Self::Motorcycle => "motorcycle",
         }
+    }
+
+    /// The category of a [`Self::name`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 
@@ -57,21 +65,49 @@ pub enum CarParkKind {
     SharedPrivate,
 }
 
+impl CarParkKind {
+    /// Every kind.
+    pub const ALL: [CarParkKind; 4] = [
+        Self::Garage,
+        Self::SurfaceLot,
+        Self::OnStreet,
+        Self::SharedPrivate,
+    ];
+
+    /// The one name: for logs and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Garage => "garage",
+            Self::SurfaceLot => "surface_lot",
+            Self::OnStreet => "on_street",
+            Self::SharedPrivate => "shared_private",
+        }
+    }
+
+    /// The kind of a [`Self::name`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
 /// How honest a car park's live numbers are right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CarParkStatus {
-    /// Open and reported within its staleness window.
+    /// Open, with numbers observed within its staleness window.
     Open,
     /// Outside opening hours or declared closed.
     Closed,
-    /// No report within its staleness window.
+    /// The newest numbers were observed more than 3 report intervals ago.
     Stale,
     /// Never reported.
     NoData,
 }
 
 impl CarParkStatus {
-    /// Lowercase name, used as a bounded metric label.
+    /// Every status.
+    pub const ALL: [CarParkStatus; 4] = [Self::Open, Self::Closed, Self::Stale, Self::NoData];
+
+    /// The one name: a bounded metric label, and what the CLI prints.
     pub fn name(self) -> &'static str {
         match self {
             Self::Open => "open",
@@ -79,6 +115,11 @@ impl CarParkStatus {
             Self::Stale => "stale",
             Self::NoData => "no_data",
         }
+    }
+
+    /// The status of a [`Self::name`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 
@@ -150,14 +191,15 @@ pub struct CarPark {
     pub covered: bool,
     /// Maximum vehicle height; `None` means no limit.
     pub max_height_cm: Option<u32>,
-    /// How often the operator reports; three of these without a report make it STALE.
+    /// How often the operator reports; numbers observed more than three of these ago
+    /// are STALE.
     pub report_interval: Duration,
 }
 
 impl CarPark {
     /// Default expected report interval.
     pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(60);
-    /// Reports missed before a car park is STALE.
+    /// Report intervals after which the newest numbers are STALE.
     pub const STALE_AFTER_INTERVALS: u32 = 3;
 
     /// Checks the free-text fields that have no type of their own.
@@ -225,7 +267,7 @@ impl CarPark {
         ))
     }
 
-    /// How long without a report before the numbers are STALE.
+    /// How old (since observed) the newest numbers may be before they are STALE.
     pub fn staleness_window(&self) -> Duration {
         self.report_interval * Self::STALE_AFTER_INTERVALS
     }
@@ -317,6 +359,29 @@ pub struct Applied {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_name_parses_back_and_matches_the_stored_json() {
+        for c in SpaceCategory::ALL {
+            assert_eq!(SpaceCategory::parse(c.name()), Some(c));
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.name()));
+        }
+        for k in CarParkKind::ALL {
+            assert_eq!(CarParkKind::parse(k.name()), Some(k));
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.name()));
+        }
+        for s in CarParkStatus::ALL {
+            assert_eq!(CarParkStatus::parse(s.name()), Some(s));
+        }
+        assert_eq!(SpaceCategory::parse("ev-charging"), None, "one spelling");
+        assert_eq!(CarParkKind::parse(""), None);
+        assert_eq!(
+            CarParkStatus::ALL.map(CarParkStatus::name),
+            ["open", "closed", "stale", "no_data"]
+        );
+    }
 
     #[test]
     fn capacity_rules() {

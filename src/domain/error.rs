@@ -1,4 +1,5 @@
-//! The one error type of citypark; `grpc/` maps it to a status code in one place.
+//! The one error type of citypark, and its kind: the kind alone decides how an error
+//! is rendered (gRPC code, ingest reject code, metric label), so they cannot disagree.
 
 use std::fmt;
 
@@ -34,7 +35,64 @@ pub enum Error {
     Internal(String),
 }
 
+/// What kind of failure an error is. Every rendering of an error derives from this:
+/// the metric label here, the gRPC code and the ingest reject code in `grpc/status.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    PermissionDenied,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 8] = [
+        Self::InvalidArgument,
+        Self::NotFound,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
+        Self::FailedPrecondition,
+        Self::ResourceExhausted,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// Lowercase snake-case name, a bounded metric label; the same words as the gRPC
+    /// code of the kind.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "invalid_argument",
+            Self::NotFound => "not_found",
+            Self::Unauthenticated => "unauthenticated",
+            Self::PermissionDenied => "permission_denied",
+            Self::FailedPrecondition => "failed_precondition",
+            Self::ResourceExhausted => "resource_exhausted",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
+            Error::Unavailable(_) => ErrorKind::Unavailable,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
     /// An invalid-argument error for `field`.
     pub fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> Self {
         Error::InvalidArgument {

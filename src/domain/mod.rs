@@ -16,7 +16,7 @@ pub use carpark::{
     Applied, CATEGORY_COUNT, Capacity, CarPark, CarParkKind, CarParkState, CarParkStatus,
     SpaceCategory,
 };
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use geo::{BoundingBox, EARTH_RADIUS_M, LatLng, Radius, chord_to_m};
 pub use ids::{BayId, CarParkId, OperatorId, RegionId};
 pub use occupancy::{

@@ -140,7 +140,10 @@ pub struct Live {
     free: [u32; CATEGORY_COUNT],
     held: [u32; CATEGORY_COUNT],
     last_sequence: u64,
+    /// When the operator observed the numbers: their age, and so the status, follow it.
     observed_at: Option<Timestamp>,
+    /// When the last applied report arrived. Kept (stored records carry it), but it
+    /// decides nothing: a report that arrives now with old numbers is still old news.
     received_at: Option<Timestamp>,
     drift_count: u64,
     /// Last known state of each bay that has a sensor; only on-street zones have any,
@@ -301,11 +304,16 @@ impl Live {
     }
 
     /// How fresh the numbers are, whatever the opening hours: NO_DATA, STALE or OPEN.
+    ///
+    /// STALE: the newest numbers were observed more than 3 report intervals ago (the
+    /// car park's staleness window). It is the numbers' age that counts, not when the
+    /// report arrived, so a late report of old numbers is applied (it is the newest the
+    /// operator has) yet leaves the car park STALE, with the same age clients see.
     pub fn data_status(&self, car_park: &CarPark, now: Timestamp) -> CarParkStatus {
-        let Some(received) = self.received_at else {
+        let Some(observed) = self.observed_at else {
             return CarParkStatus::NoData;
         };
-        let age_ms = now.as_millisecond() - received.as_millisecond();
+        let age_ms = now.as_millisecond() - observed.as_millisecond();
         if age_ms > car_park.staleness_window().as_millis() as i64 {
             CarParkStatus::Stale
         } else {
@@ -501,6 +509,41 @@ mod tests {
         let mut closed = cp.clone();
         closed.closed = true;
         assert_eq!(live.status(&closed, later(1)), CarParkStatus::Closed);
+    }
+
+    #[test]
+    fn staleness_follows_when_the_numbers_were_observed_not_received() {
+        let cp = car_park();
+        let mut live = Live::new(cp.capacity);
+        let at = |s| Timestamp::from_second(now().as_second() + s).unwrap();
+        let observed = |seq, free, when| Report {
+            observed_at: when,
+            ..report(seq, ReportBody::snapshot([(Standard, free)]).unwrap())
+        };
+
+        // Numbers an hour old, received now: applied, the newest there are, but STALE.
+        let old = observed(1, 4, at(-3600));
+        assert_eq!(
+            live.apply(&cp, &old, now()),
+            Ok(ReportOutcome::Applied { clamped: 0 })
+        );
+        assert_eq!(live.free(Standard), 4);
+        let shown = live.availability(&cp, now());
+        assert_eq!(
+            (shown.status, shown.data_age),
+            (CarParkStatus::Stale, Some(Duration::from_secs(3600)))
+        );
+
+        // Observed 180 s ago (3 intervals of 60 s): OPEN, until one more second passes.
+        live.apply(&cp, &observed(2, 5, at(-180)), now()).unwrap();
+        assert_eq!(live.status(&cp, now()), CarParkStatus::Open);
+        assert_eq!(live.status(&cp, at(1)), CarParkStatus::Stale);
+
+        // Fresh numbers make it OPEN again.
+        live.apply(&cp, &observed(3, 6, now()), at(1)).unwrap();
+        assert_eq!(live.status(&cp, at(1)), CarParkStatus::Open);
+        assert_eq!(live.status(&cp, at(180)), CarParkStatus::Open);
+        assert_eq!(live.status(&cp, at(181)), CarParkStatus::Stale);
     }
 
     #[test]

@@ -48,14 +48,89 @@ fn pb_lat_lng(p: LatLng) -> pb::LatLng {
     }
 }
 
+// The enums map one to one, except that the API's UNSPECIFIED has no domain value. The
+// impls are public, so API clients in this crate (the CLI, the demo) convert with them
+// and name values by the domain's one name table.
+
+impl From<SpaceCategory> for pb::SpaceCategory {
+    fn from(c: SpaceCategory) -> Self {
+        match c {
+            SpaceCategory::Standard => Self::Standard,
+            SpaceCategory::EvCharging => Self::EvCharging,
+            SpaceCategory::Accessible => Self::Accessible,
+            SpaceCategory::Motorcycle => Self::Motorcycle,
+        }
+    }
+}
+
+impl TryFrom<pb::SpaceCategory> for SpaceCategory {
+    type Error = Error;
+
+    fn try_from(c: pb::SpaceCategory) -> Result<Self> {
+        match c {
+            pb::SpaceCategory::Standard => Ok(Self::Standard),
+            pb::SpaceCategory::EvCharging => Ok(Self::EvCharging),
+            pb::SpaceCategory::Accessible => Ok(Self::Accessible),
+            pb::SpaceCategory::Motorcycle => Ok(Self::Motorcycle),
+            pb::SpaceCategory::Unspecified => Err(Error::invalid("", "must be set")),
+        }
+    }
+}
+
+impl From<CarParkKind> for pb::CarParkKind {
+    fn from(k: CarParkKind) -> Self {
+        match k {
+            CarParkKind::Garage => Self::Garage,
+            CarParkKind::SurfaceLot => Self::SurfaceLot,
+            CarParkKind::OnStreet => Self::OnStreet,
+            CarParkKind::SharedPrivate => Self::SharedPrivate,
+        }
+    }
+}
+
+impl TryFrom<pb::CarParkKind> for CarParkKind {
+    type Error = Error;
+
+    fn try_from(k: pb::CarParkKind) -> Result<Self> {
+        match k {
+            pb::CarParkKind::Garage => Ok(Self::Garage),
+            pb::CarParkKind::SurfaceLot => Ok(Self::SurfaceLot),
+            pb::CarParkKind::OnStreet => Ok(Self::OnStreet),
+            pb::CarParkKind::SharedPrivate => Ok(Self::SharedPrivate),
+            pb::CarParkKind::Unspecified => Err(Error::invalid("", "must be set")),
+        }
+    }
+}
+
+impl From<CarParkStatus> for pb::CarParkStatus {
+    fn from(s: CarParkStatus) -> Self {
+        match s {
+            CarParkStatus::Open => Self::Open,
+            CarParkStatus::Closed => Self::Closed,
+            CarParkStatus::Stale => Self::Stale,
+            CarParkStatus::NoData => Self::NoData,
+        }
+    }
+}
+
+impl TryFrom<pb::CarParkStatus> for CarParkStatus {
+    type Error = Error;
+
+    fn try_from(s: pb::CarParkStatus) -> Result<Self> {
+        match s {
+            pb::CarParkStatus::Open => Ok(Self::Open),
+            pb::CarParkStatus::Closed => Ok(Self::Closed),
+            pb::CarParkStatus::Stale => Ok(Self::Stale),
+            pb::CarParkStatus::NoData => Ok(Self::NoData),
+            pb::CarParkStatus::Unspecified => Err(Error::invalid("", "must be set")),
+        }
+    }
+}
+
 /// A category that must be set.
 fn category(value: i32, field: &str) -> Result<SpaceCategory> {
     match pb::SpaceCategory::try_from(value) {
-        Ok(pb::SpaceCategory::Standard) => Ok(SpaceCategory::Standard),
-        Ok(pb::SpaceCategory::EvCharging) => Ok(SpaceCategory::EvCharging),
-        Ok(pb::SpaceCategory::Accessible) => Ok(SpaceCategory::Accessible),
-        Ok(pb::SpaceCategory::Motorcycle) => Ok(SpaceCategory::Motorcycle),
-        Ok(pb::SpaceCategory::Unspecified) => Err(Error::invalid(field, "must be set")),
+        Ok(c) => SpaceCategory::try_from(c).map_err(|e| e.in_field(field)),
         Err(_) => Err(Error::invalid(
             field,
             format!("{value} is not a space category"),
@@ -63,44 +138,13 @@ fn category(value: i32, field: &str) -> Result<SpaceCategory> {
     }
 }
 
-fn pb_category(c: SpaceCategory) -> pb::SpaceCategory {
-    match c {
-        SpaceCategory::Standard => pb::SpaceCategory::Standard,
-        SpaceCategory::EvCharging => pb::SpaceCategory::EvCharging,
-        SpaceCategory::Accessible => pb::SpaceCategory::Accessible,
-        SpaceCategory::Motorcycle => pb::SpaceCategory::Motorcycle,
-    }
-}
-
 fn kind(value: i32, field: &str) -> Result<CarParkKind> {
     match pb::CarParkKind::try_from(value) {
-        Ok(pb::CarParkKind::Garage) => Ok(CarParkKind::Garage),
-        Ok(pb::CarParkKind::SurfaceLot) => Ok(CarParkKind::SurfaceLot),
-        Ok(pb::CarParkKind::OnStreet) => Ok(CarParkKind::OnStreet),
-        Ok(pb::CarParkKind::SharedPrivate) => Ok(CarParkKind::SharedPrivate),
-        Ok(pb::CarParkKind::Unspecified) => Err(Error::invalid(field, "must be set")),
+        Ok(k) => CarParkKind::try_from(k).map_err(|e| e.in_field(field)),
         Err(_) => Err(Error::invalid(
             field,
             format!("{value} is not a car park kind"),
         )),
-    }
-}
-
-fn pb_kind(k: CarParkKind) -> pb::CarParkKind {
-    match k {
-        CarParkKind::Garage => pb::CarParkKind::Garage,
-        CarParkKind::SurfaceLot => pb::CarParkKind::SurfaceLot,
-        CarParkKind::OnStreet => pb::CarParkKind::OnStreet,
-        CarParkKind::SharedPrivate => pb::CarParkKind::SharedPrivate,
-    }
-}
-
-fn pb_status(s: CarParkStatus) -> pb::CarParkStatus {
-    match s {
-        CarParkStatus::Open => pb::CarParkStatus::Open,
-        CarParkStatus::Closed => pb::CarParkStatus::Closed,
-        CarParkStatus::Stale => pb::CarParkStatus::Stale,
-        CarParkStatus::NoData => pb::CarParkStatus::NoData,
     }
 }
 
@@ -189,12 +233,12 @@ pub fn pb_car_park(c: &CarPark) -> pb::CarPark {
         name: c.name.clone(),
         address: c.address.clone(),
         location: Some(pb_lat_lng(c.location)),
-        kind: pb_kind(c.kind).into(),
+        kind: pb::CarParkKind::from(c.kind).into(),
         capacity: SpaceCategory::ALL
             .into_iter()
             .filter(|cat| c.capacity.of(*cat) > 0)
             .map(|cat| pb::CategoryCapacity {
-                category: pb_category(cat).into(),
+                category: pb::SpaceCategory::from(cat).into(),
                 spaces: c.capacity.of(cat) as i32,
             })
             .collect(),
@@ -226,12 +270,12 @@ pub fn pb_availability(a: &Availability) -> pb::CarParkAvailability {
     pb::CarParkAvailability {
         car_park_id: a.car_park.to_string(),
         region: a.region.to_string(),
-        status: pb_status(a.status).into(),
+        status: pb::CarParkStatus::from(a.status).into(),
         categories: a
             .categories
             .iter()
             .map(|c| pb::CategoryAvailability {
-                category: pb_category(c.category).into(),
+                category: pb::SpaceCategory::from(c.category).into(),
                 capacity: c.capacity as i32,
                 free: c.free as i32,
                 available: c.available as i32,
@@ -342,10 +386,10 @@ pub fn pb_nearby(n: &Nearby, full: bool, category: SpaceCategory) -> pb::NearbyC
     pb::NearbyCarPark {
         car_park_id: cp.id.to_string(),
         name: cp.name.clone(),
-        kind: pb_kind(cp.kind).into(),
+        kind: pb::CarParkKind::from(cp.kind).into(),
         location: Some(pb_lat_lng(cp.location)),
         address: cp.address.clone(),
-        status: pb_status(n.admitted.status).into(),
+        status: pb::CarParkStatus::from(n.admitted.status).into(),
         distance_m: n.distance_m,
         available: n.admitted.available as i32,
         capacity: cp.capacity.of(category) as i32,

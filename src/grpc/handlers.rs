@@ -1,4 +1,7 @@
 //! The three citypark services: convert the request, call the service, convert back.
+//!
+//! Every handler has one shape: `?` on each step's `Result` (a domain error becomes a
+//! `Status` through `From`, in `status.rs`), then `Ok(Response::new(..))`.
 
 use std::{pin::Pin, sync::Arc};
 
@@ -9,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     convert::{self, required},
-    status::{reject, to_status},
+    status::reject,
 };
 use crate::{
     auth::ApiKeys,
@@ -38,17 +41,13 @@ impl Api {
         }
     }
 
-    fn caller<T>(&self, request: &Request<T>) -> std::result::Result<OperatorId, Status> {
+    fn caller<T>(&self, request: &Request<T>) -> Result<OperatorId> {
         let header = request
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().unwrap_or(""));
-        self.keys.authenticate(header).map_err(to_status)
+        self.keys.authenticate(header)
     }
-}
-
-fn ok<T>(result: Result<T>) -> Reply<T> {
-    result.map(Response::new).map_err(to_status)
 }
 
 #[tonic::async_trait]
@@ -58,71 +57,62 @@ impl pb::registry_server::Registry for Api {
         request: Request<pb::UpsertCarParkRequest>,
     ) -> Reply<pb::UpsertCarParkResponse> {
         let caller = self.caller(&request)?;
-        let result = async {
-            let car_park = convert::car_park(
-                required(request.into_inner().car_park, "car_park")?,
-                &caller,
-            )?;
-            let (stored, created) = self.service.upsert_car_park(&caller, car_park).await?;
-            Ok(pb::UpsertCarParkResponse {
-                car_park: Some(convert::pb_car_park(&stored)),
-                created,
-            })
-        };
-        ok(result.await)
+        let car_park = required(request.into_inner().car_park, "car_park")?;
+        let car_park = convert::car_park(car_park, &caller)?;
+        let (stored, created) = self.service.upsert_car_park(&caller, car_park).await?;
+        Ok(Response::new(pb::UpsertCarParkResponse {
+            car_park: Some(convert::pb_car_park(&stored)),
+            created,
+        }))
     }
 
     async fn get_car_park(
         &self,
         request: Request<pb::GetCarParkRequest>,
     ) -> Reply<pb::GetCarParkResponse> {
-        ok((|| {
-            let id = convert::car_park_id(&request.get_ref().id, "id")?;
-            let (car_park, availability) = self.service.get_car_park(&id)?;
-            Ok(pb::GetCarParkResponse {
-                car_park: Some(convert::pb_car_park(&car_park)),
-                availability: Some(convert::pb_availability(&availability)),
-            })
-        })())
+        let id = convert::car_park_id(&request.get_ref().id, "id")?;
+        let (car_park, availability) = self.service.get_car_park(&id)?;
+        Ok(Response::new(pb::GetCarParkResponse {
+            car_park: Some(convert::pb_car_park(&car_park)),
+            availability: Some(convert::pb_availability(&availability)),
+        }))
     }
 
     async fn list_car_parks(
         &self,
         request: Request<pb::ListCarParksRequest>,
     ) -> Reply<pb::ListCarParksResponse> {
-        ok((|| {
-            let r = request.get_ref();
-            let region = match r.region.as_str() {
-                "" => None,
-                s => Some(RegionId::parse(s).map_err(|e| e.in_field("region"))?),
-            };
-            let operator = match r.operator_id.as_str() {
-                "" => None,
-                s => Some(OperatorId::parse(s).map_err(|e| e.in_field("operator_id"))?),
-            };
-            let token =
-                match r.page_token.as_str() {
-                    "" => None,
-                    s => Some(CarParkId::parse(s).map_err(|_| {
-                        Error::invalid("page_token", "is not a token from this API")
-                    })?),
-                };
-            let size = match r.page_size {
-                0 => 100,
-                n => usize::try_from(n)
-                    .map_err(|_| Error::invalid("page_size", "must not be negative"))?,
-            };
-            let (page, next) = self.service.list_car_parks(
-                region.as_ref(),
-                operator.as_ref(),
-                token.as_ref(),
-                size,
-            )?;
-            Ok(pb::ListCarParksResponse {
-                car_parks: page.iter().map(|cp| convert::pb_car_park(cp)).collect(),
-                next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
-            })
-        })())
+        let r = request.get_ref();
+        let region = match r.region.as_str() {
+            "" => None,
+            s => Some(RegionId::parse(s).map_err(|e| e.in_field("region"))?),
+        };
+        let operator = match r.operator_id.as_str() {
+            "" => None,
+            s => Some(OperatorId::parse(s).map_err(|e| e.in_field("operator_id"))?),
+        };
+        let token = match r.page_token.as_str() {
+            "" => None,
+            s => Some(
+                CarParkId::parse(s)
+                    .map_err(|_| Error::invalid("page_token", "is not a token from this API"))?,
+            ),
+        };
+        let size = match r.page_size {
+            0 => 100,
+            n => usize::try_from(n)
+                .map_err(|_| Error::invalid("page_size", "must not be negative"))?,
+        };
+        let (page, next) = self.service.list_car_parks(
+            region.as_ref(),
+            operator.as_ref(),
+            token.as_ref(),
+            size,
+        )?;
+        Ok(Response::new(pb::ListCarParksResponse {
+            car_parks: page.iter().map(|cp| convert::pb_car_park(cp)).collect(),
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
     }
 
     async fn delete_car_park(
@@ -130,12 +120,11 @@ impl pb::registry_server::Registry for Api {
         request: Request<pb::DeleteCarParkRequest>,
     ) -> Reply<pb::DeleteCarParkResponse> {
         let caller = self.caller(&request)?;
-        let result = async {
-            let id = convert::car_park_id(&request.get_ref().id, "id")?;
-            self.service.delete_car_park(&caller, id.clone()).await?;
-            Ok(pb::DeleteCarParkResponse { id: id.to_string() })
-        };
-        ok(result.await)
+        let id = convert::car_park_id(&request.get_ref().id, "id")?;
+        self.service.delete_car_park(&caller, id.clone()).await?;
+        Ok(Response::new(pb::DeleteCarParkResponse {
+            id: id.to_string(),
+        }))
     }
 }
 
@@ -208,26 +197,23 @@ impl Api {
 impl pb::ingest_server::Ingest for Api {
     async fn report(&self, request: Request<pb::ReportRequest>) -> Reply<pb::ReportResponse> {
         let caller = self.caller(&request)?;
-        let result = async {
-            let raw = required(request.into_inner().report, "report")?;
-            let key = (raw.car_park_id.clone(), raw.sequence);
-            let report = convert::report(raw).map_err(|e| {
-                crate::metrics::record_report(&Err(e.clone()));
-                e.in_field("report")
-            })?;
-            let applied = self
-                .service
-                .report(&caller, vec![report])
-                .await?
-                .pop()
-                .expect("one result per report")
-                // The store names fields relative to the report, as in a Publish ack.
-                .map_err(|e| e.in_field("report"))?;
-            Ok(pb::ReportResponse {
-                ack: Some(ack_applied(key, &applied)),
-            })
-        };
-        ok(result.await)
+        let raw = required(request.into_inner().report, "report")?;
+        let key = (raw.car_park_id.clone(), raw.sequence);
+        let report = convert::report(raw).map_err(|e| {
+            crate::metrics::record_report(&Err(e.clone()));
+            e.in_field("report")
+        })?;
+        let applied = self
+            .service
+            .report(&caller, vec![report])
+            .await?
+            .pop()
+            .expect("one result per report")
+            // The store names fields relative to the report, as in a Publish ack.
+            .map_err(|e| e.in_field("report"))?;
+        Ok(Response::new(pb::ReportResponse {
+            ack: Some(ack_applied(key, &applied)),
+        }))
     }
 
     type PublishStream = BoxStream<pb::PublishResponse>;
@@ -244,7 +230,10 @@ impl pb::ingest_server::Ingest for Api {
             loop {
                 let message = tokio::select! {
                     _ = api.shutdown.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("server shutting down; reconnect and resend from the last ack"))).await;
+                        let error = Error::Unavailable(
+                            "server shutting down; reconnect and resend from the last ack".into(),
+                        );
+                        let _ = tx.send(Err(error.into())).await;
                         return;
                     }
                     m = inbound.next() => m,
@@ -263,11 +252,10 @@ impl pb::ingest_server::Ingest for Api {
                 };
                 let max = api.service.limits().max_batch;
                 if batch.reports.len() > max {
-                    let _ = tx
-                        .send(Err(Status::resource_exhausted(format!(
-                            "more than {max} reports in one PublishRequest"
-                        ))))
-                        .await;
+                    let error = Error::ResourceExhausted(format!(
+                        "more than {max} reports in one PublishRequest"
+                    ));
+                    let _ = tx.send(Err(error.into())).await;
                     return;
                 }
                 let acks = api.publish_batch(&caller, batch.reports).await;
@@ -302,8 +290,8 @@ impl pb::availability_server::Availability for Api {
         request: Request<pb::FindNearbyRequest>,
     ) -> Reply<pb::FindNearbyResponse> {
         let request = request.into_inner();
-        let full = convert::full_view(request.view).map_err(to_status)?;
-        let query = convert::nearby_query(request).map_err(to_status)?;
+        let full = convert::full_view(request.view)?;
+        let query = convert::nearby_query(request)?;
         let results = self.service.find_nearby(&query);
         Ok(Response::new(pb::FindNearbyResponse {
             results: results
@@ -317,20 +305,18 @@ impl pb::availability_server::Availability for Api {
         &self,
         request: Request<pb::GetAvailabilityRequest>,
     ) -> Reply<pb::GetAvailabilityResponse> {
-        ok((|| {
-            let ids = request
-                .get_ref()
-                .car_park_ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| convert::car_park_id(id, &format!("car_park_ids[{i}]")))
-                .collect::<Result<Vec<_>>>()?;
-            let (found, missing) = self.service.get_availability(&ids)?;
-            Ok(pb::GetAvailabilityResponse {
-                availabilities: found.iter().map(convert::pb_availability).collect(),
-                not_found_ids: missing.iter().map(|id| id.to_string()).collect(),
-            })
-        })())
+        let ids = request
+            .get_ref()
+            .car_park_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| convert::car_park_id(id, &format!("car_park_ids[{i}]")))
+            .collect::<Result<Vec<_>>>()?;
+        let (found, missing) = self.service.get_availability(&ids)?;
+        Ok(Response::new(pb::GetAvailabilityResponse {
+            availabilities: found.iter().map(convert::pb_availability).collect(),
+            not_found_ids: missing.iter().map(|id| id.to_string()).collect(),
+        }))
     }
 
     type WatchAvailabilityStream = BoxStream<pb::WatchAvailabilityResponse>;
@@ -340,21 +326,17 @@ impl pb::availability_server::Availability for Api {
         request: Request<pb::WatchAvailabilityRequest>,
     ) -> Reply<Self::WatchAvailabilityStream> {
         use pb::watch_availability_request::Selector;
-        let selector = (|| match required(request.into_inner().selector, "selector")? {
-            Selector::Ids(ids) => Ok(WatchSelector::Ids(
+        let selector = match required(request.into_inner().selector, "selector")? {
+            Selector::Ids(ids) => WatchSelector::Ids(
                 ids.ids
                     .iter()
                     .enumerate()
                     .map(|(i, id)| convert::car_park_id(id, &format!("ids.ids[{i}]")))
                     .collect::<Result<_>>()?,
-            )),
-            Selector::Area(area) => Ok(WatchSelector::Area(convert::bounding_box(&area)?)),
-        })()
-        .map_err(to_status)?;
-        let events = self
-            .service
-            .watch(selector, self.shutdown.clone())
-            .map_err(to_status)?;
+            ),
+            Selector::Area(area) => WatchSelector::Area(convert::bounding_box(&area)?),
+        };
+        let events = self.service.watch(selector, self.shutdown.clone())?;
         Ok(Response::new(Box::pin(
             ReceiverStream::new(events).map(|e| Ok(pb_event(e))),
         )))

@@ -1,7 +1,8 @@
 //! The gRPC adapter: the only module that knows protobuf and tonic.
 //!
 //! `handlers` converts and delegates to `service`; `status` is the one mapping from
-//! errors to gRPC codes; `layer` counts requests for the metrics.
+//! errors to gRPC statuses (`From<Error> for Status`, so handlers use `?`) and report
+//! rejections; `layer` counts requests for the metrics.
 
 mod convert;
 mod handlers;
@@ -10,4 +11,3 @@ mod status;
 
 pub use handlers::Api;
 pub use layer::MetricsLayer;
-pub use status::to_status;

@@ -2,6 +2,7 @@
 
 mod auth;
 mod bad_input;
+mod binary;
 mod grpc_web;
 mod ingest;
 mod nearby;

@@ -139,6 +139,7 @@ conformance!(
     replace_keeps_live_counts_and_clamps_to_a_smaller_capacity,
     region_change_fails_the_precondition_and_changes_nothing,
     report_is_applied_with_the_new_counts_in_its_ack,
+    old_numbers_are_applied_but_stale_by_when_they_were_observed,
     duplicate_by_sequence_changes_nothing,
     invalid_report_is_rejected_and_changes_nothing,
     deltas_are_clamped_and_counted_as_drift,
@@ -476,6 +477,79 @@ async fn report_is_applied_with_the_new_counts_in_its_ack(kind: Kind) {
         .map(|c| (c.category(), c.free))
         .collect();
     assert_eq!(free, [(Standard, 42), (EvCharging, 4)]);
+}
+
+async fn old_numbers_are_applied_but_stale_by_when_they_were_observed(kind: Kind) {
+    let Some((server, keep)) = server(kind).await else {
+        return;
+    };
+    // A 60 s report interval: numbers observed more than 180 s ago are STALE, however
+    // recently the report arrived.
+    register(&server, garage_north("late", 100.0)).await;
+    register(&server, garage_north("live", 200.0)).await;
+    report_ok(&server, snapshot("live", 1, 20, server.now())).await;
+    let an_hour_ago = after(server.now(), -3600);
+    let ack = report_ok(&server, snapshot("late", 1, 10, an_hour_ago)).await;
+    let acked = ack.availability.unwrap();
+    assert_eq!(
+        (
+            acked.status(),
+            acked.data_age_seconds,
+            free_standard(&acked)
+        ),
+        (CarParkStatus::Stale, Some(3600), 10),
+        "applied, the newest numbers there are, but an hour old"
+    );
+    let late = availability_of(&server, "late").await;
+    assert_eq!(late, acked);
+    assert_eq!(late.observed_at, Some(pb_time(an_hour_ago)));
+
+    assert_eq!(ids_of(&find(&server, near_here()).await), ["live"]);
+    let with_stale = pb::FindNearbyRequest {
+        include_stale: true,
+        ..near_here()
+    };
+    let found = find(&server, with_stale).await;
+    assert_eq!(ids_of(&found), ["late", "live"]);
+    assert_eq!(
+        (
+            found[0].status(),
+            found[0].data_age_seconds,
+            found[0].available
+        ),
+        (CarParkStatus::Stale, Some(3600), 10)
+    );
+
+    // Just inside the window is OPEN, until the numbers are one second older.
+    let ack = report_ok(&server, snapshot("late", 2, 11, after(server.now(), -180))).await;
+    assert_eq!(ack.availability.unwrap().status(), CarParkStatus::Open);
+    server.advance(1);
+    assert_eq!(
+        availability_of(&server, "late").await.status(),
+        CarParkStatus::Stale
+    );
+
+    // Numbers observed now make it OPEN.
+    let ack = report_ok(&server, snapshot("late", 3, 12, server.now())).await;
+    assert_eq!(ack.availability.unwrap().status(), CarParkStatus::Open);
+    let late = availability_of(&server, "late").await;
+    assert_eq!(
+        (late.status(), late.data_age_seconds, free_standard(&late)),
+        (CarParkStatus::Open, Some(0), 12)
+    );
+    assert_eq!(ids_of(&find(&server, near_here()).await), ["late", "live"]);
+
+    // What is stored is when the numbers were observed: another server on the same
+    // state (Redis) tells the same status and age.
+    report_ok(&server, snapshot("live", 2, 21, an_hour_ago)).await;
+    let stored = lookup(&server, &["late", "live"]).await;
+    assert_eq!(stored.availabilities[1].status(), CarParkStatus::Stale);
+    if keep.is_redis() {
+        let clock = server.clock.clone();
+        server.stop().await.unwrap();
+        let again = keep.another_server(clock).await;
+        assert_eq!(lookup(&again, &["late", "live"]).await, stored);
+    }
 }
 
 async fn duplicate_by_sequence_changes_nothing(kind: Kind) {

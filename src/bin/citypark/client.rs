@@ -3,15 +3,19 @@
 //! Each command is one call of the public gRPC API, printed for people: enough to try a
 //! deployment without grpcurl or an app.
 
+use std::ffi::OsStr;
 use std::fmt::Display;
 use std::io::{self, Write as _};
+use std::marker::PhantomData;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
-use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{ArgGroup, Args, Subcommand};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use citypark::domain::{CarParkKind, CarParkStatus, SpaceCategory};
 use citypark::pb;
 use citypark::pb::availability_client::AvailabilityClient;
 use citypark::pb::ingest_client::IngestClient;
@@ -44,43 +48,69 @@ pub struct ConnectArgs {
     server: String,
 }
 
-/// A space category, as named on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Category {
-    Standard,
-    EvCharging,
-    Accessible,
-    Motorcycle,
+/// A domain enum as the command line names it: by the domain's one name table
+/// (`ev_charging`), in arguments and in output alike. Arguments may also use the
+/// kebab-case of earlier versions (`ev-charging`) and any letter case, so old scripts
+/// keep working; output always prints the domain's name.
+trait Named: Copy + Send + Sync + 'static {
+    fn all() -> &'static [Self];
+    fn name(self) -> &'static str;
+    fn parse(name: &str) -> Option<Self>;
 }
 
-impl From<Category> for pb::SpaceCategory {
-    fn from(category: Category) -> Self {
-        match category {
-            Category::Standard => Self::Standard,
-            Category::EvCharging => Self::EvCharging,
-            Category::Accessible => Self::Accessible,
-            Category::Motorcycle => Self::Motorcycle,
+macro_rules! named {
+    ($($domain:ty),*) => {$(
+        impl Named for $domain {
+            fn all() -> &'static [Self] {
+                &<$domain>::ALL
+            }
+            fn name(self) -> &'static str {
+                <$domain>::name(self)
+            }
+            fn parse(name: &str) -> Option<Self> {
+                <$domain>::parse(name)
+            }
         }
+    )*};
+}
+
+named!(SpaceCategory, CarParkKind, CarParkStatus);
+
+/// The value a command-line spelling names, if any.
+fn lookup<T: Named>(spelled: &str) -> Option<T> {
+    T::parse(&spelled.trim().to_ascii_lowercase().replace('-', "_"))
+}
+
+/// The clap parser of a [`Named`] argument: `--help` and errors list the names.
+#[derive(Clone, Copy)]
+struct ByName<T>(PhantomData<fn() -> T>);
+
+fn by_name<T: Named>() -> ByName<T> {
+    ByName(PhantomData)
+}
+
+impl<T: Named> TypedValueParser for ByName<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        if let Some(v) = value.to_str().and_then(lookup) {
+            return Ok(v);
+        }
+        // Not a name in any spelling: clap's own error, with the names and a suggestion.
+        let name = PossibleValuesParser::new(T::all().iter().map(|v| v.name()))
+            .parse_ref(cmd, arg, value)?;
+        Ok(lookup(&name).expect("every possible value is a name"))
     }
-}
 
-/// A kind of car park, as named on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Kind {
-    Garage,
-    SurfaceLot,
-    OnStreet,
-    SharedPrivate,
-}
-
-impl From<Kind> for pb::CarParkKind {
-    fn from(kind: Kind) -> Self {
-        match kind {
-            Kind::Garage => Self::Garage,
-            Kind::SurfaceLot => Self::SurfaceLot,
-            Kind::OnStreet => Self::OnStreet,
-            Kind::SharedPrivate => Self::SharedPrivate,
-        }
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            T::all().iter().map(|v| PossibleValue::new(v.name())),
+        ))
     }
 }
 
@@ -102,19 +132,24 @@ pub struct NearbyArgs {
     #[arg(long, default_value_t = 10, env = "CITYPARK_LIMIT")]
     limit: i32,
     /// The space category needed.
-    #[arg(long, value_enum, default_value_t = Category::Standard, env = "CITYPARK_CATEGORY")]
-    category: Category,
+    #[arg(
+        long,
+        value_parser = by_name::<SpaceCategory>(),
+        default_value = SpaceCategory::Standard.name(),
+        env = "CITYPARK_CATEGORY"
+    )]
+    category: SpaceCategory,
     /// Only car parks with at least this many available spaces.
     #[arg(long, default_value_t = 1, env = "CITYPARK_MIN_AVAILABLE")]
     min_available: i32,
     /// Only these kinds (repeat, or separate with commas).
     #[arg(
         long = "kind",
-        value_enum,
+        value_parser = by_name::<CarParkKind>(),
         value_delimiter = ',',
         env = "CITYPARK_KIND"
     )]
-    kinds: Vec<Kind>,
+    kinds: Vec<CarParkKind>,
     /// Only car parks open now.
     #[arg(long, env = "CITYPARK_OPEN_NOW")]
     open_now: bool,
@@ -174,7 +209,7 @@ pub struct ReportArgs {
     /// so every run is newer than the last].
     #[arg(long)]
     sequence: Option<u64>,
-    /// Free spaces per category, absolute, e.g. standard=10,ev-charging=2.
+    /// Free spaces per category, absolute, e.g. standard=10,ev_charging=2.
     #[arg(long, value_delimiter = ',', value_parser = parse_count, conflicts_with_all = ["enter", "exit", "bay"])]
     free: Vec<pb::CategoryCount>,
     /// Vehicles that entered, per category, e.g. standard=1.
@@ -193,8 +228,12 @@ pub struct ReportArgs {
     #[arg(long, requires = "bay")]
     occupied: Option<bool>,
     /// The bay's category.
-    #[arg(long, value_enum, default_value_t = Category::Standard)]
-    bay_category: Category,
+    #[arg(
+        long,
+        value_parser = by_name::<SpaceCategory>(),
+        default_value = SpaceCategory::Standard.name()
+    )]
+    bay_category: SpaceCategory,
 }
 
 /// Runs one client command against the server.
@@ -504,12 +543,15 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parses `category=count`, e.g. `ev-charging=2`.
+/// Parses `category=count`, e.g. `ev_charging=2`.
 fn parse_count(s: &str) -> Result<pb::CategoryCount, String> {
     let (name, count) = s
         .split_once('=')
         .ok_or_else(|| format!("expected CATEGORY=COUNT, got {s:?}"))?;
-    let category = Category::from_str(name.trim(), true)?;
+    let category = lookup::<SpaceCategory>(name).ok_or_else(|| {
+        let names: Vec<_> = SpaceCategory::ALL.map(SpaceCategory::name).into();
+        format!("unknown category {name:?} (one of {})", names.join(", "))
+    })?;
     let count = count
         .trim()
         .parse::<i32>()
@@ -520,37 +562,28 @@ fn parse_count(s: &str) -> Result<pb::CategoryCount, String> {
     })
 }
 
+/// The domain's name of an API enum value; "unknown" for UNSPECIFIED or a value this
+/// client does not know (a newer server's).
+fn name_of<P: TryFrom<i32>, T: Named + TryFrom<P>>(value: i32) -> &'static str {
+    P::try_from(value)
+        .ok()
+        .and_then(|p| T::try_from(p).ok())
+        .map_or("unknown", T::name)
+}
+
 fn category_name(category: i32) -> &'static str {
-    match pb::SpaceCategory::try_from(category) {
-        Ok(pb::SpaceCategory::Standard) => "standard",
-        Ok(pb::SpaceCategory::EvCharging) => "ev-charging",
-        Ok(pb::SpaceCategory::Accessible) => "accessible",
-        Ok(pb::SpaceCategory::Motorcycle) => "motorcycle",
-        _ => "unknown",
-    }
+    name_of::<pb::SpaceCategory, SpaceCategory>(category)
 }
 
 fn kind_name(kind: i32) -> &'static str {
-    match pb::CarParkKind::try_from(kind) {
-        Ok(pb::CarParkKind::Garage) => "garage",
-        Ok(pb::CarParkKind::SurfaceLot) => "surface-lot",
-        Ok(pb::CarParkKind::OnStreet) => "on-street",
-        Ok(pb::CarParkKind::SharedPrivate) => "shared-private",
-        _ => "unknown",
-    }
+    name_of::<pb::CarParkKind, CarParkKind>(kind)
 }
 
 fn status_name(status: i32) -> &'static str {
-    match pb::CarParkStatus::try_from(status) {
-        Ok(pb::CarParkStatus::Open) => "open",
-        Ok(pb::CarParkStatus::Closed) => "closed",
-        Ok(pb::CarParkStatus::Stale) => "stale",
-        Ok(pb::CarParkStatus::NoData) => "no-data",
-        _ => "unknown",
-    }
+    name_of::<pb::CarParkStatus, CarParkStatus>(status)
 }
 
-/// `standard 118/400 ev-charging 3/40`: available of capacity per category.
+/// `standard 118/400 ev_charging 3/40`: available of capacity per category.
 fn format_categories(categories: &[pb::CategoryAvailability]) -> String {
     categories
         .iter()
@@ -685,17 +718,25 @@ mod tests {
             "--lon",
             "18.4",
             "--kind",
-            "garage,on-street",
+            "garage,on_street",
             "--kind",
             "surface-lot",
+            "--category",
+            "ev-charging",
         ]) else {
             panic!("nearby parses");
         };
         assert_eq!(nearby.lat, -33.9);
         assert_eq!(
             nearby.kinds,
-            [Kind::Garage, Kind::OnStreet, Kind::SurfaceLot]
+            [
+                CarParkKind::Garage,
+                CarParkKind::OnStreet,
+                CarParkKind::SurfaceLot
+            ]
         );
+        assert_eq!(nearby.category, SpaceCategory::EvCharging);
+        assert!(parse(&["nearby", "--lat", "1", "--lon", "2", "--kind", "castle"]).is_err());
         assert!(parse(&["nearby", "--lat", "1", "--lon", "2", "--max-price", "5"]).is_err());
         assert!(parse(&["watch"]).is_err());
         assert!(parse(&["watch", "--id", "a", "--bbox", "1,2,3,4"]).is_err());
@@ -709,22 +750,69 @@ mod tests {
                 "--enter",
                 "standard=1",
                 "--exit",
-                "ev-charging=1",
+                "ev_charging=1",
                 "--plate",
                 "X"
             ])
             .is_ok()
         );
         assert!(with(&["--bay", "b001", "--occupied", "true"]).is_ok());
+        let Ok(ClientCommand::Report(bay)) = with(&[
+            "--bay",
+            "b001",
+            "--occupied",
+            "true",
+            "--bay-category",
+            "accessible",
+        ]) else {
+            panic!("a bay report parses");
+        };
+        assert_eq!(bay.bay_category, SpaceCategory::Accessible);
         assert!(with(&["--bay", "b001"]).is_err());
         assert!(with(&["--free", "standard=3", "--enter", "standard=1"]).is_err());
     }
 
     #[test]
+    fn names_are_the_domains_and_help_lists_them() {
+        let mut command = TestCli::command();
+        let nearby = command.find_subcommand_mut("nearby").unwrap();
+        let listed = |arg: &str| -> Vec<String> {
+            let arg = nearby.get_arguments().find(|a| a.get_id() == arg).unwrap();
+            let values = arg.get_value_parser().possible_values().unwrap();
+            values.map(|v| v.get_name().to_owned()).collect()
+        };
+        assert_eq!(
+            listed("category"),
+            ["standard", "ev_charging", "accessible", "motorcycle"]
+        );
+        assert_eq!(
+            listed("kinds"),
+            ["garage", "surface_lot", "on_street", "shared_private"]
+        );
+        assert_eq!(
+            category_name(pb::SpaceCategory::EvCharging as i32),
+            "ev_charging"
+        );
+        assert_eq!(kind_name(pb::CarParkKind::SurfaceLot as i32), "surface_lot");
+        assert_eq!(status_name(pb::CarParkStatus::NoData as i32), "no_data");
+        assert_eq!(
+            status_name(pb::CarParkStatus::Unspecified as i32),
+            "unknown"
+        );
+        assert_eq!(category_name(99), "unknown");
+        for c in SpaceCategory::ALL {
+            let wire = pb::SpaceCategory::from(c) as i32;
+            assert_eq!(category_name(wire), c.name(), "printed as parsed");
+        }
+    }
+
+    #[test]
     fn parses_counts_and_boxes() {
-        let count = parse_count("ev-charging=2").expect("valid");
+        let count = parse_count("ev_charging=2").expect("valid");
         assert_eq!(count.category, pb::SpaceCategory::EvCharging as i32);
         assert_eq!(count.count, 2);
+        let old = parse_count("EV-Charging=3").expect("the kebab-case of old scripts");
+        assert_eq!(old.category, pb::SpaceCategory::EvCharging as i32);
         assert!(parse_count("standard").is_err());
         assert!(parse_count("bicycle=1").is_err());
         let bbox = parse_bbox("36.0,120.3,36.1,120.45").expect("valid");
