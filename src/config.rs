@@ -101,7 +101,7 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_LOG", default_value = "info")]
     pub log: String,
 
-    /// Seconds to drain open calls at shutdown before they are cut.
+    /// Seconds a shutdown may take: draining open calls, then stopping background tasks.
     #[arg(long, env = "CITYPARK_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
