@@ -3,19 +3,26 @@
 # the embedded store and on a standalone Redis started here; also FindNearby against
 # Ping with h2load on both, and Redis reports per round trip.
 # Usage: benches/ingest.sh [rounds] [seconds-per-run]
+# CITYPARK_BIN and CITYPARK_BENCH_BIN, when both set, are the server and the bench
+# client to use instead of building this tree's (benches/ab.sh sets them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 seconds=${2:-3}
 command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server" >&2; exit 1; }
-cargo build --release --quiet --bins --bench ingest
-bench=$(ls -t target/release/deps/ingest-* | grep -v '\.d$' | head -1)
+if [ -n "${CITYPARK_BIN:-}" ] && [ -n "${CITYPARK_BENCH_BIN:-}" ]; then
+  citypark=$CITYPARK_BIN bench=$CITYPARK_BENCH_BIN
+else
+  cargo build --release --quiet --bins --bench ingest
+  citypark=./target/release/citypark
+  bench=$(ls -t target/release/deps/ingest-* | grep -v '\.d$' | head -1)
+fi
 out=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$out"' EXIT
 
 key=bench-key
-hash=$(./target/release/citypark hash-key "$key")
+hash=$("$citypark" hash-key "$key")
 redis_port=${REDIS_PORT:-16390}
 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$out" --save "" --appendonly yes \
   --appendfsync everysec --daemonize no --logfile "$out/redis.log" &
@@ -47,7 +54,7 @@ for store in embedded redis; do
   port=$((50200 + ${#pids[@]})); mport=$((9700 + ${#pids[@]}))
   args=(serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --log warn --api-keys "bench:$hash")
   [ "$store" = redis ] && args+=(--store "redis://127.0.0.1:$redis_port/0")
-  ./target/release/citypark "${args[@]}" >"$out/$store.log" 2>&1 &
+  "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 120); do
     n=$(curl -s "http://127.0.0.1:$mport/metrics" | awk '/^citypark_grpc_requests_total\{method="citypark.v1.Registry\/UpsertCarPark",code="ok"\}/ {print $2}')

@@ -29,6 +29,8 @@ type WriteThrough = Box<dyn FnOnce(&Engine, u64, Timestamp) + Send>;
 /// One write, ready for `write.lua`.
 struct Pending {
     region: RegionId,
+    /// States the write stores (0 for a delete): reports, for an ingest write.
+    states: usize,
     keys: Vec<String>,
     args: Vec<String>,
     through: WriteThrough,
@@ -155,6 +157,7 @@ fn prepare<A: Aggregate>(shared: &Shared, write: Write<A>) -> Pending {
         }
     }
     let id = write.id;
+    let states_len = states.len();
     let through: WriteThrough = if states.is_empty() {
         Box::new(move |engine, version, _| {
             A::replica(engine).remove(&id, version);
@@ -169,6 +172,7 @@ fn prepare<A: Aggregate>(shared: &Shared, write: Write<A>) -> Pending {
         })
     };
     Pending {
+        states: states_len,
         region: write.region,
         keys: script_keys,
         args,
@@ -215,8 +219,11 @@ async fn write_batch(shared: &Arc<Shared>, jobs: Vec<Job>) {
         match reply {
             Ok(replies) => {
                 shared.set_healthy(true);
-                let ingested = items.iter().filter(|&&(j, _)| jobs[j].what == "ingest");
-                metrics::record_redis_reports_written(ingested.count() as u64);
+                let reports = items
+                    .iter()
+                    .filter(|&&(j, _)| jobs[j].what == "ingest")
+                    .map(|&(j, w)| jobs[j].writes[w].states as u64);
+                metrics::record_redis_reports_written(reports.sum());
                 for (&(j, w), reply) in items.iter().zip(replies) {
                     results[j][w] = Some(match reply.as_slice() {
                         [1, _, version] => {
