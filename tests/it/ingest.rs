@@ -88,18 +88,7 @@ async fn publish_rejects_a_bad_report_in_its_ack_and_goes_on() {
             snapshot("g1", 7, 20, now),
         ])
         .await;
-    let summary: Vec<_> = acks
-        .iter()
-        .map(|a| {
-            (
-                a.car_park_id.as_str(),
-                a.sequence,
-                a.result(),
-                a.reject_code(),
-                a.field.as_str(),
-            )
-        })
-        .collect();
+    let summary = ack_summary(&acks);
     use RejectCode as R;
     use ReportResult::{Applied, Rejected};
     assert_eq!(

@@ -1,63 +1,21 @@
 //! Several instances on one Redis: writes through one seen by all, an operator failing
 //! over from a crashed instance, a Redis outage, snapshot loads, stream holes, batching.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use citypark::{pb, service::ManualClock, store::Store};
 use tokio::time::Instant;
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
     redis_support::{RedisCluster, RedisServer, key_prefix},
     support::*,
 };
 
-/// The longest a change may take to reach another instance, or an instance to recover
-/// from an outage (its stream tail retries with a backoff of up to 5 s). An upper bound
-/// on a slow, shared machine; every wait polls for its condition and ends as soon as it
-/// holds.
-const SETTLE: Duration = Duration::from_secs(30);
-
-/// How often a condition is polled.
-const POLL: Duration = Duration::from_millis(20);
-
-/// Polls `probe` until it returns `Some`, for at most [`SETTLE`].
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {SETTLE:?}");
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// One clock for every instance of a test, so their statuses and data ages agree.
 fn shared_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(start_time()))
-}
-
-/// The live state of car parks on `server`, in the order asked; `None` for one it does
-/// not know.
-async fn states(server: &TestServer, ids: &[String]) -> Vec<Option<pb::CarParkAvailability>> {
-    let found = lookup(server, ids).await;
-    ids.iter()
-        .map(|id| {
-            found
-                .availabilities
-                .iter()
-                .find(|a| &a.car_park_id == id)
-                .cloned()
-        })
-        .collect()
 }
 
 /// Everything `server` holds: every car park's registration and live state.
@@ -70,36 +28,6 @@ async fn city(server: &TestServer) -> Vec<(pb::CarPark, pb::CarParkAvailability)
         .zip(states)
         .map(|(car_park, state)| (car_park, state.expect("a listed car park has a state")))
         .collect()
-}
-
-/// The health of one service, through grpc.health.v1 Check.
-async fn health(server: &TestServer, service: &str) -> ServingStatus {
-    HealthClient::new(server.channel().await)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
-}
-
-/// Registers (or replaces) a car park as operator A, returning the call's result.
-async fn try_register(
-    server: &TestServer,
-    car_park: pb::CarPark,
-) -> Result<pb::CarPark, tonic::Status> {
-    server
-        .registry()
-        .await
-        .upsert_car_park(authed(
-            pb::UpsertCarParkRequest {
-                car_park: Some(car_park),
-            },
-            OPERATOR_A.1,
-        ))
-        .await
-        .map(|r| r.into_inner().car_park.unwrap())
 }
 
 /// Sends each report as a Publish message of its own, with up to `window` messages

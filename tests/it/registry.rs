@@ -114,25 +114,7 @@ async fn list_pages_through_every_car_park_in_id_order() {
         register(&server, garage(id, 36.067, 120.383)).await;
     }
     expected.sort();
-    let mut registry = server.registry().await;
-    let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), Vec::new());
-    loop {
-        let page = registry
-            .list_car_parks(pb::ListCarParksRequest {
-                page_size: 10,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        pages.push(page.car_parks.len());
-        seen.extend(page.car_parks.into_iter().map(|c| c.id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    let (seen, pages) = list_in_pages(&server, 10).await;
     assert_eq!(pages, [10, 10, 5]);
     assert_eq!(seen, expected);
 }

@@ -216,16 +216,6 @@ async fn reflection_resolves_a_service_and_every_file_it_imports() {
     assert_eq!(types[0].name(), "citypark/v1/types.proto");
 }
 
-/// The value of one exact series (`name{labels}`) in Prometheus text, 0 if absent.
-fn series(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name_and_labels)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map_or(0.0, |value| value.trim().parse().unwrap())
-}
-
 #[tokio::test]
 async fn metrics_count_requests_by_method_and_code_and_reports_by_result() {
     // The registry is process-wide and other tests run alongside: compare increases.

@@ -205,48 +205,10 @@ fn every_field(id: &str) -> pb::CarPark {
     }
 }
 
-/// Every listed car park's id, a page of `page_size` at a time, and the page sizes.
-async fn list_in_pages(server: &TestServer, page_size: i32) -> (Vec<String>, Vec<usize>) {
-    let mut registry = server.registry().await;
-    let (mut ids, mut pages, mut token) = (Vec::new(), Vec::new(), String::new());
-    loop {
-        let page = registry
-            .list_car_parks(pb::ListCarParksRequest {
-                page_size,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        pages.push(page.car_parks.len());
-        ids.extend(page.car_parks.into_iter().map(|c| c.id));
-        if page.next_page_token.is_empty() {
-            return (ids, pages);
-        }
-        token = page.next_page_token;
-    }
-}
-
 /// (free standard, last sequence, drift) of a car park, through GetAvailability.
 async fn counts(server: &TestServer, id: &str) -> (i32, u64, u64) {
     let live = availability_of(server, id).await;
     (free_standard(&live), live.last_sequence, live.drift_count)
-}
-
-/// (id, sequence, result, reject code, field) of each ack.
-fn summary(acks: &[pb::ReportAck]) -> Vec<(&str, u64, ReportResult, RejectCode, &str)> {
-    acks.iter()
-        .map(|a| {
-            (
-                a.car_park_id.as_str(),
-                a.sequence,
-                a.result(),
-                a.reject_code(),
-                a.field.as_str(),
-            )
-        })
-        .collect()
 }
 
 /// Free standard spaces in an ack that carries the car park's state.
@@ -791,7 +753,7 @@ async fn mixed_batch_gets_the_right_ack_for_each_report(kind: Kind) {
     use RejectCode as R;
     use ReportResult::{Applied, Duplicate, Rejected};
     assert_eq!(
-        summary(&acks),
+        ack_summary(&acks),
         [
             ("g1", 1, Applied, R::Unspecified, ""),
             (

@@ -1,6 +1,6 @@
 //! Test harness: a real server on 127.0.0.1:0, real generated clients, a hand clock.
 
-use std::{fmt::Debug, sync::Arc, time::Duration};
+use std::{fmt::Debug, future::Future, sync::Arc, time::Duration};
 
 use citypark::{
     app::{self, Backend, Settings},
@@ -17,6 +17,7 @@ use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot},
     task::JoinHandle,
+    time::Instant,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
@@ -24,9 +25,47 @@ use tonic::{
     metadata::MetadataValue,
     transport::{Channel, Endpoint},
 };
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// The longest any test waits for one message; an upper bound, never a synchronisation.
 pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// The longest a change may take to reach another instance, or an instance to recover
+/// from an outage (its stream tail retries with a backoff of up to 5 s). An upper bound
+/// on a slow, shared machine; every wait polls for its condition and ends as soon as it
+/// holds.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// How often [`eventually`] polls its condition.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `probe` until it returns `Some`, for at most [`SETTLE`].
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(SETTLE, what, probe).await
+}
+
+/// Polls `probe` until it returns `Some`, failing the test once `bound` has passed: for
+/// conditions that must hold within a promised time, not merely at some point.
+pub async fn eventually_within<T, F, Fut>(bound: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {bound:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
 
 /// Operators every test server knows: (id, key).
 pub const OPERATOR_A: (&str, &str) = ("op-a", "key-a");
@@ -239,8 +278,26 @@ pub async fn register(server: &TestServer, car_park: pb::CarPark) -> pb::CarPark
 
 /// Registers a car park with the given key.
 pub async fn register_as(server: &TestServer, car_park: pb::CarPark, key: &str) -> pb::CarPark {
-    let mut registry = server.registry().await;
-    registry
+    try_register_as(server, car_park, key).await.unwrap()
+}
+
+/// Registers (or replaces) a car park as operator A, returning the call's result.
+pub async fn try_register(
+    server: &TestServer,
+    car_park: pb::CarPark,
+) -> Result<pb::CarPark, Status> {
+    try_register_as(server, car_park, OPERATOR_A.1).await
+}
+
+/// Registers (or replaces) a car park with the given key, returning the call's result.
+pub async fn try_register_as(
+    server: &TestServer,
+    car_park: pb::CarPark,
+    key: &str,
+) -> Result<pb::CarPark, Status> {
+    server
+        .registry()
+        .await
         .upsert_car_park(authed(
             pb::UpsertCarParkRequest {
                 car_park: Some(car_park),
@@ -248,10 +305,7 @@ pub async fn register_as(server: &TestServer, car_park: pb::CarPark, key: &str) 
             key,
         ))
         .await
-        .unwrap()
-        .into_inner()
-        .car_park
-        .unwrap()
+        .map(|r| r.into_inner().car_park.unwrap())
 }
 
 /// The protobuf form of a timestamp.
@@ -461,6 +515,29 @@ pub async fn car_park_of(server: &TestServer, id: &str) -> Result<pb::CarPark, S
         .map(|r| r.into_inner().car_park.unwrap())
 }
 
+/// Every listed car park's id, a page of `page_size` at a time, and the page sizes.
+pub async fn list_in_pages(server: &TestServer, page_size: i32) -> (Vec<String>, Vec<usize>) {
+    let mut registry = server.registry().await;
+    let (mut ids, mut pages, mut token) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let page = registry
+            .list_car_parks(pb::ListCarParksRequest {
+                page_size,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(page.car_parks.len());
+        ids.extend(page.car_parks.into_iter().map(|c| c.id));
+        if page.next_page_token.is_empty() {
+            return (ids, pages);
+        }
+        token = page.next_page_token;
+    }
+}
+
 /// Every registered car park (at most 1000), through ListCarParks.
 pub async fn all_car_parks(server: &TestServer) -> Vec<pb::CarPark> {
     let mut registry = server.registry().await;
@@ -496,6 +573,65 @@ pub async fn lookup<S: AsRef<str>>(server: &TestServer, ids: &[S]) -> pb::GetAva
         .await
         .unwrap()
         .into_inner()
+}
+
+/// The live state of car parks on `server`, in the order asked; `None` for one it does
+/// not know.
+pub async fn states(server: &TestServer, ids: &[String]) -> Vec<Option<pb::CarParkAvailability>> {
+    let found = lookup(server, ids).await;
+    ids.iter()
+        .map(|id| {
+            found
+                .availabilities
+                .iter()
+                .find(|a| &a.car_park_id == id)
+                .cloned()
+        })
+        .collect()
+}
+
+/// (id, sequence, result, reject code, field) of each ack.
+pub fn ack_summary(
+    acks: &[pb::ReportAck],
+) -> Vec<(&str, u64, pb::ReportResult, pb::RejectCode, &str)> {
+    acks.iter()
+        .map(|a| {
+            (
+                a.car_park_id.as_str(),
+                a.sequence,
+                a.result(),
+                a.reject_code(),
+                a.field.as_str(),
+            )
+        })
+        .collect()
+}
+
+/// The health of one service, through grpc.health.v1 Check.
+pub async fn health(server: &TestServer, service: &str) -> ServingStatus {
+    health_at(server.channel().await, service).await
+}
+
+/// The health of one service, through grpc.health.v1 Check on `channel`.
+pub async fn health_at(channel: Channel, service: &str) -> ServingStatus {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+/// The value of one exact series (`name{labels}`) in Prometheus text, 0 if absent.
+pub fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
 /// A FindNearby request around `here()` with everything else at its default.
