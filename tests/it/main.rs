@@ -7,6 +7,7 @@ mod grpc_web;
 mod ingest;
 mod nearby;
 mod nearby_property;
+mod redis_formats;
 mod redis_harness;
 mod redis_instances;
 mod redis_support;
