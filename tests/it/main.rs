@@ -16,5 +16,6 @@ mod smoke;
 mod standard_services;
 mod status_time;
 mod store_conformance;
+mod store_health;
 mod support;
 mod watch;

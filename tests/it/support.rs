@@ -200,16 +200,7 @@ impl TestServer {
 
     /// The text of /metrics.
     pub async fn metrics_text(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
-            .await
-            .unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
+        metrics_text_at(self.metrics_addr).await
     }
 
     /// Stops the server and waits until it has drained.
@@ -225,6 +216,100 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// The text of /metrics served at `addr` (the HTTP response, headers included).
+pub async fn metrics_text_at(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The real `citypark` binary running `serve`, started as an operator would start it;
+/// killed when dropped, so a failing test leaves nothing running.
+pub struct Binary {
+    child: std::process::Child,
+    /// Every line it writes to stderr, as it writes them.
+    lines: std::sync::mpsc::Receiver<std::io::Result<String>>,
+}
+
+impl Binary {
+    /// Runs `citypark serve` on loopback ports the OS picks, with `args` added, in a
+    /// clean environment (no CITYPARK_* variable of the machine changes the flags).
+    pub fn serve(args: &[&str]) -> Self {
+        use std::{
+            io::{BufRead as _, BufReader},
+            process::{Command, Stdio},
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_citypark"))
+            .args(["serve", "--grpc-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the citypark binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        // Reads to the end even when nobody listens any more, so the binary never
+        // blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The lines it writes to stderr from now until one that contains `text`, that one
+    /// included; fails the test if none comes within `bound`.
+    pub fn lines_until(&self, text: &str, bound: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + bound;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {text:?} line in time; stderr so far: {lines:#?}"))
+                .expect("stderr is text");
+            let done = line.contains(text);
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address logged after `name=` in a log line (`grpc=127.0.0.1:50051`).
+pub fn logged_addr(line: &str, name: &str) -> std::net::SocketAddr {
+    let start = line
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        + name.len()
+        + 1;
+    line[start..]
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}= in {line:?}: {e}"))
 }
 
 /// A request with an operator's key.
