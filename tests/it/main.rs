@@ -12,6 +12,7 @@ mod redis_harness;
 mod redis_instances;
 mod redis_support;
 mod registry;
+mod shutdown;
 mod smoke;
 mod standard_services;
 mod status_time;
