@@ -6,7 +6,6 @@
 //! paths (auth, sequencing, duplicates, reconnects) that production traffic does.
 
 use std::collections::{HashMap, VecDeque};
-use std::f64::consts::PI;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -25,6 +24,7 @@ use crate::pb::ingest_client::IngestClient;
 use crate::pb::occupancy_report::Body;
 use crate::pb::registry_client::RegistryClient;
 use crate::pb::{CarParkKind, SpaceCategory};
+use crate::rng::Rng;
 
 /// The region every demo car park belongs to.
 pub const DEMO_REGION: &str = "qingdao";
@@ -386,70 +386,6 @@ fn on_land(lat: f64, lon: f64) -> bool {
             && lon > along(&BAY_EAST_SHORE, lat) + SHORE_MARGIN_DEG
             && lat < 36.36
             && lon < 120.53
-    }
-}
-
-/// Deterministic splitmix64: the demo needs reproducible cities, not cryptography,
-/// and a dozen lines beat a dependency.
-/// Benchmarks use it too, for the same reason.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [0, n); n must be positive.
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-
-    /// Uniform in [lo, hi].
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + self.below((hi - lo + 1) as usize) as i64
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-
-    /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f64 {
-        let u = 1.0 - self.unit();
-        let v = self.unit();
-        (-2.0 * u.ln()).sqrt() * (2.0 * PI * v).cos()
-    }
-
-    fn weighted(&mut self, weights: impl Iterator<Item = f64> + Clone) -> usize {
-        let total: f64 = weights.clone().sum();
-        let mut x = self.unit() * total;
-        let mut last = 0;
-        for (i, w) in weights.enumerate() {
-            if x < w {
-                return i;
-            }
-            x -= w;
-            last = i;
-        }
-        last
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
     }
 }
 
