@@ -3,7 +3,8 @@
 //! integration must.
 //!
 //! Each operator runs as a task of one `JoinSet` owned by [`run_operators`], which
-//! returns only once every one of them has ended.
+//! returns only once every one of them has ended; reconnecting happens inside an
+//! operator's task, so nothing here outlives the call.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -443,7 +444,9 @@ async fn connect(
 /// moving it towards its day-shaped occupancy, a snapshot every tenth round, and bay
 /// sensor flips for on-street zones. Lost streams are retried with backoff (1 s
 /// doubling to 30 s) and unacknowledged reports resent.
-pub async fn run_operators(
+///
+/// Returns only once every operator task it spawned has ended.
+pub(super) async fn run_operators(
     endpoint: String,
     city: Vec<pb::CarPark>,
     operators: Vec<DemoOperator>,
@@ -516,6 +519,7 @@ pub async fn run_operators(
 
     let mut total = Tally::default();
     let mut first_error = None;
+    let mut panicked = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(Ok(tally)) => total += tally,
@@ -523,11 +527,17 @@ pub async fn run_operators(
                 stop.cancel();
                 first_error.get_or_insert(error);
             }
+            // The panic is raised again only once the other operators have stopped and
+            // been joined: unwinding through the JoinSet would merely abort them.
             Err(join_error) if join_error.is_panic() => {
-                std::panic::resume_unwind(join_error.into_panic())
+                stop.cancel();
+                panicked.get_or_insert(join_error.into_panic());
             }
             Err(join_error) => warn!(error = %join_error, "demo operator task ended unexpectedly"),
         }
+    }
+    if let Some(payload) = panicked {
+        std::panic::resume_unwind(payload);
     }
     if let Some(error) = first_error {
         return Err(error);
