@@ -10,9 +10,9 @@ mod common;
 use std::{hint::black_box, time::Instant};
 
 use citypark::{
-    demo::Rng,
     domain::{CarParkState, LatLng, NearbyQuery, Radius, SpaceCategory, Timestamp},
     engine::Engine,
+    rng::Rng,
 };
 use common::city;
 

@@ -12,9 +12,9 @@ use std::{process::Command, sync::Arc, time::Duration};
 
 use citypark::{
     app::{self, Backend, Settings},
-    demo::Rng,
     domain::{CarPark, CarParkState, Timestamp},
     engine::Engine,
+    rng::Rng,
 };
 
 const ROUNDS: usize = 5;

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod grpc;
 pub mod metrics;
 pub mod pb;
+pub mod rng;
 pub mod service;
 pub mod store;
 pub mod telemetry;

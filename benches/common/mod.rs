@@ -3,11 +3,11 @@
 #![allow(dead_code)] // each benchmark uses its own part
 
 use citypark::{
-    demo::Rng,
     domain::{
         Capacity, CarPark, CarParkId, CarParkKind, LatLng, Live, OpeningHours, OperatorId,
         RegionId, Report, ReportBody, SpaceCategory, Tariff, TimeZoneName, Timestamp,
     },
+    rng::Rng,
 };
 
 /// Degrees of latitude and longitude a city of `n` car parks spans around 36.07 N

@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod binary;
+mod demo;
 mod grpc_web;
 mod ingest;
 mod nearby;

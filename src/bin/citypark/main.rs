@@ -3,18 +3,16 @@
 mod cli;
 mod client;
 
-use std::{process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use citypark::{
     app,
     config::ServeConfig,
-    demo,
-    domain::OperatorId,
+    demo::{Demo, DemoHandle},
     service::{Clock, SystemClock},
     store::redis::redact,
     telemetry,
@@ -65,19 +63,20 @@ fn serve(config: ServeConfig, runtime: &tokio::runtime::Runtime) -> ExitCode {
         eprintln!("citypark: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    if config.demo {
-        for op in demo::demo_operators() {
-            keys.insert_plain(
-                OperatorId::parse(&op.id).expect("demo operator ids are valid"),
-                &op.api_key,
-            );
-        }
+    let demo = config.demo.then(|| {
+        Demo::new(
+            config.demo_seed,
+            Duration::from_secs(config.demo_interval_secs),
+        )
+    });
+    if let Some(demo) = &demo {
+        demo.add_keys(&mut keys);
     } else if keys.is_empty() {
         tracing::warn!(
             "no operator API keys configured: registry writes and ingest will be refused"
         );
     }
-    match runtime.block_on(run(config, keys)) {
+    match runtime.block_on(run(config, keys, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -87,7 +86,11 @@ fn serve(config: ServeConfig, runtime: &tokio::runtime::Runtime) -> ExitCode {
     }
 }
 
-async fn run(config: ServeConfig, keys: citypark::auth::ApiKeys) -> anyhow::Result<()> {
+async fn run(
+    config: ServeConfig,
+    keys: citypark::auth::ApiKeys,
+    demo: Option<Demo>,
+) -> anyhow::Result<()> {
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding --grpc-addr {}", config.grpc_addr))?;
@@ -105,39 +108,26 @@ async fn run(config: ServeConfig, keys: citypark::auth::ApiKeys) -> anyhow::Resu
             app::Backend::redis(options, config.change_buffer, clock.clone()).await?
         }
     };
-    let demo_stop = CancellationToken::new();
-    if config.demo {
-        let city = demo::generate_city(config.demo_seed);
-        let spaces: u64 = city
-            .iter()
-            .flat_map(|c| &c.capacity)
-            .map(|c| c.spaces as u64)
-            .sum();
-        tracing::info!(
-            car_parks = city.len(),
-            spaces,
-            "demo city generated; simulated operators start"
-        );
-        let interval = std::time::Duration::from_secs(config.demo_interval_secs);
-        let endpoint = format!("http://{grpc_addr}");
-        let stop = demo_stop.clone();
-        tokio::spawn(async move {
-            if let Err(error) =
-                demo::run_operators(endpoint, city, demo::demo_operators(), interval, stop).await
-            {
-                tracing::error!(%error, "demo operators stopped");
-            }
-        });
-    }
+    let demo = demo.map(|demo| demo.start(format!("http://{grpc_addr}")));
+    let stop_demo = demo.as_ref().map(DemoHandle::cancellation_token);
     let shutdown = async move {
         shutdown_signal().await;
-        demo_stop.cancel();
+        // The operators stop before the server drains, so it is not kept waiting on
+        // their streams.
+        if let Some(stop_demo) = stop_demo {
+            stop_demo.cancel();
+        }
     };
     let settings = app::Settings {
         clock,
         ..config.settings(keys)
     };
-    app::run(grpc, Some(metrics), backend, settings, shutdown).await?;
+    let served = app::run(grpc, Some(metrics), backend, settings, shutdown).await;
+    // Joined whether or not the server failed: no demo task outlives the run.
+    if let Some(demo) = demo {
+        demo.stop().await;
+    }
+    served?;
     Ok(())
 }
 

@@ -1,0 +1,413 @@
+//! The occupancy the demo's operators report: a day-shaped model of how full each kind
+//! of car park is, and [`SimPark`], one car park's simulated truth and the reports
+//! that describe its changes.
+//!
+//! No I/O: the operator client in [`super::operator`] decides when to step a car park
+//! and sends what the step returns.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::pb;
+use crate::pb::occupancy_report::Body;
+use crate::pb::{CarParkKind, SpaceCategory};
+use crate::rng::Rng;
+
+/// A smooth step from 0 to 1 around x = 0, over about two hours.
+fn rise(x: f64) -> f64 {
+    1.0 / (1.0 + (-1.6 * x).exp())
+}
+
+/// 1 between the two hours, 0 well outside, with soft edges (arrivals spread out).
+fn plateau(hour: f64, from: f64, to: f64) -> f64 {
+    rise(hour - from) * (1.0 - rise(hour - to))
+}
+
+/// A peak at `centre`, measured around the clock so late-evening peaks wrap past midnight.
+fn bump(hour: f64, centre: f64, width: f64) -> f64 {
+    let d = (hour - centre + 12.0).rem_euclid(24.0) - 12.0;
+    (-0.5 * (d / width).powi(2)).exp()
+}
+
+/// Day-shaped occupancy: the fraction of spaces occupied (0..=1) for a kind of car park
+/// at a local time of day (hours, 0.0..24.0) on a weekday or at a weekend.
+pub fn occupancy_fraction(kind: CarParkKind, local_hour: f64, weekend: bool) -> f64 {
+    let h = local_hour.rem_euclid(24.0);
+    let f = match (kind, weekend) {
+        // Office and mall garages: full through working hours, then a smaller evening
+        // peak from restaurants and shopping.
+        (CarParkKind::Garage | CarParkKind::Unspecified, false) => {
+            0.12 + 0.72 * plateau(h, 8.5, 18.0) + 0.12 * bump(h, 20.0, 1.5)
+        }
+        (CarParkKind::Garage | CarParkKind::Unspecified, true) => 0.12 + 0.58 * bump(h, 15.0, 3.5),
+        // Commuters on weekdays; beaches and parks at weekends.
+        (CarParkKind::SurfaceLot, false) => {
+            0.08 + 0.62 * plateau(h, 8.0, 17.5) + 0.10 * bump(h, 19.5, 1.5)
+        }
+        (CarParkKind::SurfaceLot, true) => 0.10 + 0.70 * bump(h, 14.0, 3.5),
+        // Errands and deliveries peak around lunch; residents keep some bays overnight.
+        (CarParkKind::OnStreet, false) => 0.22 + 0.68 * bump(h, 12.5, 3.5),
+        (CarParkKind::OnStreet, true) => 0.25 + 0.60 * bump(h, 14.0, 4.0),
+        // Residential spaces: full at night, emptied by commuters during the day.
+        (CarParkKind::SharedPrivate, false) => 0.92 - 0.60 * plateau(h, 8.0, 18.0),
+        (CarParkKind::SharedPrivate, true) => 0.88 - 0.35 * plateau(h, 10.0, 17.0),
+    };
+    f.clamp(0.0, 1.0)
+}
+
+/// Local hour of day and weekend flag in Asia/Shanghai. China has not observed DST
+/// since 1991, so a fixed UTC+8 offset is exact and needs no time-zone database.
+pub(super) fn shanghai_clock(now: SystemTime) -> (f64, bool) {
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() + 8 * 3_600;
+    let days = secs / 86_400;
+    let hour = (secs % 86_400) as f64 / 3_600.0;
+    // 1970-01-01 was a Thursday: with Monday as 0, day 0 is 3.
+    let weekday = (days + 3) % 7;
+    (hour, weekday >= 5)
+}
+
+/// A full round of reports on every car park is followed by a snapshot on every tenth,
+/// so a count the server clamped or missed is corrected within minutes.
+const SNAPSHOT_EVERY: u64 = 10;
+
+#[derive(Debug, Clone, Copy)]
+struct SimCategory {
+    category: SpaceCategory,
+    capacity: i32,
+    occupied: i32,
+}
+
+impl SimCategory {
+    /// Chargers and blue-badge spaces fill less than ordinary ones.
+    fn demand(&self) -> f64 {
+        match self.category {
+            SpaceCategory::EvCharging => 0.75,
+            SpaceCategory::Accessible => 0.5,
+            SpaceCategory::Motorcycle => 0.8,
+            _ => 1.0,
+        }
+    }
+}
+
+/// The simulated truth of one car park, which its operator reports on.
+#[derive(Debug, Clone)]
+pub(super) struct SimPark {
+    pub(super) id: String,
+    pub(super) kind: CarParkKind,
+    categories: Vec<SimCategory>,
+    /// On-street zones only: one flag per standard bay, true when occupied, so every
+    /// bay report describes a real change of a real bay.
+    bays: Vec<bool>,
+    /// How much busier than its kind's day shape this car park runs.
+    bias: f64,
+    snapshot_phase: u64,
+    rounds: u64,
+    pub(super) next_sequence: u64,
+}
+
+impl SimPark {
+    pub(super) fn new(
+        car_park: &pb::CarPark,
+        rng: &mut Rng,
+        shape_at: impl Fn(CarParkKind) -> f64,
+    ) -> Self {
+        let kind = car_park.kind();
+        let mut park = Self {
+            id: car_park.id.clone(),
+            kind,
+            categories: car_park
+                .capacity
+                .iter()
+                .map(|c| SimCategory {
+                    category: c.category(),
+                    capacity: c.spaces,
+                    occupied: 0,
+                })
+                .collect(),
+            bays: Vec::new(),
+            bias: 0.75 + 0.4 * rng.unit(),
+            snapshot_phase: rng.below(SNAPSHOT_EVERY as usize) as u64,
+            rounds: 0,
+            next_sequence: 1,
+        };
+        let shape = shape_at(kind);
+        for i in 0..park.categories.len() {
+            park.categories[i].occupied = park.target(i, shape, rng);
+        }
+        if kind == CarParkKind::OnStreet
+            && let Some(i) = park.standard_index()
+        {
+            let cat = park.categories[i];
+            let fraction = f64::from(cat.occupied) / f64::from(cat.capacity.max(1));
+            park.bays = (0..cat.capacity).map(|_| rng.chance(fraction)).collect();
+            park.categories[i].occupied = park.bays_occupied();
+        }
+        park
+    }
+
+    fn standard_index(&self) -> Option<usize> {
+        self.categories
+            .iter()
+            .position(|c| c.category == SpaceCategory::Standard)
+    }
+
+    fn bays_occupied(&self) -> i32 {
+        self.bays.iter().filter(|b| **b).count() as i32
+    }
+
+    fn target(&self, i: usize, shape: f64, rng: &mut Rng) -> i32 {
+        let cat = self.categories[i];
+        let fraction = (shape * self.bias * cat.demand() + 0.03 * rng.normal()).clamp(0.0, 1.0);
+        (fraction * f64::from(cat.capacity)).round() as i32
+    }
+
+    fn sequence(&mut self) -> u64 {
+        let s = self.next_sequence;
+        self.next_sequence += 1;
+        s
+    }
+
+    /// Entries and exits that move a category part of the way towards its target, plus
+    /// turnover: cars leave and arrive even when the level holds. Entries never exceed
+    /// the free spaces and exits never exceed the parked cars, so the server applies
+    /// them in any order without clamping.
+    fn move_category(&mut self, i: usize, target: i32, rng: &mut Rng) -> (i32, i32) {
+        let cat = &mut self.categories[i];
+        let gap = f64::from(target - cat.occupied);
+        let step = (gap * 0.35 + rng.normal()).round() as i32;
+        let turnover = rng.below((f64::from(cat.capacity) * 0.02).ceil() as usize + 1) as i32;
+        let entries = (step.max(0) + turnover).min(cat.capacity - cat.occupied);
+        let exits = ((-step).max(0) + turnover).min(cat.occupied);
+        cat.occupied += entries - exits;
+        (entries, exits)
+    }
+
+    /// Flips a few bays towards the target; returns (bay index, now occupied).
+    fn flip_bays(&mut self, target: i32, rng: &mut Rng) -> Vec<(usize, bool)> {
+        let wanted = (target - self.bays_occupied()).clamp(-3, 3);
+        // One car leaving and another arriving keeps kerbside sensors busy even when
+        // the level holds.
+        let churn = usize::from(rng.chance(0.6));
+        let departures = (-wanted).max(0) as usize + churn;
+        let arrivals = wanted.max(0) as usize + churn;
+        let mut flips = Vec::with_capacity(departures + arrivals);
+        for (count, to) in [(departures, false), (arrivals, true)] {
+            for _ in 0..count {
+                let candidates = self.bays.iter().filter(|b| **b != to).count();
+                if candidates == 0 {
+                    break;
+                }
+                let nth = rng.below(candidates);
+                if let Some(bay) = self
+                    .bays
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b != to)
+                    .nth(nth)
+                    .map(|(i, _)| i)
+                {
+                    self.bays[bay] = to;
+                    flips.push((bay, to));
+                }
+            }
+        }
+        flips
+    }
+
+    fn snapshot(&self) -> Body {
+        Body::Snapshot(pb::SnapshotReport {
+            free: self
+                .categories
+                .iter()
+                .map(|c| pb::CategoryCount {
+                    category: c.category as i32,
+                    count: c.capacity - c.occupied,
+                })
+                .collect(),
+        })
+    }
+
+    /// This round's reports: the first and every tenth are snapshots, on-street zones
+    /// send their bay flips, everything else entries and exits.
+    pub(super) fn step(
+        &mut self,
+        shape: f64,
+        observed_at: prost_types::Timestamp,
+        rng: &mut Rng,
+    ) -> Vec<pb::OccupancyReport> {
+        let snapshot_round =
+            self.next_sequence == 1 || self.rounds % SNAPSHOT_EVERY == self.snapshot_phase;
+        self.rounds += 1;
+        let sensors = if self.bays.is_empty() {
+            None
+        } else {
+            self.standard_index()
+        };
+        let mut bodies = Vec::new();
+        let mut entries = Vec::new();
+        let mut exits = Vec::new();
+        for i in 0..self.categories.len() {
+            let target = self.target(i, shape, rng);
+            if Some(i) == sensors {
+                for (bay, occupied) in self.flip_bays(target, rng) {
+                    bodies.push(Body::Bay(pb::BayStatusReport {
+                        bay_id: bay_id(bay),
+                        category: SpaceCategory::Standard as i32,
+                        occupied,
+                    }));
+                }
+                self.categories[i].occupied = self.bays_occupied();
+                continue;
+            }
+            let (entered, left) = self.move_category(i, target, rng);
+            let category = self.categories[i].category as i32;
+            if entered > 0 {
+                entries.push(pb::CategoryCount {
+                    category,
+                    count: entered,
+                });
+            }
+            if left > 0 {
+                exits.push(pb::CategoryCount {
+                    category,
+                    count: left,
+                });
+            }
+        }
+        if !entries.is_empty() || !exits.is_empty() {
+            // Plates are left out: made-up plates would open parking sessions that no
+            // exit ever closes.
+            bodies.push(Body::Delta(pb::DeltaReport {
+                entries,
+                exits,
+                plate: String::new(),
+            }));
+        }
+        if snapshot_round || bodies.is_empty() {
+            // A snapshot after the moves carries them all, and keeps an idle car park
+            // from going stale.
+            bodies = vec![self.snapshot()];
+        }
+        bodies
+            .into_iter()
+            .map(|body| pb::OccupancyReport {
+                car_park_id: self.id.clone(),
+                sequence: self.sequence(),
+                observed_at: Some(observed_at),
+                body: Some(body),
+            })
+            .collect()
+    }
+}
+
+/// Bay ids `b001`, `b002`, ... as printed on kerbside bay markings.
+fn bay_id(index: usize) -> String {
+    format!("b{:03}", index + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::demo::city::generate_city;
+
+    #[test]
+    fn occupancy_fraction_is_a_fraction() {
+        for kind in [
+            CarParkKind::Unspecified,
+            CarParkKind::Garage,
+            CarParkKind::SurfaceLot,
+            CarParkKind::OnStreet,
+            CarParkKind::SharedPrivate,
+        ] {
+            for weekend in [false, true] {
+                for quarter in -4..=100 {
+                    let f = occupancy_fraction(kind, f64::from(quarter) / 4.0, weekend);
+                    assert!(
+                        (0.0..=1.0).contains(&f),
+                        "{kind:?} {quarter} {weekend}: {f}"
+                    );
+                }
+            }
+        }
+        assert!(
+            occupancy_fraction(CarParkKind::Garage, 11.0, false)
+                > occupancy_fraction(CarParkKind::Garage, 3.0, false) + 0.4
+        );
+        assert!(
+            occupancy_fraction(CarParkKind::SharedPrivate, 2.0, false)
+                > occupancy_fraction(CarParkKind::SharedPrivate, 12.0, false) + 0.4
+        );
+    }
+
+    #[test]
+    fn shanghai_clock_is_utc_plus_eight() {
+        // 2024-01-06T00:00:00Z is a Saturday, 08:00 in Shanghai.
+        let saturday = UNIX_EPOCH + Duration::from_secs(1_704_499_200);
+        assert_eq!(shanghai_clock(saturday), (8.0, true));
+        // 2024-01-07T16:30:00Z is Monday 00:30 in Shanghai.
+        let monday = saturday + Duration::from_secs(40 * 3_600 + 1_800);
+        assert_eq!(shanghai_clock(monday), (0.5, false));
+    }
+
+    fn check_counts(park: &SimPark) {
+        for c in &park.categories {
+            assert!((0..=c.capacity).contains(&c.occupied), "{}: {c:?}", park.id);
+        }
+    }
+
+    #[test]
+    fn simulated_reports_are_sequenced_and_consistent() {
+        let city = generate_city(9);
+        let mut rng = Rng::new(1);
+        let timestamp = prost_types::Timestamp::from(SystemTime::now());
+        for car_park in city.iter().take(300) {
+            let mut park = SimPark::new(car_park, &mut rng, |kind| {
+                occupancy_fraction(kind, 12.0, false)
+            });
+            let mut expected = 1;
+            let mut free: HashMap<i32, i32> = HashMap::new();
+            for round in 0..30 {
+                let shape = occupancy_fraction(park.kind, f64::from(round) * 0.8, false);
+                let reports = park.step(shape, timestamp, &mut rng);
+                assert!(!reports.is_empty());
+                if round == 0 {
+                    assert!(matches!(reports[0].body, Some(Body::Snapshot(_))));
+                }
+                for report in reports {
+                    assert_eq!(report.sequence, expected);
+                    expected += 1;
+                    // Replays the reports as a server would, checking none needs clamping.
+                    match report.body.expect("body") {
+                        Body::Snapshot(s) => {
+                            free = s.free.iter().map(|c| (c.category, c.count)).collect();
+                        }
+                        Body::Delta(d) => {
+                            for e in &d.entries {
+                                *free.get_mut(&e.category).expect("known") -= e.count;
+                            }
+                            for x in &d.exits {
+                                *free.get_mut(&x.category).expect("known") += x.count;
+                            }
+                        }
+                        Body::Bay(b) => {
+                            assert!(b.bay_id.starts_with('b') && b.bay_id.len() == 4);
+                            *free.get_mut(&b.category).expect("known") +=
+                                if b.occupied { -1 } else { 1 };
+                        }
+                    }
+                }
+                check_counts(&park);
+                for c in &park.categories {
+                    assert_eq!(
+                        free[&(c.category as i32)],
+                        c.capacity - c.occupied,
+                        "{}",
+                        park.id
+                    );
+                }
+            }
+        }
+    }
+}
