@@ -134,7 +134,8 @@ async fn no_task_outlives_a_stopped_server(redis: Option<&RedisServer>) {
 
     // A batch is in flight as shutdown begins. On Redis it is held there (writes
     // paused) until shutdown has begun, so it must be finished and acknowledged before
-    // the stream ends. The embedded store applies it at once, so whether it is read
+    // the stream ends. (Held for milliseconds: the store gives up on a Redis reply
+    // after 2 s.) The embedded store applies it at once, so whether it is read
     // before the stream ends is a race: it is either applied and acknowledged, or never
     // read.
     let batch = vec![snapshot("g1", 2, 6, now)];
