@@ -117,8 +117,9 @@ fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
         .max_age(Duration::from_secs(24 * 3600))
 }
 
-/// Time background tasks get to stop even when draining took the whole grace period.
-const MIN_STOP: Duration = Duration::from_secs(1);
+/// Time background tasks get to stop even when draining took the whole grace period:
+/// longer than the Redis store's reply timeout (2 s), which bounds a write in flight.
+const MIN_STOP: Duration = Duration::from_secs(3);
 
 /// The services that write through the store: out of rotation while it is down.
 const WRITE_SERVICES: [&str; 2] = [

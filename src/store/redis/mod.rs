@@ -67,13 +67,28 @@ impl RedisOptions {
     }
 }
 
-/// The message of every write refused because Redis is unreachable. Redis's own text
-/// goes to the log, not to clients.
+/// The message of every call refused because Redis could not be reached. Redis's own
+/// text goes to the log, not to clients.
 const UNAVAILABLE: &str = "the store (Redis) is unavailable; the write was not made, retry later";
+/// The message of a write sent to Redis whose answer never came (a timeout, a dropped
+/// connection, a failover in progress): Redis may still have made it.
+const UNCONFIRMED: &str = "the store (Redis) is unavailable and did not confirm the write; \
+     it may have been made: retry it (a report resent with its sequence is acknowledged \
+     DUPLICATE if it was made)";
 
 fn unavailable(error: &redis::RedisError) -> Error {
-    tracing::warn!(%error, "redis write failed");
+    tracing::warn!(%error, "redis call failed");
     Error::Unavailable(UNAVAILABLE.into())
+}
+
+/// The error of a write that failed with `error`: not made if Redis was never reached,
+/// else of unknown outcome, and the client is told so.
+fn unconfirmed(error: &redis::RedisError) -> Error {
+    if error.is_connection_refusal() {
+        return unavailable(error);
+    }
+    tracing::warn!(%error, "redis write unconfirmed");
+    Error::Unavailable(UNCONFIRMED.into())
 }
 
 /// State shared by the store, its tails, its writer and its heartbeat.

@@ -12,7 +12,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Shared, unavailable};
+use super::{Shared, unconfirmed};
 use crate::{
     domain::{Error, RegionId, Result, Timestamp},
     engine::Engine,
@@ -241,7 +241,7 @@ async fn write_batch(shared: &Arc<Shared>, jobs: Vec<Job>) {
             }
             Err(error) => {
                 shared.set_healthy(false);
-                let error = unavailable(&error);
+                let error = unconfirmed(&error);
                 for (j, w) in items {
                     results[j][w] = Some(Err(error.clone()));
                 }
