@@ -316,21 +316,20 @@ impl CarParkState {
         self.car_park.check_owner(caller)
     }
 
-    /// Applies `reports` by `caller` in order at `now`, each with its own result, and
-    /// returns the states the car park passed through: one after each report that
+    /// Applies reports in order at `now`, each by its caller and with its own result,
+    /// and returns the states the car park passed through: one after each report that
     /// changed its counts, oldest first (empty if none did). A rejected report changes
     /// nothing.
     pub fn apply_reports<'a>(
         &self,
-        reports: impl IntoIterator<Item = &'a Report>,
-        caller: &OperatorId,
+        reports: impl IntoIterator<Item = (&'a Report, &'a OperatorId)>,
         now: Timestamp,
     ) -> (Vec<Result<Applied, Error>>, Vec<CarParkState>) {
         let mut live = self.live.clone();
         let mut states = Vec::new();
         let results = reports
             .into_iter()
-            .map(|report| {
+            .map(|(report, caller)| {
                 self.car_park.check_owner(caller)?;
                 let outcome = live.apply(&self.car_park, report, now)?;
                 if outcome != ReportOutcome::Duplicate {

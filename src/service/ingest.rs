@@ -1,6 +1,16 @@
 //! Ingest: occupancy reports, in order, each with its own result.
+//!
+//! One task per instance takes every pending call's reports (Publish messages and
+//! unary reports alike) and decides them together: all reports on one car park, in
+//! arrival order, become one compare-and-set of that car park. So calls racing on one
+//! car park in an instance never conflict with each other, and a store can write a
+//! whole batch in one round trip. Under load, calls queue while a batch is committed
+//! and go together in the next; with no load a call goes alone at once.
 
 use std::collections::HashMap;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::{Service, write::Decision};
 use crate::{
@@ -9,9 +19,52 @@ use crate::{
     store::{Change, Parts, Versioned, carpark::LIVE},
 };
 
+/// Reports a batch is filled up to before it is decided.
+const MAX_BATCH_REPORTS: usize = 2_000;
+
+/// One call's reports and where its results go.
+pub(super) struct Job {
+    caller: OperatorId,
+    reports: Vec<Report>,
+    reply: oneshot::Sender<Result<Vec<Result<Applied>>>>,
+}
+
+/// Starts the task that decides reports; it ends when `stop` fires, failing what is
+/// still queued.
+pub(super) fn spawn(service: &Service, mut jobs: mpsc::Receiver<Job>, stop: CancellationToken) {
+    let service = service.clone();
+    service.tasks.clone().spawn(async move {
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => break,
+                job = jobs.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            let mut size = first.reports.len();
+            let mut batch = vec![first];
+            while size < MAX_BATCH_REPORTS {
+                let Ok(job) = jobs.try_recv() else { break };
+                size += job.reports.len();
+                batch.push(job);
+            }
+            service.decide_reports(batch).await;
+        }
+        jobs.close();
+        while let Some(job) = jobs.recv().await {
+            let _ = job.reply.send(Err(shutting_down()));
+        }
+    });
+}
+
+fn shutting_down() -> Error {
+    Error::Unavailable("server shutting down; reconnect and resend from the last ack".into())
+}
+
 impl Service {
     /// Applies reports for `caller`, in order, each with its own result. The outer
-    /// error fails the whole batch (nothing applied, e.g. the store is unreachable).
+    /// error fails the whole batch (nothing applied, e.g. the server is stopping).
     pub async fn report(
         &self,
         caller: &OperatorId,
@@ -23,8 +76,20 @@ impl Service {
                 self.limits.max_batch
             )));
         }
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
         let count = reports.len() as u64;
-        let results = self.apply_reports(caller, &reports).await;
+        let (reply, results) = oneshot::channel();
+        let job = Job {
+            caller: caller.clone(),
+            reports,
+            reply,
+        };
+        let results = match self.ingest.send(job).await {
+            Ok(()) => results.await.unwrap_or_else(|_| Err(shutting_down())),
+            Err(_) => Err(shutting_down()),
+        };
         match &results {
             Ok(results) => results.iter().for_each(metrics::record_report),
             Err(error) => metrics::record_batch_failure(error, count),
@@ -32,75 +97,87 @@ impl Service {
         results
     }
 
-    /// The reports on each car park, in order, decided together and committed as one
-    /// compare-and-set of the car park, so a store can write a whole batch in one round
-    /// trip.
-    async fn apply_reports(
-        &self,
-        caller: &OperatorId,
-        reports: &[Report],
-    ) -> Result<Vec<Result<Applied>>> {
-        if reports.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Decides a batch of calls' reports: the reports on each car park, in arrival
+    /// order, together, committed as one compare-and-set of the car park.
+    async fn decide_reports(&self, jobs: Vec<Job>) {
         let now = self.now();
         let mut ids: Vec<CarParkId> = Vec::new();
-        let mut chains: Vec<Vec<usize>> = Vec::new();
+        let mut chains: Vec<Vec<(usize, usize)>> = Vec::new();
         let mut by_id: HashMap<&CarParkId, usize> = HashMap::new();
-        for (i, report) in reports.iter().enumerate() {
-            let c = *by_id.entry(&report.car_park).or_insert_with(|| {
-                ids.push(report.car_park.clone());
-                chains.push(Vec::new());
-                chains.len() - 1
-            });
-            chains[c].push(i);
+        for (j, job) in jobs.iter().enumerate() {
+            for (i, report) in job.reports.iter().enumerate() {
+                let c = *by_id.entry(&report.car_park).or_insert_with(|| {
+                    ids.push(report.car_park.clone());
+                    chains.push(Vec::new());
+                    chains.len() - 1
+                });
+                chains[c].push((j, i));
+            }
         }
-        let targets = self.car_park_targets(&ids).await?;
-        let decided = self
-            .transact(
-                "ingest",
-                targets,
-                0,
-                |c, current: &Versioned<CarParkState>| {
-                    let chain = chains[c].iter().map(|&i| &reports[i]);
-                    let Some(record) = &current.record else {
-                        let missing = Error::car_park_not_found(&ids[c]);
-                        return Ok(Decision::answer(
-                            chain.map(|_| Err(missing.clone())).collect(),
-                        ));
-                    };
-                    let (results, mut steps) = record.apply_reports(chain, caller, now);
-                    // Every state is a change of its own, so watchers see each report.
-                    let change = steps.pop().map(|record| Change::Put {
-                        record,
-                        parts: Parts::only(LIVE),
-                        steps,
-                    });
-                    Ok(Decision {
-                        change,
-                        output: results,
-                    })
-                },
-            )
-            .await?;
-        let mut results: Vec<Option<Result<Applied>>> = vec![None; reports.len()];
-        for (chain, decided) in chains.iter().zip(decided) {
-            match decided {
-                Ok((chain_results, _)) => {
-                    for (&i, result) in chain.iter().zip(chain_results) {
-                        results[i] = Some(result);
-                    }
-                }
-                Err(error) => {
-                    for &i in chain {
-                        results[i] = Some(Err(error.clone()));
+        let decided = match self.car_park_targets(&ids).await {
+            Ok(targets) => {
+                self.transact(
+                    "ingest",
+                    targets,
+                    0,
+                    |c, current: &Versioned<CarParkState>| {
+                        let chain = chains[c]
+                            .iter()
+                            .map(|&(j, i)| (&jobs[j].reports[i], &jobs[j].caller));
+                        let Some(record) = &current.record else {
+                            let missing = Error::car_park_not_found(&ids[c]);
+                            return Ok(Decision::answer(
+                                chain.map(|_| Err(missing.clone())).collect(),
+                            ));
+                        };
+                        let (results, mut steps) = record.apply_reports(chain, now);
+                        // Every state is a change of its own, so watchers see each report.
+                        let change = steps.pop().map(|record| Change::Put {
+                            record,
+                            parts: Parts::only(LIVE),
+                            steps,
+                        });
+                        Ok(Decision {
+                            change,
+                            output: results,
+                        })
+                    },
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        let mut results: Vec<Vec<Option<Result<Applied>>>> =
+            jobs.iter().map(|j| vec![None; j.reports.len()]).collect();
+        match decided {
+            Ok(decided) => {
+                for (chain, decided) in chains.iter().zip(decided) {
+                    match decided {
+                        Ok((chain_results, _)) => {
+                            for (&(j, i), result) in chain.iter().zip(chain_results) {
+                                results[j][i] = Some(result);
+                            }
+                        }
+                        Err(error) => {
+                            for &(j, i) in chain {
+                                results[j][i] = Some(Err(error.clone()));
+                            }
+                        }
                     }
                 }
             }
+            Err(error) => {
+                for row in &mut results {
+                    row.iter_mut().for_each(|r| *r = Some(Err(error.clone())));
+                }
+            }
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every report is in one chain"))
-            .collect())
+        for (job, results) in jobs.into_iter().zip(results) {
+            let results = results
+                .into_iter()
+                .map(|r| r.expect("every report is in one chain"))
+                .collect();
+            let _ = job.reply.send(Ok(results));
+        }
     }
 }

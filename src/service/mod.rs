@@ -13,7 +13,8 @@ mod write;
 
 use std::sync::Arc;
 
-use tokio_util::task::TaskTracker;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use watch::{WatchEvent, WatchSelector};
@@ -54,25 +55,36 @@ pub struct Service {
     store: Arc<AnyStore>,
     clock: Arc<dyn Clock>,
     limits: Limits,
-    /// Tasks that serve one call (watch and publish streams), so shutdown can wait for
-    /// them.
+    /// Tasks that serve one call (watch and publish streams), and the ingest task, so
+    /// shutdown can wait for them.
     tasks: TaskTracker,
+    /// Where report calls queue for the ingest task (`ingest.rs`).
+    ingest: mpsc::Sender<ingest::Job>,
+    /// Stops the ingest task once calls have drained.
+    stop: CancellationToken,
 }
 
 impl Service {
+    /// A service over `engine` and `store`; starts its ingest task (on the current
+    /// runtime).
     pub fn new(
         engine: Arc<Engine>,
         store: Arc<AnyStore>,
         clock: Arc<dyn Clock>,
         limits: Limits,
     ) -> Self {
-        Self {
+        let (ingest, jobs) = mpsc::channel(1_024);
+        let service = Self {
             engine,
             store,
             clock,
             limits,
             tasks: TaskTracker::new(),
-        }
+            ingest,
+            stop: CancellationToken::new(),
+        };
+        ingest::spawn(&service, jobs, service.stop.clone());
+        service
     }
 
     /// Runs a task that serves one call (a stream); [`Self::wait_tasks`] waits for it.
@@ -80,9 +92,11 @@ impl Service {
         self.tasks.spawn(task);
     }
 
-    /// Waits until every task from [`Self::spawn`] has ended (they end when their
-    /// shutdown token fires or their client goes away).
+    /// Stops the ingest task (reports still queued fail UNAVAILABLE) and waits until
+    /// every task has ended (call tasks end when their shutdown token fires or their
+    /// client goes away). Called once calls have drained.
     pub async fn wait_tasks(&self) {
+        self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
     }

@@ -139,6 +139,7 @@ conformance!(
     replace_keeps_live_counts_and_clamps_to_a_smaller_capacity,
     region_change_fails_the_precondition_and_changes_nothing,
     report_is_applied_with_the_new_counts_in_its_ack,
+    concurrent_reports_on_one_car_park_lose_none,
     old_numbers_are_applied_but_stale_by_when_they_were_observed,
     duplicate_by_sequence_changes_nothing,
     invalid_report_is_rejected_and_changes_nothing,
@@ -439,6 +440,88 @@ async fn report_is_applied_with_the_new_counts_in_its_ack(kind: Kind) {
         .map(|c| (c.category(), c.free))
         .collect();
     assert_eq!(free, [(Standard, 42), (EvCharging, 4)]);
+}
+
+/// Many writers on one car park at once — concurrent calls, and on Redis two
+/// instances — each decide on what they read and commit with compare-and-set: every
+/// report is APPLIED or DUPLICATE (never an error while the store is up), and every
+/// APPLIED delta is counted exactly once.
+async fn concurrent_reports_on_one_car_park_lose_none(kind: Kind) {
+    let Some((server, keep)) = server(kind).await else {
+        return;
+    };
+    let mut big = garage("hot", 36.067, 120.383);
+    big.capacity = capacity(&[(Standard, 1_000)]);
+    register(&server, big).await;
+    let other = match keep.is_redis() {
+        true => Some(keep.another_server(server.clock.clone()).await),
+        false => None,
+    };
+    let targets: Vec<&TestServer> = std::iter::once(&server).chain(other.as_ref()).collect();
+    let mut clients = Vec::new();
+    for target in &targets {
+        clients.push(target.ingest().await);
+    }
+    let now = server.now();
+    let calls = (1..=120u64).map(|sequence| {
+        let mut client = clients[sequence as usize % clients.len()].clone();
+        async move {
+            let request = pb::ReportRequest {
+                report: Some(delta("hot", sequence, 1, 0, now)),
+            };
+            client.report(authed(request, OPERATOR_A.1)).await
+        }
+    });
+    let acks = futures_join_all(calls).await;
+    let mut applied = 0;
+    for ack in acks {
+        let ack = ack
+            .expect("no error while the store is up")
+            .into_inner()
+            .ack
+            .unwrap();
+        match ack.result() {
+            ReportResult::Applied => applied += 1,
+            ReportResult::Duplicate => {}
+            other => panic!("{other:?}: {ack:?}"),
+        }
+    }
+    assert!(applied > 0);
+    for target in &targets {
+        eventually("every instance shows every applied report", || async {
+            let free = free_standard(&availability_of(target, "hot").await);
+            (free == 1_000 - applied).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Runs futures concurrently on this task and returns their outputs in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }
 
 async fn old_numbers_are_applied_but_stale_by_when_they_were_observed(kind: Kind) {
