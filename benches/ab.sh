@@ -8,15 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 a=$1 b=$2 rounds=${3:-3} seconds=${4:-3}
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
 client() { ls -t "$1"/target/release/deps/ingest-* | grep -v '\.d$' | head -1; }
 for round in $(seq 1 "$rounds"); do
   order=(A B); [ $((round % 2)) -eq 0 ] && order=(B A)
   for side in "${order[@]}"; do
     dir=$a; [ "$side" = B ] && dir=$b
     echo "== round $round, build $side ($dir)" >&2
-    CITYPARK_BIN="$dir/target/release/citypark" CITYPARK_BENCH_BIN="$(client "$dir")" \
-      bash benches/ingest.sh 1 "$seconds" >"$out/$side.$round" 2>&1
+    if ! CITYPARK_BIN="$dir/target/release/citypark" CITYPARK_BENCH_BIN="$(client "$dir")" \
+      bash benches/ingest.sh 1 "$seconds" >"$out/$side.$round" 2>&1; then
+      echo "benches/ingest.sh failed for build $side; its output is in $out/$side.$round" >&2
+      tail -5 "$out/$side.$round" >&2
+      exit 1
+    fi
   done
 done
 python3 - "$out" "$rounds" <<'PY'
@@ -42,3 +45,4 @@ for store in ("embedded", "redis"):
         if a and b:
             print(f"| {store} | {measure} | {statistics.median(a):.2f} | {statistics.median(b):.2f} | {', '.join(f'{x:.2f}' for x in a)} | {', '.join(f'{x:.2f}' for x in b)} |")
 PY
+rm -rf "$out"

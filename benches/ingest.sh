@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 rounds=${1:-5}
 seconds=${2:-3}
 command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server" >&2; exit 1; }
+command -v h2load >/dev/null || { echo "h2load missing: apt-get install -y nghttp2-client" >&2; exit 1; }
 if [ -n "${CITYPARK_BIN:-}" ] && [ -n "${CITYPARK_BENCH_BIN:-}" ]; then
   citypark=$CITYPARK_BIN bench=$CITYPARK_BENCH_BIN
 else
@@ -47,7 +48,8 @@ nearby_ratio() { # port -> "ping nearby ratio" medians over $rounds
       if [ "${m%%:*}" = Ping ]; then p+=("$r"); else f+=("$r"); fi
     done
   done
-  python3 -c "import statistics,sys; p=[float(x) for x in sys.argv[1].split()]; f=[float(x) for x in sys.argv[2].split()]; print(f'Ping {statistics.median(p):.0f} req/s, FindNearby {statistics.median(f):.0f} req/s, ratio {statistics.median([b/a for a,b in zip(p,f)]):.2f}')" "${p[*]}" "${f[*]}"
+  # A run that did not finish (h2load prints no rate) is left out, not divided by.
+  python3 -c "import statistics,sys; p=[float(x or 0) for x in sys.argv[1].split(',')]; f=[float(x or 0) for x in sys.argv[2].split(',')]; ok=[(a,b) for a,b in zip(p,f) if a>0 and b>0]; print(f'Ping {statistics.median(a for a,_ in ok):.0f} req/s, FindNearby {statistics.median(b for _,b in ok):.0f} req/s, ratio {statistics.median([b/a for a,b in ok]):.2f}' if ok else 'no complete h2load run')" "$(IFS=,; echo "${p[*]}")" "$(IFS=,; echo "${f[*]}")"
 }
 
 for store in embedded redis; do
@@ -57,7 +59,7 @@ for store in embedded redis; do
   "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 120); do
-    n=$(curl -s "http://127.0.0.1:$mport/metrics" | awk '/^citypark_grpc_requests_total\{method="citypark.v1.Registry\/UpsertCarPark",code="ok"\}/ {print $2}')
+    n=$( (curl -s "http://127.0.0.1:$mport/metrics" || true) | awk '/^citypark_grpc_requests_total\{method="citypark.v1.Registry\/UpsertCarPark",code="ok"\}/ {print $2}')
     [ "${n:-0}" -ge 2350 ] 2>/dev/null && break
     sleep 0.5
   done

@@ -107,27 +107,31 @@ impl Engine {
         Some(version)
     }
 
-    /// Loads many car parks into an empty engine at once, building the R-tree in one
-    /// bulk pass (far faster than one insert each), telling no watcher.
+    /// Loads many car parks at once, none of which the engine holds: the R-tree is
+    /// built anew in one bulk pass over every car park (far faster than one insert
+    /// each), and no watcher is told (callers load only what nobody watches yet).
     pub fn load(
         &self,
         entries: impl IntoIterator<Item = (CarParkState, u64)>,
         now: Timestamp,
     ) -> Result<()> {
+        let entries: Vec<(CarParkState, u64)> = entries.into_iter().collect();
+        let mut ids: Vec<(CarParkId, u32)> = Vec::with_capacity(entries.len());
         let mut inner = self.inner.write();
-        if !inner.by_id.is_empty() {
-            return Err(Error::Internal("bulk load into a non-empty engine".into()));
+        let first = inner.slots.len() as u32;
+        for (k, (record, _)) in entries.iter().enumerate() {
+            ids.push((record.car_park.id.clone(), first + k as u32));
         }
-        let mut points = Vec::new();
+        ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let twice = ids.windows(2).find(|w| w[0].0 == w[1].0).map(|w| &w[0].0);
+        if let Some(id) = twice.or_else(|| {
+            ids.iter()
+                .map(|(id, _)| id)
+                .find(|id| inner.by_id.contains_key(*id))
+        }) {
+            return Err(Error::Internal(format!("car park {id} loaded twice")));
+        }
         for (record, version) in entries {
-            let i = inner.slots.len() as u32;
-            if inner.by_id.insert(record.car_park.id.clone(), i).is_some() {
-                return Err(Error::Internal(format!(
-                    "car park {} loaded twice",
-                    record.car_park.id
-                )));
-            }
-            points.push(IndexPoint::new(record.car_park.location, i));
             let last_status = record.live.status(&record.car_park, now);
             inner.slots.push(Some(Slot {
                 state: Mutex::new(SlotState {
@@ -138,8 +142,33 @@ impl Engine {
                 }),
             }));
         }
+        if inner.by_id.is_empty() {
+            // Sorted, the map is built in one pass rather than an insert each.
+            inner.by_id = ids.into_iter().collect();
+        } else {
+            inner.by_id.extend(ids);
+        }
+        let points = inner
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                slot.as_ref()
+                    .map(|s| IndexPoint::new(s.state.lock().car_park.location, i as u32))
+            })
+            .collect();
         inner.tree = Tree::bulk_load(points);
         Ok(())
+    }
+
+    /// Whether any car park of `region` is held.
+    fn holds_region(&self, region: &RegionId) -> bool {
+        let inner = self.inner.read();
+        inner
+            .slots
+            .iter()
+            .flatten()
+            .any(|slot| &slot.state.lock().car_park.region == region)
     }
 }
 
@@ -195,9 +224,9 @@ impl Replica<CarParkState> for Engine {
         tombstones: Vec<(String, u64)>,
         now: Timestamp,
     ) -> Result<()> {
-        // A cold start: nothing to compare with and nobody watching, so one bulk pass.
-        // A region found later, with watchers, is told car park by car park.
-        if self.is_empty() && self.changes.receiver_count() == 0 {
+        // A region new here with nobody watching (a cold start, region after region):
+        // one bulk pass. Otherwise watchers are told car park by car park.
+        if self.changes.receiver_count() == 0 && !self.holds_region(region) {
             self.load(records, now)?;
         } else {
             let mut inner = self.inner.write();

@@ -4,6 +4,8 @@
 
 use std::collections::HashSet;
 
+use tokio::sync::mpsc;
+
 use super::{Shared, unavailable};
 use crate::{
     domain::{Error, RegionId, Result},
@@ -16,6 +18,9 @@ use crate::{
 
 /// Ids read per `snapshot.lua` while loading (well inside Lua's argument limit).
 const CHUNK: usize = 1_000;
+
+/// A `snapshot.lua` reply: versions, then each part, by id.
+type Columns = Vec<Vec<Option<String>>>;
 
 /// The rows of a `snapshot.lua` reply (`columns`: versions, then each part), decoded;
 /// a row with no part is an absent record with its version (a tombstone, or 0).
@@ -73,44 +78,60 @@ fn decode_each<A: Aggregate>(
 
 /// Loads every record of kind `A` in `region` into the engine: ids from the version
 /// hash (HSCAN, so tombstones come too), records read `CHUNK` at a time, one bulk load.
-/// A record this version cannot read is skipped with a warning and a metric.
+/// The next chunk is read while this one is decoded, so Redis and this instance work
+/// side by side. A record this version cannot read is skipped with a warning and a
+/// metric.
 pub(super) async fn load_kind<A: Aggregate>(shared: &Shared, region: &RegionId) -> Result<()> {
     let keys = shared.keys(region);
-    let versions_key = keys.versions::<A>();
-    let mut conn = shared.conn.clone();
-    let (mut records, mut tombstones) = (Vec::new(), Vec::new());
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut cursor: u64 = 0;
-    loop {
-        shared.round_trip("snapshot");
-        let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
-            .arg(&versions_key)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(CHUNK)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        // HSCAN may return an id twice; each is read once.
-        let ids: Vec<String> = flat
-            .into_iter()
-            .step_by(2)
-            .filter(|id| seen.insert(id.clone()))
-            .collect();
-        for chunk in ids.chunks(CHUNK) {
-            let mut invocation = shared.snapshot.key(&versions_key);
-            for part in keys.parts::<A>() {
-                invocation.key(part);
-            }
-            for id in chunk {
-                invocation.arg(id);
-            }
+    let (chunks, mut read_chunks) = mpsc::channel::<(Vec<String>, Columns)>(2);
+    let read = async move {
+        let versions_key = keys.versions::<A>();
+        let mut conn = shared.conn.clone();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut cursor: u64 = 0;
+        loop {
             shared.round_trip("snapshot");
-            let columns: Vec<Vec<Option<String>>> = invocation
-                .invoke_async(&mut conn)
+            let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
+                .arg(&versions_key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(CHUNK)
+                .query_async(&mut conn)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            for (i, row) in decode_each::<A>(&columns, chunk.len()) {
+            // HSCAN may return an id twice; each is read once.
+            let ids: Vec<String> = flat
+                .into_iter()
+                .step_by(2)
+                .filter(|id| seen.insert(id.clone()))
+                .collect();
+            for chunk in ids.chunks(CHUNK) {
+                let mut invocation = shared.snapshot.key(&versions_key);
+                for part in keys.parts::<A>() {
+                    invocation.key(part);
+                }
+                for id in chunk {
+                    invocation.arg(id);
+                }
+                shared.round_trip("snapshot");
+                let columns: Columns = invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                if chunks.send((chunk.to_vec(), columns)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok::<(), Error>(());
+            }
+        }
+    };
+    let (mut records, mut tombstones) = (Vec::new(), Vec::new());
+    let decode = async {
+        while let Some((ids, columns)) = read_chunks.recv().await {
+            for (i, row) in decode_each::<A>(&columns, ids.len()) {
                 match row {
                     Ok(Versioned {
                         record: Some(record),
@@ -119,19 +140,17 @@ pub(super) async fn load_kind<A: Aggregate>(shared: &Shared, region: &RegionId) 
                     Ok(Versioned {
                         record: None,
                         version,
-                    }) => tombstones.push((chunk[i].clone(), version)),
+                    }) => tombstones.push((ids[i].clone(), version)),
                     Err(error) => {
-                        tracing::warn!(%error, kind = A::KIND, id = %chunk[i], region = %region, "stored record skipped");
+                        tracing::warn!(%error, kind = A::KIND, id = %ids[i], region = %region, "stored record skipped");
                         metrics::record_replication_skipped(A::KIND, error.label());
                     }
                 }
             }
         }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
+    };
+    let (read, ()) = tokio::join!(read, decode);
+    read?;
     let count = records.len();
     A::replica(&shared.engine).load_region(region, records, tombstones, shared.now())?;
     tracing::debug!(kind = A::KIND, region = %region, records = count, "kind loaded from redis");
