@@ -20,7 +20,7 @@ else
 fi
 out=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$out"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
 
 key=bench-key
 hash=$("$citypark" hash-key "$key")

@@ -1,11 +1,12 @@
 //! Ingest: occupancy reports, in order, each with its own result.
 //!
-//! One task per instance takes every pending call's reports (Publish messages and
-//! unary reports alike) and decides them together: all reports on one car park, in
-//! arrival order, become one compare-and-set of that car park. So calls racing on one
-//! car park in an instance never conflict with each other, and a store can write a
-//! whole batch in one round trip. Under load, calls queue while a batch is committed
-//! and go together in the next; with no load a call goes alone at once.
+//! On a store whose writes cost a round trip (Redis), one task per instance takes every
+//! pending call's reports (Publish messages and unary reports alike) and decides them
+//! together: all reports on one car park, in arrival order, become one compare-and-set
+//! of that car park. So calls racing on one car park in an instance never conflict
+//! with each other, and a whole batch is written in one round trip. Under load, calls
+//! queue while a batch is committed and go together in the next; with no load a call
+//! goes alone at once. On the embedded store a call is decided in its own task.
 
 use std::collections::HashMap;
 
@@ -16,7 +17,7 @@ use super::{Service, write::Decision};
 use crate::{
     domain::{Applied, CarParkId, CarParkState, Error, OperatorId, Report, Result},
     metrics,
-    store::{Change, Parts, Versioned, carpark::LIVE},
+    store::{Change, Parts, Store, Versioned, carpark::LIVE},
 };
 
 /// Reports a batch is filled up to before it is decided.
@@ -49,7 +50,14 @@ pub(super) fn spawn(service: &Service, mut jobs: mpsc::Receiver<Job>, stop: Canc
                 size += job.reports.len();
                 batch.push(job);
             }
-            service.decide_reports(batch).await;
+            let calls: Vec<(&OperatorId, &[Report])> = batch
+                .iter()
+                .map(|job| (&job.caller, job.reports.as_slice()))
+                .collect();
+            let results = service.decide_reports(&calls).await;
+            for (job, results) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(Ok(results));
+            }
         }
         jobs.close();
         while let Some(job) = jobs.recv().await {
@@ -80,6 +88,14 @@ impl Service {
             return Ok(Vec::new());
         }
         let count = reports.len() as u64;
+        if !self.store.batches_writes() {
+            // No round trip to share: decided here, at once. Calls racing on one car
+            // park may then conflict, and decide again (a lock's worth of work).
+            let mut results = self.decide_reports(&[(caller, &reports)]).await;
+            let results = results.pop().expect("one call");
+            results.iter().for_each(metrics::record_report);
+            return Ok(results);
+        }
         let (reply, results) = oneshot::channel();
         let job = Job {
             caller: caller.clone(),
@@ -99,13 +115,13 @@ impl Service {
 
     /// Decides a batch of calls' reports: the reports on each car park, in arrival
     /// order, together, committed as one compare-and-set of the car park.
-    async fn decide_reports(&self, jobs: Vec<Job>) {
+    async fn decide_reports(&self, jobs: &[(&OperatorId, &[Report])]) -> Vec<Vec<Result<Applied>>> {
         let now = self.now();
         let mut ids: Vec<CarParkId> = Vec::new();
         let mut chains: Vec<Vec<(usize, usize)>> = Vec::new();
         let mut by_id: HashMap<&CarParkId, usize> = HashMap::new();
-        for (j, job) in jobs.iter().enumerate() {
-            for (i, report) in job.reports.iter().enumerate() {
+        for (j, (_, reports)) in jobs.iter().enumerate() {
+            for (i, report) in reports.iter().enumerate() {
                 let c = *by_id.entry(&report.car_park).or_insert_with(|| {
                     ids.push(report.car_park.clone());
                     chains.push(Vec::new());
@@ -121,9 +137,7 @@ impl Service {
                     targets,
                     0,
                     |c, current: &Versioned<CarParkState>| {
-                        let chain = chains[c]
-                            .iter()
-                            .map(|&(j, i)| (&jobs[j].reports[i], &jobs[j].caller));
+                        let chain = chains[c].iter().map(|&(j, i)| (&jobs[j].1[i], jobs[j].0));
                         let Some(record) = &current.record else {
                             let missing = Error::car_park_not_found(&ids[c]);
                             return Ok(Decision::answer(
@@ -148,7 +162,7 @@ impl Service {
             Err(error) => Err(error),
         };
         let mut results: Vec<Vec<Option<Result<Applied>>>> =
-            jobs.iter().map(|j| vec![None; j.reports.len()]).collect();
+            jobs.iter().map(|(_, r)| vec![None; r.len()]).collect();
         match decided {
             Ok(decided) => {
                 for (chain, decided) in chains.iter().zip(decided) {
@@ -172,12 +186,13 @@ impl Service {
                 }
             }
         }
-        for (job, results) in jobs.into_iter().zip(results) {
-            let results = results
-                .into_iter()
-                .map(|r| r.expect("every report is in one chain"))
-                .collect();
-            let _ = job.reply.send(Ok(results));
-        }
+        results
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|r| r.expect("every report is in one chain"))
+                    .collect()
+            })
+            .collect()
     }
 }

@@ -79,6 +79,12 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether a commit costs a round trip, so that concurrent calls gain from being
+    /// decided and committed together.
+    fn batches_writes(&self) -> bool {
+        false
+    }
+
     /// Round trips made to the backend for RPCs so far, replication not counted (0 for
     /// the embedded store). Queries never add to it.
     fn round_trips(&self) -> u64 {
@@ -141,6 +147,10 @@ impl Store for AnyStore {
 
     fn health(&self) -> Option<watch::Receiver<bool>> {
         each!(self, s => s.health())
+    }
+
+    fn batches_writes(&self) -> bool {
+        each!(self, s => s.batches_writes())
     }
 
     fn round_trips(&self) -> u64 {

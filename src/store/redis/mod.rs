@@ -306,6 +306,10 @@ impl Store for RedisStore {
         Some(self.shared.healthy.subscribe())
     }
 
+    fn batches_writes(&self) -> bool {
+        true
+    }
+
     fn round_trips(&self) -> u64 {
         self.shared.round_trips.load(Ordering::Relaxed)
     }
