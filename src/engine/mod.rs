@@ -25,7 +25,7 @@ use crate::domain::{
     NearbyQuery, OperatorId, RegionId, Result, Timestamp, chord_to_m,
 };
 use index::{IndexPoint, Tree, envelope_of};
-pub use replica::Replica;
+pub use replica::{Loading, Replica};
 
 /// One change, as watchers receive it.
 #[derive(Debug, Clone, PartialEq)]

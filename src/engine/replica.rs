@@ -42,14 +42,25 @@ pub trait Replica<A> {
     ) -> Option<u64>;
 
     /// Makes `region` exactly what a snapshot says, whatever the versions (the snapshot
-    /// is the authority). Into an empty engine this is one bulk pass.
+    /// is the authority). A region new here that nobody watches yet is one bulk pass.
     fn load_region(
         &self,
         region: &RegionId,
+        loading: Loading,
         records: Vec<(A, u64)>,
         tombstones: Vec<(String, u64)>,
         now: Timestamp,
     ) -> Result<()>;
+}
+
+/// How a region's snapshot meets the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loading {
+    /// The region is new here: the engine holds none of its records.
+    New,
+    /// The engine follows the region already, and the snapshot replaces what it holds
+    /// (after a hole in the change stream, or Redis lost data).
+    Replace,
 }
 
 impl Engine {
@@ -107,9 +118,11 @@ impl Engine {
         Some(version)
     }
 
-    /// Loads many car parks at once, none of which the engine holds: the R-tree is
-    /// built anew in one bulk pass over every car park (far faster than one insert
-    /// each), and no watcher is told (callers load only what nobody watches yet).
+    /// Loads many car parks at once, none of which the engine holds, telling no watcher
+    /// (callers load only what nobody watches yet). When they at least double the
+    /// engine, the R-tree is built anew in one bulk pass (far faster than one insert
+    /// each); else they are inserted, so a start that loads region after region costs
+    /// no more than one bulk load.
     pub fn load(
         &self,
         entries: impl IntoIterator<Item = (CarParkState, u64)>,
@@ -148,27 +161,25 @@ impl Engine {
         } else {
             inner.by_id.extend(ids);
         }
-        let points = inner
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, slot)| {
-                slot.as_ref()
-                    .map(|s| IndexPoint::new(s.state.lock().car_park.location, i as u32))
-            })
-            .collect();
-        inner.tree = Tree::bulk_load(points);
+        let point = |(i, slot): (usize, &Option<Slot>)| {
+            slot.as_ref()
+                .map(|s| IndexPoint::new(s.state.lock().car_park.location, i as u32))
+        };
+        let added = inner.slots.len() - first as usize;
+        if added >= inner.tree.size() {
+            let points = inner.slots.iter().enumerate().filter_map(point).collect();
+            inner.tree = Tree::bulk_load(points);
+        } else {
+            let points: Vec<IndexPoint> = inner.slots[first as usize..]
+                .iter()
+                .enumerate()
+                .filter_map(|(k, slot)| point((first as usize + k, slot)))
+                .collect();
+            for p in points {
+                inner.tree.insert(p);
+            }
+        }
         Ok(())
-    }
-
-    /// Whether any car park of `region` is held.
-    fn holds_region(&self, region: &RegionId) -> bool {
-        let inner = self.inner.read();
-        inner
-            .slots
-            .iter()
-            .flatten()
-            .any(|slot| &slot.state.lock().car_park.region == region)
     }
 }
 
@@ -220,13 +231,14 @@ impl Replica<CarParkState> for Engine {
     fn load_region(
         &self,
         region: &RegionId,
+        loading: Loading,
         records: Vec<(CarParkState, u64)>,
         tombstones: Vec<(String, u64)>,
         now: Timestamp,
     ) -> Result<()> {
         // A region new here with nobody watching (a cold start, region after region):
         // one bulk pass. Otherwise watchers are told car park by car park.
-        if self.changes.receiver_count() == 0 && !self.holds_region(region) {
+        if loading == Loading::New && self.changes.receiver_count() == 0 {
             self.load(records, now)?;
         } else {
             let mut inner = self.inner.write();

@@ -17,7 +17,7 @@ use super::{Service, write::Decision};
 use crate::{
     domain::{Applied, CarParkId, CarParkState, Error, OperatorId, Report, Result},
     metrics,
-    store::{Change, Parts, Store, Versioned, carpark::LIVE},
+    store::{Change, Parts, Versioned, carpark::LIVE},
 };
 
 /// Reports a batch is filled up to before it is decided.
@@ -88,21 +88,21 @@ impl Service {
             return Ok(Vec::new());
         }
         let count = reports.len() as u64;
-        if !self.store.batches_writes() {
+        let Some(ingest) = &self.ingest else {
             // No round trip to share: decided here, at once. Calls racing on one car
             // park may then conflict, and decide again (a lock's worth of work).
             let mut results = self.decide_reports(&[(caller, &reports)]).await;
             let results = results.pop().expect("one call");
             results.iter().for_each(metrics::record_report);
             return Ok(results);
-        }
+        };
         let (reply, results) = oneshot::channel();
         let job = Job {
             caller: caller.clone(),
             reports,
             reply,
         };
-        let results = match self.ingest.send(job).await {
+        let results = match ingest.send(job).await {
             Ok(()) => results.await.unwrap_or_else(|_| Err(shutting_down())),
             Err(_) => Err(shutting_down()),
         };
@@ -130,6 +130,8 @@ impl Service {
                 chains[c].push((j, i));
             }
         }
+        let mut results: Vec<Vec<Option<Result<Applied>>>> =
+            jobs.iter().map(|(_, r)| vec![None; r.len()]).collect();
         let decided = match self.car_park_targets(&ids).await {
             Ok(targets) => {
                 self.transact(
@@ -159,30 +161,20 @@ impl Service {
                 )
                 .await
             }
-            Err(error) => Err(error),
+            // The store could not say what it holds: every chain fails alike.
+            Err(error) => chains.iter().map(|_| Err(error.clone())).collect(),
         };
-        let mut results: Vec<Vec<Option<Result<Applied>>>> =
-            jobs.iter().map(|(_, r)| vec![None; r.len()]).collect();
-        match decided {
-            Ok(decided) => {
-                for (chain, decided) in chains.iter().zip(decided) {
-                    match decided {
-                        Ok((chain_results, _)) => {
-                            for (&(j, i), result) in chain.iter().zip(chain_results) {
-                                results[j][i] = Some(result);
-                            }
-                        }
-                        Err(error) => {
-                            for &(j, i) in chain {
-                                results[j][i] = Some(Err(error.clone()));
-                            }
-                        }
+        for (chain, decided) in chains.iter().zip(decided) {
+            match decided {
+                Ok((chain_results, _)) => {
+                    for (&(j, i), result) in chain.iter().zip(chain_results) {
+                        results[j][i] = Some(result);
                     }
                 }
-            }
-            Err(error) => {
-                for row in &mut results {
-                    row.iter_mut().for_each(|r| *r = Some(Err(error.clone())));
+                Err(error) => {
+                    for &(j, i) in chain {
+                        results[j][i] = Some(Err(error.clone()));
+                    }
                 }
             }
         }

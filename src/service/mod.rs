@@ -19,7 +19,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use watch::{WatchEvent, WatchSelector};
 
-use crate::{domain::Timestamp, engine::Engine, store::AnyStore};
+use crate::{
+    domain::Timestamp,
+    engine::Engine,
+    store::{AnyStore, Store},
+};
 
 /// Limits that protect the service from one client.
 #[derive(Debug, Clone)]
@@ -58,22 +62,30 @@ pub struct Service {
     /// Tasks that serve one call (watch and publish streams), and the ingest task, so
     /// shutdown can wait for them.
     tasks: TaskTracker,
-    /// Where report calls queue for the ingest task (`ingest.rs`).
-    ingest: mpsc::Sender<ingest::Job>,
+    /// Where report calls queue for the ingest task (`ingest.rs`), on a store whose
+    /// writes cost a round trip; `None` on the embedded store, where each call decides
+    /// in its own task.
+    ingest: Option<mpsc::Sender<ingest::Job>>,
     /// Stops the ingest task once calls have drained.
     stop: CancellationToken,
 }
 
 impl Service {
     /// A service over `engine` and `store`; starts its ingest task (on the current
-    /// runtime).
+    /// runtime) if the store batches writes.
     pub fn new(
         engine: Arc<Engine>,
         store: Arc<AnyStore>,
         clock: Arc<dyn Clock>,
         limits: Limits,
     ) -> Self {
-        let (ingest, jobs) = mpsc::channel(1_024);
+        let (ingest, jobs) = match store.batches_writes() {
+            true => {
+                let (ingest, jobs) = mpsc::channel(1_024);
+                (Some(ingest), Some(jobs))
+            }
+            false => (None, None),
+        };
         let service = Self {
             engine,
             store,
@@ -83,7 +95,9 @@ impl Service {
             ingest,
             stop: CancellationToken::new(),
         };
-        ingest::spawn(&service, jobs, service.stop.clone());
+        if let Some(jobs) = jobs {
+            ingest::spawn(&service, jobs, service.stop.clone());
+        }
         service
     }
 

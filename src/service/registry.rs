@@ -59,7 +59,7 @@ impl Service {
                     })
                 },
             )
-            .await?;
+            .await;
         let (output, _) = single(decided)?;
         Ok(output)
     }
@@ -123,7 +123,7 @@ impl Service {
                     })
                 },
             )
-            .await?;
+            .await;
         let ((), version) = single(decided)?;
         // The delete stands once committed; freeing the id for other regions is the
         // store's best effort.

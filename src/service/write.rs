@@ -60,7 +60,7 @@ impl Service {
         mut targets: Vec<Target<A>>,
         floor: u64,
         decide: impl Fn(usize, &Versioned<A>) -> Result<Decision<A, T>>,
-    ) -> Result<Vec<Result<(T, u64)>>> {
+    ) -> Vec<Result<(T, u64)>> {
         let mut results: Vec<Option<Result<(T, u64)>>> = targets.iter().map(|_| None).collect();
         let mut pending: Vec<usize> = (0..targets.len()).collect();
         for _ in 0..MAX_ATTEMPTS {
@@ -79,10 +79,14 @@ impl Service {
                         output,
                     }) => {
                         let region = match &change {
-                            Change::Put { record, .. } => record.region().clone(),
-                            Change::Delete => target.region().ok_or_else(|| {
-                                Error::Internal(format!("delete of {} without a region", target.id))
-                            })?,
+                            Change::Put { record, .. } => Some(record.region().clone()),
+                            Change::Delete => target.region(),
+                        };
+                        // A delete is decided on a record, which names its region.
+                        let Some(region) = region else {
+                            let bug = format!("delete of {} without a region", target.id);
+                            results[i] = Some(Err(Error::Internal(bug)));
+                            continue;
                         };
                         writes.push(Write {
                             region,
@@ -135,7 +139,7 @@ impl Service {
                 .filter(|&i| results[i].is_none())
                 .collect();
         }
-        Ok(results
+        results
             .into_iter()
             .zip(&targets)
             .map(|(result, target)| {
@@ -147,6 +151,6 @@ impl Service {
                     )))
                 })
             })
-            .collect())
+            .collect()
     }
 }

@@ -91,8 +91,8 @@ pub trait Store: Send + Sync + 'static {
         0
     }
 
-    /// Stops the store's background tasks and waits for them; writes still queued fail
-    /// UNAVAILABLE.
+    /// Stops the store's background tasks (stream followers, heartbeat) and waits for
+    /// them. Writes are made in their callers' tasks, which shut down first.
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
 

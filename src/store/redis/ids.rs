@@ -36,7 +36,7 @@ pub(super) async fn claim(
     let floor = answer
         .parse()
         .map_err(|_| Error::Internal(format!("bad floor {answer:?} from claim.lua")))?;
-    if !shared.regions.lock().await.contains_key(region) {
+    if !shared.regions.lock().await.contains(region) {
         shared.round_trip("registry");
         let _: i64 = conn
             .sadd(keys::regions(&shared.options.prefix), region.as_str())

@@ -6,6 +6,7 @@ use std::{collections::HashMap, future::Future, marker::PhantomData, pin::Pin};
 use super::{Shared, snapshot};
 use crate::{
     domain::{CarParkState, RegionId, Result},
+    engine::Loading,
     store::{
         Aggregate,
         table::{DecodeError, Stored},
@@ -29,7 +30,7 @@ pub(super) trait Kind: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Loads the region's records of this kind into the engine.
-    fn load<'a>(&'a self, shared: &'a Shared, region: &'a RegionId) -> Load<'a>;
+    fn load<'a>(&'a self, shared: &'a Shared, region: &'a RegionId, loading: Loading) -> Load<'a>;
 
     /// Applies one entry of this kind to the engine; false if the engine already holds
     /// that version or a newer one.
@@ -43,8 +44,8 @@ impl<A: Aggregate> Kind for Of<A> {
         A::KIND
     }
 
-    fn load<'a>(&'a self, shared: &'a Shared, region: &'a RegionId) -> Load<'a> {
-        Box::pin(snapshot::load_kind::<A>(shared, region))
+    fn load<'a>(&'a self, shared: &'a Shared, region: &'a RegionId, loading: Loading) -> Load<'a> {
+        Box::pin(snapshot::load_kind::<A>(shared, region, loading))
     }
 
     fn apply(&self, shared: &Shared, entry: &Entry) -> Result<bool, DecodeError> {

@@ -16,7 +16,7 @@ mod tail;
 mod writer;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -25,7 +25,7 @@ use std::{
 };
 
 use redis::{AsyncCommands, Script};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{Aggregate, Claim, Committed, Store, Versioned, Write};
@@ -38,7 +38,6 @@ use crate::{
 use conn::{Conn, Target};
 pub use conn::{parse_target, redact};
 use keys::RegionKeys;
-use tail::RegionTail;
 
 /// How to reach and use Redis.
 #[derive(Debug, Clone)]
@@ -91,7 +90,7 @@ fn unconfirmed(error: &redis::RedisError) -> Error {
     Error::Unavailable(UNCONFIRMED.into())
 }
 
-/// State shared by the store, its tails, its writer and its heartbeat.
+/// State shared by the store, its tails and its heartbeat.
 struct Shared {
     target: Target,
     conn: Conn,
@@ -102,7 +101,8 @@ struct Shared {
     snapshot: Script,
     position: Script,
     claim: Script,
-    regions: Mutex<HashMap<RegionId, Arc<RegionTail>>>,
+    /// The regions followed here.
+    regions: Mutex<HashSet<RegionId>>,
     healthy: watch::Sender<bool>,
     round_trips: AtomicU64,
     /// Every background task of the store, so `close` can wait for them.
@@ -144,15 +144,14 @@ impl Shared {
         });
     }
 
-    /// The tail of `region`, started (snapshot loaded, stream followed) if new here.
-    async fn region(self: &Arc<Self>, region: &RegionId) -> Result<Arc<RegionTail>> {
+    /// Follows `region` (snapshot loaded, stream followed) if it is new here.
+    async fn region(self: &Arc<Self>, region: &RegionId) -> Result<()> {
         let mut regions = self.regions.lock().await;
-        if let Some(tail) = regions.get(region) {
-            return Ok(tail.clone());
+        if !regions.contains(region) {
+            tail::start(self, region.clone()).await?;
+            regions.insert(region.clone());
         }
-        let tail = RegionTail::start(self.clone(), region.clone()).await?;
-        regions.insert(region.clone(), tail.clone());
-        Ok(tail)
+        Ok(())
     }
 
     /// Records of kind `A` in `region` as Redis holds them, read consistently
@@ -186,7 +185,6 @@ impl Shared {
 #[derive(Clone)]
 pub struct RedisStore {
     shared: Arc<Shared>,
-    writer: mpsc::Sender<writer::Job>,
 }
 
 impl RedisStore {
@@ -233,7 +231,7 @@ impl RedisStore {
             snapshot: Script::new(include_str!("snapshot.lua")),
             position: Script::new(include_str!("position.lua")),
             claim: Script::new(include_str!("claim.lua")),
-            regions: Mutex::new(HashMap::new()),
+            regions: Mutex::new(HashSet::new()),
             healthy,
             round_trips: AtomicU64::new(0),
             tasks: TaskTracker::new(),
@@ -252,8 +250,7 @@ impl RedisStore {
         }
         shared.spawn(tail::discover_regions(Arc::downgrade(&shared)));
         shared.spawn(heartbeat(Arc::downgrade(&shared)));
-        let writer = writer::spawn(&shared);
-        Ok(Self { shared, writer })
+        Ok(Self { shared })
     }
 }
 
@@ -287,7 +284,7 @@ impl Store for RedisStore {
         what: &'static str,
         now: Timestamp,
     ) -> Vec<Result<Committed>> {
-        writer::submit(&self.shared, &self.writer, writes, what, now).await
+        writer::write(&self.shared, writes, what, now).await
     }
 
     async fn claim_id(&self, id: &CarParkId, region: &RegionId) -> Result<Claim> {

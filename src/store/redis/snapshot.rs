@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::{Shared, unavailable};
 use crate::{
     domain::{Error, RegionId, Result},
+    engine::Loading,
     metrics,
     store::{
         Aggregate, Versioned,
@@ -81,7 +82,11 @@ fn decode_each<A: Aggregate>(
 /// The next chunk is read while this one is decoded, so Redis and this instance work
 /// side by side. A record this version cannot read is skipped with a warning and a
 /// metric.
-pub(super) async fn load_kind<A: Aggregate>(shared: &Shared, region: &RegionId) -> Result<()> {
+pub(super) async fn load_kind<A: Aggregate>(
+    shared: &Shared,
+    region: &RegionId,
+    loading: Loading,
+) -> Result<()> {
     let keys = shared.keys(region);
     let (chunks, mut read_chunks) = mpsc::channel::<(Vec<String>, Columns)>(2);
     let read = async move {
@@ -152,7 +157,7 @@ pub(super) async fn load_kind<A: Aggregate>(shared: &Shared, region: &RegionId) 
     let (read, ()) = tokio::join!(read, decode);
     read?;
     let count = records.len();
-    A::replica(&shared.engine).load_region(region, records, tombstones, shared.now())?;
+    A::replica(&shared.engine).load_region(region, loading, records, tombstones, shared.now())?;
     tracing::debug!(kind = A::KIND, region = %region, records = count, "kind loaded from redis");
     Ok(())
 }

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     domain::{RegionId, Result},
+    engine::Loading,
     metrics,
     store::table::DecodeError,
 };
@@ -42,26 +43,19 @@ struct Position {
     id: String,
 }
 
-/// One followed region.
-pub struct RegionTail {
-    region: RegionId,
-}
-
-impl RegionTail {
-    /// Loads the region's snapshot into the engine and starts following its stream.
-    pub(super) async fn start(shared: Arc<Shared>, region: RegionId) -> Result<Arc<Self>> {
-        let position = load(&shared, &region).await?;
-        let tail = Arc::new(Self { region });
-        tracing::info!(region = %tail.region, change = position.n, "region loaded from redis");
-        shared.spawn(follow(Arc::downgrade(&shared), tail.clone(), position));
-        Ok(tail)
-    }
+/// Loads a region new to this instance into the engine and starts following its
+/// stream.
+pub(super) async fn start(shared: &Arc<Shared>, region: RegionId) -> Result<()> {
+    let position = load(shared, &region, Loading::New).await?;
+    tracing::info!(region = %region, change = position.n, "region loaded from redis");
+    shared.spawn(follow(Arc::downgrade(shared), region, position));
+    Ok(())
 }
 
 /// Reads the region's position, then every kind's records, and makes the engine's
 /// region exactly that state. Changes made meanwhile are replayed from the position
 /// (and skipped where the snapshot already has their version).
-async fn load(shared: &Shared, region: &RegionId) -> Result<Position> {
+async fn load(shared: &Shared, region: &RegionId, loading: Loading) -> Result<Position> {
     let keys = shared.keys(region);
     let mut conn = shared.conn.clone();
     shared.round_trip("snapshot");
@@ -73,14 +67,14 @@ async fn load(shared: &Shared, region: &RegionId) -> Result<Position> {
         .await
         .map_err(|e| unavailable(&e))?;
     for kind in kinds::KINDS {
-        kind.load(shared, region).await?;
+        kind.load(shared, region, loading).await?;
     }
     Ok(Position { n, id })
 }
 
 /// Follows the stream until the store closes: reconnects after errors, reloads
 /// after a hole.
-async fn follow(shared: Weak<Shared>, tail: Arc<RegionTail>, mut position: Position) {
+async fn follow(shared: Weak<Shared>, region: RegionId, mut position: Position) {
     let mut backoff = Duration::from_millis(100);
     let mut reload = false;
     let mut reconnected;
@@ -89,7 +83,7 @@ async fn follow(shared: Weak<Shared>, tail: Arc<RegionTail>, mut position: Posit
             return;
         };
         let target = store.target.clone();
-        let keys = store.keys(&tail.region);
+        let keys = store.keys(&region);
         drop(store);
         let mut conn = match Dedicated::connect(&target, BLOCK).await {
             Ok(conn) => {
@@ -101,7 +95,7 @@ async fn follow(shared: Weak<Shared>, tail: Arc<RegionTail>, mut position: Posit
                     return;
                 };
                 store.set_healthy(false);
-                tracing::warn!(%error, region = %tail.region, retry_in = ?backoff, "redis change stream unreachable");
+                tracing::warn!(%error, region = %region, retry_in = ?backoff, "redis change stream unreachable");
                 drop(store);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -115,10 +109,10 @@ async fn follow(shared: Weak<Shared>, tail: Arc<RegionTail>, mut position: Posit
             // Right after (re)connecting, Redis may have come back with less than
             // this instance applied; afterwards a hole in the numbers shows it.
             let check = std::mem::take(&mut reconnected);
-            if reload || (check && regressed(&store, &tail.region, &position).await) {
-                match load(&store, &tail.region).await {
+            if reload || (check && regressed(&store, &region, &position).await) {
+                match load(&store, &region, Loading::Replace).await {
                     Ok(p) => {
-                        tracing::warn!(region = %tail.region, from = position.n, to = p.n, "region reloaded from redis snapshot");
+                        tracing::warn!(region = %region, from = position.n, to = p.n, "region reloaded from redis snapshot");
                         position = p;
                         reload = false;
                     }
@@ -144,7 +138,7 @@ async fn follow(shared: Weak<Shared>, tail: Arc<RegionTail>, mut position: Posit
                 Ok(reply) => reply,
                 Err(error) => {
                     store.set_healthy(false);
-                    tracing::warn!(%error, region = %tail.region, "reading the redis change stream failed");
+                    tracing::warn!(%error, region = %region, "reading the redis change stream failed");
                     if is_connection_error(&error) {
                         break;
                     }
@@ -159,7 +153,7 @@ async fn follow(shared: Weak<Shared>, tail: Arc<RegionTail>, mut position: Posit
             for entry in entries {
                 let n: u64 = entry.get("n").unwrap_or(0);
                 if n != position.n + 1 {
-                    tracing::warn!(region = %tail.region, expected = position.n + 1, found = n, "hole in the change stream");
+                    tracing::warn!(region = %region, expected = position.n + 1, found = n, "hole in the change stream");
                     reload = true;
                     break;
                 }
