@@ -270,3 +270,91 @@ impl Replica<CarParkState> for Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{
+        BoundingBox, Capacity, CarPark, CarParkKind, LatLng, OpeningHours, OperatorId,
+        SpaceCategory, Tariff, TimeZoneName,
+    };
+
+    fn record(id: &str, region: &str, lat: f64) -> (CarParkState, u64) {
+        let car_park = CarPark {
+            id: CarParkId::parse(id).unwrap(),
+            region: RegionId::parse(region).unwrap(),
+            operator: OperatorId::parse("op").unwrap(),
+            name: id.into(),
+            address: String::new(),
+            location: LatLng::new(lat, 120.0).unwrap(),
+            kind: CarParkKind::Garage,
+            capacity: Capacity::new([(SpaceCategory::Standard, 10)]).unwrap(),
+            time_zone: TimeZoneName::parse("Asia/Shanghai").unwrap(),
+            opening_hours: OpeningHours::always(),
+            closed: false,
+            tariff: Tariff::default(),
+            covered: false,
+            max_height_cm: None,
+            report_interval: Duration::from_secs(60),
+        };
+        (CarParkState::new(car_park), 1)
+    }
+
+    fn ids_in_area(engine: &Engine) -> Vec<String> {
+        let area = BoundingBox::new(
+            LatLng::new(35.0, 119.0).unwrap(),
+            LatLng::new(37.0, 121.0).unwrap(),
+        )
+        .unwrap();
+        let now = Timestamp::UNIX_EPOCH;
+        let found = engine.in_area(&area, usize::MAX, now).unwrap();
+        found.into_iter().map(|a| a.car_park.to_string()).collect()
+    }
+
+    #[test]
+    fn regions_loaded_one_after_another_are_all_indexed() {
+        let engine = Engine::new(16);
+        let now = Timestamp::UNIX_EPOCH;
+        let big = (0..6).map(|i| record(&format!("a{i}"), "qingdao", 36.0 + i as f64 * 0.01));
+        engine
+            .load_region(
+                &RegionId::parse("qingdao").unwrap(),
+                Loading::New,
+                big.collect(),
+                vec![],
+                now,
+            )
+            .unwrap();
+        // Fewer than the engine holds: inserted into the R-tree, not rebuilt.
+        let small = vec![record("b0", "jinan", 36.5), record("b1", "jinan", 36.6)];
+        engine
+            .load_region(
+                &RegionId::parse("jinan").unwrap(),
+                Loading::New,
+                small,
+                vec![],
+                now,
+            )
+            .unwrap();
+        // More than the engine holds: the R-tree is rebuilt over all of them.
+        let many = (0..9).map(|i| record(&format!("c{i}"), "yantai", 35.5 + i as f64 * 0.01));
+        engine
+            .load_region(
+                &RegionId::parse("yantai").unwrap(),
+                Loading::New,
+                many.collect(),
+                vec![],
+                now,
+            )
+            .unwrap();
+        let ids = ids_in_area(&engine);
+        assert_eq!(ids.len(), 17, "{ids:?}");
+        assert!(ids.contains(&"b1".to_string()) && ids.contains(&"c8".to_string()));
+        // A car park loaded twice is refused, not indexed twice.
+        let again = vec![record("b0", "jinan", 36.5)];
+        assert!(engine.load(again, now).is_err());
+        assert_eq!(ids_in_area(&engine).len(), 17);
+    }
+}

@@ -778,3 +778,46 @@ async fn an_unreachable_redis_at_start_is_a_clear_error_after_bounded_retries() 
         "the password leaked: {message}"
     );
 }
+
+/// A write Redis takes but does not answer in time (writes paused, as during a manual
+/// failover) is not called "not made": the client is told it may have been made, and
+/// the resend it is told to make is a harmless DUPLICATE.
+#[tokio::test]
+async fn a_write_whose_answer_is_lost_is_not_called_unmade() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = key_prefix();
+    let server = TestServer::start_redis(&redis.url(), &prefix).await;
+    register(&server, garage("paused", 36.067, 120.383)).await;
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Longer than the store's 2 s reply timeout; Redis runs the write when it ends.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3_000)
+        .arg("WRITE")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let lost = expect_code(
+        report(&server, snapshot("paused", 1, 42, server.now())).await,
+        Code::Unavailable,
+    );
+    assert!(lost.message().contains("may have been made"), "{lost:?}");
+    assert!(!lost.message().contains("not made"), "{lost:?}");
+    // Once Redis runs the paused write, the resend is a duplicate, and another
+    // instance shows the write.
+    eventually("the resend is a duplicate", || async {
+        let ack = report(&server, snapshot("paused", 1, 42, server.now()))
+            .await
+            .ok()?;
+        (ack.result() == pb::ReportResult::Duplicate).then_some(())
+    })
+    .await;
+    let other = TestServer::start_redis(&redis.url(), &prefix).await;
+    assert_eq!(free_standard(&availability_of(&other, "paused").await), 42);
+}
