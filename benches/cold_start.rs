@@ -8,10 +8,6 @@
 //! `Backend::redis` took (connect, snapshot load of every region, followers started),
 //! how long until grpc.health.v1 says SERVING, and the instance's resident memory.
 //! `COLD_START_REGIONS` (default 1) spreads the car parks over that many regions.
-//! `COLD_START_PHASES=1` then also times the load's parts apart (`--phases`: the
-//! store's reads replayed with the same script, then decoded, then one bulk load into
-//! an engine), and two variants: reads one chunk ahead of the decoding, and MULTI /
-//! HMGET instead of `snapshot.lua`.
 //!
 //! Each step runs in a process of its own (this binary, re-executed): the loader
 //! (`--load-only URL`) holds the generated city, and each measured instance
@@ -36,7 +32,6 @@ use citypark::{
     app::{self, Backend, Settings},
     config::LogFormat,
     domain::{CarPark, CarParkState, RegionId, Timestamp},
-    engine::Engine,
     pb::{self, availability_client::AvailabilityClient},
     rng::Rng,
     service::SystemClock,
@@ -44,7 +39,6 @@ use citypark::{
         Aggregate,
         carpark::{LIVE, REGISTRATION},
         redis::RedisOptions,
-        table::Stored,
     },
 };
 use tonic_health::pb::{
@@ -435,185 +429,6 @@ fn measure_only(url: &str, n: usize) {
     println!("{MARK}nearby_results {results}");
 }
 
-/// How a `--phases` run reads a region's records.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Read {
-    /// As `store/redis/snapshot.rs` does now: HSCAN, `snapshot.lua`, decode, one after
-    /// the other.
-    AsTheStore,
-    /// The same reads, one task ahead of the decoding (a few chunks buffered).
-    Ahead,
-    /// Reads ahead, with MULTI / HMGET per hash / EXEC instead of `snapshot.lua`.
-    AheadMulti,
-}
-
-/// Car parks decoded so far, and the time spent decoding them.
-#[derive(Default)]
-struct Decoded {
-    records: Vec<(CarParkState, u64)>,
-    time: Duration,
-}
-
-impl Decoded {
-    /// Decodes one chunk's reply (versions, then a column per part) as the store does.
-    fn chunk(&mut self, rows: usize, columns: &[Vec<Option<String>>]) {
-        let t = Instant::now();
-        let [versions, parks, live] = columns else {
-            panic!("versions and two parts, got {} columns", columns.len());
-        };
-        for ((version, park), live) in versions.iter().zip(parks).zip(live).take(rows) {
-            let version = version
-                .as_deref()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0u64);
-            let parts =
-                [park, live].map(|t| t.as_deref().map(|t| Stored::parse(t).expect("a part")));
-            let record = CarParkState::decode(&parts, None).expect("a stored car park");
-            self.records.push((record, version));
-        }
-        self.time += t.elapsed();
-    }
-}
-
-/// Where read chunks go: decoded in place, or sent to the decoding task.
-enum Sink<'a> {
-    Inline(&'a mut Decoded),
-    Channel(tokio::sync::mpsc::Sender<(usize, Vec<Vec<Option<String>>>)>),
-}
-
-/// Reads every car park of `region` chunk by chunk, as `read` says, into `sink`;
-/// returns the time spent waiting for Redis.
-async fn read_region(
-    mut conn: redis::aio::MultiplexedConnection,
-    region: String,
-    read: Read,
-    mut sink: Sink<'_>,
-) -> Duration {
-    let script = redis::Script::new(include_str!("../src/store/redis/snapshot.lua"));
-    let base = format!("{PREFIX}:{{{region}}}");
-    let hashes = [
-        format!("{base}:versions"),
-        format!("{base}:parks"),
-        format!("{base}:live"),
-    ];
-    let mut seen = std::collections::HashSet::new();
-    let (mut cursor, mut waited) = (0u64, Duration::ZERO);
-    loop {
-        let t = Instant::now();
-        let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
-            .arg(&hashes[0])
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1_000)
-            .query_async(&mut conn)
-            .await
-            .expect("HSCAN");
-        waited += t.elapsed();
-        let ids: Vec<String> = flat
-            .into_iter()
-            .step_by(2)
-            .filter(|id| seen.insert(id.clone()))
-            .collect();
-        for chunk in ids.chunks(1_000) {
-            let t = Instant::now();
-            let columns: Vec<Vec<Option<String>>> = if read == Read::AheadMulti {
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                for hash in &hashes {
-                    pipe.cmd("HMGET").arg(hash).arg(chunk);
-                }
-                pipe.query_async(&mut conn).await.expect("MULTI/HMGET")
-            } else {
-                let mut invocation = script.key(&hashes[0]);
-                invocation.key(&hashes[1]).key(&hashes[2]);
-                for id in chunk {
-                    invocation.arg(id);
-                }
-                invocation
-                    .invoke_async(&mut conn)
-                    .await
-                    .expect("snapshot.lua")
-            };
-            waited += t.elapsed();
-            match &mut sink {
-                Sink::Inline(decoded) => decoded.chunk(chunk.len(), &columns),
-                Sink::Channel(tx) => {
-                    if tx.send((chunk.len(), columns)).await.is_err() {
-                        return waited;
-                    }
-                }
-            }
-        }
-        cursor = next;
-        if cursor == 0 {
-            return waited;
-        }
-    }
-}
-
-/// `--phases URL`: loads every region the way the store does, timing the reads from
-/// Redis, the decoding and the engine's bulk load apart; then with the reads one task
-/// ahead of the decoding, and with MULTI / HMGET instead of `snapshot.lua`.
-fn phases(url: &str, n: usize) {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let client = redis::Client::open(url).expect("redis url");
-        // No response timeout: on 2 shared cores a reply may wait behind the decoding.
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .expect("redis connection");
-        let regions: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("{PREFIX}:regions"))
-            .query_async(&mut conn)
-            .await
-            .expect("regions");
-        for read in [Read::AsTheStore, Read::Ahead, Read::AheadMulti] {
-            let start = Instant::now();
-            let mut waited = Duration::ZERO;
-            let mut decoded = Decoded {
-                records: Vec::with_capacity(n),
-                time: Duration::ZERO,
-            };
-            for region in &regions {
-                if read == Read::AsTheStore {
-                    let sink = Sink::Inline(&mut decoded);
-                    waited += read_region(conn.clone(), region.clone(), read, sink).await;
-                    continue;
-                }
-                let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-                let reader = tokio::spawn(read_region(
-                    conn.clone(),
-                    region.clone(),
-                    read,
-                    Sink::Channel(tx),
-                ));
-                while let Some((rows, columns)) = rx.recv().await {
-                    decoded.chunk(rows, &columns);
-                }
-                waited += reader.await.expect("reader");
-            }
-            let read_and_decode = start.elapsed();
-            let t = Instant::now();
-            let engine = Engine::new(4096);
-            assert_eq!(decoded.records.len(), n);
-            engine
-                .load(decoded.records, Timestamp::now())
-                .expect("bulk load");
-            let loading = t.elapsed();
-            println!(
-                "| {read:?} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s |",
-                waited.as_secs_f64(),
-                decoded.time.as_secs_f64(),
-                read_and_decode.as_secs_f64(),
-                loading.as_secs_f64(),
-                start.elapsed().as_secs_f64(),
-            );
-        }
-    });
-}
-
 /// Runs this binary with `args` and returns its `key value` figures.
 fn child(args: &[&str], env: &[(&str, String)]) -> Vec<(String, f64)> {
     let exe = std::env::current_exe().expect("current exe");
@@ -658,7 +473,6 @@ fn main() {
     match (args.get(1).map(String::as_str), args.get(2)) {
         (Some("--load-only"), Some(url)) => return load_only(url, n, region_count),
         (Some("--measure-only"), Some(url)) => return measure_only(url, n),
-        (Some("--phases"), Some(url)) => return phases(url, n),
         _ => {}
     }
 
@@ -725,19 +539,4 @@ fn main() {
         common::median(hwm),
         mb(used)
     );
-
-    if env_usize("COLD_START_PHASES").unwrap_or(0) > 0 {
-        println!();
-        println!(
-            "| read | waiting for Redis | decoding | read + decode | engine bulk load | total |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|");
-        let _ = std::io::stdout().flush();
-        let status = Command::new(std::env::current_exe().expect("current exe"))
-            .args(["--phases", &url])
-            .envs(env.iter().map(|(k, v)| (*k, v)))
-            .status()
-            .expect("re-run this bench");
-        assert!(status.success(), "--phases failed: {status}");
-    }
 }
