@@ -286,7 +286,7 @@ fn load_only(url: &str, n: usize, region_count: usize) {
                 live.arg(format!("{base}:live"));
                 versions.arg(format!("{base}:versions"));
                 for state in fields {
-                    let id = state.id();
+                    let id = state.car_park.id.as_str();
                     let (p, l) = (state.encode_part(REGISTRATION), state.encode_part(LIVE));
                     bytes += id.len() * 3 + p.len() + l.len() + 1;
                     parks.arg(id).arg(p);
@@ -301,7 +301,7 @@ fn load_only(url: &str, n: usize, region_count: usize) {
         for claims in batch.chunks(FIELDS) {
             let mut mset = redis::cmd("MSET");
             for state in claims {
-                mset.arg(format!("{PREFIX}:id:{}", state.id()))
+                mset.arg(format!("{PREFIX}:id:{}", state.car_park.id))
                     .arg(state.car_park.region.as_str());
             }
             pipe.add_command(mset).ignore();

@@ -41,7 +41,6 @@ impl Service {
         };
         let target = Target {
             id: id.to_string(),
-            region: Some(region),
             current,
         };
         let decided = self
@@ -142,7 +141,6 @@ impl Service {
             .iter()
             .map(|id| Target {
                 id: id.to_string(),
-                region: None,
                 current: Versioned::in_replica(&self.engine, id.as_str()),
             })
             .collect();
@@ -169,8 +167,7 @@ impl Service {
             .map(|(i, region)| (region.clone(), targets[*i].id.clone()))
             .collect();
         let fetched = self.store.fetch::<CarParkState>(keys).await?;
-        for ((i, region), current) in found.into_iter().zip(fetched) {
-            targets[i].region = Some(region);
+        for ((i, _), current) in found.into_iter().zip(fetched) {
             targets[i].current = current;
         }
         Ok(targets)

@@ -14,23 +14,10 @@ use crate::{
 /// first.
 const MAX_ATTEMPTS: usize = 5;
 
-/// One record a use case writes: where it lives and what was last read of it.
+/// One record a use case writes and what was last read of it.
 pub(super) struct Target<A> {
     pub id: String,
-    /// The record's region when the record is not there to say it (a car park being
-    /// registered); `None` for a record nobody holds.
-    pub region: Option<RegionId>,
     pub current: Versioned<A>,
-}
-
-impl<A: Aggregate> Target<A> {
-    fn region(&self) -> Option<RegionId> {
-        self.current
-            .record
-            .as_ref()
-            .map(|r| r.region().clone())
-            .or_else(|| self.region.clone())
-    }
 }
 
 /// What the rule decided for one record: what to write, if anything, and what the
@@ -78,12 +65,12 @@ impl Service {
                         change: Some(change),
                         output,
                     }) => {
-                        let region = match &change {
-                            Change::Put { record, .. } => Some(record.region().clone()),
-                            Change::Delete => target.region(),
-                        };
                         // A delete is decided on a record, which names its region.
-                        let Some(region) = region else {
+                        let region = match &change {
+                            Change::Put { record, .. } => Some(record.region()),
+                            Change::Delete => target.current.record.as_ref().map(A::region),
+                        };
+                        let Some(region) = region.cloned() else {
                             let bug = format!("delete of {} without a region", target.id);
                             results[i] = Some(Err(Error::Internal(bug)));
                             continue;

@@ -24,10 +24,6 @@ impl Aggregate for CarParkState {
     const VERSIONS: &'static str = "versions";
     const PARTS: &'static [&'static str] = &["parks", "live"];
 
-    fn id(&self) -> &str {
-        self.car_park.id.as_str()
-    }
-
     fn region(&self) -> &RegionId {
         &self.car_park.region
     }

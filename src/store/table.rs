@@ -30,9 +30,6 @@ pub trait Aggregate: Clone + Send + Sync + 'static {
     /// rewrite the others (the registration).
     const PARTS: &'static [&'static str];
 
-    /// The record's id, unique within its kind.
-    fn id(&self) -> &str;
-
     /// The region whose keys (and Redis Cluster slot) hold the record.
     fn region(&self) -> &RegionId;
 

@@ -172,12 +172,11 @@ impl Shared {
         }
         let mut conn = self.conn.clone();
         self.round_trip(what);
-        let columns: Vec<Vec<Option<String>>> = invocation
+        let columns: snapshot::Columns = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;
         snapshot::decode_rows::<A>(&columns, ids.len())
-            .map(|rows| rows.into_iter().map(|(_, v)| v).collect())
     }
 }
 

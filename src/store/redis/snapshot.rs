@@ -21,18 +21,17 @@ use crate::{
 const CHUNK: usize = 1_000;
 
 /// A `snapshot.lua` reply: versions, then each part, by id.
-type Columns = Vec<Vec<Option<String>>>;
+pub(super) type Columns = Vec<Vec<Option<String>>>;
 
 /// The rows of a `snapshot.lua` reply (`columns`: versions, then each part), decoded;
 /// a row with no part is an absent record with its version (a tombstone, or 0).
 pub(super) fn decode_rows<A: Aggregate>(
-    columns: &[Vec<Option<String>>],
+    columns: &Columns,
     rows: usize,
-) -> Result<Vec<(usize, Versioned<A>)>> {
+) -> Result<Vec<Versioned<A>>> {
     decode_each::<A>(columns, rows)
-        .map(|(i, row)| {
-            row.map(|v| (i, v))
-                .map_err(|e| Error::Internal(format!("{} record in Redis: {e}", A::KIND)))
+        .map(|(_, row)| {
+            row.map_err(|e| Error::Internal(format!("{} record in Redis: {e}", A::KIND)))
         })
         .collect()
 }
