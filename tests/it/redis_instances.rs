@@ -602,8 +602,10 @@ async fn an_instance_too_far_behind_reloads_the_snapshot() {
         // No version floor: the store passes 0 for a delete too.
         .arg(0)
         .arg(10)
-        // A delete carries no states.
+        // A delete carries no states; then the part names.
         .arg(0)
+        .arg("parks")
+        .arg("live")
         .cmd("XTRIM")
         .arg(key("changes"))
         .arg("MAXLEN")

@@ -11,11 +11,14 @@
 --       change stream, 4.. the kind's part hashes (every part, in part order)
 -- ARGV: 1 kind, 2 op ("put" | "del"), 3 id, 4 expected version, 5 floor: a version the
 --       new one must exceed besides the current one (0 if none), 6 stream MAXLEN
---       (approx.), 7 number of states (0 for "del"), then per state, per part, its name
---       and its stored value ("" leaves the part unchanged)
+--       (approx.), 7 number of states (0 for "del"), then the part names, then per
+--       state, per part, its stored value ("" leaves the part unchanged)
 -- Returns {1, n, version} when written (n: the last change's number in the region),
 --         {0, current version} when the record is not at the expected version, or a
 --         delete or partial put found no record.
+--
+-- Every entry of a kind carries every part's field (empty where unchanged), so a
+-- stream node stores the field names once for all its entries.
 local id = ARGV[3]
 local current = tonumber(redis.call('HGET', KEYS[1], id) or '0')
 if current ~= tonumber(ARGV[4]) then
@@ -24,9 +27,10 @@ end
 local op = ARGV[2]
 local parts = #KEYS - 3
 local states = tonumber(ARGV[7])
+local values = 7 + parts
 local partial = false
 for i = 1, parts do
-  if ARGV[7 + 2 * i] == '' then
+  if ARGV[values + i] == '' then
     partial = true
   end
 end
@@ -35,32 +39,30 @@ if (op == 'del' or partial) and redis.call('HEXISTS', KEYS[4], id) == 0 then
 end
 local version = math.max(current, tonumber(ARGV[5]))
 local n = 0
-local function append(entry)
-  n = redis.call('INCR', KEYS[2])
-  entry[2] = n
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', unpack(entry))
+local entry = {'n', 0, 'k', ARGV[1], 'op', op, 'id', id, 'v', 0}
+for i = 1, parts do
+  entry[10 + 2 * i - 1] = ARGV[7 + i]
+  entry[10 + 2 * i] = ''
 end
 if op == 'del' then
-  version = version + 1
   for i = 1, parts do
     redis.call('HDEL', KEYS[3 + i], id)
   end
-  append({'n', 0, 'k', ARGV[1], 'op', op, 'id', id, 'v', version})
-else
-  for s = 0, states - 1 do
-    version = version + 1
-    local entry = {'n', 0, 'k', ARGV[1], 'op', op, 'id', id, 'v', version}
-    for i = 1, parts do
-      local at = 7 + 2 * (s * parts + i)
-      local value = ARGV[at]
-      if value ~= '' then
-        redis.call('HSET', KEYS[3 + i], id, value)
-        entry[#entry + 1] = ARGV[at - 1]
-        entry[#entry + 1] = value
-      end
+  states = 1
+end
+for s = 0, states - 1 do
+  version = version + 1
+  for i = 1, parts do
+    local value = ARGV[values + s * parts + i] or ''
+    if value ~= '' then
+      redis.call('HSET', KEYS[3 + i], id, value)
     end
-    append(entry)
+    entry[10 + 2 * i] = value
   end
+  n = redis.call('INCR', KEYS[2])
+  entry[2] = n
+  entry[10] = version
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', unpack(entry))
 end
 -- The version outlives a delete (a tombstone), so versions of an id only grow.
 redis.call('HSET', KEYS[1], id, version)

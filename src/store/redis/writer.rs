@@ -46,9 +46,9 @@ fn prepare<A: Aggregate>(shared: &Shared, write: Write<A>) -> Prepared<A> {
         shared.options.stream_max_len.to_string(),
         states.len().to_string(),
     ];
+    args.extend(A::PARTS.iter().map(|name| (*name).to_owned()));
     for state in &states {
-        for (i, name) in A::PARTS.iter().enumerate() {
-            args.push((*name).to_owned());
+        for i in 0..A::PARTS.len() {
             args.push(if parts.has(i) {
                 state.encode_part(i)
             } else {
