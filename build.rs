@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/citypark/v1/registry.proto",
     "proto/citypark/v1/ingest.proto",
     "proto/citypark/v1/availability.proto",
+    "proto/citypark/v1/reservations.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

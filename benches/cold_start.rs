@@ -255,6 +255,7 @@ fn load_only(url: &str, n: usize, region_count: usize) {
                 region: regions[i % regions.len()].clone(),
                 // A day between reports: the city stays OPEN for the whole run.
                 report_interval: Duration::from_secs(86_400),
+                reservation_policy: None,
                 ..cp
             };
             let live = common::reported(&car_park, 120, now);

@@ -91,6 +91,7 @@ fn main() {
         let city = common::city(n, &mut rng).into_iter().map(|cp| CarPark {
             // A day between reports: the city stays OPEN for the whole run.
             report_interval: Duration::from_secs(86_400),
+            reservation_policy: None,
             ..cp
         });
         engine

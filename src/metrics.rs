@@ -11,7 +11,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::domain::{Applied, CarParkStatus, Error, ReportOutcome, Result};
+use crate::domain::{Applied, CarParkStatus, Error, ReportOutcome, ReservationState, Result};
 
 pub const GRPC_REQUESTS: &str = "citypark_grpc_requests_total";
 pub const GRPC_DURATION: &str = "citypark_grpc_request_duration_seconds";
@@ -24,6 +24,8 @@ pub const REDIS_ROUND_TRIPS: &str = "citypark_redis_round_trips_total";
 pub const REDIS_REPORTS_WRITTEN: &str = "citypark_redis_reports_written_total";
 pub const STORE_UP: &str = "citypark_store_up";
 pub const REPLICATION_SKIPPED: &str = "citypark_replication_skipped_total";
+pub const RESERVATIONS: &str = "citypark_reservations_total";
+pub const RESERVATIONS_ACTIVE: &str = "citypark_reservations_active";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -79,6 +81,16 @@ fn describe() {
         "stored records and change-stream entries skipped because this version cannot read them, by kind and reason (unknown_kind, newer_format, missing_base, undecodable)"
     );
     describe_counter!(
+        RESERVATIONS,
+        Unit::Count,
+        "reservation changes by result (created, refused with a reason, cancelled, checked_in, completed, no_show)"
+    );
+    describe_gauge!(
+        RESERVATIONS_ACTIVE,
+        Unit::Count,
+        "reservations held in this instance's ledgers, by state"
+    );
+    describe_counter!(
         WATCH_RESYNCS,
         Unit::Count,
         "watchers that fell behind and were sent a fresh snapshot"
@@ -124,6 +136,20 @@ pub fn record_batch_failure(error: &Error, reports: u64) {
 pub fn record_statuses(counts: &[(CarParkStatus, usize)]) {
     for (status, n) in counts {
         gauge!(CAR_PARKS, "status" => status.name()).set(*n as f64);
+    }
+}
+
+/// Counts one reservation change: `result` is what happened ("created", "cancelled",
+/// "checked_in", "completed", "no_show"), or "refused" with the error's kind.
+pub fn record_reservation(result: &'static str, refused: Option<&Error>) {
+    let reason = refused.map_or("", |e| e.kind().label());
+    counter!(RESERVATIONS, "result" => result, "reason" => reason).increment(1);
+}
+
+/// Sets the reservations-by-state gauges.
+pub fn record_reservation_states(counts: &[(ReservationState, usize)]) {
+    for (state, n) in counts {
+        gauge!(RESERVATIONS_ACTIVE, "state" => state.label()).set(*n as f64);
     }
 }
 

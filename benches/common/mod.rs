@@ -47,6 +47,7 @@ pub fn city(n: usize, rng: &mut Rng) -> Vec<CarPark> {
                 covered: true,
                 max_height_cm: Some(210),
                 report_interval: CarPark::DEFAULT_REPORT_INTERVAL,
+                reservation_policy: None,
             }
         })
         .collect()

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use super::{
     Availability, CarParkId, Error, LatLng, Live, OpeningHours, OperatorId, RegionId, Report,
-    ReportOutcome, Tariff, TimeZoneName, Timestamp,
+    ReportOutcome, ReservationPolicy, Tariff, TimeZoneName, Timestamp,
 };
 
 /// How many space categories there are; counts are kept in arrays of this length.
@@ -194,6 +194,9 @@ pub struct CarPark {
     /// How often the operator reports; numbers observed more than three of these ago
     /// are STALE.
     pub report_interval: Duration,
+    /// What it offers for reservation; `None`: it takes none.
+    #[serde(default)]
+    pub reservation_policy: Option<ReservationPolicy>,
 }
 
 impl CarPark {
@@ -220,6 +223,21 @@ impl CarPark {
         }
         if self.max_height_cm.is_some_and(|h| h > 2_000) {
             return Err(Error::invalid("max_height_cm", "must be at most 2000"));
+        }
+        if let Some(policy) = &self.reservation_policy {
+            for c in SpaceCategory::ALL {
+                if policy.quota(c) > self.capacity.of(c) {
+                    return Err(Error::invalid(
+                        "reservation_policy.quota",
+                        format!(
+                            "{} quota {} is above its capacity {}",
+                            c.name(),
+                            policy.quota(c),
+                            self.capacity.of(c)
+                        ),
+                    ));
+                }
+            }
         }
         Ok(self)
     }

@@ -9,6 +9,7 @@ mod geo;
 mod ids;
 mod occupancy;
 mod query;
+mod reservation;
 mod schedule;
 mod tariff;
 
@@ -23,6 +24,11 @@ pub use occupancy::{
     Availability, CategoryAvailability, Live, MAX_FUTURE_SKEW, Report, ReportBody, ReportOutcome,
 };
 pub use query::{Admitted, NearbyQuery};
+pub use reservation::{
+    Actor, CalendarSlot, Created, DriverId, FINISHED_RETENTION, Ledger, MAX_CALENDAR_SLOTS,
+    MAX_LEDGER_RESERVATIONS, Plate, Reservation, ReservationId, ReservationPolicy,
+    ReservationRequest, ReservationState, calendar_slots,
+};
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
 pub use tariff::{Stay, Tariff};
 

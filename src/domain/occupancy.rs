@@ -176,6 +176,17 @@ impl Live {
         self.free[category.index()]
     }
 
+    /// Spaces of a category held for reservations not arrived yet.
+    pub fn held(&self, category: SpaceCategory) -> u32 {
+        self.held[category.index()]
+    }
+
+    /// Sets what reservations hold now (the engine keeps it current from the car
+    /// park's ledger); true if it changed.
+    pub fn set_held(&mut self, held: [u32; CATEGORY_COUNT]) -> bool {
+        std::mem::replace(&mut self.held, held) != held
+    }
+
     /// Free minus held, never below 0.
     pub fn available(&self, category: SpaceCategory) -> u32 {
         self.free[category.index()].saturating_sub(self.held[category.index()])
@@ -342,6 +353,7 @@ impl Live {
                 capacity: car_park.capacity.of(c),
                 free: self.free(c),
                 available: self.available(c),
+                held: self.held(c),
             })
             .collect();
         Availability {
@@ -366,6 +378,8 @@ pub struct CategoryAvailability {
     pub capacity: u32,
     pub free: u32,
     pub available: u32,
+    /// Held for reservations whose drivers have not arrived yet.
+    pub held: u32,
 }
 
 /// A car park's live state as shown to clients.
@@ -407,6 +421,7 @@ mod tests {
             covered: true,
             max_height_cm: None,
             report_interval: Duration::from_secs(60),
+            reservation_policy: None,
         }
     }
 

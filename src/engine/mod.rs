@@ -10,6 +10,7 @@
 //! hold each car park's mutex only long enough to copy its numbers.
 
 mod index;
+mod ledgers;
 mod replica;
 
 use std::{
@@ -88,10 +89,11 @@ impl Inner {
         &mut self,
         engine: &Engine,
         car_park: Arc<CarPark>,
-        live: Live,
+        mut live: Live,
         version: u64,
         now: Timestamp,
     ) {
+        live.set_held(engine.ledgers.read().held(car_park.id.as_str(), now));
         let availability = live.availability(&car_park, now);
         self.tombstones.remove(&car_park.id);
         if let Some(&i) = self.by_id.get(&car_park.id) {
@@ -174,6 +176,7 @@ impl Inner {
 /// The in-memory city.
 pub struct Engine {
     inner: RwLock<Inner>,
+    ledgers: RwLock<ledgers::Ledgers>,
     changes: broadcast::Sender<Arc<Change>>,
 }
 
@@ -183,6 +186,7 @@ impl Engine {
         let (changes, _) = broadcast::channel(change_buffer.max(1));
         Self {
             inner: RwLock::default(),
+            ledgers: RwLock::default(),
             changes,
         }
     }
@@ -321,9 +325,10 @@ impl Engine {
         Ok(out)
     }
 
-    /// Tells watchers about car parks whose status changed with time alone (opening
-    /// hours, staleness), and counts car parks by status for the metrics, in one pass.
+    /// Tells watchers about car parks whose status or held spaces changed with time
+    /// alone (opening hours, staleness, reservation windows), and counts car parks by status for the metrics, in one pass.
     pub fn sweep_status(&self, now: Timestamp) -> [(CarParkStatus, usize); 4] {
+        self.sweep_held(now);
         let inner = self.inner.read();
         let mut counts = [
             (CarParkStatus::Open, 0),

@@ -87,10 +87,12 @@ impl Engine {
                     .iter()
                     .all(|s| s.car_park.location == held.car_park.location)
                 {
-                    for (k, state) in states.into_iter().enumerate() {
+                    let held_now = self.ledgers.read().held(id, now);
+                    for (k, mut state) in states.into_iter().enumerate() {
                         if k > 0 {
                             version += 1;
                         }
+                        state.live.set_held(held_now);
                         let availability = state.live.availability(&state.car_park, now);
                         held.car_park = state.car_park;
                         held.live = state.live;
@@ -298,6 +300,7 @@ mod tests {
             covered: false,
             max_height_cm: None,
             report_interval: Duration::from_secs(60),
+            reservation_policy: None,
         };
         (CarParkState::new(car_park), 1)
     }

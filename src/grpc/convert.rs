@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use crate::{
     domain::{
-        Availability, BayId, BoundingBox, Capacity, CarPark, CarParkId, CarParkKind, CarParkStatus,
+        Availability, BayId, BoundingBox, CATEGORY_COUNT, Capacity, CarPark, CarParkId, CarParkKind, CarParkStatus,
         Error, LatLng, NearbyQuery, OpeningHours, OpeningPeriod, OperatorId, Radius, RegionId,
-        Report, ReportBody, Result, SpaceCategory, Stay, Tariff, TimeZoneName, Timestamp,
+        Report, ReportBody, ReservationPolicy, Result, SpaceCategory, Stay, Tariff, TimeZoneName, Timestamp,
     },
     engine::Nearby,
     pb,
@@ -128,7 +128,7 @@ impl TryFrom<pb::CarParkStatus> for CarParkStatus {
 }
 
 /// A category that must be set.
-fn category(value: i32, field: &str) -> Result<SpaceCategory> {
+pub fn category(value: i32, field: &str) -> Result<SpaceCategory> {
     match pb::SpaceCategory::try_from(value) {
         Ok(c) => SpaceCategory::try_from(c).map_err(|e| e.in_field(field)),
         Err(_) => Err(Error::invalid(
@@ -204,6 +204,12 @@ pub fn car_park(p: pb::CarPark, caller: &OperatorId) -> Result<CarPark> {
     if p.max_height_cm < 0 {
         return Err(Error::invalid(f("max_height_cm"), "must not be negative"));
     }
+    let reservation_policy = p
+        .reservation_policy
+        .as_ref()
+        .map(reservation_policy)
+        .transpose()
+        .map_err(|e| e.in_field("car_park"))?;
     CarPark {
         id: car_park_id(&p.id, &f("id"))?,
         region: RegionId::parse(&p.region).map_err(|e| e.in_field(&f("region")))?,
@@ -220,6 +226,7 @@ pub fn car_park(p: pb::CarPark, caller: &OperatorId) -> Result<CarPark> {
         covered: p.covered,
         max_height_cm: (p.max_height_cm > 0).then_some(p.max_height_cm as u32),
         report_interval: interval,
+        reservation_policy,
     }
     .validated()
     .map_err(|e| e.in_field("car_park"))
@@ -263,6 +270,53 @@ pub fn pb_car_park(c: &CarPark) -> pb::CarPark {
         covered: c.covered,
         max_height_cm: c.max_height_cm.map_or(0, |h| h as i32),
         report_interval_seconds: c.report_interval.as_secs() as i32,
+        reservation_policy: c.reservation_policy.as_ref().map(pb_reservation_policy),
+    }
+}
+
+/// A reservation policy; errors name the field under `reservation_policy`.
+fn reservation_policy(p: &pb::ReservationPolicy) -> Result<ReservationPolicy> {
+    let mut quota = [0u32; CATEGORY_COUNT];
+    for (i, q) in p.quota.iter().enumerate() {
+        let field = format!("reservation_policy.quota[{i}]");
+        let c = category(q.category, &format!("{field}.category"))?;
+        if quota[c.index()] > 0 {
+            return Err(Error::invalid(field, "names its category twice"));
+        }
+        quota[c.index()] = u32::try_from(q.spaces)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::invalid(format!("{field}.spaces"), "must be positive"))?;
+    }
+    let minutes = |v: i32, name: &str| {
+        u32::try_from(v)
+            .map_err(|_| Error::invalid(format!("reservation_policy.{name}"), "must not be negative"))
+    };
+    ReservationPolicy::new(
+        quota,
+        minutes(p.slot_minutes, "slot_minutes")?,
+        minutes(p.max_window_minutes, "max_window_minutes")?,
+        minutes(p.max_days_ahead, "max_days_ahead")?,
+        minutes(p.no_show_grace_minutes, "no_show_grace_minutes")?,
+        minutes(p.cancel_until_minutes, "cancel_until_minutes")?,
+    )
+}
+
+fn pb_reservation_policy(p: &ReservationPolicy) -> pb::ReservationPolicy {
+    pb::ReservationPolicy {
+        quota: SpaceCategory::ALL
+            .into_iter()
+            .filter(|c| p.quota(*c) > 0)
+            .map(|c| pb::CategoryCapacity {
+                category: pb::SpaceCategory::from(c).into(),
+                spaces: p.quota(c) as i32,
+            })
+            .collect(),
+        slot_minutes: p.slot_minutes as i32,
+        max_window_minutes: p.max_window_minutes as i32,
+        max_days_ahead: p.max_days_ahead as i32,
+        no_show_grace_minutes: p.no_show_grace_minutes as i32,
+        cancel_until_minutes: p.cancel_until_minutes as i32,
     }
 }
 
@@ -279,6 +333,7 @@ pub fn pb_availability(a: &Availability) -> pb::CarParkAvailability {
                 capacity: c.capacity as i32,
                 free: c.free as i32,
                 available: c.available as i32,
+                held: c.held as i32,
             })
             .collect(),
         observed_at: a.observed_at.map(pb_timestamp),

@@ -3,11 +3,13 @@
 //! reads to the engine (never a round trip).
 //!
 //! One file per use case: `registry` (car parks), `ingest` (occupancy reports),
-//! `availability` (queries and the status sweep), `watch` (watch streams).
+//! `availability` (queries and the status sweep), `watch` (watch streams),
+//! `reservations` (the reservation ledger, arrivals by plate, the no-show sweep).
 
 mod availability;
 mod ingest;
 mod registry;
+mod reservations;
 mod watch;
 mod write;
 
@@ -17,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use reservations::Caller;
 pub use watch::{WatchEvent, WatchSelector};
 
 use crate::{
@@ -38,6 +41,8 @@ pub struct Limits {
     pub watch_buffer: usize,
     /// Most car parks on one ListCarParks page.
     pub max_page_size: usize,
+    /// Most RESERVED reservations one driver may hold at once.
+    pub max_active_reservations_per_driver: usize,
 }
 
 impl Default for Limits {
@@ -48,6 +53,7 @@ impl Default for Limits {
             max_watch_car_parks: 10_000,
             watch_buffer: 256,
             max_page_size: 1_000,
+            max_active_reservations_per_driver: 3,
         }
     }
 }
@@ -68,6 +74,8 @@ pub struct Service {
     ingest: Option<mpsc::Sender<ingest::Job>>,
     /// Stops the ingest task once calls have drained.
     stop: CancellationToken,
+    /// Whose turn it is to write each ledger on this instance.
+    ledger_turns: Arc<reservations::LedgerTurns>,
 }
 
 impl Service {
@@ -94,6 +102,7 @@ impl Service {
             tasks: TaskTracker::new(),
             ingest,
             stop: CancellationToken::new(),
+            ledger_turns: Arc::default(),
         };
         if let Some(jobs) = jobs {
             ingest::spawn(&service, jobs, service.stop.clone());

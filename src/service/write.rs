@@ -44,13 +44,26 @@ impl Service {
     pub(super) async fn transact<A: Aggregate, T>(
         &self,
         what: &'static str,
+        targets: Vec<Target<A>>,
+        floor: u64,
+        decide: impl Fn(usize, &Versioned<A>) -> Result<Decision<A, T>>,
+    ) -> Vec<Result<(T, u64)>> {
+        self.transact_with(MAX_ATTEMPTS, what, targets, floor, decide)
+            .await
+    }
+
+    /// As [`Self::transact`], deciding each record at most `attempts` times.
+    pub(super) async fn transact_with<A: Aggregate, T>(
+        &self,
+        attempts: usize,
+        what: &'static str,
         mut targets: Vec<Target<A>>,
         floor: u64,
         decide: impl Fn(usize, &Versioned<A>) -> Result<Decision<A, T>>,
     ) -> Vec<Result<(T, u64)>> {
         let mut results: Vec<Option<Result<(T, u64)>>> = targets.iter().map(|_| None).collect();
         let mut pending: Vec<usize> = (0..targets.len()).collect();
-        for _ in 0..MAX_ATTEMPTS {
+        for _ in 0..attempts {
             let mut writes = Vec::new();
             let mut waiting = Vec::new();
             for &i in &pending {

@@ -11,6 +11,7 @@
 
 pub mod carpark;
 pub mod embedded;
+pub mod ledger;
 pub mod redis;
 pub mod table;
 

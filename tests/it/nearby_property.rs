@@ -220,6 +220,7 @@ fn car_park(i: usize, spec: &Spec, at: LatLng) -> CarPark {
         covered: false,
         max_height_cm: None,
         report_interval: Duration::from_secs(60),
+        reservation_policy: None,
     }
 }
 
