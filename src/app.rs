@@ -23,12 +23,15 @@ use crate::{
         embedded::EmbeddedStore,
         redis::{RedisOptions, RedisStore},
     },
+    tokens::DriverTokens,
 };
 
 /// Runtime settings of a server.
 #[derive(Clone)]
 pub struct Settings {
     pub api_keys: ApiKeys,
+    /// Keys driver tokens are verified with.
+    pub driver_tokens: DriverTokens,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
     pub max_message_bytes: usize,
@@ -42,6 +45,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             api_keys: ApiKeys::default(),
+            driver_tokens: DriverTokens::default(),
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
             max_message_bytes: 1 << 20,
@@ -122,15 +126,17 @@ fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
 const MIN_STOP: Duration = Duration::from_secs(3);
 
 /// The services that write through the store: out of rotation while it is down.
-const WRITE_SERVICES: [&str; 2] = [
+const WRITE_SERVICES: [&str; 3] = [
     pb::registry_server::SERVICE_NAME,
     pb::ingest_server::SERVICE_NAME,
+    pb::reservations_server::SERVICE_NAME,
 ];
 /// Every citypark service.
-const ALL_SERVICES: [&str; 3] = [
+const ALL_SERVICES: [&str; 4] = [
     pb::registry_server::SERVICE_NAME,
     pb::ingest_server::SERVICE_NAME,
     pb::availability_server::SERVICE_NAME,
+    pb::reservations_server::SERVICE_NAME,
 ];
 
 async fn set_health(
@@ -183,6 +189,7 @@ pub async fn run(
     let api = Api::new(
         service.clone(),
         Arc::new(settings.api_keys.clone()),
+        Arc::new(settings.driver_tokens.clone()),
         token.clone(),
     );
 
@@ -215,7 +222,11 @@ pub async fn run(
             pb::ingest_server::IngestServer::new(api.clone()).max_decoding_message_size(max),
         )
         .add_service(
-            pb::availability_server::AvailabilityServer::new(api).max_decoding_message_size(max),
+            pb::availability_server::AvailabilityServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::reservations_server::ReservationsServer::new(api).max_decoding_message_size(max),
         );
 
     let addr = grpc.local_addr().ok();
@@ -259,7 +270,9 @@ pub async fn run(
                 let serving = *up.borrow_and_update();
                 crate::metrics::record_store_up(serving);
                 if !serving {
-                    tracing::warn!("store unreachable: Registry and Ingest report NOT_SERVING");
+                    tracing::warn!(
+                        "store unreachable: Registry, Ingest and Reservations report NOT_SERVING"
+                    );
                 }
                 set_health(&health, &WRITE_SERVICES, serving).await;
                 tokio::select! {
@@ -273,6 +286,11 @@ pub async fn run(
     let sweeper = {
         let (service, token, every) = (service.clone(), token.clone(), settings.status_sweep);
         tokio::spawn(async move { service.sweep_statuses(every, token).await })
+    };
+    let reservation_sweeper = {
+        let (service, token) = (service.clone(), token.clone());
+        let every = settings.status_sweep.min(Duration::from_secs(1));
+        tokio::spawn(async move { service.sweep_reservations(every, token).await })
     };
 
     tracing::info!(addr = ?addr, store = backend.store.name(), car_parks = backend.engine.len(), "citypark serving");
@@ -306,11 +324,12 @@ pub async fn run(
     };
     token.cancel();
     // Then every background task, within what is left of the grace period: the
-    // call-serving tasks, the sweeper, the health follower, the metrics server, and the
+    // call-serving tasks, the sweepers, the health follower, the metrics server, and the
     // store's own (its writer fails what it has not written; its followers stop).
     let background = async {
         service.wait_tasks().await;
         let _ = sweeper.await;
+        let _ = reservation_sweeper.await;
         if let Some(task) = store_health {
             let _ = task.await;
         }

@@ -8,6 +8,7 @@ use crate::{
     auth::ApiKeys,
     domain::{Error, Result},
     service::Limits,
+    tokens::{DEMO_SECRET, DriverTokens},
 };
 
 /// Log output format.
@@ -61,7 +62,8 @@ pub struct ServeConfig {
 
     /// Load a generated Qingdao-scale demo city and run simulated operators that
     /// stream occupancy through the gRPC API. Adds the demo operators' well-known
-    /// API keys ("demo-key-<operator>"): never use in production.
+    /// API keys ("demo-key-<operator>") and accepts driver tokens signed with the
+    /// public demo secret (`citypark token` prints one): never use in production.
     #[arg(long, env = "CITYPARK_DEMO")]
     pub demo: bool,
 
@@ -81,6 +83,31 @@ pub struct ServeConfig {
     /// Operator API keys as `operator:sha256hex` pairs, comma-separated.
     #[arg(long, env = "CITYPARK_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
+
+    /// File holding the HS256 secret driver tokens (bearer JWTs) are signed with.
+    #[arg(long, env = "CITYPARK_DRIVER_JWT_SECRET_FILE")]
+    pub driver_jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key (RSA for RS256, EC P-256 for ES256, Ed25519 for EdDSA) driver
+    /// tokens are verified with.
+    #[arg(long, env = "CITYPARK_DRIVER_JWT_PUBLIC_KEY_FILE")]
+    pub driver_jwt_public_key_file: Option<PathBuf>,
+
+    /// The `iss` driver tokens must carry; unchecked when unset.
+    #[arg(long, env = "CITYPARK_DRIVER_JWT_ISSUER")]
+    pub driver_jwt_issuer: Option<String>,
+
+    /// The `aud` driver tokens must carry; unchecked when unset.
+    #[arg(long, env = "CITYPARK_DRIVER_JWT_AUDIENCE")]
+    pub driver_jwt_audience: Option<String>,
+
+    /// Most RESERVED reservations one driver may hold at once.
+    #[arg(
+        long,
+        env = "CITYPARK_MAX_ACTIVE_RESERVATIONS_PER_DRIVER",
+        default_value_t = 3
+    )]
+    pub max_active_reservations_per_driver: usize,
 
     /// Browser origins allowed to call the API over gRPC-Web (CORS), comma-separated,
     /// e.g. `https://app.example.com`; empty allows any origin (the API's queries are
@@ -135,6 +162,38 @@ impl ServeConfig {
         Ok(keys)
     }
 
+    /// The configured driver-token keys; with `--demo`, the demo secret too.
+    pub fn driver_tokens(&self) -> Result<DriverTokens> {
+        let mut tokens = DriverTokens::default();
+        let (issuer, audience) = (
+            self.driver_jwt_issuer.as_deref(),
+            self.driver_jwt_audience.as_deref(),
+        );
+        let read = |path: &PathBuf, flag: &str| {
+            std::fs::read(path)
+                .map_err(|e| Error::invalid(flag, format!("{}: {e}", path.display())))
+        };
+        if let Some(path) = &self.driver_jwt_secret_file {
+            let secret = read(path, "--driver-jwt-secret-file")?;
+            let secret = secret.trim_ascii();
+            if secret.len() < 32 {
+                return Err(Error::invalid(
+                    "--driver-jwt-secret-file",
+                    "the secret must be at least 32 bytes",
+                ));
+            }
+            tokens.add_secret(secret, issuer, audience);
+        }
+        if let Some(path) = &self.driver_jwt_public_key_file {
+            let pem = read(path, "--driver-jwt-public-key-file")?;
+            tokens.add_public_pem(&pem, issuer, audience)?;
+        }
+        if self.demo {
+            tokens.add_secret(DEMO_SECRET.as_bytes(), issuer, audience);
+        }
+        Ok(tokens)
+    }
+
     /// Checks ranges clap cannot express.
     pub fn validate(&self) -> Result<()> {
         if !(1024..=64 << 20).contains(&self.max_message_bytes) {
@@ -147,6 +206,12 @@ impl ServeConfig {
             return Err(Error::invalid(
                 "--change-buffer/--status-sweep-secs/--demo-interval-secs",
                 "must be positive",
+            ));
+        }
+        if !(1..=1_000).contains(&self.max_active_reservations_per_driver) {
+            return Err(Error::invalid(
+                "--max-active-reservations-per-driver",
+                "must be 1 to 1000",
             ));
         }
         self.cors_origins()?;
@@ -204,10 +269,14 @@ impl ServeConfig {
     }
 
     /// Runtime settings from this configuration.
-    pub fn settings(&self, api_keys: ApiKeys) -> crate::app::Settings {
+    pub fn settings(&self, api_keys: ApiKeys, driver_tokens: DriverTokens) -> crate::app::Settings {
         crate::app::Settings {
             api_keys,
-            limits: Limits::default(),
+            driver_tokens,
+            limits: Limits {
+                max_active_reservations_per_driver: self.max_active_reservations_per_driver,
+                ..Limits::default()
+            },
             max_message_bytes: self.max_message_bytes,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             status_sweep: Duration::from_secs(self.status_sweep_secs),
@@ -250,7 +319,9 @@ mod tests {
         assert!(config.redis().unwrap().is_none());
         assert!(config.cors_origins().unwrap().is_empty());
         assert_eq!(
-            config.settings(ApiKeys::default()).max_message_bytes,
+            config
+                .settings(ApiKeys::default(), DriverTokens::default())
+                .max_message_bytes,
             1 << 20
         );
     }

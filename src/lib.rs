@@ -16,3 +16,4 @@ pub mod rng;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;

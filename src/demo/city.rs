@@ -232,17 +232,18 @@ fn dress(rng: &mut Rng, index: usize, site: Site) -> pb::CarPark {
         district.name
     );
     // Garages offer a tenth of their standard spaces (1 to 50) for reservation.
-    let reservation_policy = (site.kind == pb::CarParkKind::Garage).then(|| pb::ReservationPolicy {
-        quota: capacity
-            .iter()
-            .filter(|c| c.category == pb::SpaceCategory::Standard as i32)
-            .map(|c| pb::CategoryCapacity {
-                category: c.category,
-                spaces: (c.spaces / 10).clamp(1, 50),
-            })
-            .collect(),
-        ..Default::default()
-    });
+    let reservation_policy =
+        (site.kind == pb::CarParkKind::Garage).then(|| pb::ReservationPolicy {
+            quota: capacity
+                .iter()
+                .filter(|c| c.category == pb::SpaceCategory::Standard as i32)
+                .map(|c| pb::CategoryCapacity {
+                    category: c.category,
+                    spaces: (c.spaces / 10).clamp(1, 50),
+                })
+                .collect(),
+            ..Default::default()
+        });
     pb::CarPark {
         id: format!("qd-{number:06}"),
         region: DEMO_REGION.to_owned(),

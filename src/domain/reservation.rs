@@ -63,16 +63,17 @@ impl ReservationPolicy {
                 "must divide a day and be 5 to 240",
             ));
         }
-        if policy.max_window_minutes < policy.slot_minutes
-            || policy.max_window_minutes > 7 * 1440
-        {
+        if policy.max_window_minutes < policy.slot_minutes || policy.max_window_minutes > 7 * 1440 {
             return Err(Error::invalid(
                 field("max_window_minutes"),
                 "must be at least one slot and at most 7 days",
             ));
         }
         if policy.max_days_ahead > 365 {
-            return Err(Error::invalid(field("max_days_ahead"), "must be at most 365"));
+            return Err(Error::invalid(
+                field("max_days_ahead"),
+                "must be at most 365",
+            ));
         }
         if policy.no_show_grace_minutes > 240 {
             return Err(Error::invalid(
@@ -879,16 +880,50 @@ mod tests {
     fn no_slot_is_booked_beyond_its_quota_and_touching_windows_do_not_overlap() {
         let cp = car_park(2);
         let mut ledger = Ledger::new(&cp);
-        reserve(&mut ledger, &cp, &request("10:00", "11:00", "a"), "a", "08:00").unwrap();
-        reserve(&mut ledger, &cp, &request("10:30", "11:30", "b"), "b", "08:00").unwrap();
+        reserve(
+            &mut ledger,
+            &cp,
+            &request("10:00", "11:00", "a"),
+            "a",
+            "08:00",
+        )
+        .unwrap();
+        reserve(
+            &mut ledger,
+            &cp,
+            &request("10:30", "11:30", "b"),
+            "b",
+            "08:00",
+        )
+        .unwrap();
         // 10:45-11:00 is full (both), so a window touching it is refused, naming it.
-        let err = reserve(&mut ledger, &cp, &request("10:50", "12:00", "c"), "c", "08:00")
-            .unwrap_err();
+        let err = reserve(
+            &mut ledger,
+            &cp,
+            &request("10:50", "12:00", "c"),
+            "c",
+            "08:00",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("fully booked"), "{err}");
         assert!(err.to_string().contains("2026-12-01T10:45:00Z"), "{err}");
         // 11:00 onwards only b: one more fits; a window ending at 10:00 touches nothing.
-        reserve(&mut ledger, &cp, &request("11:00", "12:00", "d"), "d", "08:00").unwrap();
-        reserve(&mut ledger, &cp, &request("09:00", "10:00", "e"), "e", "08:00").unwrap();
+        reserve(
+            &mut ledger,
+            &cp,
+            &request("11:00", "12:00", "d"),
+            "d",
+            "08:00",
+        )
+        .unwrap();
+        reserve(
+            &mut ledger,
+            &cp,
+            &request("09:00", "10:00", "e"),
+            "e",
+            "08:00",
+        )
+        .unwrap();
         let cal = ledger.calendar(
             cp.reservation_policy.as_ref().unwrap(),
             Standard,
@@ -903,16 +938,37 @@ mod tests {
     fn a_cancelled_or_no_show_reservation_frees_its_slots() {
         let cp = car_park(1);
         let mut ledger = Ledger::new(&cp);
-        let Created::New(r) =
-            reserve(&mut ledger, &cp, &request("10:00", "11:00", "a"), "a", "08:00").unwrap()
-        else {
+        let Created::New(r) = reserve(
+            &mut ledger,
+            &cp,
+            &request("10:00", "11:00", "a"),
+            "a",
+            "08:00",
+        )
+        .unwrap() else {
             panic!()
         };
-        assert!(reserve(&mut ledger, &cp, &request("10:00", "11:00", "b"), "b", "08:00").is_err());
-        ledger.cancel(&r.id, &driver("a"), "plans changed", t("08:30")).unwrap();
-        let Created::New(b) =
-            reserve(&mut ledger, &cp, &request("10:00", "11:00", "b"), "b", "08:40").unwrap()
-        else {
+        assert!(
+            reserve(
+                &mut ledger,
+                &cp,
+                &request("10:00", "11:00", "b"),
+                "b",
+                "08:00"
+            )
+            .is_err()
+        );
+        ledger
+            .cancel(&r.id, &driver("a"), "plans changed", t("08:30"))
+            .unwrap();
+        let Created::New(b) = reserve(
+            &mut ledger,
+            &cp,
+            &request("10:00", "11:00", "b"),
+            "b",
+            "08:40",
+        )
+        .unwrap() else {
             panic!()
         };
         assert_eq!(ledger.held(Standard, t("10:05")), 1);
@@ -920,7 +976,16 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].id, b.id);
         assert_eq!(ledger.held(Standard, t("10:15")), 0);
-        assert!(reserve(&mut ledger, &cp, &request("10:20", "11:00", "c"), "c", "10:16").is_ok());
+        assert!(
+            reserve(
+                &mut ledger,
+                &cp,
+                &request("10:20", "11:00", "c"),
+                "c",
+                "10:16"
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -928,23 +993,44 @@ mod tests {
         let cp = car_park(5);
         let mut ledger = Ledger::new(&cp);
         let grace = Duration::from_secs(900);
-        let Created::New(r) =
-            reserve(&mut ledger, &cp, &request("10:00", "11:00", "a"), "a", "08:00").unwrap()
-        else {
+        let Created::New(r) = reserve(
+            &mut ledger,
+            &cp,
+            &request("10:00", "11:00", "a"),
+            "a",
+            "08:00",
+        )
+        .unwrap() else {
             panic!()
         };
         let a = driver("a");
-        let err = ledger.check_out(&r.id, Actor::Driver(&a), t("09:00")).unwrap_err();
+        let err = ledger
+            .check_out(&r.id, Actor::Driver(&a), t("09:00"))
+            .unwrap_err();
         assert!(err.to_string().contains("RESERVED"), "{err}");
-        assert!(ledger.check_in(&r.id, Actor::Driver(&a), grace, t("09:30")).is_err());
-        ledger.check_in(&r.id, Actor::Operator, grace, t("09:50")).unwrap();
-        assert_eq!(ledger.held(Standard, t("10:00")), 0, "a check-in releases the hold");
+        assert!(
+            ledger
+                .check_in(&r.id, Actor::Driver(&a), grace, t("09:30"))
+                .is_err()
+        );
+        ledger
+            .check_in(&r.id, Actor::Operator, grace, t("09:50"))
+            .unwrap();
+        assert_eq!(
+            ledger.held(Standard, t("10:00")),
+            0,
+            "a check-in releases the hold"
+        );
         let err = ledger.cancel(&r.id, &a, "", t("09:55")).unwrap_err();
         assert!(err.to_string().contains("CHECKED_IN"), "{err}");
-        let done = ledger.check_out(&r.id, Actor::Driver(&a), t("10:40")).unwrap();
+        let done = ledger
+            .check_out(&r.id, Actor::Driver(&a), t("10:40"))
+            .unwrap();
         assert_eq!(done.state, ReservationState::Completed);
         // Another driver cannot see it at all.
-        let err = ledger.visible(&r.id, Actor::Driver(&driver("b"))).unwrap_err();
+        let err = ledger
+            .visible(&r.id, Actor::Driver(&driver("b")))
+            .unwrap_err();
         assert!(matches!(err, Error::NotFound { .. }));
     }
 
@@ -952,17 +1038,45 @@ mod tests {
     fn retries_with_the_same_key_return_the_same_reservation() {
         let cp = car_park(5);
         let mut ledger = Ledger::new(&cp);
-        let first = reserve(&mut ledger, &cp, &request("10:00", "11:00", "k"), "a", "08:00").unwrap();
-        let again = reserve(&mut ledger, &cp, &request("10:00", "11:00", "k"), "a", "08:01").unwrap();
+        let first = reserve(
+            &mut ledger,
+            &cp,
+            &request("10:00", "11:00", "k"),
+            "a",
+            "08:00",
+        )
+        .unwrap();
+        let again = reserve(
+            &mut ledger,
+            &cp,
+            &request("10:00", "11:00", "k"),
+            "a",
+            "08:01",
+        )
+        .unwrap();
         let (Created::New(a), Created::Existing(b)) = (first, again) else {
             panic!()
         };
         assert_eq!(a, b);
-        let err = reserve(&mut ledger, &cp, &request("10:00", "12:00", "k"), "a", "08:01").unwrap_err();
+        let err = reserve(
+            &mut ledger,
+            &cp,
+            &request("10:00", "12:00", "k"),
+            "a",
+            "08:01",
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("idempotency_key"), "{err}");
         // Another driver's same key is another reservation.
         assert!(matches!(
-            reserve(&mut ledger, &cp, &request("10:00", "11:00", "k"), "b", "08:01").unwrap(),
+            reserve(
+                &mut ledger,
+                &cp,
+                &request("10:00", "11:00", "k"),
+                "b",
+                "08:01"
+            )
+            .unwrap(),
             Created::New(_)
         ));
     }
@@ -996,15 +1110,42 @@ mod tests {
         let cp = car_park(5);
         let mut ledger = Ledger::new(&cp);
         let err = ledger
-            .reserve(&cp, &request("10:00", "11:00", "a"), &driver("a"), 0, 0, 3, "x", t("10:05"))
+            .reserve(
+                &cp,
+                &request("10:00", "11:00", "a"),
+                &driver("a"),
+                0,
+                0,
+                3,
+                "x",
+                t("10:05"),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("available now"), "{err}");
         ledger
-            .reserve(&cp, &request("10:00", "11:00", "a"), &driver("a"), 1, 0, 3, "x", t("10:05"))
+            .reserve(
+                &cp,
+                &request("10:00", "11:00", "a"),
+                &driver("a"),
+                1,
+                0,
+                3,
+                "x",
+                t("10:05"),
+            )
             .unwrap();
         // The one free space is now held by it.
         let err = ledger
-            .reserve(&cp, &request("10:00", "11:00", "b"), &driver("b"), 1, 0, 3, "y", t("10:05"))
+            .reserve(
+                &cp,
+                &request("10:00", "11:00", "b"),
+                &driver("b"),
+                1,
+                0,
+                3,
+                "y",
+                t("10:05"),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("available now"), "{err}");
     }
@@ -1014,10 +1155,26 @@ mod tests {
         let cp = car_park(9);
         let mut ledger = Ledger::new(&cp);
         for k in ["1", "2"] {
-            reserve(&mut ledger, &cp, &request("10:00", "11:00", k), "a", "08:00").unwrap();
+            reserve(
+                &mut ledger,
+                &cp,
+                &request("10:00", "11:00", k),
+                "a",
+                "08:00",
+            )
+            .unwrap();
         }
         let err = ledger
-            .reserve(&cp, &request("12:00", "13:00", "3"), &driver("a"), 10, 1, 3, "z", t("08:00"))
+            .reserve(
+                &cp,
+                &request("12:00", "13:00", "3"),
+                &driver("a"),
+                10,
+                1,
+                3,
+                "z",
+                t("08:00"),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("at most 3"), "{err}");
     }
@@ -1045,14 +1202,28 @@ mod tests {
     fn plates_seen_at_the_gate_check_in_and_complete() {
         let cp = car_park(5);
         let mut ledger = Ledger::new(&cp);
-        reserve(&mut ledger, &cp, &request("10:00", "11:00", "a"), "a", "08:00").unwrap();
+        reserve(
+            &mut ledger,
+            &cp,
+            &request("10:00", "11:00", "a"),
+            "a",
+            "08:00",
+        )
+        .unwrap();
         let grace = Duration::from_secs(900);
         let plate = Plate::parse("鲁B12345").unwrap();
-        assert!(ledger.plate_seen(&plate, true, grace, t("09:00")).is_none(), "too early");
+        assert!(
+            ledger.plate_seen(&plate, true, grace, t("09:00")).is_none(),
+            "too early"
+        );
         let r = ledger.plate_seen(&plate, true, grace, t("09:50")).unwrap();
         assert_eq!(r.state, ReservationState::CheckedIn);
         let r = ledger.plate_seen(&plate, false, grace, t("10:30")).unwrap();
         assert_eq!(r.state, ReservationState::Completed);
-        assert!(ledger.plate_seen(&plate, false, grace, t("10:31")).is_none());
+        assert!(
+            ledger
+                .plate_seen(&plate, false, grace, t("10:31"))
+                .is_none()
+        );
     }
 }

@@ -60,7 +60,11 @@ impl Ledgers {
 
     /// Held spaces per category at `car_park` at `now`.
     pub(super) fn held(&self, car_park: &str, now: Timestamp) -> [u32; CATEGORY_COUNT] {
-        match self.by_car_park.get(car_park).and_then(|h| h.ledger.as_ref()) {
+        match self
+            .by_car_park
+            .get(car_park)
+            .and_then(|h| h.ledger.as_ref())
+        {
             Some(ledger) => ledger.held_all(now),
             None => [0; CATEGORY_COUNT],
         }
@@ -128,8 +132,11 @@ impl Engine {
         let mut counts = ReservationState::ALL.map(|s| (s, 0));
         for held in self.ledgers.read().by_car_park.values() {
             for r in held.ledger.iter().flat_map(|l| &l.reservations) {
-                counts[ReservationState::ALL.iter().position(|s| *s == r.state).expect("all")].1 +=
-                    1;
+                counts[ReservationState::ALL
+                    .iter()
+                    .position(|s| *s == r.state)
+                    .expect("all")]
+                .1 += 1;
             }
         }
         counts
@@ -231,7 +238,8 @@ impl Replica<Ledger> for Engine {
     ) -> Result<()> {
         let touched: Vec<CarParkId> = {
             let mut ledgers = self.ledgers.write();
-            let keep: HashSet<CarParkId> = records.iter().map(|(l, _)| l.car_park.clone()).collect();
+            let keep: HashSet<CarParkId> =
+                records.iter().map(|(l, _)| l.car_park.clone()).collect();
             let gone: Vec<(CarParkId, u64)> = ledgers
                 .by_car_park
                 .iter()
@@ -250,7 +258,10 @@ impl Replica<Ledger> for Engine {
             }
             for (id, version) in tombstones {
                 if let Ok(id) = CarParkId::parse(&id)
-                    && ledgers.by_car_park.get(&id).is_none_or(|h| h.ledger.is_none())
+                    && ledgers
+                        .by_car_park
+                        .get(&id)
+                        .is_none_or(|h| h.ledger.is_none())
                 {
                     ledgers.set(id, None, version);
                 }

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use crate::{
     domain::{
-        Availability, BayId, BoundingBox, CATEGORY_COUNT, Capacity, CarPark, CarParkId, CarParkKind, CarParkStatus,
-        Error, LatLng, NearbyQuery, OpeningHours, OpeningPeriod, OperatorId, Radius, RegionId,
-        Report, ReportBody, ReservationPolicy, Result, SpaceCategory, Stay, Tariff, TimeZoneName, Timestamp,
+        Availability, BayId, BoundingBox, CATEGORY_COUNT, Capacity, CarPark, CarParkId,
+        CarParkKind, CarParkStatus, Error, LatLng, NearbyQuery, OpeningHours, OpeningPeriod,
+        OperatorId, Radius, RegionId, Report, ReportBody, ReservationPolicy, Result, SpaceCategory,
+        Stay, Tariff, TimeZoneName, Timestamp,
     },
     engine::Nearby,
     pb,
@@ -289,8 +290,9 @@ fn reservation_policy(p: &pb::ReservationPolicy) -> Result<ReservationPolicy> {
             .ok_or_else(|| Error::invalid(format!("{field}.spaces"), "must be positive"))?;
     }
     let minutes = |v: i32, name: &str| {
-        u32::try_from(v)
-            .map_err(|_| Error::invalid(format!("reservation_policy.{name}"), "must not be negative"))
+        u32::try_from(v).map_err(|_| {
+            Error::invalid(format!("reservation_policy.{name}"), "must not be negative")
+        })
     };
     ReservationPolicy::new(
         quota,

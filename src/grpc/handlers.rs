@@ -16,16 +16,18 @@ use super::{
 };
 use crate::{
     auth::ApiKeys,
-    domain::{Applied, CarParkId, Error, OperatorId, RegionId, ReportOutcome, Result},
+    domain::{Applied, CarParkId, DriverId, Error, OperatorId, RegionId, ReportOutcome, Result},
     pb,
-    service::{Service, WatchEvent, WatchSelector},
+    service::{Caller, Service, WatchEvent, WatchSelector},
+    tokens::{DriverTokens, looks_like_jwt},
 };
 
 /// The gRPC face of the service.
 #[derive(Clone)]
 pub struct Api {
-    service: Service,
+    pub(super) service: Service,
     keys: Arc<ApiKeys>,
+    drivers: Arc<DriverTokens>,
     shutdown: CancellationToken,
 }
 
@@ -33,10 +35,16 @@ type Reply<T> = std::result::Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
 
 impl Api {
-    pub fn new(service: Service, keys: Arc<ApiKeys>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        service: Service,
+        keys: Arc<ApiKeys>,
+        drivers: Arc<DriverTokens>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             service,
             keys,
+            drivers,
             shutdown,
         }
     }
@@ -47,6 +55,40 @@ impl Api {
             .get("authorization")
             .map(|v| v.to_str().unwrap_or(""));
         self.keys.authenticate(header)
+    }
+
+    /// A driver (bearer JWT) or an operator (bearer API key).
+    pub(super) fn any_caller<T>(&self, request: &Request<T>) -> Result<Caller> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or(""));
+        let credential = header
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        match credential {
+            Some(token) if looks_like_jwt(token) => {
+                Ok(Caller::Driver(self.drivers.authenticate(token)?))
+            }
+            _ => self.keys.authenticate(header).map(Caller::Operator).map_err(|_| {
+                Error::Unauthenticated(
+                    "this call needs a driver token or an operator API key: send `authorization: Bearer <token or key>`".into(),
+                )
+            }),
+        }
+    }
+
+    /// The driver calling; an operator may not make this call.
+    pub(super) fn driver<T>(&self, request: &Request<T>, action: &str) -> Result<DriverId> {
+        match self.any_caller(request)? {
+            Caller::Driver(d) => Ok(d),
+            Caller::Operator(_) => Err(Error::PermissionDenied(format!(
+                "only a driver may {action}"
+            ))),
+        }
     }
 }
 

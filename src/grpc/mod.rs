@@ -7,6 +7,7 @@
 mod convert;
 mod handlers;
 mod layer;
+mod reservations;
 mod status;
 
 pub use handlers::Api;

@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Service, write::Decision};
 use crate::{
-    domain::{Applied, CarParkId, CarParkState, Error, OperatorId, Report, Result},
+    domain::{
+        Applied, CarParkId, CarParkState, Error, OperatorId, Plate, Report, ReportBody,
+        ReportOutcome, Result, Timestamp,
+    },
     metrics,
     store::{Change, Parts, Versioned, carpark::LIVE},
 };
@@ -66,6 +69,31 @@ pub(super) fn spawn(service: &Service, mut jobs: mpsc::Receiver<Job>, stop: Canc
     });
 }
 
+/// A plate at a car park's gate: entry (true) or exit, and when.
+pub(super) type Sighting = (CarParkId, Plate, bool, Timestamp);
+
+/// The delta reports that carry a well-formed plate, by index. A plate that is not one
+/// a reservation could hold matches nothing, so it is left out here.
+fn plates_in(reports: &[Report]) -> Vec<(usize, Sighting)> {
+    reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match &r.body {
+            ReportBody::Delta {
+                entries,
+                exits,
+                plate: Some(plate),
+            } => {
+                let plate = Plate::parse(plate).ok()?;
+                let entry = entries.iter().any(|n| *n > 0);
+                let exit = exits.iter().any(|n| *n > 0);
+                (entry || exit).then(|| (i, (r.car_park.clone(), plate, entry, r.observed_at)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn shutting_down() -> Error {
     Error::Unavailable("server shutting down; reconnect and resend from the last ack".into())
 }
@@ -88,12 +116,14 @@ impl Service {
             return Ok(Vec::new());
         }
         let count = reports.len() as u64;
+        let plates = plates_in(&reports);
         let Some(ingest) = &self.ingest else {
             // No round trip to share: decided here, at once. Calls racing on one car
             // park may then conflict, and decide again (a lock's worth of work).
             let mut results = self.decide_reports(&[(caller, &reports)]).await;
             let results = results.pop().expect("one call");
             results.iter().for_each(metrics::record_report);
+            self.arrivals(plates, &results).await;
             return Ok(results);
         };
         let (reply, results) = oneshot::channel();
@@ -107,10 +137,34 @@ impl Service {
             Err(_) => Err(shutting_down()),
         };
         match &results {
-            Ok(results) => results.iter().for_each(metrics::record_report),
+            Ok(results) => {
+                results.iter().for_each(metrics::record_report);
+                self.arrivals(plates, results).await;
+            }
             Err(error) => metrics::record_batch_failure(error, count),
         }
         results
+    }
+
+    /// Plates of applied entry and exit reports check reservations in and out, before
+    /// the call is answered, so an operator's next report sees them.
+    async fn arrivals(&self, plates: Vec<(usize, Sighting)>, results: &[Result<Applied>]) {
+        let seen: Vec<Sighting> = plates
+            .into_iter()
+            .filter(|(i, _)| {
+                matches!(
+                    results.get(*i),
+                    Some(Ok(Applied {
+                        outcome: ReportOutcome::Applied { .. },
+                        ..
+                    }))
+                )
+            })
+            .map(|(_, s)| s)
+            .collect();
+        if !seen.is_empty() {
+            self.plates_seen(seen).await;
+        }
     }
 
     /// Decides a batch of calls' reports: the reports on each car park, in arrival

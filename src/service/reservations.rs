@@ -28,8 +28,8 @@ use super::{
 use crate::{
     domain::{
         Actor, CalendarSlot, CarPark, CarParkId, Created, DriverId, Error, Ledger, OperatorId,
-        Plate, Reservation, ReservationId, ReservationRequest, ReservationState, Result,
-        SpaceCategory, Timestamp, calendar_slots,
+        Reservation, ReservationId, ReservationRequest, ReservationState, Result, SpaceCategory,
+        Timestamp, calendar_slots,
     },
     metrics,
     store::{Change, Parts, Versioned},
@@ -162,7 +162,12 @@ impl Service {
             let free_now = self
                 .engine
                 .availability(car_park.id.as_str(), now)
-                .and_then(|a| a.categories.iter().find(|c| c.category == request.category).map(|c| c.free))
+                .and_then(|a| {
+                    a.categories
+                        .iter()
+                        .find(|c| c.category == request.category)
+                        .map(|c| c.free)
+                })
                 .unwrap_or(0);
             match ledger.reserve(
                 &car_park, &request, driver, free_now, elsewhere, max_active, &suffix, now,
@@ -180,7 +185,10 @@ impl Service {
             kind: "reservation",
             id: id.to_string(),
         };
-        let (ledger, _) = self.engine.ledger(id.car_park().as_str()).ok_or_else(not_found)?;
+        let (ledger, _) = self
+            .engine
+            .ledger(id.car_park().as_str())
+            .ok_or_else(not_found)?;
         let actor = self.actor(caller, &ledger.car_park).ok_or_else(not_found)?;
         ledger.visible(id, actor).cloned()
     }
@@ -268,10 +276,12 @@ impl Service {
     /// The car arrived (its driver or the car park's operator says so).
     pub async fn check_in(&self, caller: &Caller, id: &ReservationId) -> Result<Reservation> {
         let car_park = self.ledger_of(id)?;
-        let actor = self.actor(caller, &car_park.id).ok_or_else(|| Error::NotFound {
-            kind: "reservation",
-            id: id.to_string(),
-        })?;
+        let actor = self
+            .actor(caller, &car_park.id)
+            .ok_or_else(|| Error::NotFound {
+                kind: "reservation",
+                id: id.to_string(),
+            })?;
         let grace = grace_of(&car_park);
         let r = self
             .write_ledger(&car_park, "reservation", |ledger, now| {
@@ -285,10 +295,12 @@ impl Service {
     /// The car left.
     pub async fn check_out(&self, caller: &Caller, id: &ReservationId) -> Result<Reservation> {
         let car_park = self.ledger_of(id)?;
-        let actor = self.actor(caller, &car_park.id).ok_or_else(|| Error::NotFound {
-            kind: "reservation",
-            id: id.to_string(),
-        })?;
+        let actor = self
+            .actor(caller, &car_park.id)
+            .ok_or_else(|| Error::NotFound {
+                kind: "reservation",
+                id: id.to_string(),
+            })?;
         let r = self
             .write_ledger(&car_park, "reservation", |ledger, now| {
                 Ok((true, ledger.check_out(id, actor, now)?))
@@ -325,7 +337,7 @@ impl Service {
     /// Plates seen at a car park's gate (entry or exit delta reports): each checks in
     /// or completes the reservation it matches. Best effort after the reports were
     /// applied: a plate that matches nothing changes nothing.
-    pub(super) async fn plates_seen(&self, seen: Vec<(CarParkId, Plate, bool, Timestamp)>) {
+    pub(super) async fn plates_seen(&self, seen: Vec<super::ingest::Sighting>) {
         for (car_park, plate, entry, at) in seen {
             let Some((ledger, _)) = self.engine.ledger(car_park.as_str()) else {
                 continue;
@@ -336,7 +348,11 @@ impl Service {
             let grace = grace_of(&cp);
             // Only if the replica shows a match is the ledger written (most plates at a
             // gate have no reservation).
-            if (*ledger).clone().plate_seen(&plate, entry, grace, at).is_none() {
+            if (*ledger)
+                .clone()
+                .plate_seen(&plate, entry, grace, at)
+                .is_none()
+            {
                 continue;
             }
             let result = self

@@ -13,6 +13,7 @@ mod redis_harness;
 mod redis_instances;
 mod redis_support;
 mod registry;
+mod reservations;
 mod shutdown;
 mod smoke;
 mod standard_services;

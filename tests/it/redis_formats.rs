@@ -265,6 +265,7 @@ async fn state_and_changes_an_older_version_wrote_are_served_and_applied() {
             covered: false,
             max_height_cm: 0,
             report_interval_seconds: 30,
+            reservation_policy: None,
         }
     );
     let street = car_park_of(&server, "qd-002350").await.unwrap();

@@ -5,13 +5,15 @@ use std::{fmt::Debug, future::Future, sync::Arc, time::Duration};
 use citypark::{
     app::{self, Backend, Settings},
     auth::ApiKeys,
-    domain::{OperatorId, Timestamp},
+    domain::{DriverId, OperatorId, Timestamp},
     pb::{
         self, availability_client::AvailabilityClient, ingest_client::IngestClient,
-        registry_client::RegistryClient, watch_availability_response::Event,
+        registry_client::RegistryClient, reservations_client::ReservationsClient,
+        watch_availability_response::Event,
     },
     service::{Clock, ManualClock},
     store::redis::RedisOptions,
+    tokens::DriverTokens,
 };
 use tokio::{
     net::TcpListener,
@@ -70,6 +72,26 @@ where
 /// Operators every test server knows: (id, key).
 pub const OPERATOR_A: (&str, &str) = ("op-a", "key-a");
 pub const OPERATOR_B: (&str, &str) = ("op-b", "key-b");
+
+/// The HS256 secret test servers accept driver tokens signed with.
+pub const DRIVER_SECRET: &str = "citypark-test-driver-secret-of-32-bytes+";
+
+/// A valid driver token for `driver` (an hour, by the real clock, which is what JWT
+/// expiry is checked against).
+pub fn driver_token(driver: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    DriverTokens::issue(
+        DRIVER_SECRET.as_bytes(),
+        &DriverId::parse(driver).unwrap(),
+        now,
+        3600,
+        None,
+        None,
+    )
+}
 
 /// Where the test clock starts: a Monday, 10:00 in Shanghai.
 pub fn start_time() -> Timestamp {
@@ -135,8 +157,11 @@ impl TestServer {
         for (id, key) in [OPERATOR_A, OPERATOR_B] {
             keys.insert_plain(OperatorId::parse(id).unwrap(), key);
         }
+        let mut drivers = DriverTokens::default();
+        drivers.add_secret(DRIVER_SECRET.as_bytes(), None, None);
         let mut settings = Settings {
             api_keys: keys,
+            driver_tokens: drivers,
             clock: clock.clone(),
             shutdown_grace: Duration::from_secs(2),
             status_sweep: Duration::from_millis(50),
@@ -192,6 +217,10 @@ impl TestServer {
 
     pub async fn ingest(&self) -> IngestClient<Channel> {
         IngestClient::new(self.channel().await)
+    }
+
+    pub async fn reservations(&self) -> ReservationsClient<Channel> {
+        ReservationsClient::new(self.channel().await)
     }
 
     pub async fn availability(&self) -> AvailabilityClient<Channel> {
@@ -414,6 +443,65 @@ pub fn snapshot(id: &str, sequence: u64, free_standard: i32, at: Timestamp) -> p
             }],
         })),
     }
+}
+
+/// A garage with 100 standard spaces of which `quota` may be reserved (15-minute
+/// slots, windows up to 4 hours, 15 minutes' grace, cancellable until the start).
+pub fn reservable_garage(id: &str, quota: i32) -> pb::CarPark {
+    pb::CarPark {
+        reservation_policy: Some(pb::ReservationPolicy {
+            quota: capacity(&[(pb::SpaceCategory::Standard, quota)]),
+            ..Default::default()
+        }),
+        ..garage(id, 36.066, 120.383)
+    }
+}
+
+/// A create request for standard space at `car_park` over [start, end).
+pub fn reservation_request(
+    car_park: &str,
+    start: Timestamp,
+    end: Timestamp,
+    plate: &str,
+    key: &str,
+) -> pb::CreateReservationRequest {
+    pb::CreateReservationRequest {
+        car_park_id: car_park.to_owned(),
+        category: pb::SpaceCategory::Standard.into(),
+        start_time: Some(pb_time(start)),
+        end_time: Some(pb_time(end)),
+        plate: plate.to_owned(),
+        idempotency_key: key.to_owned(),
+    }
+}
+
+/// Creates a reservation as `driver`.
+pub async fn reserve(
+    server: &TestServer,
+    driver: &str,
+    request: pb::CreateReservationRequest,
+) -> Result<pb::Reservation, Status> {
+    server
+        .reservations()
+        .await
+        .create_reservation(authed(request, &driver_token(driver)))
+        .await
+        .map(|r| r.into_inner().reservation.unwrap())
+}
+
+/// A delta report of one standard car in or out with its plate.
+pub fn plate_delta(
+    id: &str,
+    sequence: u64,
+    entry: bool,
+    plate: &str,
+    at: Timestamp,
+) -> pb::OccupancyReport {
+    let mut report = delta(id, sequence, i32::from(entry), i32::from(!entry), at);
+    if let Some(pb::occupancy_report::Body::Delta(d)) = &mut report.body {
+        d.plate = plate.to_owned();
+    }
+    report
 }
 
 /// A delta report: entries and exits of standard spaces.

@@ -25,6 +25,8 @@ pub enum Command {
         /// The key to hash.
         key: String,
     },
+    /// Print a driver token (HS256 JWT) for the demo's public secret, or a secret file.
+    Token(crate::reserve::TokenArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }

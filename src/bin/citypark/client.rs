@@ -34,11 +34,17 @@ pub enum ClientCommand {
     Watch(WatchArgs),
     /// Send one occupancy report as an operator.
     Report(ReportArgs),
+    /// Reserve a space as a driver.
+    Reserve(crate::reserve::ReserveArgs),
+    /// List your reservations (a driver's own, or an operator's car parks').
+    Reservations(crate::reserve::ReservationsArgs),
+    /// Cancel a reservation as its driver.
+    Cancel(crate::reserve::CancelArgs),
 }
 
 /// Where the server is.
 #[derive(Debug, Args)]
-pub struct ConnectArgs {
+pub(crate) struct ConnectArgs {
     /// The citypark gRPC server.
     #[arg(
         long,
@@ -52,7 +58,7 @@ pub struct ConnectArgs {
 /// (`ev_charging`), in arguments and in output alike. Arguments may also use the
 /// kebab-case of earlier versions (`ev-charging`) and any letter case, so old scripts
 /// keep working; output always prints the domain's name.
-trait Named: Copy + Send + Sync + 'static {
+pub(crate) trait Named: Copy + Send + Sync + 'static {
     fn all() -> &'static [Self];
     fn name(self) -> &'static str;
     fn parse(name: &str) -> Option<Self>;
@@ -83,9 +89,9 @@ fn lookup<T: Named>(spelled: &str) -> Option<T> {
 
 /// The clap parser of a [`Named`] argument: `--help` and errors list the names.
 #[derive(Clone, Copy)]
-struct ByName<T>(PhantomData<fn() -> T>);
+pub(crate) struct ByName<T>(PhantomData<fn() -> T>);
 
-fn by_name<T: Named>() -> ByName<T> {
+pub(crate) fn by_name<T: Named>() -> ByName<T> {
     ByName(PhantomData)
 }
 
@@ -243,6 +249,9 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Get(args) => get(args).await,
         ClientCommand::Watch(args) => watch(args).await,
         ClientCommand::Report(args) => report(args).await,
+        ClientCommand::Reserve(args) => crate::reserve::reserve(args).await,
+        ClientCommand::Reservations(args) => crate::reserve::reservations(args).await,
+        ClientCommand::Cancel(args) => crate::reserve::cancel(args).await,
     };
     match result {
         // A reader that stops early (`citypark watch ... | head`) is not a failure.
@@ -259,11 +268,11 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
 
 /// Writes a line to stdout; unlike `println!` it reports a closed pipe instead of
 /// panicking.
-fn say(line: impl Display) -> io::Result<()> {
+pub(crate) fn say(line: impl Display) -> io::Result<()> {
     writeln!(io::stdout(), "{line}")
 }
 
-async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
+pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
     Endpoint::from_shared(args.server.clone())
         .with_context(|| format!("invalid --server {:?}", args.server))?
         .connect_timeout(Duration::from_secs(5))
@@ -273,7 +282,7 @@ async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
 }
 
 /// Turns a failed call into "Rpc failed: Code: message".
-fn failed(rpc: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+pub(crate) fn failed(rpc: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
     move |status| anyhow!("{rpc} failed: {:?}: {}", status.code(), status.message())
 }
 
@@ -390,6 +399,7 @@ fn print_availability(availabilities: &[pb::CarParkAvailability]) -> io::Result<
         ("status", Align::Left),
         ("category", Align::Left),
         ("free", Align::Right),
+        ("held", Align::Right),
         ("available", Align::Right),
         ("capacity", Align::Right),
         ("age", Align::Right),
@@ -402,6 +412,7 @@ fn print_availability(availabilities: &[pb::CarParkAvailability]) -> io::Result<
                 status_name(a.status).to_owned(),
                 category_name(c.category).to_owned(),
                 c.free.to_string(),
+                c.held.to_string(),
                 c.available.to_string(),
                 c.capacity.to_string(),
                 format_age(a.data_age_seconds),
@@ -571,7 +582,7 @@ fn name_of<P: TryFrom<i32>, T: Named + TryFrom<P>>(value: i32) -> &'static str {
         .map_or("unknown", T::name)
 }
 
-fn category_name(category: i32) -> &'static str {
+pub(crate) fn category_name(category: i32) -> &'static str {
     name_of::<pb::SpaceCategory, SpaceCategory>(category)
 }
 
@@ -617,7 +628,7 @@ fn format_age(seconds: Option<i64>) -> String {
     }
 }
 
-fn format_money(minor: i64, currency: &str) -> String {
+pub(crate) fn format_money(minor: i64, currency: &str) -> String {
     let amount = format!("{}.{:02}", minor / 100, (minor % 100).abs());
     match currency {
         "CNY" => format!("¥{amount}"),
@@ -632,30 +643,30 @@ fn now() -> impl std::fmt::Display {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
 
 /// A plain text table: each column as wide as its widest cell.
-struct Table {
+pub(crate) struct Table {
     columns: Vec<(&'static str, Align)>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(columns: Vec<(&'static str, Align)>) -> Self {
+    pub(crate) fn new(columns: Vec<(&'static str, Align)>) -> Self {
         Self {
             columns,
             rows: Vec::new(),
         }
     }
 
-    fn push(&mut self, row: Vec<String>) {
+    pub(crate) fn push(&mut self, row: Vec<String>) {
         self.rows.push(row);
     }
 
-    fn print(&self) -> io::Result<()> {
+    pub(crate) fn print(&self) -> io::Result<()> {
         let width = |cell: &str| cell.chars().count();
         let widths: Vec<usize> = self
             .columns

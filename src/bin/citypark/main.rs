@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod reserve;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
@@ -33,6 +34,13 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match cli.command {
         Command::Serve(config) => serve(*config, &runtime),
+        Command::Token(args) => match reserve::token(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("citypark: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::HashKey { key } => {
             println!("{}", citypark::auth::hash_key(&key));
             ExitCode::SUCCESS
@@ -51,8 +59,9 @@ fn serve(config: ServeConfig, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let keys = config
         .validate()
         .and_then(|()| config.redis())
-        .and_then(|_| config.api_keys());
-    let mut keys = match keys {
+        .and_then(|_| config.api_keys())
+        .and_then(|keys| Ok((keys, config.driver_tokens()?)));
+    let (mut keys, drivers) = match keys {
         Ok(keys) => keys,
         Err(error) => {
             eprintln!("citypark: {error}");
@@ -76,7 +85,12 @@ fn serve(config: ServeConfig, runtime: &tokio::runtime::Runtime) -> ExitCode {
             "no operator API keys configured: registry writes and ingest will be refused"
         );
     }
-    match runtime.block_on(run(config, keys, demo)) {
+    if drivers.is_empty() {
+        tracing::warn!(
+            "no driver token key configured (--driver-jwt-*): reservations will be refused"
+        );
+    }
+    match runtime.block_on(run(config, keys, drivers, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -89,6 +103,7 @@ fn serve(config: ServeConfig, runtime: &tokio::runtime::Runtime) -> ExitCode {
 async fn run(
     config: ServeConfig,
     keys: citypark::auth::ApiKeys,
+    drivers: citypark::tokens::DriverTokens,
     demo: Option<Demo>,
 ) -> anyhow::Result<()> {
     let grpc = TcpListener::bind(config.grpc_addr)
@@ -120,7 +135,7 @@ async fn run(
     };
     let settings = app::Settings {
         clock,
-        ..config.settings(keys)
+        ..config.settings(keys, drivers)
     };
     let served = app::run(grpc, Some(metrics), backend, settings, shutdown).await;
     // Joined whether or not the server failed: no demo task outlives the run.

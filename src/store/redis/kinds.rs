@@ -72,10 +72,8 @@ impl<A: Aggregate> Kind for Of<A> {
 }
 
 /// Every kind, in load order (a ledger's held spaces land in its car park's counts).
-pub(super) const KINDS: &[&dyn Kind] = &[
-    &Of::<CarParkState>(PhantomData),
-    &Of::<Ledger>(PhantomData),
-];
+pub(super) const KINDS: &[&dyn Kind] =
+    &[&Of::<CarParkState>(PhantomData), &Of::<Ledger>(PhantomData)];
 
 /// The kind named `name`, if this version knows it.
 pub(super) fn kind(name: &str) -> Option<&'static dyn Kind> {

@@ -1,0 +1,191 @@
+//! Drivers' identity: bearer JWTs (`sub` is the driver id), verified with configured
+//! keys: an HS256 secret and/or a PEM public key (RS256, ES256 or EdDSA). `exp` is
+//! required; issuer and audience are checked when configured.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+
+use crate::domain::{DriverId, Error, Result};
+
+/// The secret `--demo` verifies driver tokens with, so the README's example works
+/// out of the box. Public, so never for production.
+pub const DEMO_SECRET: &str = "citypark-demo-driver-secret-not-for-production";
+
+/// How long a token printed by `citypark token` lasts.
+pub const DEMO_TOKEN_SECONDS: u64 = 24 * 3600;
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// The keys driver tokens are verified with.
+#[derive(Clone, Default)]
+pub struct DriverTokens {
+    keys: Vec<(DecodingKey, Validation)>,
+}
+
+impl std::fmt::Debug for DriverTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DriverTokens({} keys)", self.keys.len())
+    }
+}
+
+fn validation(
+    algorithms: &[Algorithm],
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Validation {
+    let mut v = Validation::new(algorithms[0]);
+    v.algorithms = algorithms.to_vec();
+    v.set_required_spec_claims(&["exp", "sub"]);
+    v.leeway = 30;
+    if let Some(issuer) = issuer {
+        v.set_issuer(&[issuer]);
+    }
+    match audience {
+        Some(audience) => v.set_audience(&[audience]),
+        None => v.validate_aud = false,
+    }
+    v
+}
+
+impl DriverTokens {
+    /// Whether no key is configured (then every driver call is refused).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Accepts HS256 tokens signed with `secret`.
+    pub fn add_secret(&mut self, secret: &[u8], issuer: Option<&str>, audience: Option<&str>) {
+        self.keys.push((
+            DecodingKey::from_secret(secret),
+            validation(&[Algorithm::HS256], issuer, audience),
+        ));
+    }
+
+    /// Accepts tokens signed by the private half of a PEM public key: RSA (RS256), EC
+    /// P-256 (ES256) or Ed25519 (EdDSA).
+    pub fn add_public_pem(
+        &mut self,
+        pem: &[u8],
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> Result<()> {
+        let (key, algorithms) = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+            (k, vec![Algorithm::RS256])
+        } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+            (k, vec![Algorithm::ES256])
+        } else if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+            (k, vec![Algorithm::EdDSA])
+        } else {
+            return Err(Error::invalid(
+                "driver-jwt-public-key-file",
+                "not a PEM RSA, EC P-256 or Ed25519 public key",
+            ));
+        };
+        self.keys
+            .push((key, validation(&algorithms, issuer, audience)));
+        Ok(())
+    }
+
+    /// The driver a bearer token names, if a configured key signed it and it is valid.
+    pub fn authenticate(&self, token: &str) -> Result<DriverId> {
+        if self.keys.is_empty() {
+            return Err(Error::Unauthenticated(
+                "this server accepts no driver tokens (no --driver-jwt-* key configured)".into(),
+            ));
+        }
+        let mut last = None;
+        for (key, validation) in &self.keys {
+            match jsonwebtoken::decode::<Claims>(token, key, validation) {
+                Ok(data) => {
+                    return DriverId::parse(&data.claims.sub).map_err(|_| {
+                        Error::Unauthenticated("the token's sub is not a valid driver id".into())
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let why = last.map_or_else(String::new, |e| e.to_string());
+        Err(Error::Unauthenticated(format!(
+            "invalid driver token: {why}"
+        )))
+    }
+
+    /// An HS256 token for `driver` signed with `secret`, valid for `seconds` from
+    /// `now_unix` (the demo's and the tests' tokens).
+    pub fn issue(
+        secret: &[u8],
+        driver: &DriverId,
+        now_unix: u64,
+        seconds: u64,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> String {
+        let claims = Claims {
+            sub: driver.to_string(),
+            exp: now_unix + seconds,
+            iss: issuer.map(str::to_owned),
+            aud: audience.map(str::to_owned),
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .expect("HS256 signing cannot fail")
+    }
+}
+
+/// Whether a bearer credential is a JWT (three base64url parts) rather than an API key.
+pub fn looks_like_jwt(credential: &str) -> bool {
+    credential.split('.').count() == 3 && credential.starts_with("eyJ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn tokens_are_verified_with_their_key_issuer_audience_and_expiry() {
+        let alice = DriverId::parse("alice").unwrap();
+        let mut tokens = DriverTokens::default();
+        tokens.add_secret(b"s3cret", Some("city"), Some("citypark"));
+        let good =
+            DriverTokens::issue(b"s3cret", &alice, now(), 60, Some("city"), Some("citypark"));
+        assert!(looks_like_jwt(&good));
+        assert_eq!(tokens.authenticate(&good).unwrap(), alice);
+        for bad in [
+            DriverTokens::issue(b"other", &alice, now(), 60, Some("city"), Some("citypark")),
+            DriverTokens::issue(
+                b"s3cret",
+                &alice,
+                now() - 7200,
+                60,
+                Some("city"),
+                Some("citypark"),
+            ),
+            DriverTokens::issue(b"s3cret", &alice, now(), 60, Some("evil"), Some("citypark")),
+            DriverTokens::issue(b"s3cret", &alice, now(), 60, Some("city"), Some("else")),
+        ] {
+            assert!(matches!(
+                tokens.authenticate(&bad),
+                Err(Error::Unauthenticated(_))
+            ));
+        }
+        assert!(DriverTokens::default().authenticate(&good).is_err());
+        assert!(!looks_like_jwt("demo-key-op1"));
+    }
+}
