@@ -1226,4 +1226,152 @@ mod tests {
                 .is_none()
         );
     }
+
+    mod model {
+        //! The ledger against a model written another way: a count per slot, kept
+        //! by hand, and the lifecycle as a table of allowed moves.
+
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const QUOTA: u32 = 3;
+        const SLOT_S: i64 = 15 * 60;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Create { driver: u8, from: i64, slots: i64 },
+            Cancel(usize),
+            CheckIn(usize),
+            CheckOut(usize),
+            Wait(i64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0u8..6, 1i64..20, 1i64..6).prop_map(|(driver, from, slots)| Op::Create { driver, from, slots }),
+                1 => (0usize..40).prop_map(Op::Cancel),
+                2 => (0usize..40).prop_map(Op::CheckIn),
+                1 => (0usize..40).prop_map(Op::CheckOut),
+                2 => (1i64..40).prop_map(|m| Op::Wait(m * 60)),
+            ]
+        }
+
+        struct Model {
+            /// Per reservation: start s, end s, state.
+            made: Vec<(i64, i64, ReservationState, DriverId)>,
+            /// Slot number → reservations counted in it.
+            used: HashMap<i64, u32>,
+        }
+
+        impl Model {
+            fn count(&mut self, start: i64, end: i64, by: i64) {
+                for slot in start / SLOT_S..=(end - 1) / SLOT_S {
+                    let n = self.used.entry(slot).or_default();
+                    *n = (*n as i64 + by) as u32;
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+            #[test]
+            fn the_ledger_agrees_with_a_per_slot_model(ops in proptest::collection::vec(op(), 1..60)) {
+                let cp = car_park(QUOTA);
+                let grace = Duration::from_secs(15 * 60);
+                let epoch: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+                let at = |s: i64| epoch + Duration::from_secs(s as u64);
+                let mut ledger = Ledger::new(&cp);
+                let mut model = Model { made: Vec::new(), used: HashMap::new() };
+                let mut now = 0i64;
+                let mut ids: Vec<ReservationId> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Create { driver, from, slots } => {
+                            // Starts on a slot boundary ahead of now, so only the quota decides.
+                            let start = (now / SLOT_S + from) * SLOT_S;
+                            let end = start + slots * SLOT_S;
+                            let who = DriverId::parse(&format!("d{driver}")).unwrap();
+                            let request = ReservationRequest {
+                                category: Standard,
+                                start: at(start),
+                                end: at(end),
+                                plate: Plate::parse(&format!("P{}", ids.len())).unwrap(),
+                                idempotency_key: format!("k{}", ids.len()),
+                            };
+                            let fits = (start / SLOT_S..=(end - 1) / SLOT_S)
+                                .all(|s| model.used.get(&s).copied().unwrap_or(0) < QUOTA);
+                            let got = ledger.reserve(&cp, &request, &who, 100, 0, 1_000, &format!("s{}", ids.len()), at(now));
+                            prop_assert_eq!(got.is_ok(), fits, "create {}..{} at {}: {:?}", start, end, now, got);
+                            if let Ok(Created::New(r)) = got {
+                                ids.push(r.id);
+                                model.made.push((start, end, ReservationState::Reserved, who));
+                                model.count(start, end, 1);
+                            }
+                        }
+                        Op::Cancel(k) if k < ids.len() => {
+                            let (start, end, state, who) = model.made[k].clone();
+                            // The test policy takes cancellations until 30 minutes before the start.
+                            let allowed = state == ReservationState::Reserved && now < start - 30 * 60;
+                            let got = ledger.cancel(&ids[k], &who, "", at(now));
+                            prop_assert_eq!(got.is_ok(), allowed);
+                            if allowed {
+                                model.made[k].2 = ReservationState::Cancelled;
+                                model.count(start, end, -1);
+                            }
+                        }
+                        Op::CheckIn(k) if k < ids.len() => {
+                            let (start, end, state, _) = model.made[k].clone();
+                            let no_show_at = (start + 15 * 60).min(end);
+                            let allowed = state == ReservationState::Reserved
+                                && start - 15 * 60 <= now
+                                && now < no_show_at;
+                            let got = ledger.check_in(&ids[k], Actor::Operator, grace, at(now));
+                            prop_assert_eq!(got.is_ok(), allowed);
+                            if allowed {
+                                model.made[k].2 = ReservationState::CheckedIn;
+                            }
+                        }
+                        Op::CheckOut(k) if k < ids.len() => {
+                            let (start, end, state, _) = model.made[k].clone();
+                            let allowed = state == ReservationState::CheckedIn;
+                            let got = ledger.check_out(&ids[k], Actor::Operator, at(now));
+                            prop_assert_eq!(got.is_ok(), allowed);
+                            if allowed {
+                                model.made[k].2 = ReservationState::Completed;
+                                model.count(start, end, -1);
+                            }
+                        }
+                        Op::Wait(seconds) => {
+                            now += seconds;
+                            let expired = ledger.expire(at(now)).len();
+                            let mut due = 0;
+                            for k in 0..model.made.len() {
+                                let (start, end, state, _) = model.made[k].clone();
+                                if state == ReservationState::Reserved && (start + 15 * 60).min(end) <= now {
+                                    model.made[k].2 = ReservationState::NoShow;
+                                    model.count(start, end, -1);
+                                    due += 1;
+                                }
+                            }
+                            prop_assert_eq!(expired, due);
+                        }
+                        _ => {}
+                    }
+                    // After every step: every slot's remaining space, and every state.
+                    let policy = cp.reservation_policy.as_ref().unwrap();
+                    let (from, to) = (at(now - now % SLOT_S), at(now - now % SLOT_S + 30 * SLOT_S));
+                    for slot in ledger.calendar(policy, Standard, from, to) {
+                        let n = (slot.start.as_second() - epoch.as_second()) / SLOT_S;
+                        prop_assert_eq!(slot.remaining, QUOTA - model.used.get(&n).copied().unwrap_or(0));
+                    }
+                    for (k, id) in ids.iter().enumerate() {
+                        prop_assert_eq!(ledger.get(id).unwrap().state, model.made[k].2);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -623,3 +623,103 @@ async fn a_retry_through_another_instance_returns_the_same_reservation() {
         .into_inner();
     assert_eq!(listed.reservations.len(), 1, "never a second one");
 }
+
+/// Reads the region's change stream and counts, per reservation id, the ledger changes
+/// that moved it into NO_SHOW (comparing each ledger entry with the one before it).
+async fn no_show_transitions(url: &str, prefix: &str) -> HashMap<String, usize> {
+    let mut raw = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // The key schema of src/store/redis/keys.rs; the stream is far below its cap here.
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:{{qingdao}}:changes"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let mut last: HashMap<String, String> = HashMap::new();
+    let mut moves: HashMap<String, usize> = HashMap::new();
+    for entry in reply.ids {
+        let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+        if field("k") != "ledger" || field("op") != "put" {
+            continue;
+        }
+        let stored = field("ledgers");
+        let json: serde_json::Value =
+            serde_json::from_str(stored.split_once(':').unwrap().1).unwrap();
+        for r in json["reservations"].as_array().unwrap() {
+            let (id, state) = (
+                r["id"].as_str().unwrap(),
+                r["state"].as_str().unwrap().to_owned(),
+            );
+            let before = last.insert(id.to_owned(), state.clone());
+            if state == "no_show" && before.as_deref() != Some("no_show") {
+                *moves.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    moves
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_instances_each_no_show_expires_exactly_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (prefix, clock) = (key_prefix(), shared_clock());
+    let a = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
+    let b = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
+    let car_parks = ["e1", "e2", "e3", "e4"];
+    for id in car_parks {
+        register(&a, reservable_garage(id, 10)).await;
+    }
+    let now = a.now();
+    let mut made = Vec::new();
+    for i in 0..40 {
+        let car_park = car_parks[i % car_parks.len()];
+        let server = if i % 2 == 0 { &a } else { &b };
+        eventually("the car park reached the instance", || async {
+            car_park_of(server, car_park).await.ok()
+        })
+        .await;
+        let request = reservation_request(
+            car_park,
+            after(now, 600),
+            after(now, 4200),
+            &format!("E{i:03}"),
+            "k",
+        );
+        made.push(
+            reserve(server, &format!("driver-{i}"), request)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Past every no-show time at once: both instances' sweepers find all 40 overdue.
+    clock.advance(std::time::Duration::from_secs(600 + 15 * 60 + 1));
+    for server in [&a, &b] {
+        eventually(
+            "every reservation is a no-show on both instances",
+            || async {
+                for id in &made {
+                    let r = get(server, id, OPERATOR_A.1).await.ok()?;
+                    if state_of(&r) != pb::ReservationState::NoShow {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+    }
+    let moves = no_show_transitions(&redis.url(), &prefix).await;
+    assert_eq!(moves.len(), 40, "{moves:?}");
+    assert!(
+        moves.values().all(|n| *n == 1),
+        "each expired exactly once: {moves:?}"
+    );
+}
