@@ -6,7 +6,7 @@
 //! returns only once every one of them has ended; reconnecting happens inside an
 //! operator's task, so nothing here outlives the call.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::pb;
 use crate::pb::ingest_client::IngestClient;
 use crate::pb::registry_client::RegistryClient;
+use crate::pb::reservations_client::ReservationsClient;
 use crate::rng::Rng;
 
 use super::city::DemoOperator;
@@ -82,6 +83,8 @@ const MAX_BATCH: usize = 100;
 /// Reports sent but not yet acknowledged beyond which a tick is skipped: the server is
 /// behind, and piling on would only grow memory.
 const MAX_PENDING: usize = 20_000;
+/// How often an operator looks for cars with reservations at its gates.
+const GATE_EVERY: Duration = Duration::from_secs(5);
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the first connection is retried: `serve --demo` starts the server and the
@@ -129,6 +132,9 @@ struct Operator {
     id: String,
     registry: RegistryClient<Authed>,
     ingest: IngestClient<Authed>,
+    reservations: ReservationsClient<Authed>,
+    /// Reservations whose car this operator already reported at the gate.
+    at_gate: HashSet<String>,
     car_parks: Vec<pb::CarPark>,
     sim: Vec<SimPark>,
     cursor: usize,
@@ -248,6 +254,8 @@ impl Operator {
         let mut acks: Option<Streaming<pb::PublishResponse>> = None;
         let mut ticker = tokio::time::interval(self.interval / TICKS_PER_ROUND);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gate = tokio::time::interval(GATE_EVERY);
+        gate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
@@ -262,6 +270,16 @@ impl Operator {
                     Some(response) => self.on_acks(response.acks),
                     None => return Err(tonic::Status::unavailable("publish stream closed by the server")),
                 },
+                _ = gate.tick() => {
+                    let reports = self.gate_reports().await;
+                    for chunk in reports.chunks(MAX_BATCH) {
+                        self.pending.extend(chunk.iter().cloned());
+                        let batch = pb::PublishRequest { reports: chunk.to_vec() };
+                        if tx.send(batch).is_err() {
+                            return Err(tonic::Status::unavailable("publish stream closed"));
+                        }
+                    }
+                }
                 _ = ticker.tick() => {
                     if self.pending.len() >= MAX_PENDING {
                         debug!(operator = %self.id, pending = self.pending.len(), "demo server behind; skipping a tick");
@@ -288,6 +306,54 @@ impl Operator {
             }
         })
         .await;
+    }
+
+    /// Cars with reservations at this operator's gates: a reservation whose window has
+    /// begun gets its car's entry, with the plate (four in five; the fifth driver does
+    /// not come and becomes a no-show), and a checked-in one whose window has ended its
+    /// exit. Best effort: a failed listing waits for the next pass.
+    async fn gate_reports(&mut self) -> Vec<pb::OccupancyReport> {
+        let request = pb::ListReservationsRequest {
+            page_size: 500,
+            ..Default::default()
+        };
+        let Ok(listed) = self.reservations.list_reservations(request).await else {
+            return Vec::new();
+        };
+        let now = SystemTime::now();
+        let observed_at = prost_types::Timestamp::from(now);
+        let now = prost_types::Timestamp::from(now).seconds;
+        let mut reports = Vec::new();
+        for r in listed.into_inner().reservations {
+            let seconds = |t: Option<prost_types::Timestamp>| t.map_or(i64::MAX, |t| t.seconds);
+            let (start, end, due) = (
+                seconds(r.start_time),
+                seconds(r.end_time),
+                seconds(r.no_show_at),
+            );
+            let entry = match r.state() {
+                pb::ReservationState::Reserved if start <= now && now < due => true,
+                pb::ReservationState::CheckedIn if end <= now => false,
+                _ => continue,
+            };
+            let key = format!("{}:{entry}", r.id);
+            let comes =
+                r.id.bytes()
+                    .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+                    % 5
+                    != 0;
+            if self.at_gate.contains(&key) || (entry && !comes) {
+                continue;
+            }
+            let Some(park) = self.sim.iter_mut().find(|p| p.id == r.car_park_id) else {
+                continue;
+            };
+            if let Some(report) = park.gate(r.category, &r.plate, entry, observed_at) {
+                self.at_gate.insert(key);
+                reports.push(report);
+            }
+        }
+        reports
     }
 
     /// Reports for the next slice of car parks, in batches.
@@ -503,7 +569,9 @@ pub(super) async fn run_operators(
         let operator = Operator {
             id,
             registry: RegistryClient::with_interceptor(channel.clone(), bearer.clone()),
-            ingest: IngestClient::with_interceptor(channel.clone(), bearer),
+            ingest: IngestClient::with_interceptor(channel.clone(), bearer.clone()),
+            reservations: ReservationsClient::with_interceptor(channel.clone(), bearer),
+            at_gate: HashSet::new(),
             car_parks,
             sim,
             cursor: 0,

@@ -226,6 +226,41 @@ impl SimPark {
         })
     }
 
+    /// A car with a reservation at the gate: one entry (or exit) of `category` with
+    /// its plate, counted in the simulated truth like any other car. `None` if the
+    /// car park has no space of it free (or, for an exit, none taken).
+    pub(super) fn gate(
+        &mut self,
+        category: i32,
+        plate: &str,
+        entry: bool,
+        observed_at: prost_types::Timestamp,
+    ) -> Option<pb::OccupancyReport> {
+        let cat = self
+            .categories
+            .iter_mut()
+            .find(|c| c.category as i32 == category)?;
+        if entry && cat.occupied < cat.capacity {
+            cat.occupied += 1;
+        } else if !entry && cat.occupied > 0 {
+            cat.occupied -= 1;
+        } else {
+            return None;
+        }
+        let one = vec![pb::CategoryCount { category, count: 1 }];
+        let (entries, exits) = if entry { (one, vec![]) } else { (vec![], one) };
+        Some(pb::OccupancyReport {
+            car_park_id: self.id.clone(),
+            sequence: self.sequence(),
+            observed_at: Some(observed_at),
+            body: Some(Body::Delta(pb::DeltaReport {
+                entries,
+                exits,
+                plate: plate.to_owned(),
+            })),
+        })
+    }
+
     /// This round's reports: the first and every tenth are snapshots, on-street zones
     /// send their bay flips, everything else entries and exits.
     pub(super) fn step(

@@ -163,7 +163,10 @@ fn state_name(state: i32) -> &'static str {
 fn time_of(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
         .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
-        .map_or_else(|| "-".to_owned(), |t| t.to_string())
+        .map_or_else(
+            || "-".to_owned(),
+            |t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string(),
+        )
 }
 
 fn print(reservations: &[pb::Reservation]) -> std::io::Result<()> {
