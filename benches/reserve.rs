@@ -127,8 +127,8 @@ async fn ping(channel: Channel, seconds: f64) -> f64 {
 async fn create(
     channel: Channel,
     car_parks: &[String],
-    tokens: &[String],
-    next: &AtomicU64,
+    tokens: &Arc<Vec<String>>,
+    next: &Arc<AtomicU64>,
     seconds: f64,
 ) -> (f64, u64) {
     let made = Arc::new(AtomicU64::new(0));
@@ -140,13 +140,13 @@ async fn create(
         let mut client = ReservationsClient::new(channel.clone());
         let made = made.clone();
         let car_parks = car_parks.to_vec();
-        let tokens = tokens.to_vec();
-        let n0 = next.fetch_add(1_000_000, Ordering::Relaxed);
+        let tokens = tokens.clone();
+        let next = next.clone();
         tasks.push(tokio::spawn(async move {
-            let mut n = n0;
             let mut refused = 0u64;
             while Instant::now() < deadline {
-                n += 1;
+                // Each call a driver of its own (a driver may hold 3 at most).
+                let n = next.fetch_add(1, Ordering::Relaxed);
                 let slot = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (30 * 96);
                 let from = base + Duration::from_secs(slot * 900);
                 let request = pb::CreateReservationRequest {
@@ -162,7 +162,12 @@ async fn create(
                     Ok(_) => {
                         made.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => refused += 1,
+                    Err(status) => {
+                        if refused == 0 {
+                            eprintln!("refused: {:?} {}", status.code(), status.message());
+                        }
+                        refused += 1
+                    }
                 }
             }
             refused
@@ -271,13 +276,18 @@ fn main() {
         register(channel.clone(), &key, &car_parks).await;
         let ids: Vec<String> = car_parks[..CAR_PARKS].iter().map(|(id, _)| id.clone()).collect();
         // A driver holds at most 3: enough drivers that none reaches the limit.
-        let tokens: Vec<String> = (0..20_000).map(|i| token(&format!("bench-{run}-{i}"))).collect();
-        let next = AtomicU64::new(0);
+        let tokens: Arc<Vec<String>> =
+            Arc::new((0..100_000).map(|i| token(&format!("bench-{run}-{i}"))).collect());
+        let next = Arc::new(AtomicU64::new(0));
         let trips = "citypark_redis_round_trips_total{op=\"reservation\"}";
         let created = "citypark_reservations_total{result=\"created\",reason=\"\"}";
+        // A counter not yet exported (nothing created so far) is 0.
         let before = match &metrics {
-            Some(m) => (metric(m, trips).await, metric(m, created).await),
-            None => (None, None),
+            Some(m) => Some((
+                metric(m, trips).await.unwrap_or(0.0),
+                metric(m, created).await.unwrap_or(0.0),
+            )),
+            None => None,
         };
         let (mut pings, mut rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=rounds {
@@ -297,7 +307,7 @@ fn main() {
             common::median(rates),
             common::median(ratios)
         );
-        if let (Some(m), (Some(t0), Some(c0))) = (&metrics, before)
+        if let (Some(m), Some((t0, c0))) = (&metrics, before)
             && let (Some(t1), Some(c1)) = (metric(m, trips).await, metric(m, created).await)
             && c1 > c0
         {

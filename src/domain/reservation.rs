@@ -339,19 +339,19 @@ pub struct Reservation {
     pub plate: Plate,
     pub state: ReservationState,
     pub price_minor: i64,
-    pub currency: String,
+    pub currency: Arc<str>,
     pub created_at: Timestamp,
     /// The driver may cancel before this.
     pub cancel_until: Timestamp,
     /// Not checked in by then, it is a no-show and its space goes back to the pool.
     pub no_show_at: Timestamp,
     pub driver: DriverId,
-    pub idempotency_key: String,
+    pub idempotency_key: Arc<str>,
     /// When it left RESERVED or CHECKED_IN (checked in, completed, cancelled, no-show).
     #[serde(default)]
     pub changed_at: Option<Timestamp>,
     #[serde(default)]
-    pub cancel_reason: String,
+    pub cancel_reason: Arc<str>,
 }
 
 impl Reservation {
@@ -406,8 +406,9 @@ pub struct CalendarSlot {
 pub struct Ledger {
     pub car_park: CarParkId,
     pub region: RegionId,
-    /// Oldest first.
-    pub reservations: Vec<Reservation>,
+    /// Oldest first. Shared, so that copying a ledger (every decision starts from a
+    /// copy) costs a reference count per reservation; a change copies the one it changes.
+    pub reservations: Vec<Arc<Reservation>>,
 }
 
 impl Ledger {
@@ -421,7 +422,7 @@ impl Ledger {
     }
 
     pub fn get(&self, id: &ReservationId) -> Option<&Reservation> {
-        self.reservations.iter().find(|r| &r.id == id)
+        self.reservations.iter().find(|r| &r.id == id).map(|r| &**r)
     }
 
     /// Spaces of `category` held at `now` for reservations not arrived yet.
@@ -445,20 +446,32 @@ impl Ledger {
     pub fn active_of(&self, driver: &DriverId) -> usize {
         self.reservations
             .iter()
-            .filter(|r| &r.driver == driver && r.state == ReservationState::Reserved)
+            .filter(|r| r.state == ReservationState::Reserved && &r.driver == driver)
             .count()
     }
 
-    /// Reservations of `category` counted in `slot`.
-    fn used(&self, policy: &ReservationPolicy, category: SpaceCategory, slot: i64) -> u32 {
-        self.reservations
-            .iter()
-            .filter(|r| r.category == category && r.state.occupies_slots())
-            .filter(|r| {
-                let (first, last) = policy.slots(r.start, r.end);
-                first <= slot && slot <= last
-            })
-            .count() as u32
+    /// Reservations of `category` counted in each slot of `first..=last`, in one pass.
+    fn used_in(
+        &self,
+        policy: &ReservationPolicy,
+        category: SpaceCategory,
+        first: i64,
+        last: i64,
+    ) -> Vec<u32> {
+        let mut used = vec![0u32; (last - first + 1) as usize];
+        let (from, to) = (policy.slot_start(first), policy.slot_start(last + 1));
+        for r in &self.reservations {
+            // Most reservations are of other windows: two comparisons leave them out.
+            if r.category != category || r.end <= from || r.start >= to || !r.state.occupies_slots()
+            {
+                continue;
+            }
+            let (a, b) = policy.slots(r.start, r.end);
+            for s in a.max(first)..=b.min(last) {
+                used[(s - first) as usize] += 1;
+            }
+        }
+        used
     }
 
     /// Makes a reservation for `driver`, or says why not. `free_now` is the category's
@@ -479,14 +492,14 @@ impl Ledger {
         if let Some(existing) = self
             .reservations
             .iter()
-            .find(|r| &r.driver == driver && r.idempotency_key == request.idempotency_key)
+            .find(|r| *r.idempotency_key == *request.idempotency_key && &r.driver == driver)
         {
             let same = existing.category == request.category
                 && existing.start == request.start
                 && existing.end == request.end
                 && existing.plate == request.plate;
             return if same {
-                Ok(Created::Existing(existing.clone()))
+                Ok(Created::Existing((**existing).clone()))
             } else {
                 Err(Error::invalid(
                     "idempotency_key",
@@ -561,9 +574,8 @@ impl Ledger {
             }
         }
         let (first, last) = policy.slots(request.start, request.end);
-        if let Some(full) =
-            (first..=last).find(|&s| self.used(policy, request.category, s) >= quota)
-        {
+        let used = self.used_in(policy, request.category, first, last);
+        if let Some(full) = (first..=last).find(|&s| used[(s - first) as usize] >= quota) {
             return Err(Error::FailedPrecondition(format!(
                 "fully booked: the slot from {} is full",
                 policy.slot_start(full)
@@ -588,16 +600,16 @@ impl Ledger {
             plate: request.plate.clone(),
             state: ReservationState::Reserved,
             price_minor: car_park.tariff.price(&stay),
-            currency: car_park.tariff.currency.clone(),
+            currency: Arc::from(car_park.tariff.currency.as_str()),
             created_at: now,
             cancel_until: request.start - cancel_notice,
             no_show_at,
             driver: driver.clone(),
-            idempotency_key: request.idempotency_key.clone(),
+            idempotency_key: Arc::from(request.idempotency_key.as_str()),
             changed_at: None,
-            cancel_reason: String::new(),
+            cancel_reason: Arc::from(""),
         };
-        self.reservations.push(reservation.clone());
+        self.reservations.push(Arc::new(reservation.clone()));
         Ok(Created::New(reservation))
     }
 
@@ -619,11 +631,12 @@ impl Ledger {
         actor: Actor<'_>,
     ) -> Result<&mut Reservation, Error> {
         self.visible(id, actor)?;
-        Ok(self
+        let r = self
             .reservations
             .iter_mut()
             .find(|r| &r.id == id)
-            .expect("just found"))
+            .expect("just found");
+        Ok(Arc::make_mut(r))
     }
 
     /// A driver cancels their RESERVED reservation, before its cancel limit.
@@ -646,7 +659,7 @@ impl Ledger {
         }
         r.state = ReservationState::Cancelled;
         r.changed_at = Some(now);
-        r.cancel_reason = reason.to_owned();
+        r.cancel_reason = Arc::from(reason);
         Ok(r.clone())
     }
 
@@ -719,6 +732,7 @@ impl Ledger {
                 .iter_mut()
                 .find(|r| &r.plate == plate && r.state == ReservationState::CheckedIn)?
         };
+        let r = Arc::make_mut(r);
         r.state = if entry {
             ReservationState::CheckedIn
         } else {
@@ -734,6 +748,7 @@ impl Ledger {
         let mut expired = Vec::new();
         for r in &mut self.reservations {
             if r.state == ReservationState::Reserved && r.no_show_at <= now {
+                let r = Arc::make_mut(r);
                 r.state = ReservationState::NoShow;
                 r.changed_at = Some(now);
                 expired.push(r.clone());
@@ -783,11 +798,12 @@ impl Ledger {
     ) -> Vec<CalendarSlot> {
         let quota = policy.quota(category);
         let (first, last) = policy.slots(start, end);
+        let used = self.used_in(policy, category, first, last);
         (first..=last)
             .map(|s| CalendarSlot {
                 start: policy.slot_start(s),
                 end: policy.slot_start(s + 1),
-                remaining: quota.saturating_sub(self.used(policy, category, s)),
+                remaining: quota.saturating_sub(used[(s - first) as usize]),
             })
             .collect()
     }

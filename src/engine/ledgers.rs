@@ -33,22 +33,35 @@ pub(super) struct Ledgers {
 
 impl Ledgers {
     fn set(&mut self, id: CarParkId, ledger: Option<Arc<Ledger>>, version: u64) {
-        if let Some(old) = self.by_car_park.get(&id).and_then(|h| h.ledger.clone()) {
-            for r in &old.reservations {
-                if let Some(set) = self.by_driver.get_mut(&r.driver) {
-                    set.remove(&id);
-                    if set.is_empty() {
-                        self.by_driver.remove(&r.driver);
-                    }
+        let old = self.by_car_park.get(&id).and_then(|h| h.ledger.clone());
+        match (old.as_deref(), ledger.as_deref()) {
+            // A ledger changes by appending (a create) and by changing states in place;
+            // then only the appended reservations' drivers are new here. Anything else
+            // (reservations pruned, a ledger replaced by a snapshot) reindexes it.
+            (Some(old), Some(new)) if appended(old, new).is_some() => {
+                let from = appended(old, new).expect("just checked");
+                for r in &new.reservations[from..] {
+                    self.by_driver
+                        .entry(r.driver.clone())
+                        .or_default()
+                        .insert(id.clone());
                 }
             }
-        }
-        if let Some(new) = &ledger {
-            for r in &new.reservations {
-                self.by_driver
-                    .entry(r.driver.clone())
-                    .or_default()
-                    .insert(id.clone());
+            (old, new) => {
+                for r in old.iter().flat_map(|l| &l.reservations) {
+                    if let Some(set) = self.by_driver.get_mut(&r.driver) {
+                        set.remove(&id);
+                        if set.is_empty() {
+                            self.by_driver.remove(&r.driver);
+                        }
+                    }
+                }
+                for r in new.iter().flat_map(|l| &l.reservations) {
+                    self.by_driver
+                        .entry(r.driver.clone())
+                        .or_default()
+                        .insert(id.clone());
+                }
             }
         }
         self.by_car_park.insert(id, Held { ledger, version });
@@ -69,6 +82,22 @@ impl Ledgers {
             None => [0; CATEGORY_COUNT],
         }
     }
+}
+
+/// Where `new`'s appended reservations begin, if `new` is `old` with reservations
+/// appended (states may differ): then every driver of `old` is still in `new`.
+fn appended(old: &Ledger, new: &Ledger) -> Option<usize> {
+    let n = old.reservations.len();
+    let same = new.reservations.len() >= n
+        && old
+            .reservations
+            .last()
+            .is_none_or(|last| new.reservations[n - 1].id == last.id)
+        && old
+            .reservations
+            .first()
+            .is_none_or(|first| new.reservations[0].id == first.id);
+    same.then_some(n)
 }
 
 impl Engine {
@@ -92,7 +121,7 @@ impl Engine {
                 l.reservations
                     .iter()
                     .filter(|r| &r.driver == driver)
-                    .cloned()
+                    .map(|r| (**r).clone())
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -112,7 +141,12 @@ impl Engine {
         car_parks
             .iter()
             .filter_map(|id| ledgers.by_car_park.get(id)?.ledger.clone())
-            .flat_map(|l| l.reservations.clone())
+            .flat_map(|l| {
+                l.reservations
+                    .iter()
+                    .map(|r| (**r).clone())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 

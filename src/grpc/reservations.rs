@@ -66,13 +66,13 @@ pub fn pb_reservation(r: &Reservation) -> pb::Reservation {
         plate: r.plate.as_str().to_owned(),
         state: state(r.state).into(),
         price_minor: r.price_minor,
-        currency: r.currency.clone(),
+        currency: r.currency.to_string(),
         created_at: Some(pb_timestamp(r.created_at)),
         cancel_until: Some(pb_timestamp(r.cancel_until)),
         no_show_at: Some(pb_timestamp(r.no_show_at)),
         driver_id: r.driver.to_string(),
         changed_at: r.changed_at.map(pb_timestamp),
-        cancel_reason: r.cancel_reason.clone(),
+        cancel_reason: r.cancel_reason.to_string(),
     }
 }
 
