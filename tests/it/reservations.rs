@@ -723,3 +723,70 @@ async fn with_two_instances_each_no_show_expires_exactly_once() {
         "each expired exactly once: {moves:?}"
     );
 }
+
+#[tokio::test]
+async fn an_operator_checks_in_and_out_only_at_its_own_car_parks() {
+    let server = TestServer::start().await;
+    register(&server, reservable_garage("g1", 2)).await;
+    let now = server.now();
+    let r = reserve(
+        &server,
+        "alice",
+        reservation_request("g1", now, after(now, 3600), "A1", "k"),
+    )
+    .await
+    .unwrap();
+    let mut client = server.reservations().await;
+    let check_in = |credential: &str| authed(pb::CheckInRequest { id: r.id.clone() }, credential);
+    let other = client.check_in(check_in(OPERATOR_B.1)).await.unwrap_err();
+    assert_eq!(
+        other.code(),
+        Code::NotFound,
+        "another operator learns nothing"
+    );
+    let bob = client
+        .check_in(check_in(&driver_token("bob")))
+        .await
+        .unwrap_err();
+    assert_eq!(bob.code(), Code::NotFound);
+    let done = client
+        .check_in(check_in(OPERATOR_A.1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        state_of(&done.reservation.unwrap()),
+        pb::ReservationState::CheckedIn
+    );
+    let again = client.check_in(check_in(OPERATOR_A.1)).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(
+        again.message().contains("CHECKED_IN"),
+        "names the state: {}",
+        again.message()
+    );
+    // The operator may not cancel for the driver; the driver checks out.
+    let cancel = client
+        .cancel_reservation(authed(
+            pb::CancelReservationRequest {
+                id: r.id.clone(),
+                reason: String::new(),
+            },
+            OPERATOR_A.1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(cancel.code(), Code::PermissionDenied);
+    let out = client
+        .check_out(authed(
+            pb::CheckOutRequest { id: r.id.clone() },
+            &driver_token("alice"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        state_of(&out.reservation.unwrap()),
+        pb::ReservationState::Completed
+    );
+}
