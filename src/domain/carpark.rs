@@ -194,9 +194,10 @@ pub struct CarPark {
     /// How often the operator reports; numbers observed more than three of these ago
     /// are STALE.
     pub report_interval: Duration,
-    /// What it offers for reservation; `None`: it takes none.
+    /// What it offers for reservation; `None`: it takes none. Boxed: most car parks
+    /// take none, and a national city holds a million car parks.
     #[serde(default)]
-    pub reservation_policy: Option<ReservationPolicy>,
+    pub reservation_policy: Option<Box<ReservationPolicy>>,
 }
 
 impl CarPark {

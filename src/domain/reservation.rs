@@ -863,7 +863,7 @@ mod tests {
             covered: true,
             max_height_cm: None,
             report_interval: Duration::from_secs(60),
-            reservation_policy: Some(ReservationPolicy::new(q, 15, 240, 7, 15, 30).unwrap()),
+            reservation_policy: Some(Box::new(ReservationPolicy::new(q, 15, 240, 7, 15, 30).unwrap())),
         }
     }
 

@@ -208,7 +208,7 @@ pub fn car_park(p: pb::CarPark, caller: &OperatorId) -> Result<CarPark> {
     let reservation_policy = p
         .reservation_policy
         .as_ref()
-        .map(reservation_policy)
+        .map(|p| reservation_policy(p).map(Box::new))
         .transpose()
         .map_err(|e| e.in_field("car_park"))?;
     CarPark {
@@ -271,7 +271,7 @@ pub fn pb_car_park(c: &CarPark) -> pb::CarPark {
         covered: c.covered,
         max_height_cm: c.max_height_cm.map_or(0, |h| h as i32),
         report_interval_seconds: c.report_interval.as_secs() as i32,
-        reservation_policy: c.reservation_policy.as_ref().map(pb_reservation_policy),
+        reservation_policy: c.reservation_policy.as_deref().map(pb_reservation_policy),
     }
 }
 
