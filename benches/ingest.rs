@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::grpc::{authed, metric, ping};
+
 use std::{
     sync::{
         Arc,
@@ -17,28 +19,17 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use citypark::pb::{
-    self, availability_client::AvailabilityClient, ingest_client::IngestClient,
-    registry_client::RegistryClient,
-};
+use citypark::pb::{self, ingest_client::IngestClient, registry_client::RegistryClient};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
-use tonic::{Request, metadata::MetadataValue, transport::Channel};
+use tonic::transport::Channel;
 
 const CAR_PARKS: usize = 2_000;
 const STREAMS: usize = 8;
 const BATCH: usize = 10;
 const WINDOW: usize = 8;
-const PING_TASKS: usize = 64;
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn authed<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = MetadataValue::try_from(format!("Bearer {key}")).expect("ascii key");
-    request.metadata_mut().insert("authorization", value);
-    request
 }
 
 fn category(category: pb::SpaceCategory, n: i32) -> pb::CategoryCount {
@@ -81,29 +72,6 @@ async fn register(channel: Channel, key: &str, run: &str) -> Vec<String> {
         ids.push(id);
     }
     ids
-}
-
-/// Ping calls per second over `seconds`, from many concurrent tasks.
-async fn ping(channel: Channel, seconds: f64) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let tasks: Vec<_> = (0..PING_TASKS)
-        .map(|_| {
-            let mut client = AvailabilityClient::new(channel.clone());
-            let done = done.clone();
-            tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    client.ping(pb::PingRequest::default()).await.expect("ping");
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    for t in tasks {
-        t.await.expect("ping task");
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Applied reports per second over `seconds`: STREAMS streams, each on its own share
@@ -198,26 +166,9 @@ async fn publish(
 
 /// (reports written, ingest round trips) from the server's metrics.
 async fn redis_counters(url: &str) -> Option<(f64, f64)> {
-    let url = url.strip_prefix("http://")?;
-    let (host, path) = url
-        .split_once('/')
-        .map_or((url, "metrics".to_owned()), |(h, p)| (h, p.to_owned()));
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
-    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.ok()?;
-    let value = |prefix: &str| {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-    };
     Some((
-        value("citypark_redis_reports_written_total ")?,
-        value("citypark_redis_round_trips_total{op=\"ingest\"}")?,
+        metric(url, "citypark_redis_reports_written_total ").await?,
+        metric(url, "citypark_redis_round_trips_total{op=\"ingest\"}").await?,
     ))
 }
 

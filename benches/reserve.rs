@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::grpc::{TASKS, authed, metric, ping};
+
 use std::{
     sync::{
         Arc,
@@ -21,28 +23,17 @@ use std::{
 
 use citypark::{
     domain::DriverId,
-    pb::{
-        self, availability_client::AvailabilityClient, registry_client::RegistryClient,
-        reservations_client::ReservationsClient,
-    },
+    pb::{self, registry_client::RegistryClient, reservations_client::ReservationsClient},
     tokens::{DEMO_SECRET, DriverTokens},
 };
-use tonic::{Request, metadata::MetadataValue, transport::Channel};
+use tonic::transport::Channel;
 
 /// Car parks the creates spread over, each with a quota of 50.
 const CAR_PARKS: usize = 200;
-const TASKS: usize = 64;
 const RACERS: usize = 1_000;
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn authed<T>(message: T, credential: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = MetadataValue::try_from(format!("Bearer {credential}")).expect("ascii");
-    request.metadata_mut().insert("authorization", value);
-    request
 }
 
 fn unix_now() -> u64 {
@@ -97,29 +88,6 @@ async fn register(channel: Channel, key: &str, ids: &[(String, i32)]) {
             .await
             .expect("bench car park registers");
     }
-}
-
-/// Ping calls per second over `seconds`, from many concurrent tasks.
-async fn ping(channel: Channel, seconds: f64) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|_| {
-            let mut client = AvailabilityClient::new(channel.clone());
-            let done = done.clone();
-            tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    client.ping(pb::PingRequest::default()).await.expect("ping");
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    for t in tasks {
-        t.await.expect("ping task");
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Successful creates per second over `seconds`: every call a new driver, a
@@ -225,24 +193,6 @@ async fn race(channel: Channel, car_park: &str) {
         q(0.5).as_secs_f64() * 1e3,
         q(0.99).as_secs_f64() * 1e3
     );
-}
-
-async fn metric(url: &str, prefix: &str) -> Option<f64> {
-    let url = url.strip_prefix("http://")?;
-    let (host, path) = url
-        .split_once('/')
-        .map_or((url, "metrics".to_owned()), |(h, p)| (h, p.to_owned()));
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
-    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.ok()?;
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
 }
 
 fn main() {

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each benchmark uses its own part
 
+pub mod grpc;
+
 use citypark::{
     domain::{
         Capacity, CarPark, CarParkId, CarParkKind, LatLng, Live, OpeningHours, OperatorId,

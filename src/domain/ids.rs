@@ -24,10 +24,10 @@ fn check(value: &str, max: usize, allowed: impl Fn(char) -> bool, what: &str) ->
 }
 
 fn allowed_text(max: usize) -> &'static str {
-    if max == 32 {
-        "a-z 0-9 _ -"
-    } else {
-        "A-Z a-z 0-9 . _ -"
+    match max {
+        32 => "a-z 0-9 _ -",
+        128 => "A-Z a-z 0-9 . _ - @ | : +",
+        _ => "A-Z a-z 0-9 . _ -",
     }
 }
 
@@ -101,6 +101,11 @@ id_type!(
 id_type!(
     /// A bay within a car park: 1-64 characters of `A-Za-z0-9._-`.
     BayId, "bay id", 64, id_char
+);
+id_type!(
+    /// A driver: the `sub` of their token. 1-128 characters of `A-Za-z0-9._-@|:+`
+    /// (identity providers' subjects look like `auth0|5f3c…` or `user@example.com`).
+    DriverId, "driver id", 128, |c: char| id_char(c) || matches!(c, '@' | '|' | ':' | '+')
 );
 id_type!(
     /// A region (city or area), the unit of locality: 1-32 characters of `a-z0-9_-`.

@@ -19,13 +19,13 @@ pub use carpark::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use geo::{BoundingBox, EARTH_RADIUS_M, LatLng, Radius, chord_to_m};
-pub use ids::{BayId, CarParkId, OperatorId, RegionId};
+pub use ids::{BayId, CarParkId, DriverId, OperatorId, RegionId};
 pub use occupancy::{
     Availability, CategoryAvailability, Live, MAX_FUTURE_SKEW, Report, ReportBody, ReportOutcome,
 };
 pub use query::{Admitted, NearbyQuery};
 pub use reservation::{
-    Actor, CalendarSlot, Created, DriverId, FINISHED_RETENTION, Ledger, MAX_CALENDAR_SLOTS,
+    Actor, CalendarSlot, Created, FINISHED_RETENTION, Ledger, MAX_CALENDAR_SLOTS,
     MAX_LEDGER_RESERVATIONS, Plate, Reservation, ReservationId, ReservationPolicy,
     ReservationRequest, ReservationState, calendar_slots,
 };

@@ -9,7 +9,9 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use super::{CATEGORY_COUNT, CarPark, CarParkId, Error, RegionId, SpaceCategory, Stay, Timestamp};
+use super::{
+    CATEGORY_COUNT, CarPark, CarParkId, DriverId, Error, RegionId, SpaceCategory, Stay, Timestamp,
+};
 
 /// Reservations one car park's ledger holds at most (open ones and recently finished
 /// ones); beyond it a create is RESOURCE_EXHAUSTED.
@@ -112,50 +114,22 @@ impl ReservationPolicy {
     }
 }
 
-/// A driver: the `sub` of their token. 1-128 characters of `A-Za-z0-9._-@|:+`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DriverId(Arc<str>);
-
-impl DriverId {
-    pub fn parse(value: &str) -> Result<Self, Error> {
-        let ok = |c: char| c.is_ascii_alphanumeric() || "._-@|:+".contains(c);
-        if value.is_empty() || value.len() > 128 || !value.chars().all(ok) {
-            return Err(Error::invalid(
-                "",
-                "driver id must be 1 to 128 characters of A-Z a-z 0-9 . _ - @ | : +",
-            ));
+/// Serde reads and writes these types as their text, checked by `parse` on the way in.
+macro_rules! string_form {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = Error;
+            fn try_from(value: String) -> Result<Self, Error> {
+                Self::parse(&value)
+            }
         }
-        Ok(Self(Arc::from(value)))
-    }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for DriverId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for DriverId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", &*self.0)
-    }
-}
-
-impl serde::Serialize for DriverId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DriverId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
-    }
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.0.to_string()
+            }
+        }
+    };
 }
 
 /// A vehicle plate, normalised: upper case, without spaces, dots, hyphens or the
@@ -194,18 +168,7 @@ impl fmt::Debug for Plate {
     }
 }
 
-impl TryFrom<String> for Plate {
-    type Error = Error;
-    fn try_from(value: String) -> Result<Self, Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<Plate> for String {
-    fn from(plate: Plate) -> String {
-        plate.0.to_string()
-    }
-}
+string_form!(Plate);
 
 /// A reservation's id: `<car park id>~<suffix>`, so it names its car park's ledger.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -255,18 +218,7 @@ impl fmt::Debug for ReservationId {
     }
 }
 
-impl TryFrom<String> for ReservationId {
-    type Error = Error;
-    fn try_from(value: String) -> Result<Self, Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<ReservationId> for String {
-    fn from(id: ReservationId) -> String {
-        id.0.to_string()
-    }
-}
+string_form!(ReservationId);
 
 /// Where a reservation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -863,7 +815,9 @@ mod tests {
             covered: true,
             max_height_cm: None,
             report_interval: Duration::from_secs(60),
-            reservation_policy: Some(Box::new(ReservationPolicy::new(q, 15, 240, 7, 15, 30).unwrap())),
+            reservation_policy: Some(Box::new(
+                ReservationPolicy::new(q, 15, 240, 7, 15, 30).unwrap(),
+            )),
         }
     }
 

@@ -181,15 +181,13 @@ impl Service {
 
     /// One reservation, as `caller` may see it.
     pub fn get_reservation(&self, caller: &Caller, id: &ReservationId) -> Result<Reservation> {
-        let not_found = || Error::NotFound {
-            kind: "reservation",
-            id: id.to_string(),
-        };
         let (ledger, _) = self
             .engine
             .ledger(id.car_park().as_str())
-            .ok_or_else(not_found)?;
-        let actor = self.actor(caller, &ledger.car_park).ok_or_else(not_found)?;
+            .ok_or_else(|| not_found(id))?;
+        let actor = self
+            .actor(caller, &ledger.car_park)
+            .ok_or_else(|| not_found(id))?;
         ledger.visible(id, actor).cloned()
     }
 
@@ -250,10 +248,7 @@ impl Service {
         self.engine
             .get(id.car_park().as_str(), self.now())
             .map(|(cp, _)| cp)
-            .ok_or_else(|| Error::NotFound {
-                kind: "reservation",
-                id: id.to_string(),
-            })
+            .ok_or_else(|| not_found(id))
     }
 
     /// A driver cancels their reservation.
@@ -275,38 +270,39 @@ impl Service {
 
     /// The car arrived (its driver or the car park's operator says so).
     pub async fn check_in(&self, caller: &Caller, id: &ReservationId) -> Result<Reservation> {
-        let car_park = self.ledger_of(id)?;
-        let actor = self
-            .actor(caller, &car_park.id)
-            .ok_or_else(|| Error::NotFound {
-                kind: "reservation",
-                id: id.to_string(),
-            })?;
-        let grace = grace_of(&car_park);
-        let r = self
-            .write_ledger(&car_park, "reservation", |ledger, now| {
-                Ok((true, ledger.check_in(id, actor, grace, now)?))
-            })
-            .await?;
-        metrics::record_reservation("checked_in", None);
-        Ok(r)
+        self.at_the_gate(caller, id, "checked_in", |ledger, actor, grace, now| {
+            ledger.check_in(id, actor, grace, now)
+        })
+        .await
     }
 
     /// The car left.
     pub async fn check_out(&self, caller: &Caller, id: &ReservationId) -> Result<Reservation> {
+        self.at_the_gate(caller, id, "completed", |ledger, actor, _, now| {
+            ledger.check_out(id, actor, now)
+        })
+        .await
+    }
+
+    /// A check-in or check-out by `caller`, counted as `result`.
+    async fn at_the_gate(
+        &self,
+        caller: &Caller,
+        id: &ReservationId,
+        result: &'static str,
+        change: impl Fn(&mut Ledger, Actor<'_>, Duration, Timestamp) -> Result<Reservation>,
+    ) -> Result<Reservation> {
         let car_park = self.ledger_of(id)?;
         let actor = self
             .actor(caller, &car_park.id)
-            .ok_or_else(|| Error::NotFound {
-                kind: "reservation",
-                id: id.to_string(),
-            })?;
+            .ok_or_else(|| not_found(id))?;
+        let grace = grace_of(&car_park);
         let r = self
             .write_ledger(&car_park, "reservation", |ledger, now| {
-                Ok((true, ledger.check_out(id, actor, now)?))
+                Ok((true, change(ledger, actor, grace, now)?))
             })
             .await?;
-        metrics::record_reservation("completed", None);
+        metrics::record_reservation(result, None);
         Ok(r)
     }
 
@@ -408,6 +404,15 @@ impl Service {
             }
             metrics::record_reservation_states(&self.engine.reservations_by_state());
         }
+    }
+}
+
+/// What a caller learns of a reservation that is not theirs to see: nothing more than
+/// of one that does not exist.
+fn not_found(id: &ReservationId) -> Error {
+    Error::NotFound {
+        kind: "reservation",
+        id: id.to_string(),
     }
 }
 

@@ -622,6 +622,14 @@ async fn a_retry_through_another_instance_returns_the_same_reservation() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.reservations.len(), 1, "never a second one");
+    // The instance comes back (a restart: a new process on the same Redis) and serves
+    // the reservation as it was.
+    let restarted =
+        TestServer::start_redis_with(&redis.url(), &prefix, shared_clock(), |_| {}).await;
+    let seen = get(&restarted, &first.id, &driver_token("alice"))
+        .await
+        .unwrap();
+    assert_eq!(seen, first);
 }
 
 /// Reads the region's change stream and counts, per reservation id, the ledger changes
