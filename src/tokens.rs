@@ -188,4 +188,40 @@ mod tests {
         assert!(DriverTokens::default().authenticate(&good).is_err());
         assert!(!looks_like_jwt("demo-key-op1"));
     }
+
+    /// A key pair made for this test only (`openssl genpkey -algorithm ed25519`).
+    const ED25519_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIArzwFeutWUatunGgvlxscolyf0Wp21wYOR6h0l1JbyQ\n-----END PRIVATE KEY-----\n";
+    const ED25519_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAj/y48JqEIwCAE2r8rCO1vlZXBet1nWdxDsmdanqvsVs=\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn tokens_signed_by_a_public_keys_private_half_are_accepted_and_no_others() {
+        let mut tokens = DriverTokens::default();
+        tokens
+            .add_public_pem(ED25519_PUBLIC.as_bytes(), None, None)
+            .unwrap();
+        let claims = Claims {
+            sub: "bob".into(),
+            exp: now() + 60,
+            iss: None,
+            aud: None,
+        };
+        let signed = jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &claims,
+            &EncodingKey::from_ed_pem(ED25519_PRIVATE.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(tokens.authenticate(&signed).unwrap().as_str(), "bob");
+        // An HS256 token is refused: the algorithm is the key's, never the token's.
+        let hs = DriverTokens::issue(
+            ED25519_PUBLIC.as_bytes(),
+            &DriverId::parse("bob").unwrap(),
+            now(),
+            60,
+            None,
+            None,
+        );
+        assert!(tokens.authenticate(&hs).is_err());
+        assert!(tokens.add_public_pem(b"not a key", None, None).is_err());
+    }
 }
