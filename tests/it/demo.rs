@@ -94,11 +94,13 @@ async fn demo_reports_then_stops_every_task() {
         .await
         .expect("the demo stops within PATIENCE");
     // `stop` returned, so the operators and their joiner have ended; at most the
-    // channel's buffer worker and connection may still be on their way out (a `stop`
-    // that only cancelled would leave a dozen and more here).
+    // channel's buffer worker and connection, and the request-body tasks of the last
+    // calls (hyper pipes each HTTP/2 request body in a task of its own, and the
+    // operators also make unary calls for reservations), may still be on their way
+    // out. A `stop` that only cancelled would leave a dozen and more here.
     let just_stopped = runtime.metrics().num_alive_tasks();
     assert!(
-        just_stopped <= 2,
+        just_stopped <= 4,
         "{just_stopped} demo tasks alive after stop"
     );
     assert_eq!(remaining_tasks(&runtime).await, 0, "demo tasks left behind");
