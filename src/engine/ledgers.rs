@@ -8,7 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
 };
 
 use super::{ChangeKind, Engine, Loading, Replica};
@@ -67,12 +67,16 @@ impl Ledgers {
         self.by_car_park.insert(id, Held { ledger, version });
     }
 
+    fn len(&self) -> usize {
+        self.by_car_park.len()
+    }
+
     fn version(&self, id: &str) -> u64 {
         self.by_car_park.get(id).map_or(0, |h| h.version)
     }
 
     /// Held spaces per category at `car_park` at `now`.
-    pub(super) fn held(&self, car_park: &str, now: Timestamp) -> [u32; CATEGORY_COUNT] {
+    fn held(&self, car_park: &str, now: Timestamp) -> [u32; CATEGORY_COUNT] {
         match self
             .by_car_park
             .get(car_park)
@@ -101,6 +105,16 @@ fn appended(old: &Ledger, new: &Ledger) -> Option<usize> {
 }
 
 impl Engine {
+    /// What reservations hold at `car_park` at `now`. A city without ledgers (or before
+    /// its first reservation) pays one atomic load per car park write for this, not a
+    /// lock.
+    pub(super) fn held_at(&self, car_park: &str, now: Timestamp) -> [u32; CATEGORY_COUNT] {
+        if self.ledger_count.load(Ordering::Relaxed) == 0 {
+            return [0; CATEGORY_COUNT];
+        }
+        self.ledgers.read().held(car_park, now)
+    }
+
     /// A car park's ledger and its version.
     pub fn ledger(&self, car_park: &str) -> Option<(Arc<Ledger>, u64)> {
         let ledgers = self.ledgers.read();
@@ -184,7 +198,7 @@ impl Engine {
             return;
         };
         let mut state = slot.state.lock();
-        let held = self.ledgers.read().held(car_park, now);
+        let held = self.held_at(car_park, now);
         if state.live.set_held(held) {
             let availability = state.live.availability(&state.car_park, now);
             state.last_status = availability.status;
@@ -214,6 +228,7 @@ impl Engine {
             let mut ledgers = self.ledgers.write();
             let version = admit(ledgers.version(id))?;
             ledgers.set(car_park, ledger.map(Arc::new), version);
+            self.ledger_count.store(ledgers.len(), Ordering::Relaxed);
             version
         };
         self.refresh_held(id, now);

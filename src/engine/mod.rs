@@ -15,7 +15,7 @@ mod replica;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
+    sync::{Arc, atomic::AtomicUsize},
 };
 
 use parking_lot::{Mutex, RwLock};
@@ -93,7 +93,7 @@ impl Inner {
         version: u64,
         now: Timestamp,
     ) {
-        live.set_held(engine.ledgers.read().held(car_park.id.as_str(), now));
+        live.set_held(engine.held_at(car_park.id.as_str(), now));
         let availability = live.availability(&car_park, now);
         self.tombstones.remove(&car_park.id);
         if let Some(&i) = self.by_id.get(&car_park.id) {
@@ -177,6 +177,8 @@ impl Inner {
 pub struct Engine {
     inner: RwLock<Inner>,
     ledgers: RwLock<ledgers::Ledgers>,
+    /// How many ledgers `ledgers` holds, read without its lock on every car park write.
+    ledger_count: AtomicUsize,
     changes: broadcast::Sender<Arc<Change>>,
 }
 
@@ -187,6 +189,7 @@ impl Engine {
         Self {
             inner: RwLock::default(),
             ledgers: RwLock::default(),
+            ledger_count: AtomicUsize::new(0),
             changes,
         }
     }

@@ -87,7 +87,7 @@ impl Engine {
                     .iter()
                     .all(|s| s.car_park.location == held.car_park.location)
                 {
-                    let held_now = self.ledgers.read().held(id, now);
+                    let held_now = self.held_at(id, now);
                     for (k, mut state) in states.into_iter().enumerate() {
                         if k > 0 {
                             version += 1;
