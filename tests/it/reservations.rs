@@ -798,3 +798,62 @@ async fn an_operator_checks_in_and_out_only_at_its_own_car_parks() {
         pb::ReservationState::Completed
     );
 }
+
+#[tokio::test]
+async fn a_create_whose_answer_is_lost_is_retried_into_the_same_reservation() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (prefix, clock) = (key_prefix(), shared_clock());
+    let a = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
+    let b = TestServer::start_redis_with(&redis.url(), &prefix, clock, |_| {}).await;
+    register(&a, reservable_garage("g1", 3)).await;
+    eventually("b holds the car park", || async {
+        car_park_of(&b, "g1").await.ok()
+    })
+    .await;
+    let now = a.now();
+    let request = reservation_request("g1", after(now, 3600), after(now, 5400), "A1", "lost");
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Longer than the store's 2 s reply timeout: instance a gives up on the answer,
+    // and Redis makes the write when the pause ends. The driver's app only sees an error.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3_000)
+        .arg("WRITE")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let lost = reserve(&a, "alice", request.clone()).await.unwrap_err();
+    assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
+    assert!(lost.message().contains("may have been made"), "{lost:?}");
+    // The app retries through the other instance, with the same key, until it gets an
+    // answer: one reservation, never a second.
+    let retried = eventually("the retry is answered", || async {
+        reserve(&b, "alice", request.clone()).await.ok()
+    })
+    .await;
+    for server in [&a, &b] {
+        let mine = eventually("both instances list it", || async {
+            let listed = server
+                .reservations()
+                .await
+                .list_reservations(authed(
+                    pb::ListReservationsRequest::default(),
+                    &driver_token("alice"),
+                ))
+                .await
+                .ok()?
+                .into_inner()
+                .reservations;
+            (!listed.is_empty()).then_some(listed)
+        })
+        .await;
+        assert_eq!(mine.len(), 1, "exactly one reservation: {mine:?}");
+        assert_eq!(mine[0].id, retried.id);
+    }
+}
