@@ -464,6 +464,13 @@ async fn a_no_show_is_released_once_and_watchers_see_held_change() {
         held_standard(&availability_of(&server, "g1").await),
         (0, 10)
     );
+    // And watchers are told the space is back.
+    loop {
+        let update = next_update(&mut watch).await;
+        if held_standard(&update) == (0, 10) {
+            break;
+        }
+    }
     // Its slots are free again: another driver can book the rest of the window.
     let rest = server.now();
     reserve(
@@ -632,20 +639,19 @@ async fn a_retry_through_another_instance_returns_the_same_reservation() {
     assert_eq!(seen, first);
 }
 
-/// Reads the region's change stream and counts, per reservation id, the ledger changes
-/// that moved it into NO_SHOW (comparing each ledger entry with the one before it).
-async fn no_show_transitions(url: &str, prefix: &str) -> HashMap<String, usize> {
-    let mut raw = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+/// Reads the region's change stream (`XRANGE` on the node holding it) and counts, per
+/// reservation id, the ledger changes that moved it into NO_SHOW, comparing each ledger
+/// entry with the one before it.
+async fn no_show_transitions(
+    conn: &mut impl redis::aio::ConnectionLike,
+    prefix: &str,
+) -> HashMap<String, usize> {
     // The key schema of src/store/redis/keys.rs; the stream is far below its cap here.
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(format!("{prefix}:{{qingdao}}:changes"))
         .arg("-")
         .arg("+")
-        .query_async(&mut raw)
+        .query_async(conn)
         .await
         .unwrap();
     let mut last: HashMap<String, String> = HashMap::new();
@@ -672,14 +678,15 @@ async fn no_show_transitions(url: &str, prefix: &str) -> HashMap<String, usize> 
     moves
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_two_instances_each_no_show_expires_exactly_once() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+/// Two instances on `url` sweep 40 overdue reservations at once; returns how often
+/// each moved to NO_SHOW, per the change stream read through `conn`.
+async fn expire_on_two_instances(
+    url: &str,
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> HashMap<String, usize> {
     let (prefix, clock) = (key_prefix(), shared_clock());
-    let a = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
-    let b = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
+    let a = TestServer::start_redis_with(url, &prefix, clock.clone(), |_| {}).await;
+    let b = TestServer::start_redis_with(url, &prefix, clock.clone(), |_| {}).await;
     let car_parks = ["e1", "e2", "e3", "e4"];
     for id in car_parks {
         register(&a, reservable_garage(id, 10)).await;
@@ -724,7 +731,10 @@ async fn with_two_instances_each_no_show_expires_exactly_once() {
         )
         .await;
     }
-    let moves = no_show_transitions(&redis.url(), &prefix).await;
+    no_show_transitions(conn, &prefix).await
+}
+
+fn each_once(moves: &HashMap<String, usize>) {
     assert_eq!(moves.len(), 40, "{moves:?}");
     assert!(
         moves.values().all(|n| *n == 1),
@@ -732,6 +742,95 @@ async fn with_two_instances_each_no_show_expires_exactly_once() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_instances_each_no_show_expires_exactly_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    each_once(&expire_on_two_instances(&redis.url(), &mut conn).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_instances_on_a_cluster_each_no_show_expires_exactly_once() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let nodes: Vec<String> = cluster
+        .ports()
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}/"))
+        .collect();
+    let mut conn = redis::cluster::ClusterClient::new(nodes)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    each_once(&expire_on_two_instances(&cluster.url(), &mut conn).await);
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_is_lost_is_retried_into_the_same_reservation() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (prefix, clock) = (key_prefix(), shared_clock());
+    let a = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
+    let b = TestServer::start_redis_with(&redis.url(), &prefix, clock, |_| {}).await;
+    register(&a, reservable_garage("g1", 3)).await;
+    eventually("b holds the car park", || async {
+        car_park_of(&b, "g1").await.ok()
+    })
+    .await;
+    let now = a.now();
+    let request = reservation_request("g1", after(now, 3600), after(now, 5400), "A1", "lost");
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Longer than the store's 2 s reply timeout: instance a gives up on the answer,
+    // and Redis makes the write when the pause ends. The driver's app only sees an error.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3_000)
+        .arg("WRITE")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let lost = reserve(&a, "alice", request.clone()).await.unwrap_err();
+    assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
+    assert!(lost.message().contains("may have been made"), "{lost:?}");
+    // The app retries through the other instance, with the same key, until it gets an
+    // answer: one reservation, never a second.
+    let retried = eventually("the retry is answered", || async {
+        reserve(&b, "alice", request.clone()).await.ok()
+    })
+    .await;
+    for server in [&a, &b] {
+        let mine = eventually("both instances list it", || async {
+            let listed = server
+                .reservations()
+                .await
+                .list_reservations(authed(
+                    pb::ListReservationsRequest::default(),
+                    &driver_token("alice"),
+                ))
+                .await
+                .ok()?
+                .into_inner()
+                .reservations;
+            (!listed.is_empty()).then_some(listed)
+        })
+        .await;
+        assert_eq!(mine.len(), 1, "exactly one reservation: {mine:?}");
+        assert_eq!(mine[0].id, retried.id);
+    }
+}
 #[tokio::test]
 async fn an_operator_checks_in_and_out_only_at_its_own_car_parks() {
     let server = TestServer::start().await;
@@ -797,63 +896,4 @@ async fn an_operator_checks_in_and_out_only_at_its_own_car_parks() {
         state_of(&out.reservation.unwrap()),
         pb::ReservationState::Completed
     );
-}
-
-#[tokio::test]
-async fn a_create_whose_answer_is_lost_is_retried_into_the_same_reservation() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let (prefix, clock) = (key_prefix(), shared_clock());
-    let a = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
-    let b = TestServer::start_redis_with(&redis.url(), &prefix, clock, |_| {}).await;
-    register(&a, reservable_garage("g1", 3)).await;
-    eventually("b holds the car park", || async {
-        car_park_of(&b, "g1").await.ok()
-    })
-    .await;
-    let now = a.now();
-    let request = reservation_request("g1", after(now, 3600), after(now, 5400), "A1", "lost");
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    // Longer than the store's 2 s reply timeout: instance a gives up on the answer,
-    // and Redis makes the write when the pause ends. The driver's app only sees an error.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(3_000)
-        .arg("WRITE")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    let lost = reserve(&a, "alice", request.clone()).await.unwrap_err();
-    assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
-    assert!(lost.message().contains("may have been made"), "{lost:?}");
-    // The app retries through the other instance, with the same key, until it gets an
-    // answer: one reservation, never a second.
-    let retried = eventually("the retry is answered", || async {
-        reserve(&b, "alice", request.clone()).await.ok()
-    })
-    .await;
-    for server in [&a, &b] {
-        let mine = eventually("both instances list it", || async {
-            let listed = server
-                .reservations()
-                .await
-                .list_reservations(authed(
-                    pb::ListReservationsRequest::default(),
-                    &driver_token("alice"),
-                ))
-                .await
-                .ok()?
-                .into_inner()
-                .reservations;
-            (!listed.is_empty()).then_some(listed)
-        })
-        .await;
-        assert_eq!(mine.len(), 1, "exactly one reservation: {mine:?}");
-        assert_eq!(mine[0].id, retried.id);
-    }
 }
