@@ -27,7 +27,7 @@ pub use query::{Admitted, NearbyQuery};
 pub use reservation::{
     Actor, CalendarSlot, Created, FINISHED_RETENTION, Ledger, MAX_CALENDAR_SLOTS,
     MAX_LEDGER_RESERVATIONS, Plate, Reservation, ReservationId, ReservationPolicy,
-    ReservationRequest, ReservationState, calendar_slots,
+    ReservationRequest, ReservationState, calendar_slots, check_key_elsewhere,
 };
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
 pub use tariff::{Stay, Tariff};

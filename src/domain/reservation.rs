@@ -761,6 +761,25 @@ impl Ledger {
     }
 }
 
+/// A driver's idempotency key names one reservation: refuses a key `others` (the
+/// driver's reservations) already used at a car park other than `car_park`.
+pub fn check_key_elsewhere(
+    others: &[Reservation],
+    key: &str,
+    car_park: &CarParkId,
+) -> Result<(), Error> {
+    if others
+        .iter()
+        .any(|r| &*r.idempotency_key == key && &r.car_park != car_park)
+    {
+        return Err(Error::invalid(
+            "idempotency_key",
+            "was used for a reservation at another car park",
+        ));
+    }
+    Ok(())
+}
+
 /// Slots a calendar answers at most (a week of 15-minute slots).
 pub const MAX_CALENDAR_SLOTS: usize = 7 * 96;
 

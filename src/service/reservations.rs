@@ -29,7 +29,7 @@ use crate::{
     domain::{
         Actor, CalendarSlot, CarPark, CarParkId, Created, DriverId, Error, Ledger, OperatorId,
         Reservation, ReservationId, ReservationRequest, ReservationState, Result, SpaceCategory,
-        Timestamp, calendar_slots,
+        Timestamp, calendar_slots, check_key_elsewhere,
     },
     metrics,
     store::{Change, Parts, Versioned},
@@ -155,6 +155,13 @@ impl Service {
         request: ReservationRequest,
     ) -> Result<(Reservation, bool)> {
         let car_park = self.reservable_car_park(car_park)?;
+        // Within the car park its ledger settles the key atomically; other car parks'
+        // uses of it are checked here, on the replica.
+        check_key_elsewhere(
+            &self.engine.reservations_of(driver),
+            &request.idempotency_key,
+            &car_park.id,
+        )?;
         let suffix = new_suffix();
         let max_active = self.limits.max_active_reservations_per_driver;
         let elsewhere = self.engine.active_reservations(driver, &car_park.id);

@@ -325,6 +325,20 @@ async fn retries_return_the_same_reservation_and_drivers_hold_at_most_three() {
     )
     .await
     .unwrap_err();
+    register(&server, reservable_garage("g2", 5)).await;
+    let other_car_park = reserve(
+        &server,
+        "alice",
+        reservation_request("g2", s, e, "A1", "same"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(other_car_park.code(), Code::InvalidArgument);
+    assert!(
+        other_car_park.message().contains("another car park"),
+        "{}",
+        other_car_park.message()
+    );
     assert_eq!(changed.code(), Code::InvalidArgument);
     assert!(
         changed.message().starts_with("idempotency_key"),
