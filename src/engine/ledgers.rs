@@ -207,8 +207,8 @@ impl Engine {
     }
 
     /// Held counts follow time alone too (a window starts, a grace runs out): brings
-    /// every car park with a ledger up to date.
-    pub(super) fn sweep_held(&self, now: Timestamp) {
+    /// every car park with a ledger up to date, telling watchers of each change.
+    pub fn sweep_held(&self, now: Timestamp) {
         let ids: Vec<CarParkId> = self.ledgers.read().by_car_park.keys().cloned().collect();
         for id in ids {
             self.refresh_held(id.as_str(), now);

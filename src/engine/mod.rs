@@ -328,10 +328,9 @@ impl Engine {
         Ok(out)
     }
 
-    /// Tells watchers about car parks whose status or held spaces changed with time
-    /// alone (opening hours, staleness, reservation windows), and counts car parks by status for the metrics, in one pass.
+    /// Tells watchers about car parks whose status changed with time alone (opening
+    /// hours, staleness), and counts car parks by status for the metrics, in one pass.
     pub fn sweep_status(&self, now: Timestamp) -> [(CarParkStatus, usize); 4] {
-        self.sweep_held(now);
         let inner = self.inner.read();
         let mut counts = [
             (CarParkStatus::Open, 0),

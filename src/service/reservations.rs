@@ -381,8 +381,9 @@ impl Service {
         }
     }
 
-    /// Moves overdue reservations to NO_SHOW, every `every`, until `stop`. With several
-    /// instances each may try; the compare-and-set lets exactly one expire each.
+    /// Every `every`, until `stop`: brings held counts up to date with the clock (a
+    /// window starts holding a space), then moves overdue reservations to NO_SHOW. With
+    /// several instances each may try; the compare-and-set lets exactly one expire each.
     pub async fn sweep_reservations(&self, every: Duration, stop: CancellationToken) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -392,6 +393,7 @@ impl Service {
                 _ = tick.tick() => {}
             }
             let now = self.now();
+            self.engine.sweep_held(now);
             for id in self.engine.ledgers_overdue(now) {
                 let Ok(car_park) = self.reservable_car_park(&id) else {
                     continue;
