@@ -74,6 +74,10 @@ struct Slot {
 struct Inner {
     /// Id order doubles as the listing order.
     by_id: BTreeMap<CarParkId, u32>,
+    /// The same map, hashed: every write and lookup by id goes here (one hash and a
+    /// compare, where the B-tree follows a pointer per key it passes); `by_id` serves
+    /// the listings.
+    slot_of: HashMap<CarParkId, u32>,
     slots: Vec<Option<Slot>>,
     vacant: Vec<u32>,
     tree: Tree,
@@ -96,7 +100,7 @@ impl Inner {
         live.set_held(engine.held_at(car_park.id.as_str(), now));
         let availability = live.availability(&car_park, now);
         self.tombstones.remove(&car_park.id);
-        if let Some(&i) = self.by_id.get(&car_park.id) {
+        if let Some(&i) = self.slot_of.get(&car_park.id) {
             let slot = self.slots[i as usize]
                 .as_ref()
                 .expect("the id map points at live slots only");
@@ -135,6 +139,7 @@ impl Inner {
             }
         };
         self.by_id.insert(car_park.id.clone(), i);
+        self.slot_of.insert(car_park.id.clone(), i);
         self.tree.insert(IndexPoint::new(car_park.location, i));
         engine.publish(&car_park, ChangeKind::Updated(availability));
     }
@@ -145,6 +150,7 @@ impl Inner {
         let Some(i) = self.by_id.remove(id) else {
             return;
         };
+        self.slot_of.remove(id);
         let car_park = self.slot_at(i).state.lock().car_park.clone();
         self.tree.remove(&IndexPoint::new(car_park.location, i));
         self.slots[i as usize] = None;
@@ -161,7 +167,7 @@ impl Inner {
     }
 
     fn slot(&self, id: &str) -> Option<&Slot> {
-        self.by_id
+        self.slot_of
             .get(id)
             .and_then(|&i| self.slots[i as usize].as_ref())
     }

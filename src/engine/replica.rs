@@ -142,7 +142,7 @@ impl Engine {
         if let Some(id) = twice.or_else(|| {
             ids.iter()
                 .map(|(id, _)| id)
-                .find(|id| inner.by_id.contains_key(*id))
+                .find(|id| inner.slot_of.contains_key(*id))
         }) {
             return Err(Error::Internal(format!("car park {id} loaded twice")));
         }
@@ -156,6 +156,10 @@ impl Engine {
                     last_status,
                 }),
             }));
+        }
+        inner.slot_of.reserve(ids.len());
+        for (id, i) in &ids {
+            inner.slot_of.insert(id.clone(), *i);
         }
         if inner.by_id.is_empty() {
             // Sorted, the map is built in one pass rather than an insert each.
