@@ -138,6 +138,10 @@ pub enum ReportOutcome {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Live {
     free: [u32; CATEGORY_COUNT],
+    /// Worked out by each instance from its ledgers (the engine sets it), so never
+    /// stored: written as zeros, which instances of format 1 that predate reservations
+    /// require and show as "nothing held", and ignored when read.
+    #[serde(serialize_with = "none_held", deserialize_with = "ignore_held")]
     held: [u32; CATEGORY_COUNT],
     last_sequence: u64,
     /// When the operator observed the numbers: their age, and so the status, follow it.
@@ -150,6 +154,15 @@ pub struct Live {
     /// so it is boxed to keep the common case small (8 bytes instead of 48).
     #[allow(clippy::box_collection)]
     bays: Option<Box<HashMap<BayId, (SpaceCategory, bool)>>>,
+}
+
+fn none_held<S: serde::Serializer>(_: &[u32; CATEGORY_COUNT], s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&[0u32; CATEGORY_COUNT], s)
+}
+
+fn ignore_held<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u32; CATEGORY_COUNT], D::Error> {
+    <[u32; CATEGORY_COUNT] as serde::Deserialize>::deserialize(d)?;
+    Ok([0; CATEGORY_COUNT])
 }
 
 impl Live {
@@ -431,6 +444,21 @@ mod tests {
 
     fn report(seq: u64, body: ReportBody) -> Report {
         Report::new(CarParkId::parse("g1").unwrap(), seq, now(), body).unwrap()
+    }
+
+    #[test]
+    fn held_spaces_are_never_stored() {
+        let mut live = Live::new(car_park().capacity);
+        live.set_held([2, 1, 0, 0]);
+        let json = serde_json::to_string(&live).unwrap();
+        assert!(json.contains("\"held\":[0,0,0,0]"), "{json}");
+        let stored = json.replace("\"held\":[0,0,0,0]", "\"held\":[5,0,0,0]");
+        let read: Live = serde_json::from_str(&stored).unwrap();
+        assert_eq!(
+            read.held(SpaceCategory::Standard),
+            0,
+            "a stored hold is ignored"
+        );
     }
 
     #[test]
