@@ -761,17 +761,10 @@ impl Ledger {
     }
 }
 
-/// A driver's idempotency key names one reservation: refuses a key `others` (the
-/// driver's reservations) already used at a car park other than `car_park`.
-pub fn check_key_elsewhere(
-    others: &[Reservation],
-    key: &str,
-    car_park: &CarParkId,
-) -> Result<(), Error> {
-    if others
-        .iter()
-        .any(|r| &*r.idempotency_key == key && &r.car_park != car_park)
-    {
+/// A driver's idempotency key names one reservation: refuses a key already used by one
+/// of `elsewhere`, the driver's reservations at other car parks.
+pub fn check_key_elsewhere(elsewhere: &[Reservation], key: &str) -> Result<(), Error> {
+    if elsewhere.iter().any(|r| &*r.idempotency_key == key) {
         return Err(Error::invalid(
             "idempotency_key",
             "was used for a reservation at another car park",

@@ -141,14 +141,6 @@ impl Engine {
             .collect()
     }
 
-    /// RESERVED reservations of `driver` at car parks other than `except`.
-    pub fn active_reservations(&self, driver: &DriverId, except: &CarParkId) -> usize {
-        self.reservations_of(driver)
-            .iter()
-            .filter(|r| &r.car_park != except && r.state == ReservationState::Reserved)
-            .count()
-    }
-
     /// Reservations at the given car parks.
     pub fn reservations_at(&self, car_parks: &[CarParkId]) -> Vec<Reservation> {
         let ledgers = self.ledgers.read();

@@ -23,7 +23,7 @@ use tokio::sync::broadcast;
 
 use crate::domain::{
     Admitted, Availability, BoundingBox, CarPark, CarParkId, CarParkStatus, Error, LatLng, Live,
-    NearbyQuery, OperatorId, RegionId, Result, Timestamp, chord_to_m,
+    NearbyQuery, OperatorId, RegionId, Result, SpaceCategory, Timestamp, chord_to_m,
 };
 use index::{IndexPoint, Tree, envelope_of};
 pub use replica::{Loading, Replica};
@@ -244,6 +244,13 @@ impl Engine {
         let inner = self.inner.read();
         let state = inner.slot(id)?.state.lock();
         Some(state.live.availability(&state.car_park, now))
+    }
+
+    /// Free spaces of `category` at a car park, as last reported.
+    pub fn free(&self, id: &str, category: SpaceCategory) -> Option<u32> {
+        let inner = self.inner.read();
+        let state = inner.slot(id)?.state.lock();
+        Some(state.live.free(category))
     }
 
     /// Car parks after `after` in id order, filtered, at most `limit`; and whether more follow.

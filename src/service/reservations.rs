@@ -127,11 +127,6 @@ impl Service {
         Ok(output)
     }
 
-    fn reservable_car_park(&self, id: &CarParkId) -> Result<Arc<CarPark>> {
-        let (car_park, _) = self.get_car_park(id)?;
-        Ok(car_park)
-    }
-
     /// Reserves a space for `driver`.
     pub async fn create_reservation(
         &self,
@@ -154,30 +149,37 @@ impl Service {
         car_park: &CarParkId,
         request: ReservationRequest,
     ) -> Result<(Reservation, bool)> {
-        let car_park = self.reservable_car_park(car_park)?;
-        // Within the car park its ledger settles the key atomically; other car parks'
-        // uses of it are checked here, on the replica.
-        check_key_elsewhere(
-            &self.engine.reservations_of(driver),
-            &request.idempotency_key,
-            &car_park.id,
-        )?;
+        let car_park = self.get_car_park(car_park)?.0;
+        // The driver's reservations at other car parks, read once from the replica: the
+        // key must not name one of them, and they count towards the driver's limit.
+        // Within this car park its ledger settles both atomically.
+        let elsewhere: Vec<Reservation> = self
+            .engine
+            .reservations_of(driver)
+            .into_iter()
+            .filter(|r| r.car_park != car_park.id)
+            .collect();
+        check_key_elsewhere(&elsewhere, &request.idempotency_key)?;
+        let active_elsewhere = elsewhere
+            .iter()
+            .filter(|r| r.state == ReservationState::Reserved)
+            .count();
         let suffix = new_suffix();
         let max_active = self.limits.max_active_reservations_per_driver;
-        let elsewhere = self.engine.active_reservations(driver, &car_park.id);
         self.write_ledger(&car_park, "reservation", |ledger, now| {
             let free_now = self
                 .engine
-                .availability(car_park.id.as_str(), now)
-                .and_then(|a| {
-                    a.categories
-                        .iter()
-                        .find(|c| c.category == request.category)
-                        .map(|c| c.free)
-                })
+                .free(car_park.id.as_str(), request.category)
                 .unwrap_or(0);
             match ledger.reserve(
-                &car_park, &request, driver, free_now, elsewhere, max_active, &suffix, now,
+                &car_park,
+                &request,
+                driver,
+                free_now,
+                active_elsewhere,
+                max_active,
+                &suffix,
+                now,
             )? {
                 Created::New(r) => Ok((true, (r, true))),
                 Created::Existing(r) => Ok((false, (r, false))),
@@ -321,7 +323,7 @@ impl Service {
         start: Timestamp,
         end: Timestamp,
     ) -> Result<Vec<CalendarSlot>> {
-        let car_park = self.reservable_car_park(car_park)?;
+        let car_park = self.get_car_park(car_park)?.0;
         let Some(policy) = &car_park.reservation_policy else {
             return Err(Error::FailedPrecondition(format!(
                 "car park {} takes no reservations",
@@ -345,7 +347,7 @@ impl Service {
             let Some((ledger, _)) = self.engine.ledger(car_park.as_str()) else {
                 continue;
             };
-            let Ok(cp) = self.reservable_car_park(&car_park) else {
+            let Ok(cp) = self.get_car_park(&car_park).map(|(cp, _)| cp) else {
                 continue;
             };
             let grace = grace_of(&cp);
@@ -395,7 +397,7 @@ impl Service {
             let now = self.now();
             self.engine.sweep_held(now);
             for id in self.engine.ledgers_overdue(now) {
-                let Ok(car_park) = self.reservable_car_park(&id) else {
+                let Ok(car_park) = self.get_car_park(&id).map(|(cp, _)| cp) else {
                     continue;
                 };
                 let expired = self
