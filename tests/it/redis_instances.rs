@@ -9,7 +9,7 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
-    redis_support::{RedisCluster, RedisServer, key_prefix},
+    redis_support::{RedisCluster, RedisServer, key_prefix, pause_writes},
     support::*,
 };
 
@@ -792,19 +792,8 @@ async fn a_write_whose_answer_is_lost_is_not_called_unmade() {
     let prefix = key_prefix();
     let server = TestServer::start_redis(&redis.url(), &prefix).await;
     register(&server, garage("paused", 36.067, 120.383)).await;
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     // Longer than the store's 2 s reply timeout; Redis runs the write when it ends.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(3_000)
-        .arg("WRITE")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    pause_writes(&redis.url(), 3_000).await;
     let lost = expect_code(
         report(&server, snapshot("paused", 1, 42, server.now())).await,
         Code::Unavailable,

@@ -338,6 +338,24 @@ impl RedisCluster {
     }
 }
 
+/// Holds every write on the Redis at `url` for `ms` milliseconds (`CLIENT PAUSE WRITE`):
+/// a write sent meanwhile is made when the pause ends, after its sender, if the pause
+/// outlasts the store's 2 s reply timeout, has given up on the answer.
+pub async fn pause_writes(url: &str, ms: u64) {
+    let mut raw = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+}
+
 /// A random key prefix per test ("t<random hex>"), so tests sharing a server never collide.
 pub fn key_prefix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -8,7 +8,7 @@ use citypark::{pb, service::ManualClock};
 use tonic::Code;
 
 use crate::{
-    redis_support::{RedisCluster, RedisServer, key_prefix},
+    redis_support::{RedisCluster, RedisServer, key_prefix, pause_writes},
     support::*,
 };
 
@@ -421,18 +421,8 @@ async fn retries_return_the_same_reservation_and_drivers_hold_at_most_three() {
         .into_inner();
     assert_eq!(reserved.reservations.len(), 1);
     // An operator lists what is booked at its car parks; another operator sees nothing.
-    let theirs = client
-        .list_reservations(authed(pb::ListReservationsRequest::default(), OPERATOR_B.1))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(theirs.reservations.is_empty());
-    let mine = client
-        .list_reservations(authed(pb::ListReservationsRequest::default(), OPERATOR_A.1))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(mine.reservations.len(), 4);
+    assert!(listed(&server, OPERATOR_B.1).await.is_empty());
+    assert_eq!(listed(&server, OPERATOR_A.1).await.len(), 4);
 }
 
 #[tokio::test]
@@ -573,18 +563,19 @@ fn shared_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(start_time()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_drivers_race_over_two_instances_on_one_redis() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+/// Two instances serving one city on the Redis at `url`, with one clock; and the key
+/// prefix, for a third to join them.
+async fn two_instances(url: &str) -> (TestServer, TestServer, String, Arc<ManualClock>) {
     let (prefix, clock) = (key_prefix(), shared_clock());
-    let a = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
-    let b = TestServer::start_redis_with(&redis.url(), &prefix, clock, |_| {}).await;
-    assert_race(&[&a, &b]).await;
-    // A new instance loads every reservation.
-    let c = TestServer::start_redis_with(&redis.url(), &prefix, shared_clock(), |_| {}).await;
-    let listed = c
+    let a = TestServer::start_redis_with(url, &prefix, clock.clone(), |_| {}).await;
+    let b = TestServer::start_redis_with(url, &prefix, clock.clone(), |_| {}).await;
+    (a, b, prefix, clock)
+}
+
+/// The reservations `credential` (a driver's token or an operator's key) lists on
+/// `server`, a first page of up to 500.
+async fn listed(server: &TestServer, credential: &str) -> Vec<pb::Reservation> {
+    server
         .reservations()
         .await
         .list_reservations(authed(
@@ -592,12 +583,24 @@ async fn a_thousand_drivers_race_over_two_instances_on_one_redis() {
                 page_size: 500,
                 ..Default::default()
             },
-            OPERATOR_A.1,
+            credential,
         ))
         .await
         .unwrap()
-        .into_inner();
-    assert_eq!(listed.reservations.len(), 20);
+        .into_inner()
+        .reservations
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_drivers_race_over_two_instances_on_one_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b, prefix, _) = two_instances(&redis.url()).await;
+    assert_race(&[&a, &b]).await;
+    // A new instance loads every reservation.
+    let c = TestServer::start_redis_with(&redis.url(), &prefix, shared_clock(), |_| {}).await;
+    assert_eq!(listed(&c, OPERATOR_A.1).await.len(), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -605,9 +608,7 @@ async fn a_thousand_drivers_race_over_two_instances_on_a_redis_cluster() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    let (prefix, clock) = (key_prefix(), shared_clock());
-    let a = TestServer::start_redis_with(&cluster.url(), &prefix, clock.clone(), |_| {}).await;
-    let b = TestServer::start_redis_with(&cluster.url(), &prefix, clock, |_| {}).await;
+    let (a, b, _, _) = two_instances(&cluster.url()).await;
     assert_race(&[&a, &b]).await;
 }
 
@@ -616,9 +617,7 @@ async fn a_retry_through_another_instance_returns_the_same_reservation() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (prefix, clock) = (key_prefix(), shared_clock());
-    let a = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
-    let b = TestServer::start_redis_with(&redis.url(), &prefix, clock, |_| {}).await;
+    let (a, b, prefix, _) = two_instances(&redis.url()).await;
     register(&a, reservable_garage("g1", 3)).await;
     eventually("b holds the car park", || async {
         car_park_of(&b, "g1").await.ok()
@@ -632,17 +631,11 @@ async fn a_retry_through_another_instance_returns_the_same_reservation() {
     a.stop().await.unwrap();
     let retried = reserve(&b, "alice", request).await.unwrap();
     assert_eq!(retried.id, first.id);
-    let listed = b
-        .reservations()
-        .await
-        .list_reservations(authed(
-            pb::ListReservationsRequest::default(),
-            &driver_token("alice"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.reservations.len(), 1, "never a second one");
+    assert_eq!(
+        listed(&b, &driver_token("alice")).await.len(),
+        1,
+        "never a second one"
+    );
     // The instance comes back (a restart: a new process on the same Redis) and serves
     // the reservation as it was.
     let restarted =
@@ -698,9 +691,7 @@ async fn expire_on_two_instances(
     url: &str,
     conn: &mut impl redis::aio::ConnectionLike,
 ) -> HashMap<String, usize> {
-    let (prefix, clock) = (key_prefix(), shared_clock());
-    let a = TestServer::start_redis_with(url, &prefix, clock.clone(), |_| {}).await;
-    let b = TestServer::start_redis_with(url, &prefix, clock.clone(), |_| {}).await;
+    let (a, b, prefix, clock) = two_instances(url).await;
     let car_parks = ["e1", "e2", "e3", "e4"];
     for id in car_parks {
         register(&a, reservable_garage(id, 10)).await;
@@ -792,9 +783,7 @@ async fn a_create_whose_answer_is_lost_is_retried_into_the_same_reservation() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (prefix, clock) = (key_prefix(), shared_clock());
-    let a = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
-    let b = TestServer::start_redis_with(&redis.url(), &prefix, clock, |_| {}).await;
+    let (a, b, _, _) = two_instances(&redis.url()).await;
     register(&a, reservable_garage("g1", 3)).await;
     eventually("b holds the car park", || async {
         car_park_of(&b, "g1").await.ok()
@@ -802,20 +791,9 @@ async fn a_create_whose_answer_is_lost_is_retried_into_the_same_reservation() {
     .await;
     let now = a.now();
     let request = reservation_request("g1", after(now, 3600), after(now, 5400), "A1", "lost");
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    // Longer than the store's 2 s reply timeout: instance a gives up on the answer,
-    // and Redis makes the write when the pause ends. The driver's app only sees an error.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(3_000)
-        .arg("WRITE")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    // Instance a gives up on the answer; Redis makes the write when the pause ends.
+    // The driver's app only sees an error.
+    pause_writes(&redis.url(), 3_000).await;
     let lost = reserve(&a, "alice", request.clone()).await.unwrap_err();
     assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
     assert!(lost.message().contains("may have been made"), "{lost:?}");
@@ -827,18 +805,8 @@ async fn a_create_whose_answer_is_lost_is_retried_into_the_same_reservation() {
     .await;
     for server in [&a, &b] {
         let mine = eventually("both instances list it", || async {
-            let listed = server
-                .reservations()
-                .await
-                .list_reservations(authed(
-                    pb::ListReservationsRequest::default(),
-                    &driver_token("alice"),
-                ))
-                .await
-                .ok()?
-                .into_inner()
-                .reservations;
-            (!listed.is_empty()).then_some(listed)
+            let mine = listed(server, &driver_token("alice")).await;
+            (!mine.is_empty()).then_some(mine)
         })
         .await;
         assert_eq!(mine.len(), 1, "exactly one reservation: {mine:?}");

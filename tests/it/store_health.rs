@@ -1,4 +1,4 @@
-//! Health follows Redis with or without data: a heartbeat takes Registry and Ingest
+//! Health follows Redis with or without data: a heartbeat takes the write services
 //! out of rotation within seconds of Redis becoming unreachable, and back once it
 //! returns, even on an instance that holds no car park and so follows no stream.
 //!
@@ -21,17 +21,18 @@ const PROMISED: Duration = Duration::from_secs(5);
 
 const REGISTRY: &str = "citypark.v1.Registry";
 const INGEST: &str = "citypark.v1.Ingest";
+const RESERVATIONS: &str = "citypark.v1.Reservations";
 const AVAILABILITY: &str = "citypark.v1.Availability";
 
 /// The health of the write services, and the store gauge, of the instance at
-/// `grpc`/`metrics`: `Some` once both services and the gauge say `up`.
+/// `grpc`/`metrics`: `Some` once every write service and the gauge say `up`.
 async fn writes_are(up: bool, grpc: &Channel, metrics: std::net::SocketAddr) -> Option<()> {
     let want = if up {
         ServingStatus::Serving
     } else {
         ServingStatus::NotServing
     };
-    for service in [REGISTRY, INGEST] {
+    for service in [REGISTRY, INGEST, RESERVATIONS] {
         if health_at(grpc.clone(), service).await != want {
             return None;
         }
@@ -85,7 +86,7 @@ async fn health_follows_redis_within_5_s_on_an_empty_store() {
     let killed = Instant::now();
     eventually_within(
         PROMISED,
-        "Registry and Ingest NOT_SERVING, citypark_store_up 0, after Redis was killed",
+        "Registry, Ingest and Reservations NOT_SERVING, citypark_store_up 0, after Redis was killed",
         || writes_are(false, &grpc, metrics),
     )
     .await;
@@ -105,7 +106,7 @@ async fn health_follows_redis_within_5_s_on_an_empty_store() {
     let back = Instant::now();
     eventually_within(
         PROMISED,
-        "Registry and Ingest SERVING, citypark_store_up 1, after Redis came back",
+        "Registry, Ingest and Reservations SERVING, citypark_store_up 1, after Redis came back",
         || writes_are(true, &grpc, metrics),
     )
     .await;
