@@ -847,65 +847,33 @@ mod tests {
         DriverId::parse(name).unwrap()
     }
 
-    fn reserve(
-        ledger: &mut Ledger,
-        cp: &CarPark,
-        req: &ReservationRequest,
+    /// `who` asks `ledger` of `cp` for a standard space over [start, end) with `key`
+    /// at `now` (10 spaces free, no other reservations, the default limit of 3).
+    fn book(
+        (cp, ledger): (&CarPark, &mut Ledger),
+        (start, end): (&str, &str),
+        key: &str,
         who: &str,
         now: &str,
     ) -> Result<Created, Error> {
         let n = ledger.reservations.len();
-        ledger.reserve(cp, req, &driver(who), 10, 0, 3, &format!("r{n}"), t(now))
+        let req = request(start, end, key);
+        ledger.reserve(cp, &req, &driver(who), 10, 0, 3, &format!("r{n}"), t(now))
     }
 
     #[test]
     fn no_slot_is_booked_beyond_its_quota_and_touching_windows_do_not_overlap() {
         let cp = car_park(2);
         let mut ledger = Ledger::new(&cp);
-        reserve(
-            &mut ledger,
-            &cp,
-            &request("10:00", "11:00", "a"),
-            "a",
-            "08:00",
-        )
-        .unwrap();
-        reserve(
-            &mut ledger,
-            &cp,
-            &request("10:30", "11:30", "b"),
-            "b",
-            "08:00",
-        )
-        .unwrap();
+        book((&cp, &mut ledger), ("10:00", "11:00"), "a", "a", "08:00").unwrap();
+        book((&cp, &mut ledger), ("10:30", "11:30"), "b", "b", "08:00").unwrap();
         // 10:45-11:00 is full (both), so a window touching it is refused, naming it.
-        let err = reserve(
-            &mut ledger,
-            &cp,
-            &request("10:50", "12:00", "c"),
-            "c",
-            "08:00",
-        )
-        .unwrap_err();
+        let err = book((&cp, &mut ledger), ("10:50", "12:00"), "c", "c", "08:00").unwrap_err();
         assert!(err.to_string().contains("fully booked"), "{err}");
         assert!(err.to_string().contains("2026-12-01T10:45:00Z"), "{err}");
         // 11:00 onwards only b: one more fits; a window ending at 10:00 touches nothing.
-        reserve(
-            &mut ledger,
-            &cp,
-            &request("11:00", "12:00", "d"),
-            "d",
-            "08:00",
-        )
-        .unwrap();
-        reserve(
-            &mut ledger,
-            &cp,
-            &request("09:00", "10:00", "e"),
-            "e",
-            "08:00",
-        )
-        .unwrap();
+        book((&cp, &mut ledger), ("11:00", "12:00"), "d", "d", "08:00").unwrap();
+        book((&cp, &mut ledger), ("09:00", "10:00"), "e", "e", "08:00").unwrap();
         let cal = ledger.calendar(
             cp.reservation_policy.as_ref().unwrap(),
             Standard,
@@ -920,37 +888,18 @@ mod tests {
     fn a_cancelled_or_no_show_reservation_frees_its_slots() {
         let cp = car_park(1);
         let mut ledger = Ledger::new(&cp);
-        let Created::New(r) = reserve(
-            &mut ledger,
-            &cp,
-            &request("10:00", "11:00", "a"),
-            "a",
-            "08:00",
-        )
-        .unwrap() else {
+        let Created::New(r) =
+            book((&cp, &mut ledger), ("10:00", "11:00"), "a", "a", "08:00").unwrap()
+        else {
             panic!()
         };
-        assert!(
-            reserve(
-                &mut ledger,
-                &cp,
-                &request("10:00", "11:00", "b"),
-                "b",
-                "08:00"
-            )
-            .is_err()
-        );
+        assert!(book((&cp, &mut ledger), ("10:00", "11:00"), "b", "b", "08:00").is_err());
         ledger
             .cancel(&r.id, &driver("a"), "plans changed", t("08:30"))
             .unwrap();
-        let Created::New(b) = reserve(
-            &mut ledger,
-            &cp,
-            &request("10:00", "11:00", "b"),
-            "b",
-            "08:40",
-        )
-        .unwrap() else {
+        let Created::New(b) =
+            book((&cp, &mut ledger), ("10:00", "11:00"), "b", "b", "08:40").unwrap()
+        else {
             panic!()
         };
         assert_eq!(ledger.held(Standard, t("10:05")), 1);
@@ -958,16 +907,7 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].id, b.id);
         assert_eq!(ledger.held(Standard, t("10:15")), 0);
-        assert!(
-            reserve(
-                &mut ledger,
-                &cp,
-                &request("10:20", "11:00", "c"),
-                "c",
-                "10:16"
-            )
-            .is_ok()
-        );
+        assert!(book((&cp, &mut ledger), ("10:20", "11:00"), "c", "c", "10:16").is_ok());
     }
 
     #[test]
@@ -975,14 +915,9 @@ mod tests {
         let cp = car_park(5);
         let mut ledger = Ledger::new(&cp);
         let grace = Duration::from_secs(900);
-        let Created::New(r) = reserve(
-            &mut ledger,
-            &cp,
-            &request("10:00", "11:00", "a"),
-            "a",
-            "08:00",
-        )
-        .unwrap() else {
+        let Created::New(r) =
+            book((&cp, &mut ledger), ("10:00", "11:00"), "a", "a", "08:00").unwrap()
+        else {
             panic!()
         };
         let a = driver("a");
@@ -1020,45 +955,17 @@ mod tests {
     fn retries_with_the_same_key_return_the_same_reservation() {
         let cp = car_park(5);
         let mut ledger = Ledger::new(&cp);
-        let first = reserve(
-            &mut ledger,
-            &cp,
-            &request("10:00", "11:00", "k"),
-            "a",
-            "08:00",
-        )
-        .unwrap();
-        let again = reserve(
-            &mut ledger,
-            &cp,
-            &request("10:00", "11:00", "k"),
-            "a",
-            "08:01",
-        )
-        .unwrap();
+        let first = book((&cp, &mut ledger), ("10:00", "11:00"), "k", "a", "08:00").unwrap();
+        let again = book((&cp, &mut ledger), ("10:00", "11:00"), "k", "a", "08:01").unwrap();
         let (Created::New(a), Created::Existing(b)) = (first, again) else {
             panic!()
         };
         assert_eq!(a, b);
-        let err = reserve(
-            &mut ledger,
-            &cp,
-            &request("10:00", "12:00", "k"),
-            "a",
-            "08:01",
-        )
-        .unwrap_err();
+        let err = book((&cp, &mut ledger), ("10:00", "12:00"), "k", "a", "08:01").unwrap_err();
         assert!(err.to_string().starts_with("idempotency_key"), "{err}");
         // Another driver's same key is another reservation.
         assert!(matches!(
-            reserve(
-                &mut ledger,
-                &cp,
-                &request("10:00", "11:00", "k"),
-                "b",
-                "08:01"
-            )
-            .unwrap(),
+            book((&cp, &mut ledger), ("10:00", "11:00"), "k", "b", "08:01").unwrap(),
             Created::New(_)
         ));
     }
@@ -1072,18 +979,24 @@ mod tests {
             (request("07:00", "07:30", "b"), "end_time"),
             (request("10:00", "15:00", "c"), "end_time"),
         ];
+        let mut refuse = |req: ReservationRequest| {
+            let who = driver("a");
+            ledger
+                .reserve(&cp, &req, &who, 10, 0, 3, "x", t("08:00"))
+                .unwrap_err()
+        };
         for (req, field) in cases {
-            let err = reserve(&mut ledger, &cp, &req, "a", "08:00").unwrap_err();
+            let err = refuse(req);
             assert!(err.to_string().starts_with(field), "{err}");
         }
         let mut far = request("10:00", "11:00", "d");
         far.start = t("10:00") + Duration::from_secs(8 * 86_400);
         far.end = far.start + Duration::from_secs(3600);
-        let err = reserve(&mut ledger, &cp, &far, "a", "08:00").unwrap_err();
+        let err = refuse(far);
         assert!(err.to_string().starts_with("start_time"), "{err}");
         let mut ev = request("10:00", "11:00", "e");
         ev.category = EvCharging;
-        let err = reserve(&mut ledger, &cp, &ev, "a", "08:00").unwrap_err();
+        let err = refuse(ev);
         assert!(err.to_string().starts_with("category"), "{err}");
     }
 
@@ -1137,14 +1050,7 @@ mod tests {
         let cp = car_park(9);
         let mut ledger = Ledger::new(&cp);
         for k in ["1", "2"] {
-            reserve(
-                &mut ledger,
-                &cp,
-                &request("10:00", "11:00", k),
-                "a",
-                "08:00",
-            )
-            .unwrap();
+            book((&cp, &mut ledger), ("10:00", "11:00"), k, "a", "08:00").unwrap();
         }
         let err = ledger
             .reserve(
@@ -1184,14 +1090,7 @@ mod tests {
     fn plates_seen_at_the_gate_check_in_and_complete() {
         let cp = car_park(5);
         let mut ledger = Ledger::new(&cp);
-        reserve(
-            &mut ledger,
-            &cp,
-            &request("10:00", "11:00", "a"),
-            "a",
-            "08:00",
-        )
-        .unwrap();
+        book((&cp, &mut ledger), ("10:00", "11:00"), "a", "a", "08:00").unwrap();
         let grace = Duration::from_secs(900);
         let plate = Plate::parse("鲁B12345").unwrap();
         assert!(

@@ -71,6 +71,21 @@ impl Ledgers {
         self.by_car_park.len()
     }
 
+    /// Copies of the reservations `keep` accepts in the ledgers of `car_parks`.
+    fn gather<'a>(
+        &self,
+        car_parks: impl IntoIterator<Item = &'a CarParkId>,
+        keep: impl Fn(&Reservation) -> bool,
+    ) -> Vec<Reservation> {
+        car_parks
+            .into_iter()
+            .filter_map(|id| self.by_car_park.get(id)?.ledger.as_deref())
+            .flat_map(|l| &l.reservations)
+            .filter(|r| keep(r))
+            .map(|r| (**r).clone())
+            .collect()
+    }
+
     fn version(&self, id: &str) -> u64 {
         self.by_car_park.get(id).map_or(0, |h| h.version)
     }
@@ -125,35 +140,15 @@ impl Engine {
     /// A driver's reservations, at every car park.
     pub fn reservations_of(&self, driver: &DriverId) -> Vec<Reservation> {
         let ledgers = self.ledgers.read();
-        let Some(car_parks) = ledgers.by_driver.get(driver) else {
-            return Vec::new();
-        };
-        car_parks
-            .iter()
-            .filter_map(|id| ledgers.by_car_park.get(id)?.ledger.clone())
-            .flat_map(|l| {
-                l.reservations
-                    .iter()
-                    .filter(|r| &r.driver == driver)
-                    .map(|r| (**r).clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        match ledgers.by_driver.get(driver) {
+            Some(car_parks) => ledgers.gather(car_parks, |r| &r.driver == driver),
+            None => Vec::new(),
+        }
     }
 
     /// Reservations at the given car parks.
     pub fn reservations_at(&self, car_parks: &[CarParkId]) -> Vec<Reservation> {
-        let ledgers = self.ledgers.read();
-        car_parks
-            .iter()
-            .filter_map(|id| ledgers.by_car_park.get(id)?.ledger.clone())
-            .flat_map(|l| {
-                l.reservations
-                    .iter()
-                    .map(|r| (**r).clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        self.ledgers.read().gather(car_parks, |_| true)
     }
 
     /// Car parks whose ledger has a RESERVED reservation past its no-show time.
