@@ -24,7 +24,7 @@ use crate::domain::OperatorId;
 use crate::pb;
 
 pub use city::{DEMO_REGION, DEMO_TIME_ZONE, DemoOperator, demo_operators, generate_city};
-pub use operator::DemoError;
+pub use operator::{DemoError, driver_comes};
 pub use simulation::occupancy_fraction;
 
 /// The demo: its generated city and its operators, not yet running.

@@ -133,3 +133,78 @@ async fn demo_stops_while_still_connecting() {
     assert_eq!(remaining_tasks(&runtime).await, 0, "demo tasks left behind");
     runtime.shutdown_background();
 }
+
+#[tokio::test]
+async fn demo_operators_bring_reserved_cars_in_by_plate() {
+    let demo = Demo::new(2026, Duration::from_secs(1));
+    let server = TestServer::start_with(|settings| {
+        demo.add_keys(&mut settings.api_keys);
+        settings.clock = Arc::new(SystemClock);
+    })
+    .await;
+    let runtime = demo_runtime();
+    let demo = {
+        let _inside = runtime.enter();
+        demo.start(format!("http://{}", server.addr))
+    };
+    let garage = citypark::demo::generate_city(2026)
+        .into_iter()
+        .find(|c| c.reservation_policy.is_some())
+        .expect("the demo has reservable garages");
+    eventually("the garage is registered", || async {
+        car_park_of(&server, &garage.id).await.ok()
+    })
+    .await;
+    // One plate whose driver comes and one whose driver does not, by the demo's rule.
+    let plate = |comes: bool| {
+        (0..)
+            .map(|i| format!("D{i:05}"))
+            .find(|p| citypark::demo::driver_comes(p) == comes)
+            .unwrap()
+    };
+    // The server runs on the real clock here (the demo stamps real times).
+    let now = citypark::domain::Timestamp::now();
+    let mut made = Vec::new();
+    for (k, comes) in [true, false].into_iter().enumerate() {
+        let request = reservation_request(
+            &garage.id,
+            now,
+            after(now, 3600),
+            &plate(comes),
+            &format!("k{k}"),
+        );
+        made.push(reserve(&server, &format!("d{k}"), request).await.unwrap());
+    }
+    let state = |id: String, who: &'static str| {
+        let server = &server;
+        async move {
+            let r = server
+                .reservations()
+                .await
+                .get_reservation(authed(pb::GetReservationRequest { id }, &driver_token(who)))
+                .await
+                .unwrap()
+                .into_inner()
+                .reservation
+                .unwrap();
+            pb::ReservationState::try_from(r.state).unwrap()
+        }
+    };
+    eventually(
+        "the coming car is checked in by its entry report",
+        || async {
+            (state(made[0].id.clone(), "d0").await == pb::ReservationState::CheckedIn).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        state(made[1].id.clone(), "d1").await,
+        pb::ReservationState::Reserved,
+        "the other driver never came"
+    );
+    tokio::time::timeout(PATIENCE, demo.stop())
+        .await
+        .expect("the demo stops within PATIENCE");
+    runtime.shutdown_background();
+    server.stop().await.unwrap();
+}
