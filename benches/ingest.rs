@@ -28,10 +28,6 @@ const STREAMS: usize = 8;
 const BATCH: usize = 10;
 const WINDOW: usize = 8;
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
 fn category(category: pb::SpaceCategory, n: i32) -> pb::CategoryCount {
     pb::CategoryCount {
         category: category.into(),
@@ -173,28 +169,17 @@ async fn redis_counters(url: &str) -> Option<(f64, f64)> {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let Ok(server) = std::env::var("CITYPARK_BENCH_SERVER") else {
-        eprintln!("benches/ingest needs a running server: use benches/ingest.sh");
+    let Some(common::grpc::Run {
+        server,
+        key,
+        rounds,
+        seconds,
+        metrics,
+    }) = common::grpc::run_from_env("ingest", "bench-key", "5")
+    else {
         return;
     };
-    let key = env("CITYPARK_BENCH_KEY", "bench-key");
-    let rounds: usize = env("CITYPARK_BENCH_ROUNDS", "5").parse().expect("rounds");
-    let seconds: f64 = env("CITYPARK_BENCH_SECONDS", "3").parse().expect("seconds");
-    let metrics = std::env::var("CITYPARK_BENCH_METRICS").ok();
-    // One client thread: the server keeps the other core.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(server)
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
+    common::grpc::drive(&server, |channel| async move {
         let run = format!(
             "{:x}",
             SystemTime::now()

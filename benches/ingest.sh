@@ -7,6 +7,8 @@
 # client to use instead of building this tree's (benches/ab.sh sets them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/demo-city.sh
+source benches/demo-city.sh
 rounds=${1:-5}
 seconds=${2:-3}
 command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server" >&2; exit 1; }
@@ -58,11 +60,7 @@ for store in embedded redis; do
   [ "$store" = redis ] && args+=(--store "redis://127.0.0.1:$redis_port/0")
   "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 1 120); do
-    n=$( (curl -s "http://127.0.0.1:$mport/metrics" || true) | awk '/^citypark_grpc_requests_total\{method="citypark.v1.Registry\/UpsertCarPark",code="ok"\}/ {print $2}')
-    [ "${n:-0}" -ge 2350 ] 2>/dev/null && break
-    sleep 0.5
-  done
+  wait_for_demo_city "$mport"
   echo "== $store: FindNearby (h2load)"
   nearby_ratio "$port"
   echo "== $store: Publish (tonic client)"

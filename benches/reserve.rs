@@ -32,10 +32,6 @@ use tonic::transport::Channel;
 const CAR_PARKS: usize = 200;
 const RACERS: usize = 1_000;
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -196,38 +192,33 @@ async fn race(channel: Channel, car_park: &str) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let Ok(server) = std::env::var("CITYPARK_BENCH_SERVER") else {
-        eprintln!("benches/reserve needs a running --demo server: use benches/reserve.sh");
+    let Some(common::grpc::Run {
+        server,
+        key,
+        rounds,
+        seconds,
+        metrics,
+    }) = common::grpc::run_from_env("reserve", "demo-key-qd-parking-group", "3")
+    else {
         return;
     };
-    let key = env("CITYPARK_BENCH_KEY", "demo-key-qd-parking-group");
-    let rounds: usize = env("CITYPARK_BENCH_ROUNDS", "3").parse().expect("rounds");
-    let seconds: f64 = env("CITYPARK_BENCH_SECONDS", "3").parse().expect("seconds");
-    let metrics = std::env::var("CITYPARK_BENCH_METRICS").ok();
-    // One client thread: the server keeps the other core.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(server)
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
+    common::grpc::drive(&server, |channel| async move {
         let run = format!("{:x}", unix_now());
         let car_parks: Vec<(String, i32)> = (0..CAR_PARKS)
             .map(|i| (format!("rsv-{run}-{i:04}"), 50))
             .chain([(format!("race-{run}"), 20)])
             .collect();
         register(channel.clone(), &key, &car_parks).await;
-        let ids: Vec<String> = car_parks[..CAR_PARKS].iter().map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = car_parks[..CAR_PARKS]
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
         // A driver holds at most 3: enough drivers that none reaches the limit.
-        let tokens: Arc<Vec<String>> =
-            Arc::new((0..100_000).map(|i| token(&format!("bench-{run}-{i}"))).collect());
+        let tokens: Arc<Vec<String>> = Arc::new(
+            (0..100_000)
+                .map(|i| token(&format!("bench-{run}-{i}")))
+                .collect(),
+        );
         let next = Arc::new(AtomicU64::new(0));
         let trips = "citypark_redis_round_trips_total{op=\"reservation\"}";
         let created = "citypark_reservations_total{result=\"created\",reason=\"\"}";

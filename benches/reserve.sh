@@ -6,6 +6,8 @@
 # Usage: benches/reserve.sh [rounds] [seconds-per-run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/demo-city.sh
+source benches/demo-city.sh
 rounds=${1:-3}
 seconds=${2:-3}
 command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server" >&2; exit 1; }
@@ -28,11 +30,7 @@ for store in embedded redis; do
   [ "$store" = redis ] && args+=(--store "redis://127.0.0.1:$redis_port/0")
   "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 1 120); do
-    n=$( (curl -s "http://127.0.0.1:$mport/metrics" || true) | awk '/^citypark_grpc_requests_total\{method="citypark.v1.Registry\/UpsertCarPark",code="ok"\}/ {print $2}')
-    [ "${n:-0}" -ge 2350 ] 2>/dev/null && break
-    sleep 0.5
-  done
+  wait_for_demo_city "$mport"
   echo "== $store: CreateReservation (tonic client)"
   CITYPARK_BENCH_SERVER="http://127.0.0.1:$port" CITYPARK_BENCH_ROUNDS=$rounds \
     CITYPARK_BENCH_SECONDS=$seconds CITYPARK_BENCH_METRICS="http://127.0.0.1:$mport/metrics" "$bench"

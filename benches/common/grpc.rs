@@ -12,6 +12,54 @@ use std::{
 use citypark::pb::{self, availability_client::AvailabilityClient};
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
+/// What a gRPC benchmark is told by its script: the server, an operator key, rounds,
+/// seconds per run and the server's /metrics.
+pub struct Run {
+    pub server: String,
+    pub key: String,
+    pub rounds: usize,
+    pub seconds: f64,
+    pub metrics: Option<String>,
+}
+
+/// The run `benches/<name>.sh` describes through `CITYPARK_BENCH_*`; `None` (after
+/// saying so) when started without a server, as `cargo bench` does.
+pub fn run_from_env(name: &str, default_key: &str, default_rounds: &str) -> Option<Run> {
+    if std::env::args().any(|a| a == "--list") {
+        return None;
+    }
+    let env = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let Ok(server) = std::env::var("CITYPARK_BENCH_SERVER") else {
+        eprintln!("benches/{name} needs a running server: use benches/{name}.sh");
+        return None;
+    };
+    Some(Run {
+        server,
+        key: env("CITYPARK_BENCH_KEY", default_key),
+        rounds: env("CITYPARK_BENCH_ROUNDS", default_rounds)
+            .parse()
+            .expect("rounds"),
+        seconds: env("CITYPARK_BENCH_SECONDS", "3").parse().expect("seconds"),
+        metrics: std::env::var("CITYPARK_BENCH_METRICS").ok(),
+    })
+}
+
+/// Runs the client on one thread (the server keeps the other core), connected.
+pub fn drive<F: std::future::Future<Output = ()>>(server: &str, body: impl FnOnce(Channel) -> F) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(server.to_owned())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        body(channel).await
+    });
+}
+
 /// Concurrent tasks that drive a measurement.
 pub const TASKS: usize = 64;
 
