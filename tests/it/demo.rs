@@ -3,7 +3,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use citypark::{demo::Demo, pb, service::SystemClock};
+use citypark::{
+    demo::{Demo, DemoHandle},
+    pb,
+    service::SystemClock,
+};
 use tokio::{net::TcpListener, runtime::Runtime, time::Instant};
 
 use crate::support::*;
@@ -62,21 +66,27 @@ async fn any_reported(server: &TestServer) -> bool {
             .any(|a| a.last_sequence > 0)
 }
 
-#[tokio::test]
-async fn demo_reports_then_stops_every_task() {
+/// A server with the demo's keys, on the real clock (the operators stamp reports with
+/// the real time, which a hand clock would find out of line), and the demo running on
+/// a runtime of its own, whose tasks the tests count.
+async fn serve_demo() -> (TestServer, Runtime, DemoHandle) {
     let demo = Demo::new(2026, Duration::from_secs(1));
     let server = TestServer::start_with(|settings| {
         demo.add_keys(&mut settings.api_keys);
-        // The operators stamp reports with the real time, which a hand clock would
-        // find out of line.
         settings.clock = Arc::new(SystemClock);
     })
     .await;
     let runtime = demo_runtime();
-    let demo = {
+    let handle = {
         let _inside = runtime.enter();
         demo.start(format!("http://{}", server.addr))
     };
+    (server, runtime, handle)
+}
+
+#[tokio::test]
+async fn demo_reports_then_stops_every_task() {
+    let (server, runtime, demo) = serve_demo().await;
 
     let deadline = Instant::now() + REGISTERING;
     while !any_reported(&server).await {
@@ -136,17 +146,7 @@ async fn demo_stops_while_still_connecting() {
 
 #[tokio::test]
 async fn demo_operators_bring_reserved_cars_in_by_plate() {
-    let demo = Demo::new(2026, Duration::from_secs(1));
-    let server = TestServer::start_with(|settings| {
-        demo.add_keys(&mut settings.api_keys);
-        settings.clock = Arc::new(SystemClock);
-    })
-    .await;
-    let runtime = demo_runtime();
-    let demo = {
-        let _inside = runtime.enter();
-        demo.start(format!("http://{}", server.addr))
-    };
+    let (server, runtime, demo) = serve_demo().await;
     let garage = citypark::demo::generate_city(2026)
         .into_iter()
         .find(|c| c.reservation_policy.is_some())
