@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
-use super::{Aggregate, Change, Claim, Committed, Store, Versioned, Write};
+use parking_lot::RwLock;
+
+use super::{Aggregate, AnyWrite, Claim, Committed, Store, Versioned, Write};
 use crate::{
-    domain::{CarParkId, RegionId, Result, Timestamp},
+    domain::{CarParkId, Error, RegionId, Result, Timestamp},
     engine::Engine,
 };
 
@@ -12,12 +14,18 @@ use crate::{
 /// starts from an empty city.
 pub struct EmbeddedStore {
     engine: Arc<Engine>,
+    /// A group checks every version and then writes, with no write in between: groups
+    /// take it exclusively, single commits shared (one uncontended atomic for them).
+    groups: RwLock<()>,
 }
 
 impl EmbeddedStore {
     /// A store whose authority is `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            groups: RwLock::new(()),
+        }
     }
 }
 
@@ -43,30 +51,43 @@ impl Store for EmbeddedStore {
         now: Timestamp,
     ) -> Vec<Result<Committed>> {
         let replica = A::replica(&self.engine);
+        let _shared = self.groups.read();
         writes
             .into_iter()
             .map(|write| {
-                let states = match write.change {
-                    Change::Put {
-                        record, mut steps, ..
-                    } => {
-                        steps.push(record);
-                        steps
-                    }
-                    Change::Delete => Vec::new(),
-                };
+                let (id, expected, floor) = (write.id.clone(), write.expected, write.floor);
+                let states = write.into_states();
                 Ok(
-                    match replica.compare_and_set(
-                        &write.id,
-                        write.expected,
-                        write.floor,
-                        states,
-                        now,
-                    ) {
+                    match replica.compare_and_set(&id, expected, floor, states, now) {
                         Some(version) => Committed::Written { version },
                         None => Committed::Conflict,
                     },
                 )
+            })
+            .collect()
+    }
+
+    async fn commit_group(
+        &self,
+        writes: Vec<AnyWrite>,
+        _what: &'static str,
+        now: Timestamp,
+    ) -> Result<Vec<Committed>> {
+        let _exclusive = self.groups.write();
+        if !writes.iter().all(|w| w.is_current(&self.engine)) {
+            return Ok(vec![Committed::Conflict; writes.len()]);
+        }
+        writes
+            .into_iter()
+            .map(|write| {
+                let kind = write.kind();
+                // Every version was just checked under the exclusive lock.
+                match write.compare_and_set(&self.engine, now) {
+                    Some(version) => Ok(Committed::Written { version }),
+                    None => Err(Error::Internal(format!(
+                        "a {kind} record changed inside its group"
+                    ))),
+                }
             })
             .collect()
     }

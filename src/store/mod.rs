@@ -20,7 +20,7 @@ use std::future::Future;
 use tokio::sync::watch;
 
 use crate::domain::{CarParkId, RegionId, Result, Timestamp};
-pub use table::{Aggregate, Change, Committed, Parts, Versioned, Write};
+pub use table::{Aggregate, AnyWrite, Change, Committed, Encoded, Parts, Versioned, Write};
 
 /// Whether a car park id could be claimed for a region.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,18 @@ pub trait Store: Send + Sync + 'static {
         what: &'static str,
         now: Timestamp,
     ) -> impl Future<Output = Vec<Result<Committed>>> + Send;
+
+    /// Commits `writes` (of any kinds, all of one region) together: all of them, if
+    /// every record is still at the version its write was computed from, else none.
+    /// Answers one `Committed` per write, all `Written` or all `Conflict`; an error says
+    /// nothing was made, or (Redis unreachable mid-call) that it may have been. Visible
+    /// in this instance's engine before returning, like `commit`.
+    fn commit_group(
+        &self,
+        writes: Vec<AnyWrite>,
+        what: &'static str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Committed>>> + Send;
 
     /// Claims a car park id for `region`: ids are unique in a deployment, while each
     /// region's records live apart.
@@ -132,6 +144,15 @@ impl Store for AnyStore {
         now: Timestamp,
     ) -> Vec<Result<Committed>> {
         each!(self, s => s.commit(writes, what, now).await)
+    }
+
+    async fn commit_group(
+        &self,
+        writes: Vec<AnyWrite>,
+        what: &'static str,
+        now: Timestamp,
+    ) -> Result<Vec<Committed>> {
+        each!(self, s => s.commit_group(writes, what, now).await)
     }
 
     async fn claim_id(&self, id: &CarParkId, region: &RegionId) -> Result<Claim> {

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    domain::RegionId,
+    domain::{RegionId, Timestamp},
     engine::{Engine, Replica},
 };
 
@@ -100,6 +100,192 @@ impl<A> Change<A> {
             record,
             parts,
             steps: Vec::new(),
+        }
+    }
+}
+
+/// A write of any kind, its kind erased, so that writes of several kinds can be
+/// committed together, all or none (`Store::commit_group`): a reservation and the slot
+/// counts it takes, a session and the wallet it debits.
+pub struct AnyWrite(Box<dyn Erased>);
+
+impl<A: Aggregate> From<Write<A>> for AnyWrite {
+    fn from(write: Write<A>) -> Self {
+        AnyWrite(Box::new(write))
+    }
+}
+
+impl fmt::Debug for AnyWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}@{}", self.0.kind(), self.0.id(), self.0.expected())
+    }
+}
+
+impl AnyWrite {
+    pub fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+
+    pub fn region(&self) -> &RegionId {
+        self.0.region()
+    }
+
+    pub fn id(&self) -> &str {
+        self.0.id()
+    }
+
+    /// The write as a backend stores it.
+    pub fn encode(&self) -> Encoded<'_> {
+        self.0.encode()
+    }
+
+    /// Whether `engine` holds the record at the version the write expects.
+    pub fn is_current(&self, engine: &Engine) -> bool {
+        self.0.is_current(engine)
+    }
+
+    /// The embedded store's compare-and-set of this write into `engine`; the version
+    /// written, or `None` if the engine holds another version.
+    pub fn compare_and_set(self, engine: &Engine, now: Timestamp) -> Option<u64> {
+        self.0.compare_and_set(engine, now)
+    }
+
+    /// Makes a write the authority made, its last state at `version`, visible in
+    /// `engine`.
+    pub fn land(self, engine: &Engine, version: u64, now: Timestamp) {
+        self.0.land(engine, version, now)
+    }
+
+    /// How many states (versions) the write stores: 1 for a delete.
+    pub fn steps(&self) -> usize {
+        self.0.steps()
+    }
+}
+
+/// A write as a backend stores it: per state, oldest first, per part of its kind, the
+/// stored value, or "" where the part is not set.
+pub struct Encoded<'a> {
+    pub kind: &'static str,
+    /// "put" or "del".
+    pub op: &'static str,
+    pub id: &'a str,
+    pub expected: u64,
+    pub floor: u64,
+    /// The kind's version hash and part hashes, relative to the region's key prefix.
+    pub versions: &'static str,
+    pub parts: &'static [&'static str],
+    /// Empty for a delete.
+    pub states: Vec<Vec<String>>,
+}
+
+/// What `AnyWrite` needs of a write, whatever its kind.
+trait Erased: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn region(&self) -> &RegionId;
+    fn id(&self) -> &str;
+    fn expected(&self) -> u64;
+    fn steps(&self) -> usize;
+    fn encode(&self) -> Encoded<'_>;
+    fn is_current(&self, engine: &Engine) -> bool;
+    fn compare_and_set(self: Box<Self>, engine: &Engine, now: Timestamp) -> Option<u64>;
+    fn land(self: Box<Self>, engine: &Engine, version: u64, now: Timestamp);
+}
+
+impl<A: Aggregate> Write<A> {
+    /// The states the write stores, oldest first (none for a delete).
+    pub fn into_states(self) -> Vec<A> {
+        match self.change {
+            Change::Put {
+                record, mut steps, ..
+            } => {
+                steps.push(record);
+                steps
+            }
+            Change::Delete => Vec::new(),
+        }
+    }
+}
+
+impl<A: Aggregate> Erased for Write<A> {
+    fn kind(&self) -> &'static str {
+        A::KIND
+    }
+
+    fn region(&self) -> &RegionId {
+        &self.region
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn expected(&self) -> u64 {
+        self.expected
+    }
+
+    fn steps(&self) -> usize {
+        match &self.change {
+            Change::Put { steps, .. } => steps.len() + 1,
+            Change::Delete => 1,
+        }
+    }
+
+    fn encode(&self) -> Encoded<'_> {
+        let (op, states) = match &self.change {
+            Change::Put {
+                record,
+                parts,
+                steps,
+            } => {
+                let encode = |state: &A| {
+                    (0..A::PARTS.len())
+                        .map(|i| {
+                            if parts.has(i) {
+                                state.encode_part(i)
+                            } else {
+                                String::new()
+                            }
+                        })
+                        .collect()
+                };
+                let states = steps.iter().chain([record]).map(encode).collect();
+                ("put", states)
+            }
+            Change::Delete => ("del", Vec::new()),
+        };
+        Encoded {
+            kind: A::KIND,
+            op,
+            id: &self.id,
+            expected: self.expected,
+            floor: self.floor,
+            versions: A::VERSIONS,
+            parts: A::PARTS,
+            states,
+        }
+    }
+
+    fn is_current(&self, engine: &Engine) -> bool {
+        A::replica(engine).version(&self.id) == self.expected
+    }
+
+    fn compare_and_set(self: Box<Self>, engine: &Engine, now: Timestamp) -> Option<u64> {
+        let (id, expected, floor) = (self.id.clone(), self.expected, self.floor);
+        A::replica(engine).compare_and_set(&id, expected, floor, self.into_states(), now)
+    }
+
+    fn land(self: Box<Self>, engine: &Engine, version: u64, now: Timestamp) {
+        let replica = A::replica(engine);
+        let id = self.id.clone();
+        let states = self.into_states();
+        if states.is_empty() {
+            replica.remove(&id, version);
+        } else {
+            // The states were written as the last versions up to `version`.
+            let first = version + 1 - states.len() as u64;
+            for (k, state) in states.into_iter().enumerate() {
+                replica.put(state, first + k as u64, now);
+            }
         }
     }
 }

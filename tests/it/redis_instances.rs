@@ -590,19 +590,22 @@ async fn an_instance_too_far_behind_reloads_the_snapshot() {
         .cmd("EVAL")
         .arg(include_str!("../../src/store/redis/write.lua"))
         .arg(5)
-        .arg(key("versions"))
         .arg(key("n"))
         .arg(key("changes"))
+        .arg(key("versions"))
         .arg(key("parks"))
         .arg(key("live"))
+        // Stream length, one record.
+        .arg(10)
+        .arg(1)
         .arg("car_park")
         .arg("del")
         .arg("hole-q")
         .arg(version)
         // No version floor: the store passes 0 for a delete too.
         .arg(0)
-        .arg(10)
-        // A delete carries no states; then the part names.
+        // Two parts, and a delete carries no states; then the part names.
+        .arg(2)
         .arg(0)
         .arg("parks")
         .arg("live")

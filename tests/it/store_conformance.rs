@@ -15,12 +15,13 @@ use crate::{
 };
 use citypark::{
     app::Backend,
+    domain::CarParkState,
     pb::{
         self, CarParkStatus, RejectCode, ReportResult, SpaceCategory::*,
         watch_availability_response::Event,
     },
     service::ManualClock,
-    store::Store,
+    store::{AnyWrite, Change, Committed, Parts, Store, Versioned, Write},
 };
 use tonic::Code;
 
@@ -152,6 +153,7 @@ conformance!(
     a_watch_sees_the_changes_in_order,
     queries_make_no_store_round_trips,
     restart_serves_what_it_served_before,
+    a_group_is_written_whole_or_not_at_all,
 );
 
 /// An upsert request with an operator's key.
@@ -1259,5 +1261,84 @@ async fn ids_are_unique_across_regions_on_every_backend() {
         assert_eq!(got.region, "jinan", "{kind:?}");
         report_ok(&server, snapshot("x1", 1, 7, server.now())).await;
         assert_eq!(counts(&server, "x1").await, (7, 1, 0), "{kind:?}");
+    }
+}
+
+/// `Store::commit_group`, the atomic step of every change that spans records (a
+/// reservation and its slot counts): one stale version in a group and nothing of it is
+/// written; all current and all are, visible at once here and, on Redis, to a new
+/// instance too.
+async fn a_group_is_written_whole_or_not_at_all(kind: Kind) {
+    let Some((server, keep)) = server(kind).await else {
+        return;
+    };
+    register(&server, garage_north("grp-a", 100.0)).await;
+    register(&server, garage_north("grp-b", 200.0)).await;
+    let engine = &server.backend.engine;
+    let read = |id: &str| Versioned::<CarParkState>::in_replica(engine, id);
+    let renamed = |id: &str, name: &str| {
+        let mut state = read(id).record.expect("registered");
+        Arc::make_mut(&mut state.car_park).name = name.to_owned();
+        state
+    };
+    let write = |id: &str, expected: u64, state: CarParkState| -> AnyWrite {
+        Write {
+            region: state.car_park.region.clone(),
+            id: id.to_owned(),
+            expected,
+            floor: 0,
+            change: Change::put(state, Parts::ALL),
+        }
+        .into()
+    };
+    let (a, b) = (read("grp-a").version, read("grp-b").version);
+    let store = &server.backend.store;
+
+    // grp-b's write was computed from a version it is no longer at.
+    let stale = vec![
+        write("grp-a", a, renamed("grp-a", "A, renamed")),
+        write("grp-b", b - 1, renamed("grp-b", "B, renamed")),
+    ];
+    let committed = store
+        .commit_group(stale, "test", server.now())
+        .await
+        .unwrap();
+    assert_eq!(committed, [Committed::Conflict, Committed::Conflict]);
+    assert_eq!(read("grp-a").version, a, "nothing of the group was written");
+    assert_eq!(
+        car_park_of(&server, "grp-a").await.unwrap().name,
+        "Garage grp-a"
+    );
+
+    let current = vec![
+        write("grp-a", a, renamed("grp-a", "A, renamed")),
+        write("grp-b", b, renamed("grp-b", "B, renamed")),
+    ];
+    let committed = store
+        .commit_group(current, "test", server.now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(committed[..], [Committed::Written { version: va }, Committed::Written { version: vb }] if va > a && vb > b),
+        "{committed:?}"
+    );
+    assert_eq!(
+        car_park_of(&server, "grp-a").await.unwrap().name,
+        "A, renamed"
+    );
+    assert_eq!(
+        car_park_of(&server, "grp-b").await.unwrap().name,
+        "B, renamed"
+    );
+    if keep.is_redis() {
+        let other = keep.another_server(server.clock.clone()).await;
+        assert_eq!(
+            car_park_of(&other, "grp-a").await.unwrap().name,
+            "A, renamed"
+        );
+        assert_eq!(
+            car_park_of(&other, "grp-b").await.unwrap().name,
+            "B, renamed"
+        );
     }
 }

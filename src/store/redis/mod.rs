@@ -28,7 +28,7 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::{Mutex, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{Aggregate, Claim, Committed, Store, Versioned, Write};
+use super::{Aggregate, AnyWrite, Claim, Committed, Store, Versioned, Write};
 use crate::{
     clock::Clock,
     domain::{CarParkId, Error, RegionId, Result, Timestamp},
@@ -283,7 +283,27 @@ impl Store for RedisStore {
         what: &'static str,
         now: Timestamp,
     ) -> Vec<Result<Committed>> {
-        writer::write(&self.shared, writes, what, now).await
+        let groups = writes
+            .into_iter()
+            .map(|w| vec![AnyWrite::from(w)])
+            .collect();
+        writer::write(&self.shared, groups, what, now)
+            .await
+            .into_iter()
+            .map(|group| group.map(|mut one| one.pop().expect("one write, one answer")))
+            .collect()
+    }
+
+    async fn commit_group(
+        &self,
+        writes: Vec<AnyWrite>,
+        what: &'static str,
+        now: Timestamp,
+    ) -> Result<Vec<Committed>> {
+        writer::write(&self.shared, vec![writes], what, now)
+            .await
+            .pop()
+            .expect("one group, one answer")
     }
 
     async fn claim_id(&self, id: &CarParkId, region: &RegionId) -> Result<Claim> {

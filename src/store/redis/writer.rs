@@ -1,5 +1,6 @@
 //! Writing: each caller's writes in one pipeline per region (one round trip), each
-//! write one `write.lua` (a compare-and-set of one record of any kind).
+//! write, or group of writes committed together, one `write.lua` (a compare-and-set of
+//! its records, of any kinds, all or none).
 //!
 //! Batching is the caller's: the service's ingest task hands over every pending
 //! report of an instance at once, so Redis sees many reports per round trip under
@@ -13,91 +14,66 @@ use super::{Shared, unconfirmed};
 use crate::{
     domain::{Error, RegionId, Result, Timestamp},
     metrics,
-    store::{Aggregate, Change, Committed, Parts, Write},
+    store::{AnyWrite, Committed},
 };
 
-/// One write, ready for `write.lua`: its arguments and the states it stores, oldest
-/// first (none for a delete).
-struct Prepared<A> {
-    id: String,
-    args: Vec<String>,
-    states: Vec<A>,
-}
-
-/// The arguments of one `write.lua` (its keys are the region's, see `write`).
-fn prepare<A: Aggregate>(shared: &Shared, write: Write<A>) -> Prepared<A> {
-    let (op, states, parts) = match write.change {
-        Change::Put {
-            record,
-            parts,
-            mut steps,
-        } => {
-            steps.push(record);
-            ("put", steps, parts)
-        }
-        Change::Delete => ("del", Vec::new(), Parts::ALL),
-    };
-    let mut args = vec![
-        A::KIND.to_owned(),
-        op.to_owned(),
-        write.id.clone(),
-        write.expected.to_string(),
-        write.floor.to_string(),
-        shared.options.stream_max_len.to_string(),
-        states.len().to_string(),
-    ];
-    args.extend(A::PARTS.iter().map(|name| (*name).to_owned()));
-    for state in &states {
-        for i in 0..A::PARTS.len() {
-            args.push(if parts.has(i) {
-                state.encode_part(i)
-            } else {
-                String::new()
-            });
-        }
-    }
-    Prepared {
-        id: write.id,
-        args,
-        states,
-    }
-}
-
-/// Writes `writes`, one pipeline per region, and makes the ones written visible in this
-/// instance's engine. `what` names the round trips in the metrics.
-pub(super) async fn write<A: Aggregate>(
+/// Writes each group of `groups` (each all of one region) atomically, one pipeline per
+/// region, and makes the ones written visible in this instance's engine. Answers per
+/// group one `Committed` per write (all written or all in conflict). `what` names the
+/// round trips in the metrics.
+pub(super) async fn write(
     shared: &Shared,
-    writes: Vec<Write<A>>,
+    groups: Vec<Vec<AnyWrite>>,
     what: &'static str,
     now: Timestamp,
-) -> Vec<Result<Committed>> {
-    let mut results: Vec<Option<Result<Committed>>> = vec![None; writes.len()];
-    let mut by_region: HashMap<RegionId, Vec<(usize, Prepared<A>)>> = HashMap::new();
-    for (i, write) in writes.into_iter().enumerate() {
-        let region = write.region.clone();
-        by_region
-            .entry(region)
-            .or_default()
-            .push((i, prepare(shared, write)));
+) -> Vec<Result<Vec<Committed>>> {
+    let mut results: Vec<Option<Result<Vec<Committed>>>> = groups.iter().map(|_| None).collect();
+    let mut by_region: HashMap<RegionId, Vec<(usize, Vec<AnyWrite>)>> = HashMap::new();
+    for (i, group) in groups.into_iter().enumerate() {
+        let Some(region) = group.first().map(|w| w.region().clone()) else {
+            results[i] = Some(Ok(Vec::new()));
+            continue;
+        };
+        if group.iter().any(|w| w.region() != &region) {
+            let bug = format!("a group of writes spans regions: {group:?}");
+            results[i] = Some(Err(Error::Internal(bug)));
+            continue;
+        }
+        by_region.entry(region).or_default().push((i, group));
     }
     // One pipeline (one round trip) per region: a region's keys share one Cluster slot
     // and so one node.
-    for (region, prepared) in by_region {
+    for (region, groups) in by_region {
         let keys = shared.keys(&region);
-        let parts = keys.parts::<A>();
-        let mut script_keys = vec![keys.versions::<A>(), keys.counter, keys.changes];
-        script_keys.extend(parts);
         let mut pipe = redis::pipe();
         // Loading the script in the same round trip makes the batch immune to a script
         // cache emptied by a Redis restart or failover.
         pipe.load_script(&shared.write).ignore();
-        for (_, write) in &prepared {
+        for (_, group) in &groups {
             let mut invocation = shared.write.prepare_invoke();
-            for key in &script_keys {
-                invocation.key(key);
-            }
-            for arg in &write.args {
-                invocation.arg(arg);
+            invocation
+                .key(&keys.counter)
+                .key(&keys.changes)
+                .arg(shared.options.stream_max_len)
+                .arg(group.len());
+            for write in group {
+                let encoded = write.encode();
+                invocation.key(keys.hash(encoded.versions));
+                for part in encoded.parts {
+                    invocation.key(keys.hash(part));
+                }
+                invocation
+                    .arg(encoded.kind)
+                    .arg(encoded.op)
+                    .arg(encoded.id)
+                    .arg(encoded.expected)
+                    .arg(encoded.floor)
+                    .arg(encoded.parts.len())
+                    .arg(encoded.states.len())
+                    .arg(encoded.parts);
+                for state in &encoded.states {
+                    invocation.arg(state);
+                }
             }
             pipe.invoke_script(&invocation);
         }
@@ -109,7 +85,7 @@ pub(super) async fn write<A: Aggregate>(
             Err(error) => {
                 shared.set_healthy(false);
                 let error = unconfirmed(&error);
-                for (i, _) in prepared {
+                for (i, _) in groups {
                     results[i] = Some(Err(error.clone()));
                 }
                 continue;
@@ -117,28 +93,23 @@ pub(super) async fn write<A: Aggregate>(
         };
         shared.set_healthy(true);
         if what == "ingest" {
-            let reports = prepared.iter().map(|(_, w)| w.states.len() as u64);
-            metrics::record_redis_reports_written(reports.sum());
+            let reports = groups.iter().flat_map(|(_, g)| g).map(AnyWrite::steps);
+            metrics::record_redis_reports_written(reports.sum::<usize>() as u64);
         }
-        let replica = A::replica(&shared.engine);
-        for ((i, write), reply) in prepared.into_iter().zip(replies) {
+        for ((i, group), reply) in groups.into_iter().zip(replies) {
             results[i] = Some(match reply.as_slice() {
-                [1, _, version] => {
-                    let version = *version as u64;
+                [1, _, versions @ ..] if versions.len() == group.len() => {
                     // Through to this replica before the caller is answered, so a
-                    // client reads its write here at once. The states were written as
-                    // the last versions up to the one Redis answered.
-                    if write.states.is_empty() {
-                        replica.remove(&write.id, version);
-                    } else {
-                        let first = version + 1 - write.states.len() as u64;
-                        for (k, state) in write.states.into_iter().enumerate() {
-                            replica.put(state, first + k as u64, now);
-                        }
+                    // client reads its write here at once.
+                    let mut committed = Vec::with_capacity(group.len());
+                    for (write, &version) in group.into_iter().zip(versions) {
+                        let version = version as u64;
+                        write.land(&shared.engine, version, now);
+                        committed.push(Committed::Written { version });
                     }
-                    Ok(Committed::Written { version })
+                    Ok(committed)
                 }
-                [0, _] => Ok(Committed::Conflict),
+                [0, _, _] => Ok(vec![Committed::Conflict; group.len()]),
                 other => Err(Error::Internal(format!(
                     "unexpected reply from write.lua: {other:?}"
                 ))),
@@ -147,6 +118,6 @@ pub(super) async fn write<A: Aggregate>(
     }
     results
         .into_iter()
-        .map(|r| r.expect("every write settled"))
+        .map(|r| r.expect("every group settled"))
         .collect()
 }
