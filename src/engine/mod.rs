@@ -10,8 +10,8 @@
 //! hold each car park's mutex only long enough to copy its numbers.
 
 mod index;
-mod ledgers;
 mod replica;
+mod reservations;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -182,9 +182,10 @@ impl Inner {
 /// The in-memory city.
 pub struct Engine {
     inner: RwLock<Inner>,
-    ledgers: RwLock<ledgers::Ledgers>,
-    /// How many ledgers `ledgers` holds, read without its lock on every car park write.
-    ledger_count: AtomicUsize,
+    book: RwLock<reservations::Book>,
+    /// How many RESERVED reservations `book` holds, read without its lock on every car
+    /// park write.
+    reserved_count: AtomicUsize,
     changes: broadcast::Sender<Arc<Change>>,
 }
 
@@ -194,8 +195,8 @@ impl Engine {
         let (changes, _) = broadcast::channel(change_buffer.max(1));
         Self {
             inner: RwLock::default(),
-            ledgers: RwLock::default(),
-            ledger_count: AtomicUsize::new(0),
+            book: RwLock::default(),
+            reserved_count: AtomicUsize::new(0),
             changes,
         }
     }

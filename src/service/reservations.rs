@@ -1,44 +1,36 @@
 //! Reservation use cases: create, read, list, cancel, check in and out, the calendar,
-//! arrivals by plate, and the no-show sweep.
+//! arrivals by plate, the no-show sweep and the dropping of old records.
 //!
-//! Every change is one compare-and-set of the car park's ledger through `transact`, the
-//! rule deciding on what the ledger holds. Within an instance the changes of one ledger
-//! take turns (a lock per car park), so a thousand concurrent creates here never
-//! conflict with each other; creates on other instances can, and then the ledger is
-//! read from the authority and the rule decides again. A driver never sees contention:
-//! only a full slot, a limit or a bad request refuses a create.
+//! Every change is one group commit (`transact_group`): the reservation, and when the
+//! change takes or frees slots, the slot counts of the days its window touches, all or
+//! none, each at the version the rule decided on. Within an instance the changes at
+//! one car park take turns (a lock per car park), so a thousand concurrent creates here
+//! never conflict with each other; creates on other instances can, and then the
+//! records are read from the authority and the rule decides again. A driver never sees
+//! contention: only a full slot, a limit or a bad request refuses a create.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, Hasher, RandomState},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Service,
-    write::{Decision, Target},
-};
+use super::Service;
 use crate::{
     domain::{
-        Actor, CalendarSlot, CarPark, CarParkId, Created, DriverId, Error, Ledger, OperatorId,
-        Reservation, ReservationId, ReservationRequest, ReservationState, Result, SpaceCategory,
-        Timestamp, calendar_slots, check_key_elsewhere,
+        Actor, Booking, CalendarSlot, CarPark, CarParkId, Created, DriverId, Error, OperatorId,
+        RegionId, Reservation, ReservationId, ReservationRequest, ReservationState, Result,
+        SlotCounts, SpaceCategory, Timestamp, calendar, calendar_slots, check_key_elsewhere,
+        check_window, reserve,
     },
     metrics,
-    store::{Change, Parts, Versioned},
+    store::{Aggregate, AnyWrite, Change, Parts, Store, Versioned, Write},
 };
 
-/// How often a ledger write is decided again after another instance changed the ledger
-/// first. Each instance writes a ledger one change at a time, so a retry loses only to
-/// other instances' writes; this many losses in a row do not happen in practice.
-const LEDGER_ATTEMPTS: usize = 64;
+/// How often a reservation change is decided again after another instance changed one
+/// of its records first. Each instance changes a car park's reservations one at a
+/// time, so a retry loses only to other instances' writes; this many losses in a row
+/// do not happen in practice.
+const ATTEMPTS: usize = 64;
 
 /// Who calls: a driver (bearer token) or an operator (API key).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +39,7 @@ pub enum Caller {
     Operator(OperatorId),
 }
 
-/// Per car park, the turn to write its ledger on this instance.
+/// Per car park, the turn to change its reservations on this instance.
 #[derive(Default)]
 pub(super) struct LedgerTurns(parking_lot::Mutex<HashMap<CarParkId, Arc<AsyncMutex<()>>>>);
 
@@ -62,71 +54,30 @@ impl LedgerTurns {
     }
 }
 
-/// A new reservation id's suffix: 16 base-36 characters from a per-process random
-/// hasher over a counter and the time, so ids are unique and not guessable in order.
-fn new_suffix() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static KEYS: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
-    let keys = KEYS.get_or_init(RandomState::new);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut out = String::with_capacity(16);
-    for salt in [0u64, 1] {
-        let mut h = keys.build_hasher();
-        h.write_u64(n);
-        h.write_u64(nanos);
-        h.write_u64(salt);
-        let mut v = h.finish();
-        for _ in 0..8 {
-            out.push(char::from_digit((v % 36) as u32, 36).expect("< 36"));
-            v /= 36;
-        }
+/// A write of `record` (all of it) decided on `expected`.
+fn put<A: Aggregate>(id: String, record: A, expected: u64) -> AnyWrite {
+    Write {
+        region: record.region().clone(),
+        id,
+        expected,
+        floor: 0,
+        change: Change::put(record, Parts::ALL),
     }
-    out
+    .into()
 }
 
-impl Service {
-    /// Writes `car_park`'s ledger with `decide` (given the ledger, or an empty one), in
-    /// this instance's turn for it.
-    async fn write_ledger<T>(
-        &self,
-        car_park: &CarPark,
-        what: &'static str,
-        decide: impl Fn(&mut Ledger, Timestamp) -> Result<(bool, T)>,
-    ) -> Result<T> {
-        let turn = self.ledger_turns.of(&car_park.id);
-        let _turn = turn.lock().await;
-        let target = Target {
-            id: car_park.id.to_string(),
-            current: Versioned::in_replica(&self.engine, car_park.id.as_str()),
-        };
-        let now = self.now();
-        let decided = self
-            .transact_with(
-                LEDGER_ATTEMPTS,
-                what,
-                vec![target],
-                0,
-                |_, current: &Versioned<Ledger>| {
-                    let mut ledger = current
-                        .record
-                        .clone()
-                        .unwrap_or_else(|| Ledger::new(car_park));
-                    let pruned = ledger.prune(now) > 0;
-                    let (changed, output) = decide(&mut ledger, now)?;
-                    Ok(Decision {
-                        change: (changed || pruned).then(|| Change::put(ledger, Parts::ALL)),
-                        output,
-                    })
-                },
-            )
-            .await;
-        let (output, _) = decided.into_iter().next().expect("one target")?;
-        Ok(output)
-    }
+/// The ids of the slot-count days of `car_park` that [start, end) touches.
+fn day_ids(car_park: &CarParkId, start: Timestamp, end: Timestamp) -> Vec<String> {
+    SlotCounts::days(start, end)
+        .map(|day| SlotCounts::id_of(car_park, day))
+        .collect()
+}
 
+/// What a change of one reservation is decided on: the reservation, and the slot
+/// counts of its days while it occupies slots.
+type Current = (Versioned<Reservation>, Vec<Versioned<SlotCounts>>);
+
+impl Service {
     /// Reserves a space for `driver`.
     pub async fn create_reservation(
         &self,
@@ -150,54 +101,84 @@ impl Service {
         request: ReservationRequest,
     ) -> Result<(Reservation, bool)> {
         let car_park = self.get_car_park(car_park)?.0;
-        // The driver's reservations at other car parks, read once from the replica: the
-        // key must not name one of them, and they count towards the driver's limit.
-        // Within this car park its ledger settles both atomically.
-        let elsewhere: Vec<Reservation> = self
-            .engine
-            .reservations_of(driver)
-            .into_iter()
+        let id = ReservationId::for_key(&car_park.id, driver, &request.idempotency_key);
+        // The driver's reservations, from the replica: the key must not name one at
+        // another car park (here, it names this reservation's id), and the RESERVED
+        // ones count towards the driver's limit.
+        let mine = self.engine.reservations_of(driver);
+        let elsewhere: Vec<Reservation> = mine
+            .iter()
             .filter(|r| r.car_park != car_park.id)
+            .cloned()
             .collect();
         check_key_elsewhere(&elsewhere, &request.idempotency_key)?;
-        let active_elsewhere = elsewhere
+        let active = mine
             .iter()
             .filter(|r| r.state == ReservationState::Reserved)
             .count();
-        let suffix = new_suffix();
-        let max_active = self.limits.max_active_reservations_per_driver;
-        self.write_ledger(&car_park, "reservation", |ledger, now| {
-            let free_now = self
-                .engine
-                .free(car_park.id.as_str(), request.category)
-                .unwrap_or(0);
-            match ledger.reserve(
-                &car_park,
-                &request,
-                driver,
-                free_now,
-                active_elsewhere,
-                max_active,
-                &suffix,
-                now,
-            )? {
-                Created::New(r) => Ok((true, (r, true))),
-                Created::Existing(r) => Ok((false, (r, false))),
-            }
-        })
+        let now = self.now();
+        // Only a window the car park takes has days to read.
+        let (days, policy) = match check_window(&car_park, &request, now) {
+            Ok(policy) => (day_ids(&car_park.id, request.start, request.end), Some(policy)),
+            Err(_) => (Vec::new(), None),
+        };
+        let (region, id_key, days) = (&car_park.region, &[id.to_string()], &days);
+        let turn = self.ledger_turns.of(&car_park.id);
+        let _turn = turn.lock().await;
+        self.transact_group(
+            ATTEMPTS,
+            "reservation",
+            |source| async move {
+                let existing = self
+                    .read_records::<Reservation>(region, id_key, source)
+                    .await?
+                    .pop()
+                    .expect("one id, one record");
+                let counted = self.read_records::<SlotCounts>(region, days, source).await?;
+                Ok((existing, counted))
+            },
+            |(existing, counted): Current| {
+                let mut days: Vec<SlotCounts> = SlotCounts::days(request.start, request.end)
+                    .zip(&counted)
+                    .map(|(day, v)| match (&v.record, policy) {
+                        (Some(d), _) => d.clone(),
+                        (None, Some(policy)) => SlotCounts::new(&car_park, policy, day),
+                        (None, None) => unreachable!("days are read only under a policy"),
+                    })
+                    .collect();
+                let booking = Booking {
+                    existing: existing.record.as_ref(),
+                    days: &mut days,
+                    free_now: self
+                        .engine
+                        .free(car_park.id.as_str(), request.category)
+                        .unwrap_or(0),
+                    held_now: self.engine.held(&car_park.id, request.category, now),
+                    active,
+                    max_active: self.limits.max_active_reservations_per_driver,
+                };
+                match reserve(&car_park, &request, driver, id.clone(), booking, now)? {
+                    Created::Existing(r) => Ok((Vec::new(), (r, false))),
+                    Created::New(r) => {
+                        let mut writes = vec![put(r.id.to_string(), r.clone(), existing.version)];
+                        for (day, v) in days.into_iter().zip(&counted) {
+                            writes.push(put(day.id(), day, v.version));
+                        }
+                        Ok((writes, (r, true)))
+                    }
+                }
+            },
+        )
         .await
     }
 
     /// One reservation, as `caller` may see it.
     pub fn get_reservation(&self, caller: &Caller, id: &ReservationId) -> Result<Reservation> {
-        let (ledger, _) = self
-            .engine
-            .ledger(id.car_park().as_str())
-            .ok_or_else(|| not_found(id))?;
-        let actor = self
-            .actor(caller, &ledger.car_park)
-            .ok_or_else(|| not_found(id))?;
-        ledger.visible(id, actor).cloned()
+        let (r, _) = self.engine.reservation(id).ok_or_else(|| not_found(id))?;
+        match self.actor(caller, &r.car_park) {
+            Some(actor) if r.visible_to(actor) => Ok((*r).clone()),
+            _ => Err(not_found(id)),
+        }
     }
 
     /// How `caller` acts on reservations at `car_park`; `None` for an operator of
@@ -253,11 +234,65 @@ impl Service {
         Ok((page, next))
     }
 
-    fn ledger_of(&self, id: &ReservationId) -> Result<Arc<CarPark>> {
-        self.engine
+    /// Changes reservation `id` as `actor` may (`None`: the service itself, for arrivals
+    /// by plate and no-shows): `change` moves it on and says whether it did. A change
+    /// that frees its slots frees them in the same group.
+    async fn change_reservation(
+        &self,
+        id: &ReservationId,
+        actor: Option<Actor<'_>>,
+        change: impl Fn(&mut Reservation, &CarPark, Timestamp) -> Result<bool>,
+    ) -> Result<(Reservation, bool)> {
+        let car_park = self
+            .engine
             .get(id.car_park().as_str(), self.now())
             .map(|(cp, _)| cp)
-            .ok_or_else(|| not_found(id))
+            .ok_or_else(|| not_found(id))?;
+        let (region, id_key) = (&car_park.region, &[id.to_string()]);
+        let turn = self.ledger_turns.of(&car_park.id);
+        let _turn = turn.lock().await;
+        let now = self.now();
+        self.transact_group(
+            ATTEMPTS,
+            "reservation",
+            |source| async move {
+                let current = self
+                    .read_records::<Reservation>(region, id_key, source)
+                    .await?
+                    .pop()
+                    .expect("one id, one record");
+                let days = match &current.record {
+                    Some(r) if r.state.occupies_slots() => {
+                        let ids = day_ids(&r.car_park, r.start, r.end);
+                        self.read_records::<SlotCounts>(region, &ids, source).await?
+                    }
+                    _ => Vec::new(),
+                };
+                Ok((current, days))
+            },
+            |(current, days): Current| {
+                let mut r = match current.record {
+                    Some(r) if actor.is_none_or(|a| r.visible_to(a)) => r,
+                    _ => return Err(not_found(id)),
+                };
+                let before = r.state;
+                if !change(&mut r, &car_park, now)? {
+                    return Ok((Vec::new(), (r, false)));
+                }
+                let mut writes = vec![put(r.id.to_string(), r.clone(), current.version)];
+                if r.freed_slots(before) {
+                    // A day dropped already (long past) has nothing left to free.
+                    for v in days {
+                        if let Some(mut day) = v.record {
+                            day.release(&r);
+                            writes.push(put(day.id(), day, v.version));
+                        }
+                    }
+                }
+                Ok((writes, (r, true)))
+            },
+        )
+        .await
     }
 
     /// A driver cancels their reservation.
@@ -267,10 +302,9 @@ impl Service {
         id: &ReservationId,
         reason: &str,
     ) -> Result<Reservation> {
-        let car_park = self.ledger_of(id)?;
-        let r = self
-            .write_ledger(&car_park, "reservation", |ledger, now| {
-                Ok((true, ledger.cancel(id, driver, reason, now)?))
+        let (r, _) = self
+            .change_reservation(id, Some(Actor::Driver(driver)), |r, _, now| {
+                r.cancel(reason, now).map(|()| true)
             })
             .await?;
         metrics::record_reservation("cancelled", None);
@@ -279,18 +313,16 @@ impl Service {
 
     /// The car arrived (its driver or the car park's operator says so).
     pub async fn check_in(&self, caller: &Caller, id: &ReservationId) -> Result<Reservation> {
-        self.at_the_gate(caller, id, "checked_in", |ledger, actor, grace, now| {
-            ledger.check_in(id, actor, grace, now)
+        self.at_the_gate(caller, id, "checked_in", |r, car_park, now| {
+            r.check_in(grace_of(car_park), now)
         })
         .await
     }
 
     /// The car left.
     pub async fn check_out(&self, caller: &Caller, id: &ReservationId) -> Result<Reservation> {
-        self.at_the_gate(caller, id, "completed", |ledger, actor, _, now| {
-            ledger.check_out(id, actor, now)
-        })
-        .await
+        self.at_the_gate(caller, id, "completed", |r, _, now| r.check_out(now))
+            .await
     }
 
     /// A check-in or check-out by `caller`, counted as `result`.
@@ -299,16 +331,14 @@ impl Service {
         caller: &Caller,
         id: &ReservationId,
         result: &'static str,
-        change: impl Fn(&mut Ledger, Actor<'_>, Duration, Timestamp) -> Result<Reservation>,
+        change: impl Fn(&mut Reservation, &CarPark, Timestamp) -> Result<()>,
     ) -> Result<Reservation> {
-        let car_park = self.ledger_of(id)?;
         let actor = self
-            .actor(caller, &car_park.id)
+            .actor(caller, &id.car_park())
             .ok_or_else(|| not_found(id))?;
-        let grace = grace_of(&car_park);
-        let r = self
-            .write_ledger(&car_park, "reservation", |ledger, now| {
-                Ok((true, change(ledger, actor, grace, now)?))
+        let (r, _) = self
+            .change_reservation(id, Some(actor), |r, car_park, now| {
+                change(r, car_park, now).map(|()| true)
             })
             .await?;
         metrics::record_reservation(result, None);
@@ -331,12 +361,15 @@ impl Service {
             )));
         };
         calendar_slots(policy, start, end)?;
-        let ledger = self
-            .engine
-            .ledger(car_park.id.as_str())
-            .map(|(l, _)| l)
-            .unwrap_or_else(|| Arc::new(Ledger::new(&car_park)));
-        Ok(ledger.calendar(policy, category, start, end))
+        let days: Vec<SlotCounts> = SlotCounts::days(start, end)
+            .map(|day| {
+                let id = SlotCounts::id_of(&car_park.id, day);
+                Versioned::<SlotCounts>::in_replica(&self.engine, &id)
+                    .record
+                    .unwrap_or_else(|| SlotCounts::new(&car_park, policy, day))
+            })
+            .collect();
+        Ok(calendar(policy, category, &days, start, end))
     }
 
     /// Plates seen at a car park's gate (entry or exit delta reports): each checks in
@@ -344,30 +377,31 @@ impl Service {
     /// applied: a plate that matches nothing changes nothing.
     pub(super) async fn plates_seen(&self, seen: Vec<super::ingest::Sighting>) {
         for (car_park, plate, entry, at) in seen {
-            let Some((ledger, _)) = self.engine.ledger(car_park.as_str()) else {
-                continue;
-            };
             let Ok(cp) = self.get_car_park(&car_park).map(|(cp, _)| cp) else {
                 continue;
             };
             let grace = grace_of(&cp);
-            // Only if the replica shows a match is the ledger written (most plates at a
-            // gate have no reservation).
-            if (*ledger)
-                .clone()
-                .plate_seen(&plate, entry, grace, at)
-                .is_none()
-            {
+            // The earliest window the plate matches (most plates at a gate match none).
+            let Some(id) = self
+                .engine
+                .reservations_for_plate(&car_park, &plate)
+                .into_iter()
+                .filter(|r| r.matches_gate(&plate, entry, grace, at))
+                .min_by_key(|r| r.start)
+                .map(|r| r.id)
+            else {
                 continue;
-            }
+            };
             let result = self
-                .write_ledger(&cp, "reservation", |ledger, _| {
-                    let changed = ledger.plate_seen(&plate, entry, grace, at);
-                    Ok((changed.is_some(), changed))
+                .change_reservation(&id, None, |r, _, _| {
+                    if !r.matches_gate(&plate, entry, grace, at) {
+                        return Ok(false);
+                    }
+                    r.pass_gate(entry, grace, at).map(|()| true)
                 })
                 .await;
             match result {
-                Ok(Some(r)) => metrics::record_reservation(
+                Ok((r, true)) => metrics::record_reservation(
                     if r.state == ReservationState::CheckedIn {
                         "checked_in"
                     } else {
@@ -375,7 +409,7 @@ impl Service {
                     },
                     None,
                 ),
-                Ok(None) => {}
+                Ok((_, false)) => {}
                 Err(error) => {
                     tracing::warn!(%car_park, %error, "a plate seen at the gate could not update its reservation")
                 }
@@ -384,8 +418,9 @@ impl Service {
     }
 
     /// Every `every`, until `stop`: brings held counts up to date with the clock (a
-    /// window starts holding a space), then moves overdue reservations to NO_SHOW. With
-    /// several instances each may try; the compare-and-set lets exactly one expire each.
+    /// window starts holding a space), moves overdue reservations to NO_SHOW, and drops
+    /// records past their retention. With several instances each may try; the
+    /// compare-and-set lets exactly one make each change.
     pub async fn sweep_reservations(&self, every: Duration, stop: CancellationToken) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -396,24 +431,49 @@ impl Service {
             }
             let now = self.now();
             self.engine.sweep_held(now);
-            for id in self.engine.ledgers_overdue(now) {
-                let Ok(car_park) = self.get_car_park(&id).map(|(cp, _)| cp) else {
-                    continue;
-                };
+            for id in self.engine.reservations_overdue(now) {
                 let expired = self
-                    .write_ledger(&car_park, "reservation", |ledger, now| {
-                        let expired = ledger.expire(now).len();
-                        Ok((expired > 0, expired))
-                    })
+                    .change_reservation(&id, None, |r, _, now| Ok(r.expire(now)))
                     .await;
                 match expired {
-                    Ok(n) => (0..n).for_each(|_| metrics::record_reservation("no_show", None)),
+                    Ok((_, true)) => metrics::record_reservation("no_show", None),
+                    Ok((_, false)) => {}
                     Err(error) => {
-                        tracing::warn!(car_park = %id, %error, "overdue reservations not expired yet")
+                        tracing::warn!(reservation = %id, %error, "an overdue reservation was not expired yet")
                     }
                 }
             }
+            self.drop_old_records(now).await;
             metrics::record_reservation_states(&self.engine.reservations_by_state());
+        }
+    }
+
+    /// Deletes reservations past their retention and slot counts of days over, each if
+    /// still at the version read (else another instance changed or dropped it first).
+    async fn drop_old_records(&self, now: Timestamp) {
+        let reservations: Vec<Write<Reservation>> = self
+            .engine
+            .reservations_to_drop(now)
+            .into_iter()
+            .map(|(r, v)| delete(&r.region, r.id.to_string(), v))
+            .collect();
+        let days: Vec<Write<SlotCounts>> = self
+            .engine
+            .slot_counts_past(now)
+            .into_iter()
+            .map(|(d, v)| delete(&d.region, d.id(), v))
+            .collect();
+        let mut failed = None;
+        if !reservations.is_empty() {
+            let done = self.store.commit(reservations, "reservation", now).await;
+            failed = failed.or(done.into_iter().find_map(Result::err));
+        }
+        if !days.is_empty() {
+            let done = self.store.commit(days, "reservation", now).await;
+            failed = failed.or(done.into_iter().find_map(Result::err));
+        }
+        if let Some(error) = failed {
+            tracing::warn!(%error, "old reservation records were not dropped yet");
         }
     }
 }
@@ -427,6 +487,18 @@ fn not_found(id: &ReservationId) -> Error {
     }
 }
 
+/// A delete of record `id`, decided on `expected`.
+fn delete<A>(region: &RegionId, id: String, expected: u64) -> Write<A> {
+    Write {
+        region: region.clone(),
+        id,
+        expected,
+        floor: 0,
+        change: Change::Delete,
+    }
+}
+
+/// The no-show grace of `car_park`'s policy.
 fn grace_of(car_park: &CarPark) -> Duration {
     let minutes = car_park
         .reservation_policy

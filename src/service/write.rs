@@ -7,8 +7,16 @@
 use super::Service;
 use crate::{
     domain::{Error, RegionId, Result},
-    store::{Aggregate, Change, Committed, Store, Versioned, Write},
+    store::{Aggregate, AnyWrite, Change, Committed, Store, Versioned, Write},
 };
+
+/// Where a group's records are read from: this instance's replica first, the authority
+/// after a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    Replica,
+    Authority,
+}
 
 /// How many times a write is decided again after another writer changed its record
 /// first.
@@ -44,26 +52,13 @@ impl Service {
     pub(super) async fn transact<A: Aggregate, T>(
         &self,
         what: &'static str,
-        targets: Vec<Target<A>>,
-        floor: u64,
-        decide: impl Fn(usize, &Versioned<A>) -> Result<Decision<A, T>>,
-    ) -> Vec<Result<(T, u64)>> {
-        self.transact_with(MAX_ATTEMPTS, what, targets, floor, decide)
-            .await
-    }
-
-    /// As [`Self::transact`], deciding each record at most `attempts` times.
-    pub(super) async fn transact_with<A: Aggregate, T>(
-        &self,
-        attempts: usize,
-        what: &'static str,
         mut targets: Vec<Target<A>>,
         floor: u64,
         decide: impl Fn(usize, &Versioned<A>) -> Result<Decision<A, T>>,
     ) -> Vec<Result<(T, u64)>> {
         let mut results: Vec<Option<Result<(T, u64)>>> = targets.iter().map(|_| None).collect();
         let mut pending: Vec<usize> = (0..targets.len()).collect();
-        for _ in 0..attempts {
+        for _ in 0..MAX_ATTEMPTS {
             let mut writes = Vec::new();
             let mut waiting = Vec::new();
             for &i in &pending {
@@ -152,5 +147,57 @@ impl Service {
                 })
             })
             .collect()
+    }
+
+    /// Records `ids` of kind `A` in `region`, as `source` holds them.
+    pub(super) async fn read_records<A: Aggregate>(
+        &self,
+        region: &RegionId,
+        ids: &[String],
+        source: Source,
+    ) -> Result<Vec<Versioned<A>>> {
+        match source {
+            Source::Replica => Ok(ids
+                .iter()
+                .map(|id| Versioned::in_replica(&self.engine, id))
+                .collect()),
+            Source::Authority => {
+                let keys = ids.iter().map(|id| (region.clone(), id.clone())).collect();
+                self.store.fetch(keys).await
+            }
+        }
+    }
+
+    /// The write path of a change that spans records (of one region, of any kinds):
+    /// `read` what the rule needs, `decide` the writes (each with the version it was
+    /// decided on) and what the caller learns, commit them all or none; after a
+    /// conflict read from the authority and decide again, at most `attempts` times.
+    /// No writes decided is an answer without a commit.
+    pub(super) async fn transact_group<S, T, R: Future<Output = Result<S>>>(
+        &self,
+        attempts: usize,
+        what: &'static str,
+        read: impl Fn(Source) -> R,
+        decide: impl Fn(S) -> Result<(Vec<AnyWrite>, T)>,
+    ) -> Result<T> {
+        let mut source = Source::Replica;
+        for _ in 0..attempts {
+            let (writes, output) = decide(read(source).await?)?;
+            if writes.is_empty() {
+                return Ok(output);
+            }
+            let committed = self.store.commit_group(writes, what, self.now()).await?;
+            if committed
+                .iter()
+                .all(|c| matches!(c, Committed::Written { .. }))
+            {
+                return Ok(output);
+            }
+            // Another writer changed one of the records first.
+            source = Source::Authority;
+        }
+        Err(Error::Unavailable(format!(
+            "the records of this {what} changed concurrently too often; retry"
+        )))
     }
 }

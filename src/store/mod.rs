@@ -11,7 +11,7 @@
 
 pub mod carpark;
 pub mod embedded;
-pub mod ledger;
+pub mod reservation;
 pub mod redis;
 pub mod table;
 

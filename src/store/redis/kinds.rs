@@ -5,7 +5,7 @@ use std::{collections::HashMap, future::Future, marker::PhantomData, pin::Pin};
 
 use super::{Shared, snapshot};
 use crate::{
-    domain::{CarParkState, Ledger, RegionId, Result},
+    domain::{CarParkState, RegionId, Reservation, Result, SlotCounts},
     engine::Loading,
     store::{
         Aggregate,
@@ -71,9 +71,13 @@ impl<A: Aggregate> Kind for Of<A> {
     }
 }
 
-/// Every kind, in load order (a ledger's held spaces land in its car park's counts).
-pub(super) const KINDS: &[&dyn Kind] =
-    &[&Of::<CarParkState>(PhantomData), &Of::<Ledger>(PhantomData)];
+/// Every kind, in load order (reservations' held spaces land in their car parks'
+/// counts).
+pub(super) const KINDS: &[&dyn Kind] = &[
+    &Of::<CarParkState>(PhantomData),
+    &Of::<SlotCounts>(PhantomData),
+    &Of::<Reservation>(PhantomData),
+];
 
 /// The kind named `name`, if this version knows it.
 pub(super) fn kind(name: &str) -> Option<&'static dyn Kind> {
