@@ -546,7 +546,9 @@ impl SlotCounts {
         let (from, ms) = (self.day_start_ms(), self.slot_ms());
         let per_day = DAY_MS / ms;
         let first = (start.as_millisecond() - from).div_euclid(ms).max(0);
-        let last = (end.as_millisecond() - 1 - from).div_euclid(ms).min(per_day - 1);
+        let last = (end.as_millisecond() - 1 - from)
+            .div_euclid(ms)
+            .min(per_day - 1);
         if last < first {
             return 0..0;
         }
@@ -841,4 +843,583 @@ pub fn calendar_slots(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::{
+        Capacity, CarParkKind, LatLng, OpeningHours, OperatorId, Tariff, TimeZoneName,
+    };
+    use SpaceCategory::*;
+
+    fn t(s: &str) -> Timestamp {
+        format!("2026-12-01T{s}:00Z").parse().unwrap()
+    }
+
+    fn car_park(quota: u32) -> CarPark {
+        let mut q = [0; CATEGORY_COUNT];
+        q[Standard.index()] = quota;
+        CarPark {
+            id: CarParkId::parse("g1").unwrap(),
+            region: RegionId::parse("qingdao").unwrap(),
+            operator: OperatorId::parse("op").unwrap(),
+            name: "Garage".into(),
+            address: String::new(),
+            location: LatLng::new(36.0, 120.0).unwrap(),
+            kind: CarParkKind::Garage,
+            capacity: Capacity::new([(Standard, 10), (EvCharging, 2)]).unwrap(),
+            time_zone: TimeZoneName::parse("Asia/Shanghai").unwrap(),
+            opening_hours: OpeningHours::always(),
+            closed: false,
+            tariff: Tariff::new("CNY", 500, 0, 0).unwrap(),
+            covered: true,
+            max_height_cm: None,
+            report_interval: Duration::from_secs(60),
+            reservation_policy: Some(Box::new(
+                ReservationPolicy::new(q, 15, 240, 7, 15, 30).unwrap(),
+            )),
+        }
+    }
+
+    fn request(start: &str, end: &str, key: &str) -> ReservationRequest {
+        ReservationRequest {
+            category: Standard,
+            start: t(start),
+            end: t(end),
+            plate: Plate::parse("鲁B·12345").unwrap(),
+            idempotency_key: key.into(),
+        }
+    }
+
+    fn driver(name: &str) -> DriverId {
+        DriverId::parse(name).unwrap()
+    }
+
+    /// A car park's records as the service keeps them, in memory: the reservations by
+    /// id and the slot counts by day.
+    struct Records {
+        cp: CarPark,
+        reservations: BTreeMap<ReservationId, Reservation>,
+        days: BTreeMap<i64, SlotCounts>,
+        free_now: u32,
+    }
+
+    impl Records {
+        fn new(quota: u32) -> Self {
+            Self {
+                cp: car_park(quota),
+                reservations: BTreeMap::new(),
+                days: BTreeMap::new(),
+                free_now: 10,
+            }
+        }
+
+        fn policy(&self) -> &ReservationPolicy {
+            self.cp.reservation_policy.as_deref().unwrap()
+        }
+
+        fn held(&self, now: Timestamp) -> u32 {
+            self.reservations
+                .values()
+                .filter(|r| r.holds_at(now))
+                .count() as u32
+        }
+
+        /// What the service does for a create: read, decide, write back.
+        fn reserve(
+            &mut self,
+            request: &ReservationRequest,
+            who: &str,
+            now: Timestamp,
+        ) -> Result<Created, Error> {
+            let who = driver(who);
+            let id = ReservationId::for_key(&self.cp.id, &who, &request.idempotency_key);
+            let mut days: Vec<SlotCounts> = match check_window(&self.cp, request, now) {
+                Ok(policy) => SlotCounts::days(request.start, request.end)
+                    .map(|d| {
+                        self.days
+                            .get(&d)
+                            .cloned()
+                            .unwrap_or_else(|| SlotCounts::new(&self.cp, policy, d))
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            let active = self
+                .reservations
+                .values()
+                .filter(|r| r.driver == who && r.state == ReservationState::Reserved)
+                .count();
+            let booking = Booking {
+                existing: self.reservations.get(&id),
+                days: &mut days,
+                free_now: self.free_now,
+                held_now: self.held(now),
+                active,
+                max_active: 3,
+            };
+            let created = reserve(&self.cp, request, &who, id, booking, now)?;
+            if let Created::New(r) = &created {
+                self.reservations.insert(r.id.clone(), r.clone());
+                for d in days {
+                    self.days.insert(d.day, d);
+                }
+            }
+            Ok(created)
+        }
+
+        /// What the service does for any other change: the reservation moved on, and
+        /// its days freed when it left the states that occupy slots.
+        fn change(
+            &mut self,
+            id: &ReservationId,
+            change: impl FnOnce(&mut Reservation) -> Result<(), Error>,
+        ) -> Result<Reservation, Error> {
+            let mut r = self.reservations.get(id).cloned().expect("known id");
+            let before = r.state;
+            change(&mut r)?;
+            if r.freed_slots(before) {
+                for d in SlotCounts::days(r.start, r.end) {
+                    self.days.get_mut(&d).unwrap().release(&r);
+                }
+            }
+            self.reservations.insert(r.id.clone(), r.clone());
+            Ok(r)
+        }
+
+        fn expire(&mut self, now: Timestamp) -> usize {
+            let due: Vec<ReservationId> = self
+                .reservations
+                .values()
+                .filter(|r| (*r).clone().expire(now))
+                .map(|r| r.id.clone())
+                .collect();
+            for id in &due {
+                self.change(id, |r| {
+                    assert!(r.expire(now));
+                    Ok(())
+                })
+                .unwrap();
+            }
+            due.len()
+        }
+
+        fn calendar(&self, start: Timestamp, end: Timestamp) -> Vec<CalendarSlot> {
+            let days: Vec<SlotCounts> = SlotCounts::days(start, end)
+                .map(|d| {
+                    self.days
+                        .get(&d)
+                        .cloned()
+                        .unwrap_or_else(|| SlotCounts::new(&self.cp, self.policy(), d))
+                })
+                .collect();
+            calendar(self.policy(), Standard, &days, start, end)
+        }
+    }
+
+    fn new(created: Result<Created, Error>) -> Reservation {
+        match created {
+            Ok(Created::New(r)) => r,
+            other => panic!("not a new reservation: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_slot_is_booked_beyond_its_quota_and_touching_windows_do_not_overlap() {
+        let mut book = Records::new(2);
+        let at = t("08:00");
+        book.reserve(&request("10:00", "11:00", "a"), "a", at)
+            .unwrap();
+        book.reserve(&request("10:30", "11:30", "b"), "b", at)
+            .unwrap();
+        // 10:45-11:00 is full (both), so a window touching it is refused, naming it.
+        let err = book
+            .reserve(&request("10:50", "12:00", "c"), "c", at)
+            .unwrap_err();
+        assert!(err.to_string().contains("fully booked"), "{err}");
+        assert!(err.to_string().contains("2026-12-01T10:45:00Z"), "{err}");
+        // 11:00 onwards only b: one more fits; a window ending at 10:00 touches nothing.
+        book.reserve(&request("11:00", "12:00", "d"), "d", at)
+            .unwrap();
+        book.reserve(&request("09:00", "10:00", "e"), "e", at)
+            .unwrap();
+        let remaining: Vec<u32> = book
+            .calendar(t("09:45"), t("11:15"))
+            .iter()
+            .map(|s| s.remaining)
+            .collect();
+        assert_eq!(remaining, [1, 1, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_window_across_midnight_counts_in_both_days() {
+        let mut book = Records::new(1);
+        let evening: Timestamp = "2026-12-01T23:30:00Z".parse().unwrap();
+        let mut overnight = request("10:00", "11:00", "n");
+        overnight.start = evening;
+        overnight.end = evening + Duration::from_secs(3_600);
+        let r = new(book.reserve(&overnight, "a", t("08:00")));
+        assert_eq!(book.days.len(), 2, "the window touches two days");
+        let slots = book.calendar(overnight.start, overnight.end);
+        assert_eq!(slots.len(), 4);
+        assert!(slots.iter().all(|s| s.remaining == 0));
+        book.change(&r.id, |r| r.cancel("", t("09:00"))).unwrap();
+        let slots = book.calendar(overnight.start, overnight.end);
+        assert!(slots.iter().all(|s| s.remaining == 1), "{slots:?}");
+    }
+
+    #[test]
+    fn a_day_keeps_the_slot_length_it_was_counted_in() {
+        let mut book = Records::new(1);
+        book.reserve(&request("10:00", "10:15", "a"), "a", t("08:00"))
+            .unwrap();
+        // The operator moves to 30-minute slots: the booked day keeps its 15.
+        book.cp.reservation_policy.as_mut().unwrap().slot_minutes = 30;
+        book.reserve(&request("10:15", "10:30", "b"), "b", t("08:00"))
+            .unwrap();
+        let slots = book.calendar(t("10:00"), t("10:30"));
+        assert_eq!(slots.len(), 2);
+        assert_eq!(slots[0].end, t("10:15"));
+    }
+
+    #[test]
+    fn a_cancelled_or_no_show_reservation_frees_its_slots() {
+        let mut book = Records::new(1);
+        let r = new(book.reserve(&request("10:00", "11:00", "a"), "a", t("08:00")));
+        assert!(
+            book.reserve(&request("10:00", "11:00", "b"), "b", t("08:00"))
+                .is_err()
+        );
+        book.change(&r.id, |r| r.cancel("plans changed", t("08:30")))
+            .unwrap();
+        let b = new(book.reserve(&request("10:00", "11:00", "b"), "b", t("08:40")));
+        assert_eq!(book.held(t("10:05")), 1);
+        assert_eq!(book.expire(t("10:15")), 1);
+        assert_eq!(book.reservations[&b.id].state, ReservationState::NoShow);
+        assert_eq!(book.held(t("10:15")), 0);
+        book.free_now = 1;
+        assert!(
+            book.reserve(&request("10:20", "11:00", "c"), "c", t("10:16"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn lifecycle_transitions_are_the_only_ones_allowed() {
+        let mut book = Records::new(5);
+        let grace = Duration::from_secs(900);
+        let r = new(book.reserve(&request("10:00", "11:00", "a"), "a", t("08:00")));
+        let err = book.change(&r.id, |r| r.check_out(t("09:00"))).unwrap_err();
+        assert!(err.to_string().contains("RESERVED"), "{err}");
+        assert!(
+            book.change(&r.id, |r| r.check_in(grace, t("09:30")))
+                .is_err()
+        );
+        book.change(&r.id, |r| r.check_in(grace, t("09:50")))
+            .unwrap();
+        assert_eq!(book.held(t("10:00")), 0, "a check-in releases the hold");
+        let remaining = book.calendar(t("10:00"), t("10:15"))[0].remaining;
+        assert_eq!(remaining, 4, "a checked-in car keeps its slots");
+        let err = book
+            .change(&r.id, |r| r.cancel("", t("09:55")))
+            .unwrap_err();
+        assert!(err.to_string().contains("CHECKED_IN"), "{err}");
+        let done = book.change(&r.id, |r| r.check_out(t("10:40"))).unwrap();
+        assert_eq!(done.state, ReservationState::Completed);
+        assert_eq!(book.calendar(t("10:00"), t("10:15"))[0].remaining, 5);
+        // Another driver cannot see it at all.
+        assert!(!done.visible_to(Actor::Driver(&driver("b"))));
+        assert!(done.visible_to(Actor::Driver(&driver("a"))));
+        assert!(done.visible_to(Actor::Operator));
+    }
+
+    #[test]
+    fn retries_with_the_same_key_return_the_same_reservation() {
+        let mut book = Records::new(5);
+        let first = book.reserve(&request("10:00", "11:00", "k"), "a", t("08:00"));
+        let again = book.reserve(&request("10:00", "11:00", "k"), "a", t("08:01"));
+        let (Ok(Created::New(a)), Ok(Created::Existing(b))) = (first, again) else {
+            panic!()
+        };
+        assert_eq!(a, b);
+        assert_eq!(book.calendar(t("10:00"), t("10:15"))[0].remaining, 4);
+        let err = book
+            .reserve(&request("10:00", "12:00", "k"), "a", t("08:01"))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("idempotency_key"), "{err}");
+        // Another driver's same key is another reservation.
+        let other = new(book.reserve(&request("10:00", "11:00", "k"), "b", t("08:01")));
+        assert_ne!(other.id, a.id);
+    }
+
+    #[test]
+    fn bad_windows_are_refused_naming_the_field() {
+        let mut book = Records::new(5);
+        let cases = [
+            (request("10:00", "09:00", "a"), "end_time"),
+            (request("07:00", "07:30", "b"), "end_time"),
+            (request("10:00", "15:00", "c"), "end_time"),
+        ];
+        for (req, field) in cases {
+            let err = book.reserve(&req, "a", t("08:00")).unwrap_err();
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
+        let mut far = request("10:00", "11:00", "d");
+        far.start = t("10:00") + Duration::from_secs(8 * 86_400);
+        far.end = far.start + Duration::from_secs(3600);
+        let err = book.reserve(&far, "a", t("08:00")).unwrap_err();
+        assert!(err.to_string().starts_with("start_time"), "{err}");
+        let mut ev = request("10:00", "11:00", "e");
+        ev.category = EvCharging;
+        let err = book.reserve(&ev, "a", t("08:00")).unwrap_err();
+        assert!(err.to_string().starts_with("category"), "{err}");
+        assert!(book.days.is_empty(), "nothing was counted");
+    }
+
+    #[test]
+    fn a_window_starting_now_needs_a_space_available_now() {
+        let mut book = Records::new(5);
+        book.free_now = 0;
+        let err = book
+            .reserve(&request("10:00", "11:00", "a"), "a", t("10:05"))
+            .unwrap_err();
+        assert!(err.to_string().contains("available now"), "{err}");
+        book.free_now = 1;
+        book.reserve(&request("10:00", "11:00", "a"), "a", t("10:05"))
+            .unwrap();
+        // The one free space is now held by it.
+        let err = book
+            .reserve(&request("10:00", "11:00", "b"), "b", t("10:05"))
+            .unwrap_err();
+        assert!(err.to_string().contains("available now"), "{err}");
+    }
+
+    #[test]
+    fn a_driver_holds_at_most_the_limit() {
+        let mut book = Records::new(9);
+        for k in ["1", "2", "3"] {
+            book.reserve(&request("10:00", "11:00", k), "a", t("08:00"))
+                .unwrap();
+        }
+        let err = book
+            .reserve(&request("12:00", "13:00", "4"), "a", t("08:00"))
+            .unwrap_err();
+        assert!(err.to_string().contains("at most 3"), "{err}");
+    }
+
+    #[test]
+    fn plates_are_normalised_and_kept_out_of_debug_output() {
+        let p = Plate::parse("鲁b 12345").unwrap();
+        assert_eq!(p, Plate::parse("鲁B·123-45").unwrap());
+        assert_eq!(p.as_str(), "鲁B12345");
+        assert!(!format!("{p:?}").contains("12345"));
+        assert!(Plate::parse("A").is_err());
+        assert!(Plate::parse("AB\u{202e}12").is_err());
+    }
+
+    #[test]
+    fn reservation_ids_name_their_car_park_and_follow_from_driver_and_key() {
+        let id = ReservationId::parse("qd-1.a~0af9").unwrap();
+        assert_eq!(id.car_park().as_str(), "qd-1.a");
+        assert!(ReservationId::parse("qd-1").is_err());
+        assert!(ReservationId::parse("~abc").is_err());
+        assert!(ReservationId::parse("a~ABC").is_err());
+        let cp = CarParkId::parse("g1").unwrap();
+        let a = ReservationId::for_key(&cp, &driver("ab"), "c");
+        assert_eq!(a, ReservationId::for_key(&cp, &driver("ab"), "c"));
+        assert_ne!(a, ReservationId::for_key(&cp, &driver("a"), "bc"));
+        assert_eq!(ReservationId::parse(a.as_str()).unwrap(), a);
+        // Stable across versions and builds, since stored ids and retries depend on
+        // it: the value Python's `xxhash.xxh3_128_intdigest(b"ab\x00c")` gives, in
+        // base 36.
+        assert_eq!(a.as_str(), "g1~56r7fw58mtpuyicn2buxvs9b5");
+    }
+
+    #[test]
+    fn plates_seen_at_the_gate_check_in_and_complete() {
+        let mut book = Records::new(5);
+        let r = new(book.reserve(&request("10:00", "11:00", "a"), "a", t("08:00")));
+        let grace = Duration::from_secs(900);
+        let plate = Plate::parse("鲁B12345").unwrap();
+        assert!(
+            !r.matches_gate(&plate, true, grace, t("09:00")),
+            "too early"
+        );
+        assert!(r.matches_gate(&plate, true, grace, t("09:50")));
+        assert!(
+            !r.matches_gate(&plate, false, grace, t("09:50")),
+            "not in yet"
+        );
+        let other = Plate::parse("鲁B99999").unwrap();
+        assert!(!r.matches_gate(&other, true, grace, t("09:50")));
+        let r = book
+            .change(&r.id, |r| r.pass_gate(true, grace, t("09:50")))
+            .unwrap();
+        assert_eq!(r.state, ReservationState::CheckedIn);
+        assert!(r.matches_gate(&plate, false, grace, t("10:30")));
+        let r = book
+            .change(&r.id, |r| r.pass_gate(false, grace, t("10:30")))
+            .unwrap();
+        assert_eq!(r.state, ReservationState::Completed);
+        assert!(!r.matches_gate(&plate, false, grace, t("10:31")));
+    }
+
+    #[test]
+    fn finished_reservations_and_past_days_are_dropped_after_their_retention() {
+        let mut book = Records::new(5);
+        let r = new(book.reserve(&request("10:00", "11:00", "a"), "a", t("08:00")));
+        assert_eq!(r.drop_at(), None, "never while RESERVED");
+        let r = book.change(&r.id, |r| r.cancel("", t("08:10"))).unwrap();
+        assert_eq!(r.drop_at(), Some(t("11:00") + FINISHED_RETENTION));
+        let day = &book.days[&SlotCounts::day_of(t("10:00"))];
+        assert!(!day.is_past(t("23:59")));
+        assert!(day.is_past(t("10:00") + Duration::from_secs(2 * 86_400)));
+    }
+
+    mod model {
+        //! The records against a model written another way: a count per slot, kept
+        //! by hand, and the lifecycle as a table of allowed moves.
+
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const QUOTA: u32 = 3;
+        const SLOT_S: i64 = 15 * 60;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Create { driver: u8, from: i64, slots: i64 },
+            Cancel(usize),
+            CheckIn(usize),
+            CheckOut(usize),
+            Wait(i64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0u8..6, 1i64..20, 1i64..6).prop_map(|(driver, from, slots)| Op::Create { driver, from, slots }),
+                1 => (0usize..40).prop_map(Op::Cancel),
+                2 => (0usize..40).prop_map(Op::CheckIn),
+                1 => (0usize..40).prop_map(Op::CheckOut),
+                2 => (1i64..40).prop_map(|m| Op::Wait(m * 60)),
+            ]
+        }
+
+        struct Model {
+            /// Per reservation: start s, end s, state.
+            made: Vec<(i64, i64, ReservationState)>,
+            /// Slot number → reservations counted in it.
+            used: HashMap<i64, u32>,
+        }
+
+        impl Model {
+            fn count(&mut self, start: i64, end: i64, by: i64) {
+                for slot in start / SLOT_S..=(end - 1) / SLOT_S {
+                    let n = self.used.entry(slot).or_default();
+                    *n = (*n as i64 + by) as u32;
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+            #[test]
+            fn the_records_agree_with_a_per_slot_model(ops in proptest::collection::vec(op(), 1..60)) {
+                let mut book = Records::new(QUOTA);
+                let grace = Duration::from_secs(15 * 60);
+                // Late in the day, so windows cross midnight into the next day's counts.
+                let epoch: Timestamp = "2026-12-01T22:00:00Z".parse().unwrap();
+                let at = |s: i64| epoch + Duration::from_secs(s as u64);
+                let mut model = Model { made: Vec::new(), used: HashMap::new() };
+                let mut now = 0i64;
+                let mut ids: Vec<ReservationId> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Create { driver, from, slots } => {
+                            // Starts on a slot boundary ahead of now, so only the quota
+                            // decides (each key's own driver: the limit never does).
+                            let start = (now / SLOT_S + from) * SLOT_S;
+                            let end = start + slots * SLOT_S;
+                            let request = ReservationRequest {
+                                category: Standard,
+                                start: at(start),
+                                end: at(end),
+                                plate: Plate::parse(&format!("P{}", ids.len())).unwrap(),
+                                idempotency_key: format!("k{}", ids.len()),
+                            };
+                            let fits = (start / SLOT_S..=(end - 1) / SLOT_S)
+                                .all(|s| model.used.get(&s).copied().unwrap_or(0) < QUOTA);
+                            let who = format!("d{driver}-{}", ids.len());
+                            let got = book.reserve(&request, &who, at(now));
+                            prop_assert_eq!(got.is_ok(), fits, "create {}..{} at {}: {:?}", start, end, now, got);
+                            if let Ok(Created::New(r)) = got {
+                                ids.push(r.id);
+                                model.made.push((start, end, ReservationState::Reserved));
+                                model.count(start, end, 1);
+                            }
+                        }
+                        Op::Cancel(k) if k < ids.len() => {
+                            let (start, end, state) = model.made[k];
+                            // The test policy takes cancellations until 30 minutes before the start.
+                            let allowed = state == ReservationState::Reserved && now < start - 30 * 60;
+                            let got = book.change(&ids[k], |r| r.cancel("", at(now)));
+                            prop_assert_eq!(got.is_ok(), allowed);
+                            if allowed {
+                                model.made[k].2 = ReservationState::Cancelled;
+                                model.count(start, end, -1);
+                            }
+                        }
+                        Op::CheckIn(k) if k < ids.len() => {
+                            let (start, end, state) = model.made[k];
+                            let no_show_at = (start + 15 * 60).min(end);
+                            let allowed = state == ReservationState::Reserved
+                                && start - 15 * 60 <= now
+                                && now < no_show_at;
+                            let got = book.change(&ids[k], |r| r.check_in(grace, at(now)));
+                            prop_assert_eq!(got.is_ok(), allowed);
+                            if allowed {
+                                model.made[k].2 = ReservationState::CheckedIn;
+                            }
+                        }
+                        Op::CheckOut(k) if k < ids.len() => {
+                            let (start, end, state) = model.made[k];
+                            let allowed = state == ReservationState::CheckedIn;
+                            let got = book.change(&ids[k], |r| r.check_out(at(now)));
+                            prop_assert_eq!(got.is_ok(), allowed);
+                            if allowed {
+                                model.made[k].2 = ReservationState::Completed;
+                                model.count(start, end, -1);
+                            }
+                        }
+                        Op::Wait(seconds) => {
+                            now += seconds;
+                            let expired = book.expire(at(now));
+                            let mut due = 0;
+                            for k in 0..model.made.len() {
+                                let (start, end, state) = model.made[k];
+                                if state == ReservationState::Reserved && (start + 15 * 60).min(end) <= now {
+                                    model.made[k].2 = ReservationState::NoShow;
+                                    model.count(start, end, -1);
+                                    due += 1;
+                                }
+                            }
+                            prop_assert_eq!(expired, due);
+                        }
+                        _ => {}
+                    }
+                    // After every step: every slot's remaining space, and every state.
+                    let base = now - now % SLOT_S;
+                    for slot in book.calendar(at(base), at(base + 30 * SLOT_S)) {
+                        let n = (slot.start.as_second() - epoch.as_second()) / SLOT_S;
+                        prop_assert_eq!(slot.remaining, QUOTA - model.used.get(&n).copied().unwrap_or(0));
+                    }
+                    for (k, id) in ids.iter().enumerate() {
+                        prop_assert_eq!(book.reservations[id].state, model.made[k].2);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -285,7 +285,8 @@ impl Engine {
             let mut book = self.book.write();
             let version = admit(book.reservations.get(&id).map_or(0, |h| h.version))?;
             book.set(id, record.map(Arc::new), version);
-            self.reserved_count.store(book.reserved(), Ordering::Relaxed);
+            self.reserved_count
+                .store(book.reserved(), Ordering::Relaxed);
             version
         };
         self.refresh_held(car_park.as_str(), now);
@@ -368,9 +369,8 @@ impl Replica<Reservation> for Engine {
                 .iter()
                 .filter_map(|(id, h)| {
                     let r = h.record.as_ref()?;
-                    (&r.region == region && !keep.contains(id)).then(|| {
-                        (id.clone(), h.version, r.car_park.clone())
-                    })
+                    (&r.region == region && !keep.contains(id))
+                        .then(|| (id.clone(), h.version, r.car_park.clone()))
                 })
                 .collect();
             let mut touched = HashSet::new();
@@ -392,7 +392,8 @@ impl Replica<Reservation> for Engine {
                     book.set(id, None, version);
                 }
             }
-            self.reserved_count.store(book.reserved(), Ordering::Relaxed);
+            self.reserved_count
+                .store(book.reserved(), Ordering::Relaxed);
             touched
         };
         for id in touched {
@@ -461,7 +462,8 @@ impl Replica<SlotCounts> for Engine {
                 record: Some(Arc::new(record)),
                 version,
             };
-            book.days.insert(held.record.as_ref().expect("set").id(), held);
+            book.days
+                .insert(held.record.as_ref().expect("set").id(), held);
         }
         for (id, version) in tombstones {
             if book.days.get(&id).is_none_or(|h| h.record.is_none()) {

@@ -119,7 +119,10 @@ impl Service {
         let now = self.now();
         // Only a window the car park takes has days to read.
         let (days, policy) = match check_window(&car_park, &request, now) {
-            Ok(policy) => (day_ids(&car_park.id, request.start, request.end), Some(policy)),
+            Ok(policy) => (
+                day_ids(&car_park.id, request.start, request.end),
+                Some(policy),
+            ),
             Err(_) => (Vec::new(), None),
         };
         let (region, id_key, days) = (&car_park.region, &[id.to_string()], &days);
@@ -134,7 +137,9 @@ impl Service {
                     .await?
                     .pop()
                     .expect("one id, one record");
-                let counted = self.read_records::<SlotCounts>(region, days, source).await?;
+                let counted = self
+                    .read_records::<SlotCounts>(region, days, source)
+                    .await?;
                 Ok((existing, counted))
             },
             |(existing, counted): Current| {
@@ -264,7 +269,8 @@ impl Service {
                 let days = match &current.record {
                     Some(r) if r.state.occupies_slots() => {
                         let ids = day_ids(&r.car_park, r.start, r.end);
-                        self.read_records::<SlotCounts>(region, &ids, source).await?
+                        self.read_records::<SlotCounts>(region, &ids, source)
+                            .await?
                     }
                     _ => Vec::new(),
                 };

@@ -11,8 +11,8 @@
 
 pub mod carpark;
 pub mod embedded;
-pub mod reservation;
 pub mod redis;
+pub mod reservation;
 pub mod table;
 
 use std::future::Future;

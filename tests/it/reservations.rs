@@ -647,7 +647,7 @@ async fn a_retry_through_another_instance_returns_the_same_reservation() {
 }
 
 /// Reads the region's change stream (`XRANGE` on the node holding it) and counts, per
-/// reservation id, the ledger changes that moved it into NO_SHOW, comparing each ledger
+/// reservation id, the changes that moved it into NO_SHOW, comparing each reservation
 /// entry with the one before it.
 async fn no_show_transitions(
     conn: &mut impl redis::aio::ConnectionLike,
@@ -665,21 +665,18 @@ async fn no_show_transitions(
     let mut moves: HashMap<String, usize> = HashMap::new();
     for entry in reply.ids {
         let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
-        if field("k") != "ledger" || field("op") != "put" {
+        if field("k") != "reservation" || field("op") != "put" {
             continue;
         }
-        let stored = field("ledgers");
-        let json: serde_json::Value =
-            serde_json::from_str(stored.split_once(':').unwrap().1).unwrap();
-        for r in json["reservations"].as_array().unwrap() {
-            let (id, state) = (
-                r["id"].as_str().unwrap(),
-                r["state"].as_str().unwrap().to_owned(),
-            );
-            let before = last.insert(id.to_owned(), state.clone());
-            if state == "no_show" && before.as_deref() != Some("no_show") {
-                *moves.entry(id.to_owned()).or_default() += 1;
-            }
+        let stored = field("reservations");
+        let r: serde_json::Value = serde_json::from_str(stored.split_once(':').unwrap().1).unwrap();
+        let (id, state) = (
+            r["id"].as_str().unwrap(),
+            r["state"].as_str().unwrap().to_owned(),
+        );
+        let before = last.insert(id.to_owned(), state.clone());
+        if state == "no_show" && before.as_deref() != Some("no_show") {
+            *moves.entry(id.to_owned()).or_default() += 1;
         }
     }
     moves
