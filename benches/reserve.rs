@@ -111,7 +111,7 @@ async fn create(
             while Instant::now() < deadline {
                 // Each call a driver of its own (a driver may hold 3 at most).
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                let slot = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (30 * 96);
+                let slot = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (29 * 96);
                 let from = base + Duration::from_secs(slot * 900);
                 let request = pb::CreateReservationRequest {
                     car_park_id: car_parks[(n as usize) % car_parks.len()].clone(),

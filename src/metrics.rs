@@ -88,7 +88,7 @@ fn describe() {
     describe_gauge!(
         RESERVATIONS_ACTIVE,
         Unit::Count,
-        "reservations held in this instance's ledgers, by state"
+        "reservations held in this instance's replica, by state"
     );
     describe_counter!(
         WATCH_RESYNCS,

@@ -138,7 +138,7 @@ pub enum ReportOutcome {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Live {
     free: [u32; CATEGORY_COUNT],
-    /// Worked out by each instance from its ledgers (the engine sets it), so never
+    /// Worked out by each instance from its reservations (the engine sets it), so never
     /// stored: written as zeros, which instances of format 1 that predate reservations
     /// require and show as "nothing held", and ignored when read.
     #[serde(serialize_with = "none_held", deserialize_with = "ignore_held")]
@@ -195,7 +195,7 @@ impl Live {
     }
 
     /// Sets what reservations hold now (the engine keeps it current from the car
-    /// park's ledger); true if it changed.
+    /// park's reservations); true if it changed.
     pub fn set_held(&mut self, held: [u32; CATEGORY_COUNT]) -> bool {
         std::mem::replace(&mut self.held, held) != held
     }

@@ -218,7 +218,7 @@ impl ReservationId {
         Ok(Self(Arc::from(value)))
     }
 
-    /// The car park whose ledger holds it.
+    /// The car park it is at.
     pub fn car_park(&self) -> CarParkId {
         let (car_park, _) = self.0.rsplit_once('~').expect("checked at parse");
         CarParkId::parse(car_park).expect("checked at parse")

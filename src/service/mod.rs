@@ -74,7 +74,7 @@ pub struct Service {
     ingest: Option<mpsc::Sender<ingest::Job>>,
     /// Stops the ingest task once calls have drained.
     stop: CancellationToken,
-    /// Whose turn it is to write each ledger on this instance.
+    /// Whose turn it is to change each car park's reservations on this instance.
     ledger_turns: Arc<reservations::LedgerTurns>,
 }
 

@@ -1,6 +1,6 @@
 //! What a replicated aggregate is, once for every kind (garage's `TableSchema`, for us).
 //!
-//! An aggregate kind — car parks today; a reservation ledger, shared offers, sessions
+//! An aggregate kind — car parks, reservations and their slot counts; shared offers, sessions
 //! and wallets later — is a small schema file: its name, the format its records are
 //! written in, the Redis hashes its parts live in, how a part is encoded and decoded
 //! (migrating older formats), and the engine index it replicates into (`Replica`).
