@@ -143,12 +143,12 @@ impl Service {
                 Ok((existing, counted))
             },
             |(existing, counted): Current| {
+                // Days are read only under a policy, so each has one to be new under.
                 let mut days: Vec<SlotCounts> = SlotCounts::days(request.start, request.end)
                     .zip(&counted)
-                    .map(|(day, v)| match (&v.record, policy) {
-                        (Some(d), _) => d.clone(),
-                        (None, Some(policy)) => SlotCounts::new(&car_park, policy, day),
-                        (None, None) => unreachable!("days are read only under a policy"),
+                    .filter_map(|(day, v)| {
+                        (v.record.clone())
+                            .or_else(|| Some(SlotCounts::new(&car_park, policy?, day)))
                     })
                     .collect();
                 let booking = Booking {

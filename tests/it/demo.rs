@@ -103,14 +103,15 @@ async fn demo_reports_then_stops_every_task() {
     tokio::time::timeout(PATIENCE, demo.stop())
         .await
         .expect("the demo stops within PATIENCE");
-    // `stop` returned, so the operators and their joiner have ended; at most the
-    // channel's buffer worker and connection, and the request-body tasks of the last
-    // calls (hyper pipes each HTTP/2 request body in a task of its own, and the
+    // `stop` returned, so the operators and their joiner (8 tasks) have ended; only
+    // the channel's buffer worker and connection, and the request-body tasks of the
+    // last calls (hyper pipes each HTTP/2 request body in a task of its own, and the
     // operators also make unary calls for reservations), may still be on their way
-    // out. A `stop` that only cancelled would leave a dozen and more here.
+    // out, how many depending on how busy the machine is. A `stop` that only cancelled
+    // would leave the operators and their joiner here, and more.
     let just_stopped = runtime.metrics().num_alive_tasks();
     assert!(
-        just_stopped <= 4,
+        just_stopped < 8,
         "{just_stopped} demo tasks alive after stop"
     );
     assert_eq!(remaining_tasks(&runtime).await, 0, "demo tasks left behind");
