@@ -53,6 +53,19 @@ pub trait Replica<A> {
     ) -> Result<()>;
 }
 
+/// Admits a replicated change at `version` over the version held only if it is newer,
+/// so a change applied twice, or late, changes nothing.
+pub(super) fn newer(version: u64) -> impl Fn(u64) -> Option<u64> {
+    move |held| (held < version).then_some(version)
+}
+
+/// Admits the embedded store's compare-and-set over the version held only if it is
+/// `expected`: the first new version is above both it and `floor`, and a write of
+/// `steps` states ends `steps` above that.
+pub(super) fn expected(expected: u64, floor: u64, steps: u64) -> impl Fn(u64) -> Option<u64> {
+    move |held| (held == expected).then(|| held.max(floor) + steps)
+}
+
 /// How a region's snapshot meets the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Loading {
@@ -208,17 +221,13 @@ impl Replica<CarParkState> for Engine {
 
     fn put(&self, record: CarParkState, version: u64, now: Timestamp) -> bool {
         let id = record.car_park.id.clone();
-        self.write_car_park(id.as_str(), vec![record], now, |held| {
-            (held < version).then_some(version)
-        })
-        .is_some()
+        self.write_car_park(id.as_str(), vec![record], now, newer(version))
+            .is_some()
     }
 
     fn remove(&self, id: &str, version: u64) -> bool {
-        self.write_car_park(id, Vec::new(), Timestamp::UNIX_EPOCH, |held| {
-            (held < version).then_some(version)
-        })
-        .is_some()
+        self.write_car_park(id, Vec::new(), Timestamp::UNIX_EPOCH, newer(version))
+            .is_some()
     }
 
     fn compare_and_set(
@@ -229,9 +238,8 @@ impl Replica<CarParkState> for Engine {
         states: Vec<CarParkState>,
         now: Timestamp,
     ) -> Option<u64> {
-        self.write_car_park(id, states, now, |held| {
-            (held == expected).then(|| held.max(floor) + 1)
-        })
+        // Each state after the first is one above it (`write_car_park`).
+        self.write_car_park(id, states, now, self::expected(expected, floor, 1))
     }
 
     fn load_region(

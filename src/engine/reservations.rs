@@ -14,7 +14,10 @@ use std::{
     sync::{Arc, atomic::Ordering},
 };
 
-use super::{ChangeKind, Engine, Loading, Replica};
+use super::{
+    ChangeKind, Engine, Loading, Replica,
+    replica::{expected, newer},
+};
 use crate::domain::{
     CATEGORY_COUNT, CarParkId, DriverId, Plate, RegionId, Reservation, ReservationId,
     ReservationState, Result, SlotCounts, SpaceCategory, Timestamp,
@@ -323,17 +326,13 @@ impl Replica<Reservation> for Engine {
 
     fn put(&self, record: Reservation, version: u64, now: Timestamp) -> bool {
         let id = record.id.clone();
-        self.write_reservation(id.as_str(), Some(record), now, |held| {
-            (held < version).then_some(version)
-        })
-        .is_some()
+        self.write_reservation(id.as_str(), Some(record), now, newer(version))
+            .is_some()
     }
 
     fn remove(&self, id: &str, version: u64) -> bool {
-        self.write_reservation(id, None, Timestamp::UNIX_EPOCH, |held| {
-            (held < version).then_some(version)
-        })
-        .is_some()
+        self.write_reservation(id, None, Timestamp::UNIX_EPOCH, newer(version))
+            .is_some()
     }
 
     fn compare_and_set(
@@ -348,9 +347,7 @@ impl Replica<Reservation> for Engine {
         // would in Redis.
         let steps = states.len().max(1) as u64;
         let last = states.into_iter().last();
-        self.write_reservation(id, last, now, |held| {
-            (held == expected).then(|| held.max(floor) + steps)
-        })
+        self.write_reservation(id, last, now, self::expected(expected, floor, steps))
     }
 
     fn load_region(
@@ -416,15 +413,12 @@ impl Replica<SlotCounts> for Engine {
 
     fn put(&self, record: SlotCounts, version: u64, _now: Timestamp) -> bool {
         let id = record.id();
-        self.write_slot_counts(&id, Some(record), |held| {
-            (held < version).then_some(version)
-        })
-        .is_some()
+        self.write_slot_counts(&id, Some(record), newer(version))
+            .is_some()
     }
 
     fn remove(&self, id: &str, version: u64) -> bool {
-        self.write_slot_counts(id, None, |held| (held < version).then_some(version))
-            .is_some()
+        self.write_slot_counts(id, None, newer(version)).is_some()
     }
 
     fn compare_and_set(
@@ -437,9 +431,7 @@ impl Replica<SlotCounts> for Engine {
     ) -> Option<u64> {
         let steps = states.len().max(1) as u64;
         let last = states.into_iter().last();
-        self.write_slot_counts(id, last, |held| {
-            (held == expected).then(|| held.max(floor) + steps)
-        })
+        self.write_slot_counts(id, last, self::expected(expected, floor, steps))
     }
 
     fn load_region(

@@ -13,60 +13,51 @@ use crate::{
     engine::{Engine, Replica},
 };
 
-/// A kind of one part, written whole by every change.
-fn decode_whole<A: Aggregate + serde::de::DeserializeOwned>(
-    parts: &[Option<Stored<'_>>],
-    base: Option<&A>,
-) -> Result<A, DecodeError> {
-    match (parts.first().copied().flatten(), base) {
-        (Some(stored), _) => stored.json(A::FORMAT),
-        (None, Some(base)) => Ok(base.clone()),
-        (None, None) => Err(DecodeError::MissingBase),
-    }
+/// A kind of one part, written whole by every change, in format 1: `$kind` records in
+/// the version hash `$versions` and the part hash `$part`.
+macro_rules! whole_record_kind {
+    ($t:ty, $kind:literal, $versions:literal, $part:literal) => {
+        impl Aggregate for $t {
+            const KIND: &'static str = $kind;
+            const FORMAT: u32 = 1;
+            const VERSIONS: &'static str = $versions;
+            const PARTS: &'static [&'static str] = &[$part];
+
+            fn region(&self) -> &RegionId {
+                &self.region
+            }
+
+            fn encode_part(&self, _part: usize) -> String {
+                encode(Self::FORMAT, self)
+            }
+
+            fn decode(
+                parts: &[Option<Stored<'_>>],
+                base: Option<&Self>,
+            ) -> Result<Self, DecodeError> {
+                match (parts.first().copied().flatten(), base) {
+                    (Some(stored), _) => stored.json(Self::FORMAT),
+                    (None, Some(base)) => Ok(base.clone()),
+                    (None, None) => Err(DecodeError::MissingBase),
+                }
+            }
+
+            fn replica(engine: &Engine) -> &dyn Replica<Self> {
+                engine
+            }
+        }
+    };
 }
 
-impl Aggregate for Reservation {
-    const KIND: &'static str = "reservation";
-    const FORMAT: u32 = 1;
-    const VERSIONS: &'static str = "reservation_versions";
-    const PARTS: &'static [&'static str] = &["reservations"];
-
-    fn region(&self) -> &RegionId {
-        &self.region
-    }
-
-    fn encode_part(&self, _part: usize) -> String {
-        encode(Self::FORMAT, self)
-    }
-
-    fn decode(parts: &[Option<Stored<'_>>], base: Option<&Self>) -> Result<Self, DecodeError> {
-        decode_whole(parts, base)
-    }
-
-    fn replica(engine: &Engine) -> &dyn Replica<Self> {
-        engine
-    }
-}
-
-impl Aggregate for SlotCounts {
-    const KIND: &'static str = "slot_counts";
-    const FORMAT: u32 = 1;
-    const VERSIONS: &'static str = "slot_count_versions";
-    const PARTS: &'static [&'static str] = &["slot_counts"];
-
-    fn region(&self) -> &RegionId {
-        &self.region
-    }
-
-    fn encode_part(&self, _part: usize) -> String {
-        encode(Self::FORMAT, self)
-    }
-
-    fn decode(parts: &[Option<Stored<'_>>], base: Option<&Self>) -> Result<Self, DecodeError> {
-        decode_whole(parts, base)
-    }
-
-    fn replica(engine: &Engine) -> &dyn Replica<Self> {
-        engine
-    }
-}
+whole_record_kind!(
+    Reservation,
+    "reservation",
+    "reservation_versions",
+    "reservations"
+);
+whole_record_kind!(
+    SlotCounts,
+    "slot_counts",
+    "slot_count_versions",
+    "slot_counts"
+);
