@@ -484,13 +484,16 @@ pub struct CalendarSlot {
     pub remaining: u32,
 }
 
-/// One car park's reservations counted per slot for one UTC day, per category: the
-/// record every change that takes or frees slots of that day writes, so two writers
-/// cannot both take a slot's last space. A day keeps the slot length it was first
-/// counted in: an operator's new slot length applies to days not booked yet.
+/// One ledger's windows counted per slot for one UTC day, per category: the record
+/// every change that takes or frees slots of that day writes, so two writers cannot
+/// both take a slot's last space. A ledger is a car park's reservations, or a shared
+/// offer's bookings. A day keeps the slot length it was first counted in: an
+/// operator's new slot length applies to days not booked yet.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SlotCounts {
-    pub car_park: CarParkId,
+    /// Whose slots: a car park's id, or `@` and a shared offer's id (`@` is in no id,
+    /// so the two never meet).
+    pub ledger: Arc<str>,
     pub region: RegionId,
     /// Days since the Unix epoch (UTC).
     pub day: i64,
@@ -501,24 +504,30 @@ pub struct SlotCounts {
 }
 
 impl SlotCounts {
-    /// A day with nothing counted, in `policy`'s slot length.
+    /// A day of `car_park`'s reservations with nothing counted, in `policy`'s slot
+    /// length.
     pub fn new(car_park: &CarPark, policy: &ReservationPolicy, day: i64) -> Self {
+        Self::empty(car_park.id.as_str(), &car_park.region, policy.slot_minutes, day)
+    }
+
+    /// A day of ledger `ledger` with nothing counted.
+    pub fn empty(ledger: &str, region: &RegionId, slot_minutes: u32, day: i64) -> Self {
         Self {
-            car_park: car_park.id.clone(),
-            region: car_park.region.clone(),
+            ledger: Arc::from(ledger),
+            region: region.clone(),
             day,
-            slot_minutes: policy.slot_minutes,
+            slot_minutes,
             counts: Default::default(),
         }
     }
 
-    /// The record id of `car_park`'s day `day`.
-    pub fn id_of(car_park: &CarParkId, day: i64) -> String {
-        format!("{car_park}~{day}")
+    /// The record id of ledger `ledger`'s day `day`.
+    pub fn id_of(ledger: &str, day: i64) -> String {
+        format!("{ledger}~{day}")
     }
 
     pub fn id(&self) -> String {
-        Self::id_of(&self.car_park, self.day)
+        Self::id_of(&self.ledger, self.day)
     }
 
     /// The UTC days [start, end) touches.
@@ -579,11 +588,12 @@ impl SlotCounts {
             .map(|s| self.slot_start(s))
     }
 
-    /// Counts `r` in the slots of this day it touches (`by` +1 to take, -1 to free).
-    fn count(&mut self, r: &Reservation, by: i32) {
+    /// Counts a window of `category` in the slots of this day it touches (`by` +1 to
+    /// take, -1 to free).
+    fn count(&mut self, category: SpaceCategory, start: Timestamp, end: Timestamp, by: i32) {
         let per_day = (DAY_MS / self.slot_ms()) as usize;
-        let slots = self.slots(r.start, r.end);
-        let counts = &mut self.counts[r.category.index()];
+        let slots = self.slots(start, end);
+        let counts = &mut self.counts[category.index()];
         if counts.is_empty() {
             counts.resize(per_day, 0);
         }
@@ -595,14 +605,14 @@ impl SlotCounts {
         }
     }
 
-    /// Takes `r`'s slots of this day.
-    pub fn take(&mut self, r: &Reservation) {
-        self.count(r, 1);
+    /// Takes the slots of this day that a window of `category` touches.
+    pub fn take(&mut self, category: SpaceCategory, start: Timestamp, end: Timestamp) {
+        self.count(category, start, end, 1);
     }
 
-    /// Frees `r`'s slots of this day.
-    pub fn release(&mut self, r: &Reservation) {
-        self.count(r, -1);
+    /// Frees them.
+    pub fn release(&mut self, category: SpaceCategory, start: Timestamp, end: Timestamp) {
+        self.count(category, start, end, -1);
     }
 
     /// What can still be reserved in each slot of this day [start, end) touches.
@@ -749,7 +759,7 @@ pub fn reserve(
     }
     let wanted: Vec<i64> = SlotCounts::days(request.start, request.end).collect();
     let given: Vec<i64> = booking.days.iter().map(|d| d.day).collect();
-    if wanted != given || booking.days.iter().any(|d| d.car_park != car_park.id) {
+    if wanted != given || booking.days.iter().any(|d| *d.ledger != *car_park.id.as_str()) {
         return Err(Error::Internal(format!(
             "a create was decided on days {given:?}, not {wanted:?}"
         )));
@@ -786,7 +796,7 @@ pub fn reserve(
         cancel_reason: Arc::from(""),
     };
     for day in booking.days.iter_mut() {
-        day.take(&reservation);
+        day.take(reservation.category, reservation.start, reservation.end);
     }
     Ok(Created::New(reservation))
 }
@@ -979,7 +989,7 @@ mod tests {
             change(&mut r)?;
             if r.freed_slots(before) {
                 for d in SlotCounts::days(r.start, r.end) {
-                    self.days.get_mut(&d).unwrap().release(&r);
+                    self.days.get_mut(&d).unwrap().release(r.category, r.start, r.end);
                 }
             }
             self.reservations.insert(r.id.clone(), r.clone());

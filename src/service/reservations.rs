@@ -69,7 +69,7 @@ fn put<A: Aggregate>(id: String, record: A, expected: u64) -> AnyWrite {
 /// The ids of the slot-count days of `car_park` that [start, end) touches.
 fn day_ids(car_park: &CarParkId, start: Timestamp, end: Timestamp) -> Vec<String> {
     SlotCounts::days(start, end)
-        .map(|day| SlotCounts::id_of(car_park, day))
+        .map(|day| SlotCounts::id_of(car_park.as_str(), day))
         .collect()
 }
 
@@ -290,7 +290,7 @@ impl Service {
                     // A day dropped already (long past) has nothing left to free.
                     for v in days {
                         if let Some(mut day) = v.record {
-                            day.release(&r);
+                            day.release(r.category, r.start, r.end);
                             writes.push(put(day.id(), day, v.version));
                         }
                     }
@@ -369,7 +369,7 @@ impl Service {
         calendar_slots(policy, start, end)?;
         let days: Vec<SlotCounts> = SlotCounts::days(start, end)
             .map(|day| {
-                let id = SlotCounts::id_of(&car_park.id, day);
+                let id = SlotCounts::id_of(car_park.id.as_str(), day);
                 Versioned::<SlotCounts>::in_replica(&self.engine, &id)
                     .record
                     .unwrap_or_else(|| SlotCounts::new(&car_park, policy, day))
