@@ -95,6 +95,11 @@ id_type!(
     CarParkId, "car park id", 64, id_char
 );
 id_type!(
+    /// A shared offer's id: 1-64 characters of `A-Za-z0-9._-`, chosen by its host or
+    /// made by the server.
+    OfferId, "offer id", 64, id_char
+);
+id_type!(
     /// An operator's id: 1-64 characters of `A-Za-z0-9._-`.
     OperatorId, "operator id", 64, id_char
 );

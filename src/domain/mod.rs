@@ -10,6 +10,7 @@ mod ids;
 mod occupancy;
 mod query;
 mod reservation;
+mod shared;
 mod schedule;
 mod tariff;
 
@@ -19,7 +20,7 @@ pub use carpark::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use geo::{BoundingBox, EARTH_RADIUS_M, LatLng, Radius, chord_to_m};
-pub use ids::{BayId, CarParkId, DriverId, OperatorId, RegionId};
+pub use ids::{BayId, CarParkId, DriverId, OfferId, OperatorId, RegionId};
 pub use occupancy::{
     Availability, CategoryAvailability, Live, MAX_FUTURE_SKEW, Report, ReportBody, ReportOutcome,
 };
@@ -29,6 +30,11 @@ pub use reservation::{
     MAX_CALENDAR_SLOTS, Plate, Reservation, ReservationId, ReservationPolicy, ReservationRequest,
     ReservationState, SlotCounts, calendar, calendar_slots, check_key_elsewhere, check_window,
     reserve,
+};
+pub use shared::{
+    Blackout, Booked, BookingId, BookingRequest, BookingState, CancelledBy, MAX_SPACES,
+    OfferState, Party, SHARED_GRACE, SHARED_SLOT_MINUTES, SharedBooking, SharedOffer,
+    WeeklyPeriod, book, booking_days, ledger_of,
 };
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
 pub use tariff::{Stay, Tariff};

@@ -190,18 +190,7 @@ impl ReservationId {
     /// and version, so that creating it is "write if absent" and a retry anywhere finds
     /// the first. Nothing can be learnt from it without the driver's key.
     pub fn for_key(car_park: &CarParkId, driver: &DriverId, key: &str) -> Self {
-        let mut input = Vec::with_capacity(driver.as_str().len() + key.len() + 1);
-        input.extend_from_slice(driver.as_str().as_bytes());
-        // Ids and keys never hold NUL: "ab" + "c" and "a" + "bc" stay apart.
-        input.push(0);
-        input.extend_from_slice(key.as_bytes());
-        let mut hash = xxhash_rust::xxh3::xxh3_128(&input);
-        let mut suffix = [b'0'; 25];
-        for digit in suffix.iter_mut().rev() {
-            *digit = char::from_digit((hash % 36) as u32, 36).expect("< 36") as u8;
-            hash /= 36;
-        }
-        Self::new(car_park, std::str::from_utf8(&suffix).expect("ascii"))
+        Self::new(car_park, &key_suffix(driver, key))
     }
 
     pub fn parse(value: &str) -> Result<Self, Error> {
@@ -242,6 +231,25 @@ impl fmt::Debug for ReservationId {
 }
 
 string_form!(ReservationId);
+
+/// The id suffix of `driver`'s record made with idempotency key `key`: XXH3-128 of
+/// the driver, NUL and the key, as 25 base-36 digits. Stable across instances and
+/// versions, so that a create is "write if absent" and a retry anywhere finds the
+/// first.
+pub(crate) fn key_suffix(driver: &DriverId, key: &str) -> String {
+    let mut input = Vec::with_capacity(driver.as_str().len() + key.len() + 1);
+    input.extend_from_slice(driver.as_str().as_bytes());
+    // Ids and keys never hold NUL: "ab" + "c" and "a" + "bc" stay apart.
+    input.push(0);
+    input.extend_from_slice(key.as_bytes());
+    let mut hash = xxhash_rust::xxh3::xxh3_128(&input);
+    let mut suffix = [b'0'; 25];
+    for digit in suffix.iter_mut().rev() {
+        *digit = char::from_digit((hash % 36) as u32, 36).expect("< 36") as u8;
+        hash /= 36;
+    }
+    String::from_utf8(suffix.to_vec()).expect("ascii")
+}
 
 /// Where a reservation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

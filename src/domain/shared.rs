@@ -1,0 +1,707 @@
+//! Shared parking (共享停车): a resident's or an office's spaces offered on a weekly
+//! schedule in the host's time zone, and drivers' bookings of them.
+//!
+//! An offer's bookings are counted in the reservations' slot ledger (`SlotCounts`,
+//! ledger `@<offer id>`, 15-minute slots): a booking's window is whole quarter hours,
+//! so "in no slot more bookings than spaces" is exactly "at no instant", and touching
+//! windows share no slot. A window is bookable only where the schedule covers all of
+//! it in the offer's time zone (periods are local wall-clock times, so a 22:00–07:00
+//! period is 8 or 10 hours long on the nights clocks change) and it touches no
+//! blackout day.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use jiff::civil::{Date, DateTime};
+
+use super::{
+    DriverId, Error, LatLng, OfferId, Plate, RegionId, SlotCounts, SpaceCategory, TimeZoneName,
+    Timestamp, reservation::key_suffix,
+};
+
+/// The slot length of every offer's ledger: bookings are whole quarter hours.
+pub const SHARED_SLOT_MINUTES: u32 = 15;
+/// How far ahead a booking may start.
+pub const BOOKING_DAYS_AHEAD: u64 = 30;
+/// After its start, how long a booking waits for its car before it is a no-show; and
+/// before its start, from when it may be checked in.
+pub const SHARED_GRACE: Duration = Duration::from_secs(15 * 60);
+/// Most spaces one offer pools.
+pub const MAX_SPACES: u32 = 10_000;
+/// Most weekly periods and blackouts of one offer.
+pub const MAX_PERIODS: usize = 64;
+pub const MAX_BLACKOUTS: usize = 64;
+/// Longest text of an address or description, in characters.
+pub const MAX_TEXT: usize = 500;
+
+const QUARTER_MS: i64 = 15 * 60_000;
+
+/// A weekly period: on ISO weekday `weekday` (1 = Monday) from `start_minute` after
+/// local midnight to `end_minute`; an end at or before the start is on the next day
+/// (22:00–07:00 is `1320..420`), and 1440 is the next midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WeeklyPeriod {
+    pub weekday: u8,
+    pub start_minute: u16,
+    pub end_minute: u16,
+}
+
+impl WeeklyPeriod {
+    /// The period's absolute interval when it starts on `date` in `zone` (a wall-clock
+    /// time the clocks skip is read as the moment after the gap).
+    fn on(&self, date: Date, zone: &jiff::tz::TimeZone) -> Option<(Timestamp, Timestamp)> {
+        let at = |date: Date, minute: u16| -> Option<Timestamp> {
+            let (date, minute) = if minute >= 1440 {
+                (date.tomorrow().ok()?, minute - 1440)
+            } else {
+                (date, minute)
+            };
+            let dt: DateTime = date.at((minute / 60) as i8, (minute % 60) as i8, 0, 0);
+            Some(dt.to_zoned(zone.clone()).ok()?.timestamp())
+        };
+        let start = at(date, self.start_minute)?;
+        let end = if self.end_minute > self.start_minute {
+            at(date, self.end_minute)?
+        } else {
+            at(date.tomorrow().ok()?, self.end_minute)?
+        };
+        (start < end).then_some((start, end))
+    }
+}
+
+/// Local dates `from` to `to`, both included, on which nothing can be booked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Blackout {
+    pub from: Date,
+    pub to: Date,
+}
+
+/// Whether an offer takes bookings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfferState {
+    Active,
+    Withdrawn,
+}
+
+/// Spaces a host offers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SharedOffer {
+    pub id: OfferId,
+    /// The driver identity (token subject) who offers it.
+    pub host: DriverId,
+    pub region: RegionId,
+    pub location: LatLng,
+    pub address: String,
+    pub description: String,
+    pub category: SpaceCategory,
+    pub spaces: u32,
+    pub time_zone: TimeZoneName,
+    pub schedule: Vec<WeeklyPeriod>,
+    pub blackouts: Vec<Blackout>,
+    pub hourly_rate_minor: i64,
+    /// Most one booking costs; 0 for no cap.
+    pub cap_per_booking_minor: i64,
+    pub currency: Arc<str>,
+    pub max_booking_minutes: u32,
+    pub state: OfferState,
+}
+
+impl SharedOffer {
+    /// Checks what a host may set; errors name the field under `offer`.
+    pub fn validate(&self) -> Result<(), Error> {
+        let field = |f: &str| format!("offer.{f}");
+        if !(1..=MAX_SPACES).contains(&self.spaces) {
+            return Err(Error::invalid(
+                field("spaces"),
+                format!("must be 1 to {MAX_SPACES}"),
+            ));
+        }
+        if self.schedule.is_empty() || self.schedule.len() > MAX_PERIODS {
+            return Err(Error::invalid(
+                field("schedule"),
+                format!("must list 1 to {MAX_PERIODS} weekly periods"),
+            ));
+        }
+        for (i, p) in self.schedule.iter().enumerate() {
+            let bad = !(1..=7).contains(&p.weekday)
+                || p.start_minute >= 1440
+                || p.end_minute > 1440
+                || p.end_minute == p.start_minute;
+            if bad {
+                return Err(Error::invalid(
+                    field(&format!("schedule[{i}]")),
+                    "weekday is 1 (Monday) to 7, start_minute 0 to 1439, end_minute 1 to \
+                     1440 and not the start (an end before the start is the next day)",
+                ));
+            }
+        }
+        if self.blackouts.len() > MAX_BLACKOUTS {
+            return Err(Error::invalid(
+                field("blackouts"),
+                format!("at most {MAX_BLACKOUTS}"),
+            ));
+        }
+        if let Some(i) = self.blackouts.iter().position(|b| b.to < b.from) {
+            return Err(Error::invalid(
+                field(&format!("blackouts[{i}]")),
+                "ends before it starts",
+            ));
+        }
+        if self.hourly_rate_minor < 0 || self.hourly_rate_minor > 1_000_000_000 {
+            return Err(Error::invalid(
+                field("hourly_rate_minor"),
+                "must be 0 to 1000000000",
+            ));
+        }
+        if self.cap_per_booking_minor < 0 || self.cap_per_booking_minor > 1_000_000_000 {
+            return Err(Error::invalid(
+                field("cap_per_booking_minor"),
+                "must be 0 (no cap) to 1000000000",
+            ));
+        }
+        if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Error::invalid(
+                field("currency"),
+                "must be an ISO 4217 code such as CNY",
+            ));
+        }
+        if !(15..=7 * 1440).contains(&self.max_booking_minutes) {
+            return Err(Error::invalid(
+                field("max_booking_minutes"),
+                "must be 15 to 10080 (7 days)",
+            ));
+        }
+        for (name, text) in [("address", &self.address), ("description", &self.description)] {
+            if text.chars().count() > MAX_TEXT || text.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    field(name),
+                    format!("must be at most {MAX_TEXT} characters, without control characters"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Its ledger in the slot counts.
+    pub fn ledger(&self) -> String {
+        ledger_of(&self.id)
+    }
+
+    /// Whether the schedule covers all of [start, end): the periods that could touch
+    /// it, as absolute intervals, merged where they meet.
+    pub fn covers(&self, start: Timestamp, end: Timestamp) -> bool {
+        let zone = self.time_zone.zone();
+        let local = |t: Timestamp| t.to_zoned(zone.clone()).date();
+        let (Ok(first), last) = (local(start).yesterday(), local(end)) else {
+            return false;
+        };
+        let mut intervals = Vec::new();
+        let mut date = first;
+        while date <= last {
+            let weekday = date.weekday().to_monday_one_offset() as u8;
+            intervals.extend(
+                self.schedule
+                    .iter()
+                    .filter(|p| p.weekday == weekday)
+                    .filter_map(|p| p.on(date, zone)),
+            );
+            let Ok(next) = date.tomorrow() else { break };
+            date = next;
+        }
+        intervals.sort();
+        let mut reach = start;
+        for (s, e) in intervals {
+            if s > reach {
+                break;
+            }
+            reach = reach.max(e);
+            if reach >= end {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The first blackout [start, end) touches.
+    pub fn blackout_of(&self, start: Timestamp, end: Timestamp) -> Option<&Blackout> {
+        let zone = self.time_zone.zone();
+        let (from, to) = (
+            start.to_zoned(zone.clone()).date(),
+            // The local day of the window's last instant.
+            (end - Duration::from_millis(1)).to_zoned(zone.clone()).date(),
+        );
+        self.blackouts.iter().find(|b| b.from <= to && from <= b.to)
+    }
+
+    /// The price of a booking of [start, end): the hourly rate per started quarter
+    /// hour, capped.
+    pub fn price(&self, start: Timestamp, end: Timestamp) -> i64 {
+        let ms = end.as_millisecond() - start.as_millisecond();
+        let quarters = (ms + QUARTER_MS - 1) / QUARTER_MS;
+        let price = (self.hourly_rate_minor * quarters + 3) / 4;
+        if self.cap_per_booking_minor > 0 {
+            price.min(self.cap_per_booking_minor)
+        } else {
+            price
+        }
+    }
+
+    /// Whether [start, end) may be booked at `now`, apart from spaces: why not,
+    /// naming the field.
+    pub fn check_window(&self, start: Timestamp, end: Timestamp, now: Timestamp) -> Result<(), Error> {
+        if self.state != OfferState::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "offer {} is withdrawn",
+                self.id
+            )));
+        }
+        if end <= start {
+            return Err(Error::invalid("end_time", "must be after start_time"));
+        }
+        for (name, t) in [("start_time", start), ("end_time", end)] {
+            if t.as_millisecond().rem_euclid(QUARTER_MS) != 0 {
+                return Err(Error::invalid(
+                    name,
+                    "must be on a quarter hour (bookings are whole quarter hours)",
+                ));
+            }
+        }
+        if start < now - Duration::from_secs(15 * 60) {
+            return Err(Error::invalid("start_time", "is in the past"));
+        }
+        if start > now + Duration::from_secs(BOOKING_DAYS_AHEAD * 86_400) {
+            return Err(Error::invalid(
+                "start_time",
+                format!("bookings start at most {BOOKING_DAYS_AHEAD} days ahead"),
+            ));
+        }
+        let minutes = (end.as_second() - start.as_second()) / 60;
+        if minutes > i64::from(self.max_booking_minutes) {
+            return Err(Error::invalid(
+                "end_time",
+                format!(
+                    "the window is {minutes} minutes; offer {} allows at most {}",
+                    self.id, self.max_booking_minutes
+                ),
+            ));
+        }
+        if let Some(b) = self.blackout_of(start, end) {
+            return Err(Error::FailedPrecondition(format!(
+                "offer {} is not available from {} to {}",
+                self.id, b.from, b.to
+            )));
+        }
+        if !self.covers(start, end) {
+            return Err(Error::FailedPrecondition(format!(
+                "offer {}'s schedule does not cover the whole window",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bookings of `bookings` (BOOKED ones; a car checked in already stays) that
+    /// this offer's terms would strand: outside the schedule, on a blackout, or beyond
+    /// the spaces (the ones made last), or all of them if it is withdrawn.
+    pub fn stranded<'a>(&self, bookings: &'a [SharedBooking]) -> Vec<&'a SharedBooking> {
+        let mut open: Vec<&SharedBooking> = bookings
+            .iter()
+            .filter(|b| b.state == BookingState::Booked)
+            .collect();
+        open.sort_by_key(|b| (b.created_at, b.id.clone()));
+        let mut stranded = Vec::new();
+        let mut kept: Vec<&SharedBooking> = bookings
+            .iter()
+            .filter(|b| b.state == BookingState::CheckedIn)
+            .collect();
+        for b in open {
+            let fits = self.state == OfferState::Active
+                && self.blackout_of(b.start, b.end).is_none()
+                && self.covers(b.start, b.end)
+                && max_overlap(&kept, b) < self.spaces;
+            if fits {
+                kept.push(b);
+            } else {
+                stranded.push(b);
+            }
+        }
+        stranded
+    }
+}
+
+/// Most of `kept` overlapping at any instant of `b`'s window.
+fn max_overlap(kept: &[&SharedBooking], b: &SharedBooking) -> u32 {
+    // The count only rises at a window's start: check at `b`'s start and at each start
+    // inside it.
+    let points = std::iter::once(b.start).chain(
+        kept.iter()
+            .map(|k| k.start)
+            .filter(|s| b.start < *s && *s < b.end),
+    );
+    points
+        .map(|t| kept.iter().filter(|k| k.start <= t && t < k.end).count() as u32)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The slot ledger of offer `id`.
+pub fn ledger_of(id: &OfferId) -> String {
+    format!("@{id}")
+}
+
+/// A booking's id: `<offer id>~<hash of driver and idempotency key>`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BookingId(Arc<str>);
+
+impl BookingId {
+    /// The id of `driver`'s booking with idempotency key `key` of `offer`.
+    pub fn for_key(offer: &OfferId, driver: &DriverId, key: &str) -> Self {
+        Self(Arc::from(format!("{offer}~{}", key_suffix(driver, key))))
+    }
+
+    pub fn parse(value: &str) -> Result<Self, Error> {
+        let bad = || Error::invalid("", "not a booking id (<offer id>~<suffix>)");
+        let (offer, suffix) = value.rsplit_once('~').ok_or_else(bad)?;
+        OfferId::parse(offer).map_err(|_| bad())?;
+        let suffix_ok = (1..=32).contains(&suffix.len())
+            && suffix
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase());
+        if !suffix_ok {
+            return Err(bad());
+        }
+        Ok(Self(Arc::from(value)))
+    }
+
+    /// The offer it books.
+    pub fn offer(&self) -> OfferId {
+        let (offer, _) = self.0.rsplit_once('~').expect("checked at parse");
+        OfferId::parse(offer).expect("checked at parse")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for BookingId {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self, Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<BookingId> for String {
+    fn from(value: BookingId) -> String {
+        value.0.to_string()
+    }
+}
+
+impl fmt::Display for BookingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for BookingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// Where a booking is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BookingState {
+    Booked,
+    CheckedIn,
+    Completed,
+    Cancelled,
+    NoShow,
+}
+
+impl BookingState {
+    pub const ALL: [BookingState; 5] = [
+        Self::Booked,
+        Self::CheckedIn,
+        Self::Completed,
+        Self::Cancelled,
+        Self::NoShow,
+    ];
+
+    /// The name clients see (the proto enum's, without its prefix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Booked => "BOOKED",
+            Self::CheckedIn => "CHECKED_IN",
+            Self::Completed => "COMPLETED",
+            Self::Cancelled => "CANCELLED",
+            Self::NoShow => "NO_SHOW",
+        }
+    }
+
+    /// Whether it counts against the offer's spaces.
+    pub fn occupies(self) -> bool {
+        matches!(self, Self::Booked | Self::CheckedIn)
+    }
+}
+
+/// Who cancelled a booking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelledBy {
+    Driver,
+    Host,
+}
+
+/// One driver's booking of one offer's space.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedBooking {
+    pub id: BookingId,
+    pub offer: OfferId,
+    pub region: RegionId,
+    pub host: DriverId,
+    pub driver: DriverId,
+    pub category: SpaceCategory,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub plate: Plate,
+    pub state: BookingState,
+    pub price_minor: i64,
+    pub currency: Arc<str>,
+    pub created_at: Timestamp,
+    /// Not checked in by then, it is a no-show and its window is free again.
+    pub no_show_at: Timestamp,
+    pub idempotency_key: Arc<str>,
+    pub changed_at: Option<Timestamp>,
+    pub cancelled_by: Option<CancelledBy>,
+    pub reason: Arc<str>,
+}
+
+/// Who acts on a booking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Driver,
+    Host,
+}
+
+impl SharedBooking {
+    /// How `who` relates to it, if at all (anyone else is told it does not exist).
+    pub fn party(&self, who: &DriverId) -> Option<Party> {
+        if &self.driver == who {
+            Some(Party::Driver)
+        } else if &self.host == who {
+            Some(Party::Host)
+        } else {
+            None
+        }
+    }
+
+    fn wrong_state(&self, action: &str, wanted: BookingState) -> Error {
+        Error::FailedPrecondition(format!(
+            "booking {} is {}; only a {} booking can be {action}",
+            self.id,
+            self.state.name(),
+            wanted.name()
+        ))
+    }
+
+    /// Its driver (before the start) or its host (any time) cancels it while BOOKED.
+    pub fn cancel(&mut self, by: Party, reason: &str, now: Timestamp) -> Result<(), Error> {
+        if self.state != BookingState::Booked {
+            return Err(self.wrong_state("cancelled", BookingState::Booked));
+        }
+        if by == Party::Driver && now >= self.start {
+            return Err(Error::FailedPrecondition(format!(
+                "booking {} could be cancelled until its start, {}",
+                self.id, self.start
+            )));
+        }
+        self.state = BookingState::Cancelled;
+        self.changed_at = Some(now);
+        self.cancelled_by = Some(match by {
+            Party::Driver => CancelledBy::Driver,
+            Party::Host => CancelledBy::Host,
+        });
+        self.reason = Arc::from(reason);
+        Ok(())
+    }
+
+    /// The car arrived (its driver's app or the host says so): from the grace before
+    /// the start until the no-show time.
+    pub fn check_in(&mut self, now: Timestamp) -> Result<(), Error> {
+        if self.state != BookingState::Booked {
+            return Err(self.wrong_state("checked in", BookingState::Booked));
+        }
+        if now < self.start - SHARED_GRACE || now >= self.no_show_at {
+            return Err(Error::FailedPrecondition(format!(
+                "booking {} can be checked in from {} until {}",
+                self.id,
+                self.start - SHARED_GRACE,
+                self.no_show_at
+            )));
+        }
+        self.state = BookingState::CheckedIn;
+        self.changed_at = Some(now);
+        Ok(())
+    }
+
+    /// The car left: its window is free again.
+    pub fn check_out(&mut self, now: Timestamp) -> Result<(), Error> {
+        if self.state != BookingState::CheckedIn {
+            return Err(self.wrong_state("checked out", BookingState::CheckedIn));
+        }
+        self.state = BookingState::Completed;
+        self.changed_at = Some(now);
+        Ok(())
+    }
+
+    /// BOOKED past its no-show time becomes NO_SHOW; false if it is not overdue.
+    pub fn expire(&mut self, now: Timestamp) -> bool {
+        if self.state != BookingState::Booked || now < self.no_show_at {
+            return false;
+        }
+        self.state = BookingState::NoShow;
+        self.changed_at = Some(now);
+        true
+    }
+
+    /// Whether the change from `before` freed its window.
+    pub fn freed(&self, before: BookingState) -> bool {
+        before.occupies() && !self.state.occupies()
+    }
+
+    /// When it may be dropped: like a reservation's.
+    pub fn drop_at(&self) -> Option<Timestamp> {
+        match self.state {
+            BookingState::Booked => None,
+            BookingState::CheckedIn => Some(self.end + super::CHECKED_IN_RETENTION),
+            _ => Some(self.end + super::FINISHED_RETENTION),
+        }
+    }
+
+    /// The plate as `who` may see it: whole for its driver, all but the last two
+    /// characters masked for anyone else (the host).
+    pub fn plate_for(&self, who: &DriverId) -> String {
+        let plate = self.plate.as_str();
+        if &self.driver == who {
+            return plate.to_owned();
+        }
+        let n = plate.chars().count();
+        plate
+            .chars()
+            .enumerate()
+            .map(|(i, c)| if i + 2 < n { '*' } else { c })
+            .collect()
+    }
+}
+
+/// What a booking is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookingRequest {
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub plate: Plate,
+    pub idempotency_key: String,
+}
+
+/// What a booking came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Booked {
+    New(SharedBooking),
+    Existing(SharedBooking),
+}
+
+/// The UTC days of the offer's ledger a window touches, as new slot counts where
+/// `held` has none (`held` in day order, one per day of `SlotCounts::days`).
+pub fn booking_days(
+    offer: &SharedOffer,
+    start: Timestamp,
+    end: Timestamp,
+    held: Vec<Option<SlotCounts>>,
+) -> Vec<SlotCounts> {
+    SlotCounts::days(start, end)
+        .zip(held)
+        .map(|(day, d)| {
+            d.unwrap_or_else(|| {
+                SlotCounts::empty(&offer.ledger(), &offer.region, SHARED_SLOT_MINUTES, day)
+            })
+        })
+        .collect()
+}
+
+/// Books `offer` for `driver` under id `id`, or says why not. `existing` is what the
+/// id names already; `days` the offer's slot counts of the days the window touches
+/// (`booking_days`), changed in place by a new booking.
+pub fn book(
+    offer: &SharedOffer,
+    request: &BookingRequest,
+    driver: &DriverId,
+    id: BookingId,
+    existing: Option<&SharedBooking>,
+    days: &mut [SlotCounts],
+    now: Timestamp,
+) -> Result<Booked, Error> {
+    if let Some(b) = existing {
+        let same = &b.driver == driver
+            && *b.idempotency_key == *request.idempotency_key
+            && b.start == request.start
+            && b.end == request.end
+            && b.plate == request.plate;
+        return if same {
+            Ok(Booked::Existing(b.clone()))
+        } else {
+            Err(Error::invalid(
+                "idempotency_key",
+                "was used for a different booking",
+            ))
+        };
+    }
+    offer.check_window(request.start, request.end, now)?;
+    if &offer.host == driver {
+        return Err(Error::FailedPrecondition(
+            "a host cannot book its own offer".into(),
+        ));
+    }
+    let wanted: Vec<i64> = SlotCounts::days(request.start, request.end).collect();
+    let given: Vec<i64> = days.iter().map(|d| d.day).collect();
+    if wanted != given || days.iter().any(|d| *d.ledger != *offer.ledger()) {
+        return Err(Error::Internal(format!(
+            "a booking was decided on days {given:?}, not {wanted:?}"
+        )));
+    }
+    if let Some(full) = days
+        .iter()
+        .find_map(|d| d.first_full(offer.category, request.start, request.end, offer.spaces))
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "fully booked: offer {} has no space free from {full}",
+            offer.id
+        )));
+    }
+    let booking = SharedBooking {
+        id,
+        offer: offer.id.clone(),
+        region: offer.region.clone(),
+        host: offer.host.clone(),
+        driver: driver.clone(),
+        category: offer.category,
+        start: request.start,
+        end: request.end,
+        plate: request.plate.clone(),
+        state: BookingState::Booked,
+        price_minor: offer.price(request.start, request.end),
+        currency: offer.currency.clone(),
+        created_at: now,
+        no_show_at: (request.start + SHARED_GRACE).min(request.end),
+        idempotency_key: Arc::from(request.idempotency_key.as_str()),
+        changed_at: None,
+        cancelled_by: None,
+        reason: Arc::from(""),
+    };
+    for d in days.iter_mut() {
+        d.take(booking.category, booking.start, booking.end);
+    }
+    Ok(Booked::New(booking))
+}
