@@ -10,8 +10,8 @@ mod ids;
 mod occupancy;
 mod query;
 mod reservation;
-mod shared;
 mod schedule;
+mod shared;
 mod tariff;
 
 pub use carpark::{
@@ -31,12 +31,12 @@ pub use reservation::{
     ReservationState, SlotCounts, calendar, calendar_slots, check_key_elsewhere, check_window,
     reserve,
 };
-pub use shared::{
-    Blackout, Booked, BookingId, BookingRequest, BookingState, CancelledBy, MAX_SPACES,
-    OfferState, Party, SHARED_GRACE, SHARED_SLOT_MINUTES, SharedBooking, SharedOffer,
-    WeeklyPeriod, book, booking_days, ledger_of,
-};
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
+pub use shared::{
+    Blackout, Booked, BookingId, BookingRequest, BookingState, CancelledBy, MAX_SPACES, OfferState,
+    Party, SHARED_GRACE, SHARED_SLOT_MINUTES, SharedBooking, SharedOffer, WeeklyPeriod, book,
+    booking_days, ledger_of,
+};
 pub use tariff::{Stay, Tariff};
 
 /// A point in time; the domain takes "now" as an argument and never reads a clock.

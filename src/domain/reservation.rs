@@ -515,7 +515,12 @@ impl SlotCounts {
     /// A day of `car_park`'s reservations with nothing counted, in `policy`'s slot
     /// length.
     pub fn new(car_park: &CarPark, policy: &ReservationPolicy, day: i64) -> Self {
-        Self::empty(car_park.id.as_str(), &car_park.region, policy.slot_minutes, day)
+        Self::empty(
+            car_park.id.as_str(),
+            &car_park.region,
+            policy.slot_minutes,
+            day,
+        )
     }
 
     /// A day of ledger `ledger` with nothing counted.
@@ -767,7 +772,12 @@ pub fn reserve(
     }
     let wanted: Vec<i64> = SlotCounts::days(request.start, request.end).collect();
     let given: Vec<i64> = booking.days.iter().map(|d| d.day).collect();
-    if wanted != given || booking.days.iter().any(|d| *d.ledger != *car_park.id.as_str()) {
+    if wanted != given
+        || booking
+            .days
+            .iter()
+            .any(|d| *d.ledger != *car_park.id.as_str())
+    {
         return Err(Error::Internal(format!(
             "a create was decided on days {given:?}, not {wanted:?}"
         )));
@@ -997,7 +1007,10 @@ mod tests {
             change(&mut r)?;
             if r.freed_slots(before) {
                 for d in SlotCounts::days(r.start, r.end) {
-                    self.days.get_mut(&d).unwrap().release(r.category, r.start, r.end);
+                    self.days
+                        .get_mut(&d)
+                        .unwrap()
+                        .release(r.category, r.start, r.end);
                 }
             }
             self.reservations.insert(r.id.clone(), r.clone());

@@ -171,7 +171,10 @@ impl SharedOffer {
                 "must be 15 to 10080 (7 days)",
             ));
         }
-        for (name, text) in [("address", &self.address), ("description", &self.description)] {
+        for (name, text) in [
+            ("address", &self.address),
+            ("description", &self.description),
+        ] {
             if text.chars().count() > MAX_TEXT || text.chars().any(char::is_control) {
                 return Err(Error::invalid(
                     field(name),
@@ -228,7 +231,9 @@ impl SharedOffer {
         let (from, to) = (
             start.to_zoned(zone.clone()).date(),
             // The local day of the window's last instant.
-            (end - Duration::from_millis(1)).to_zoned(zone.clone()).date(),
+            (end - Duration::from_millis(1))
+                .to_zoned(zone.clone())
+                .date(),
         );
         self.blackouts.iter().find(|b| b.from <= to && from <= b.to)
     }
@@ -248,7 +253,12 @@ impl SharedOffer {
 
     /// Whether [start, end) may be booked at `now`, apart from spaces: why not,
     /// naming the field.
-    pub fn check_window(&self, start: Timestamp, end: Timestamp, now: Timestamp) -> Result<(), Error> {
+    pub fn check_window(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), Error> {
         if self.state != OfferState::Active {
             return Err(Error::FailedPrecondition(format!(
                 "offer {} is withdrawn",
@@ -704,4 +714,348 @@ pub fn book(
         d.take(booking.category, booking.start, booking.end);
     }
     Ok(Booked::New(booking))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn offer(zone: &str, schedule: Vec<WeeklyPeriod>, spaces: u32) -> SharedOffer {
+        SharedOffer {
+            id: OfferId::parse("home-1").unwrap(),
+            host: DriverId::parse("host").unwrap(),
+            region: RegionId::parse("qingdao").unwrap(),
+            location: LatLng::new(36.06, 120.38).unwrap(),
+            address: "1 Xianggang Rd".into(),
+            description: String::new(),
+            category: SpaceCategory::Standard,
+            spaces,
+            time_zone: TimeZoneName::parse(zone).unwrap(),
+            schedule,
+            blackouts: Vec::new(),
+            hourly_rate_minor: 400,
+            cap_per_booking_minor: 2_000,
+            currency: Arc::from("CNY"),
+            max_booking_minutes: 24 * 60,
+            state: OfferState::Active,
+        }
+    }
+
+    /// Every night of the week, 22:00 to 07:00.
+    fn nights() -> Vec<WeeklyPeriod> {
+        (1..=7)
+            .map(|weekday| WeeklyPeriod {
+                weekday,
+                start_minute: 22 * 60,
+                end_minute: 7 * 60,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_night_period_crosses_midnight_in_the_offer_s_zone() {
+        let o = offer("Asia/Shanghai", nights(), 1);
+        // 22:00-07:00 Shanghai is 14:00-23:00 UTC.
+        assert!(o.covers(ts("2026-12-01T14:00:00Z"), ts("2026-12-01T23:00:00Z")));
+        assert!(!o.covers(ts("2026-12-01T13:45:00Z"), ts("2026-12-01T15:00:00Z")));
+        assert!(!o.covers(ts("2026-12-01T22:00:00Z"), ts("2026-12-01T23:15:00Z")));
+        // Two nights joined only by the day between them are not one window.
+        assert!(!o.covers(ts("2026-12-01T14:00:00Z"), ts("2026-12-02T15:00:00Z")));
+        // Consecutive days' periods that meet are one.
+        let always: Vec<WeeklyPeriod> = (1..=7)
+            .map(|weekday| WeeklyPeriod {
+                weekday,
+                start_minute: 0,
+                end_minute: 1440,
+            })
+            .collect();
+        let o = offer("Asia/Shanghai", always, 1);
+        assert!(o.covers(ts("2026-12-01T10:00:00Z"), ts("2026-12-04T10:00:00Z")));
+    }
+
+    #[test]
+    fn wall_clock_periods_follow_daylight_saving_changes() {
+        // Berlin leaves summer time on 2026-10-25 at 03:00 (back to 02:00): the night of
+        // the 24th, 22:00 CEST to 07:00 CET, is 10 hours long.
+        let o = offer("Europe/Berlin", nights(), 1);
+        assert!(o.covers(ts("2026-10-24T20:00:00Z"), ts("2026-10-25T06:00:00Z")));
+        assert!(!o.covers(ts("2026-10-24T20:00:00Z"), ts("2026-10-25T06:15:00Z")));
+        // Summer time starts on 2026-03-29 at 02:00 (to 03:00): 22:00 CET to 07:00 CEST
+        // is 8 hours.
+        assert!(o.covers(ts("2026-03-28T21:00:00Z"), ts("2026-03-29T05:00:00Z")));
+        assert!(!o.covers(ts("2026-03-28T21:00:00Z"), ts("2026-03-29T05:15:00Z")));
+        // New York leaves summer time on 2026-11-01 (02:00 back to 01:00).
+        let o = offer("America/New_York", nights(), 1);
+        assert!(o.covers(ts("2026-11-01T02:00:00Z"), ts("2026-11-01T12:00:00Z")));
+        assert!(!o.covers(ts("2026-11-01T02:00:00Z"), ts("2026-11-01T12:15:00Z")));
+        // And starts it on 2026-03-08 (02:00 to 03:00).
+        assert!(o.covers(ts("2026-03-08T03:00:00Z"), ts("2026-03-08T11:00:00Z")));
+        assert!(!o.covers(ts("2026-03-08T03:00:00Z"), ts("2026-03-08T11:15:00Z")));
+        // Shanghai has no daylight saving: 9 hours every night.
+        let o = offer("Asia/Shanghai", nights(), 1);
+        assert!(o.covers(ts("2026-10-24T14:00:00Z"), ts("2026-10-24T23:00:00Z")));
+    }
+
+    #[test]
+    fn blackouts_and_bad_windows_are_refused_naming_why() {
+        let mut o = offer("Asia/Shanghai", nights(), 1);
+        o.blackouts.push(Blackout {
+            from: "2026-12-03".parse().unwrap(),
+            to: "2026-12-03".parse().unwrap(),
+        });
+        let now = ts("2026-12-01T08:00:00Z");
+        // The night of the 2nd runs into the 3rd (local): it touches the blackout.
+        let err = o
+            .check_window(ts("2026-12-02T14:00:00Z"), ts("2026-12-02T23:00:00Z"), now)
+            .unwrap_err();
+        assert!(err.to_string().contains("not available"), "{err}");
+        o.check_window(ts("2026-12-01T14:00:00Z"), ts("2026-12-01T15:00:00Z"), now)
+            .unwrap();
+        let err = o
+            .check_window(ts("2026-12-01T14:00:00Z"), ts("2026-12-01T14:20:00Z"), now)
+            .unwrap_err();
+        assert!(err.to_string().starts_with("end_time"), "{err}");
+        let err = o
+            .check_window(ts("2026-12-01T09:00:00Z"), ts("2026-12-01T10:00:00Z"), now)
+            .unwrap_err();
+        assert!(err.to_string().contains("schedule"), "{err}");
+        o.state = OfferState::Withdrawn;
+        let err = o
+            .check_window(ts("2026-12-01T14:00:00Z"), ts("2026-12-01T15:00:00Z"), now)
+            .unwrap_err();
+        assert!(err.to_string().contains("withdrawn"), "{err}");
+    }
+
+    #[test]
+    fn price_is_per_started_quarter_hour_and_capped() {
+        let o = offer("Asia/Shanghai", nights(), 1);
+        let at = ts("2026-12-01T14:00:00Z");
+        assert_eq!(o.price(at, at + Duration::from_secs(3600)), 400);
+        assert_eq!(o.price(at, at + Duration::from_secs(15 * 60)), 100);
+        assert_eq!(o.price(at, at + Duration::from_secs(16 * 60)), 200);
+        assert_eq!(
+            o.price(at, at + Duration::from_secs(9 * 3600)),
+            2_000,
+            "capped"
+        );
+    }
+
+    fn request(start: &str, end: &str, key: &str) -> BookingRequest {
+        BookingRequest {
+            start: ts(start),
+            end: ts(end),
+            plate: Plate::parse("鲁B12345").unwrap(),
+            idempotency_key: key.into(),
+        }
+    }
+
+    /// An offer's bookings and slot counts, kept as the service keeps them.
+    struct Records {
+        offer: SharedOffer,
+        bookings: BTreeMap<BookingId, SharedBooking>,
+        days: BTreeMap<i64, SlotCounts>,
+    }
+
+    impl Records {
+        fn book(
+            &mut self,
+            req: &BookingRequest,
+            who: &str,
+            now: Timestamp,
+        ) -> Result<Booked, Error> {
+            let who = DriverId::parse(who).unwrap();
+            let id = BookingId::for_key(&self.offer.id, &who, &req.idempotency_key);
+            let held = SlotCounts::days(req.start.min(req.end), req.end.max(req.start))
+                .map(|d| self.days.get(&d).cloned())
+                .collect();
+            let mut days = booking_days(&self.offer, req.start, req.end, held);
+            let got = book(
+                &self.offer,
+                req,
+                &who,
+                id.clone(),
+                self.bookings.get(&id),
+                &mut days,
+                now,
+            )?;
+            if let Booked::New(b) = &got {
+                self.bookings.insert(b.id.clone(), b.clone());
+                for d in days {
+                    self.days.insert(d.day, d);
+                }
+            }
+            Ok(got)
+        }
+
+        fn change(
+            &mut self,
+            id: &BookingId,
+            f: impl FnOnce(&mut SharedBooking) -> Result<(), Error>,
+        ) -> Result<(), Error> {
+            let mut b = self.bookings[id].clone();
+            let before = b.state;
+            f(&mut b)?;
+            if b.freed(before) {
+                for d in SlotCounts::days(b.start, b.end) {
+                    self.days
+                        .get_mut(&d)
+                        .unwrap()
+                        .release(b.category, b.start, b.end);
+                }
+            }
+            self.bookings.insert(b.id.clone(), b);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_pool_takes_as_many_overlapping_bookings_as_it_has_spaces_and_touching_ends_fit() {
+        let mut r = Records {
+            offer: offer("Asia/Shanghai", nights(), 2),
+            bookings: BTreeMap::new(),
+            days: BTreeMap::new(),
+        };
+        let now = ts("2026-12-01T08:00:00Z");
+        r.book(
+            &request("2026-12-01T14:00:00Z", "2026-12-01T16:00:00Z", "a"),
+            "a",
+            now,
+        )
+        .unwrap();
+        r.book(
+            &request("2026-12-01T15:00:00Z", "2026-12-01T17:00:00Z", "b"),
+            "b",
+            now,
+        )
+        .unwrap();
+        let err = r
+            .book(
+                &request("2026-12-01T15:45:00Z", "2026-12-01T16:15:00Z", "c"),
+                "c",
+                now,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("fully booked"), "{err}");
+        // Touching the first's end is fine.
+        r.book(
+            &request("2026-12-01T16:00:00Z", "2026-12-01T18:00:00Z", "d"),
+            "d",
+            now,
+        )
+        .unwrap();
+        // A retry is the same booking; the host cannot book its own.
+        let again = r.book(
+            &request("2026-12-01T14:00:00Z", "2026-12-01T16:00:00Z", "a"),
+            "a",
+            now,
+        );
+        assert!(matches!(again, Ok(Booked::Existing(_))));
+        let own = r.book(
+            &request("2026-12-01T20:00:00Z", "2026-12-01T21:00:00Z", "h"),
+            "host",
+            now,
+        );
+        assert!(own.is_err());
+        // A driver's cancel frees the window.
+        let id = BookingId::for_key(&r.offer.id, &DriverId::parse("b").unwrap(), "b");
+        r.change(&id, |b| b.cancel(Party::Driver, "", now)).unwrap();
+        r.book(
+            &request("2026-12-01T15:45:00Z", "2026-12-01T16:15:00Z", "c"),
+            "c",
+            now,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_owner_s_change_strands_the_bookings_it_no_longer_allows() {
+        let mut r = Records {
+            offer: offer("Asia/Shanghai", nights(), 2),
+            bookings: BTreeMap::new(),
+            days: BTreeMap::new(),
+        };
+        let now = ts("2026-12-01T08:00:00Z");
+        for (k, start, end) in [
+            ("a", "2026-12-01T14:00:00Z", "2026-12-01T16:00:00Z"),
+            ("b", "2026-12-01T15:00:00Z", "2026-12-01T17:00:00Z"),
+            ("c", "2026-12-02T20:00:00Z", "2026-12-02T22:00:00Z"),
+        ] {
+            r.book(&request(start, end, k), k, now).unwrap();
+        }
+        let all: Vec<SharedBooking> = r.bookings.values().cloned().collect();
+        let driver_of = |b: &&SharedBooking| b.driver.as_str().to_owned();
+        // One space: the later of the two overlapping ones is stranded.
+        let mut fewer = r.offer.clone();
+        fewer.spaces = 1;
+        let stranded: Vec<String> = fewer.stranded(&all).iter().map(driver_of).collect();
+        assert_eq!(stranded, ["b"]);
+        // A blackout on the 3rd (local) strands c, whose night runs into it.
+        let mut blackout = r.offer.clone();
+        blackout.blackouts.push(Blackout {
+            from: "2026-12-03".parse().unwrap(),
+            to: "2026-12-03".parse().unwrap(),
+        });
+        let stranded: Vec<String> = blackout.stranded(&all).iter().map(driver_of).collect();
+        assert_eq!(stranded, ["c"]);
+        // Withdrawn, every BOOKED one is; a checked-in car is not.
+        let id = BookingId::for_key(&r.offer.id, &DriverId::parse("a").unwrap(), "a");
+        r.change(&id, |b| b.check_in(ts("2026-12-01T14:05:00Z")))
+            .unwrap();
+        let all: Vec<SharedBooking> = r.bookings.values().cloned().collect();
+        let mut gone = r.offer.clone();
+        gone.state = OfferState::Withdrawn;
+        let mut stranded: Vec<String> = gone.stranded(&all).iter().map(driver_of).collect();
+        stranded.sort();
+        assert_eq!(stranded, ["b", "c"]);
+    }
+
+    #[test]
+    fn hosts_see_plates_masked_and_the_lifecycle_holds() {
+        let mut r = Records {
+            offer: offer("Asia/Shanghai", nights(), 1),
+            bookings: BTreeMap::new(),
+            days: BTreeMap::new(),
+        };
+        let now = ts("2026-12-01T08:00:00Z");
+        let Booked::New(b) = r
+            .book(
+                &request("2026-12-01T14:00:00Z", "2026-12-01T16:00:00Z", "a"),
+                "a",
+                now,
+            )
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(b.plate_for(&DriverId::parse("a").unwrap()), "鲁B12345");
+        assert_eq!(b.plate_for(&DriverId::parse("host").unwrap()), "*****45");
+        assert_eq!(b.party(&DriverId::parse("x").unwrap()), None);
+        assert_eq!(b.price_minor, 800);
+        let mut late = b.clone();
+        assert!(
+            late.cancel(Party::Driver, "", ts("2026-12-01T14:00:00Z"))
+                .is_err()
+        );
+        late.cancel(Party::Host, "water pipe", ts("2026-12-01T14:00:00Z"))
+            .unwrap();
+        assert_eq!(late.cancelled_by, Some(CancelledBy::Host));
+        let mut due = b.clone();
+        assert!(!due.expire(ts("2026-12-01T14:14:00Z")));
+        assert!(due.expire(ts("2026-12-01T14:15:00Z")));
+        assert_eq!(due.state, BookingState::NoShow);
+        let mut arrived = b;
+        assert!(
+            arrived.check_in(ts("2026-12-01T13:40:00Z")).is_err(),
+            "too early"
+        );
+        arrived.check_in(ts("2026-12-01T13:50:00Z")).unwrap();
+        arrived.check_out(ts("2026-12-01T15:00:00Z")).unwrap();
+        assert_eq!(arrived.state, BookingState::Completed);
+    }
 }
