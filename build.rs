@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "proto/citypark/v1/ingest.proto",
     "proto/citypark/v1/availability.proto",
     "proto/citypark/v1/reservations.proto",
+    "proto/citypark/v1/shared.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

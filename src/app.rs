@@ -126,17 +126,19 @@ fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
 const MIN_STOP: Duration = Duration::from_secs(3);
 
 /// The services that write through the store: out of rotation while it is down.
-const WRITE_SERVICES: [&str; 3] = [
+const WRITE_SERVICES: [&str; 4] = [
     pb::registry_server::SERVICE_NAME,
     pb::ingest_server::SERVICE_NAME,
     pb::reservations_server::SERVICE_NAME,
+    pb::shared_parking_server::SERVICE_NAME,
 ];
 /// Every citypark service.
-const ALL_SERVICES: [&str; 4] = [
+const ALL_SERVICES: [&str; 5] = [
     pb::registry_server::SERVICE_NAME,
     pb::ingest_server::SERVICE_NAME,
     pb::availability_server::SERVICE_NAME,
     pb::reservations_server::SERVICE_NAME,
+    pb::shared_parking_server::SERVICE_NAME,
 ];
 
 async fn set_health(
@@ -226,7 +228,11 @@ pub async fn run(
                 .max_decoding_message_size(max),
         )
         .add_service(
-            pb::reservations_server::ReservationsServer::new(api).max_decoding_message_size(max),
+            pb::reservations_server::ReservationsServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::shared_parking_server::SharedParkingServer::new(api).max_decoding_message_size(max),
         );
 
     let addr = grpc.local_addr().ok();
@@ -271,7 +277,7 @@ pub async fn run(
                 crate::metrics::record_store_up(serving);
                 if !serving {
                     tracing::warn!(
-                        "store unreachable: Registry, Ingest and Reservations report NOT_SERVING"
+                        "store unreachable: Registry, Ingest, Reservations and SharedParking report NOT_SERVING"
                     );
                 }
                 set_health(&health, &WRITE_SERVICES, serving).await;

@@ -26,6 +26,9 @@ pub const STORE_UP: &str = "citypark_store_up";
 pub const REPLICATION_SKIPPED: &str = "citypark_replication_skipped_total";
 pub const RESERVATIONS: &str = "citypark_reservations_total";
 pub const RESERVATIONS_ACTIVE: &str = "citypark_reservations_active";
+pub const SHARED: &str = "citypark_shared_total";
+pub const SHARED_OFFERS: &str = "citypark_shared_offers";
+pub const SHARED_BOOKINGS: &str = "citypark_shared_bookings";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -91,6 +94,21 @@ fn describe() {
         "reservations held in this instance's replica, by state"
     );
     describe_counter!(
+        SHARED,
+        Unit::Count,
+        "shared-parking changes by result (offered, booked, refused, cancelled, host_cancelled, checked_in, completed, no_show)"
+    );
+    describe_gauge!(
+        SHARED_OFFERS,
+        Unit::Count,
+        "shared offers in this instance's replica, by state"
+    );
+    describe_gauge!(
+        SHARED_BOOKINGS,
+        Unit::Count,
+        "shared bookings in this instance's replica, by state"
+    );
+    describe_counter!(
         WATCH_RESYNCS,
         Unit::Count,
         "watchers that fell behind and were sent a fresh snapshot"
@@ -150,6 +168,20 @@ pub fn record_reservation(result: &'static str, refused: Option<&Error>) {
 pub fn record_reservation_states(counts: &[(ReservationState, usize)]) {
     for (state, n) in counts {
         gauge!(RESERVATIONS_ACTIVE, "state" => state.label()).set(*n as f64);
+    }
+}
+
+/// Counts one shared-parking change by its result.
+pub fn record_shared(result: &'static str) {
+    counter!(SHARED, "result" => result).increment(1);
+}
+
+/// Sets the shared-parking gauges: active and withdrawn offers, bookings by state.
+pub fn record_shared_states((active, withdrawn, bookings): (usize, usize, [usize; 5])) {
+    gauge!(SHARED_OFFERS, "state" => "active").set(active as f64);
+    gauge!(SHARED_OFFERS, "state" => "withdrawn").set(withdrawn as f64);
+    for (state, n) in crate::domain::BookingState::ALL.iter().zip(bookings) {
+        gauge!(SHARED_BOOKINGS, "state" => state.name().to_ascii_lowercase()).set(n as f64);
     }
 }
 

@@ -25,6 +25,7 @@ pub use occupancy::{
     Availability, CategoryAvailability, Live, MAX_FUTURE_SKEW, Report, ReportBody, ReportOutcome,
 };
 pub use query::{Admitted, NearbyQuery};
+pub(crate) use reservation::key_suffix;
 pub use reservation::{
     Actor, Booking, CHECKED_IN_RETENTION, CalendarSlot, Created, FINISHED_RETENTION,
     MAX_CALENDAR_SLOTS, Plate, Reservation, ReservationId, ReservationPolicy, ReservationRequest,

@@ -12,6 +12,7 @@
 mod index;
 mod replica;
 mod reservations;
+mod shared;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -186,6 +187,7 @@ pub struct Engine {
     /// How many RESERVED reservations `book` holds, read without its lock on every car
     /// park write.
     reserved_count: AtomicUsize,
+    sharing: RwLock<shared::Sharing>,
     changes: broadcast::Sender<Arc<Change>>,
 }
 
@@ -197,6 +199,7 @@ impl Engine {
             inner: RwLock::default(),
             book: RwLock::default(),
             reserved_count: AtomicUsize::new(0),
+            sharing: RwLock::default(),
             changes,
         }
     }

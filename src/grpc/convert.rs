@@ -37,12 +37,12 @@ pub fn pb_timestamp(t: Timestamp) -> prost_types::Timestamp {
     }
 }
 
-fn lat_lng(value: Option<&pb::LatLng>, field: &str) -> Result<LatLng> {
+pub fn lat_lng(value: Option<&pb::LatLng>, field: &str) -> Result<LatLng> {
     let p = required(value, field)?;
     LatLng::new(p.latitude, p.longitude).map_err(|e| e.in_field(field))
 }
 
-fn pb_lat_lng(p: LatLng) -> pb::LatLng {
+pub fn pb_lat_lng(p: LatLng) -> pb::LatLng {
     pb::LatLng {
         latitude: p.lat(),
         longitude: p.lon(),

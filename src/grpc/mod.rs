@@ -8,6 +8,7 @@ mod convert;
 mod handlers;
 mod layer;
 mod reservations;
+mod shared;
 mod status;
 
 pub use handlers::Api;

@@ -4,12 +4,14 @@
 //!
 //! One file per use case: `registry` (car parks), `ingest` (occupancy reports),
 //! `availability` (queries and the status sweep), `watch` (watch streams),
-//! `reservations` (the reservation ledger, arrivals by plate, the no-show sweep).
+//! `reservations` (the reservation ledger, arrivals by plate, the no-show sweep),
+//! `shared` (shared parking: offers, search, bookings).
 
 mod availability;
 mod ingest;
 mod registry;
 mod reservations;
+mod shared;
 mod watch;
 mod write;
 
@@ -20,6 +22,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use reservations::Caller;
+pub use shared::OfferFound;
 pub use watch::{WatchEvent, WatchSelector};
 
 use crate::{
@@ -76,6 +79,8 @@ pub struct Service {
     stop: CancellationToken,
     /// Whose turn it is to change each car park's reservations on this instance.
     ledger_turns: Arc<reservations::LedgerTurns>,
+    /// Whose turn it is to change each shared offer and its bookings on this instance.
+    offer_turns: Arc<shared::OfferTurns>,
 }
 
 impl Service {
@@ -103,6 +108,7 @@ impl Service {
             ingest,
             stop: CancellationToken::new(),
             ledger_turns: Arc::default(),
+            offer_turns: Arc::default(),
         };
         if let Some(jobs) = jobs {
             ingest::spawn(&service, jobs, service.stop.clone());

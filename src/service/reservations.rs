@@ -450,6 +450,7 @@ impl Service {
                 }
             }
             self.drop_old_records(now).await;
+            self.sweep_bookings(now).await;
             metrics::record_reservation_states(&self.engine.reservations_by_state());
         }
     }

@@ -13,6 +13,7 @@ pub mod carpark;
 pub mod embedded;
 pub mod redis;
 pub mod reservation;
+pub mod shared;
 pub mod table;
 
 use std::future::Future;

@@ -7,47 +7,8 @@
 //! Formats: 1 is the JSON of `domain::Reservation`, and of `domain::SlotCounts`, behind
 //! a `1:` prefix.
 
-use super::table::{Aggregate, DecodeError, Stored, encode};
-use crate::{
-    domain::{RegionId, Reservation, SlotCounts},
-    engine::{Engine, Replica},
-};
-
-/// A kind of one part, written whole by every change, in format 1: `$kind` records in
-/// the version hash `$versions` and the part hash `$part`.
-macro_rules! whole_record_kind {
-    ($t:ty, $kind:literal, $versions:literal, $part:literal) => {
-        impl Aggregate for $t {
-            const KIND: &'static str = $kind;
-            const FORMAT: u32 = 1;
-            const VERSIONS: &'static str = $versions;
-            const PARTS: &'static [&'static str] = &[$part];
-
-            fn region(&self) -> &RegionId {
-                &self.region
-            }
-
-            fn encode_part(&self, _part: usize) -> String {
-                encode(Self::FORMAT, self)
-            }
-
-            fn decode(
-                parts: &[Option<Stored<'_>>],
-                base: Option<&Self>,
-            ) -> Result<Self, DecodeError> {
-                match (parts.first().copied().flatten(), base) {
-                    (Some(stored), _) => stored.json(Self::FORMAT),
-                    (None, Some(base)) => Ok(base.clone()),
-                    (None, None) => Err(DecodeError::MissingBase),
-                }
-            }
-
-            fn replica(engine: &Engine) -> &dyn Replica<Self> {
-                engine
-            }
-        }
-    };
-}
+use super::table::whole_record_kind;
+use crate::domain::{Reservation, SlotCounts};
 
 whole_record_kind!(
     Reservation,

@@ -44,6 +44,44 @@ pub trait Aggregate: Clone + Send + Sync + 'static {
     fn replica(engine: &Engine) -> &dyn Replica<Self>;
 }
 
+/// A kind of one part, written whole by every change, in format 1: `$kind` records in
+/// the version hash `$versions` and the part hash `$part`.
+macro_rules! whole_record_kind {
+    ($t:ty, $kind:literal, $versions:literal, $part:literal) => {
+        impl $crate::store::Aggregate for $t {
+            const KIND: &'static str = $kind;
+            const FORMAT: u32 = 1;
+            const VERSIONS: &'static str = $versions;
+            const PARTS: &'static [&'static str] = &[$part];
+
+            fn region(&self) -> &$crate::domain::RegionId {
+                &self.region
+            }
+
+            fn encode_part(&self, _part: usize) -> String {
+                $crate::store::table::encode(Self::FORMAT, self)
+            }
+
+            fn decode(
+                parts: &[Option<$crate::store::table::Stored<'_>>],
+                base: Option<&Self>,
+            ) -> Result<Self, $crate::store::table::DecodeError> {
+                match (parts.first().copied().flatten(), base) {
+                    (Some(stored), _) => stored.json(Self::FORMAT),
+                    (None, Some(base)) => Ok(base.clone()),
+                    (None, None) => Err($crate::store::table::DecodeError::MissingBase),
+                }
+            }
+
+            fn replica(engine: &$crate::engine::Engine) -> &dyn $crate::engine::Replica<Self> {
+                engine
+            }
+        }
+    };
+}
+
+pub(crate) use whole_record_kind;
+
 /// Which parts of a record a write sets, as a bit per part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parts(u32);

@@ -14,6 +14,7 @@ mod redis_instances;
 mod redis_support;
 mod registry;
 mod reservations;
+mod shared;
 mod shutdown;
 mod smoke;
 mod standard_services;

@@ -9,7 +9,7 @@ use citypark::{
     pb::{
         self, availability_client::AvailabilityClient, ingest_client::IngestClient,
         registry_client::RegistryClient, reservations_client::ReservationsClient,
-        watch_availability_response::Event,
+        shared_parking_client::SharedParkingClient, watch_availability_response::Event,
     },
     service::{Clock, ManualClock},
     store::redis::RedisOptions,
@@ -221,6 +221,10 @@ impl TestServer {
 
     pub async fn reservations(&self) -> ReservationsClient<Channel> {
         ReservationsClient::new(self.channel().await)
+    }
+
+    pub async fn shared(&self) -> SharedParkingClient<Channel> {
+        SharedParkingClient::new(self.channel().await)
     }
 
     pub async fn availability(&self) -> AvailabilityClient<Channel> {

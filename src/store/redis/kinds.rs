@@ -5,7 +5,7 @@ use std::{collections::HashMap, future::Future, marker::PhantomData, pin::Pin};
 
 use super::{Shared, snapshot};
 use crate::{
-    domain::{CarParkState, RegionId, Reservation, Result, SlotCounts},
+    domain::{CarParkState, RegionId, Reservation, Result, SharedBooking, SharedOffer, SlotCounts},
     engine::Loading,
     store::{
         Aggregate,
@@ -77,6 +77,8 @@ pub(super) const KINDS: &[&dyn Kind] = &[
     &Of::<CarParkState>(PhantomData),
     &Of::<SlotCounts>(PhantomData),
     &Of::<Reservation>(PhantomData),
+    &Of::<SharedOffer>(PhantomData),
+    &Of::<SharedBooking>(PhantomData),
 ];
 
 /// The kind named `name`, if this version knows it.

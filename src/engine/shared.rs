@@ -1,0 +1,439 @@
+//! Shared offers and bookings in memory: offers by id and host, in an R-tree of their
+//! own (searched nearest first, like car parks); bookings by id, offer, driver and
+//! host, the BOOKED ones by no-show time.
+//!
+//! Locking: one `RwLock` for all of it, never held while taking another engine lock.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    hash::Hash,
+    sync::Arc,
+};
+
+use rstar::{AABB, PointDistance, RTree, RTreeObject};
+
+use super::{
+    Engine, Loading, Replica,
+    replica::{expected, newer},
+};
+use crate::domain::{
+    BookingId, BookingState, DriverId, LatLng, OfferId, RegionId, Result, SharedBooking,
+    SharedOffer, Timestamp,
+};
+
+/// An offer in the tree.
+#[derive(Debug, Clone, PartialEq)]
+struct OfferPoint {
+    xyz: [f64; 3],
+    id: OfferId,
+}
+
+impl RTreeObject for OfferPoint {
+    type Envelope = AABB<[f64; 3]>;
+
+    fn envelope(&self) -> Self::Envelope {
+        AABB::from_point(self.xyz)
+    }
+}
+
+impl PointDistance for OfferPoint {
+    fn distance_2(&self, p: &[f64; 3]) -> f64 {
+        let [x, y, z] = self.xyz;
+        (x - p[0]).powi(2) + (y - p[1]).powi(2) + (z - p[2]).powi(2)
+    }
+}
+
+/// A record as held, or the version it was removed at.
+struct Held<T> {
+    record: Option<Arc<T>>,
+    version: u64,
+}
+
+fn unindex<K: Eq + Hash, V: Eq + Hash>(map: &mut HashMap<K, HashSet<V>>, key: &K, id: &V) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// Every offer and booking this engine holds.
+#[derive(Default)]
+pub(super) struct Sharing {
+    offers: HashMap<OfferId, Held<SharedOffer>>,
+    tree: RTree<OfferPoint>,
+    offers_by_host: HashMap<DriverId, HashSet<OfferId>>,
+    bookings: HashMap<BookingId, Held<SharedBooking>>,
+    by_offer: HashMap<OfferId, HashSet<BookingId>>,
+    /// A booking's driver and its offer's host both find it here.
+    by_party: HashMap<DriverId, HashSet<BookingId>>,
+    due: BTreeSet<(Timestamp, BookingId)>,
+    droppable: BTreeSet<(Timestamp, BookingId)>,
+}
+
+impl Sharing {
+    fn set_offer(&mut self, id: OfferId, record: Option<Arc<SharedOffer>>, version: u64) {
+        if let Some(old) = self.offers.get(&id).and_then(|h| h.record.clone()) {
+            self.tree.remove(&OfferPoint {
+                xyz: old.location.unit_vector(),
+                id: id.clone(),
+            });
+            unindex(&mut self.offers_by_host, &old.host, &id);
+        }
+        if let Some(new) = &record {
+            self.tree.insert(OfferPoint {
+                xyz: new.location.unit_vector(),
+                id: id.clone(),
+            });
+            self.offers_by_host
+                .entry(new.host.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.offers.insert(id, Held { record, version });
+    }
+
+    fn set_booking(&mut self, id: BookingId, record: Option<Arc<SharedBooking>>, version: u64) {
+        if let Some(old) = self.bookings.get(&id).and_then(|h| h.record.clone()) {
+            unindex(&mut self.by_offer, &old.offer, &id);
+            unindex(&mut self.by_party, &old.driver, &id);
+            unindex(&mut self.by_party, &old.host, &id);
+            self.due.remove(&(old.no_show_at, id.clone()));
+            if let Some(at) = old.drop_at() {
+                self.droppable.remove(&(at, id.clone()));
+            }
+        }
+        if let Some(new) = &record {
+            self.by_offer
+                .entry(new.offer.clone())
+                .or_default()
+                .insert(id.clone());
+            for party in [&new.driver, &new.host] {
+                self.by_party
+                    .entry(party.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
+            if new.state == BookingState::Booked {
+                self.due.insert((new.no_show_at, id.clone()));
+            }
+            if let Some(at) = new.drop_at() {
+                self.droppable.insert((at, id.clone()));
+            }
+        }
+        self.bookings.insert(id, Held { record, version });
+    }
+
+    fn booking(&self, id: &BookingId) -> Option<Arc<SharedBooking>> {
+        self.bookings.get(id)?.record.clone()
+    }
+
+    fn copies<'a>(&self, ids: impl IntoIterator<Item = &'a BookingId>) -> Vec<SharedBooking> {
+        ids.into_iter()
+            .filter_map(|id| self.booking(id))
+            .map(|b| (*b).clone())
+            .collect()
+    }
+}
+
+impl Engine {
+    /// An offer and its version.
+    pub fn offer(&self, id: &OfferId) -> Option<(Arc<SharedOffer>, u64)> {
+        let sharing = self.sharing.read();
+        let held = sharing.offers.get(id)?;
+        Some((held.record.clone()?, held.version))
+    }
+
+    /// A host's offers.
+    pub fn offers_of(&self, host: &DriverId) -> Vec<Arc<SharedOffer>> {
+        let sharing = self.sharing.read();
+        let Some(ids) = sharing.offers_by_host.get(host) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| sharing.offers.get(id)?.record.clone())
+            .collect()
+    }
+
+    /// Offers within `radius_chord` (a chord of the unit sphere) of `center`, nearest
+    /// first, that `keep` accepts, at most `limit`; with their chord distances.
+    pub fn offers_near(
+        &self,
+        center: LatLng,
+        radius_chord: f64,
+        limit: usize,
+        keep: impl Fn(&SharedOffer) -> bool,
+    ) -> Vec<(Arc<SharedOffer>, f64)> {
+        let sharing = self.sharing.read();
+        let max_d2 = radius_chord.powi(2);
+        let mut found = Vec::new();
+        for (point, d2) in sharing
+            .tree
+            .nearest_neighbor_iter_with_distance_2(&center.unit_vector())
+        {
+            if d2 > max_d2 || found.len() >= limit {
+                break;
+            }
+            if let Some(offer) = sharing.offers.get(&point.id).and_then(|h| h.record.clone())
+                && keep(&offer)
+            {
+                found.push((offer, d2.sqrt()));
+            }
+        }
+        found
+    }
+
+    /// A booking and its version.
+    pub fn booking(&self, id: &BookingId) -> Option<(Arc<SharedBooking>, u64)> {
+        let sharing = self.sharing.read();
+        let held = sharing.bookings.get(id)?;
+        Some((held.record.clone()?, held.version))
+    }
+
+    /// The bookings of an offer.
+    pub fn bookings_of_offer(&self, offer: &OfferId) -> Vec<SharedBooking> {
+        let sharing = self.sharing.read();
+        sharing
+            .by_offer
+            .get(offer)
+            .map_or_else(Vec::new, |ids| sharing.copies(ids))
+    }
+
+    /// The bookings a driver made, and those of the offers they host.
+    pub fn bookings_of_party(&self, who: &DriverId) -> Vec<SharedBooking> {
+        let sharing = self.sharing.read();
+        sharing
+            .by_party
+            .get(who)
+            .map_or_else(Vec::new, |ids| sharing.copies(ids))
+    }
+
+    /// BOOKED bookings past their no-show time.
+    pub fn bookings_overdue(&self, now: Timestamp) -> Vec<BookingId> {
+        let sharing = self.sharing.read();
+        sharing
+            .due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    /// Bookings that may be dropped, with their versions.
+    pub fn bookings_to_drop(&self, now: Timestamp) -> Vec<(Arc<SharedBooking>, u64)> {
+        let sharing = self.sharing.read();
+        sharing
+            .droppable
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .filter_map(|(_, id)| {
+                let held = sharing.bookings.get(id)?;
+                Some((held.record.clone()?, held.version))
+            })
+            .collect()
+    }
+
+    /// Offers and bookings per state (for the metrics).
+    pub fn sharing_counts(&self) -> (usize, usize, [usize; 5]) {
+        let sharing = self.sharing.read();
+        let (mut active, mut withdrawn) = (0, 0);
+        for offer in sharing.offers.values().filter_map(|h| h.record.as_ref()) {
+            match offer.state {
+                crate::domain::OfferState::Active => active += 1,
+                crate::domain::OfferState::Withdrawn => withdrawn += 1,
+            }
+        }
+        let mut bookings = [0; 5];
+        for b in sharing.bookings.values().filter_map(|h| h.record.as_ref()) {
+            let i = BookingState::ALL
+                .iter()
+                .position(|s| *s == b.state)
+                .expect("every state is listed");
+            bookings[i] += 1;
+        }
+        (active, withdrawn, bookings)
+    }
+}
+
+impl Replica<SharedOffer> for Engine {
+    fn version(&self, id: &str) -> u64 {
+        let Ok(id) = OfferId::parse(id) else { return 0 };
+        self.sharing.read().offers.get(&id).map_or(0, |h| h.version)
+    }
+
+    fn get(&self, id: &str) -> Option<(SharedOffer, u64)> {
+        let id = OfferId::parse(id).ok()?;
+        self.offer(&id).map(|(o, v)| ((*o).clone(), v))
+    }
+
+    fn put(&self, record: SharedOffer, version: u64, _now: Timestamp) -> bool {
+        let id = record.id.clone();
+        let mut sharing = self.sharing.write();
+        let held = sharing.offers.get(&id).map_or(0, |h| h.version);
+        let Some(version) = newer(version)(held) else {
+            return false;
+        };
+        sharing.set_offer(id, Some(Arc::new(record)), version);
+        true
+    }
+
+    fn remove(&self, id: &str, version: u64) -> bool {
+        let Ok(id) = OfferId::parse(id) else {
+            return false;
+        };
+        let mut sharing = self.sharing.write();
+        let held = sharing.offers.get(&id).map_or(0, |h| h.version);
+        let Some(version) = newer(version)(held) else {
+            return false;
+        };
+        sharing.set_offer(id, None, version);
+        true
+    }
+
+    fn compare_and_set(
+        &self,
+        id: &str,
+        expected_version: u64,
+        floor: u64,
+        states: Vec<SharedOffer>,
+        _now: Timestamp,
+    ) -> Option<u64> {
+        let id = OfferId::parse(id).ok()?;
+        let steps = states.len().max(1) as u64;
+        let mut sharing = self.sharing.write();
+        let held = sharing.offers.get(&id).map_or(0, |h| h.version);
+        let version = expected(expected_version, floor, steps)(held)?;
+        let last = states.into_iter().last().map(Arc::new);
+        sharing.set_offer(id, last, version);
+        Some(version)
+    }
+
+    fn load_region(
+        &self,
+        region: &RegionId,
+        _loading: Loading,
+        records: Vec<(SharedOffer, u64)>,
+        tombstones: Vec<(String, u64)>,
+        _now: Timestamp,
+    ) -> Result<()> {
+        let mut sharing = self.sharing.write();
+        let keep: HashSet<OfferId> = records.iter().map(|(o, _)| o.id.clone()).collect();
+        let gone: Vec<(OfferId, u64)> = sharing
+            .offers
+            .iter()
+            .filter(|(id, h)| {
+                h.record.as_ref().is_some_and(|o| &o.region == region) && !keep.contains(*id)
+            })
+            .map(|(id, h)| (id.clone(), h.version))
+            .collect();
+        for (id, version) in gone {
+            sharing.set_offer(id, None, version);
+        }
+        for (offer, version) in records {
+            sharing.set_offer(offer.id.clone(), Some(Arc::new(offer)), version);
+        }
+        for (id, version) in tombstones {
+            if let Ok(id) = OfferId::parse(&id)
+                && sharing.offers.get(&id).is_none_or(|h| h.record.is_none())
+            {
+                sharing.set_offer(id, None, version);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Replica<SharedBooking> for Engine {
+    fn version(&self, id: &str) -> u64 {
+        let Ok(id) = BookingId::parse(id) else {
+            return 0;
+        };
+        self.sharing
+            .read()
+            .bookings
+            .get(&id)
+            .map_or(0, |h| h.version)
+    }
+
+    fn get(&self, id: &str) -> Option<(SharedBooking, u64)> {
+        let id = BookingId::parse(id).ok()?;
+        self.booking(&id).map(|(b, v)| ((*b).clone(), v))
+    }
+
+    fn put(&self, record: SharedBooking, version: u64, _now: Timestamp) -> bool {
+        let id = record.id.clone();
+        let mut sharing = self.sharing.write();
+        let held = sharing.bookings.get(&id).map_or(0, |h| h.version);
+        let Some(version) = newer(version)(held) else {
+            return false;
+        };
+        sharing.set_booking(id, Some(Arc::new(record)), version);
+        true
+    }
+
+    fn remove(&self, id: &str, version: u64) -> bool {
+        let Ok(id) = BookingId::parse(id) else {
+            return false;
+        };
+        let mut sharing = self.sharing.write();
+        let held = sharing.bookings.get(&id).map_or(0, |h| h.version);
+        let Some(version) = newer(version)(held) else {
+            return false;
+        };
+        sharing.set_booking(id, None, version);
+        true
+    }
+
+    fn compare_and_set(
+        &self,
+        id: &str,
+        expected_version: u64,
+        floor: u64,
+        states: Vec<SharedBooking>,
+        _now: Timestamp,
+    ) -> Option<u64> {
+        let id = BookingId::parse(id).ok()?;
+        let steps = states.len().max(1) as u64;
+        let mut sharing = self.sharing.write();
+        let held = sharing.bookings.get(&id).map_or(0, |h| h.version);
+        let version = expected(expected_version, floor, steps)(held)?;
+        let last = states.into_iter().last().map(Arc::new);
+        sharing.set_booking(id, last, version);
+        Some(version)
+    }
+
+    fn load_region(
+        &self,
+        region: &RegionId,
+        _loading: Loading,
+        records: Vec<(SharedBooking, u64)>,
+        tombstones: Vec<(String, u64)>,
+        _now: Timestamp,
+    ) -> Result<()> {
+        let mut sharing = self.sharing.write();
+        let keep: HashSet<BookingId> = records.iter().map(|(b, _)| b.id.clone()).collect();
+        let gone: Vec<(BookingId, u64)> = sharing
+            .bookings
+            .iter()
+            .filter(|(id, h)| {
+                h.record.as_ref().is_some_and(|b| &b.region == region) && !keep.contains(*id)
+            })
+            .map(|(id, h)| (id.clone(), h.version))
+            .collect();
+        for (id, version) in gone {
+            sharing.set_booking(id, None, version);
+        }
+        for (booking, version) in records {
+            sharing.set_booking(booking.id.clone(), Some(Arc::new(booking)), version);
+        }
+        for (id, version) in tombstones {
+            if let Ok(id) = BookingId::parse(&id)
+                && sharing.bookings.get(&id).is_none_or(|h| h.record.is_none())
+            {
+                sharing.set_booking(id, None, version);
+            }
+        }
+        Ok(())
+    }
+}
