@@ -1058,4 +1058,189 @@ mod tests {
         arrived.check_out(ts("2026-12-01T15:00:00Z")).unwrap();
         assert_eq!(arrived.state, BookingState::Completed);
     }
+
+    mod model {
+        //! Offers, bookings, cancels and owner changes against a model written another
+        //! way: the schedule and blackouts tested quarter hour by quarter hour on local
+        //! wall-clock time, and a count of bookings per quarter hour.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const QUARTERS: i64 = 2 * 96;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Book { from: i64, len: i64 },
+            Cancel(usize),
+            Spaces(u32),
+            Blackout(u32),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (0..QUARTERS - 1, 1i64..24).prop_map(|(from, len)| Op::Book { from, len }),
+                2 => (0usize..30).prop_map(Op::Cancel),
+                1 => (1u32..4).prop_map(Op::Spaces),
+                1 => (0u32..3).prop_map(Op::Blackout),
+            ]
+        }
+
+        /// Periods whose ends avoid 01:00-04:00 local, where clocks change: a night
+        /// (from 18:00-23:45 to 05:00-09:45 the next day) or a day (06:00-17:45 for up
+        /// to 12 hours), on some weekdays.
+        fn period() -> impl Strategy<Value = WeeklyPeriod> {
+            prop_oneof![
+                (1u8..=7, 72u16..96, 20u16..40).prop_map(|(weekday, s, e)| WeeklyPeriod {
+                    weekday,
+                    start_minute: s * 15,
+                    end_minute: e * 15,
+                }),
+                (1u8..=7, 24u16..72, 1u16..48).prop_map(|(weekday, s, len)| WeeklyPeriod {
+                    weekday,
+                    start_minute: s * 15,
+                    end_minute: (s + len).min(96) * 15,
+                }),
+            ]
+        }
+
+        /// Whether the local wall-clock time of `t` is inside `p` (the model's way).
+        fn inside(p: &WeeklyPeriod, t: Timestamp, zone: &jiff::tz::TimeZone) -> bool {
+            let local = t.to_zoned(zone.clone());
+            let weekday = local.weekday().to_monday_one_offset() as u8;
+            let minute = local.hour() as u16 * 60 + local.minute() as u16;
+            let next = p.weekday % 7 + 1;
+            if p.end_minute > p.start_minute {
+                weekday == p.weekday && p.start_minute <= minute && minute < p.end_minute
+            } else {
+                (weekday == p.weekday && minute >= p.start_minute)
+                    || (weekday == next && minute < p.end_minute)
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(120))]
+            #[test]
+            fn bookings_agree_with_a_quarter_hour_model(
+                zone in 0usize..3,
+                schedule in proptest::collection::vec(period(), 1..6),
+                spaces in 1u32..4,
+                ops in proptest::collection::vec(op(), 1..40),
+            ) {
+                // Each zone's window opens the evening before a change of clocks (none
+                // in Shanghai).
+                let (name, epoch) = [
+                    ("Europe/Berlin", "2026-10-24T12:00:00Z"),
+                    ("America/New_York", "2026-10-31T12:00:00Z"),
+                    ("Asia/Shanghai", "2026-10-24T12:00:00Z"),
+                ][zone];
+                let epoch = ts(epoch);
+                let q = |n: i64| epoch + Duration::from_secs(n as u64 * 900);
+                let mut o = offer(name, schedule, spaces);
+                o.max_booking_minutes = 7 * 1440;
+                let tz = o.time_zone.zone().clone();
+                let mut r = Records { offer: o, bookings: BTreeMap::new(), days: BTreeMap::new() };
+                let now = epoch - Duration::from_secs(3600);
+                // The model: per booking its quarters and whether it still holds them.
+                let mut made: Vec<(i64, i64, bool)> = Vec::new();
+                let mut ids: Vec<BookingId> = Vec::new();
+                let used = |made: &[(i64, i64, bool)], n: i64| {
+                    made.iter().filter(|(s, e, live)| *live && *s <= n && n < *e).count() as u32
+                };
+                for op in ops {
+                    match op {
+                        Op::Book { from, len } => {
+                            let (s, e) = (from, (from + len).min(QUARTERS));
+                            let blacked = |n: i64| {
+                                let date = q(n).to_zoned(tz.clone()).date();
+                                r.offer.blackouts.iter().any(|b| b.from <= date && date <= b.to)
+                            };
+                            let fits = (s..e).all(|n| {
+                                r.offer.schedule.iter().any(|p| inside(p, q(n), &tz))
+                                    && !blacked(n)
+                                    && used(&made, n) < r.offer.spaces
+                            });
+                            let who = format!("d{}", ids.len());
+                            // Made one second apart: an owner's change strands the
+                            // ones made last.
+                            let at = now + Duration::from_secs(ids.len() as u64);
+                            let got = r.book(&request_at(q(s), q(e), &format!("k{}", ids.len())), &who, at);
+                            prop_assert_eq!(got.is_ok(), fits, "{}..{}: {:?}", s, e, got);
+                            if let Ok(Booked::New(b)) = got {
+                                ids.push(b.id);
+                                made.push((s, e, true));
+                            }
+                        }
+                        Op::Cancel(k) if k < ids.len() => {
+                            let got = r.change(&ids[k], |b| b.cancel(Party::Driver, "", now));
+                            prop_assert_eq!(got.is_ok(), made[k].2);
+                            made[k].2 = false;
+                        }
+                        Op::Cancel(_) => {}
+                        Op::Spaces(n) | Op::Blackout(n) => {
+                            let mut changed = r.offer.clone();
+                            if let Op::Spaces(n) = op {
+                                changed.spaces = n;
+                            } else {
+                                let date = (q(0).to_zoned(tz.clone()).date())
+                                    .checked_add(jiff::Span::new().days(i64::from(n)))
+                                    .unwrap();
+                                changed.blackouts.push(Blackout { from: date, to: date });
+                            }
+                            // The model strands, in creation order, what the new terms
+                            // no longer allow.
+                            let mut kept: Vec<(i64, i64, bool)> = Vec::new();
+                            let mut strand_model = Vec::new();
+                            for (k, (s, e, live)) in made.iter().enumerate() {
+                                if !live {
+                                    continue;
+                                }
+                                let ok = (*s..*e).all(|n| {
+                                    let date = q(n).to_zoned(tz.clone()).date();
+                                    !changed.blackouts.iter().any(|b| b.from <= date && date <= b.to)
+                                        && used(&kept, n) < changed.spaces
+                                });
+                                if ok {
+                                    kept.push((*s, *e, true));
+                                } else {
+                                    strand_model.push(ids[k].clone());
+                                }
+                            }
+                            let open: Vec<SharedBooking> = r.bookings.values().cloned().collect();
+                            let mut stranded: Vec<BookingId> =
+                                changed.stranded(&open).iter().map(|b| b.id.clone()).collect();
+                            stranded.sort();
+                            strand_model.sort();
+                            prop_assert_eq!(&stranded, &strand_model);
+                            for id in &stranded {
+                                r.change(id, |b| b.cancel(Party::Host, "owner", now)).unwrap();
+                                let k = ids.iter().position(|i| i == id).unwrap();
+                                made[k].2 = false;
+                            }
+                            r.offer = changed;
+                        }
+                    }
+                    // After every step: each quarter's remaining spaces.
+                    for n in 0..QUARTERS {
+                        let day = SlotCounts::day_of(q(n));
+                        let remaining = match r.days.get(&day) {
+                            Some(d) => d.calendar(SpaceCategory::Standard, r.offer.spaces, q(n), q(n + 1)).next().unwrap().remaining,
+                            None => r.offer.spaces,
+                        };
+                        prop_assert_eq!(remaining, r.offer.spaces.saturating_sub(used(&made, n)), "quarter {}", n);
+                    }
+                }
+            }
+        }
+
+        fn request_at(start: Timestamp, end: Timestamp, key: &str) -> BookingRequest {
+            BookingRequest {
+                start,
+                end,
+                plate: Plate::parse("鲁B12345").unwrap(),
+                idempotency_key: key.into(),
+            }
+        }
+    }
 }

@@ -8,7 +8,10 @@
 //! change commits the offer with every booking it cancels and the days they free.
 //! Within an instance the changes of one offer take turns.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -244,7 +247,7 @@ impl Service {
                         .into_iter()
                         .filter_map(|v| v.record.map(|d| (d.day, (d, v.version))))
                         .collect();
-                    let mut cancelled = Vec::new();
+                    let (mut cancelled, mut touched) = (Vec::new(), BTreeSet::new());
                     for mut b in stranded {
                         let version = bookings
                             .iter()
@@ -254,17 +257,15 @@ impl Service {
                         for day in SlotCounts::days(b.start, b.end) {
                             if let Some((d, _)) = days.get_mut(&day) {
                                 d.release(b.category, b.start, b.end);
+                                touched.insert(day);
                             }
                         }
                         cancelled.push(b.id.clone());
                         writes.push(put(b.id.to_string(), b, version));
                     }
-                    if !cancelled.is_empty() {
-                        let touched: Vec<i64> = days.keys().copied().collect();
-                        for day in touched {
-                            let (d, version) = days.remove(&day).expect("listed");
-                            writes.push(put(d.id(), d, version));
-                        }
+                    for day in touched {
+                        let (d, version) = days.remove(&day).expect("read with its bookings");
+                        writes.push(put(d.id(), d, version));
                     }
                     Ok((writes, (offer, cancelled)))
                 },
