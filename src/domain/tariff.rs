@@ -30,6 +30,11 @@ impl Stay {
         self.start
     }
 
+    /// Departure.
+    pub fn end(&self) -> Timestamp {
+        self.end
+    }
+
     /// Length in whole minutes, rounded up.
     pub fn minutes(&self) -> i64 {
         let ms = self.end.as_millisecond() - self.start.as_millisecond();

@@ -459,6 +459,26 @@ pub fn pb_nearby(n: &Nearby, full: bool, category: SpaceCategory) -> pb::NearbyC
             .unwrap_or_default(),
         car_park: full.then(|| pb_car_park(cp)),
         availability: full.then(|| pb_availability(&n.availability)),
+        offer_id: String::new(),
+    }
+}
+
+/// A shared offer in a FindNearby answer.
+pub fn pb_nearby_offer(f: &crate::service::OfferFound) -> pb::NearbyCarPark {
+    let o = &f.offer;
+    pb::NearbyCarPark {
+        offer_id: o.id.to_string(),
+        name: o.address.clone(),
+        kind: pb::CarParkKind::SharedPrivate.into(),
+        location: Some(pb_lat_lng(o.location)),
+        address: o.address.clone(),
+        status: pb::CarParkStatus::Open.into(),
+        distance_m: f.distance_m,
+        available: f.available as i32,
+        capacity: o.spaces as i32,
+        price_minor: Some(f.price_minor),
+        currency: o.currency.to_string(),
+        ..Default::default()
     }
 }
 

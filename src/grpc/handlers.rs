@@ -333,13 +333,27 @@ impl pb::availability_server::Availability for Api {
     ) -> Reply<pb::FindNearbyResponse> {
         let request = request.into_inner();
         let full = convert::full_view(request.view)?;
+        let include_shared = request.include_shared;
         let query = convert::nearby_query(request)?;
         let results = self.service.find_nearby(&query);
+        let mut ranked: Vec<(f64, pb::NearbyCarPark)> = results
+            .iter()
+            .map(|n| (n.distance_m, convert::pb_nearby(n, full, query.category)))
+            .collect();
+        if include_shared {
+            let offers = self.service.nearby_offers(&query)?;
+            ranked.extend(
+                offers
+                    .iter()
+                    .map(|f| (f.distance_m, convert::pb_nearby_offer(f))),
+            );
+            // Car parks and offers together, nearest first (a stable sort keeps each
+            // list's own tie order).
+            ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+            ranked.truncate(query.limit);
+        }
         Ok(Response::new(pb::FindNearbyResponse {
-            results: results
-                .iter()
-                .map(|n| convert::pb_nearby(n, full, query.category))
-                .collect(),
+            results: ranked.into_iter().map(|(_, r)| r).collect(),
         }))
     }
 

@@ -358,6 +358,7 @@ impl pb::shared_parking_server::SharedParking for Api {
             start,
             end,
             category_or_standard(r.category)?,
+            1,
             limit,
         )?;
         Ok(Response::new(pb::SearchOffersResponse {

@@ -104,6 +104,8 @@ pub struct OfferFound {
     pub offer: Arc<SharedOffer>,
     pub distance_m: f64,
     pub price_minor: i64,
+    /// Spaces free for all of the window.
+    pub available: u32,
 }
 
 impl Service {
@@ -308,8 +310,10 @@ impl Service {
         )
     }
 
-    /// ACTIVE offers of `category` within `radius` of `center` with a space for all of
-    /// [start, end), nearest first, at most `limit`, each with the window's price.
+    /// ACTIVE offers of `category` within `radius` of `center` with at least
+    /// `min_free` spaces for all of [start, end), nearest first, at most `limit`, each
+    /// with the window's price.
+    #[allow(clippy::too_many_arguments)]
     pub fn search_offers(
         &self,
         center: LatLng,
@@ -317,6 +321,7 @@ impl Service {
         start: Timestamp,
         end: Timestamp,
         category: crate::domain::SpaceCategory,
+        min_free: u32,
         limit: usize,
     ) -> Result<Vec<OfferFound>> {
         if end <= start {
@@ -328,28 +333,68 @@ impl Service {
             .offers_near(center, radius.chord(), limit, |offer| {
                 offer.category == category
                     && offer.check_window(start, end, now).is_ok()
-                    && self.has_space(offer, start, end)
+                    && self.free_for(offer, start, end) >= min_free.max(1)
             });
         Ok(found
             .into_iter()
             .map(|(offer, chord)| OfferFound {
                 price_minor: offer.price(start, end),
                 distance_m: chord_to_m(chord),
+                available: self.free_for(&offer, start, end),
                 offer,
             })
             .collect())
     }
 
-    /// Whether the replica shows a space of `offer` free for all of [start, end).
-    fn has_space(&self, offer: &SharedOffer, start: Timestamp, end: Timestamp) -> bool {
-        day_ids(&offer.id, start, end).iter().all(|id| {
-            Versioned::<SlotCounts>::in_replica(&self.engine, id)
-                .record
-                .is_none_or(|d| {
-                    d.first_full(offer.category, start, end, offer.spaces)
-                        .is_none()
-                })
-        })
+    /// The shared offers a FindNearby `query` with `include_shared` admits: of its
+    /// category, with its min_available free for all the quarter hours its stay (which
+    /// it needs) touches, within its max_price, when its kinds allow SHARED_PRIVATE.
+    pub fn nearby_offers(&self, query: &crate::domain::NearbyQuery) -> Result<Vec<OfferFound>> {
+        let Some(stay) = &query.stay else {
+            return Err(Error::invalid(
+                "stay",
+                "is required with include_shared: offers are bookable for a window",
+            ));
+        };
+        if !query.kinds.is_empty()
+            && !query
+                .kinds
+                .contains(&crate::domain::CarParkKind::SharedPrivate)
+        {
+            return Ok(Vec::new());
+        }
+        // Offers are booked in whole quarter hours: the quarters the stay touches.
+        let quarter = 15 * 60_000;
+        let (start, end) = (stay.start().as_millisecond(), stay.end().as_millisecond());
+        let start = Timestamp::from_millisecond(start - start.rem_euclid(quarter))
+            .expect("a stay's start is in range");
+        let end = Timestamp::from_millisecond(end + (quarter - end.rem_euclid(quarter)) % quarter)
+            .map_err(|_| Error::invalid("stay.end", "is out of range"))?;
+        let mut found = self.search_offers(
+            query.center,
+            query.radius,
+            start,
+            end,
+            query.category,
+            query.min_available,
+            query.limit,
+        )?;
+        found.retain(|f| query.max_price.is_none_or(|max| f.price_minor <= max));
+        Ok(found)
+    }
+
+    /// Spaces of `offer` free for all of [start, end), as the replica shows them.
+    fn free_for(&self, offer: &SharedOffer, start: Timestamp, end: Timestamp) -> u32 {
+        day_ids(&offer.id, start, end)
+            .iter()
+            .filter_map(|id| Versioned::<SlotCounts>::in_replica(&self.engine, id).record)
+            .flat_map(|d| {
+                d.calendar(offer.category, offer.spaces, start, end)
+                    .map(|slot| slot.remaining)
+                    .collect::<Vec<_>>()
+            })
+            .min()
+            .unwrap_or(offer.spaces)
     }
 
     /// A driver books a space of an offer.

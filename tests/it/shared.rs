@@ -526,3 +526,82 @@ async fn two_hundred_drivers_race_over_two_instances_on_a_redis_cluster() {
     let b = TestServer::start_redis_with(&cluster.url(), &prefix, clock, |_| {}).await;
     assert_race(&[&a, &b]).await;
 }
+
+#[tokio::test]
+async fn find_nearby_ranks_free_shared_spaces_with_car_parks_when_asked() {
+    let server = TestServer::start().await;
+    city(&server).await;
+    let now = server.now();
+    report_ok(&server, snapshot("g0", 1, 40, now)).await;
+    register(&server, garage_north("g5", 500.0)).await;
+    report_ok(&server, snapshot("g5", 1, 40, now)).await;
+    offer(&server, "hana", shared_offer("s3", 1, 300.0))
+        .await
+        .unwrap();
+    offer(&server, "hana", shared_offer("s4", 1, 400.0))
+        .await
+        .unwrap();
+    // s4 is taken for part of the stay.
+    book(
+        &server,
+        "a",
+        book_request("s4", 4500, 5400, "鲁B11111", "k", now),
+    )
+    .await
+    .unwrap();
+    let query = |include_shared: bool, kinds: Vec<i32>, stay: bool| pb::FindNearbyRequest {
+        location: Some(here()),
+        radius_m: 1_000.0,
+        kinds,
+        include_shared,
+        // Off the quarter hours: the quarters it touches are what must be free.
+        stay: stay.then(|| pb::StayWindow {
+            start: Some(pb_time(after(now, 3600 + 60))),
+            end: Some(pb_time(after(now, 7200 - 60))),
+        }),
+        ..Default::default()
+    };
+    let ids = |r: &[pb::NearbyCarPark]| -> Vec<String> {
+        r.iter()
+            .map(|n| {
+                if n.car_park_id.is_empty() {
+                    format!("offer:{}", n.offer_id)
+                } else {
+                    n.car_park_id.clone()
+                }
+            })
+            .collect()
+    };
+    let mut availability = server.availability().await;
+    let with = availability
+        .find_nearby(query(true, vec![], true))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(ids(&with), ["g0", "offer:s3", "g5"]);
+    let s3 = &with[1];
+    assert_eq!(s3.kind, pb::CarParkKind::SharedPrivate as i32);
+    assert_eq!((s3.available, s3.capacity), (1, 1));
+    assert_eq!(s3.price_minor, Some(400), "one hour at 4.00");
+    let without = availability
+        .find_nearby(query(false, vec![], true))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(ids(&without), ["g0", "g5"]);
+    let garages = availability
+        .find_nearby(query(true, vec![pb::CarParkKind::Garage as i32], true))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(ids(&garages), ["g0", "g5"]);
+    let err = availability
+        .find_nearby(query(true, vec![], false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("stay"), "{}", err.message());
+}

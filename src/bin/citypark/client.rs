@@ -171,6 +171,9 @@ pub struct NearbyArgs {
     /// Also list car parks that never reported.
     #[arg(long, env = "CITYPARK_INCLUDE_NO_DATA")]
     include_no_data: bool,
+    /// Also list shared private spaces free for the whole stay (needs --stay-hours).
+    #[arg(long, requires = "stay_hours", env = "CITYPARK_INCLUDE_SHARED")]
+    shared: bool,
 }
 
 /// Arguments of `get`.
@@ -309,6 +312,7 @@ async fn nearby(args: NearbyArgs) -> anyhow::Result<()> {
         include_stale: args.include_stale,
         include_no_data: args.include_no_data,
         view: pb::NearbyView::Basic.into(),
+        include_shared: args.shared,
     };
     let mut client = AvailabilityClient::new(connect(&args.connect).await?);
     let results = client
@@ -344,7 +348,12 @@ async fn nearby(args: NearbyArgs) -> anyhow::Result<()> {
         let mut row = vec![
             (rank + 1).to_string(),
             format_distance(result.distance_m),
-            result.car_park_id.clone(),
+            // A shared offer has an offer id instead of a car park id.
+            if result.car_park_id.is_empty() {
+                result.offer_id.clone()
+            } else {
+                result.car_park_id.clone()
+            },
             result.name.clone(),
             kind_name(result.kind).to_owned(),
             status_name(result.status).to_owned(),
