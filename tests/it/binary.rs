@@ -66,13 +66,15 @@ async fn a_driver_reserves_lists_and_cancels_from_the_command_line() {
             token.clone(),
         ]
     };
+    // An hour after the test server's clock (not this machine's: its date moves on).
+    let start = crate::support::after(server.now(), 3600).to_string();
     let mut reserve = at("reserve");
     reserve.extend(
         [
             "--car-park",
             "g1",
             "--start",
-            "+60",
+            &start,
             "--minutes",
             "30",
             "--plate",
@@ -109,4 +111,82 @@ async fn a_driver_reserves_lists_and_cancels_from_the_command_line() {
     ])
     .await;
     assert!(table.lines().next().unwrap().contains("held"), "{table}");
+}
+
+#[tokio::test]
+async fn a_host_offers_and_a_driver_finds_and_books_from_the_command_line() {
+    let server = crate::support::TestServer::start().await;
+    crate::support::register(&server, crate::support::garage_north("g0", 10.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, crate::support::DRIVER_SECRET).unwrap();
+    let s = |v: &str| v.to_owned();
+    let token = |driver: &str| {
+        run(vec![
+            s("token"),
+            s("--driver"),
+            s(driver),
+            s("--secret-file"),
+            secret.display().to_string(),
+        ])
+    };
+    let (host, driver) = (token("hana").await, token("dana").await);
+    let at = |command: &str, token: &str| {
+        vec![
+            s(command),
+            s("--server"),
+            format!("http://{}", server.addr),
+            s("--token"),
+            token.trim().to_owned(),
+        ]
+    };
+    let here = crate::support::here();
+    let (lat, lon) = (here.latitude.to_string(), here.longitude.to_string());
+    let mut offer = at("offer", &host);
+    offer.extend(
+        [
+            "--id",
+            "home-7",
+            "--lat",
+            &lat,
+            "--lon",
+            &lon,
+            "--address",
+            "7 Xianggang Rd",
+            "--period",
+            "1-7/00:00-24:00",
+            "--hourly-rate",
+            "600",
+        ]
+        .map(s),
+    );
+    let made = run(offer).await;
+    assert!(made.contains("offer home-7 by hana"), "{made}");
+    let start = crate::support::after(server.now(), 3600).to_string();
+    let mut search = at("search-shared", &driver);
+    search.extend(["--lat", &lat, "--lon", &lon, "--start", &start].map(s));
+    let found = run(search).await;
+    assert!(
+        found.contains("home-7") && found.contains("6.00"),
+        "{found}"
+    );
+    let mut book = at("book", &driver);
+    book.extend(
+        [
+            "--offer",
+            "home-7",
+            "--start",
+            &start,
+            "--plate",
+            "鲁B 12345",
+            "--key",
+            "k1",
+        ]
+        .map(s),
+    );
+    let booked = run(book).await;
+    assert!(
+        booked.contains("home-7~") && booked.contains(" booked "),
+        "{booked}"
+    );
 }

@@ -40,6 +40,12 @@ pub enum ClientCommand {
     Reservations(crate::reserve::ReservationsArgs),
     /// Cancel a reservation as its driver.
     Cancel(crate::reserve::CancelArgs),
+    /// Offer shared spaces as a host (a driver token's subject).
+    Offer(crate::share::OfferArgs),
+    /// Shared spaces free for a window near a place.
+    SearchShared(crate::share::SearchArgs),
+    /// Book a shared space as a driver.
+    Book(crate::share::BookArgs),
 }
 
 /// Where the server is.
@@ -255,6 +261,9 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Reserve(args) => crate::reserve::reserve(args).await,
         ClientCommand::Reservations(args) => crate::reserve::reservations(args).await,
         ClientCommand::Cancel(args) => crate::reserve::cancel(args).await,
+        ClientCommand::Offer(args) => crate::share::offer(args).await,
+        ClientCommand::SearchShared(args) => crate::share::search(args).await,
+        ClientCommand::Book(args) => crate::share::book(args).await,
     };
     match result {
         // A reader that stops early (`citypark watch ... | head`) is not a failure.
@@ -619,7 +628,7 @@ fn format_categories(categories: &[pb::CategoryAvailability]) -> String {
         .join(" ")
 }
 
-fn format_distance(metres: f64) -> String {
+pub(crate) fn format_distance(metres: f64) -> String {
     if metres < 1_000.0 {
         format!("{metres:.0} m")
     } else {

@@ -26,7 +26,7 @@ pub struct CredentialArgs {
 }
 
 impl CredentialArgs {
-    fn bearer<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+    pub(crate) fn bearer<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
         let value = AsciiMetadataValue::try_from(format!("Bearer {}", self.token.trim()))
             .map_err(|_| anyhow!("--token must be printable ASCII"))?;
         let mut request = tonic::Request::new(message);
@@ -107,7 +107,7 @@ pub struct TokenArgs {
     hours: u64,
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -131,7 +131,7 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_of(spec: &str) -> anyhow::Result<SystemTime> {
+pub(crate) fn start_of(spec: &str) -> anyhow::Result<SystemTime> {
     let spec = spec.trim();
     if spec == "now" {
         return Ok(SystemTime::now());
@@ -160,7 +160,7 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
-fn time_of(t: &Option<prost_types::Timestamp>) -> String {
+pub(crate) fn time_of(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
         .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
         .map_or_else(
