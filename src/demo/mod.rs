@@ -12,6 +12,7 @@
 mod city;
 mod geo;
 mod operator;
+mod sharing;
 mod simulation;
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::pb;
 
 pub use city::{DEMO_REGION, DEMO_TIME_ZONE, DemoOperator, demo_operators, generate_city};
 pub use operator::{DemoError, driver_comes};
+pub use sharing::generate_offers;
 pub use simulation::occupancy_fraction;
 
 /// The demo: its generated city and its operators, not yet running.

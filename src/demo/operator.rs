@@ -517,6 +517,15 @@ async fn connect(
 /// doubling to 30 s) and unacknowledged reports resent.
 ///
 /// Returns only once every operator task it spawned has ended.
+/// A seed for the shared offers that follows the city (the same city, the same
+/// offers), from its car parks' ids.
+fn seed_of_city(city: &[pb::CarPark]) -> u64 {
+    city.iter().fold(city.len() as u64, |h, c| {
+        c.id.bytes()
+            .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3))
+    })
+}
+
 pub(super) async fn run_operators(
     endpoint: String,
     city: Vec<pb::CarPark>,
@@ -564,6 +573,13 @@ pub(super) async fn run_operators(
         .unwrap_or_default()
         .as_nanos() as u64;
     let mut tasks = JoinSet::new();
+    let all: Vec<pb::CarPark> = fleets.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
+    let offers = super::sharing::generate_offers(&all, seed_of_city(&all));
+    let hosts = (channel.clone(), stop.clone());
+    tasks.spawn(async move {
+        super::sharing::offer_all(hosts.0, offers, hosts.1).await;
+        Ok(Tally::default())
+    });
     for (n, (id, car_parks)) in fleets.into_iter().enumerate() {
         let bearer = keys[id.as_str()].clone();
         let mut rng = Rng::new(seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));

@@ -73,6 +73,10 @@ async fn serve_demo() -> (TestServer, Runtime, DemoHandle) {
     let demo = Demo::new(2026, Duration::from_secs(1));
     let server = TestServer::start_with(|settings| {
         demo.add_keys(&mut settings.api_keys);
+        // As `serve --demo` does: the demo's hosts sign their tokens with its secret.
+        settings
+            .driver_tokens
+            .add_secret(citypark::tokens::DEMO_SECRET.as_bytes(), None, None);
         settings.clock = Arc::new(SystemClock);
     })
     .await;
@@ -202,6 +206,79 @@ async fn demo_operators_bring_reserved_cars_in_by_plate() {
         state(made[1].id.clone(), "d1").await,
         pb::ReservationState::Reserved,
         "the other driver never came"
+    );
+    tokio::time::timeout(PATIENCE, demo.stop())
+        .await
+        .expect("the demo stops within PATIENCE");
+    runtime.shutdown_background();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn demo_hosts_offer_shared_spaces_that_find_nearby_shows() {
+    let (server, runtime, demo) = serve_demo().await;
+    let host = {
+        let id = citypark::domain::DriverId::parse("demo-host-001").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        citypark::tokens::DriverTokens::issue(
+            citypark::tokens::DEMO_SECRET.as_bytes(),
+            &id,
+            now,
+            3600,
+            None,
+            None,
+        )
+    };
+    // A resident's or a compound's offer: evenings and nights every day.
+    let offer = eventually("demo-host-001's nightly offer is made", || async {
+        let offers = server
+            .shared()
+            .await
+            .list_my_offers(authed(pb::ListMyOffersRequest::default(), &host))
+            .await
+            .ok()?
+            .into_inner()
+            .offers;
+        offers.into_iter().find(|o| o.schedule.len() == 7)
+    })
+    .await;
+    // Tomorrow 20:00 to 21:00 in Qingdao.
+    let tomorrow = citypark::domain::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Shanghai").unwrap())
+        .date()
+        .tomorrow()
+        .unwrap();
+    let at = |hour| {
+        tomorrow
+            .at(hour, 0, 0, 0)
+            .to_zoned(jiff::tz::TimeZone::get("Asia/Shanghai").unwrap())
+            .unwrap()
+            .timestamp()
+    };
+    let results = server
+        .availability()
+        .await
+        .find_nearby(pb::FindNearbyRequest {
+            location: offer.location,
+            radius_m: 50.0,
+            include_shared: true,
+            stay: Some(pb::StayWindow {
+                start: Some(pb_time(at(20))),
+                end: Some(pb_time(at(21))),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(
+        results.iter().any(|r| r.offer_id == offer.id),
+        "{} not among {results:?}",
+        offer.id
     );
     tokio::time::timeout(PATIENCE, demo.stop())
         .await
