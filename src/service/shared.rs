@@ -225,9 +225,14 @@ impl Service {
                         _ => return Err(not_found_offer(id)),
                     };
                     let mut offer = change(&stored)?;
+                    if offer.region != stored.region {
+                        return Err(Error::FailedPrecondition(format!(
+                            "offer {id} is in region {}; an offer's region cannot change",
+                            stored.region
+                        )));
+                    }
                     offer.id = stored.id.clone();
                     offer.host = stored.host.clone();
-                    offer.region = stored.region.clone();
                     offer.validate()?;
                     let open: Vec<SharedBooking> = bookings
                         .iter()
