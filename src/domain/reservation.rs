@@ -173,64 +173,95 @@ impl fmt::Debug for Plate {
 
 string_form!(Plate);
 
-/// A reservation's id: `<car park id>~<suffix>`, so it names its car park (and so the
-/// region its record lives in).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ReservationId(Arc<str>);
+/// An id `<owner id>~<suffix>` of a record that belongs to one owner (a reservation
+/// to its car park, a shared booking to its offer): the owner's records live in its
+/// region, and `for_key` makes the id of a driver's idempotency key.
+macro_rules! owned_id {
+    ($(#[$doc:meta])* $name:ident, $owner:ty, $owner_fn:ident, $what:literal, $owner_what:literal) => {
+        $(#[$doc])*
+        #[derive(
+            Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+        )]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(Arc<str>);
 
-impl ReservationId {
-    /// The id `suffix` (1-32 of `0-9a-z`) names at `car_park`.
-    pub fn new(car_park: &CarParkId, suffix: &str) -> Self {
-        Self(Arc::from(format!("{car_park}~{suffix}")))
-    }
+        impl $name {
+            /// The id `suffix` (1-32 of `0-9a-z`) names under `owner`.
+            pub fn new(owner: &$owner, suffix: &str) -> Self {
+                Self(Arc::from(format!("{owner}~{suffix}")))
+            }
 
-    /// The id of `driver`'s reservation with idempotency key `key` at `car_park`: a
-    /// stable hash (XXH3, 128 bits, as 25 base-36 digits), the same on every instance
-    /// and version, so that creating it is "write if absent" and a retry anywhere finds
-    /// the first. Nothing can be learnt from it without the driver's key.
-    pub fn for_key(car_park: &CarParkId, driver: &DriverId, key: &str) -> Self {
-        Self::new(car_park, &key_suffix(driver, key))
-    }
+            /// The id of `driver`'s record with idempotency key `key` under `owner`:
+            /// `key_suffix`, the same on every instance and version, so that creating
+            /// it is "write if absent" and a retry anywhere finds the first.
+            pub fn for_key(owner: &$owner, driver: &DriverId, key: &str) -> Self {
+                Self::new(owner, &$crate::domain::key_suffix(driver, key))
+            }
 
-    pub fn parse(value: &str) -> Result<Self, Error> {
-        let bad = || Error::invalid("", "not a reservation id (<car park id>~<suffix>)");
-        let (car_park, suffix) = value.rsplit_once('~').ok_or_else(bad)?;
-        CarParkId::parse(car_park).map_err(|_| bad())?;
-        let suffix_ok = (1..=32).contains(&suffix.len())
-            && suffix
-                .chars()
-                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase());
-        if !suffix_ok {
-            return Err(bad());
+            pub fn parse(value: &str) -> Result<Self, Error> {
+                let bad = || {
+                    Error::invalid("", concat!("not a ", $what, " id (<", $owner_what, " id>~<suffix>)"))
+                };
+                let (owner, suffix) = value.rsplit_once('~').ok_or_else(bad)?;
+                <$owner>::parse(owner).map_err(|_| bad())?;
+                let suffix_ok = (1..=32).contains(&suffix.len())
+                    && suffix
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase());
+                if !suffix_ok {
+                    return Err(bad());
+                }
+                Ok(Self(Arc::from(value)))
+            }
+
+            /// Whose it is.
+            pub fn $owner_fn(&self) -> $owner {
+                let (owner, _) = self.0.rsplit_once('~').expect("checked at parse");
+                <$owner>::parse(owner).expect("checked at parse")
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-        Ok(Self(Arc::from(value)))
-    }
 
-    /// The car park it is at.
-    pub fn car_park(&self) -> CarParkId {
-        let (car_park, _) = self.0.rsplit_once('~').expect("checked at parse");
-        CarParkId::parse(car_park).expect("checked at parse")
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", &*self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(value: String) -> Result<Self, Error> {
+                Self::parse(&value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0.to_string()
+            }
+        }
+    };
 }
+pub(crate) use owned_id;
 
-impl fmt::Display for ReservationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for ReservationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", &*self.0)
-    }
-}
-
-string_form!(ReservationId);
+owned_id!(
+    /// A reservation's id: `<car park id>~<suffix>`, so it names its car park (and so
+    /// the region its record lives in).
+    ReservationId,
+    CarParkId,
+    car_park,
+    "reservation",
+    "car park"
+);
 
 /// The id suffix of `driver`'s record made with idempotency key `key`: XXH3-128 of
 /// the driver, NUL and the key, as 25 base-36 digits. Stable across instances and

@@ -15,7 +15,7 @@ use jiff::civil::{Date, DateTime};
 
 use super::{
     DriverId, Error, LatLng, OfferId, Plate, RegionId, SlotCounts, SpaceCategory, TimeZoneName,
-    Timestamp, reservation::key_suffix,
+    Timestamp,
 };
 
 /// The slot length of every offer's ledger: bookings are whole quarter hours.
@@ -359,66 +359,14 @@ pub fn ledger_of(id: &OfferId) -> String {
     format!("@{id}")
 }
 
-/// A booking's id: `<offer id>~<hash of driver and idempotency key>`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct BookingId(Arc<str>);
-
-impl BookingId {
-    /// The id of `driver`'s booking with idempotency key `key` of `offer`.
-    pub fn for_key(offer: &OfferId, driver: &DriverId, key: &str) -> Self {
-        Self(Arc::from(format!("{offer}~{}", key_suffix(driver, key))))
-    }
-
-    pub fn parse(value: &str) -> Result<Self, Error> {
-        let bad = || Error::invalid("", "not a booking id (<offer id>~<suffix>)");
-        let (offer, suffix) = value.rsplit_once('~').ok_or_else(bad)?;
-        OfferId::parse(offer).map_err(|_| bad())?;
-        let suffix_ok = (1..=32).contains(&suffix.len())
-            && suffix
-                .chars()
-                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase());
-        if !suffix_ok {
-            return Err(bad());
-        }
-        Ok(Self(Arc::from(value)))
-    }
-
-    /// The offer it books.
-    pub fn offer(&self) -> OfferId {
-        let (offer, _) = self.0.rsplit_once('~').expect("checked at parse");
-        OfferId::parse(offer).expect("checked at parse")
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for BookingId {
-    type Error = Error;
-    fn try_from(value: String) -> Result<Self, Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<BookingId> for String {
-    fn from(value: BookingId) -> String {
-        value.0.to_string()
-    }
-}
-
-impl fmt::Display for BookingId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for BookingId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", &*self.0)
-    }
-}
+super::reservation::owned_id!(
+    /// A booking's id: `<offer id>~<hash of driver and idempotency key>`.
+    BookingId,
+    OfferId,
+    offer,
+    "booking",
+    "offer"
+);
 
 /// Where a booking is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

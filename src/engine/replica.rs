@@ -6,7 +6,11 @@
 //! change applied twice, or late, changes nothing. Watchers are told of every change
 //! kept, except by a bulk load into an engine that holds nothing yet (nobody watches it).
 
-use std::collections::HashSet;
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+    sync::Arc,
+};
 
 use parking_lot::Mutex;
 
@@ -64,6 +68,26 @@ pub(super) fn newer(version: u64) -> impl Fn(u64) -> Option<u64> {
 /// `steps` states ends `steps` above that.
 pub(super) fn expected(expected: u64, floor: u64, steps: u64) -> impl Fn(u64) -> Option<u64> {
     move |held| (held == expected).then(|| held.max(floor) + steps)
+}
+
+/// A record as held, or the version it was removed at (a tombstone).
+pub(super) struct Held<T> {
+    pub record: Option<Arc<T>>,
+    pub version: u64,
+}
+
+/// Takes `id` out of the set of `key`, dropping the set when it empties.
+pub(super) fn unindex<K: Eq + Hash, V: Eq + Hash>(
+    map: &mut HashMap<K, HashSet<V>>,
+    key: &K,
+    id: &V,
+) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 /// How a region's snapshot meets the engine.

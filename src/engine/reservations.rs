@@ -10,34 +10,17 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    hash::Hash,
     sync::{Arc, atomic::Ordering},
 };
 
 use super::{
     ChangeKind, Engine, Loading, Replica,
-    replica::{expected, newer},
+    replica::{Held, expected, newer, unindex},
 };
 use crate::domain::{
     CATEGORY_COUNT, CarParkId, DriverId, Plate, RegionId, Reservation, ReservationId,
     ReservationState, Result, SlotCounts, SpaceCategory, Timestamp,
 };
-
-/// A record as held, or the version it was removed at (a tombstone).
-struct Held<T> {
-    record: Option<Arc<T>>,
-    version: u64,
-}
-
-/// `id` in the set of `key`, dropping the set when it empties.
-fn unindex<K: Eq + Hash, V: Eq + Hash>(map: &mut HashMap<K, HashSet<V>>, key: &K, id: &V) {
-    if let Some(set) = map.get_mut(key) {
-        set.remove(id);
-        if set.is_empty() {
-            map.remove(key);
-        }
-    }
-}
 
 /// Every reservation and slot count this engine holds.
 #[derive(Default)]

@@ -6,7 +6,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    hash::Hash,
     sync::Arc,
 };
 
@@ -14,7 +13,7 @@ use rstar::{AABB, PointDistance, RTree, RTreeObject};
 
 use super::{
     Engine, Loading, Replica,
-    replica::{expected, newer},
+    replica::{Held, expected, newer, unindex},
 };
 use crate::domain::{
     BookingId, BookingState, DriverId, LatLng, OfferId, RegionId, Result, SharedBooking,
@@ -40,21 +39,6 @@ impl PointDistance for OfferPoint {
     fn distance_2(&self, p: &[f64; 3]) -> f64 {
         let [x, y, z] = self.xyz;
         (x - p[0]).powi(2) + (y - p[1]).powi(2) + (z - p[2]).powi(2)
-    }
-}
-
-/// A record as held, or the version it was removed at.
-struct Held<T> {
-    record: Option<Arc<T>>,
-    version: u64,
-}
-
-fn unindex<K: Eq + Hash, V: Eq + Hash>(map: &mut HashMap<K, HashSet<V>>, key: &K, id: &V) {
-    if let Some(set) = map.get_mut(key) {
-        set.remove(id);
-        if set.is_empty() {
-            map.remove(key);
-        }
     }
 }
 
@@ -256,184 +240,130 @@ impl Engine {
     }
 }
 
-impl Replica<SharedOffer> for Engine {
-    fn version(&self, id: &str) -> u64 {
-        let Ok(id) = OfferId::parse(id) else { return 0 };
-        self.sharing.read().offers.get(&id).map_or(0, |h| h.version)
-    }
+/// `Replica<$kind>` over the map `$map` of `Sharing`, keyed by `$id`, whose records
+/// `$set` (re)indexes: the two shared kinds differ in nothing else.
+macro_rules! sharing_replica {
+    ($kind:ty, $id:ty, $map:ident, $set:ident) => {
+        impl Replica<$kind> for Engine {
+            fn version(&self, id: &str) -> u64 {
+                let Ok(id) = <$id>::parse(id) else { return 0 };
+                self.sharing.read().$map.get(&id).map_or(0, |h| h.version)
+            }
 
-    fn get(&self, id: &str) -> Option<(SharedOffer, u64)> {
-        let id = OfferId::parse(id).ok()?;
-        self.offer(&id).map(|(o, v)| ((*o).clone(), v))
-    }
+            fn get(&self, id: &str) -> Option<($kind, u64)> {
+                let id = <$id>::parse(id).ok()?;
+                let sharing = self.sharing.read();
+                let held = sharing.$map.get(&id)?;
+                Some(((**held.record.as_ref()?).clone(), held.version))
+            }
 
-    fn put(&self, record: SharedOffer, version: u64, _now: Timestamp) -> bool {
-        let id = record.id.clone();
-        let mut sharing = self.sharing.write();
-        let held = sharing.offers.get(&id).map_or(0, |h| h.version);
-        let Some(version) = newer(version)(held) else {
-            return false;
-        };
-        sharing.set_offer(id, Some(Arc::new(record)), version);
-        true
-    }
+            fn put(&self, record: $kind, version: u64, _now: Timestamp) -> bool {
+                let id = record.id.clone();
+                self.write_sharing(&id, Some(record), newer(version), |s, id, r, v| {
+                    s.$set(id, r, v)
+                })
+                .is_some()
+            }
 
-    fn remove(&self, id: &str, version: u64) -> bool {
-        let Ok(id) = OfferId::parse(id) else {
-            return false;
-        };
-        let mut sharing = self.sharing.write();
-        let held = sharing.offers.get(&id).map_or(0, |h| h.version);
-        let Some(version) = newer(version)(held) else {
-            return false;
-        };
-        sharing.set_offer(id, None, version);
-        true
-    }
+            fn remove(&self, id: &str, version: u64) -> bool {
+                let Ok(id) = <$id>::parse(id) else {
+                    return false;
+                };
+                self.write_sharing::<$id, $kind>(&id, None, newer(version), |s, id, r, v| {
+                    s.$set(id, r, v)
+                })
+                .is_some()
+            }
 
-    fn compare_and_set(
-        &self,
-        id: &str,
-        expected_version: u64,
-        floor: u64,
-        states: Vec<SharedOffer>,
-        _now: Timestamp,
-    ) -> Option<u64> {
-        let id = OfferId::parse(id).ok()?;
-        let steps = states.len().max(1) as u64;
-        let mut sharing = self.sharing.write();
-        let held = sharing.offers.get(&id).map_or(0, |h| h.version);
-        let version = expected(expected_version, floor, steps)(held)?;
-        let last = states.into_iter().last().map(Arc::new);
-        sharing.set_offer(id, last, version);
-        Some(version)
-    }
+            fn compare_and_set(
+                &self,
+                id: &str,
+                expected_version: u64,
+                floor: u64,
+                states: Vec<$kind>,
+                _now: Timestamp,
+            ) -> Option<u64> {
+                let id = <$id>::parse(id).ok()?;
+                let steps = states.len().max(1) as u64;
+                let last = states.into_iter().last();
+                let admit = expected(expected_version, floor, steps);
+                self.write_sharing(&id, last, admit, |s, id, r, v| s.$set(id, r, v))
+            }
 
-    fn load_region(
-        &self,
-        region: &RegionId,
-        _loading: Loading,
-        records: Vec<(SharedOffer, u64)>,
-        tombstones: Vec<(String, u64)>,
-        _now: Timestamp,
-    ) -> Result<()> {
-        let mut sharing = self.sharing.write();
-        let keep: HashSet<OfferId> = records.iter().map(|(o, _)| o.id.clone()).collect();
-        let gone: Vec<(OfferId, u64)> = sharing
-            .offers
-            .iter()
-            .filter(|(id, h)| {
-                h.record.as_ref().is_some_and(|o| &o.region == region) && !keep.contains(*id)
-            })
-            .map(|(id, h)| (id.clone(), h.version))
-            .collect();
-        for (id, version) in gone {
-            sharing.set_offer(id, None, version);
-        }
-        for (offer, version) in records {
-            sharing.set_offer(offer.id.clone(), Some(Arc::new(offer)), version);
-        }
-        for (id, version) in tombstones {
-            if let Ok(id) = OfferId::parse(&id)
-                && sharing.offers.get(&id).is_none_or(|h| h.record.is_none())
-            {
-                sharing.set_offer(id, None, version);
+            fn load_region(
+                &self,
+                region: &RegionId,
+                _loading: Loading,
+                records: Vec<($kind, u64)>,
+                tombstones: Vec<(String, u64)>,
+                _now: Timestamp,
+            ) -> Result<()> {
+                let mut sharing = self.sharing.write();
+                let keep: HashSet<$id> = records.iter().map(|(r, _)| r.id.clone()).collect();
+                let gone: Vec<($id, u64)> = sharing
+                    .$map
+                    .iter()
+                    .filter(|(id, h)| {
+                        h.record.as_ref().is_some_and(|r| &r.region == region)
+                            && !keep.contains(*id)
+                    })
+                    .map(|(id, h)| (id.clone(), h.version))
+                    .collect();
+                for (id, version) in gone {
+                    sharing.$set(id, None, version);
+                }
+                for (record, version) in records {
+                    sharing.$set(record.id.clone(), Some(Arc::new(record)), version);
+                }
+                for (id, version) in tombstones {
+                    if let Ok(id) = <$id>::parse(&id)
+                        && sharing.$map.get(&id).is_none_or(|h| h.record.is_none())
+                    {
+                        sharing.$set(id, None, version);
+                    }
+                }
+                Ok(())
             }
         }
-        Ok(())
+    };
+}
+
+impl Engine {
+    /// Sets record `id` of a shared kind (through `set`) if `admit` accepts the version
+    /// held; returns the version written.
+    fn write_sharing<K: Clone + Eq + std::hash::Hash, T>(
+        &self,
+        id: &K,
+        record: Option<T>,
+        admit: impl Fn(u64) -> Option<u64>,
+        set: impl FnOnce(&mut Sharing, K, Option<Arc<T>>, u64),
+    ) -> Option<u64>
+    where
+        Sharing: VersionOf<K>,
+    {
+        let mut sharing = self.sharing.write();
+        let version = admit(sharing.version_of(id))?;
+        set(&mut sharing, id.clone(), record.map(Arc::new), version);
+        Some(version)
     }
 }
 
-impl Replica<SharedBooking> for Engine {
-    fn version(&self, id: &str) -> u64 {
-        let Ok(id) = BookingId::parse(id) else {
-            return 0;
-        };
-        self.sharing
-            .read()
-            .bookings
-            .get(&id)
-            .map_or(0, |h| h.version)
-    }
+/// The version held for an id of a shared kind.
+trait VersionOf<K> {
+    fn version_of(&self, id: &K) -> u64;
+}
 
-    fn get(&self, id: &str) -> Option<(SharedBooking, u64)> {
-        let id = BookingId::parse(id).ok()?;
-        self.booking(&id).map(|(b, v)| ((*b).clone(), v))
-    }
-
-    fn put(&self, record: SharedBooking, version: u64, _now: Timestamp) -> bool {
-        let id = record.id.clone();
-        let mut sharing = self.sharing.write();
-        let held = sharing.bookings.get(&id).map_or(0, |h| h.version);
-        let Some(version) = newer(version)(held) else {
-            return false;
-        };
-        sharing.set_booking(id, Some(Arc::new(record)), version);
-        true
-    }
-
-    fn remove(&self, id: &str, version: u64) -> bool {
-        let Ok(id) = BookingId::parse(id) else {
-            return false;
-        };
-        let mut sharing = self.sharing.write();
-        let held = sharing.bookings.get(&id).map_or(0, |h| h.version);
-        let Some(version) = newer(version)(held) else {
-            return false;
-        };
-        sharing.set_booking(id, None, version);
-        true
-    }
-
-    fn compare_and_set(
-        &self,
-        id: &str,
-        expected_version: u64,
-        floor: u64,
-        states: Vec<SharedBooking>,
-        _now: Timestamp,
-    ) -> Option<u64> {
-        let id = BookingId::parse(id).ok()?;
-        let steps = states.len().max(1) as u64;
-        let mut sharing = self.sharing.write();
-        let held = sharing.bookings.get(&id).map_or(0, |h| h.version);
-        let version = expected(expected_version, floor, steps)(held)?;
-        let last = states.into_iter().last().map(Arc::new);
-        sharing.set_booking(id, last, version);
-        Some(version)
-    }
-
-    fn load_region(
-        &self,
-        region: &RegionId,
-        _loading: Loading,
-        records: Vec<(SharedBooking, u64)>,
-        tombstones: Vec<(String, u64)>,
-        _now: Timestamp,
-    ) -> Result<()> {
-        let mut sharing = self.sharing.write();
-        let keep: HashSet<BookingId> = records.iter().map(|(b, _)| b.id.clone()).collect();
-        let gone: Vec<(BookingId, u64)> = sharing
-            .bookings
-            .iter()
-            .filter(|(id, h)| {
-                h.record.as_ref().is_some_and(|b| &b.region == region) && !keep.contains(*id)
-            })
-            .map(|(id, h)| (id.clone(), h.version))
-            .collect();
-        for (id, version) in gone {
-            sharing.set_booking(id, None, version);
-        }
-        for (booking, version) in records {
-            sharing.set_booking(booking.id.clone(), Some(Arc::new(booking)), version);
-        }
-        for (id, version) in tombstones {
-            if let Ok(id) = BookingId::parse(&id)
-                && sharing.bookings.get(&id).is_none_or(|h| h.record.is_none())
-            {
-                sharing.set_booking(id, None, version);
-            }
-        }
-        Ok(())
+impl VersionOf<OfferId> for Sharing {
+    fn version_of(&self, id: &OfferId) -> u64 {
+        self.offers.get(id).map_or(0, |h| h.version)
     }
 }
+
+impl VersionOf<BookingId> for Sharing {
+    fn version_of(&self, id: &BookingId) -> u64 {
+        self.bookings.get(id).map_or(0, |h| h.version)
+    }
+}
+
+sharing_replica!(SharedOffer, OfferId, offers, set_offer);
+sharing_replica!(SharedBooking, BookingId, bookings, set_booking);
