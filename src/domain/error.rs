@@ -93,6 +93,18 @@ impl Error {
         }
     }
 
+    /// How an error message shows a value the client sent: quoted, and cut to its
+    /// first 32 characters, so a huge bad value is not sent back whole.
+    pub fn excerpt(value: &str) -> String {
+        const SHOWN: usize = 32;
+        let n = value.chars().count();
+        if n <= SHOWN {
+            return format!("{value:?}");
+        }
+        let head: String = value.chars().take(SHOWN).collect();
+        format!("{head:?}… ({n} characters)")
+    }
+
     /// An invalid-argument error for `field`.
     pub fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> Self {
         Error::InvalidArgument {

@@ -22,8 +22,12 @@ impl TimeZoneName {
                 "must be an IANA time zone such as \"Asia/Shanghai\"",
             ));
         }
-        let zone = TimeZone::get(name)
-            .map_err(|_| Error::invalid("", format!("{name:?} is not a known IANA time zone")))?;
+        let zone = TimeZone::get(name).map_err(|_| {
+            Error::invalid(
+                "",
+                format!("{} is not a known IANA time zone", Error::excerpt(name)),
+            )
+        })?;
         Ok(Self {
             name: name.to_owned(),
             zone,

@@ -79,7 +79,7 @@ impl Tariff {
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(Error::invalid(
                 "currency",
-                format!("{currency:?} is not an ISO 4217 code"),
+                format!("{} is not an ISO 4217 code", Error::excerpt(currency)),
             ));
         }
         if !(0..=MAX_AMOUNT).contains(&hourly_rate) {

@@ -1,4 +1,8 @@
-//! A tower layer that counts every gRPC request by method and status code.
+//! A tower layer that counts every gRPC request by method and status code, and that
+//! answers the request errors tonic's codec raises for a client's bad bytes with the
+//! codes that say so (a malformed message is the client's INVALID_ARGUMENT, not the
+//! server's INTERNAL, which pages on-call; an over-size one is RESOURCE_EXHAUSTED),
+//! without the library's text.
 
 use std::{
     future::Future,
@@ -80,7 +84,7 @@ where
     S: Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<CountedBody<RB>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -93,21 +97,220 @@ where
         let start = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
-            let response = future.await;
-            // Errors of unary calls come as trailers-only responses, so the status is in
-            // the headers; a success carries it in trailers, which come later: no header
-            // means OK (for streams: OK so far).
-            let code = match &response {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(Code::Ok, Code::from_i32),
-                Err(_) => Code::Unknown,
+            let mut response = match future.await {
+                Ok(response) => response,
+                Err(error) => {
+                    metrics::record_request(
+                        method,
+                        code_label(Code::Unknown),
+                        start.elapsed().as_secs_f64(),
+                    );
+                    return Err(error);
+                }
             };
-            metrics::record_request(method, code_label(code), start.elapsed().as_secs_f64());
-            response
+            honest_status(response.headers_mut());
+            // An error before any message comes as a trailers-only answer, its status in
+            // the headers; otherwise the status comes in the trailers, at the end of
+            // the call (a stream's, however long it ran), and is counted then.
+            let settled = grpc_status(response.headers());
+            let mut counter = Counter {
+                method,
+                start,
+                done: false,
+            };
+            if let Some(code) = settled {
+                counter.record(code);
+            }
+            Ok(response.map(|inner| CountedBody { inner, counter }))
         })
+    }
+}
+
+/// The status in a `grpc-status` header or trailer.
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from_i32)
+}
+
+/// Counts a call once, when its status is known.
+struct Counter {
+    method: &'static str,
+    start: Instant,
+    done: bool,
+}
+
+impl Counter {
+    fn record(&mut self, code: Code) {
+        if !std::mem::replace(&mut self.done, true) {
+            metrics::record_request(
+                self.method,
+                code_label(code),
+                self.start.elapsed().as_secs_f64(),
+            );
+        }
+    }
+}
+
+impl Drop for Counter {
+    /// A body dropped before its trailers: the client went away (or the connection
+    /// did), which gRPC calls CANCELLED.
+    fn drop(&mut self) {
+        self.record(Code::Cancelled);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts its call by the status in its trailers.
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        counter: Counter,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let mut polled = this.inner.poll_frame(cx);
+        match &mut polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    // A stream's request errors come here, after its headers.
+                    honest_status(trailers);
+                    if let Some(code) = grpc_status(trailers) {
+                        this.counter.record(code);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.counter.record(Code::Unknown),
+            // The end without trailers: nothing said it failed.
+            Poll::Ready(None) => this.counter.record(Code::Ok),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What tonic's codec says of a request it could not read, and what the client is
+/// told instead: the status code and a message of our own.
+const CODEC_ERRORS: &[(i32, &str, i32, &str)] = &[
+    (
+        13,
+        "failed to decode Protobuf message",
+        3,
+        "the request is not a valid protobuf message of this method",
+    ),
+    (
+        13,
+        "Missing request message",
+        3,
+        "the request carries no message",
+    ),
+    (
+        13,
+        "Unexpected EOF decoding stream",
+        3,
+        "the request's message was cut off",
+    ),
+    (
+        13,
+        "protocol error: received message with invalid compression flag",
+        3,
+        "the request's message frame is malformed (invalid compression flag)",
+    ),
+    (
+        11,
+        "Error, decoded message length too large",
+        8,
+        "the request message is larger than this server accepts (see --max-message-bytes)",
+    ),
+];
+
+/// Rewrites the status of an answer's headers (a trailers-only answer: a unary call's
+/// error before any handler ran) or trailers (a stream's) when it is one of
+/// `CODEC_ERRORS`.
+fn honest_status(headers: &mut http::HeaderMap) {
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let message = headers
+        .get("grpc-message")
+        .map(|v| percent_decode(v.as_bytes()))
+        .unwrap_or_default();
+    if let Some((_, _, to, text)) = CODEC_ERRORS
+        .iter()
+        .find(|(from, prefix, _, _)| *from == code && message.starts_with(prefix))
+    {
+        headers.insert("grpc-status", http::HeaderValue::from(*to));
+        headers.insert("grpc-message", http::HeaderValue::from_static(text));
+    }
+}
+
+/// The text of a `grpc-message` (percent-encoded, per the gRPC spec).
+fn percent_decode(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&a), Some(&b)) if hex(a).is_some() && hex(b).is_some() => {
+                out.push((hex(a).unwrap() * 16 + hex(b).unwrap()) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_errors_become_the_client_s_and_other_answers_are_left_alone() {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from(13));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "failed%20to%20decode%20Protobuf%20message: invalid wire type",
+            ),
+        );
+        honest_status(&mut h);
+        assert_eq!(h["grpc-status"], "3");
+        assert!(!h["grpc-message"].to_str().unwrap().contains("wire type"));
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from(13));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("internal error; see the server log"),
+        );
+        honest_status(&mut h);
+        assert_eq!(h["grpc-status"], "13");
     }
 }

@@ -47,9 +47,22 @@ impl From<Error> for Status {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error; see the server log")
             }
-            other => Status::new(code(other.kind()), other.to_string()),
+            other => Status::new(code(other.kind()), bounded(other.to_string())),
         }
     }
+}
+
+/// A message cut to `MAX_MESSAGE` characters: whatever a client sent, the answer stays
+/// small enough for every client to receive (values echoed are cut at the source too,
+/// see `Error::excerpt`; this bounds what no rule foresaw).
+fn bounded(message: String) -> String {
+    const MAX_MESSAGE: usize = 512;
+    if message.chars().count() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut cut: String = message.chars().take(MAX_MESSAGE).collect();
+    cut.push('…');
+    cut
 }
 
 /// How a rejected report is described in its ack: code, field and reason.

@@ -415,7 +415,7 @@ async fn get_availability_takes_1_to_1000_valid_ids() {
 }
 
 #[tokio::test]
-async fn oversize_messages_are_refused_with_out_of_range() {
+async fn oversize_messages_are_refused_with_resource_exhausted() {
     let (server, stored, live) = one_car_park().await;
     let limit = 1 << 20;
     let mut availability = server.availability().await;
@@ -433,9 +433,12 @@ async fn oversize_messages_are_refused_with_out_of_range() {
                 payload: vec![7; limit + 1],
             })
             .await,
-        Code::OutOfRange,
+        Code::ResourceExhausted,
     );
-    assert!(status.message().contains("too large"), "{status:?}");
+    assert!(
+        status.message().contains("--max-message-bytes"),
+        "{status:?}"
+    );
 
     let huge = pb::CarPark {
         address: "a".repeat(limit),
@@ -452,7 +455,7 @@ async fn oversize_messages_are_refused_with_out_of_range() {
                 OPERATOR_A.1,
             ))
             .await,
-        Code::OutOfRange,
+        Code::ResourceExhausted,
     );
 
     let mut publisher = Publisher::open(&server, OPERATOR_A.1).await.unwrap();
@@ -468,6 +471,115 @@ async fn oversize_messages_are_refused_with_out_of_range() {
         })
         .collect();
     publisher.send(reports).await;
-    expect_code(publisher.answer().await, Code::OutOfRange);
+    // A stream's too: its status comes in the trailers.
+    expect_code(publisher.answer().await, Code::ResourceExhausted);
+    // Counted by how the stream ended, not as the "ok" its headers said (the
+    // recorder is the test process's, shared by every test: a count, not a value).
+    assert!(
+        requests(&server, "Ingest/Publish", "resource_exhausted").await >= 1,
+        "{}",
+        server.metrics_text().await
+    );
     assert_unchanged(&server, &stored, &live, "oversize messages").await;
+}
+
+/// A message in a shape no citypark method takes: field 1 as a number where every
+/// request has a string (or a message) there.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WrongShape {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+}
+
+/// Sends `message` raw to `path`.
+async fn raw_unary<M: prost::Message + Default + Send + Sync + 'static>(
+    server: &TestServer,
+    path: &'static str,
+    message: M,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    grpc.unary::<M, pb::GetCarParkResponse, _>(
+        tonic::Request::new(message),
+        http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .unwrap_err()
+}
+
+#[tokio::test]
+async fn malformed_and_over_size_messages_are_the_client_s_errors_not_the_server_s() {
+    let (server, stored, live) = one_car_park().await;
+    let malformed = raw_unary(
+        &server,
+        "/citypark.v1.Registry/GetCarPark",
+        WrongShape { id: 7 },
+    )
+    .await;
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+    assert!(
+        !malformed.message().contains("Protobuf") && !malformed.message().contains("wire"),
+        "no library text: {}",
+        malformed.message()
+    );
+    // Over --max-message-bytes (1 MiB by default).
+    let huge = pb::GetCarParkRequest {
+        id: "x".repeat(2 << 20),
+    };
+    let over = raw_unary(&server, "/citypark.v1.Registry/GetCarPark", huge).await;
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+    assert!(
+        over.message().contains("--max-message-bytes"),
+        "{}",
+        over.message()
+    );
+    // Counted as what they are: nothing for the paging alert.
+    assert!(requests(&server, "Registry/GetCarPark", "invalid_argument").await >= 1);
+    assert!(requests(&server, "Registry/GetCarPark", "resource_exhausted").await >= 1);
+    assert_eq!(
+        requests(&server, "Registry/GetCarPark", "internal").await,
+        0,
+        "{}",
+        server.metrics_text().await
+    );
+    assert_unchanged(&server, &stored, &live, "malformed requests").await;
+}
+
+#[tokio::test]
+async fn a_huge_bad_value_is_not_sent_back_whole() {
+    let (server, stored, live) = one_car_park().await;
+    let huge = pb::CarPark {
+        time_zone: "Z".repeat(100_000),
+        ..garage("g2", 36.067, 120.383)
+    };
+    let err = try_register(&server, huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("car_park.time_zone"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().len() < 200 && err.message().contains("100000 characters"),
+        "{} bytes: {}",
+        err.message().len(),
+        &err.message()[..200.min(err.message().len())]
+    );
+    assert_unchanged(&server, &stored, &live, "a huge time zone").await;
+}
+
+/// `citypark_grpc_requests_total` of `method` (its path's end) and `code` so far, in
+/// this test process.
+async fn requests(server: &TestServer, method: &str, code: &str) -> u64 {
+    server
+        .metrics_text()
+        .await
+        .lines()
+        .find(|l| {
+            l.starts_with("citypark_grpc_requests_total{")
+                && l.contains(method)
+                && l.contains(&format!("code=\"{code}\""))
+        })
+        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }
