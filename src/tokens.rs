@@ -43,6 +43,8 @@ fn validation(
     let mut v = Validation::new(algorithms[0]);
     v.algorithms = algorithms.to_vec();
     v.set_required_spec_claims(&["exp", "sub"]);
+    // A token with `nbf` is refused before it; clocks may differ by the leeway.
+    v.validate_nbf = true;
     v.leeway = 30;
     if let Some(issuer) = issuer {
         v.set_issuer(&[issuer]);
@@ -100,7 +102,9 @@ impl DriverTokens {
                 "this server accepts no driver tokens (no --driver-jwt-* key configured)".into(),
             ));
         }
-        let mut last = None;
+        // The reason given is from a key of the token's algorithm when there is one
+        // (an HS256 token's refusal by an RSA key says less than by a secret's).
+        let mut why = None;
         for (key, validation) in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, key, validation) {
                 Ok(data) => {
@@ -108,10 +112,16 @@ impl DriverTokens {
                         Error::Unauthenticated("the token's sub is not a valid driver id".into())
                     });
                 }
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    let wrong_algorithm =
+                        matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidAlgorithm);
+                    if why.is_none() || !wrong_algorithm {
+                        why = Some(refusal(e.kind()));
+                    }
+                }
             }
         }
-        let why = last.map_or_else(String::new, |e| e.to_string());
+        let why = why.unwrap_or("it is malformed");
         Err(Error::Unauthenticated(format!(
             "invalid driver token: {why}"
         )))
@@ -139,6 +149,24 @@ impl DriverTokens {
             &EncodingKey::from_secret(secret),
         )
         .expect("HS256 signing cannot fail")
+    }
+}
+
+/// Why a token was refused, in words of our own (the library's text is not for
+/// clients). With several keys, the last key's reason is given.
+fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "it has expired",
+        K::ImmatureSignature => "it is not valid yet (nbf)",
+        K::InvalidIssuer => "its issuer is not the one this server accepts",
+        K::InvalidAudience => "its audience is not this server",
+        K::InvalidSignature => "no key this server accepts signed it",
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => {
+            "its algorithm is not the one of a key this server accepts"
+        }
+        K::MissingRequiredClaim(_) => "it lacks a required claim (exp and sub are required)",
+        _ => "it is malformed",
     }
 }
 

@@ -189,3 +189,132 @@ async fn an_upsert_naming_another_operator_is_denied() {
     assert!(own.created);
     assert_eq!(own.car_park.unwrap().operator_id, OPERATOR_A.0);
 }
+
+/// Test-only keys: an RSA pair made for these tests (`openssl genpkey -algorithm RSA`).
+const TEST_RSA_KEY: &str = include_str!("../data/jwt/test-rsa.key");
+const TEST_RSA_PUB: &str = include_str!("../data/jwt/test-rsa.pub");
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A token with `claims`, signed with `key` under `alg`.
+fn signed(
+    alg: jsonwebtoken::Algorithm,
+    key: &jsonwebtoken::EncodingKey,
+    claims: serde_json::Value,
+) -> String {
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).unwrap()
+}
+
+#[tokio::test]
+async fn driver_tokens_hold_against_forgery_and_rotate() {
+    use citypark::tokens::DriverTokens;
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    const OLD: &[u8] = b"the-old-driver-secret-0123456789ab";
+    const NEW: &[u8] = b"the-new-driver-secret-0123456789ab";
+    let server = TestServer::start_with(|s| {
+        let mut tokens = DriverTokens::default();
+        // During a rotation both secrets are valid; and an identity provider's key.
+        tokens.add_secret(OLD, Some("city"), Some("citypark"));
+        tokens.add_secret(NEW, Some("city"), Some("citypark"));
+        tokens
+            .add_public_pem(TEST_RSA_PUB.as_bytes(), Some("city"), Some("citypark"))
+            .unwrap();
+        s.driver_tokens = tokens;
+    })
+    .await;
+    let now = unix_now();
+    let claims = |extra: serde_json::Value| {
+        let mut c =
+            serde_json::json!({"sub": "alice", "exp": now + 600, "iss": "city", "aud": "citypark"});
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let hs = |secret: &[u8], extra| {
+        signed(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(secret),
+            claims(extra),
+        )
+    };
+    let rsa = EncodingKey::from_rsa_pem(TEST_RSA_KEY.as_bytes()).unwrap();
+    let good = hs(NEW, serde_json::json!({}));
+    // `alg: none`: a valid token's claims under an unsigned header.
+    let claims_part = good.split('.').nth(1).unwrap();
+    let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims_part}.");
+    let cases: Vec<(&str, String, Option<&str>)> = vec![
+        ("the new secret", good.clone(), None),
+        (
+            "the old secret, still valid while rotating",
+            hs(OLD, serde_json::json!({})),
+            None,
+        ),
+        (
+            "the identity provider's RSA key",
+            signed(Algorithm::RS256, &rsa, claims(serde_json::json!({}))),
+            None,
+        ),
+        ("alg none", none, Some("")),
+        // HS256 with the RSA public key as its secret: the algorithm is the key's.
+        (
+            "HS/RS key confusion",
+            hs(TEST_RSA_PUB.as_bytes(), serde_json::json!({})),
+            Some("no key"),
+        ),
+        (
+            "an unknown secret",
+            hs(b"somebody-else's-secret-0123456789", serde_json::json!({})),
+            Some("no key"),
+        ),
+        (
+            "expired",
+            hs(NEW, serde_json::json!({"exp": now - 120})),
+            Some("expired"),
+        ),
+        (
+            "not valid yet",
+            hs(NEW, serde_json::json!({"nbf": now + 3600})),
+            Some("not valid yet"),
+        ),
+        (
+            "another issuer",
+            hs(NEW, serde_json::json!({"iss": "evil"})),
+            Some("issuer"),
+        ),
+        (
+            "another audience",
+            hs(NEW, serde_json::json!({"aud": "elsewhere"})),
+            Some("audience"),
+        ),
+    ];
+    let mut reservations = server.reservations().await;
+    for (what, token, refused) in cases {
+        let answer = reservations
+            .list_reservations(authed(pb::ListReservationsRequest::default(), &token))
+            .await;
+        match (refused, answer) {
+            (None, Ok(_)) => {}
+            (Some(why), Err(status)) => {
+                assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+                assert!(
+                    status.message().contains(why),
+                    "{what}: {}",
+                    status.message()
+                );
+                assert!(
+                    !status.message().contains("Signature")
+                        && !status.message().contains("ErrorKind"),
+                    "{what}: no library text: {}",
+                    status.message()
+                );
+            }
+            (refused, answer) => panic!("{what}: expected refusal {refused:?}, got {answer:?}"),
+        }
+    }
+}
