@@ -208,13 +208,8 @@ impl CarPark {
 
     /// Checks the free-text fields that have no type of their own.
     pub fn validated(self) -> Result<Self, Error> {
-        let name_len = self.name.chars().count();
-        if name_len == 0 || name_len > 200 {
-            return Err(Error::invalid("name", "must be 1 to 200 characters"));
-        }
-        if self.address.chars().count() > 300 {
-            return Err(Error::invalid("address", "must be at most 300 characters"));
-        }
+        super::check_text("name", &self.name, 200, true)?;
+        super::check_text("address", &self.address, 300, false)?;
         let secs = self.report_interval.as_secs();
         if !(10..=86_400).contains(&secs) {
             return Err(Error::invalid(

@@ -13,6 +13,7 @@ mod reservation;
 mod schedule;
 mod shared;
 mod tariff;
+mod text;
 
 pub use carpark::{
     Applied, CATEGORY_COUNT, Capacity, CarPark, CarParkKind, CarParkState, CarParkStatus,
@@ -39,6 +40,7 @@ pub use shared::{
     booking_days, ledger_of,
 };
 pub use tariff::{Stay, Tariff};
+pub use text::check_text;
 
 /// A point in time; the domain takes "now" as an argument and never reads a clock.
 pub type Timestamp = jiff::Timestamp;

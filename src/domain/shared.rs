@@ -171,17 +171,8 @@ impl SharedOffer {
                 "must be 15 to 10080 (7 days)",
             ));
         }
-        for (name, text) in [
-            ("address", &self.address),
-            ("description", &self.description),
-        ] {
-            if text.chars().count() > MAX_TEXT || text.chars().any(char::is_control) {
-                return Err(Error::invalid(
-                    field(name),
-                    format!("must be at most {MAX_TEXT} characters, without control characters"),
-                ));
-            }
-        }
+        super::check_text(&field("address"), &self.address, MAX_TEXT, true)?;
+        super::check_text(&field("description"), &self.description, MAX_TEXT, false)?;
         Ok(())
     }
 

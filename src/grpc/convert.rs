@@ -27,6 +27,14 @@ pub fn timestamp(value: &prost_types::Timestamp, field: &str) -> Result<Timestam
     if !(0..1_000_000_000).contains(&value.nanos) {
         return Err(Error::invalid(field, "nanos must be in [0, 999999999]"));
     }
+    // google.protobuf.Timestamp's range: 0001-01-01 to 9999-12-31 (UTC); clients that
+    // check it would refuse to read anything outside it back.
+    if !(-62_135_596_800..=253_402_300_799).contains(&value.seconds) {
+        return Err(Error::invalid(
+            field,
+            "is outside google.protobuf.Timestamp's range (years 1 to 9999)",
+        ));
+    }
     Timestamp::new(value.seconds, value.nanos).map_err(|_| Error::invalid(field, "is out of range"))
 }
 

@@ -175,13 +175,7 @@ impl pb::reservations_server::Reservations for Api {
         let driver = self.driver(&request, "cancel a reservation")?;
         let r = request.get_ref();
         let id = reservation_id(&r.id)?;
-        if r.reason.chars().count() > MAX_REASON_CHARS || r.reason.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "reason",
-                format!("must be at most {MAX_REASON_CHARS} printable characters"),
-            )
-            .into());
-        }
+        crate::domain::check_text("reason", &r.reason, MAX_REASON_CHARS, false)?;
         let reservation = self
             .service
             .cancel_reservation(&driver, &id, r.reason.trim())

@@ -48,12 +48,7 @@ fn new_offer_id(host: &DriverId) -> OfferId {
 }
 
 fn reason(value: &str) -> Result<&str> {
-    if value.chars().count() > MAX_REASON_CHARS || value.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "reason",
-            format!("must be at most {MAX_REASON_CHARS} printable characters"),
-        ));
-    }
+    crate::domain::check_text("reason", value, MAX_REASON_CHARS, false)?;
     Ok(value.trim())
 }
 

@@ -100,6 +100,11 @@ async fn invalid_car_parks_are_refused_naming_the_field() {
         ("car_park.capacity[0].category", |c| {
             c.capacity = capacity(&[(Unspecified, 1)])
         }),
+        // Free text: no bidi overrides, control characters or blanks.
+        ("car_park.name", |c| c.name = "\u{202e}evil".into()),
+        ("car_park.name", |c| c.name = "two\nlines".into()),
+        ("car_park.name", |c| c.name = "   ".into()),
+        ("car_park.address", |c| c.address = "\u{1b}[31mred".into()),
         ("car_park.time_zone", |c| c.time_zone = String::new()),
         ("car_park.time_zone", |c| {
             c.time_zone = "Mars/Olympus".into()
@@ -582,4 +587,44 @@ async fn requests(server: &TestServer, method: &str, code: &str) -> u64 {
                 && l.contains(&format!("code=\"{code}\""))
         })
         .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn timestamps_outside_the_protobuf_range_are_refused_naming_the_field() {
+    let (server, stored, live) = one_car_park().await;
+    let year_0 = prost_types::Timestamp {
+        seconds: -62_135_596_801,
+        nanos: 0,
+    };
+    let year_10000 = prost_types::Timestamp {
+        seconds: 253_402_300_800,
+        nanos: 0,
+    };
+    for t in [year_0, year_10000] {
+        let mut report = snapshot("g1", 2, 1, server.now());
+        report.observed_at = Some(t);
+        let ack = server
+            .ingest()
+            .await
+            .report(authed(
+                pb::ReportRequest {
+                    report: Some(report),
+                },
+                OPERATOR_A.1,
+            ))
+            .await;
+        let message = match ack {
+            Err(status) => status.message().to_owned(),
+            Ok(r) => {
+                let ack = r.into_inner().ack.unwrap();
+                assert_eq!(ack.result, pb::ReportResult::Rejected as i32, "{ack:?}");
+                format!("{}: {}", ack.field, ack.reason)
+            }
+        };
+        assert!(
+            message.contains("observed_at") && message.contains("range"),
+            "{message}"
+        );
+    }
+    assert_unchanged(&server, &stored, &live, "out-of-range timestamps").await;
 }
