@@ -23,6 +23,38 @@ pub fn car_park_id(value: &str, field: &str) -> Result<CarParkId> {
     CarParkId::parse(value).map_err(|e| e.in_field(field))
 }
 
+/// A page token as clients see it: opaque (the position, hex-encoded) and
+/// tamper-evident (a checksum of it), so a garbage or edited token is refused rather
+/// than read as a starting point. It hides nothing a caller could not list anyway.
+pub fn page_token_out(position: Option<String>) -> String {
+    position.map_or_else(String::new, |p| {
+        let payload = hex::encode(p.as_bytes());
+        format!("{payload}{}", token_check(&payload))
+    })
+}
+
+/// The position a page token names, if it is one this API gave; `None` for none.
+pub fn page_token_in(token: &str) -> Result<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::invalid("page_token", "is not a token this API gave");
+    let split = token.len().checked_sub(16).ok_or_else(bad)?;
+    let (payload, check) = (token.get(..split).ok_or_else(bad)?, &token[split..]);
+    if token_check(payload) != check {
+        return Err(bad());
+    }
+    let bytes = hex::decode(payload).map_err(|_| bad())?;
+    String::from_utf8(bytes).map(Some).map_err(|_| bad())
+}
+
+/// 16 hex digits of SHA-256 over a token's payload.
+fn token_check(payload: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("citypark page token 1:{payload}"));
+    hex::encode(&digest[..8])
+}
+
 pub fn timestamp(value: &prost_types::Timestamp, field: &str) -> Result<Timestamp> {
     if !(0..1_000_000_000).contains(&value.nanos) {
         return Err(Error::invalid(field, "nanos must be in [0, 999999999]"));

@@ -133,11 +133,11 @@ impl pb::registry_server::Registry for Api {
             "" => None,
             s => Some(OperatorId::parse(s).map_err(|e| e.in_field("operator_id"))?),
         };
-        let token = match r.page_token.as_str() {
-            "" => None,
-            s => Some(
-                CarParkId::parse(s)
-                    .map_err(|_| Error::invalid("page_token", "is not a token from this API"))?,
+        let token = match convert::page_token_in(&r.page_token)? {
+            None => None,
+            Some(s) => Some(
+                CarParkId::parse(&s)
+                    .map_err(|_| Error::invalid("page_token", "is not a token this API gave"))?,
             ),
         };
         let size = match r.page_size {
@@ -153,7 +153,7 @@ impl pb::registry_server::Registry for Api {
         )?;
         Ok(Response::new(pb::ListCarParksResponse {
             car_parks: page.iter().map(|cp| convert::pb_car_park(cp)).collect(),
-            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+            next_page_token: convert::page_token_out(next.map(|id| id.to_string())),
         }))
     }
 

@@ -158,13 +158,14 @@ impl pb::reservations_server::Reservations for Api {
             }
             n => n as usize,
         };
-        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let token = convert::page_token_in(&r.page_token)?;
+        let token = token.as_deref();
         let (page, next) =
             self.service
                 .list_reservations(&caller, state_filter(r.state)?, size, token)?;
         Ok(Response::new(pb::ListReservationsResponse {
             reservations: page.iter().map(pb_reservation).collect(),
-            next_page_token: next.unwrap_or_default(),
+            next_page_token: convert::page_token_out(next),
         }))
     }
 

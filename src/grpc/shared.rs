@@ -317,13 +317,14 @@ impl pb::shared_parking_server::SharedParking for Api {
     ) -> Reply<pb::ListMyOffersResponse> {
         let host = self.driver(&request, "list offers")?;
         let r = request.get_ref();
-        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let token = convert::page_token_in(&r.page_token)?;
+        let token = token.as_deref();
         let (offers, next) = self
             .service
             .list_my_offers(&host, page_size(r.page_size)?, token);
         Ok(Response::new(pb::ListMyOffersResponse {
             offers: offers.iter().map(|o| pb_offer(o)).collect(),
-            next_page_token: next.unwrap_or_default(),
+            next_page_token: convert::page_token_out(next),
         }))
     }
 
@@ -426,7 +427,8 @@ impl pb::shared_parking_server::SharedParking for Api {
     ) -> Reply<pb::ListMyBookingsResponse> {
         let who = self.driver(&request, "list bookings")?;
         let r = request.get_ref();
-        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let token = convert::page_token_in(&r.page_token)?;
+        let token = token.as_deref();
         let (bookings, next) = self.service.list_my_bookings(
             &who,
             state_filter(r.state)?,
@@ -435,7 +437,7 @@ impl pb::shared_parking_server::SharedParking for Api {
         )?;
         Ok(Response::new(pb::ListMyBookingsResponse {
             bookings: bookings.iter().map(|b| pb_booking(b, &who)).collect(),
-            next_page_token: next.unwrap_or_default(),
+            next_page_token: convert::page_token_out(next),
         }))
     }
 
