@@ -119,6 +119,7 @@ async fn publish(
                                 exits: vec![category(pb::SpaceCategory::Standard, 1)],
                                 plate: String::new(),
                             })),
+                            restart_sequence: false,
                         }
                     })
                     .collect();

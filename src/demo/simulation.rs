@@ -258,6 +258,7 @@ impl SimPark {
                 exits,
                 plate: plate.to_owned(),
             })),
+            restart_sequence: false,
         })
     }
 
@@ -329,6 +330,7 @@ impl SimPark {
                 sequence: self.sequence(),
                 observed_at: Some(observed_at),
                 body: Some(body),
+                restart_sequence: false,
             })
             .collect()
     }

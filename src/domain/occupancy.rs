@@ -103,7 +103,18 @@ pub struct Report {
     pub sequence: u64,
     pub observed_at: Timestamp,
     pub body: ReportBody,
+    /// Starts the car park's numbering again (see `restarting`).
+    pub restart: bool,
 }
+
+/// Highest sequence number accepted: 2^53, which every JSON number holds exactly and
+/// which leaves room for millisecond or microsecond timestamps used as sequences.
+pub const MAX_SEQUENCE: u64 = 1 << 53;
+/// Furthest a sequence may jump past the last applied one: 2^44, so a feed may switch
+/// from a counter to millisecond timestamps (which reach 2^44 in 2527) at once. A
+/// report beyond it is refused rather than applied, so one bad number cannot put every
+/// later report below it.
+pub const MAX_SEQUENCE_JUMP: u64 = 1 << 44;
 
 impl Report {
     /// Checks the sequence (errors name `sequence`).
@@ -116,12 +127,34 @@ impl Report {
         if sequence == 0 {
             return Err(Error::invalid("sequence", "must be 1 or more"));
         }
+        if sequence > MAX_SEQUENCE {
+            return Err(Error::invalid(
+                "sequence",
+                format!("must be at most {MAX_SEQUENCE} (2^53)"),
+            ));
+        }
         Ok(Self {
             car_park,
             sequence,
             observed_at,
             body,
+            restart: false,
         })
+    }
+
+    /// This report starts the car park's numbering again: it is applied whatever the
+    /// last applied sequence, and later reports continue from its own. Only a snapshot
+    /// may do it (errors name `restart_sequence`), because a snapshot applied twice
+    /// changes nothing more than once.
+    pub fn restarting(mut self) -> Result<Self, Error> {
+        if !matches!(self.body, ReportBody::Snapshot(_)) {
+            return Err(Error::invalid(
+                "restart_sequence",
+                "only a snapshot report may restart the sequence",
+            ));
+        }
+        self.restart = true;
+        Ok(self)
     }
 }
 
@@ -238,8 +271,22 @@ impl Live {
                 "is more than 5 minutes ahead of the server's clock",
             ));
         }
-        if report.sequence <= self.last_sequence {
-            return Ok(ReportOutcome::Duplicate);
+        if !report.restart {
+            if report.sequence <= self.last_sequence {
+                return Ok(ReportOutcome::Duplicate);
+            }
+            if self.last_sequence > 0 && report.sequence - self.last_sequence > MAX_SEQUENCE_JUMP {
+                return Err(Error::invalid(
+                    "sequence",
+                    format!(
+                        "jumps {} past the last applied ({}); at most {MAX_SEQUENCE_JUMP} \
+                         (2^44) is taken: to number again from a new point, send a snapshot \
+                         with restart_sequence",
+                        report.sequence - self.last_sequence,
+                        self.last_sequence
+                    ),
+                ));
+            }
         }
         let capacity = car_park.capacity;
         let mut clamped = 0;
@@ -561,6 +608,7 @@ mod tests {
         let at = |s| Timestamp::from_second(now().as_second() + s).unwrap();
         let observed = |seq, free, when| Report {
             observed_at: when,
+            restart: false,
             ..report(seq, ReportBody::snapshot([(Standard, free)]).unwrap())
         };
 

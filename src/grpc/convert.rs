@@ -420,7 +420,12 @@ pub fn report(r: pb::OccupancyReport) -> Result<Report> {
             occupied: b.occupied,
         },
     };
-    Report::new(id, r.sequence, observed_at, body)
+    let report = Report::new(id, r.sequence, observed_at, body)?;
+    if r.restart_sequence {
+        report.restarting()
+    } else {
+        Ok(report)
+    }
 }
 
 /// A nearby query with the documented defaults and caps.

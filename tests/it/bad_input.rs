@@ -628,3 +628,66 @@ async fn timestamps_outside_the_protobuf_range_are_refused_naming_the_field() {
     }
     assert_unchanged(&server, &stored, &live, "out-of-range timestamps").await;
 }
+
+#[tokio::test]
+async fn a_wild_sequence_is_refused_and_an_operator_can_restart_the_numbering() {
+    let (server, _, _) = one_car_park().await;
+    let now = server.now();
+    let ack = |report: pb::OccupancyReport| {
+        let server = &server;
+        async move {
+            server
+                .ingest()
+                .await
+                .report(authed(
+                    pb::ReportRequest {
+                        report: Some(report),
+                    },
+                    OPERATOR_A.1,
+                ))
+                .await
+                .map(|r| r.into_inner().ack.unwrap())
+        }
+    };
+    // 2^64 − 1 would put every later report below it: refused, and so is a jump of
+    // more than 2^44 past the last applied sequence (1).
+    for sequence in [u64::MAX, 1 + (1 << 44) + 1] {
+        let status = ack(snapshot("g1", sequence, 5, now)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("report.sequence"),
+            "{}",
+            status.message()
+        );
+    }
+    let status = ack(snapshot("g1", 1 + (1 << 44) + 1, 5, now))
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("restart_sequence"),
+        "{}",
+        status.message()
+    );
+    // Millisecond timestamps as sequences are fine.
+    let ms = now.as_millisecond() as u64;
+    let a = ack(snapshot("g1", ms, 5, now)).await.unwrap();
+    assert_eq!(a.result, pb::ReportResult::Applied as i32, "{a:?}");
+    // A restart must be a snapshot; then numbering continues from it.
+    let mut delta = plate_delta("g1", 2, true, "鲁B12345", now);
+    delta.restart_sequence = true;
+    let status = ack(delta).await.unwrap_err();
+    assert!(
+        status.message().starts_with("report.restart_sequence"),
+        "{}",
+        status.message()
+    );
+    let mut restart = snapshot("g1", 2, 7, now);
+    restart.restart_sequence = true;
+    let a = ack(restart).await.unwrap();
+    assert_eq!(a.result, pb::ReportResult::Applied as i32, "{a:?}");
+    assert_eq!(availability_of(&server, "g1").await.last_sequence, 2);
+    let a = ack(snapshot("g1", 3, 8, now)).await.unwrap();
+    assert_eq!(a.result, pb::ReportResult::Applied as i32, "{a:?}");
+    let a = ack(snapshot("g1", 3, 9, now)).await.unwrap();
+    assert_eq!(a.result, pb::ReportResult::Duplicate as i32, "{a:?}");
+}

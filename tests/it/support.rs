@@ -440,6 +440,7 @@ pub fn snapshot(id: &str, sequence: u64, free_standard: i32, at: Timestamp) -> p
         car_park_id: id.to_owned(),
         sequence,
         observed_at: Some(pb_time(at)),
+        restart_sequence: false,
         body: Some(pb::occupancy_report::Body::Snapshot(pb::SnapshotReport {
             free: vec![pb::CategoryCount {
                 category: pb::SpaceCategory::Standard.into(),
@@ -526,6 +527,7 @@ pub fn delta(
         car_park_id: id.to_owned(),
         sequence,
         observed_at: Some(pb_time(at)),
+        restart_sequence: false,
         body: Some(pb::occupancy_report::Body::Delta(pb::DeltaReport {
             entries: standard(entries),
             exits: standard(exits),

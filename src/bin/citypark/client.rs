@@ -233,6 +233,10 @@ pub struct ReportArgs {
     /// Vehicles that left, per category, e.g. standard=1.
     #[arg(long, value_delimiter = ',', value_parser = parse_count, conflicts_with = "bay")]
     exit: Vec<pb::CategoryCount>,
+    /// Number again from this report's sequence, whatever was applied before (only
+    /// with --free: a snapshot).
+    #[arg(long)]
+    restart_sequence: bool,
     /// Licence plate read at the barrier, for a single entry or exit.
     #[arg(long, conflicts_with_all = ["free", "bay"])]
     plate: Option<String>,
@@ -536,6 +540,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
             sequence,
             observed_at: Some(SystemTime::now().into()),
             body: Some(body),
+            restart_sequence: args.restart_sequence,
         }),
     });
     request.metadata_mut().insert("authorization", bearer);
