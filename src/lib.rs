@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the code map and the invariants between modules.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;

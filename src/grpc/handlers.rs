@@ -15,6 +15,7 @@ use super::{
     status::reject,
 };
 use crate::{
+    audit::{self, Who},
     auth::ApiKeys,
     domain::{Applied, CarParkId, DriverId, Error, OperatorId, RegionId, ReportOutcome, Result},
     pb,
@@ -101,7 +102,10 @@ impl pb::registry_server::Registry for Api {
         let caller = self.caller(&request)?;
         let car_park = required(request.into_inner().car_park, "car_park")?;
         let car_park = convert::car_park(car_park, &caller)?;
-        let (stored, created) = self.service.upsert_car_park(&caller, car_park).await?;
+        let id = car_park.id.to_string();
+        let result = self.service.upsert_car_park(&caller, car_park).await;
+        audit::write(Who::Operator(&caller), "upsert_car_park", &id, &result);
+        let (stored, created) = result?;
         Ok(Response::new(pb::UpsertCarParkResponse {
             car_park: Some(convert::pb_car_park(&stored)),
             created,
@@ -163,7 +167,14 @@ impl pb::registry_server::Registry for Api {
     ) -> Reply<pb::DeleteCarParkResponse> {
         let caller = self.caller(&request)?;
         let id = convert::car_park_id(&request.get_ref().id, "id")?;
-        self.service.delete_car_park(&caller, id.clone()).await?;
+        let result = self.service.delete_car_park(&caller, id.clone()).await;
+        audit::write(
+            Who::Operator(&caller),
+            "delete_car_park",
+            id.as_str(),
+            &result,
+        );
+        result?;
         Ok(Response::new(pb::DeleteCarParkResponse {
             id: id.to_string(),
         }))
@@ -221,15 +232,22 @@ impl Api {
         };
         keys.into_iter()
             .zip(parsed)
-            .map(|(key, parsed)| match parsed {
-                Err(error) => {
-                    crate::metrics::record_report(&Err(error.clone()));
-                    ack_rejected(key, &error)
+            .map(|(key, parsed)| {
+                let result = match parsed {
+                    Err(error) => {
+                        crate::metrics::record_report(&Err(error.clone()));
+                        Err(error)
+                    }
+                    Ok(_) => match results.next().expect("one result per valid report") {
+                        Ok(Ok(applied)) => Ok(applied),
+                        Ok(Err(error)) | Err(error) => Err(error),
+                    },
+                };
+                audit::report(Who::Operator(caller), &key.0, key.1, &result);
+                match result {
+                    Ok(applied) => ack_applied(key, &applied),
+                    Err(error) => ack_rejected(key, &error),
                 }
-                Ok(_) => match results.next().expect("one result per valid report") {
-                    Ok(Ok(applied)) => ack_applied(key, &applied),
-                    Ok(Err(error)) | Err(error) => ack_rejected(key, &error),
-                },
             })
             .collect()
     }
@@ -241,18 +259,20 @@ impl pb::ingest_server::Ingest for Api {
         let caller = self.caller(&request)?;
         let raw = required(request.into_inner().report, "report")?;
         let key = (raw.car_park_id.clone(), raw.sequence);
-        let report = convert::report(raw).map_err(|e| {
-            crate::metrics::record_report(&Err(e.clone()));
-            e.in_field("report")
-        })?;
-        let applied = self
-            .service
-            .report(&caller, vec![report])
-            .await?
-            .pop()
-            .expect("one result per report")
-            // The store names fields relative to the report, as in a Publish ack.
-            .map_err(|e| e.in_field("report"))?;
+        let applied = match convert::report(raw) {
+            Err(e) => {
+                crate::metrics::record_report(&Err(e.clone()));
+                Err(e)
+            }
+            Ok(report) => match self.service.report(&caller, vec![report]).await {
+                Ok(mut results) => results.pop().expect("one result per report"),
+                Err(e) => Err(e),
+            },
+        }
+        // The store names fields relative to the report, as in a Publish ack.
+        .map_err(|e| e.in_field("report"));
+        audit::report(Who::Operator(&caller), &key.0, key.1, &applied);
+        let applied = applied?;
         Ok(Response::new(pb::ReportResponse {
             ack: Some(ack_applied(key, &applied)),
         }))

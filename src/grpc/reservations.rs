@@ -8,6 +8,7 @@ use super::{
     handlers::Api,
 };
 use crate::{
+    audit::{self, Who},
     domain::{
         CalendarSlot, Error, Plate, Reservation, ReservationId, ReservationRequest,
         ReservationState, Result, SpaceCategory,
@@ -124,10 +125,15 @@ impl pb::reservations_server::Reservations for Api {
         let r = request.get_ref();
         let car_park = convert::car_park_id(&r.car_park_id, "car_park_id")?;
         let wanted = reservation_request(r)?;
-        let reservation = self
+        let result = self
             .service
             .create_reservation(&driver, &car_park, wanted)
-            .await?;
+            .await;
+        let on = result
+            .as_ref()
+            .map_or_else(|_| car_park.to_string(), |r| r.id.to_string());
+        audit::write(Who::Driver(&driver), "create_reservation", &on, &result);
+        let reservation = result?;
         Ok(Response::new(pb::CreateReservationResponse {
             reservation: Some(pb_reservation(&reservation)),
         }))
@@ -177,10 +183,17 @@ impl pb::reservations_server::Reservations for Api {
         let r = request.get_ref();
         let id = reservation_id(&r.id)?;
         crate::domain::check_text("reason", &r.reason, MAX_REASON_CHARS, false)?;
-        let reservation = self
+        let result = self
             .service
             .cancel_reservation(&driver, &id, r.reason.trim())
-            .await?;
+            .await;
+        audit::write(
+            Who::Driver(&driver),
+            "cancel_reservation",
+            id.as_str(),
+            &result,
+        );
+        let reservation = result?;
         Ok(Response::new(pb::CancelReservationResponse {
             reservation: Some(pb_reservation(&reservation)),
         }))
@@ -189,7 +202,9 @@ impl pb::reservations_server::Reservations for Api {
     async fn check_in(&self, request: Request<pb::CheckInRequest>) -> Reply<pb::CheckInResponse> {
         let caller = self.any_caller(&request)?;
         let id = reservation_id(&request.get_ref().id)?;
-        let reservation = self.service.check_in(&caller, &id).await?;
+        let result = self.service.check_in(&caller, &id).await;
+        audit::write(Who::from(&caller), "check_in", id.as_str(), &result);
+        let reservation = result?;
         Ok(Response::new(pb::CheckInResponse {
             reservation: Some(pb_reservation(&reservation)),
         }))
@@ -201,7 +216,9 @@ impl pb::reservations_server::Reservations for Api {
     ) -> Reply<pb::CheckOutResponse> {
         let caller = self.any_caller(&request)?;
         let id = reservation_id(&request.get_ref().id)?;
-        let reservation = self.service.check_out(&caller, &id).await?;
+        let result = self.service.check_out(&caller, &id).await;
+        audit::write(Who::from(&caller), "check_out", id.as_str(), &result);
+        let reservation = result?;
         Ok(Response::new(pb::CheckOutResponse {
             reservation: Some(pb_reservation(&reservation)),
         }))

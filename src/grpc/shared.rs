@@ -13,6 +13,7 @@ use super::{
     handlers::Api,
 };
 use crate::{
+    audit::{self, Who},
     domain::{
         Blackout, BookingId, BookingRequest, BookingState, CancelledBy, DriverId, Error,
         NearbyQuery, OfferId, OfferState, Plate, Radius, RegionId, Result, SharedBooking,
@@ -247,7 +248,10 @@ impl pb::shared_parking_server::SharedParking for Api {
     ) -> Reply<pb::OfferSpaceResponse> {
         let host = self.driver(&request, "offer a space")?;
         let o = offer(required(request.into_inner().offer, "offer")?, &host)?;
-        let stored = self.service.offer_space(&host, o).await?;
+        let id = o.id.to_string();
+        let result = self.service.offer_space(&host, o).await;
+        audit::write(Who::Driver(&host), "offer_space", &id, &result);
+        let stored = result?;
         Ok(Response::new(pb::OfferSpaceResponse {
             offer: Some(pb_offer(&stored)),
         }))
@@ -263,7 +267,7 @@ impl pb::shared_parking_server::SharedParking for Api {
         let id = offer_id(&p.id, "offer.id")?;
         let new = offer(p, &host)?;
         let why = reason(&r.reason)?;
-        let (stored, cancelled) = self
+        let result = self
             .service
             .change_offer(
                 &host,
@@ -276,7 +280,9 @@ impl pb::shared_parking_server::SharedParking for Api {
                 r.cancel_bookings,
                 why,
             )
-            .await?;
+            .await;
+        audit::write(Who::Driver(&host), "update_offer", id.as_str(), &result);
+        let (stored, cancelled) = result?;
         Ok(Response::new(pb::UpdateOfferResponse {
             offer: Some(pb_offer(&stored)),
             cancelled_booking_ids: cancelled.iter().map(ToString::to_string).collect(),
@@ -291,7 +297,7 @@ impl pb::shared_parking_server::SharedParking for Api {
         let r = request.get_ref();
         let id = offer_id(&r.id, "id")?;
         let why = reason(&r.reason)?;
-        let (stored, cancelled) = self
+        let result = self
             .service
             .change_offer(
                 &host,
@@ -304,7 +310,9 @@ impl pb::shared_parking_server::SharedParking for Api {
                 r.cancel_bookings,
                 why,
             )
-            .await?;
+            .await;
+        audit::write(Who::Driver(&host), "withdraw_offer", id.as_str(), &result);
+        let (stored, cancelled) = result?;
         Ok(Response::new(pb::WithdrawOfferResponse {
             offer: Some(pb_offer(&stored)),
             cancelled_booking_ids: cancelled.iter().map(ToString::to_string).collect(),
@@ -387,7 +395,12 @@ impl pb::shared_parking_server::SharedParking for Api {
             plate: Plate::parse(&r.plate).map_err(|e| e.in_field("plate"))?,
             idempotency_key: key.to_owned(),
         };
-        let booking = self.service.book_offer(&driver, &offer, wanted).await?;
+        let result = self.service.book_offer(&driver, &offer, wanted).await;
+        let on = result
+            .as_ref()
+            .map_or_else(|_| offer.to_string(), |b| b.id.to_string());
+        audit::write(Who::Driver(&driver), "book_offer", &on, &result);
+        let booking = result?;
         Ok(Response::new(pb::BookOfferResponse {
             booking: Some(pb_booking(&booking, &driver)),
         }))
@@ -412,10 +425,12 @@ impl pb::shared_parking_server::SharedParking for Api {
         let who = self.driver(&request, "cancel a booking")?;
         let r = request.get_ref();
         let id = booking_id(&r.id)?;
-        let booking = self
+        let result = self
             .service
             .cancel_booking(&who, &id, reason(&r.reason)?)
-            .await?;
+            .await;
+        audit::write(Who::Driver(&who), "cancel_booking", id.as_str(), &result);
+        let booking = result?;
         Ok(Response::new(pb::CancelBookingResponse {
             booking: Some(pb_booking(&booking, &who)),
         }))
@@ -447,7 +462,9 @@ impl pb::shared_parking_server::SharedParking for Api {
     ) -> Reply<pb::CheckInBookingResponse> {
         let who = self.driver(&request, "check in a booking")?;
         let id = booking_id(&request.get_ref().id)?;
-        let booking = self.service.check_in_booking(&who, &id).await?;
+        let result = self.service.check_in_booking(&who, &id).await;
+        audit::write(Who::Driver(&who), "check_in_booking", id.as_str(), &result);
+        let booking = result?;
         Ok(Response::new(pb::CheckInBookingResponse {
             booking: Some(pb_booking(&booking, &who)),
         }))
@@ -459,7 +476,9 @@ impl pb::shared_parking_server::SharedParking for Api {
     ) -> Reply<pb::CheckOutBookingResponse> {
         let who = self.driver(&request, "check out a booking")?;
         let id = booking_id(&request.get_ref().id)?;
-        let booking = self.service.check_out_booking(&who, &id).await?;
+        let result = self.service.check_out_booking(&who, &id).await;
+        audit::write(Who::Driver(&who), "check_out_booking", id.as_str(), &result);
+        let booking = result?;
         Ok(Response::new(pb::CheckOutBookingResponse {
             booking: Some(pb_booking(&booking, &who)),
         }))

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Service;
 use crate::{
+    audit::{self, Who},
     domain::{
         Actor, Booking, CalendarSlot, CarPark, CarParkId, Created, DriverId, Error, OperatorId,
         RegionId, Reservation, ReservationId, ReservationRequest, ReservationState, Result,
@@ -406,6 +407,12 @@ impl Service {
                     r.pass_gate(entry, grace, at).map(|()| true)
                 })
                 .await;
+            let action = if entry {
+                "arrival_by_plate"
+            } else {
+                "departure_by_plate"
+            };
+            audit::write(Who::Service, action, id.as_str(), &result);
             match result {
                 Ok((r, true)) => metrics::record_reservation(
                     if r.state == ReservationState::CheckedIn {
@@ -441,6 +448,9 @@ impl Service {
                 let expired = self
                     .change_reservation(&id, None, |r, _, now| Ok(r.expire(now)))
                     .await;
+                if matches!(expired, Ok((_, true)) | Err(_)) {
+                    audit::write(Who::Service, "no_show", id.as_str(), &expired);
+                }
                 match expired {
                     Ok((_, true)) => metrics::record_reservation("no_show", None),
                     Ok((_, false)) => {}

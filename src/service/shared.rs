@@ -17,6 +17,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::Service;
 use crate::{
+    audit::{self, Who},
     domain::{
         Booked, BookingId, BookingRequest, BookingState, DriverId, Error, LatLng, OfferId,
         OfferState, Party, Radius, Result, SharedBooking, SharedOffer, SlotCounts, Timestamp, book,
@@ -644,10 +645,16 @@ impl Service {
     /// free their windows; bookings past their retention are dropped.
     pub(super) async fn sweep_bookings(&self, now: Timestamp) {
         for id in self.engine.bookings_overdue(now) {
-            match self
+            let result = self
                 .change_booking(&id, None, |b, _, now| Ok(b.expire(now)))
-                .await
+                .await;
+            if result
+                .as_ref()
+                .map_or(true, |b| b.state == BookingState::NoShow)
             {
+                audit::write(Who::Service, "booking_no_show", id.as_str(), &result);
+            }
+            match result {
                 Ok(b) if b.state == BookingState::NoShow => metrics::record_shared("no_show"),
                 Ok(_) => {}
                 Err(error) => {

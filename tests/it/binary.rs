@@ -190,3 +190,100 @@ async fn a_host_offers_and_a_driver_finds_and_books_from_the_command_line() {
         "{booked}"
     );
 }
+
+#[tokio::test]
+async fn every_write_leaves_one_audit_event_without_keys_or_plates() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, crate::support::DRIVER_SECRET).unwrap();
+    let key = "audit-test-operator-key";
+    let keys = format!("op-a:{}", hex::encode(sha2::Sha256::digest(key)));
+    let server = Binary::serve(&[
+        "--log-format",
+        "json",
+        "--log",
+        "info,citypark::audit=debug",
+        "--api-keys",
+        &keys,
+        "--driver-jwt-secret-file",
+        &secret.display().to_string(),
+    ]);
+    let listening = server.lines_until("listening", Duration::from_secs(20));
+    let listening: serde_json::Value = serde_json::from_str(listening.last().unwrap()).unwrap();
+    let addr = listening["grpc"].as_str().unwrap().to_owned();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut registry = citypark::pb::registry_client::RegistryClient::new(channel.clone());
+    let garage = crate::support::reservable_garage("aud-1", 5);
+    registry
+        .upsert_car_park(crate::support::authed(
+            citypark::pb::UpsertCarParkRequest {
+                car_park: Some(garage),
+            },
+            key,
+        ))
+        .await
+        .unwrap();
+    let mut reservations =
+        citypark::pb::reservations_client::ReservationsClient::new(channel.clone());
+    // A window an hour from now on this machine's clock, which the binary runs on.
+    let now = citypark::domain::Timestamp::now();
+    let request = crate::support::reservation_request(
+        "aud-1",
+        crate::support::after(now, 3600),
+        crate::support::after(now, 7200),
+        "鲁B·98765",
+        "k1",
+    );
+    reservations
+        .create_reservation(crate::support::authed(
+            request,
+            &crate::support::driver_token("dora"),
+        ))
+        .await
+        .unwrap();
+    // A write refused is audited too.
+    let _ = registry
+        .delete_car_park(crate::support::authed(
+            citypark::pb::DeleteCarParkRequest { id: "nope".into() },
+            key,
+        ))
+        .await;
+    let lines = server.lines_until("\"action\":\"delete_car_park\"", Duration::from_secs(10));
+    let audit: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.contains("citypark::audit"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |action: &str| {
+        audit
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} event in {audit:#?}"))
+    };
+    let upsert = find("upsert_car_park");
+    assert_eq!(
+        (
+            upsert["who"].as_str(),
+            upsert["on"].as_str(),
+            upsert["result"].as_str()
+        ),
+        (Some("operator:op-a"), Some("aud-1"), Some("ok"))
+    );
+    let created = find("create_reservation");
+    assert_eq!(created["who"], "driver:dora");
+    assert!(
+        created["on"].as_str().unwrap().starts_with("aud-1~"),
+        "{created}"
+    );
+    let refused = find("delete_car_park");
+    assert_eq!(refused["result"], "not_found", "{refused}");
+    for line in &lines {
+        assert!(!line.contains(key), "a key in the log: {line}");
+        assert!(!line.contains("98765"), "a plate in the log: {line}");
+    }
+}
