@@ -109,6 +109,15 @@ pub struct ServeConfig {
     )]
     pub max_active_reservations_per_driver: usize,
 
+    /// Most watch streams open at once, in all.
+    #[arg(long, env = "CITYPARK_MAX_WATCHERS", default_value_t = 10_000)]
+    pub max_watchers: usize,
+
+    /// Most watch streams one client holds at once: an operator or a driver by its
+    /// credential, an anonymous watcher by its address.
+    #[arg(long, env = "CITYPARK_MAX_WATCHERS_PER_CLIENT", default_value_t = 100)]
+    pub max_watchers_per_client: usize,
+
     /// Browser origins allowed to call the API over gRPC-Web (CORS), comma-separated,
     /// e.g. `https://app.example.com`; empty allows any origin (the API's queries are
     /// public, and writes still need an API key).
@@ -208,6 +217,12 @@ impl ServeConfig {
                 "must be positive",
             ));
         }
+        if self.max_watchers == 0 || self.max_watchers_per_client == 0 {
+            return Err(Error::invalid(
+                "--max-watchers/--max-watchers-per-client",
+                "must be positive",
+            ));
+        }
         if !(1..=1_000).contains(&self.max_active_reservations_per_driver) {
             return Err(Error::invalid(
                 "--max-active-reservations-per-driver",
@@ -275,6 +290,8 @@ impl ServeConfig {
             driver_tokens,
             limits: Limits {
                 max_active_reservations_per_driver: self.max_active_reservations_per_driver,
+                max_watchers: self.max_watchers,
+                max_watchers_per_client: self.max_watchers_per_client,
                 ..Limits::default()
             },
             max_message_bytes: self.max_message_bytes,

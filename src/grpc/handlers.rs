@@ -402,6 +402,17 @@ impl pb::availability_server::Availability for Api {
         request: Request<pb::WatchAvailabilityRequest>,
     ) -> Reply<Self::WatchAvailabilityStream> {
         use pb::watch_availability_request::Selector;
+        // Whose watch it is, for the per-client cap: the operator or driver its
+        // credential proves, else the address it comes from (a made-up credential
+        // proves nothing, so it cannot buy a budget of its own).
+        let client = match self.any_caller(&request) {
+            Ok(Caller::Operator(o)) => format!("operator:{o}"),
+            Ok(Caller::Driver(d)) => format!("driver:{d}"),
+            Err(_) => request.remote_addr().map_or_else(
+                || "address:unknown".to_owned(),
+                |a| format!("address:{}", a.ip()),
+            ),
+        };
         let selector = match required(request.into_inner().selector, "selector")? {
             Selector::Ids(ids) => WatchSelector::Ids(
                 ids.ids
@@ -412,7 +423,9 @@ impl pb::availability_server::Availability for Api {
             ),
             Selector::Area(area) => WatchSelector::Area(convert::bounding_box(&area)?),
         };
-        let events = self.service.watch(selector, self.shutdown.clone())?;
+        let events = self
+            .service
+            .watch(selector, client, self.shutdown.clone())?;
         Ok(Response::new(Box::pin(
             ReceiverStream::new(events).map(|e| Ok(pb_event(e))),
         )))

@@ -46,6 +46,11 @@ pub struct Limits {
     pub max_page_size: usize,
     /// Most RESERVED reservations one driver may hold at once.
     pub max_active_reservations_per_driver: usize,
+    /// Most watch streams open at once, in all.
+    pub max_watchers: usize,
+    /// Most watch streams one client holds at once (an operator, a driver, or for
+    /// anonymous watchers their address).
+    pub max_watchers_per_client: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +61,8 @@ impl Default for Limits {
             max_watch_car_parks: 10_000,
             watch_buffer: 256,
             max_page_size: 1_000,
+            max_watchers: 10_000,
+            max_watchers_per_client: 100,
             max_active_reservations_per_driver: 3,
         }
     }
@@ -81,6 +88,8 @@ pub struct Service {
     ledger_turns: Arc<reservations::LedgerTurns>,
     /// Whose turn it is to change each shared offer and its bookings on this instance.
     offer_turns: Arc<shared::OfferTurns>,
+    /// Watch streams open, in all and per client.
+    watchers: Arc<watch::Watchers>,
 }
 
 impl Service {
@@ -109,6 +118,7 @@ impl Service {
             stop: CancellationToken::new(),
             ledger_turns: Arc::default(),
             offer_turns: Arc::default(),
+            watchers: Arc::default(),
         };
         if let Some(jobs) = jobs {
             ingest::spawn(&service, jobs, service.stop.clone());

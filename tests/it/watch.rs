@@ -273,3 +273,73 @@ async fn a_car_park_moving_out_of_a_watched_area_is_removed_from_it_and_back_in_
     let back = next_update(&mut watch).await;
     assert_eq!(back.car_park_id, "mover");
 }
+
+#[tokio::test]
+async fn watch_streams_are_capped_per_client_and_in_all() {
+    let server = TestServer::start_with(|s| {
+        s.limits.max_watchers = 5;
+        s.limits.max_watchers_per_client = 3;
+    })
+    .await;
+    register(&server, garage("g1", 36.067, 120.383)).await;
+    let selector = || {
+        pb::watch_availability_request::Selector::Ids(pb::CarParkIds {
+            ids: vec!["g1".into()],
+        })
+    };
+    // Anonymous watchers from one address, over one connection.
+    let channel = server.channel().await;
+    let mut anonymous = Vec::new();
+    for _ in 0..3 {
+        anonymous.push(
+            watch(
+                pb::availability_client::AvailabilityClient::new(channel.clone()),
+                selector(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let refused = watch(
+        pb::availability_client::AvailabilityClient::new(channel.clone()),
+        selector(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-watchers-per-client"),
+        "{}",
+        refused.message()
+    );
+    // A driver proves who they are: a budget of their own, until the server's cap.
+    let as_driver = || {
+        let mut client = pb::availability_client::AvailabilityClient::new(channel.clone());
+        async move {
+            client
+                .watch_availability(authed(
+                    pb::WatchAvailabilityRequest {
+                        selector: Some(selector()),
+                    },
+                    &driver_token("dora"),
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let mut dora = vec![as_driver().await.unwrap(), as_driver().await.unwrap()];
+    let full = as_driver().await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(
+        full.message().contains("(--max-watchers)"),
+        "{}",
+        full.message()
+    );
+    // A stream closed gives its place back.
+    drop(dora.pop());
+    let again = eventually("a closed watch frees its place", || async {
+        as_driver().await.ok()
+    })
+    .await;
+    drop((again, dora, anonymous));
+}
