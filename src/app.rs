@@ -26,6 +26,11 @@ use crate::{
     tokens::DriverTokens,
 };
 
+/// How often an idle HTTP/2 connection is pinged, and how long its peer has to answer
+/// before the connection is closed.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runtime settings of a server.
 #[derive(Clone)]
 pub struct Settings {
@@ -35,6 +40,8 @@ pub struct Settings {
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
     pub max_message_bytes: usize,
+    /// Most concurrent HTTP/2 streams (calls) one connection may open.
+    pub max_streams_per_connection: u32,
     pub shutdown_grace: Duration,
     pub status_sweep: Duration,
     /// Browser origins allowed to call over gRPC-Web; empty means any.
@@ -49,6 +56,7 @@ impl Default for Settings {
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
             max_message_bytes: 1 << 20,
+            max_streams_per_connection: 128,
             shutdown_grace: Duration::from_secs(10),
             status_sweep: Duration::from_secs(5),
             cors_origins: Vec::new(),
@@ -211,6 +219,13 @@ pub async fn run(
     // clients speak gRPC over HTTP/2. One port serves both.
     let router = Server::builder()
         .accept_http1(true)
+        // One connection may not hold more calls than this (a watch is one each);
+        // further calls wait for a place, on the client's side.
+        .max_concurrent_streams(Some(settings.max_streams_per_connection))
+        // A peer that stops answering pings is dropped, and with it its streams.
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(HTTP2_KEEPALIVE))
         .layer(MetricsLayer)
         .layer(cors(&settings.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())

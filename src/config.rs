@@ -145,6 +145,15 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
     pub max_message_bytes: usize,
 
+    /// Most concurrent calls (HTTP/2 streams) one connection may have open; further
+    /// calls wait on the client's side for a place.
+    #[arg(
+        long,
+        env = "CITYPARK_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 128
+    )]
+    pub max_streams_per_connection: u32,
+
     /// Changes kept for slow watchers before they are resynced.
     #[arg(long, env = "CITYPARK_CHANGE_BUFFER", default_value_t = 4096)]
     pub change_buffer: usize,
@@ -214,6 +223,12 @@ impl ServeConfig {
         if self.change_buffer == 0 || self.status_sweep_secs == 0 || self.demo_interval_secs == 0 {
             return Err(Error::invalid(
                 "--change-buffer/--status-sweep-secs/--demo-interval-secs",
+                "must be positive",
+            ));
+        }
+        if self.max_streams_per_connection == 0 {
+            return Err(Error::invalid(
+                "--max-streams-per-connection",
                 "must be positive",
             ));
         }
@@ -295,6 +310,7 @@ impl ServeConfig {
                 ..Limits::default()
             },
             max_message_bytes: self.max_message_bytes,
+            max_streams_per_connection: self.max_streams_per_connection,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             status_sweep: Duration::from_secs(self.status_sweep_secs),
             // Checked by `validate`.

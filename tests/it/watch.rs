@@ -343,3 +343,36 @@ async fn watch_streams_are_capped_per_client_and_in_all() {
     .await;
     drop((again, dora, anonymous));
 }
+
+#[tokio::test]
+async fn one_connection_holds_at_most_its_share_of_concurrent_calls() {
+    let server = TestServer::start_with(|s| s.max_streams_per_connection = 4).await;
+    register(&server, garage("g1", 36.067, 120.383)).await;
+    let channel = server.channel().await;
+    let open = || {
+        watch(
+            pb::availability_client::AvailabilityClient::new(channel.clone()),
+            pb::watch_availability_request::Selector::Ids(pb::CarParkIds {
+                ids: vec!["g1".into()],
+            }),
+        )
+    };
+    let mut watches = Vec::new();
+    for _ in 0..4 {
+        watches.push(open().await.unwrap());
+    }
+    // A fifth call on the same connection waits for a place, and gets one when a
+    // stream closes.
+    let mut fifth = Box::pin(open());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut fifth)
+            .await
+            .is_err(),
+        "a fifth stream was opened on a connection allowed four"
+    );
+    drop(watches.pop());
+    tokio::time::timeout(Duration::from_secs(5), fifth)
+        .await
+        .expect("a closed stream frees a place")
+        .unwrap();
+}
