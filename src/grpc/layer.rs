@@ -235,6 +235,19 @@ const CODEC_ERRORS: &[(i32, &str, i32, &str)] = &[
         3,
         "the request's message frame is malformed (invalid compression flag)",
     ),
+    // tonic-web's errors reading a browser's request: bad base64, an unexpected frame.
+    (
+        13,
+        "tonic-web:",
+        3,
+        "the gRPC-Web request body is malformed",
+    ),
+    (
+        15,
+        "tonic-web:",
+        3,
+        "the gRPC-Web request body is malformed",
+    ),
     (
         11,
         "Error, decoded message length too large",

@@ -114,3 +114,22 @@ async fn only_the_configured_origins_are_allowed() {
     let text = String::from_utf8_lossy(&refused).to_lowercase();
     assert!(!text.contains("access-control-allow-origin"), "{text}");
 }
+
+#[tokio::test]
+async fn a_malformed_grpc_web_body_is_the_client_s_error_without_library_text() {
+    let server = TestServer::start().await;
+    // gRPC-Web text is base64; byte 0x80 is none of its symbols.
+    let response = http1(
+        &server,
+        "POST /citypark.v1.Availability/Ping HTTP/1.1\r\nContent-Type: application/grpc-web-text",
+        b"\x80\x00\x00\x00\x10abc",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.contains("grpc-status: 3"), "{text}");
+    assert!(
+        text.contains("grpc-message: the gRPC-Web request body is malformed"),
+        "{text}"
+    );
+    assert!(!text.contains("tonic"), "no library text: {text}");
+}
