@@ -200,6 +200,11 @@ impl Service {
                             .await?
                             .pop()
                             .expect("one id, one record");
+                        // The offer's bookings are found in this replica. Every booking
+                        // rewrites its offer after itself in one group, so once the
+                        // replica holds the offer at the version read, it holds every
+                        // booking made before it.
+                        self.replica_reaches(id, offer.version).await?;
                         let open: Vec<SharedBooking> = self
                             .engine
                             .bookings_of_offer(id)
@@ -285,6 +290,24 @@ impl Service {
             }
         }
         result
+    }
+}
+
+impl Service {
+    /// Waits (a few seconds at most) until this replica holds offer `id` at `version`
+    /// or later; UNAVAILABLE if it does not catch up.
+    async fn replica_reaches(&self, id: &OfferId, version: u64) -> Result<()> {
+        use crate::engine::Replica;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while Replica::<SharedOffer>::version(&*self.engine, id.as_str()) < version {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "offer {id}'s latest bookings have not reached this instance yet; retry"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 }
 
