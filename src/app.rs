@@ -31,6 +31,53 @@ use crate::{
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the metrics port waits for a request's headers before it closes the
+/// connection: a scraper sends them at once, and a half-sent request must not hold a
+/// connection (an open file) forever.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `app` (the metrics) on `listener` until `stop`, then lets the requests in
+/// flight finish. HTTP/1.1 only, with a header-read timeout; an accept error (out of
+/// file descriptors) is logged and retried after a pause rather than in a busy loop.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        server::graceful::GracefulShutdown,
+        service::TowerToHyperService,
+    };
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(METRICS_HEADER_TIMEOUT);
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "the metrics port cannot accept a connection now");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client gone or too slow with its headers ends its connection; nothing
+            // to report.
+            let _ = connection.await;
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
 /// Runtime settings of a server.
 #[derive(Clone)]
 pub struct Settings {
@@ -272,11 +319,7 @@ pub async fn run(
                 }),
             );
             let stop = token.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }))
+            Some(tokio::spawn(serve_metrics(listener, app, stop)))
         }
         None => None,
     };

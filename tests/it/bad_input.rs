@@ -691,3 +691,28 @@ async fn a_wild_sequence_is_refused_and_an_operator_can_restart_the_numbering() 
     let a = ack(snapshot("g1", 3, 9, now)).await.unwrap();
     assert_eq!(a.result, pb::ReportResult::Duplicate as i32, "{a:?}");
 }
+
+#[tokio::test]
+async fn a_half_sent_metrics_request_does_not_hold_its_connection() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut stream = tokio::net::TcpStream::connect(server.metrics_addr)
+        .await
+        .unwrap();
+    // The headers never end.
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open after 10 s");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "closed before its time"
+    );
+    // And the port still answers whole requests.
+    assert!(server.metrics_text().await.contains("citypark_"));
+}
