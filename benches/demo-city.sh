@@ -9,3 +9,37 @@ wait_for_demo_city() {
   done
   echo "the demo city was not registered within 60 s" >&2
 }
+
+# Runs the gRPC bench binary `$1` (benches/$1.rs) against a --demo server on the
+# embedded store, then on a standalone Redis started here; `$2` names it in the output.
+# A function `after_demo_city PORT` defined by the caller, if any, runs once the city is
+# registered (a further wait). Rounds and seconds come from `$3` and `$4`.
+run_on_each_store() {
+  local name=$1 title=$2 rounds=${3:-3} seconds=${4:-3}
+  command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server" >&2; exit 1; }
+  cargo build --release --quiet --bins --bench "$name"
+  local citypark=./target/release/citypark bench redis_port=${REDIS_PORT:-16391}
+  # Global: the EXIT trap reads them after this function has returned.
+  out=""
+  bench=$(ls -t target/release/deps/"$name"-* | grep -v '\.d$' | head -1)
+  out=$(mktemp -d)
+  pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$out" --save "" --appendonly yes \
+    --appendfsync everysec --daemonize no --logfile "$out/redis.log" &
+  pids+=($!)
+  sleep 0.5
+  for store in embedded redis; do
+    local port=$((50300 + ${#pids[@]})) mport=$((9800 + ${#pids[@]}))
+    local args=(serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --log warn)
+    [ "$store" = redis ] && args+=(--store "redis://127.0.0.1:$redis_port/0")
+    "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
+    pids+=($!)
+    wait_for_demo_city "$mport"
+    if declare -F after_demo_city >/dev/null; then after_demo_city "$mport"; fi
+    echo "== $store: $title (tonic client)"
+    CITYPARK_BENCH_SERVER="http://127.0.0.1:$port" CITYPARK_BENCH_ROUNDS=$rounds \
+      CITYPARK_BENCH_SECONDS=$seconds CITYPARK_BENCH_METRICS="http://127.0.0.1:$mport/metrics" "$bench"
+    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+  done
+}

@@ -141,14 +141,15 @@ impl Engine {
     }
 
     /// Offers within `radius_chord` (a chord of the unit sphere) of `center`, nearest
-    /// first, that `keep` accepts, at most `limit`; with their chord distances.
-    pub fn offers_near(
+    /// first, that `keep` accepts (with what it found out), at most `limit`; with their
+    /// chord distances.
+    pub fn offers_near<T>(
         &self,
         center: LatLng,
         radius_chord: f64,
         limit: usize,
-        keep: impl Fn(&SharedOffer) -> bool,
-    ) -> Vec<(Arc<SharedOffer>, f64)> {
+        keep: impl Fn(&SharedOffer) -> Option<T>,
+    ) -> Vec<(Arc<SharedOffer>, f64, T)> {
         let sharing = self.sharing.read();
         let max_d2 = radius_chord.powi(2);
         let mut found = Vec::new();
@@ -160,9 +161,9 @@ impl Engine {
                 break;
             }
             if let Some(offer) = sharing.offers.get(&point.id).and_then(|h| h.record.clone())
-                && keep(&offer)
+                && let Some(kept) = keep(&offer)
             {
-                found.push((offer, d2.sqrt()));
+                found.push((offer, d2.sqrt(), kept));
             }
         }
         found

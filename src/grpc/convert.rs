@@ -23,6 +23,32 @@ pub fn car_park_id(value: &str, field: &str) -> Result<CarParkId> {
     CarParkId::parse(value).map_err(|e| e.in_field(field))
 }
 
+/// A list's page size: 0 means `default`, else 1 to `max`.
+pub fn page_size(value: i32, default: usize, max: usize) -> Result<usize> {
+    match value {
+        0 => Ok(default),
+        n if n > 0 && n as usize <= max => Ok(n as usize),
+        _ => Err(Error::invalid("page_size", format!("must be 1 to {max}"))),
+    }
+}
+
+/// Longest idempotency key, in characters.
+const MAX_KEY_CHARS: usize = 64;
+
+/// A client's idempotency key: 1 to 64 printable characters without spaces.
+pub fn idempotency_key(key: &str) -> Result<String> {
+    if key.is_empty()
+        || key.chars().count() > MAX_KEY_CHARS
+        || key.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(Error::invalid(
+            "idempotency_key",
+            format!("must be 1 to {MAX_KEY_CHARS} printable characters without spaces"),
+        ));
+    }
+    Ok(key.to_owned())
+}
+
 /// A page token as clients see it: opaque (the position, hex-encoded) and
 /// tamper-evident (a checksum of it), so a garbage or edited token is refused rather
 /// than read as a starting point. It hides nothing a caller could not list anyway.

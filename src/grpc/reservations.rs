@@ -18,8 +18,7 @@ use crate::{
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
-/// Longest idempotency key and cancel reason.
-const MAX_KEY_CHARS: usize = 64;
+/// Longest cancel reason.
 const MAX_REASON_CHARS: usize = 200;
 
 fn reservation_id(value: &str) -> Result<ReservationId> {
@@ -96,22 +95,13 @@ fn window(
 
 fn reservation_request(r: &pb::CreateReservationRequest) -> Result<ReservationRequest> {
     let (start, end) = window(r.start_time.as_ref(), r.end_time.as_ref())?;
-    let key = r.idempotency_key.as_str();
-    if key.is_empty()
-        || key.chars().count() > MAX_KEY_CHARS
-        || key.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(Error::invalid(
-            "idempotency_key",
-            format!("must be 1 to {MAX_KEY_CHARS} printable characters without spaces"),
-        ));
-    }
+    let key = convert::idempotency_key(&r.idempotency_key)?;
     Ok(ReservationRequest {
         category: category_or_standard(r.category)?,
         start,
         end,
         plate: Plate::parse(&r.plate).map_err(|e| e.in_field("plate"))?,
-        idempotency_key: key.to_owned(),
+        idempotency_key: key,
     })
 }
 
@@ -157,13 +147,7 @@ impl pb::reservations_server::Reservations for Api {
     ) -> Reply<pb::ListReservationsResponse> {
         let caller = self.any_caller(&request)?;
         let r = request.get_ref();
-        let size = match r.page_size {
-            0 => 100,
-            n if !(1..=500).contains(&n) => {
-                return Err(Error::invalid("page_size", "must be 1 to 500").into());
-            }
-            n => n as usize,
-        };
+        let size = convert::page_size(r.page_size, 100, 500)?;
         let token = convert::page_token_in(&r.page_token)?;
         let token = token.as_deref();
         let (page, next) =

@@ -25,7 +25,6 @@ use crate::{
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
-const MAX_KEY_CHARS: usize = 64;
 const MAX_REASON_CHARS: usize = 200;
 
 fn offer_id(value: &str, field: &str) -> Result<OfferId> {
@@ -51,14 +50,6 @@ fn new_offer_id(host: &DriverId) -> OfferId {
 fn reason(value: &str) -> Result<&str> {
     crate::domain::check_text("reason", value, MAX_REASON_CHARS, false)?;
     Ok(value.trim())
-}
-
-fn page_size(value: i32) -> Result<usize> {
-    match value {
-        0 => Ok(100),
-        n if (1..=500).contains(&n) => Ok(n as usize),
-        _ => Err(Error::invalid("page_size", "must be 1 to 500")),
-    }
 }
 
 fn category_or_standard(value: i32) -> Result<SpaceCategory> {
@@ -327,9 +318,9 @@ impl pb::shared_parking_server::SharedParking for Api {
         let r = request.get_ref();
         let token = convert::page_token_in(&r.page_token)?;
         let token = token.as_deref();
-        let (offers, next) = self
-            .service
-            .list_my_offers(&host, page_size(r.page_size)?, token);
+        let (offers, next) =
+            self.service
+                .list_my_offers(&host, convert::page_size(r.page_size, 100, 500)?, token);
         Ok(Response::new(pb::ListMyOffersResponse {
             offers: offers.iter().map(|o| pb_offer(o)).collect(),
             next_page_token: convert::page_token_out(next),
@@ -378,22 +369,12 @@ impl pb::shared_parking_server::SharedParking for Api {
         let r = request.get_ref();
         let offer = offer_id(&r.offer_id, "offer_id")?;
         let (start, end) = window(r.start_time.as_ref(), r.end_time.as_ref())?;
-        let key = r.idempotency_key.as_str();
-        if key.is_empty()
-            || key.chars().count() > MAX_KEY_CHARS
-            || key.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(Error::invalid(
-                "idempotency_key",
-                format!("must be 1 to {MAX_KEY_CHARS} printable characters without spaces"),
-            )
-            .into());
-        }
+        let key = convert::idempotency_key(&r.idempotency_key)?;
         let wanted = BookingRequest {
             start,
             end,
             plate: Plate::parse(&r.plate).map_err(|e| e.in_field("plate"))?,
-            idempotency_key: key.to_owned(),
+            idempotency_key: key,
         };
         let result = self.service.book_offer(&driver, &offer, wanted).await;
         let on = result
@@ -447,7 +428,7 @@ impl pb::shared_parking_server::SharedParking for Api {
         let (bookings, next) = self.service.list_my_bookings(
             &who,
             state_filter(r.state)?,
-            page_size(r.page_size)?,
+            convert::page_size(r.page_size, 100, 500)?,
             token,
         )?;
         Ok(Response::new(pb::ListMyBookingsResponse {

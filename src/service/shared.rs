@@ -360,16 +360,19 @@ impl Service {
         let found = self
             .engine
             .offers_near(center, radius.chord(), limit, |offer| {
-                offer.category == category
-                    && offer.check_window(start, end, now).is_ok()
-                    && self.free_for(offer, start, end) >= min_free.max(1)
+                if offer.category != category || offer.check_window(start, end, now).is_err() {
+                    return None;
+                }
+                // Read once: the filter's count is the answer's.
+                let free = self.free_for(offer, start, end);
+                (free >= min_free.max(1)).then_some(free)
             });
         Ok(found
             .into_iter()
-            .map(|(offer, chord)| OfferFound {
+            .map(|(offer, chord, available)| OfferFound {
                 price_minor: offer.price(start, end),
                 distance_m: chord_to_m(chord),
-                available: self.free_for(&offer, start, end),
+                available,
                 offer,
             })
             .collect())
