@@ -7,6 +7,10 @@
 # operators streaming occupancy meanwhile). Requests are pre-encoded gRPC frames, so
 # the client costs the same for every method.
 set -euo pipefail
+# Benchmarks measure the server's throughput from one loopback address and a few
+# credentials: the per-caller rate limits (on by default) are off for them. Set in the
+# environment, so an older build under comparison (benches/ab.sh) ignores them.
+export CITYPARK_RATE_OPERATOR=0 CITYPARK_RATE_DRIVER=0 CITYPARK_RATE_ANONYMOUS=0
 cd "$(dirname "$0")/.."
 
 rounds=${1:-5}

@@ -6,7 +6,6 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
@@ -15,7 +14,8 @@ use crate::{
     clock::{Clock, SystemClock},
     domain::Error,
     engine::Engine,
-    grpc::{Api, MetricsLayer},
+    grpc::{AdmissionLayer, Api, MetricsLayer, RateLimits},
+    net::{self, ConnLimits},
     pb,
     service::{Limits, Service},
     store::{
@@ -23,6 +23,7 @@ use crate::{
         embedded::EmbeddedStore,
         redis::{RedisOptions, RedisStore},
     },
+    tls::{Tls, TlsError, TlsFiles},
     tokens::DriverTokens,
 };
 
@@ -37,11 +38,12 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `app` (the metrics) on `listener` until `stop`, then lets the requests in
-/// flight finish. HTTP/1.1 only, with a header-read timeout; an accept error (out of
-/// file descriptors) is logged and retried after a pause rather than in a busy loop.
+/// flight finish. HTTP/1.1 only (over TLS where configured), with a header-read
+/// timeout.
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    tls: Option<Tls>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     use hyper_util::{
@@ -53,25 +55,29 @@ async fn serve_metrics(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(METRICS_HEADER_TIMEOUT);
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "the metrics port cannot accept a connection now");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
+    let mut acceptor = net::Acceptor::new(listener, "metrics");
+    while let Some((stream, _)) = acceptor.accept(&stop).await {
+        let (tls, http, app) = (tls.clone(), http.clone(), app.clone());
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let stream = match tls {
+                None => tokio_util::either::Either::Left(stream),
+                // The handshake has the header timeout too; a failed one is the
+                // client's and ends its connection.
+                Some(tls) => {
+                    match tokio::time::timeout(METRICS_HEADER_TIMEOUT, tls.accept_http(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => tokio_util::either::Either::Right(stream),
+                        _ => return,
+                    }
+                }
+            };
+            let connection =
+                http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
             // A client gone or too slow with its headers ends its connection; nothing
             // to report.
-            let _ = connection.await;
+            let _ = watcher.watch(connection).await;
         });
     }
     graceful.shutdown().await;
@@ -89,6 +95,13 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Most concurrent HTTP/2 streams (calls) one connection may open.
     pub max_streams_per_connection: u32,
+    /// How connections on the gRPC port are bounded.
+    pub connections: ConnLimits,
+    /// Calls a second per caller. The default is unlimited, for programs embedding
+    /// the server and for tests; the command line's defaults are a city's.
+    pub rate_limits: RateLimits,
+    /// TLS on the gRPC and metrics ports; plain text when `None`.
+    pub tls: Option<TlsFiles>,
     pub shutdown_grace: Duration,
     pub status_sweep: Duration,
     /// Browser origins allowed to call over gRPC-Web; empty means any.
@@ -104,6 +117,9 @@ impl Default for Settings {
             limits: Limits::default(),
             max_message_bytes: 1 << 20,
             max_streams_per_connection: 128,
+            connections: ConnLimits::default(),
+            rate_limits: RateLimits::unlimited(),
+            tls: None,
             shutdown_grace: Duration::from_secs(10),
             status_sweep: Duration::from_secs(5),
             cors_origins: Vec::new(),
@@ -221,6 +237,8 @@ pub enum AppError {
     Metrics(#[source] std::io::Error),
     #[error("reflection service could not be built: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Serves gRPC on `grpc` (and Prometheus metrics on `metrics`, if given) until
@@ -237,18 +255,23 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let handle = crate::metrics::install();
     let token = CancellationToken::new();
+    let tls = match &settings.tls {
+        Some(files) => Some(Tls::load(files, token.clone())?),
+        None => None,
+    };
     let service = Service::new(
         backend.engine.clone(),
         backend.store.clone(),
         settings.clock.clone(),
         settings.limits.clone(),
     );
-    let api = Api::new(
-        service.clone(),
+    let (keys, drivers) = (
         Arc::new(settings.api_keys.clone()),
         Arc::new(settings.driver_tokens.clone()),
-        token.clone(),
     );
+    let admission =
+        AdmissionLayer::new(keys.clone(), drivers.clone(), settings.rate_limits.clone());
+    let api = Api::new(service.clone(), keys, drivers, token.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, &ALL_SERVICES, true).await;
@@ -272,10 +295,12 @@ pub async fn run(
         // A peer that stops answering pings is dropped, and with it its streams.
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(HTTP2_KEEPALIVE))
         .layer(MetricsLayer)
         .layer(cors(&settings.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())
+        // Innermost, so that it sees gRPC-Web calls translated and its refusals go
+        // back through the translation and CORS.
+        .layer(admission)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -298,12 +323,11 @@ pub async fn run(
         );
 
     let addr = grpc.local_addr().ok();
-    // Small request/response pairs: Nagle's delay would dominate their latency.
-    let incoming = TcpListenerStream::new(grpc).map(|conn| {
-        conn.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let connections = settings
+        .connections
+        .clone()
+        .within_open_files(net::open_files_limit());
+    let incoming = net::incoming(grpc, connections, tls.clone(), token.clone());
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = grpc_stopped.await;
@@ -319,7 +343,7 @@ pub async fn run(
                 }),
             );
             let stop = token.clone();
-            Some(tokio::spawn(serve_metrics(listener, app, stop)))
+            Some(tokio::spawn(serve_metrics(listener, app, tls, stop)))
         }
         None => None,
     };

@@ -154,6 +154,54 @@ pub struct ServeConfig {
     )]
     pub max_streams_per_connection: u32,
 
+    /// Most connections open at once on the gRPC port; more are refused at once (a
+    /// GOAWAY or a 503 naming this flag). Lowered at start if the open-files limit is
+    /// too small for it.
+    #[arg(long, env = "CITYPARK_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Seconds a new connection has to start its first call (TLS handshake included);
+    /// a connection that sends nothing, or only a preface or part of a header, is
+    /// closed then.
+    #[arg(long, env = "CITYPARK_FIRST_CALL_TIMEOUT_SECS", default_value_t = 10)]
+    pub first_call_timeout_secs: u64,
+
+    /// Seconds a connection may stay open with no call in flight.
+    #[arg(long, env = "CITYPARK_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+
+    /// Calls a second each operator (API key or client certificate) may make, with
+    /// bursts of twice that; 0 is unlimited.
+    #[arg(long, env = "CITYPARK_RATE_OPERATOR", default_value_t = 2_000.0)]
+    pub rate_operator: f64,
+
+    /// Calls a second each driver (token) may make, with bursts of twice that; 0 is
+    /// unlimited.
+    #[arg(long, env = "CITYPARK_RATE_DRIVER", default_value_t = 50.0)]
+    pub rate_driver: f64,
+
+    /// Calls a second each address (an IPv6 /64) may make without a credential, with
+    /// bursts of twice that; 0 is unlimited. Behind a proxy that hides clients'
+    /// addresses, every anonymous client shares one budget: use a pass-through (L4)
+    /// load balancer, or set 0 and limit at the proxy.
+    #[arg(long, env = "CITYPARK_RATE_ANONYMOUS", default_value_t = 200.0)]
+    pub rate_anonymous: f64,
+
+    /// PEM certificate chain for TLS on the gRPC and metrics ports (with
+    /// --tls-key-file); reloaded within 10 s when the file changes.
+    #[arg(long, env = "CITYPARK_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "CITYPARK_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM CA certificates for operators' client certificates (mutual TLS): a client
+    /// certificate signed by this CA proves the operator its subject's common name
+    /// names, as an API key would. Clients without a certificate still connect.
+    #[arg(long, env = "CITYPARK_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
     /// Changes kept for slow watchers before they are resynced.
     #[arg(long, env = "CITYPARK_CHANGE_BUFFER", default_value_t = 4096)]
     pub change_buffer: usize,
@@ -231,6 +279,27 @@ impl ServeConfig {
                 "--max-streams-per-connection",
                 "must be positive",
             ));
+        }
+        if self.max_connections == 0
+            || self.first_call_timeout_secs == 0
+            || self.idle_timeout_secs == 0
+        {
+            return Err(Error::invalid(
+                "--max-connections/--first-call-timeout-secs/--idle-timeout-secs",
+                "must be positive",
+            ));
+        }
+        for (flag, rate) in [
+            ("--rate-operator", self.rate_operator),
+            ("--rate-driver", self.rate_driver),
+            ("--rate-anonymous", self.rate_anonymous),
+        ] {
+            if !(0.0..=1e9).contains(&rate) {
+                return Err(Error::invalid(
+                    flag,
+                    "must be 0 (unlimited) or a positive number of calls a second",
+                ));
+            }
         }
         if self.max_watchers == 0 || self.max_watchers_per_client == 0 {
             return Err(Error::invalid(
@@ -311,6 +380,26 @@ impl ServeConfig {
             },
             max_message_bytes: self.max_message_bytes,
             max_streams_per_connection: self.max_streams_per_connection,
+            connections: crate::net::ConnLimits {
+                max_connections: self.max_connections,
+                first_call_timeout: Duration::from_secs(self.first_call_timeout_secs),
+                idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            },
+            rate_limits: crate::grpc::RateLimits {
+                operator: self.rate_operator,
+                driver: self.rate_driver,
+                anonymous: self.rate_anonymous,
+            },
+            tls: self
+                .tls_cert_file
+                .clone()
+                .zip(self.tls_key_file.clone())
+                .map(|(cert, key)| crate::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: self.tls_client_ca_file.clone(),
+                    reload_every: Duration::from_secs(10),
+                }),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             status_sweep: Duration::from_secs(self.status_sweep_secs),
             // Checked by `validate`.
@@ -372,6 +461,8 @@ mod tests {
         };
         assert_eq!(bad(&["--cors-origins", "ftp://x"]), "--cors-origins");
         assert_eq!(bad(&["--max-message-bytes", "10"]), "--max-message-bytes");
+        assert_eq!(bad(&["--rate-driver=-1"]), "--rate-driver");
+        assert_eq!(bad(&["--rate-anonymous", "NaN"]), "--rate-anonymous");
         assert_eq!(bad(&["--store", "http://x"]), "--store");
         assert_eq!(bad(&["--store", "redis+cluster://"]), "--store");
         assert_eq!(

@@ -29,6 +29,12 @@ pub const RESERVATIONS_ACTIVE: &str = "citypark_reservations_active";
 pub const SHARED: &str = "citypark_shared_total";
 pub const SHARED_OFFERS: &str = "citypark_shared_offers";
 pub const SHARED_BOOKINGS: &str = "citypark_shared_bookings";
+pub const CONNECTIONS: &str = "citypark_connections";
+pub const CONNECTIONS_REFUSED: &str = "citypark_connections_refused_total";
+pub const CONNECTIONS_CLOSED: &str = "citypark_connections_closed_total";
+pub const ACCEPT_ERRORS: &str = "citypark_accept_errors_total";
+pub const TLS_RELOADS: &str = "citypark_tls_reloads_total";
+pub const RATE_LIMITED: &str = "citypark_rate_limited_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -107,6 +113,36 @@ fn describe() {
         SHARED_BOOKINGS,
         Unit::Count,
         "shared bookings in this instance's replica, by state"
+    );
+    describe_gauge!(
+        CONNECTIONS,
+        Unit::Count,
+        "connections open on the gRPC port"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "connections refused because --max-connections were open"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "connections the server closed, by reason (no_first_call, idle, tls_handshake_failed, tls_client_certificate_refused)"
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        Unit::Count,
+        "errors accepting a connection, by port (grpc, metrics): out of open files; each is followed by a pause"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        Unit::Count,
+        "TLS certificate reloads after a file change, by result (ok, failed)"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        Unit::Count,
+        "calls refused by a rate limit, by class of caller (operator, driver, anonymous)"
     );
     describe_counter!(
         WATCH_RESYNCS,
@@ -208,6 +244,53 @@ pub fn record_replication_skipped(kind: &'static str, reason: &'static str) {
 /// Counts a watcher resync.
 pub fn record_resync() {
     counter!(WATCH_RESYNCS).increment(1);
+}
+
+/// Counts a connection refused at the cap.
+pub fn record_connection_refused() {
+    counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+/// Counts a connection the server closed, and why.
+pub fn record_connection_closed(reason: &'static str) {
+    counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// Counts an error accepting a connection on a port (grpc, metrics).
+pub fn record_accept_error(port: &'static str) {
+    counter!(ACCEPT_ERRORS, "port" => port).increment(1);
+}
+
+/// Counts a TLS certificate reload.
+pub fn record_tls_reload(ok: bool) {
+    counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "failed" }).increment(1);
+}
+
+/// Counts a call refused by a rate limit.
+pub fn record_rate_limited(caller: &'static str) {
+    counter!(RATE_LIMITED, "caller" => caller).increment(1);
+}
+
+/// Holds the open-connections gauge up for as long as it lives.
+pub struct ConnectionGauge(());
+
+impl ConnectionGauge {
+    pub fn new() -> Self {
+        gauge!(CONNECTIONS).increment(1.0);
+        Self(())
+    }
+}
+
+impl Default for ConnectionGauge {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        gauge!(CONNECTIONS).decrement(1.0);
+    }
 }
 
 /// Holds the open-watchers gauge up for as long as it lives.

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
+    admission::Verified,
     convert::{self, required},
     status::reject,
 };
@@ -18,6 +19,7 @@ use crate::{
     audit::{self, Who},
     auth::ApiKeys,
     domain::{Applied, CarParkId, DriverId, Error, OperatorId, RegionId, ReportOutcome, Result},
+    net::{Peer, address_key},
     pb,
     service::{Caller, Service, WatchEvent, WatchSelector},
     tokens::{DriverTokens, looks_like_jwt},
@@ -51,6 +53,9 @@ impl Api {
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<OperatorId> {
+        if let Some(Verified(Caller::Operator(operator))) = request.extensions().get() {
+            return Ok(operator.clone());
+        }
         let header = request
             .metadata()
             .get("authorization")
@@ -60,6 +65,11 @@ impl Api {
 
     /// A driver (bearer JWT) or an operator (bearer API key).
     pub(super) fn any_caller<T>(&self, request: &Request<T>) -> Result<Caller> {
+        // Verified once by the admission layer; otherwise checked here, which also
+        // says why a credential is refused.
+        if let Some(Verified(caller)) = request.extensions().get() {
+            return Ok(caller.clone());
+        }
         let header = request
             .metadata()
             .get("authorization")
@@ -408,9 +418,9 @@ impl pb::availability_server::Availability for Api {
         let client = match self.any_caller(&request) {
             Ok(Caller::Operator(o)) => format!("operator:{o}"),
             Ok(Caller::Driver(d)) => format!("driver:{d}"),
-            Err(_) => request.remote_addr().map_or_else(
+            Err(_) => request.extensions().get::<Peer>().map_or_else(
                 || "address:unknown".to_owned(),
-                |a| format!("address:{}", a.ip()),
+                |p| address_key(p.remote.ip()),
             ),
         };
         let selector = match required(request.into_inner().selector, "selector")? {

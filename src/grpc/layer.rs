@@ -15,7 +15,10 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use super::status::code_label;
-use crate::metrics;
+use crate::{
+    metrics,
+    net::{CallGuard, Peer},
+};
 
 /// Every method the server offers; any other path is labelled "other", which keeps
 /// the label set bounded whatever clients send.
@@ -95,6 +98,9 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method_label(request.uri().path());
         let start = Instant::now();
+        // The connection has a call in flight until the answer's body ends, which
+        // keeps the idle timeout off it.
+        let call = request.extensions().get::<Peer>().map(Peer::call);
         let future = self.inner.call(request);
         Box::pin(async move {
             let mut response = match future.await {
@@ -117,6 +123,7 @@ where
                 method,
                 start,
                 done: false,
+                _call: call,
             };
             if let Some(code) = settled {
                 counter.record(code);
@@ -140,6 +147,7 @@ struct Counter {
     method: &'static str,
     start: Instant,
     done: bool,
+    _call: Option<CallGuard>,
 }
 
 impl Counter {

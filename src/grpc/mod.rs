@@ -4,6 +4,7 @@
 //! errors to gRPC statuses (`From<Error> for Status`, so handlers use `?`) and report
 //! rejections; `layer` counts requests for the metrics.
 
+mod admission;
 mod convert;
 mod handlers;
 mod layer;
@@ -11,5 +12,6 @@ mod reservations;
 mod shared;
 mod status;
 
+pub use admission::{AdmissionLayer, RateLimits, Verified};
 pub use handlers::Api;
 pub use layer::MetricsLayer;

@@ -275,20 +275,47 @@ impl Binary {
     /// Runs `citypark serve` on loopback ports the OS picks, with `args` added, in a
     /// clean environment (no CITYPARK_* variable of the machine changes the flags).
     pub fn serve(args: &[&str]) -> Self {
+        Self::spawn(args, |_| {})
+    }
+
+    /// As `serve`, with the open-files limit (soft and hard) set to `limit`, as
+    /// systemd's `LimitNOFILE` would.
+    pub fn serve_with_open_files(args: &[&str], limit: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        Self::spawn(args, |command| {
+            // SAFETY: setrlimit is async-signal-safe, as code between fork and exec
+            // must be.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    fn spawn(args: &[&str], prepare: impl FnOnce(&mut std::process::Command)) -> Self {
         use std::{
             io::{BufRead as _, BufReader},
             process::{Command, Stdio},
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_citypark"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_citypark"));
+        command
             .args(["serve", "--grpc-addr", "127.0.0.1:0"])
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(args)
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the citypark binary starts");
+            .stderr(Stdio::piped());
+        prepare(&mut command);
+        let mut child = command.spawn().expect("the citypark binary starts");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         // Reads to the end even when nobody listens any more, so the binary never
@@ -299,6 +326,16 @@ impl Binary {
             }
         });
         Self { child, lines }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The lines it has written to stderr since the last read, without waiting.
+    pub fn lines_so_far(&self) -> Vec<String> {
+        self.lines.try_iter().filter_map(Result::ok).collect()
     }
 
     /// The lines it writes to stderr from now until one that contains `text`, that one

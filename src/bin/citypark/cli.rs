@@ -28,5 +28,5 @@ pub enum Command {
     /// Print a driver token (HS256 JWT) for the demo's public secret, or a secret file.
     Token(crate::reserve::TokenArgs),
     #[command(flatten)]
-    Client(ClientCommand),
+    Client(Box<ClientCommand>),
 }

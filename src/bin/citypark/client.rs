@@ -58,6 +58,28 @@ pub(crate) struct ConnectArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
+
+    /// PEM CA certificate to trust for an `https://` server, besides the public
+    /// roots (for a city's private CA).
+    #[arg(long, env = "CITYPARK_TLS_CA_FILE")]
+    tls_ca_file: Option<std::path::PathBuf>,
+
+    /// PEM client certificate proving an operator over mutual TLS, instead of an API
+    /// key (with --tls-client-key-file).
+    #[arg(
+        long,
+        env = "CITYPARK_TLS_CLIENT_CERT_FILE",
+        requires = "tls_client_key_file"
+    )]
+    tls_client_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-client-cert-file.
+    #[arg(
+        long,
+        env = "CITYPARK_TLS_CLIENT_KEY_FILE",
+        requires = "tls_client_cert_file"
+    )]
+    tls_client_key_file: Option<std::path::PathBuf>,
 }
 
 /// A domain enum as the command line names it: by the domain's one name table
@@ -214,9 +236,15 @@ pub struct WatchArgs {
 pub struct ReportArgs {
     #[command(flatten)]
     connect: ConnectArgs,
-    /// The operator's API key.
-    #[arg(long, env = "CITYPARK_API_KEY", hide_env_values = true)]
-    api_key: String,
+    /// The operator's API key; not needed with an operator's client certificate
+    /// (--tls-client-cert-file).
+    #[arg(
+        long,
+        env = "CITYPARK_API_KEY",
+        hide_env_values = true,
+        required_unless_present = "tls_client_cert_file"
+    )]
+    api_key: Option<String>,
     /// The car park reported on.
     #[arg(long, env = "CITYPARK_CAR_PARK")]
     car_park: String,
@@ -289,8 +317,25 @@ pub(crate) fn say(line: impl Display) -> io::Result<()> {
 }
 
 pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(args.server.clone())
-        .with_context(|| format!("invalid --server {:?}", args.server))?
+    let mut endpoint = Endpoint::from_shared(args.server.clone())
+        .with_context(|| format!("invalid --server {:?}", args.server))?;
+    if args.server.starts_with("https://") {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(ca) = &args.tls_ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&args.tls_client_cert_file, &args.tls_client_key_file) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    } else if args.tls_ca_file.is_some() || args.tls_client_cert_file.is_some() {
+        anyhow::bail!("--tls-ca-file and --tls-client-cert-file need an https:// --server");
+    }
+    endpoint
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
@@ -512,8 +557,14 @@ fn parse_bbox(s: &str) -> Result<pb::BoundingBox, String> {
 }
 
 async fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let bearer = AsciiMetadataValue::try_from(format!("Bearer {}", args.api_key))
-        .map_err(|_| anyhow!("--api-key must be printable ASCII"))?;
+    let bearer = args
+        .api_key
+        .as_ref()
+        .map(|key| {
+            AsciiMetadataValue::try_from(format!("Bearer {key}"))
+                .map_err(|_| anyhow!("--api-key must be printable ASCII"))
+        })
+        .transpose()?;
     let body = if !args.free.is_empty() {
         Body::Snapshot(pb::SnapshotReport { free: args.free })
     } else if let Some(bay_id) = args.bay {
@@ -543,7 +594,9 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
             restart_sequence: args.restart_sequence,
         }),
     });
-    request.metadata_mut().insert("authorization", bearer);
+    if let Some(bearer) = bearer {
+        request.metadata_mut().insert("authorization", bearer);
+    }
     let mut client = IngestClient::new(connect(&args.connect).await?);
     let ack = client
         .report(request)

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             println!("{}", citypark::auth::hash_key(&key));
             ExitCode::SUCCESS
         }
-        Command::Client(command) => match runtime.block_on(client::run(command)) {
+        Command::Client(command) => match runtime.block_on(client::run(*command)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("citypark: {error:#}");
@@ -72,6 +72,11 @@ fn serve(config: ServeConfig, runtime: &tokio::runtime::Runtime) -> ExitCode {
     if let Err(error) = telemetry::init(config.log_format, &config.log) {
         eprintln!("citypark: {error}");
         return ExitCode::from(EXIT_CONFIG);
+    }
+    // Every connection is an open file; the server's connection cap is fitted to
+    // this limit when it starts.
+    if let Some(open_files) = citypark::net::raise_open_files_limit() {
+        tracing::debug!(open_files, "open-files limit");
     }
     let demo = config.demo.then(|| {
         Demo::new(
