@@ -255,8 +255,11 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let handle = crate::metrics::install();
     let token = CancellationToken::new();
+    // The ports' own tasks: the accept loop, handshakes, refusals, the certificate
+    // watcher.
+    let port_tasks = tokio_util::task::TaskTracker::new();
     let tls = match &settings.tls {
-        Some(files) => Some(Tls::load(files, token.clone())?),
+        Some(files) => Some(Tls::load(files, &port_tasks, token.clone())?),
         None => None,
     };
     let service = Service::new(
@@ -327,7 +330,7 @@ pub async fn run(
         .connections
         .clone()
         .within_open_files(net::open_files_limit());
-    let incoming = net::incoming(grpc, connections, tls.clone(), token.clone());
+    let incoming = net::incoming(grpc, connections, tls.clone(), &port_tasks, token.clone());
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = grpc_stopped.await;
@@ -416,6 +419,8 @@ pub async fn run(
     // store's own (its writer fails what it has not written; its followers stop).
     let background = async {
         service.wait_tasks().await;
+        port_tasks.close();
+        port_tasks.wait().await;
         let _ = sweeper.await;
         let _ = reservation_sweeper.await;
         if let Some(task) = store_health {

@@ -25,7 +25,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     time::Sleep,
 };
-use tokio_util::{either::Either, sync::CancellationToken};
+use tokio_util::{either::Either, sync::CancellationToken, task::TaskTracker};
 
 use crate::{domain::OperatorId, metrics, tls::Tls};
 
@@ -361,11 +361,13 @@ impl Acceptor {
 }
 
 /// Accepts connections on `listener` until `stop`, and yields them (TLS handshakes
-/// done) as the stream tonic serves.
+/// done) as the stream tonic serves. Its tasks (the loop, handshakes, refusals) run on
+/// `tasks` and end soon after `stop`.
 pub fn incoming(
     listener: TcpListener,
     limits: ConnLimits,
     tls: Option<Tls>,
+    tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (sender, receiver) = mpsc::channel(128);
@@ -373,7 +375,8 @@ pub fn incoming(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let mut acceptor = Acceptor::new(listener, "grpc");
-    tokio::spawn(async move {
+    let spawner = tasks.clone();
+    tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
                 () = sender.closed() => return,
@@ -386,7 +389,7 @@ pub fn incoming(
                 metrics::record_connection_refused();
                 if let Ok(refusal) = refusing.clone().try_acquire_owned() {
                     let plain = tls.is_none();
-                    tokio::spawn(async move {
+                    spawner.spawn(async move {
                         refuse(stream, plain).await;
                         drop(refusal);
                     });
@@ -394,8 +397,13 @@ pub fn incoming(
                 continue;
             };
             let (limits, tls, sender) = (limits.clone(), tls.clone(), sender.clone());
-            tokio::spawn(async move {
-                if let Some(conn) = open(stream, remote, slot, limits, tls).await {
+            let stop = stop.clone();
+            spawner.spawn(async move {
+                let opened = tokio::select! {
+                    () = stop.cancelled() => return,
+                    opened = open(stream, remote, slot, limits, tls) => opened,
+                };
+                if let Some(conn) = opened {
                     let _ = sender.send(Ok(conn)).await;
                 }
             });

@@ -15,7 +15,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{domain::OperatorId, metrics};
 
@@ -55,9 +55,14 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// Loads the files and starts watching the certificate and key for changes until
-    /// `stop`; a change that does not load is logged and the certificate in use kept.
-    pub fn load(files: &TlsFiles, stop: CancellationToken) -> Result<Self, TlsError> {
+    /// Loads the files and starts watching the certificate and key for changes, on
+    /// `tasks`, until `stop`; a change that does not load is logged and the certificate
+    /// in use kept.
+    pub fn load(
+        files: &TlsFiles,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = load_key(&provider, files)?;
         let resolver = Arc::new(Reloading(RwLock::new(Arc::new(key))));
@@ -92,7 +97,7 @@ impl Tls {
             http: config(&[b"http/1.1"])?,
             client_auth: files.client_ca.is_some(),
         };
-        tokio::spawn(watch(files.clone(), provider, resolver, stop));
+        tasks.spawn(watch(files.clone(), provider, resolver, stop));
         Ok(tls)
     }
 
