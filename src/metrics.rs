@@ -271,46 +271,30 @@ pub fn record_rate_limited(caller: &'static str) {
     counter!(RATE_LIMITED, "caller" => caller).increment(1);
 }
 
-/// Holds the open-connections gauge up for as long as it lives.
-pub struct ConnectionGauge(());
+/// Holds a gauge of things open (watchers, connections) one higher for as long as it
+/// lives.
+#[derive(Debug)]
+pub struct Held(&'static str);
 
-impl ConnectionGauge {
-    pub fn new() -> Self {
-        gauge!(CONNECTIONS).increment(1.0);
-        Self(())
+impl Held {
+    /// An open watch stream.
+    pub fn watcher() -> Self {
+        Self::new(WATCHERS)
+    }
+
+    /// An open connection on the gRPC port.
+    pub fn connection() -> Self {
+        Self::new(CONNECTIONS)
+    }
+
+    fn new(name: &'static str) -> Self {
+        gauge!(name).increment(1.0);
+        Self(name)
     }
 }
 
-impl Default for ConnectionGauge {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for ConnectionGauge {
+impl Drop for Held {
     fn drop(&mut self) {
-        gauge!(CONNECTIONS).decrement(1.0);
-    }
-}
-
-/// Holds the open-watchers gauge up for as long as it lives.
-pub struct WatcherGauge(());
-
-impl WatcherGauge {
-    pub fn new() -> Self {
-        gauge!(WATCHERS).increment(1.0);
-        Self(())
-    }
-}
-
-impl Default for WatcherGauge {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for WatcherGauge {
-    fn drop(&mut self) {
-        gauge!(WATCHERS).decrement(1.0);
+        gauge!(self.0).decrement(1.0);
     }
 }

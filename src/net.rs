@@ -224,7 +224,7 @@ pin_project_lite::pin_project! {
         timer: Pin<Box<Sleep>>,
         closed: bool,
         _slot: OwnedSemaphorePermit,
-        _gauge: metrics::ConnectionGauge,
+        _gauge: metrics::Held,
     }
 }
 
@@ -474,7 +474,7 @@ async fn open(
         limits,
         closed: false,
         _slot: slot,
-        _gauge: metrics::ConnectionGauge::new(),
+        _gauge: metrics::Held::connection(),
     })
 }
 

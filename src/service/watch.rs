@@ -82,7 +82,7 @@ impl Service {
         let service = self.clone();
         self.spawn(async move {
             let _slot = slot;
-            let _gauge = metrics::WatcherGauge::new();
+            let _gauge = metrics::Held::watcher();
             if send_snapshot(&tx, first).await.is_err() {
                 return;
             }

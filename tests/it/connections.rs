@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use citypark::pb::{self, availability_client::AvailabilityClient};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -37,13 +36,6 @@ fn counter(text: &str, name: &str, labels: &str) -> f64 {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
-async fn ping(channel: tonic::transport::Channel) -> Result<(), tonic::Status> {
-    AvailabilityClient::new(channel)
-        .ping(pb::PingRequest::default())
-        .await
-        .map(drop)
-}
-
 #[tokio::test]
 async fn connections_without_a_call_are_closed_and_calls_keep_theirs() {
     let server = TestServer::start_with(|s| {
@@ -60,7 +52,7 @@ async fn connections_without_a_call_are_closed_and_calls_keep_theirs() {
     read_snapshot(&mut watch).await;
     // A channel that made one call, then nothing.
     let idle = server.channel().await;
-    ping(idle.clone()).await.unwrap();
+    ping_on(idle.clone()).await.unwrap();
 
     let start = Instant::now();
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
@@ -96,7 +88,7 @@ async fn connections_without_a_call_are_closed_and_calls_keep_theirs() {
         "the watch outlived the idle timeout"
     );
     // The idle channel's connection was closed; the channel connects again.
-    ping(idle).await.unwrap();
+    ping_on(idle).await.unwrap();
 
     let after = server.metrics_text().await;
     let closed = |text: &str, reason: &str| {
@@ -115,14 +107,14 @@ async fn connections_over_the_cap_are_refused_at_once_with_the_reason() {
     let server = TestServer::start_with(|s| s.connections.max_connections = 2).await;
     let before = server.metrics_text().await;
     let (a, b) = (server.channel().await, server.channel().await);
-    ping(a.clone()).await.unwrap();
-    ping(b.clone()).await.unwrap();
+    ping_on(a.clone()).await.unwrap();
+    ping_on(b.clone()).await.unwrap();
 
     // A gRPC client is told to go away (HTTP/2 GOAWAY, ENHANCE_YOUR_CALM) at once,
     // not left waiting.
     let start = Instant::now();
     let third = async {
-        ping(
+        ping_on(
             server
                 .endpoint()
                 .connect()
@@ -151,10 +143,10 @@ async fn connections_over_the_cap_are_refused_at_once_with_the_reason() {
     assert!(answer.contains("--max-connections"), "{answer}");
 
     // The connections in place keep working, and a place freed is taken again.
-    ping(a).await.unwrap();
+    ping_on(a).await.unwrap();
     drop(b);
     eventually("a freed place to be taken", || async {
-        ping(server.channel().await).await.is_ok().then_some(())
+        ping_on(server.channel().await).await.is_ok().then_some(())
     })
     .await;
     let after = server.metrics_text().await;
@@ -227,7 +219,7 @@ fn eleven_hundred_idle_connections_against_1024_open_files_leave_the_server_answ
             .connect_timeout(Duration::from_secs(5));
         let answered = tokio::time::timeout(Duration::from_secs(8), async {
             match endpoint.connect().await {
-                Ok(channel) => ping(channel).await.is_ok(),
+                Ok(channel) => ping_on(channel).await.is_ok(),
                 Err(_) => false,
             }
         })
@@ -240,7 +232,7 @@ fn eleven_hundred_idle_connections_against_1024_open_files_leave_the_server_answ
         let served = tokio::time::timeout(Duration::from_secs(15), async {
             loop {
                 if let Ok(channel) = endpoint.connect().await
-                    && ping(channel).await.is_ok()
+                    && ping_on(channel).await.is_ok()
                 {
                     return;
                 }

@@ -251,6 +251,14 @@ impl Drop for TestServer {
     }
 }
 
+/// A Ping on `channel`.
+pub async fn ping_on(channel: Channel) -> Result<(), Status> {
+    AvailabilityClient::new(channel)
+        .ping(pb::PingRequest::default())
+        .await
+        .map(drop)
+}
+
 /// The text of /metrics served at `addr` (the HTTP response, headers included).
 pub async fn metrics_text_at(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

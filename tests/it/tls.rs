@@ -75,13 +75,6 @@ async fn tls_channel(
         .await
 }
 
-async fn ping(channel: Channel) -> Result<(), tonic::Status> {
-    AvailabilityClient::new(channel)
-        .ping(pb::PingRequest::default())
-        .await
-        .map(drop)
-}
-
 #[tokio::test]
 async fn tls_serves_calls_refuses_plain_text_and_takes_a_renewed_certificate() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,13 +88,13 @@ async fn tls_serves_calls_refuses_plain_text_and_takes_a_renewed_certificate() {
     };
     let server = TestServer::start_with(|s| s.tls = Some(files.clone())).await;
 
-    ping(tls_channel(&server, &old_ca, None).await.unwrap())
+    ping_on(tls_channel(&server, &old_ca, None).await.unwrap())
         .await
         .unwrap();
     // Plain text on the TLS port is not served.
     let plain = async {
         match server.channel_unchecked().await {
-            Ok(channel) => ping(channel).await.is_ok(),
+            Ok(channel) => ping_on(channel).await.is_ok(),
             Err(_) => false,
         }
     };
@@ -111,7 +104,7 @@ async fn tls_serves_calls_refuses_plain_text_and_takes_a_renewed_certificate() {
     assert!(!served, "plain text was served on the TLS port");
     // A client that trusts only the new root cannot connect yet.
     let new_client = tls_channel(&server, &new_ca, None).await;
-    assert!(new_client.is_err() || ping(new_client.unwrap()).await.is_err());
+    assert!(new_client.is_err() || ping_on(new_client.unwrap()).await.is_err());
 
     // The certificate is renewed under the new root: new connections get it with no
     // restart, the key written first and the certificate after, as a renewal does.
@@ -120,7 +113,7 @@ async fn tls_serves_calls_refuses_plain_text_and_takes_a_renewed_certificate() {
     std::fs::write(&files.cert, cert).unwrap();
     eventually("the renewed certificate to be served", || async {
         match tls_channel(&server, &new_ca, None).await {
-            Ok(channel) => ping(channel).await.ok(),
+            Ok(channel) => ping_on(channel).await.ok(),
             Err(_) => None,
         }
     })
@@ -225,7 +218,7 @@ async fn an_operator_s_client_certificate_proves_the_operator_as_its_api_key_wou
     // Without a certificate a client still connects (drivers, the public), and a write
     // needs a key.
     let anonymous = tls_channel(&server, &server_ca, None).await.unwrap();
-    ping(anonymous.clone()).await.unwrap();
+    ping_on(anonymous.clone()).await.unwrap();
     let refused = RegistryClient::new(anonymous)
         .upsert_car_park(upsert("nobody"))
         .await
@@ -240,7 +233,7 @@ async fn an_operator_s_client_certificate_proves_the_operator_as_its_api_key_wou
     ] {
         let refused = match tls_channel(&server, &server_ca, Some(&identity)).await {
             Err(_) => true,
-            Ok(channel) => ping(channel).await.is_err(),
+            Ok(channel) => ping_on(channel).await.is_err(),
         };
         assert!(refused, "{}", identity.0.lines().next().unwrap());
     }
