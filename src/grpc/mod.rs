@@ -6,6 +6,7 @@
 
 mod admission;
 mod convert;
+pub mod fuzzing;
 mod handlers;
 mod layer;
 mod reservations;

@@ -11,6 +11,7 @@
 
 pub mod carpark;
 pub mod embedded;
+pub mod fuzzing;
 pub mod redis;
 pub mod reservation;
 pub mod shared;
