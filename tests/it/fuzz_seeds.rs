@@ -1,0 +1,703 @@
+//! The fuzz targets' seed corpus, `fuzz/seeds/<target>/`: the requests and stored
+//! records these tests use. Every committed seed is replayed here through the same
+//! harness and checks the fuzz targets run (`citypark::grpc::fuzzing`,
+//! `citypark::store::fuzzing`), so `cargo test` keeps them passing on the stable
+//! toolchain; the ignored tests below write them again.
+
+use std::path::PathBuf;
+
+use citypark::{
+    domain::{CarParkState, Reservation, SharedBooking, SharedOffer, SlotCounts},
+    grpc::fuzzing::{Fixture, Harness},
+    pb::{self, SpaceCategory::*},
+    store::{Aggregate, Versioned, fuzzing as stored},
+};
+use prost::Message;
+
+use crate::support::*;
+
+/// Each request target and the service it sends to.
+const REQUEST_TARGETS: [(&str, &str); 5] = [
+    ("registry", "Registry"),
+    ("ingest", "Ingest"),
+    ("availability", "Availability"),
+    ("reservations", "Reservations"),
+    ("shared_parking", "SharedParking"),
+];
+const STORED_TARGET: &str = "stored_records";
+
+fn seeds_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/seeds")
+        .join(target)
+}
+
+/// The seeds of `target`, by file name.
+fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+    let mut seeds: Vec<_> = std::fs::read_dir(seeds_dir(target))
+        .unwrap_or_else(|e| panic!("fuzz/seeds/{target}: {e}"))
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect();
+    seeds.sort();
+    seeds
+}
+
+#[test]
+fn committed_fuzz_seeds_keep_the_api_s_promise() {
+    let harness = Harness::new();
+    for (target, service) in REQUEST_TARGETS {
+        let seeds = seeds(target);
+        // One seed at least for every method of the service.
+        for method in harness.methods(service) {
+            let name = method.path.rsplit('/').next().unwrap();
+            assert!(
+                seeds
+                    .iter()
+                    .any(|(file, _)| file.split('-').next() == Some(name)),
+                "no seed in fuzz/seeds/{target} for {}",
+                method.path
+            );
+        }
+        for (file, input) in seeds {
+            if let Err(broken) = harness.fuzz(service, &input) {
+                panic!("fuzz/seeds/{target}/{file}: {broken}");
+            }
+        }
+    }
+    let seeds = seeds(STORED_TARGET);
+    for kind in stored::KINDS {
+        assert!(
+            seeds.iter().any(|(file, _)| file.starts_with(kind)),
+            "no seed in fuzz/seeds/{STORED_TARGET} for {kind}"
+        );
+    }
+    for (file, input) in seeds {
+        if let Err(broken) = stored::stored_record(&input) {
+            panic!("fuzz/seeds/{STORED_TARGET}/{file}: {broken}");
+        }
+    }
+}
+
+/// Replaces the seeds of `target` with `seeds` (file name, bytes).
+fn write_seeds(target: &str, seeds: &[(String, Vec<u8>)]) {
+    let dir = seeds_dir(target);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in seeds {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// A seed file name: the method's name, then what the request is.
+fn seed(harness: &Harness, method: &str, what: &str, request: impl Message) -> (String, Vec<u8>) {
+    let path = format!("/citypark.v1.{method}");
+    let input = harness
+        .input(&path, &request.encode_to_vec())
+        .unwrap_or_else(|| panic!("{path} is no method"));
+    let name = method.rsplit('/').next().unwrap();
+    (format!("{name}-{what}"), input)
+}
+
+#[test]
+#[ignore = "writes fuzz/seeds/; run by hand when the requests below change"]
+fn write_request_seeds() {
+    let harness = Harness::new();
+    let f = harness.fixture().clone();
+    write_seeds("registry", &registry_seeds(&harness, &f));
+    write_seeds("ingest", &ingest_seeds(&harness, &f));
+    write_seeds("availability", &availability_seeds(&harness, &f));
+    write_seeds("reservations", &reservation_seeds(&harness, &f));
+    write_seeds("shared_parking", &shared_seeds(&harness, &f));
+}
+
+fn upsert(car_park: pb::CarPark) -> pb::UpsertCarParkRequest {
+    pb::UpsertCarParkRequest {
+        car_park: Some(car_park),
+    }
+}
+
+fn registry_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
+    let m = "Registry/UpsertCarPark";
+    let open_weekdays = pb::CarPark {
+        opening_hours: (1..=5)
+            .map(|day| pb::OpeningPeriod {
+                day,
+                open_minute: 7 * 60,
+                close_minute: 22 * 60,
+            })
+            .collect(),
+        covered: true,
+        max_height_cm: 210,
+        ..garage("g2", 36.07, 120.39)
+    };
+    vec![
+        seed(h, m, "garage", upsert(garage("g2", 36.067, 120.383))),
+        seed(h, m, "replace", upsert(garage(&f.car_park, 36.0, 120.0))),
+        seed(h, m, "reservable", upsert(reservable_garage("g3", 20))),
+        seed(h, m, "opening-hours", upsert(open_weekdays)),
+        seed(
+            h,
+            m,
+            "capacity-twice",
+            upsert(pb::CarPark {
+                capacity: capacity(&[(Standard, 1), (Standard, 2)]),
+                ..garage("g2", 36.0, 120.0)
+            }),
+        ),
+        seed(
+            h,
+            m,
+            "bidi-name",
+            upsert(pb::CarPark {
+                name: "\u{202e}evil".into(),
+                ..garage("g2", 36.0, 120.0)
+            }),
+        ),
+        seed(h, m, "latitude-nan", upsert(garage("g2", f64::NAN, 120.0))),
+        seed(h, m, "empty", pb::UpsertCarParkRequest::default()),
+        seed(
+            h,
+            "Registry/GetCarPark",
+            "fixture",
+            pb::GetCarParkRequest {
+                id: f.car_park.clone(),
+            },
+        ),
+        seed(
+            h,
+            "Registry/GetCarPark",
+            "bad-id",
+            pb::GetCarParkRequest { id: "g 1".into() },
+        ),
+        seed(
+            h,
+            "Registry/ListCarParks",
+            "region-page",
+            pb::ListCarParksRequest {
+                region: f.region.clone(),
+                operator_id: "op-a".into(),
+                page_size: 1,
+                page_token: String::new(),
+            },
+        ),
+        seed(
+            h,
+            "Registry/ListCarParks",
+            "bad-token",
+            pb::ListCarParksRequest {
+                page_token: "not-a-token".into(),
+                ..Default::default()
+            },
+        ),
+        seed(
+            h,
+            "Registry/DeleteCarPark",
+            "fixture",
+            pb::DeleteCarParkRequest { id: f.zone.clone() },
+        ),
+    ]
+}
+
+fn report_request(report: pb::OccupancyReport) -> pb::ReportRequest {
+    pb::ReportRequest {
+        report: Some(report),
+    }
+}
+
+fn ingest_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
+    let m = "Ingest/Report";
+    let (g1, now) = (f.car_park.as_str(), f.now);
+    let negative = pb::OccupancyReport {
+        body: Some(pb::occupancy_report::Body::Snapshot(pb::SnapshotReport {
+            free: vec![pb::CategoryCount {
+                category: Standard.into(),
+                count: -1,
+            }],
+        })),
+        ..snapshot(g1, 2, 0, now)
+    };
+    let restart = pb::OccupancyReport {
+        restart_sequence: true,
+        ..snapshot(g1, 1, 30, now)
+    };
+    vec![
+        seed(h, m, "snapshot", report_request(snapshot(g1, 2, 40, now))),
+        seed(
+            h,
+            m,
+            "plate-entry",
+            report_request(plate_delta(g1, 2, true, "鲁B12345", now)),
+        ),
+        seed(h, m, "delta", report_request(delta(g1, 2, 3, 1, now))),
+        seed(
+            h,
+            m,
+            "bay",
+            report_request(bay(&f.zone, 1, "b-17", true, now)),
+        ),
+        seed(h, m, "restart", report_request(restart)),
+        seed(h, m, "negative", report_request(negative.clone())),
+        seed(
+            h,
+            "Ingest/Publish",
+            "batch",
+            pb::PublishRequest {
+                reports: vec![
+                    snapshot(g1, 2, 41, now),
+                    delta(g1, 3, 1, 0, now),
+                    negative,
+                    snapshot("nope", 1, 1, now),
+                    bay(&f.zone, 1, "b-1", false, now),
+                ],
+            },
+        ),
+    ]
+}
+
+fn availability_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
+    let m = "Availability/FindNearby";
+    let stay = |start: i64, end: i64| {
+        Some(pb::StayWindow {
+            start: Some(pb_time(after(f.now, start))),
+            end: Some(pb_time(after(f.now, end))),
+        })
+    };
+    vec![
+        seed(h, m, "near-here", near_here()),
+        seed(
+            h,
+            m,
+            "full-shared-stay",
+            pb::FindNearbyRequest {
+                view: pb::NearbyView::Full.into(),
+                include_shared: true,
+                stay: stay(3600, 7200),
+                max_price_minor: Some(2_000),
+                open_now: true,
+                kinds: vec![
+                    pb::CarParkKind::Garage.into(),
+                    pb::CarParkKind::SharedPrivate.into(),
+                ],
+                ..near_here()
+            },
+        ),
+        seed(
+            h,
+            m,
+            "widest",
+            pb::FindNearbyRequest {
+                radius_m: 50_000.0,
+                limit: 100,
+                category: EvCharging.into(),
+                min_available: 2,
+                include_stale: true,
+                include_no_data: true,
+                stay: stay(0, 30 * 86_400),
+                ..near_here()
+            },
+        ),
+        seed(
+            h,
+            m,
+            "radius-nan",
+            pb::FindNearbyRequest {
+                radius_m: f64::NAN,
+                ..near_here()
+            },
+        ),
+        seed(
+            h,
+            "Availability/GetAvailability",
+            "ids",
+            pb::GetAvailabilityRequest {
+                car_park_ids: vec![f.car_park.clone(), "nope".into(), "a b".into()],
+            },
+        ),
+        seed(
+            h,
+            "Availability/WatchAvailability",
+            "ids",
+            pb::WatchAvailabilityRequest {
+                selector: Some(pb::watch_availability_request::Selector::Ids(
+                    pb::CarParkIds {
+                        ids: vec![f.car_park.clone(), f.zone.clone()],
+                    },
+                )),
+            },
+        ),
+        seed(
+            h,
+            "Availability/WatchAvailability",
+            "area",
+            pb::WatchAvailabilityRequest {
+                selector: Some(pb::watch_availability_request::Selector::Area(
+                    pb::BoundingBox {
+                        south_west: Some(pb::LatLng {
+                            latitude: 36.0,
+                            longitude: 120.3,
+                        }),
+                        north_east: Some(pb::LatLng {
+                            latitude: 36.1,
+                            longitude: 120.4,
+                        }),
+                    },
+                )),
+            },
+        ),
+        seed(
+            h,
+            "Availability/Ping",
+            "payload",
+            pb::PingRequest {
+                payload: b"ping".to_vec(),
+            },
+        ),
+    ]
+}
+
+fn reservation_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
+    let (g1, now) = (f.car_park.as_str(), f.now);
+    let id = f.reservation.clone();
+    vec![
+        seed(
+            h,
+            "Reservations/CreateReservation",
+            "hour",
+            reservation_request(g1, after(now, 3600), after(now, 7200), "鲁B 12345", "k9"),
+        ),
+        seed(
+            h,
+            "Reservations/CreateReservation",
+            "same-key",
+            reservation_request(
+                g1,
+                after(now, 4 * 3600),
+                after(now, 5 * 3600),
+                "鲁B12345",
+                "k1",
+            ),
+        ),
+        seed(
+            h,
+            "Reservations/CreateReservation",
+            "backwards",
+            reservation_request(g1, after(now, 7200), after(now, 3600), "A1234", "k8"),
+        ),
+        seed(
+            h,
+            "Reservations/GetReservation",
+            "fixture",
+            pb::GetReservationRequest { id: id.clone() },
+        ),
+        seed(
+            h,
+            "Reservations/ListReservations",
+            "reserved",
+            pb::ListReservationsRequest {
+                state: pb::ReservationState::Reserved.into(),
+                page_size: 10,
+                page_token: String::new(),
+            },
+        ),
+        seed(
+            h,
+            "Reservations/CancelReservation",
+            "fixture",
+            pb::CancelReservationRequest {
+                id: id.clone(),
+                reason: "plans changed".into(),
+            },
+        ),
+        seed(
+            h,
+            "Reservations/CheckIn",
+            "fixture",
+            pb::CheckInRequest { id: id.clone() },
+        ),
+        seed(
+            h,
+            "Reservations/CheckOut",
+            "fixture",
+            pb::CheckOutRequest { id },
+        ),
+        seed(
+            h,
+            "Reservations/GetReservationCalendar",
+            "day",
+            pb::GetReservationCalendarRequest {
+                car_park_id: g1.into(),
+                category: Standard.into(),
+                start_time: Some(pb_time(now)),
+                end_time: Some(pb_time(after(now, 86_400))),
+            },
+        ),
+    ]
+}
+
+fn shared_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
+    let now = f.now;
+    let offer = pb::SharedOffer {
+        id: "o2".into(),
+        region: f.region.clone(),
+        location: Some(here()),
+        address: "Compound 3, Xianggang Rd".into(),
+        description: "under the plane tree".into(),
+        spaces: 2,
+        time_zone: "Asia/Shanghai".into(),
+        schedule: vec![pb::WeeklyPeriod {
+            weekday: 1,
+            start_minute: 1320,
+            end_minute: 420,
+        }],
+        blackouts: vec![pb::Blackout {
+            from_date: "2026-12-24".into(),
+            to_date: "2026-12-26".into(),
+        }],
+        hourly_rate_minor: 400,
+        cap_per_booking_minor: 2_000,
+        currency: "CNY".into(),
+        max_booking_minutes: 600,
+        ..Default::default()
+    };
+    let window = |from: i64, to: i64| {
+        (
+            Some(pb_time(after(now, from))),
+            Some(pb_time(after(now, to))),
+        )
+    };
+    let (start_time, end_time) = window(3600, 7200);
+    let booking = f.booking.clone();
+    vec![
+        seed(
+            h,
+            "SharedParking/OfferSpace",
+            "overnight",
+            pb::OfferSpaceRequest {
+                offer: Some(offer.clone()),
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/OfferSpace",
+            "server-id",
+            pb::OfferSpaceRequest {
+                offer: Some(pb::SharedOffer {
+                    id: String::new(),
+                    ..offer.clone()
+                }),
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/UpdateOffer",
+            "fixture",
+            pb::UpdateOfferRequest {
+                offer: Some(pb::SharedOffer {
+                    id: f.offer.clone(),
+                    spaces: 1,
+                    ..offer
+                }),
+                cancel_bookings: true,
+                reason: "one space only".into(),
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/WithdrawOffer",
+            "fixture",
+            pb::WithdrawOfferRequest {
+                id: f.offer.clone(),
+                cancel_bookings: false,
+                reason: String::new(),
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/ListMyOffers",
+            "page",
+            pb::ListMyOffersRequest {
+                page_size: 5,
+                page_token: String::new(),
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/SearchOffers",
+            "hour",
+            pb::SearchOffersRequest {
+                location: Some(here()),
+                radius_m: 1_000.0,
+                start_time,
+                end_time,
+                category: Standard.into(),
+                limit: 5,
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/BookOffer",
+            "hour",
+            pb::BookOfferRequest {
+                offer_id: f.offer.clone(),
+                start_time,
+                end_time,
+                plate: "鲁B 54321".into(),
+                idempotency_key: "k7".into(),
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/GetBooking",
+            "fixture",
+            pb::GetBookingRequest {
+                id: booking.clone(),
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/CancelBooking",
+            "fixture",
+            pb::CancelBookingRequest {
+                id: booking.clone(),
+                reason: "plans changed".into(),
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/ListMyBookings",
+            "booked",
+            pb::ListMyBookingsRequest {
+                state: pb::BookingState::Booked.into(),
+                page_size: 10,
+                page_token: String::new(),
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/CheckIn",
+            "fixture",
+            pb::CheckInBookingRequest {
+                id: booking.clone(),
+            },
+        ),
+        seed(
+            h,
+            "SharedParking/CheckOut",
+            "fixture",
+            pb::CheckOutBookingRequest { id: booking },
+        ),
+    ]
+}
+
+/// The stored parts of the record `id` of kind `A` in `server`'s engine.
+fn stored_parts<A: Aggregate>(server: &TestServer, id: &str) -> Vec<String> {
+    let record = Versioned::<A>::in_replica(&server.backend.engine, id)
+        .record
+        .unwrap_or_else(|| panic!("no {} {id}", A::KIND));
+    (0..A::PARTS.len()).map(|i| record.encode_part(i)).collect()
+}
+
+#[tokio::test]
+#[ignore = "writes fuzz/seeds/; run by hand when the records below change"]
+async fn write_stored_record_seeds() {
+    let server = TestServer::start().await;
+    let now = server.now();
+    register(&server, reservable_garage("g1", 10)).await;
+    report_ok(&server, snapshot("g1", 1, 42, now)).await;
+    let reservation = reserve(
+        &server,
+        "d2",
+        reservation_request("g1", after(now, 3600), after(now, 7200), "鲁B12345", "k1"),
+    )
+    .await
+    .unwrap();
+    let offer = pb::SharedOffer {
+        id: "o1".into(),
+        region: "qingdao".into(),
+        location: Some(here()),
+        address: "Compound 3".into(),
+        spaces: 2,
+        time_zone: "Asia/Shanghai".into(),
+        schedule: vec![pb::WeeklyPeriod {
+            weekday: 1,
+            start_minute: 0,
+            end_minute: 1440,
+        }],
+        hourly_rate_minor: 400,
+        ..Default::default()
+    };
+    server
+        .shared()
+        .await
+        .offer_space(authed(
+            pb::OfferSpaceRequest { offer: Some(offer) },
+            &driver_token("d1"),
+        ))
+        .await
+        .unwrap();
+    let booking = server
+        .shared()
+        .await
+        .book_offer(authed(
+            pb::BookOfferRequest {
+                offer_id: "o1".into(),
+                start_time: Some(pb_time(after(now, 3600))),
+                end_time: Some(pb_time(after(now, 7200))),
+                plate: "鲁B12345".into(),
+                idempotency_key: "k2".into(),
+            },
+            &driver_token("d2"),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .booking
+        .unwrap();
+    let day = SlotCounts::id_of(
+        "g1",
+        *SlotCounts::days(after(now, 3600), after(now, 7200)).start(),
+    );
+
+    let mut seeds = Vec::new();
+    let mut add = |kind: &str, what: &str, over_base: bool, parts: &[&str]| {
+        let input = stored::input(kind, over_base, parts).unwrap();
+        seeds.push((format!("{kind}-{what}"), input));
+    };
+    let car_park = stored_parts::<CarParkState>(&server, "g1");
+    add("car_park", "format1", false, &[&car_park[0], &car_park[1]]);
+    add("car_park", "live-only", true, &["", &car_park[1]]);
+    add("car_park", "registration-only", true, &[&car_park[0], ""]);
+    // Records as the previous version wrote them (bare JSON, format 0).
+    let legacy: serde_json::Value =
+        serde_json::from_str(include_str!("../data/redis-format-0.json")).unwrap();
+    for (id, park) in legacy["parks"].as_object().unwrap() {
+        let live = legacy["live"][id].as_str().unwrap();
+        add(
+            "car_park",
+            &format!("format0-{id}"),
+            false,
+            &[park.as_str().unwrap(), live],
+        );
+    }
+    let slots = stored_parts::<SlotCounts>(&server, &day);
+    add("slot_counts", "format1", false, &[&slots[0]]);
+    let reservation = stored_parts::<Reservation>(&server, &reservation.id);
+    add("reservation", "format1", false, &[&reservation[0]]);
+    let offer = stored_parts::<SharedOffer>(&server, "o1");
+    add("shared_offer", "format1", false, &[&offer[0]]);
+    let booking = stored_parts::<SharedBooking>(&server, &booking.id);
+    add("shared_booking", "format1", false, &[&booking[0]]);
+    add(
+        "shared_booking",
+        "newer-format",
+        false,
+        &[&booking[0].replacen("1:", "9:", 1)],
+    );
+    write_seeds(STORED_TARGET, &seeds);
+}
