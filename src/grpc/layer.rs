@@ -14,7 +14,7 @@ use std::{
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::status::code_label;
+use super::status::{code_label, decode_error_field};
 use crate::{
     metrics,
     net::{CallGuard, Peer},
@@ -284,7 +284,14 @@ fn honest_status(headers: &mut http::HeaderMap) {
         .find(|(from, prefix, _, _)| *from == code && message.starts_with(prefix))
     {
         headers.insert("grpc-status", http::HeaderValue::from(*to));
-        headers.insert("grpc-message", http::HeaderValue::from_static(text));
+        // A message that breaks in a field names it, as an invalid field does.
+        let named = decode_error_field(&message).and_then(|field| {
+            http::HeaderValue::try_from(format!("{field}: cannot be read ({text})")).ok()
+        });
+        headers.insert(
+            "grpc-message",
+            named.unwrap_or_else(|| http::HeaderValue::from_static(text)),
+        );
     }
 }
 

@@ -3,6 +3,10 @@
 //! An error's [`ErrorKind`] alone picks its gRPC code and its reject code, from one
 //! table; its metric label is [`ErrorKind::label`], the same word as the code's label.
 
+use std::{collections::HashMap, sync::LazyLock};
+
+use prost::Message as _;
+use prost_types::{DescriptorProto, FileDescriptorSet};
 use tonic::{Code, Status};
 
 use crate::{
@@ -79,6 +83,76 @@ pub fn reject(error: &Error) -> (pb::RejectCode, String, String) {
     (reject_code(error.kind()), field, reason)
 }
 
+/// The field of the request a protobuf decode error is about, as a path from the
+/// request (`car_park.capacity.spaces`), so that a message that breaks in a field is
+/// refused naming it like any other invalid field. tonic's codec reports prost's error,
+/// which lists where decoding failed, innermost first: `failed to decode Protobuf
+/// message: CategoryCapacity.spaces: CarPark.capacity: UpsertCarParkRequest.car_park:
+/// invalid varint`. prost names a oneof, not its member: where decoding went on into a
+/// member's message, the member is named (`report.snapshot.free.count`, not
+/// `report.body.free.count`). `None` if the error names no field: the bytes broke
+/// before a field of the request could be read.
+pub fn decode_error_field(message: &str) -> Option<String> {
+    let mut rest = message.strip_prefix("failed to decode Protobuf message: ")?;
+    let mut stack = Vec::new();
+    while let Some((entry, tail)) = rest.split_once(": ") {
+        let Some((message, field)) = entry.split_once('.') else {
+            break;
+        };
+        let field = field.strip_prefix("r#").unwrap_or(field);
+        let ident =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ident(message) || !ident(field) {
+            break;
+        }
+        stack.push((message, field));
+        rest = tail;
+    }
+    let path: Vec<&str> = (0..stack.len())
+        .rev()
+        .map(|i| {
+            let (message, field) = stack[i];
+            let inner = i.checked_sub(1).map(|j| stack[j].0);
+            inner
+                .and_then(|inner| oneof_member(message, field, inner))
+                .unwrap_or(field)
+        })
+        .collect();
+    (!path.is_empty()).then(|| path.join("."))
+}
+
+/// The member of oneof `oneof` of message `message` (simple names, as prost gives
+/// them) whose type is message `inner`, if `oneof` is one.
+fn oneof_member(message: &str, oneof: &str, inner: &str) -> Option<&'static str> {
+    /// Every message of the protos, by simple name (unique across them).
+    static MESSAGES: LazyLock<HashMap<String, DescriptorProto>> = LazyLock::new(|| {
+        fn collect(messages: &[DescriptorProto], into: &mut HashMap<String, DescriptorProto>) {
+            for m in messages {
+                collect(&m.nested_type, into);
+                into.insert(m.name().to_owned(), m.clone());
+            }
+        }
+        let mut messages = HashMap::new();
+        let set = FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap_or_default();
+        for file in &set.file {
+            collect(&file.message_type, &mut messages);
+        }
+        messages
+    });
+    let descriptor = MESSAGES.get(message)?;
+    let index = descriptor
+        .oneof_decl
+        .iter()
+        .position(|o| o.name() == oneof)?;
+    descriptor
+        .field
+        .iter()
+        .find(|f| {
+            f.oneof_index == Some(index as i32) && f.type_name().rsplit('.').next() == Some(inner)
+        })
+        .map(|f| f.name())
+}
+
 /// Lowercase snake-case name of a code, for metric labels. Codes come from tonic too
 /// (a cancelled call, a message too large), so every code has one; for the codes of
 /// citypark's errors it is [`ErrorKind::label`] (a test checks they agree).
@@ -123,6 +197,42 @@ mod tests {
         let (code, field, reason) = reject(&Error::Internal("secret".into()));
         assert_eq!(code, pb::RejectCode::Unavailable);
         assert!(field.is_empty() && !reason.contains("secret"));
+    }
+
+    #[test]
+    fn a_decode_error_names_its_field_from_the_request() {
+        let field =
+            |m: &str| decode_error_field(&format!("failed to decode Protobuf message: {m}"));
+        assert_eq!(
+            field(
+                "CategoryCapacity.spaces: CarPark.capacity: UpsertCarParkRequest.car_park: \
+                 invalid varint"
+            )
+            .as_deref(),
+            Some("car_park.capacity.spaces")
+        );
+        // A oneof's member, by the message decoding went on into.
+        assert_eq!(
+            field(
+                "CategoryCount.count: SnapshotReport.free: OccupancyReport.body: \
+                 ReportRequest.report: invalid wire type: LengthDelimited (expected Varint)"
+            )
+            .as_deref(),
+            Some("report.snapshot.free.count")
+        );
+        // A scalar member of a oneof: the oneof is as near as prost says.
+        assert_eq!(
+            field("OccupancyReport.body: ReportRequest.report: buffer underflow").as_deref(),
+            Some("report.body")
+        );
+        assert_eq!(
+            field("GetCarParkRequest.id: invalid string value: data is not UTF-8 encoded")
+                .as_deref(),
+            Some("id")
+        );
+        assert_eq!(field("invalid wire type value: 7"), None);
+        assert_eq!(field("buffer underflow"), None);
+        assert_eq!(decode_error_field("Missing request message"), None);
     }
 
     #[test]

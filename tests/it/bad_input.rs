@@ -528,6 +528,11 @@ async fn malformed_and_over_size_messages_are_the_client_s_errors_not_the_server
         "no library text: {}",
         malformed.message()
     );
+    assert!(
+        malformed.message().starts_with("id: "),
+        "names the field: {}",
+        malformed.message()
+    );
     // Over --max-message-bytes (1 MiB by default).
     let huge = pb::GetCarParkRequest {
         id: "x".repeat(2 << 20),
@@ -549,6 +554,107 @@ async fn malformed_and_over_size_messages_are_the_client_s_errors_not_the_server
         server.metrics_text().await
     );
     assert_unchanged(&server, &stored, &live, "malformed requests").await;
+}
+
+/// `UpsertCarParkRequest` with a car park whose name is bytes: not UTF-8 here.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawUpsert {
+    #[prost(message, optional, tag = "1")]
+    car_park: Option<RawCarPark>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCarPark {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(bytes = "vec", tag = "4")]
+    name: Vec<u8>,
+}
+
+/// `ReportRequest` with a snapshot whose count is a string where an int32 belongs.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawReportRequest {
+    #[prost(message, optional, tag = "1")]
+    report: Option<RawReport>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawReport {
+    #[prost(message, optional, tag = "4")]
+    snapshot: Option<RawSnapshot>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawSnapshot {
+    #[prost(message, repeated, tag = "1")]
+    free: Vec<RawCount>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCount {
+    #[prost(string, tag = "2")]
+    count: String,
+}
+
+/// Seen in the fuzz targets' answers: a message that breaks inside a field (bytes that
+/// are not UTF-8 in a string, a string where a number belongs) was refused without
+/// naming the field, unlike every other invalid field.
+#[tokio::test]
+async fn a_message_that_breaks_in_a_field_is_refused_naming_it() {
+    let (server, stored, live) = one_car_park().await;
+    let upsert = RawUpsert {
+        car_park: Some(RawCarPark {
+            id: "g2".into(),
+            name: vec![b'G', 0xff, 0xfe],
+        }),
+    };
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary::<_, pb::UpsertCarParkResponse, _>(
+            authed(upsert, OPERATOR_A.1),
+            http::uri::PathAndQuery::from_static("/citypark.v1.Registry/UpsertCarPark"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("car_park.name: "),
+        "{}",
+        status.message()
+    );
+    // Through a oneof: the member is named, as the proto names it.
+    let report = RawReportRequest {
+        report: Some(RawReport {
+            snapshot: Some(RawSnapshot {
+                free: vec![RawCount {
+                    count: "forty".into(),
+                }],
+            }),
+        }),
+    };
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary::<_, pb::ReportResponse, _>(
+            authed(report, OPERATOR_A.1),
+            http::uri::PathAndQuery::from_static("/citypark.v1.Ingest/Report"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("report.snapshot.free.count: "),
+        "{}",
+        status.message()
+    );
+    assert!(
+        !status.message().contains("Protobuf") && !status.message().contains("wire"),
+        "no library text: {}",
+        status.message()
+    );
+    assert_unchanged(&server, &stored, &live, "messages broken in a field").await;
 }
 
 #[tokio::test]
