@@ -9,7 +9,8 @@
 //! and [`Harness::check`] holds it to the API's promise: no panic, no status a
 //! client's request cannot earn (INTERNAL, UNKNOWN, ...), and every INVALID_ARGUMENT,
 //! and every report rejected as invalid in a Publish ack, names a field of the
-//! request by its path (`car_park.capacity[1].spaces`).
+//! request by its path (`car_park.capacity[1].spaces`). [`Harness::fuzz`] makes one
+//! call per input; [`Harness::fuzz_calls`] several on one city, each checked.
 //!
 //! It lives in the library, not in `fuzz/`, so that it is built and linted with every
 //! change and `tests/it/fuzz_seeds.rs` replays the committed seeds through it on the
@@ -47,6 +48,9 @@ use crate::{
 
 /// The proto package of every citypark service.
 const PACKAGE: &str = "citypark.v1";
+
+/// Most calls one input of [`Harness::fuzz_calls`] makes.
+pub const MAX_CALLS: usize = 8;
 
 /// The request-size limit `app::run` sets by default (`--max-message-bytes`).
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -260,6 +264,48 @@ impl Harness {
         let answer = self.call(method, message);
         self.check(method, &answer)
             .map_err(|why| format!("{}: {why}", method.path))
+    }
+
+    /// Runs fuzz input `data` as several calls on one fresh city, so that a request
+    /// meets what earlier ones made (a car park with an extreme tariff, then a priced
+    /// query over it). Each call is a method's index among every method (one byte,
+    /// modulo their number), its message's length (two bytes, little-endian; cut to
+    /// what is left) and the message; at most [`MAX_CALLS`] calls.
+    pub fn fuzz_calls(&self, data: &[u8]) -> Result<(), String> {
+        self.runtime.block_on(async {
+            let mut city = self.city().await;
+            let mut rest = data;
+            let mut outcome = Ok(());
+            for _ in 0..MAX_CALLS {
+                let [pick, lo, hi, tail @ ..] = rest else {
+                    break;
+                };
+                let len = usize::from(u16::from_le_bytes([*lo, *hi])).min(tail.len());
+                let (message, tail) = tail.split_at(len);
+                rest = tail;
+                let method = &self.methods[usize::from(*pick) % self.methods.len()];
+                let answer = self.send(&mut city, method, message).await;
+                if let Err(why) = self.check(method, &answer) {
+                    outcome = Err(format!("{}: {why}", method.path));
+                    break;
+                }
+            }
+            city.close().await;
+            outcome
+        })
+    }
+
+    /// The fuzz input for [`Self::fuzz_calls`] that makes `calls` (method path,
+    /// message) in order.
+    pub fn calls_input(&self, calls: &[(&str, Vec<u8>)]) -> Option<Vec<u8>> {
+        let mut input = Vec::new();
+        for (path, message) in calls {
+            let index = self.methods.iter().position(|m| m.path == *path)?;
+            input.push(u8::try_from(index).ok()?);
+            input.extend_from_slice(&u16::try_from(message.len()).ok()?.to_le_bytes());
+            input.extend_from_slice(message);
+        }
+        Some(input)
     }
 
     /// Sends `message` (protobuf bytes, framed here) to `method` on a fresh fixture city.

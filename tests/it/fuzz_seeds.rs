@@ -24,7 +24,14 @@ const REQUEST_TARGETS: [(&str, &str); 5] = [
     ("reservations", "Reservations"),
     ("shared_parking", "SharedParking"),
 ];
+/// The target that makes several calls on one city.
+const CALLS_TARGET: &str = "calls";
 const STORED_TARGET: &str = "stored_records";
+
+/// A seed: its file's name and its bytes.
+type Seed = (String, Vec<u8>);
+/// A call of a `calls` seed: the method's path and the message.
+type Call = (String, Vec<u8>);
 
 fn seeds_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -33,7 +40,7 @@ fn seeds_dir(target: &str) -> PathBuf {
 }
 
 /// The seeds of `target`, by file name.
-fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+fn seeds(target: &str) -> Vec<Seed> {
     let mut seeds: Vec<_> = std::fs::read_dir(seeds_dir(target))
         .unwrap_or_else(|e| panic!("fuzz/seeds/{target}: {e}"))
         .map(|entry| {
@@ -68,6 +75,13 @@ fn committed_fuzz_seeds_keep_the_api_s_promise() {
             }
         }
     }
+    let calls = seeds(CALLS_TARGET);
+    assert!(!calls.is_empty(), "no seed in fuzz/seeds/{CALLS_TARGET}");
+    for (file, input) in calls {
+        if let Err(broken) = harness.fuzz_calls(&input) {
+            panic!("fuzz/seeds/{CALLS_TARGET}/{file}: {broken}");
+        }
+    }
     let seeds = seeds(STORED_TARGET);
     for kind in stored::KINDS {
         assert!(
@@ -83,7 +97,7 @@ fn committed_fuzz_seeds_keep_the_api_s_promise() {
 }
 
 /// Replaces the seeds of `target` with `seeds` (file name, bytes).
-fn write_seeds(target: &str, seeds: &[(String, Vec<u8>)]) {
+fn write_seeds(target: &str, seeds: &[Seed]) {
     let dir = seeds_dir(target);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).unwrap();
@@ -95,7 +109,7 @@ fn write_seeds(target: &str, seeds: &[(String, Vec<u8>)]) {
 }
 
 /// A seed file name: the method's name, then what the request is.
-fn seed(harness: &Harness, method: &str, what: &str, request: impl Message) -> (String, Vec<u8>) {
+fn seed(harness: &Harness, method: &str, what: &str, request: impl Message) -> Seed {
     let path = format!("/citypark.v1.{method}");
     let input = harness
         .input(&path, &request.encode_to_vec())
@@ -114,6 +128,223 @@ fn write_request_seeds() {
     write_seeds("availability", &availability_seeds(&harness, &f));
     write_seeds("reservations", &reservation_seeds(&harness, &f));
     write_seeds("shared_parking", &shared_seeds(&harness, &f));
+    write_seeds(CALLS_TARGET, &calls_seeds(&harness, &f));
+}
+
+/// Calls that meet what earlier calls of the same input made.
+fn calls_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
+    let (now, g1) = (f.now, f.car_park.as_str());
+    let call = |method: &str, message: Vec<u8>| (format!("/citypark.v1.{method}"), message);
+    let stay = Some(pb::StayWindow {
+        start: Some(pb_time(after(now, 3600))),
+        end: Some(pb_time(after(now, 3 * 3600))),
+    });
+    let scenarios: Vec<(&str, Vec<Call>)> = vec![
+        (
+            "priced-stay",
+            vec![
+                call(
+                    "Registry/UpsertCarPark",
+                    upsert(garage("g2", 36.0665, 120.3835)).encode_to_vec(),
+                ),
+                call(
+                    "Ingest/Report",
+                    report_request(snapshot("g2", 1, 7, now)).encode_to_vec(),
+                ),
+                call(
+                    "Availability/FindNearby",
+                    pb::FindNearbyRequest {
+                        view: pb::NearbyView::Full.into(),
+                        stay,
+                        max_price_minor: Some(10_000),
+                        include_shared: true,
+                        ..near_here()
+                    }
+                    .encode_to_vec(),
+                ),
+            ],
+        ),
+        (
+            "reserve-new-garage",
+            vec![
+                call(
+                    "Registry/UpsertCarPark",
+                    upsert(reservable_garage("g3", 20)).encode_to_vec(),
+                ),
+                call(
+                    "Reservations/GetReservationCalendar",
+                    pb::GetReservationCalendarRequest {
+                        car_park_id: "g3".into(),
+                        category: Standard.into(),
+                        start_time: Some(pb_time(now)),
+                        end_time: Some(pb_time(after(now, 4 * 3600))),
+                    }
+                    .encode_to_vec(),
+                ),
+                call(
+                    "Reservations/CreateReservation",
+                    reservation_request("g3", after(now, 3600), after(now, 7200), "A1234", "k5")
+                        .encode_to_vec(),
+                ),
+                call(
+                    "Reservations/ListReservations",
+                    pb::ListReservationsRequest::default().encode_to_vec(),
+                ),
+            ],
+        ),
+        (
+            "offer-search-book",
+            vec![
+                call(
+                    "SharedParking/OfferSpace",
+                    pb::OfferSpaceRequest {
+                        offer: Some(pb::SharedOffer {
+                            id: "o2".into(),
+                            region: f.region.clone(),
+                            location: Some(here()),
+                            address: "Compound 5".into(),
+                            spaces: 1,
+                            time_zone: "Asia/Shanghai".into(),
+                            schedule: vec![pb::WeeklyPeriod {
+                                weekday: 1,
+                                start_minute: 0,
+                                end_minute: 1440,
+                            }],
+                            hourly_rate_minor: 900,
+                            ..Default::default()
+                        }),
+                    }
+                    .encode_to_vec(),
+                ),
+                call(
+                    "SharedParking/SearchOffers",
+                    pb::SearchOffersRequest {
+                        location: Some(here()),
+                        start_time: Some(pb_time(after(now, 3600))),
+                        end_time: Some(pb_time(after(now, 7200))),
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
+                ),
+                call(
+                    "SharedParking/BookOffer",
+                    pb::BookOfferRequest {
+                        offer_id: "o2".into(),
+                        start_time: Some(pb_time(after(now, 3600))),
+                        end_time: Some(pb_time(after(now, 7200))),
+                        plate: "A1234".into(),
+                        idempotency_key: "k6".into(),
+                    }
+                    .encode_to_vec(),
+                ),
+                call(
+                    "SharedParking/ListMyBookings",
+                    pb::ListMyBookingsRequest::default().encode_to_vec(),
+                ),
+            ],
+        ),
+        (
+            "arrival-by-plate",
+            vec![
+                call(
+                    "Ingest/Publish",
+                    pb::PublishRequest {
+                        reports: vec![
+                            plate_delta(g1, 2, true, "鲁B12345", after(now, 4 * 3600)),
+                            plate_delta(g1, 3, false, "鲁B12345", after(now, 5 * 3600)),
+                        ],
+                    }
+                    .encode_to_vec(),
+                ),
+                call(
+                    "Reservations/GetReservation",
+                    pb::GetReservationRequest {
+                        id: f.reservation.clone(),
+                    }
+                    .encode_to_vec(),
+                ),
+                call(
+                    "Availability/GetAvailability",
+                    pb::GetAvailabilityRequest {
+                        car_park_ids: vec![g1.into()],
+                    }
+                    .encode_to_vec(),
+                ),
+            ],
+        ),
+        (
+            "delete-then-use",
+            vec![
+                call(
+                    "Registry/DeleteCarPark",
+                    pb::DeleteCarParkRequest { id: f.zone.clone() }.encode_to_vec(),
+                ),
+                call(
+                    "Ingest/Report",
+                    report_request(bay(&f.zone, 2, "b-1", true, now)).encode_to_vec(),
+                ),
+                call(
+                    "Availability/WatchAvailability",
+                    pb::WatchAvailabilityRequest {
+                        selector: Some(pb::watch_availability_request::Selector::Ids(
+                            pb::CarParkIds {
+                                ids: vec![f.zone.clone()],
+                            },
+                        )),
+                    }
+                    .encode_to_vec(),
+                ),
+            ],
+        ),
+        (
+            "change-offer-under-booking",
+            vec![
+                call(
+                    "SharedParking/UpdateOffer",
+                    pb::UpdateOfferRequest {
+                        offer: Some(pb::SharedOffer {
+                            id: f.offer.clone(),
+                            region: f.region.clone(),
+                            location: Some(here()),
+                            address: "Compound 3".into(),
+                            spaces: 1,
+                            time_zone: "Asia/Shanghai".into(),
+                            schedule: vec![pb::WeeklyPeriod {
+                                weekday: 2,
+                                start_minute: 600,
+                                end_minute: 660,
+                            }],
+                            hourly_rate_minor: 400,
+                            ..Default::default()
+                        }),
+                        cancel_bookings: true,
+                        reason: "moving".into(),
+                    }
+                    .encode_to_vec(),
+                ),
+                call(
+                    "SharedParking/GetBooking",
+                    pb::GetBookingRequest {
+                        id: f.booking.clone(),
+                    }
+                    .encode_to_vec(),
+                ),
+            ],
+        ),
+    ];
+    scenarios
+        .into_iter()
+        .map(|(name, calls)| {
+            let calls: Vec<(&str, Vec<u8>)> = calls
+                .iter()
+                .map(|(path, message)| (path.as_str(), message.clone()))
+                .collect();
+            (
+                name.to_owned(),
+                h.calls_input(&calls).expect("methods of the proto"),
+            )
+        })
+        .collect()
 }
 
 fn upsert(car_park: pb::CarPark) -> pb::UpsertCarParkRequest {
@@ -122,7 +353,7 @@ fn upsert(car_park: pb::CarPark) -> pb::UpsertCarParkRequest {
     }
 }
 
-fn registry_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
+fn registry_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
     let m = "Registry/UpsertCarPark";
     let open_weekdays = pb::CarPark {
         opening_hours: (1..=5)
@@ -210,7 +441,7 @@ fn report_request(report: pb::OccupancyReport) -> pb::ReportRequest {
     }
 }
 
-fn ingest_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
+fn ingest_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
     let m = "Ingest/Report";
     let (g1, now) = (f.car_park.as_str(), f.now);
     let negative = pb::OccupancyReport {
@@ -260,7 +491,7 @@ fn ingest_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-fn availability_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
+fn availability_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
     let m = "Availability/FindNearby";
     let stay = |start: i64, end: i64| {
         Some(pb::StayWindow {
@@ -361,7 +592,7 @@ fn availability_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-fn reservation_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
+fn reservation_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
     let (g1, now) = (f.car_park.as_str(), f.now);
     let id = f.reservation.clone();
     vec![
@@ -440,7 +671,7 @@ fn reservation_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-fn shared_seeds(h: &Harness, f: &Fixture) -> Vec<(String, Vec<u8>)> {
+fn shared_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
     let now = f.now;
     let offer = pb::SharedOffer {
         id: "o2".into(),
