@@ -3,9 +3,10 @@
 //!
 //! The stack is the one `app::run` serves: the generated tonic services (their codec,
 //! the message-size limit) calling the real handlers and service, behind
+//! [`AdmissionLayer`] (callers verified once; no rate limits, as by default) and
 //! [`MetricsLayer`], which answers the codec's errors with the client's codes. Only
-//! the socket and the gRPC-Web and CORS layers, which a native gRPC request passes
-//! through untouched, are left out. So an answer here is the one a client would read,
+//! the socket (connection limits, TLS) and the gRPC-Web and CORS layers, which a
+//! native gRPC request passes through untouched, are left out. So an answer here is the one a client would read,
 //! and [`Harness::check`] holds it to the API's promise: no panic, no status a
 //! client's request cannot earn (INTERNAL, UNKNOWN, ...), and every INVALID_ARGUMENT,
 //! and every report rejected as invalid in a Publish ack, names a field of the
@@ -34,7 +35,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, codegen::Bytes, service::Routes};
 use tower::{Layer, Service as _};
 
-use super::{Api, MetricsLayer, layer::MetricsService};
+use super::{
+    AdmissionLayer, Api, MetricsLayer, RateLimits, admission::AdmissionService,
+    layer::MetricsService,
+};
 use crate::{
     auth::ApiKeys,
     clock::ManualClock,
@@ -130,7 +134,7 @@ pub struct Answer {
 
 /// The service stack of one fresh city.
 struct City {
-    stack: MetricsService<Routes>,
+    stack: MetricsService<AdmissionService<Routes>>,
     service: Service,
     shutdown: CancellationToken,
 }
@@ -426,6 +430,12 @@ impl Harness {
             self.drivers.clone(),
             shutdown.clone(),
         );
+        // As app::run serves it by default: callers verified once, no rate limits.
+        let admission = AdmissionLayer::new(
+            self.keys.clone(),
+            self.drivers.clone(),
+            RateLimits::unlimited(),
+        );
         let max = MAX_MESSAGE_BYTES;
         let routes = Routes::new(
             pb::registry_server::RegistryServer::new(api.clone()).max_decoding_message_size(max),
@@ -446,7 +456,7 @@ impl Harness {
         )
         .prepare();
         City {
-            stack: MetricsLayer.layer(routes),
+            stack: MetricsLayer.layer(admission.layer(routes)),
             service,
             shutdown,
         }
