@@ -106,7 +106,7 @@ fn offer(p: pb::SharedOffer, host: &DriverId) -> Result<SharedOffer> {
         location: lat_lng(p.location.as_ref(), &f("location"))?,
         address: p.address,
         description: p.description,
-        category: category_or_standard(p.category)?,
+        category: category_or_standard(p.category).map_err(|e| e.in_field("offer"))?,
         spaces: u32::try_from(p.spaces).unwrap_or(0),
         time_zone: TimeZoneName::parse(&p.time_zone).map_err(|e| e.in_field(&f("time_zone")))?,
         schedule,

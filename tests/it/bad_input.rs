@@ -657,6 +657,52 @@ async fn a_message_that_breaks_in_a_field_is_refused_naming_it() {
     assert_unchanged(&server, &stored, &live, "messages broken in a field").await;
 }
 
+/// Found by the `calls` fuzz target: an offer's unknown category was refused naming
+/// `category`, a field OfferSpaceRequest and UpdateOfferRequest do not have, rather
+/// than `offer.category`.
+#[tokio::test]
+async fn an_offer_s_invalid_category_is_refused_naming_offer_category() {
+    let (server, stored, live) = one_car_park().await;
+    let offer = pb::SharedOffer {
+        id: "o1".into(),
+        region: "qingdao".into(),
+        location: at(36.066, 120.383),
+        address: "Compound 3".into(),
+        category: 56,
+        spaces: 1,
+        time_zone: "Asia/Shanghai".into(),
+        schedule: vec![pb::WeeklyPeriod {
+            weekday: 1,
+            start_minute: 0,
+            end_minute: 1440,
+        }],
+        hourly_rate_minor: 400,
+        ..Default::default()
+    };
+    let host = driver_token("d1");
+    let mut shared = server.shared().await;
+    let offered = shared
+        .offer_space(authed(
+            pb::OfferSpaceRequest {
+                offer: Some(offer.clone()),
+            },
+            &host,
+        ))
+        .await;
+    expect_invalid(offered, "offer.category");
+    let updated = shared
+        .update_offer(authed(
+            pb::UpdateOfferRequest {
+                offer: Some(offer),
+                ..Default::default()
+            },
+            &host,
+        ))
+        .await;
+    expect_invalid(updated, "offer.category");
+    assert_unchanged(&server, &stored, &live, "offers of an unknown category").await;
+}
+
 #[tokio::test]
 async fn a_huge_bad_value_is_not_sent_back_whole() {
     let (server, stored, live) = one_car_park().await;
