@@ -39,8 +39,10 @@ for target in "${targets[@]}"; do
   else
     result=FAILED
     failed=1
-    # The panic or the check that broke, the input, and how to reproduce it.
-    tail -n 40 "$log"
+    # What broke (the panic and its message, or libFuzzer's timeout or out-of-memory),
+    # the input, and how to replay it; without the stack frames.
+    sed -n '/panicked at\|ALARM: working on\|ERROR: libFuzzer/,$p' "$log" |
+      grep -vE '^ +([0-9]+: |at )' | head -n 60
   fi
   # libFuzzer's last words: "Done 123456 runs in 600 second(s)"; a crash ends
   # without them, the inputs run then being in its last status line ("#123456 ...").

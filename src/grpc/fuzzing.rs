@@ -6,12 +6,13 @@
 //! [`AdmissionLayer`] (callers verified once; no rate limits, as by default) and
 //! [`MetricsLayer`], which answers the codec's errors with the client's codes. Only
 //! the socket (connection limits, TLS) and the gRPC-Web and CORS layers, which a
-//! native gRPC request passes through untouched, are left out. So an answer here is the one a client would read,
-//! and [`Harness::check`] holds it to the API's promise: no panic, no status a
-//! client's request cannot earn (INTERNAL, UNKNOWN, ...), and every INVALID_ARGUMENT,
-//! and every report rejected as invalid in a Publish ack, names a field of the
-//! request by its path (`car_park.capacity[1].spaces`). [`Harness::fuzz`] makes one
-//! call per input; [`Harness::fuzz_calls`] several on one city, each checked.
+//! native gRPC request passes through untouched, are left out. So an answer here is
+//! the one a client would read, and [`Harness::check`] holds it to the API's promise:
+//! no panic, no status a client's request cannot earn (INTERNAL, UNKNOWN, ...), and
+//! every INVALID_ARGUMENT, and every report rejected as invalid in a Publish ack,
+//! names a field of the request by its path (`car_park.capacity[1].spaces`).
+//! [`Harness::fuzz`] makes one call per input; [`Harness::fuzz_calls`] several on one
+//! city, each checked.
 //!
 //! It lives in the library, not in `fuzz/`, so that it is built and linted with every
 //! change and `tests/it/fuzz_seeds.rs` replays the committed seeds through it on the
@@ -59,9 +60,9 @@ pub const MAX_CALLS: usize = 8;
 /// The request-size limit `app::run` sets by default (`--max-message-bytes`).
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
-/// What the server answers, in `layer.rs`, for bytes that are no message of the
-/// method: the one INVALID_ARGUMENT that cannot name a field, since the bytes hold
-/// none it could read.
+/// What the server answers, in `layer.rs`, for bytes that break before any field of
+/// the request could be read: the one INVALID_ARGUMENT that cannot name a field.
+/// Bytes that break inside a field are answered `<field>: cannot be read (...)`.
 const NOT_A_MESSAGE: &str = "the request is not a valid protobuf message of this method";
 
 /// The codes a client's request may earn. INTERNAL and UNKNOWN are the server's
