@@ -109,25 +109,99 @@ impl Tariff {
     }
 
     /// The price of a stay: free up to `free_minutes`; otherwise every started hour of
-    /// the whole stay at the hourly rate, with each started 24 hours capped at the daily cap.
+    /// the whole stay at the hourly rate, with each started 24 hours capped at the daily
+    /// cap.
     pub fn price(&self, stay: &Stay) -> i64 {
-        let minutes = stay.minutes();
-        if minutes <= i64::from(self.free_minutes) {
+        self.fee(stay.start, stay.end, None)
+    }
+
+    /// The fee of a parking session from `entry` to `exit`, with `prepaid` (the window
+    /// of a reservation or booking it fulfils, paid when booked) credited: nothing when
+    /// the whole stay is within the free minutes; otherwise, for each 24 hours from
+    /// entry, every started hour of the time not prepaid at the hourly rate, capped at
+    /// the daily cap. An exit before the entry (clocks of two devices disagreeing) is
+    /// a stay of no length.
+    pub fn fee(
+        &self,
+        entry: Timestamp,
+        exit: Timestamp,
+        prepaid: Option<(Timestamp, Timestamp)>,
+    ) -> i64 {
+        const HOUR_MS: i64 = 3_600_000;
+        const DAY_MS: i64 = 24 * HOUR_MS;
+        let (from, to) = (entry.as_millisecond(), exit.as_millisecond());
+        let stay_ms = (to - from).max(0);
+        if stay_ms <= i64::from(self.free_minutes) * 60_000 {
             return 0;
         }
-        let hours = (minutes + 59) / 60;
-        if self.daily_cap == 0 {
-            return hours * self.hourly_rate;
+        let covered = |start: i64, end: i64| {
+            prepaid.map_or(0, |(a, b)| {
+                (end.min(b.as_millisecond()) - start.max(a.as_millisecond())).max(0)
+            })
+        };
+        let mut fee = 0i64;
+        let mut start = from;
+        while start < to {
+            let end = (start + DAY_MS).min(to);
+            let chargeable = (end - start) - covered(start, end);
+            let hours = (chargeable + HOUR_MS - 1) / HOUR_MS;
+            let day = hours.saturating_mul(self.hourly_rate);
+            fee = fee.saturating_add(if self.daily_cap > 0 {
+                day.min(self.daily_cap)
+            } else {
+                day
+            });
+            start = end;
         }
-        let (days, rest) = (hours / 24, hours % 24);
-        let day_price = (24 * self.hourly_rate).min(self.daily_cap);
-        days * day_price + (rest * self.hourly_rate).min(self.daily_cap)
+        fee
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// The rules of a session's fee, for any tariff, stay and prepaid window.
+        #[test]
+        fn session_fees_keep_their_rules(
+            rate in 0i64..10_000,
+            cap in 0i64..100_000,
+            free in 0i64..120,
+            entry in 0i64..10_000,
+            minutes in 0i64..(40 * 1440),
+            more in 0i64..600,
+            window in (0i64..20_000, 0i64..3000),
+        ) {
+            let t = Tariff::new("CNY", rate, cap, free).unwrap();
+            let (a, b) = (at(entry), at(entry + minutes));
+            let fee = t.fee(a, b, None);
+            // Never negative; nothing within the free minutes.
+            prop_assert!(fee >= 0);
+            if minutes <= free {
+                prop_assert_eq!(fee, 0);
+            }
+            // A longer stay never costs less.
+            prop_assert!(t.fee(a, at(entry + minutes + more), None) >= fee);
+            // Each started day costs at most the cap, and at most its hours.
+            let days = (minutes + 1439) / 1440;
+            if cap > 0 {
+                prop_assert!(fee <= days * cap);
+            }
+            prop_assert!(fee <= ((minutes + 59) / 60) * rate);
+            // A prepaid window never adds to the fee; one covering the stay leaves
+            // nothing to pay.
+            let w = Some((at(window.0), at(window.0 + window.1)));
+            prop_assert!(t.fee(a, b, w) <= fee);
+            prop_assert_eq!(t.fee(a, b, Some((a, b))), 0);
+            // Within 30 days, a session's fee is the listed price of its stay.
+            if minutes > 0 && minutes <= MAX_STAY_SECONDS / 60 {
+                prop_assert_eq!(t.price(&Stay::new(a, b).unwrap()), fee);
+            }
+        }
+    }
 
     fn stay(minutes: i64) -> Stay {
         let start: Timestamp = "2026-11-30T01:00:00Z".parse().unwrap();
@@ -148,6 +222,28 @@ mod tests {
         assert_eq!(t.price(&stay(25 * 60)), 3500, "a day and an hour");
         let uncapped = Tariff::new("CNY", 500, 0, 0).unwrap();
         assert_eq!(uncapped.price(&stay(48 * 60)), 48 * 500);
+    }
+
+    fn at(minutes: i64) -> Timestamp {
+        let start: Timestamp = "2026-11-30T01:00:00Z".parse().unwrap();
+        Timestamp::from_second(start.as_second() + minutes * 60).unwrap()
+    }
+
+    #[test]
+    fn a_session_s_fee_credits_its_prepaid_window_and_charges_the_overstay() {
+        let t = Tariff::new("CNY", 500, 3000, 15).unwrap();
+        // Reserved 1:00 to 3:00 (minutes 60 to 180), arrived at 0:50, left at 3:20:
+        // 10 minutes before and 20 after are one started hour.
+        let window = Some((at(60), at(180)));
+        assert_eq!(t.fee(at(50), at(200), window), 500);
+        // Within the window only: nothing to pay.
+        assert_eq!(t.fee(at(70), at(170), window), 0);
+        // Two hours' overstay: two started hours.
+        assert_eq!(t.fee(at(60), at(300), window), 1000);
+        // Three days and an hour, no window: three capped days and an hour.
+        assert_eq!(t.fee(at(0), at(73 * 60), None), 3 * 3000 + 500);
+        // An exit stamped before its entry is a stay of no length.
+        assert_eq!(t.fee(at(100), at(90), None), 0);
     }
 
     #[test]
