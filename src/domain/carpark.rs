@@ -270,7 +270,8 @@ impl CarPark {
         }
         let mut live = live.clone();
         live.resize(self.capacity);
-        Ok((self, live))
+        let tariff = self.tariff.clone().replacing(&old.tariff);
+        Ok((Self { tariff, ..self }, live))
     }
 
     /// Why a car park cannot be registered in `wanted`: its id is held in `held`. Ids

@@ -11,6 +11,7 @@ mod occupancy;
 mod query;
 mod reservation;
 mod schedule;
+mod session;
 mod shared;
 mod tariff;
 mod text;
@@ -34,6 +35,10 @@ pub use reservation::{
     reserve,
 };
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
+pub use session::{
+    ParkingSession, Payment, PaymentMethod, PaymentStatus, PlateColor, PlateRead, Prepaid,
+    SessionFlags, SessionId, SessionState, Viewer,
+};
 pub use shared::{
     Blackout, Booked, BookingId, BookingRequest, BookingState, CancelledBy, MAX_SPACES, OfferState,
     Party, SHARED_GRACE, SHARED_SLOT_MINUTES, SharedBooking, SharedOffer, WeeklyPeriod, book,

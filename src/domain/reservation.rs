@@ -163,6 +163,16 @@ impl Plate {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// All but its last two characters masked, for anyone but its driver.
+    pub fn masked(&self) -> String {
+        let n = self.0.chars().count();
+        self.0
+            .chars()
+            .enumerate()
+            .map(|(i, c)| if i + 2 < n { '*' } else { c })
+            .collect()
+    }
 }
 
 impl fmt::Debug for Plate {
@@ -901,7 +911,7 @@ pub fn calendar_slots(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -914,7 +924,7 @@ mod tests {
         format!("2026-12-01T{s}:00Z").parse().unwrap()
     }
 
-    fn car_park(quota: u32) -> CarPark {
+    pub(crate) fn car_park(quota: u32) -> CarPark {
         let mut q = [0; CATEGORY_COUNT];
         q[Standard.index()] = quota;
         CarPark {

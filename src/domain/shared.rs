@@ -533,16 +533,11 @@ impl SharedBooking {
     /// The plate as `who` may see it: whole for its driver, all but the last two
     /// characters masked for anyone else (the host).
     pub fn plate_for(&self, who: &DriverId) -> String {
-        let plate = self.plate.as_str();
         if &self.driver == who {
-            return plate.to_owned();
+            self.plate.as_str().to_owned()
+        } else {
+            self.plate.masked()
         }
-        let n = plate.chars().count();
-        plate
-            .chars()
-            .enumerate()
-            .map(|(i, c)| if i + 2 < n { '*' } else { c })
-            .collect()
     }
 }
 

@@ -53,6 +53,10 @@ pub struct Tariff {
     pub daily_cap: i64,
     /// A stay no longer than this is free.
     pub free_minutes: u32,
+    /// Counts the car park's changes of prices (1 for its first tariff): a session
+    /// records the version it was priced by.
+    #[serde(default)]
+    pub version: u32,
 }
 
 impl Default for Tariff {
@@ -62,6 +66,7 @@ impl Default for Tariff {
             hourly_rate: 0,
             daily_cap: 0,
             free_minutes: 0,
+            version: 1,
         }
     }
 }
@@ -105,7 +110,34 @@ impl Tariff {
             hourly_rate,
             daily_cap,
             free_minutes: free_minutes as u32,
+            version: 1,
         })
+    }
+
+    /// Whether two tariffs ask the same prices, whatever their versions.
+    pub fn same_prices(&self, other: &Tariff) -> bool {
+        (
+            &self.currency,
+            self.hourly_rate,
+            self.daily_cap,
+            self.free_minutes,
+        ) == (
+            &other.currency,
+            other.hourly_rate,
+            other.daily_cap,
+            other.free_minutes,
+        )
+    }
+
+    /// This tariff replacing `old`: the same version if its prices are the same,
+    /// else the next one.
+    pub fn replacing(mut self, old: &Tariff) -> Self {
+        self.version = if self.same_prices(old) {
+            old.version
+        } else {
+            old.version.max(1) + 1
+        };
+        self
     }
 
     /// The price of a stay: free up to `free_minutes`; otherwise every started hour of

@@ -1,0 +1,542 @@
+//! Parking sessions (无感支付): a plate's stay at a car park from the entry its barrier
+//! read to the exit, priced by the tariff in force at entry, and how it is paid.
+
+use std::{fmt, sync::Arc};
+
+use super::{CarPark, CarParkId, DriverId, Error, OperatorId, Plate, RegionId, Tariff, Timestamp};
+
+super::reservation::owned_id!(
+    /// A session's id: `<car park id>~<the entry report's sequence, base 36>`, so the
+    /// same entry opens the same session on every instance, and a resent report
+    /// (refused as a duplicate) opens none.
+    SessionId,
+    CarParkId,
+    car_park,
+    "session",
+    "car park"
+);
+
+impl SessionId {
+    /// The session an entry report with `sequence` opens at `car_park`; an exit with no
+    /// session to close gets one the same way, from its own sequence.
+    pub fn of_report(car_park: &CarParkId, sequence: u64) -> Self {
+        let mut digits = Vec::new();
+        let mut n = sequence;
+        loop {
+            digits.push(char::from_digit((n % 36) as u32, 36).expect("below 36"));
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        let suffix: String = digits.iter().rev().collect();
+        Self::new(car_park, &suffix)
+    }
+}
+
+/// The colour of a Chinese number plate, which tells the vehicle's class (blue: small
+/// car; yellow: large vehicle; green: new energy; white: police and state; black:
+/// foreign and consular).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PlateColor {
+    #[default]
+    Unspecified,
+    Blue,
+    Yellow,
+    Green,
+    White,
+    Black,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Entered, not yet left.
+    Open,
+    /// Left; the fee was charged to the driver's payment method.
+    ClosedPaid,
+    /// Left with a fee not (yet) paid: an unlinked plate pays at the barrier, a
+    /// linked plate's charge is pending or failed (then it is arrears).
+    ClosedUnpaid,
+    /// Left with nothing to pay (free minutes, a prepaid window).
+    ClosedFree,
+    /// Never a stay to charge: replaced by a second entry, or an exit without entry.
+    Voided,
+}
+
+impl SessionState {
+    pub fn is_closed(self) -> bool {
+        !matches!(self, Self::Open)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::ClosedPaid => "closed_paid",
+            Self::ClosedUnpaid => "closed_unpaid",
+            Self::ClosedFree => "closed_free",
+            Self::Voided => "voided",
+        }
+    }
+}
+
+/// How a session's fee is paid.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentMethod {
+    /// Nothing to pay, or not decided yet.
+    #[default]
+    None,
+    /// The driver's built-in wallet.
+    Wallet,
+    /// The external payment gateway.
+    Gateway,
+    /// At the car park (an unlinked plate): the operator collects it.
+    Barrier,
+}
+
+/// Where a payment stands.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    #[default]
+    NotNeeded,
+    /// To be charged (again, after a failed attempt).
+    Pending,
+    Succeeded,
+    /// Refused for good (the wallet below its overdraft, the gateway declined): arrears.
+    Failed,
+}
+
+/// A session's payment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Payment {
+    pub method: PaymentMethod,
+    pub status: PaymentStatus,
+    /// Attempts made to charge it.
+    pub attempts: u32,
+    /// The ledger entry's or the gateway's receipt, once paid.
+    pub receipt_id: String,
+    /// Why the last attempt failed, in words for the driver.
+    pub failure: String,
+}
+
+/// What a session noticed that a person may want to look at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionFlags {
+    /// The exit was stamped before the entry (two devices' clocks disagree): the stay
+    /// counts as no length.
+    pub clock_skew: bool,
+    /// The plate had arrears when it entered: the car park may ask for back-pay.
+    pub arrears_at_entry: bool,
+    /// An exit with no entry on record: a stay of unknown length, not charged.
+    pub exit_without_entry: bool,
+}
+
+/// A prepaid window a session fulfils: a reservation's or a shared booking's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Prepaid {
+    /// The reservation's or booking's id.
+    pub id: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+/// A plate read by a barrier's camera: the plate, its colour, the lane and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlateRead {
+    pub plate: Plate,
+    pub color: PlateColor,
+    /// The lane, as the operator names it (may be empty).
+    pub lane: String,
+    pub at: Timestamp,
+}
+
+/// One plate's stay at one car park.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParkingSession {
+    pub id: SessionId,
+    pub region: RegionId,
+    pub operator: OperatorId,
+    /// `None` once pseudonymised (`--session-retention-days` after it closed).
+    pub plate: Option<Plate>,
+    pub plate_color: PlateColor,
+    /// The entry lane, as the operator names it (may be empty).
+    pub lane: String,
+    /// `None` for an exit without entry.
+    pub entry_time: Option<Timestamp>,
+    pub exit_time: Option<Timestamp>,
+    pub state: SessionState,
+    pub fee_minor: i64,
+    /// The tariff in force at entry, which prices the session whatever the operator
+    /// changes later, and its version.
+    pub tariff: Tariff,
+    pub tariff_version: u32,
+    pub prepaid: Option<Prepaid>,
+    /// The driver the plate was linked to when the session closed, who pays.
+    pub driver: Option<DriverId>,
+    pub payment: Payment,
+    pub flags: SessionFlags,
+    /// Why it was voided.
+    pub void_reason: String,
+}
+
+impl ParkingSession {
+    /// The session an entry of `plate` opens at `car_park` at `at`.
+    pub fn enter(
+        id: SessionId,
+        car_park: &CarPark,
+        read: PlateRead,
+        prepaid: Option<Prepaid>,
+        arrears: bool,
+    ) -> Self {
+        Self {
+            id,
+            region: car_park.region.clone(),
+            operator: car_park.operator.clone(),
+            plate: Some(read.plate),
+            plate_color: read.color,
+            lane: read.lane,
+            entry_time: Some(read.at),
+            exit_time: None,
+            state: SessionState::Open,
+            fee_minor: 0,
+            tariff: car_park.tariff.clone(),
+            tariff_version: car_park.tariff.version,
+            prepaid,
+            driver: None,
+            payment: Payment::default(),
+            flags: SessionFlags {
+                arrears_at_entry: arrears,
+                ..SessionFlags::default()
+            },
+            void_reason: String::new(),
+        }
+    }
+
+    /// The record of an exit of `plate` that closes no session: flagged, not charged.
+    pub fn exit_without_entry(id: SessionId, car_park: &CarPark, read: PlateRead) -> Self {
+        let at = read.at;
+        let mut session = Self::enter(id, car_park, read, None, false);
+        session.entry_time = None;
+        session.exit_time = Some(at);
+        session.state = SessionState::Voided;
+        session.flags.exit_without_entry = true;
+        session.void_reason = "an exit with no entry on record: a stay of unknown length".into();
+        session
+    }
+
+    /// Voids an open session: its plate entered again before it left (a missed exit
+    /// read), so its length is unknown and it is not charged.
+    pub fn void(&mut self, at: Timestamp, reason: &str) -> Result<(), Error> {
+        self.check_open()?;
+        self.state = SessionState::Voided;
+        self.exit_time = Some(at);
+        self.void_reason = reason.to_owned();
+        Ok(())
+    }
+
+    /// Closes the session at its exit at `at`. Its fee is the tariff's at entry, with
+    /// a prepaid window credited. `payer` is the plate's linked driver and the method
+    /// they pay with, if any; an unlinked plate pays at the barrier.
+    pub fn exit(
+        &mut self,
+        at: Timestamp,
+        payer: Option<(DriverId, PaymentMethod)>,
+    ) -> Result<(), Error> {
+        self.check_open()?;
+        let entry = self.entry_time.expect("an open session has an entry");
+        self.flags.clock_skew = at < entry;
+        let window = self.prepaid.as_ref().map(|p| (p.start, p.end));
+        self.fee_minor = self.tariff.fee(entry, at, window);
+        self.exit_time = Some(at);
+        if self.fee_minor == 0 {
+            self.state = SessionState::ClosedFree;
+            return Ok(());
+        }
+        self.state = SessionState::ClosedUnpaid;
+        self.payment = match payer {
+            Some((driver, method)) => {
+                self.driver = Some(driver);
+                Payment {
+                    method,
+                    status: PaymentStatus::Pending,
+                    ..Payment::default()
+                }
+            }
+            None => Payment {
+                method: PaymentMethod::Barrier,
+                status: PaymentStatus::NotNeeded,
+                ..Payment::default()
+            },
+        };
+        Ok(())
+    }
+
+    /// Records a successful charge: the session is paid.
+    pub fn paid(&mut self, receipt_id: &str) -> Result<(), Error> {
+        self.check_charge()?;
+        self.payment.attempts += 1;
+        self.payment.status = PaymentStatus::Succeeded;
+        self.payment.receipt_id = receipt_id.to_owned();
+        self.payment.failure.clear();
+        self.state = SessionState::ClosedPaid;
+        Ok(())
+    }
+
+    /// Records a failed attempt: `final_` says it will not be retried (the charge was
+    /// refused), which leaves the fee as arrears.
+    pub fn charge_failed(&mut self, why: &str, final_: bool) -> Result<(), Error> {
+        self.check_charge()?;
+        self.payment.attempts += 1;
+        self.payment.failure = why.to_owned();
+        if final_ {
+            self.payment.status = PaymentStatus::Failed;
+        }
+        Ok(())
+    }
+
+    /// A fee owed by the plate's driver: charged and refused for good.
+    pub fn is_arrears(&self) -> bool {
+        self.state == SessionState::ClosedUnpaid && self.payment.status == PaymentStatus::Failed
+    }
+
+    /// A charge to make (again).
+    pub fn is_due(&self) -> bool {
+        self.state == SessionState::ClosedUnpaid && self.payment.status == PaymentStatus::Pending
+    }
+
+    /// Forgets the plate of a session closed before `cutoff` (retention of personal
+    /// data); says whether it did.
+    pub fn pseudonymise(&mut self, cutoff: Timestamp) -> bool {
+        let closed_before =
+            self.state.is_closed() && self.exit_time.is_some_and(|t| t < cutoff) && !self.is_due();
+        if closed_before && self.plate.is_some() {
+            self.plate = None;
+            return true;
+        }
+        false
+    }
+
+    /// The plate as a viewer may see it: whole for the driver who pays and the car
+    /// park's operator, masked for anyone else.
+    pub fn plate_for(&self, viewer: &Viewer<'_>) -> String {
+        let Some(plate) = &self.plate else {
+            return String::new();
+        };
+        let whole = match viewer {
+            Viewer::Operator(o) => *o == &self.operator,
+            Viewer::Driver(d) => self.driver.as_ref() == Some(*d),
+        };
+        if whole {
+            plate.as_str().to_owned()
+        } else {
+            plate.masked()
+        }
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.state == SessionState::Open {
+            Ok(())
+        } else {
+            Err(Error::FailedPrecondition(format!(
+                "session {} is {}, not open",
+                self.id,
+                self.state.as_str()
+            )))
+        }
+    }
+
+    fn check_charge(&self) -> Result<(), Error> {
+        if self.is_due() {
+            Ok(())
+        } else {
+            Err(Error::FailedPrecondition(format!(
+                "session {} has no charge pending",
+                self.id
+            )))
+        }
+    }
+}
+
+/// Who looks at a session.
+#[derive(Debug, Clone, Copy)]
+pub enum Viewer<'a> {
+    Operator(&'a OperatorId),
+    Driver(&'a DriverId),
+}
+
+impl fmt::Display for PlateColor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unspecified => "unspecified",
+            Self::Blue => "blue",
+            Self::Yellow => "yellow",
+            Self::Green => "green",
+            Self::White => "white",
+            Self::Black => "black",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(minutes: i64) -> Timestamp {
+        let start: Timestamp = "2026-12-01T08:00:00Z".parse().unwrap();
+        Timestamp::from_second(start.as_second() + minutes * 60).unwrap()
+    }
+
+    fn car_park() -> CarPark {
+        let mut c = crate::domain::reservation::tests::car_park(5);
+        c.tariff = Tariff::new("CNY", 500, 3000, 15).unwrap();
+        c.tariff.version = 3;
+        c
+    }
+
+    fn read(color: PlateColor, lane: &str, at: Timestamp) -> PlateRead {
+        PlateRead {
+            plate: Plate::parse("鲁B 12345").unwrap(),
+            color,
+            lane: lane.to_owned(),
+            at,
+        }
+    }
+
+    #[test]
+    fn a_session_is_priced_by_the_tariff_at_entry_and_paid_once() {
+        let mut park = car_park();
+        let id = SessionId::of_report(&park.id, 1_000);
+        assert_eq!(id.as_str(), "g1~rs");
+        let mut s = ParkingSession::enter(
+            id,
+            &park,
+            read(PlateColor::Blue, "in-1", at(0)),
+            None,
+            false,
+        );
+        // The operator doubles the rate after the entry: the session keeps its own.
+        park.tariff.hourly_rate = 1000;
+        assert_eq!(s.tariff_version, 3);
+        let ann = DriverId::parse("ann").unwrap();
+        s.exit(at(90), Some((ann.clone(), PaymentMethod::Wallet)))
+            .unwrap();
+        assert_eq!((s.state, s.fee_minor), (SessionState::ClosedUnpaid, 1000));
+        assert!(s.is_due());
+        s.charge_failed("the gateway timed out", false).unwrap();
+        assert!(s.is_due(), "a timeout is retried");
+        s.paid("charge:g1~rs").unwrap();
+        assert_eq!(s.state, SessionState::ClosedPaid);
+        assert_eq!(s.payment.attempts, 2);
+        assert!(s.paid("again").is_err(), "paid once");
+        assert!(s.exit(at(100), None).is_err(), "closed once");
+    }
+
+    #[test]
+    fn the_edge_cases_are_explicit() {
+        let park = car_park();
+        // Within the free minutes.
+        let mut s = ParkingSession::enter(
+            SessionId::of_report(&park.id, 1),
+            &park,
+            read(PlateColor::Green, "", at(0)),
+            None,
+            false,
+        );
+        s.exit(at(10), None).unwrap();
+        assert_eq!(s.state, SessionState::ClosedFree);
+        // An unlinked plate pays at the barrier.
+        let mut s = ParkingSession::enter(
+            SessionId::of_report(&park.id, 2),
+            &park,
+            read(PlateColor::Blue, "", at(0)),
+            None,
+            true,
+        );
+        assert!(s.flags.arrears_at_entry);
+        s.exit(at(61), None).unwrap();
+        assert_eq!(
+            (s.state, s.payment.method, s.fee_minor),
+            (SessionState::ClosedUnpaid, PaymentMethod::Barrier, 1000)
+        );
+        assert!(!s.is_due());
+        // The exit device's clock is behind the entry's.
+        let mut s = ParkingSession::enter(
+            SessionId::of_report(&park.id, 3),
+            &park,
+            read(PlateColor::Blue, "", at(30)),
+            None,
+            false,
+        );
+        s.exit(at(20), None).unwrap();
+        assert!(s.flags.clock_skew);
+        assert_eq!(s.state, SessionState::ClosedFree);
+        // A reservation's window is prepaid; the overstay is charged.
+        let prepaid = Prepaid {
+            id: "g1~abc".into(),
+            start: at(0),
+            end: at(120),
+        };
+        let mut s = ParkingSession::enter(
+            SessionId::of_report(&park.id, 4),
+            &park,
+            read(PlateColor::Blue, "", at(0)),
+            Some(prepaid),
+            false,
+        );
+        s.exit(at(150), None).unwrap();
+        assert_eq!(s.fee_minor, 500);
+        // A second entry voids the first; an exit without entry is flagged, not charged.
+        let mut s = ParkingSession::enter(
+            SessionId::of_report(&park.id, 5),
+            &park,
+            read(PlateColor::Blue, "", at(0)),
+            None,
+            false,
+        );
+        s.void(at(60), "the plate entered again").unwrap();
+        assert_eq!(s.state, SessionState::Voided);
+        let s = ParkingSession::exit_without_entry(
+            SessionId::of_report(&park.id, 6),
+            &park,
+            read(PlateColor::Blue, "", at(60)),
+        );
+        assert!(s.flags.exit_without_entry && s.fee_minor == 0 && s.state == SessionState::Voided);
+    }
+
+    #[test]
+    fn plates_are_masked_for_others_and_forgotten_after_retention() {
+        let park = car_park();
+        let ann = DriverId::parse("ann").unwrap();
+        let bob = DriverId::parse("bob").unwrap();
+        let mut s = ParkingSession::enter(
+            SessionId::of_report(&park.id, 1),
+            &park,
+            read(PlateColor::Blue, "", at(0)),
+            None,
+            false,
+        );
+        s.exit(at(90), Some((ann.clone(), PaymentMethod::Wallet)))
+            .unwrap();
+        assert_eq!(s.plate_for(&Viewer::Driver(&ann)), "鲁B12345");
+        assert_eq!(s.plate_for(&Viewer::Operator(&park.operator)), "鲁B12345");
+        assert_eq!(s.plate_for(&Viewer::Driver(&bob)), "*****45");
+        assert!(
+            !s.pseudonymise(at(1000)),
+            "a charge still due keeps its plate"
+        );
+        s.paid("r").unwrap();
+        assert!(!s.pseudonymise(at(90)), "not before the cutoff");
+        assert!(s.pseudonymise(at(1000)));
+        assert_eq!(s.plate_for(&Viewer::Driver(&ann)), "");
+    }
+}
