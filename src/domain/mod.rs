@@ -15,6 +15,7 @@ mod session;
 mod shared;
 mod tariff;
 mod text;
+mod wallet;
 
 pub use carpark::{
     Applied, CATEGORY_COUNT, Capacity, CarPark, CarParkKind, CarParkState, CarParkStatus,
@@ -46,6 +47,7 @@ pub use shared::{
 };
 pub use tariff::{Stay, Tariff};
 pub use text::check_text;
+pub use wallet::{Account, EntryKind, LedgerEntry, MAX_AMOUNT, Wallet};
 
 /// A point in time; the domain takes "now" as an argument and never reads a clock.
 pub type Timestamp = jiff::Timestamp;
