@@ -38,7 +38,7 @@ pub use reservation::{
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
 pub use session::{
     ParkingSession, Payment, PaymentMethod, PaymentStatus, PlateColor, PlateRead, Prepaid,
-    SessionFlags, SessionId, SessionState, Viewer,
+    SessionFlags, SessionId, SessionState, Settlement, Viewer,
 };
 pub use shared::{
     Blackout, Booked, BookingId, BookingRequest, BookingState, CancelledBy, MAX_SPACES, OfferState,

@@ -367,6 +367,87 @@ impl ParkingSession {
     }
 }
 
+/// One operator's local day of sessions (清分): what a city reconciles with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settlement {
+    pub currency: String,
+    pub sessions_paid: u32,
+    pub sessions_unpaid: u32,
+    pub sessions_free: u32,
+    pub sessions_voided: u32,
+    /// Fees charged to wallets and gateways.
+    pub revenue_minor: i64,
+    /// Fees refunded from the operator's revenue.
+    pub refunds_minor: i64,
+    /// Fees refused for good: owed by drivers.
+    pub arrears_minor: i64,
+    /// Fees of unlinked plates, for the operator to collect at the car park.
+    pub barrier_minor: i64,
+}
+
+impl Settlement {
+    /// The settlement of `day` from the sessions that closed on it, each with the time
+    /// zone of its car park (a day is local), and the refunds posted on it. A session
+    /// counts on the local day of its exit; one still open counts on none. Sessions in
+    /// two currencies cannot be settled as one.
+    pub fn of_day<'a>(
+        day: jiff::civil::Date,
+        sessions: impl IntoIterator<Item = (&'a ParkingSession, &'a jiff::tz::TimeZone)>,
+        refunds: impl IntoIterator<Item = (&'a super::LedgerEntry, &'a jiff::tz::TimeZone)>,
+    ) -> Result<Self, Error> {
+        let on_day =
+            |at: Timestamp, zone: &jiff::tz::TimeZone| at.to_zoned(zone.clone()).date() == day;
+        let mut settlement = Self::default();
+        let currency = |c: &str, settlement: &mut Self| -> Result<(), Error> {
+            if settlement.currency.is_empty() {
+                settlement.currency = c.to_owned();
+            }
+            if settlement.currency == c {
+                Ok(())
+            } else {
+                Err(Error::FailedPrecondition(format!(
+                    "the day has fees in {} and in {c}: settle each currency apart",
+                    settlement.currency
+                )))
+            }
+        };
+        for (session, zone) in sessions {
+            let Some(exit) = session.exit_time else {
+                continue;
+            };
+            if !on_day(exit, zone) {
+                continue;
+            }
+            match session.state {
+                SessionState::Open => {}
+                SessionState::ClosedPaid => {
+                    currency(&session.tariff.currency, &mut settlement)?;
+                    settlement.sessions_paid += 1;
+                    settlement.revenue_minor += session.fee_minor;
+                }
+                SessionState::ClosedUnpaid => {
+                    currency(&session.tariff.currency, &mut settlement)?;
+                    settlement.sessions_unpaid += 1;
+                    if session.is_arrears() {
+                        settlement.arrears_minor += session.fee_minor;
+                    } else if session.payment.method == PaymentMethod::Barrier {
+                        settlement.barrier_minor += session.fee_minor;
+                    }
+                }
+                SessionState::ClosedFree => settlement.sessions_free += 1,
+                SessionState::Voided => settlement.sessions_voided += 1,
+            }
+        }
+        for (entry, zone) in refunds {
+            if entry.kind == super::EntryKind::Refund && on_day(entry.at, zone) {
+                currency(&entry.currency, &mut settlement)?;
+                settlement.refunds_minor += entry.amount_minor;
+            }
+        }
+        Ok(settlement)
+    }
+}
+
 /// Who looks at a session.
 #[derive(Debug, Clone, Copy)]
 pub enum Viewer<'a> {
@@ -511,6 +592,60 @@ mod tests {
             read(PlateColor::Blue, "", at(60)),
         );
         assert!(s.flags.exit_without_entry && s.fee_minor == 0 && s.state == SessionState::Voided);
+    }
+
+    #[test]
+    fn a_day_is_settled_by_the_local_day_of_each_exit() {
+        let park = car_park();
+        let zone = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+        let ann = DriverId::parse("ann").unwrap();
+        let session = |n: u64, exit: i64, payer: Option<(DriverId, PaymentMethod)>| {
+            let mut s = ParkingSession::enter(
+                SessionId::of_report(&park.id, n),
+                &park,
+                read(PlateColor::Blue, "", at(0)),
+                None,
+                false,
+            );
+            s.exit(at(exit), payer).unwrap();
+            s
+        };
+        // 08:00Z is 16:00 in Shanghai: an exit 8 hours later (00:00 next day there)
+        // belongs to the next local day.
+        let mut paid = session(1, 90, Some((ann.clone(), PaymentMethod::Wallet)));
+        paid.paid("r1").unwrap();
+        let mut refused = session(2, 61, Some((ann.clone(), PaymentMethod::Wallet)));
+        refused.charge_failed("balance too low", true).unwrap();
+        let barrier = session(3, 120, None);
+        let free = session(4, 10, None);
+        let tomorrow = session(5, 8 * 60, None);
+        let open = ParkingSession::enter(
+            SessionId::of_report(&park.id, 6),
+            &park,
+            read(PlateColor::Blue, "", at(0)),
+            None,
+            false,
+        );
+        let all = [&paid, &refused, &barrier, &free, &tomorrow, &open];
+        let day: jiff::civil::Date = "2026-12-01".parse().unwrap();
+        let settled = Settlement::of_day(day, all.iter().map(|s| (*s, &zone)), []).unwrap();
+        assert_eq!(
+            settled,
+            Settlement {
+                currency: "CNY".into(),
+                sessions_paid: 1,
+                sessions_unpaid: 2,
+                sessions_free: 1,
+                sessions_voided: 0,
+                revenue_minor: 1000,
+                refunds_minor: 0,
+                arrears_minor: 1000,
+                barrier_minor: 1000,
+            }
+        );
+        let next: jiff::civil::Date = "2026-12-02".parse().unwrap();
+        let settled = Settlement::of_day(next, all.iter().map(|s| (*s, &zone)), []).unwrap();
+        assert_eq!((settled.sessions_unpaid, settled.barrier_minor), (1, 3000));
     }
 
     #[test]
