@@ -37,8 +37,8 @@ pub use reservation::{
 };
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
 pub use session::{
-    ParkingSession, Payment, PaymentMethod, PaymentStatus, PlateColor, PlateRead, Prepaid,
-    SessionFlags, SessionId, SessionState, Settlement, Viewer,
+    MAX_PLATES_PER_DRIVER, ParkingSession, Payment, PaymentMethod, PaymentStatus, PlateColor,
+    PlateLink, PlateRead, Prepaid, SessionFlags, SessionId, SessionState, Settlement, Viewer,
 };
 pub use shared::{
     Blackout, Booked, BookingId, BookingRequest, BookingState, CancelledBy, MAX_SPACES, OfferState,

@@ -367,6 +367,82 @@ impl ParkingSession {
     }
 }
 
+/// Most plates one driver may link.
+pub const MAX_PLATES_PER_DRIVER: usize = 5;
+
+/// A plate linked to a driver: its sessions are charged to the driver's method.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlateLink {
+    pub plate: Plate,
+    pub color: PlateColor,
+    pub driver: DriverId,
+    /// WALLET or GATEWAY.
+    pub method: PaymentMethod,
+    pub linked_at: Timestamp,
+}
+
+impl PlateLink {
+    /// `driver` links `plate`, given the link the plate has now (`current`) and how many
+    /// plates the driver has linked. Linking one's own plate again changes its colour
+    /// and method; a plate linked to another driver must be unlinked by them first.
+    pub fn link(
+        current: Option<&PlateLink>,
+        driver_plates: usize,
+        plate: Plate,
+        color: PlateColor,
+        driver: &DriverId,
+        method: PaymentMethod,
+        at: Timestamp,
+    ) -> Result<Self, Error> {
+        if !matches!(method, PaymentMethod::Wallet | PaymentMethod::Gateway) {
+            return Err(Error::invalid(
+                "payment_method",
+                "a linked plate pays by WALLET or GATEWAY",
+            ));
+        }
+        match current {
+            Some(link) if &link.driver != driver => {
+                return Err(Error::FailedPrecondition(
+                    "this plate is linked to another driver, who must unlink it first".into(),
+                ));
+            }
+            Some(link) => {
+                return Ok(Self {
+                    color,
+                    method,
+                    ..link.clone()
+                });
+            }
+            None if driver_plates >= MAX_PLATES_PER_DRIVER => {
+                return Err(Error::FailedPrecondition(format!(
+                    "a driver may link at most {MAX_PLATES_PER_DRIVER} plates"
+                )));
+            }
+            None => {}
+        }
+        Ok(Self {
+            plate,
+            color,
+            driver: driver.clone(),
+            method,
+            linked_at: at,
+        })
+    }
+
+    /// Whether `driver` may unlink it: only its own driver; anyone else is told it is
+    /// not found, so plates reveal nothing.
+    pub fn check_unlink(&self, driver: &DriverId) -> Result<(), Error> {
+        if &self.driver == driver {
+            Ok(())
+        } else {
+            Err(Error::NotFound {
+                kind: "linked plate",
+                id: self.plate.masked(),
+            })
+        }
+    }
+}
+
 /// One operator's local day of sessions (清分): what a city reconciles with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settlement {
@@ -592,6 +668,80 @@ mod tests {
             read(PlateColor::Blue, "", at(60)),
         );
         assert!(s.flags.exit_without_entry && s.fee_minor == 0 && s.state == SessionState::Voided);
+    }
+
+    #[test]
+    fn a_plate_is_linked_to_one_driver_at_a_time() {
+        let (ann, bob) = (
+            DriverId::parse("ann").unwrap(),
+            DriverId::parse("bob").unwrap(),
+        );
+        let plate = || Plate::parse("鲁B12345").unwrap();
+        let link = PlateLink::link(
+            None,
+            0,
+            plate(),
+            PlateColor::Blue,
+            &ann,
+            PaymentMethod::Wallet,
+            at(0),
+        )
+        .unwrap();
+        // Again by ann: the colour and method change, the link's time stays.
+        let again = PlateLink::link(
+            Some(&link),
+            1,
+            plate(),
+            PlateColor::Green,
+            &ann,
+            PaymentMethod::Gateway,
+            at(5),
+        )
+        .unwrap();
+        assert_eq!(
+            (again.color, again.method, again.linked_at),
+            (PlateColor::Green, PaymentMethod::Gateway, at(0))
+        );
+        let taken = PlateLink::link(
+            Some(&link),
+            0,
+            plate(),
+            PlateColor::Blue,
+            &bob,
+            PaymentMethod::Wallet,
+            at(5),
+        )
+        .unwrap_err();
+        assert!(matches!(taken, Error::FailedPrecondition(_)), "{taken}");
+        assert!(
+            PlateLink::link(
+                None,
+                MAX_PLATES_PER_DRIVER,
+                plate(),
+                PlateColor::Blue,
+                &bob,
+                PaymentMethod::Wallet,
+                at(5)
+            )
+            .is_err()
+        );
+        assert!(
+            PlateLink::link(
+                None,
+                0,
+                plate(),
+                PlateColor::Blue,
+                &bob,
+                PaymentMethod::Barrier,
+                at(5)
+            )
+            .is_err()
+        );
+        assert!(link.check_unlink(&ann).is_ok());
+        assert!(matches!(
+            link.check_unlink(&bob),
+            Err(Error::NotFound { .. })
+        ));
     }
 
     #[test]
