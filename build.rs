@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "proto/citypark/v1/availability.proto",
     "proto/citypark/v1/reservations.proto",
     "proto/citypark/v1/shared.proto",
+    "proto/citypark/v1/sessions.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

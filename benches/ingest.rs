@@ -117,7 +117,7 @@ async fn publish(
                             body: Some(pb::occupancy_report::Body::Delta(pb::DeltaReport {
                                 entries: vec![category(pb::SpaceCategory::Standard, 1)],
                                 exits: vec![category(pb::SpaceCategory::Standard, 1)],
-                                plate: String::new(),
+                                ..Default::default()
                             })),
                             restart_sequence: false,
                         }

@@ -264,6 +264,7 @@ fn dress(rng: &mut Rng, index: usize, site: Site) -> pb::CarPark {
             hourly_rate_minor: hourly,
             daily_cap_minor: daily_cap,
             free_minutes,
+            ..Default::default()
         }),
         covered,
         max_height_cm,

@@ -257,6 +257,7 @@ impl SimPark {
                 entries,
                 exits,
                 plate: plate.to_owned(),
+                ..Default::default()
             })),
             restart_sequence: false,
         })
@@ -315,7 +316,7 @@ impl SimPark {
             bodies.push(Body::Delta(pb::DeltaReport {
                 entries,
                 exits,
-                plate: String::new(),
+                ..Default::default()
             }));
         }
         if snapshot_round || bodies.is_empty() {

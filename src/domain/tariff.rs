@@ -55,8 +55,13 @@ pub struct Tariff {
     pub free_minutes: u32,
     /// Counts the car park's changes of prices (1 for its first tariff): a session
     /// records the version it was priced by.
-    #[serde(default)]
+    /// Records written before tariffs had versions read as version 1.
+    #[serde(default = "first_version")]
     pub version: u32,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 impl Default for Tariff {

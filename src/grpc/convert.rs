@@ -333,6 +333,7 @@ pub fn pb_car_park(c: &CarPark) -> pb::CarPark {
             hourly_rate_minor: c.tariff.hourly_rate,
             daily_cap_minor: c.tariff.daily_cap,
             free_minutes: c.tariff.free_minutes as i32,
+            version: c.tariff.version,
         }),
         covered: c.covered,
         max_height_cm: c.max_height_cm.map_or(0, |h| h as i32),

@@ -729,6 +729,7 @@ fn fixture_car_park(id: &str, region: &str, kind: pb::CarParkKind) -> pb::CarPar
             hourly_rate_minor: 500,
             daily_cap_minor: 3000,
             free_minutes: 15,
+            ..Default::default()
         }),
         report_interval_seconds: 60,
         ..Default::default()

@@ -253,6 +253,7 @@ async fn a_stay_is_priced_and_max_price_filters_by_it() {
             hourly_rate_minor: hourly,
             daily_cap_minor: cap,
             free_minutes,
+            version: 1,
         })
     };
     let now = server.now();

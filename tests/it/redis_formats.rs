@@ -261,6 +261,7 @@ async fn state_and_changes_an_older_version_wrote_are_served_and_applied() {
                 hourly_rate_minor: 550,
                 daily_cap_minor: 4500,
                 free_minutes: 30,
+                version: 1,
             }),
             covered: false,
             max_height_cm: 0,

@@ -200,6 +200,7 @@ fn every_field(id: &str) -> pb::CarPark {
             hourly_rate_minor: 800,
             daily_cap_minor: 0,
             free_minutes: 0,
+            version: 1,
         }),
         covered: true,
         max_height_cm: 210,

@@ -428,6 +428,7 @@ pub fn garage(id: &str, lat: f64, lon: f64) -> pb::CarPark {
             hourly_rate_minor: 500,
             daily_cap_minor: 3000,
             free_minutes: 15,
+            version: 1,
         }),
         report_interval_seconds: 60,
         ..Default::default()
@@ -576,7 +577,7 @@ pub fn delta(
         body: Some(pb::occupancy_report::Body::Delta(pb::DeltaReport {
             entries: standard(entries),
             exits: standard(exits),
-            plate: String::new(),
+            ..Default::default()
         })),
     }
 }

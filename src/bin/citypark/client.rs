@@ -578,6 +578,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
             entries: args.enter,
             exits: args.exit,
             plate: args.plate.unwrap_or_default(),
+            ..Default::default()
         })
     };
     let sequence = args.sequence.unwrap_or_else(|| {
