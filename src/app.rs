@@ -17,7 +17,7 @@ use crate::{
     grpc::{AdmissionLayer, Api, MetricsLayer, RateLimits},
     net::{self, ConnLimits},
     pb,
-    service::{Limits, Service},
+    service::{Limits, Payments, Service},
     store::{
         AnyStore, Store,
         embedded::EmbeddedStore,
@@ -104,6 +104,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     pub shutdown_grace: Duration,
     pub status_sweep: Duration,
+    /// How sessions are paid, and how long their plates are kept.
+    pub payments: Payments,
     /// Browser origins allowed to call over gRPC-Web; empty means any.
     pub cors_origins: Vec<http::HeaderValue>,
 }
@@ -122,6 +124,7 @@ impl Default for Settings {
             tls: None,
             shutdown_grace: Duration::from_secs(10),
             status_sweep: Duration::from_secs(5),
+            payments: Payments::default(),
             cors_origins: Vec::new(),
         }
     }
@@ -197,19 +200,21 @@ fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
 const MIN_STOP: Duration = Duration::from_secs(3);
 
 /// The services that write through the store: out of rotation while it is down.
-const WRITE_SERVICES: [&str; 4] = [
+const WRITE_SERVICES: [&str; 5] = [
     pb::registry_server::SERVICE_NAME,
     pb::ingest_server::SERVICE_NAME,
     pb::reservations_server::SERVICE_NAME,
     pb::shared_parking_server::SERVICE_NAME,
+    pb::sessions_server::SERVICE_NAME,
 ];
 /// Every citypark service.
-const ALL_SERVICES: [&str; 5] = [
+const ALL_SERVICES: [&str; 6] = [
     pb::registry_server::SERVICE_NAME,
     pb::ingest_server::SERVICE_NAME,
     pb::availability_server::SERVICE_NAME,
     pb::reservations_server::SERVICE_NAME,
     pb::shared_parking_server::SERVICE_NAME,
+    pb::sessions_server::SERVICE_NAME,
 ];
 
 async fn set_health(
@@ -267,7 +272,8 @@ pub async fn run(
         backend.store.clone(),
         settings.clock.clone(),
         settings.limits.clone(),
-    );
+    )
+    .with_payments(settings.payments.clone());
     let (keys, drivers) = (
         Arc::new(settings.api_keys.clone()),
         Arc::new(settings.driver_tokens.clone()),
@@ -304,25 +310,11 @@ pub async fn run(
         // Innermost, so that it sees gRPC-Web calls translated and its refusals go
         // back through the translation and CORS.
         .layer(admission)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            pb::registry_server::RegistryServer::new(api.clone()).max_decoding_message_size(max),
-        )
-        .add_service(
-            pb::ingest_server::IngestServer::new(api.clone()).max_decoding_message_size(max),
-        )
-        .add_service(
-            pb::availability_server::AvailabilityServer::new(api.clone())
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            pb::reservations_server::ReservationsServer::new(api.clone())
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            pb::shared_parking_server::SharedParkingServer::new(api).max_decoding_message_size(max),
+        .add_routes(
+            crate::grpc::routes(api, max)
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha),
         );
 
     let addr = grpc.local_addr().ok();
@@ -383,6 +375,11 @@ pub async fn run(
         let every = settings.status_sweep.min(Duration::from_secs(1));
         tokio::spawn(async move { service.sweep_reservations(every, token).await })
     };
+    let session_sweeper = {
+        let (service, token) = (service.clone(), token.clone());
+        let every = settings.status_sweep.min(Duration::from_secs(1));
+        tokio::spawn(async move { service.sweep_sessions(every, token).await })
+    };
 
     tracing::info!(addr = ?addr, store = backend.store.name(), car_parks = backend.engine.len(), "citypark serving");
     let early = tokio::select! {
@@ -423,6 +420,7 @@ pub async fn run(
         port_tasks.wait().await;
         let _ = sweeper.await;
         let _ = reservation_sweeper.await;
+        let _ = session_sweeper.await;
         if let Some(task) = store_health {
             let _ = task.await;
         }

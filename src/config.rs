@@ -109,6 +109,19 @@ pub struct ServeConfig {
     )]
     pub max_active_reservations_per_driver: usize,
 
+    /// The currency of drivers' built-in wallets (ISO 4217); sessions priced in another
+    /// currency are not charged to them.
+    #[arg(long, env = "CITYPARK_WALLET_CURRENCY", default_value = "CNY")]
+    pub wallet_currency: String,
+
+    /// How far below zero a session's charge may take a wallet, in minor units.
+    #[arg(long, env = "CITYPARK_WALLET_OVERDRAFT_MINOR", default_value_t = 0)]
+    pub wallet_overdraft_minor: i64,
+
+    /// Days after its exit a closed session's plate is forgotten (pseudonymised).
+    #[arg(long, env = "CITYPARK_SESSION_RETENTION_DAYS", default_value_t = 90)]
+    pub session_retention_days: u32,
+
     /// Most watch streams open at once, in all.
     #[arg(long, env = "CITYPARK_MAX_WATCHERS", default_value_t = 10_000)]
     pub max_watchers: usize,
@@ -313,6 +326,26 @@ impl ServeConfig {
                 "must be 1 to 1000",
             ));
         }
+        let currency_ok = self.wallet_currency.len() == 3
+            && self.wallet_currency.chars().all(|c| c.is_ascii_uppercase());
+        if !currency_ok {
+            return Err(Error::invalid(
+                "--wallet-currency",
+                "must be an ISO 4217 code, e.g. CNY",
+            ));
+        }
+        if !(0..=crate::domain::MAX_AMOUNT).contains(&self.wallet_overdraft_minor) {
+            return Err(Error::invalid(
+                "--wallet-overdraft-minor",
+                format!("must be 0 to {}", crate::domain::MAX_AMOUNT),
+            ));
+        }
+        if !(1..=3_650).contains(&self.session_retention_days) {
+            return Err(Error::invalid(
+                "--session-retention-days",
+                "must be 1 to 3650",
+            ));
+        }
         self.cors_origins()?;
         Ok(())
     }
@@ -402,6 +435,13 @@ impl ServeConfig {
                 }),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             status_sweep: Duration::from_secs(self.status_sweep_secs),
+            payments: crate::service::Payments {
+                currency: self.wallet_currency.clone(),
+                overdraft_minor: self.wallet_overdraft_minor,
+                session_retention: Duration::from_secs(
+                    u64::from(self.session_retention_days) * 24 * 3600,
+                ),
+            },
             // Checked by `validate`.
             cors_origins: self.cors_origins().unwrap_or_default(),
             ..crate::app::Settings::default()

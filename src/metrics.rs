@@ -29,6 +29,11 @@ pub const RESERVATIONS_ACTIVE: &str = "citypark_reservations_active";
 pub const SHARED: &str = "citypark_shared_total";
 pub const SHARED_OFFERS: &str = "citypark_shared_offers";
 pub const SHARED_BOOKINGS: &str = "citypark_shared_bookings";
+pub const SESSIONS_TOTAL: &str = "citypark_sessions_total";
+pub const SESSIONS: &str = "citypark_sessions";
+pub const PAYMENTS: &str = "citypark_payments_total";
+pub const ARREARS: &str = "citypark_arrears_minor";
+pub const ARREARS_SESSIONS: &str = "citypark_sessions_in_arrears";
 pub const CONNECTIONS: &str = "citypark_connections";
 pub const CONNECTIONS_REFUSED: &str = "citypark_connections_refused_total";
 pub const CONNECTIONS_CLOSED: &str = "citypark_connections_closed_total";
@@ -113,6 +118,31 @@ fn describe() {
         SHARED_BOOKINGS,
         Unit::Count,
         "shared bookings in this instance's replica, by state"
+    );
+    describe_counter!(
+        SESSIONS_TOTAL,
+        Unit::Count,
+        "plates read at gates by what they did to parking sessions (opened, voided_previous, closed_free, closed_to_charge, closed_at_barrier, exit_without_entry, failed)"
+    );
+    describe_gauge!(
+        SESSIONS,
+        Unit::Count,
+        "parking sessions in this instance's replica, by state"
+    );
+    describe_counter!(
+        PAYMENTS,
+        Unit::Count,
+        "charges of closed sessions by method (wallet, gateway) and result (succeeded, declined, retry, error)"
+    );
+    describe_gauge!(
+        ARREARS,
+        Unit::Count,
+        "fees charged and refused for good (arrears), in minor units, by currency"
+    );
+    describe_gauge!(
+        ARREARS_SESSIONS,
+        Unit::Count,
+        "sessions whose charge was refused for good (arrears)"
     );
     describe_gauge!(
         CONNECTIONS,
@@ -218,6 +248,27 @@ pub fn record_shared_states((active, withdrawn, bookings): (usize, usize, [usize
     gauge!(SHARED_OFFERS, "state" => "withdrawn").set(withdrawn as f64);
     for (state, n) in crate::domain::BookingState::ALL.iter().zip(bookings) {
         gauge!(SHARED_BOOKINGS, "state" => state.name().to_ascii_lowercase()).set(n as f64);
+    }
+}
+
+/// Counts one plate read at a gate by what it did to a session.
+pub fn record_session(result: &'static str) {
+    counter!(SESSIONS_TOTAL, "result" => result).increment(1);
+}
+
+/// Counts one charge attempt by method and result.
+pub fn record_payment(method: &'static str, result: &'static str) {
+    counter!(PAYMENTS, "method" => method, "result" => result).increment(1);
+}
+
+/// Sets the session gauges: sessions by state, and the arrears.
+pub fn record_session_states(counts: &crate::engine::SessionCounts) {
+    for (state, n) in crate::domain::SessionState::ALL.iter().zip(counts.by_state) {
+        gauge!(SESSIONS, "state" => state.as_str()).set(n as f64);
+    }
+    gauge!(ARREARS_SESSIONS).set(counts.arrears as f64);
+    for (currency, minor) in &counts.arrears_minor {
+        gauge!(ARREARS, "currency" => currency.clone()).set(*minor as f64);
     }
 }
 

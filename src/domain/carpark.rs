@@ -356,6 +356,7 @@ impl CarParkState {
                 Ok(Applied {
                     outcome,
                     availability: live.availability(&self.car_park, now),
+                    gate: None,
                 })
             })
             .collect();
@@ -368,6 +369,8 @@ impl CarParkState {
 pub struct Applied {
     pub outcome: ReportOutcome,
     pub availability: Availability,
+    /// What the report's plate did at the gate (a parking session), when it had one.
+    pub gate: Option<super::GateNote>,
 }
 
 #[cfg(test)]

@@ -117,6 +117,20 @@ id_type!(
     RegionId, "region", 32, |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
 );
 
+impl RegionId {
+    /// A region for places (car parks, shared offers): one starting with `_` is
+    /// reserved for the server's own shards (`_accounts-<n>`).
+    pub fn parse_place(value: &str) -> Result<Self, Error> {
+        if value.starts_with('_') {
+            return Err(Error::invalid(
+                "",
+                "regions starting with '_' are reserved for the server",
+            ));
+        }
+        Self::parse(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +151,7 @@ mod tests {
         assert!(RegionId::parse("qingdao").is_ok());
         assert!(RegionId::parse("Qingdao").is_err());
         assert!(RegionId::parse(&"q".repeat(33)).is_err());
+        assert!(RegionId::parse_place("_accounts-0").is_err());
+        assert!(RegionId::parse_place("qingdao").is_ok());
     }
 }

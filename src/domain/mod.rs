@@ -37,8 +37,9 @@ pub use reservation::{
 };
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
 pub use session::{
-    MAX_PLATES_PER_DRIVER, ParkingSession, Payment, PaymentMethod, PaymentStatus, PlateColor,
-    PlateLink, PlateRead, Prepaid, SessionFlags, SessionId, SessionState, Settlement, Viewer,
+    ACCOUNT_SHARDS, GateNote, MAX_PLATES_PER_DRIVER, OpenSession, ParkingSession, Payment,
+    PaymentMethod, PaymentStatus, PlateColor, PlateLink, PlateRead, Prepaid, SessionFlags,
+    SessionId, SessionState, Settlement, Viewer, account_regions, accounts_region,
 };
 pub use shared::{
     Blackout, Booked, BookingId, BookingRequest, BookingState, CancelledBy, MAX_SPACES, OfferState,

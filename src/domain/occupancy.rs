@@ -3,8 +3,8 @@
 use std::{collections::HashMap, time::Duration};
 
 use super::{
-    BayId, CATEGORY_COUNT, Capacity, CarPark, CarParkId, CarParkStatus, Error, SpaceCategory,
-    Timestamp,
+    BayId, CATEGORY_COUNT, Capacity, CarPark, CarParkId, CarParkStatus, Error, PlateColor,
+    SpaceCategory, Timestamp,
 };
 
 /// How far ahead of the server's clock `observed_at` may be (operators' clocks drift).
@@ -20,6 +20,10 @@ pub enum ReportBody {
         entries: [u32; CATEGORY_COUNT],
         exits: [u32; CATEGORY_COUNT],
         plate: Option<String>,
+        /// The plate's colour, when a plate is read.
+        plate_color: PlateColor,
+        /// The lane that read it, as the operator names it (may be empty).
+        lane: String,
     },
     /// One bay's sensor.
     Bay {
@@ -59,11 +63,13 @@ impl ReportBody {
     }
 
     /// Entries and exits per category; none negative. Errors name `entries[i].count`,
-    /// `exits[i].count` or `plate`.
+    /// `exits[i].count`, `plate` or `lane`.
     pub fn delta(
         entries: impl IntoIterator<Item = (SpaceCategory, i64)>,
         exits: impl IntoIterator<Item = (SpaceCategory, i64)>,
         plate: &str,
+        plate_color: PlateColor,
+        lane: &str,
     ) -> Result<Self, Error> {
         fn sum(
             name: &str,
@@ -87,10 +93,19 @@ impl ReportBody {
             }
             p => Some(p.to_owned()),
         };
+        let lane = lane.trim();
+        if lane.chars().count() > 32 || lane.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "lane",
+                "must be at most 32 printable characters",
+            ));
+        }
         Ok(Self::Delta {
             entries,
             exits,
             plate,
+            plate_color,
+            lane: lane.to_owned(),
         })
     }
 }
@@ -540,20 +555,27 @@ mod tests {
         assert!(live.apply(&cp, &future, now()).is_err());
         assert_eq!(live, before);
         assert!(ReportBody::snapshot([(Standard, -1)]).is_err());
-        assert!(ReportBody::delta([(Standard, -1)], [], "").is_err());
+        assert!(ReportBody::delta([(Standard, -1)], [], "", PlateColor::Unspecified, "").is_err());
     }
 
     #[test]
     fn deltas_clamp_and_count_drift() {
         let cp = car_park();
         let mut live = Live::new(cp.capacity);
-        let d = ReportBody::delta([(Standard, 3)], [(EvCharging, 5)], "鲁B12345").unwrap();
+        let d = ReportBody::delta(
+            [(Standard, 3)],
+            [(EvCharging, 5)],
+            "鲁B12345",
+            PlateColor::Blue,
+            "in-1",
+        )
+        .unwrap();
         assert_eq!(
             live.apply(&cp, &report(1, d), now()),
             Ok(ReportOutcome::Applied { clamped: 1 })
         );
         assert_eq!((live.free(Standard), live.free(EvCharging)), (7, 2));
-        let d = ReportBody::delta([(Standard, 20)], [], "").unwrap();
+        let d = ReportBody::delta([(Standard, 20)], [], "", PlateColor::Unspecified, "").unwrap();
         assert_eq!(
             live.apply(&cp, &report(2, d), now()),
             Ok(ReportOutcome::Applied { clamped: 1 })

@@ -283,13 +283,22 @@ pub(crate) fn key_suffix(driver: &DriverId, key: &str) -> String {
     // Ids and keys never hold NUL: "ab" + "c" and "a" + "bc" stay apart.
     input.push(0);
     input.extend_from_slice(key.as_bytes());
-    let mut hash = xxhash_rust::xxh3::xxh3_128(&input);
-    let mut suffix = [b'0'; 25];
-    for digit in suffix.iter_mut().rev() {
+    base36(xxhash_rust::xxh3::xxh3_128(&input))
+}
+
+/// A 128-bit hash as 25 base-36 digits.
+fn base36(mut hash: u128) -> String {
+    let mut digits = [b'0'; 25];
+    for digit in digits.iter_mut().rev() {
         *digit = char::from_digit((hash % 36) as u32, 36).expect("< 36") as u8;
         hash /= 36;
     }
-    String::from_utf8(suffix.to_vec()).expect("ascii")
+    String::from_utf8(digits.to_vec()).expect("ascii")
+}
+
+/// A plate's stable hash, as 25 base-36 digits: a key that names no plate.
+pub(crate) fn plate_hash(plate: &Plate) -> String {
+    base36(xxhash_rust::xxh3::xxh3_128(plate.as_str().as_bytes()))
 }
 
 /// Where a reservation is in its life.

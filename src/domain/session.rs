@@ -69,6 +69,15 @@ pub enum SessionState {
 }
 
 impl SessionState {
+    /// Every state, in the API's order.
+    pub const ALL: [SessionState; 5] = [
+        Self::Open,
+        Self::ClosedPaid,
+        Self::ClosedUnpaid,
+        Self::ClosedFree,
+        Self::Voided,
+    ];
+
     pub fn is_closed(self) -> bool {
         !matches!(self, Self::Open)
     }
@@ -127,6 +136,10 @@ pub struct Payment {
     pub receipt_id: String,
     /// Why the last attempt failed, in words for the driver.
     pub failure: String,
+    /// A gateway charge is not attempted again before this: an instance that starts an
+    /// attempt sets it first (a lease), so two instances do not call at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
 }
 
 /// What a session noticed that a person may want to look at.
@@ -367,12 +380,62 @@ impl ParkingSession {
     }
 }
 
+/// How many account shards (pseudo-regions) hold plate links, wallets and ledger
+/// entries: records that belong to a driver or a plate, not to a place.
+pub const ACCOUNT_SHARDS: u64 = 4;
+
+/// The account shard `key` (a driver id, a plate) lives in: `_accounts-<n>`. A region
+/// starting with `_` is never a car park's, so these never meet one.
+pub fn accounts_region(key: &str) -> RegionId {
+    let shard = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % ACCOUNT_SHARDS;
+    RegionId::parse(&format!("_accounts-{shard}")).expect("a valid region")
+}
+
+/// Every account shard.
+pub fn account_regions() -> Vec<RegionId> {
+    (0..ACCOUNT_SHARDS)
+        .map(|n| RegionId::parse(&format!("_accounts-{n}")).expect("a valid region"))
+        .collect()
+}
+
+/// Which session a plate at a car park is in now: the key an entry and an exit read
+/// by id (`<car park>~<hash of the plate>`), so instances agree on it without any
+/// index. Removed by the exit (or replaced by the next entry).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenSession {
+    pub region: RegionId,
+    pub id: String,
+    pub session: SessionId,
+    /// The sequence of the entry report that opened it: a resent report above it is
+    /// newer, one at or below it is not.
+    pub sequence: u64,
+}
+
+impl OpenSession {
+    /// The key of `plate` at `car_park`. The plate is hashed: the key names no plate.
+    pub fn id_of(car_park: &CarParkId, plate: &Plate) -> String {
+        format!("{car_park}~{}", super::reservation::plate_hash(plate))
+    }
+}
+
+/// What a plate read at a gate did, for the report's ack: the session it opened or
+/// closed, and the arrears of the plate's driver at an entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GateNote {
+    pub session: Option<SessionId>,
+    /// What the plate's linked driver owes, per the sessions in arrears (0: nothing).
+    pub arrears_minor: i64,
+    pub arrears_currency: String,
+}
+
 /// Most plates one driver may link.
 pub const MAX_PLATES_PER_DRIVER: usize = 5;
 
 /// A plate linked to a driver: its sessions are charged to the driver's method.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlateLink {
+    /// The plate's account shard (`accounts_region`).
+    pub region: RegionId,
     pub plate: Plate,
     pub color: PlateColor,
     pub driver: DriverId,
@@ -421,6 +484,7 @@ impl PlateLink {
             None => {}
         }
         Ok(Self {
+            region: accounts_region(plate.as_str()),
             plate,
             color,
             driver: driver.clone(),

@@ -9,7 +9,9 @@
 
 use std::fmt;
 
-use super::{DriverId, Error, OperatorId, SessionId, Timestamp, key_suffix};
+use super::{
+    DriverId, Error, OperatorId, RegionId, SessionId, Timestamp, accounts_region, key_suffix,
+};
 
 /// Largest single amount, in minor units (10 million in a currency of cents).
 pub const MAX_AMOUNT: i64 = 1_000_000_000;
@@ -48,6 +50,8 @@ pub enum EntryKind {
 /// One movement of money from `from` to `to`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LedgerEntry {
+    /// The driver's account shard, the wallet's.
+    pub region: RegionId,
     /// Its cause, unique: `topup:<hash>`, `charge:<session id>`, `refund:<session id>`.
     pub id: String,
     pub driver: DriverId,
@@ -77,6 +81,8 @@ impl LedgerEntry {
 /// A driver's wallet: its balance and how many entries it holds.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Wallet {
+    /// The driver's account shard (`accounts_region`).
+    pub region: RegionId,
     pub driver: DriverId,
     pub currency: String,
     pub balance_minor: i64,
@@ -87,6 +93,7 @@ impl Wallet {
     /// A new, empty wallet.
     pub fn new(driver: DriverId, currency: &str) -> Self {
         Self {
+            region: accounts_region(driver.as_str()),
             driver,
             currency: currency.to_owned(),
             balance_minor: 0,
@@ -186,6 +193,7 @@ impl Wallet {
         at: Timestamp,
     ) -> Result<(Self, LedgerEntry), Error> {
         let mut entry = LedgerEntry {
+            region: self.region.clone(),
             id,
             driver: self.driver.clone(),
             kind,

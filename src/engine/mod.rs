@@ -12,6 +12,7 @@
 mod index;
 mod replica;
 mod reservations;
+mod sessions;
 mod shared;
 
 use std::{
@@ -28,6 +29,7 @@ use crate::domain::{
 };
 use index::{IndexPoint, Tree, envelope_of};
 pub use replica::{Loading, Replica};
+pub use sessions::SessionCounts;
 
 /// One change, as watchers receive it.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +190,7 @@ pub struct Engine {
     /// park write.
     reserved_count: AtomicUsize,
     sharing: RwLock<shared::Sharing>,
+    sessions: RwLock<sessions::SessionTables>,
     changes: broadcast::Sender<Arc<Change>>,
 }
 
@@ -200,6 +203,7 @@ impl Engine {
             book: RwLock::default(),
             reserved_count: AtomicUsize::new(0),
             sharing: RwLock::default(),
+            sessions: RwLock::default(),
             changes,
         }
     }

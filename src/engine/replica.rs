@@ -90,6 +90,143 @@ pub(super) fn unindex<K: Eq + Hash, V: Eq + Hash>(
     }
 }
 
+/// Sets record `id` of a keyed kind in the tables behind `lock` (through `set`, which
+/// also indexes it) if `admit` accepts the version `held` finds; returns the version
+/// written.
+pub(super) fn write_keyed<S, K: Clone, T>(
+    lock: &parking_lot::RwLock<S>,
+    id: &K,
+    record: Option<T>,
+    held: impl Fn(&S, &K) -> u64,
+    admit: impl Fn(u64) -> Option<u64>,
+    set: impl FnOnce(&mut S, K, Option<Arc<T>>, u64),
+) -> Option<u64> {
+    let mut tables = lock.write();
+    let version = admit(held(&tables, id))?;
+    set(&mut tables, id.clone(), record.map(Arc::new), version);
+    Some(version)
+}
+
+/// `Replica<$kind>` for a kind held in the map `$map` (of `Held` records keyed by
+/// `$id`, their field `$field`, which `$parse` reads from the stored id) of the tables behind the engine's
+/// lock `$lock`, whose method `$set` (re)indexes a record: the kinds kept this way
+/// (shared offers and bookings, sessions, plate links, wallets, ledger entries) differ
+/// in nothing else.
+macro_rules! keyed_replica {
+    ($kind:ty, $id:ty, $field:ident, $lock:ident, $map:ident, $set:ident, $parse:expr) => {
+        impl $crate::engine::Replica<$kind> for $crate::engine::Engine {
+            fn version(&self, id: &str) -> u64 {
+                let parse: fn(&str) -> Option<$id> = $parse;
+                let Some(id) = parse(id) else { return 0 };
+                self.$lock.read().$map.get(&id).map_or(0, |h| h.version)
+            }
+
+            fn get(&self, id: &str) -> Option<($kind, u64)> {
+                let parse: fn(&str) -> Option<$id> = $parse;
+                let id = parse(id)?;
+                let tables = self.$lock.read();
+                let held = tables.$map.get(&id)?;
+                Some(((**held.record.as_ref()?).clone(), held.version))
+            }
+
+            fn put(&self, record: $kind, version: u64, _now: $crate::domain::Timestamp) -> bool {
+                let id = record.$field.clone();
+                $crate::engine::replica::write_keyed(
+                    &self.$lock,
+                    &id,
+                    Some(record),
+                    |t, id| t.$map.get(id).map_or(0, |h| h.version),
+                    $crate::engine::replica::newer(version),
+                    |s, id, r, v| s.$set(id, r, v),
+                )
+                .is_some()
+            }
+
+            fn remove(&self, id: &str, version: u64) -> bool {
+                let parse: fn(&str) -> Option<$id> = $parse;
+                let Some(id) = parse(id) else {
+                    return false;
+                };
+                $crate::engine::replica::write_keyed::<_, $id, $kind>(
+                    &self.$lock,
+                    &id,
+                    None,
+                    |t, id| t.$map.get(id).map_or(0, |h| h.version),
+                    $crate::engine::replica::newer(version),
+                    |s, id, r, v| s.$set(id, r, v),
+                )
+                .is_some()
+            }
+
+            fn compare_and_set(
+                &self,
+                id: &str,
+                expected_version: u64,
+                floor: u64,
+                states: Vec<$kind>,
+                _now: $crate::domain::Timestamp,
+            ) -> Option<u64> {
+                let parse: fn(&str) -> Option<$id> = $parse;
+                let id = parse(id)?;
+                let steps = states.len().max(1) as u64;
+                let last = states.into_iter().last();
+                let admit = $crate::engine::replica::expected(expected_version, floor, steps);
+                $crate::engine::replica::write_keyed(
+                    &self.$lock,
+                    &id,
+                    last,
+                    |t, id| t.$map.get(id).map_or(0, |h| h.version),
+                    admit,
+                    |s, id, r, v| s.$set(id, r, v),
+                )
+            }
+
+            fn load_region(
+                &self,
+                region: &$crate::domain::RegionId,
+                _loading: $crate::engine::Loading,
+                records: Vec<($kind, u64)>,
+                tombstones: Vec<(String, u64)>,
+                _now: $crate::domain::Timestamp,
+            ) -> $crate::domain::Result<()> {
+                let parse: fn(&str) -> Option<$id> = $parse;
+                let mut tables = self.$lock.write();
+                let keep: std::collections::HashSet<$id> =
+                    records.iter().map(|(r, _)| r.$field.clone()).collect();
+                let gone: Vec<($id, u64)> = tables
+                    .$map
+                    .iter()
+                    .filter(|(id, h)| {
+                        h.record.as_ref().is_some_and(|r| &r.region == region)
+                            && !keep.contains(*id)
+                    })
+                    .map(|(id, h)| (id.clone(), h.version))
+                    .collect();
+                for (id, version) in gone {
+                    tables.$set(id, None, version);
+                }
+                for (record, version) in records {
+                    tables.$set(
+                        record.$field.clone(),
+                        Some(std::sync::Arc::new(record)),
+                        version,
+                    );
+                }
+                for (id, version) in tombstones {
+                    if let Some(id) = parse(&id)
+                        && tables.$map.get(&id).is_none_or(|h| h.record.is_none())
+                    {
+                        tables.$set(id, None, version);
+                    }
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(super) use keyed_replica;
+
 /// How a region's snapshot meets the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Loading {

@@ -12,12 +12,11 @@ use std::{
 use rstar::{AABB, PointDistance, RTree, RTreeObject};
 
 use super::{
-    Engine, Loading, Replica,
-    replica::{Held, expected, newer, unindex},
+    Engine,
+    replica::{Held, keyed_replica, unindex},
 };
 use crate::domain::{
-    BookingId, BookingState, DriverId, LatLng, OfferId, RegionId, Result, SharedBooking,
-    SharedOffer, Timestamp,
+    BookingId, BookingState, DriverId, LatLng, OfferId, SharedBooking, SharedOffer, Timestamp,
 };
 
 /// An offer in the tree.
@@ -241,130 +240,15 @@ impl Engine {
     }
 }
 
-/// `Replica<$kind>` over the map `$map` of `Sharing`, keyed by `$id`, whose records
-/// `$set` (re)indexes: the two shared kinds differ in nothing else.
-macro_rules! sharing_replica {
-    ($kind:ty, $id:ty, $map:ident, $set:ident) => {
-        impl Replica<$kind> for Engine {
-            fn version(&self, id: &str) -> u64 {
-                let Ok(id) = <$id>::parse(id) else { return 0 };
-                self.sharing.read().$map.get(&id).map_or(0, |h| h.version)
-            }
-
-            fn get(&self, id: &str) -> Option<($kind, u64)> {
-                let id = <$id>::parse(id).ok()?;
-                let sharing = self.sharing.read();
-                let held = sharing.$map.get(&id)?;
-                Some(((**held.record.as_ref()?).clone(), held.version))
-            }
-
-            fn put(&self, record: $kind, version: u64, _now: Timestamp) -> bool {
-                let id = record.id.clone();
-                self.write_sharing(&id, Some(record), newer(version), |s, id, r, v| {
-                    s.$set(id, r, v)
-                })
-                .is_some()
-            }
-
-            fn remove(&self, id: &str, version: u64) -> bool {
-                let Ok(id) = <$id>::parse(id) else {
-                    return false;
-                };
-                self.write_sharing::<$id, $kind>(&id, None, newer(version), |s, id, r, v| {
-                    s.$set(id, r, v)
-                })
-                .is_some()
-            }
-
-            fn compare_and_set(
-                &self,
-                id: &str,
-                expected_version: u64,
-                floor: u64,
-                states: Vec<$kind>,
-                _now: Timestamp,
-            ) -> Option<u64> {
-                let id = <$id>::parse(id).ok()?;
-                let steps = states.len().max(1) as u64;
-                let last = states.into_iter().last();
-                let admit = expected(expected_version, floor, steps);
-                self.write_sharing(&id, last, admit, |s, id, r, v| s.$set(id, r, v))
-            }
-
-            fn load_region(
-                &self,
-                region: &RegionId,
-                _loading: Loading,
-                records: Vec<($kind, u64)>,
-                tombstones: Vec<(String, u64)>,
-                _now: Timestamp,
-            ) -> Result<()> {
-                let mut sharing = self.sharing.write();
-                let keep: HashSet<$id> = records.iter().map(|(r, _)| r.id.clone()).collect();
-                let gone: Vec<($id, u64)> = sharing
-                    .$map
-                    .iter()
-                    .filter(|(id, h)| {
-                        h.record.as_ref().is_some_and(|r| &r.region == region)
-                            && !keep.contains(*id)
-                    })
-                    .map(|(id, h)| (id.clone(), h.version))
-                    .collect();
-                for (id, version) in gone {
-                    sharing.$set(id, None, version);
-                }
-                for (record, version) in records {
-                    sharing.$set(record.id.clone(), Some(Arc::new(record)), version);
-                }
-                for (id, version) in tombstones {
-                    if let Ok(id) = <$id>::parse(&id)
-                        && sharing.$map.get(&id).is_none_or(|h| h.record.is_none())
-                    {
-                        sharing.$set(id, None, version);
-                    }
-                }
-                Ok(())
-            }
-        }
-    };
-}
-
-impl Engine {
-    /// Sets record `id` of a shared kind (through `set`) if `admit` accepts the version
-    /// held; returns the version written.
-    fn write_sharing<K: Clone + Eq + std::hash::Hash, T>(
-        &self,
-        id: &K,
-        record: Option<T>,
-        admit: impl Fn(u64) -> Option<u64>,
-        set: impl FnOnce(&mut Sharing, K, Option<Arc<T>>, u64),
-    ) -> Option<u64>
-    where
-        Sharing: VersionOf<K>,
-    {
-        let mut sharing = self.sharing.write();
-        let version = admit(sharing.version_of(id))?;
-        set(&mut sharing, id.clone(), record.map(Arc::new), version);
-        Some(version)
-    }
-}
-
-/// The version held for an id of a shared kind.
-trait VersionOf<K> {
-    fn version_of(&self, id: &K) -> u64;
-}
-
-impl VersionOf<OfferId> for Sharing {
-    fn version_of(&self, id: &OfferId) -> u64 {
-        self.offers.get(id).map_or(0, |h| h.version)
-    }
-}
-
-impl VersionOf<BookingId> for Sharing {
-    fn version_of(&self, id: &BookingId) -> u64 {
-        self.bookings.get(id).map_or(0, |h| h.version)
-    }
-}
-
-sharing_replica!(SharedOffer, OfferId, offers, set_offer);
-sharing_replica!(SharedBooking, BookingId, bookings, set_booking);
+keyed_replica!(SharedOffer, OfferId, id, sharing, offers, set_offer, |id| {
+    OfferId::parse(id).ok()
+});
+keyed_replica!(
+    SharedBooking,
+    BookingId,
+    id,
+    sharing,
+    bookings,
+    set_booking,
+    |id| BookingId::parse(id).ok()
+);

@@ -7,8 +7,8 @@ use crate::{
     domain::{
         Availability, BayId, BoundingBox, CATEGORY_COUNT, Capacity, CarPark, CarParkId,
         CarParkKind, CarParkStatus, Error, LatLng, NearbyQuery, OpeningHours, OpeningPeriod,
-        OperatorId, Radius, RegionId, Report, ReportBody, ReservationPolicy, Result, SpaceCategory,
-        Stay, Tariff, TimeZoneName, Timestamp,
+        OperatorId, PlateColor, Radius, RegionId, Report, ReportBody, ReservationPolicy, Result,
+        SpaceCategory, Stay, Tariff, TimeZoneName, Timestamp,
     },
     engine::Nearby,
     pb,
@@ -205,6 +205,38 @@ pub fn category(value: i32, field: &str) -> Result<SpaceCategory> {
     }
 }
 
+/// A plate's colour; unspecified when none was read.
+pub fn plate_color(value: i32, field: &str) -> Result<PlateColor> {
+    use pb::PlateColor as P;
+    Ok(match P::try_from(value) {
+        Ok(P::Unspecified) => PlateColor::Unspecified,
+        Ok(P::Blue) => PlateColor::Blue,
+        Ok(P::Yellow) => PlateColor::Yellow,
+        Ok(P::Green) => PlateColor::Green,
+        Ok(P::White) => PlateColor::White,
+        Ok(P::Black) => PlateColor::Black,
+        Err(_) => {
+            return Err(Error::invalid(
+                field,
+                format!("{value} is not a plate colour"),
+            ));
+        }
+    })
+}
+
+/// A plate's colour for the API.
+pub fn pb_plate_color(color: PlateColor) -> pb::PlateColor {
+    use pb::PlateColor as P;
+    match color {
+        PlateColor::Unspecified => P::Unspecified,
+        PlateColor::Blue => P::Blue,
+        PlateColor::Yellow => P::Yellow,
+        PlateColor::Green => P::Green,
+        PlateColor::White => P::White,
+        PlateColor::Black => P::Black,
+    }
+}
+
 fn kind(value: i32, field: &str) -> Result<CarParkKind> {
     match pb::CarParkKind::try_from(value) {
         Ok(k) => CarParkKind::try_from(k).map_err(|e| e.in_field(field)),
@@ -279,7 +311,7 @@ pub fn car_park(p: pb::CarPark, caller: &OperatorId) -> Result<CarPark> {
         .map_err(|e| e.in_field("car_park"))?;
     CarPark {
         id: car_park_id(&p.id, &f("id"))?,
-        region: RegionId::parse(&p.region).map_err(|e| e.in_field(&f("region")))?,
+        region: RegionId::parse_place(&p.region).map_err(|e| e.in_field(&f("region")))?,
         operator,
         name: p.name,
         address: p.address,
@@ -439,6 +471,8 @@ pub fn report(r: pb::OccupancyReport) -> Result<Report> {
             counts(&d.entries, "delta.entries")?,
             counts(&d.exits, "delta.exits")?,
             &d.plate,
+            plate_color(d.plate_color, "delta.plate_color")?,
+            &d.lane,
         )
         .map_err(|e| e.in_field("delta"))?,
         Body::Bay(b) => ReportBody::Bay {

@@ -437,25 +437,7 @@ impl Harness {
             self.drivers.clone(),
             RateLimits::unlimited(),
         );
-        let max = MAX_MESSAGE_BYTES;
-        let routes = Routes::new(
-            pb::registry_server::RegistryServer::new(api.clone()).max_decoding_message_size(max),
-        )
-        .add_service(
-            pb::ingest_server::IngestServer::new(api.clone()).max_decoding_message_size(max),
-        )
-        .add_service(
-            pb::availability_server::AvailabilityServer::new(api.clone())
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            pb::reservations_server::ReservationsServer::new(api.clone())
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            pb::shared_parking_server::SharedParkingServer::new(api).max_decoding_message_size(max),
-        )
-        .prepare();
+        let routes = super::routes(api, MAX_MESSAGE_BYTES).prepare();
         City {
             stack: MetricsLayer.layer(admission.layer(routes)),
             service,
@@ -681,6 +663,7 @@ fn caller(service: &str, method: &str) -> Caller {
     match (service, method) {
         ("Registry" | "Ingest", _) => Caller::Operator,
         ("Availability", _) => Caller::Anonymous,
+        ("Sessions", "ListSessions" | "GetSettlement") => Caller::Operator,
         ("SharedParking", "OfferSpace" | "UpdateOffer" | "WithdrawOffer" | "ListMyOffers") => {
             Caller::Host
         }

@@ -93,6 +93,16 @@ impl Api {
     }
 
     /// The driver calling; an operator may not make this call.
+    /// An operator (bearer API key or client certificate); a driver may not `action`.
+    pub(super) fn operator<T>(&self, request: &Request<T>, action: &str) -> Result<OperatorId> {
+        match self.any_caller(request)? {
+            Caller::Operator(o) => Ok(o),
+            Caller::Driver(_) => Err(Error::PermissionDenied(format!(
+                "only an operator may {action}"
+            ))),
+        }
+    }
+
     pub(super) fn driver<T>(&self, request: &Request<T>, action: &str) -> Result<DriverId> {
         match self.any_caller(request)? {
             Caller::Driver(d) => Ok(d),
@@ -196,12 +206,19 @@ fn ack_applied(report: (String, u64), applied: &Applied) -> pb::ReportAck {
         ReportOutcome::Applied { clamped } => (pb::ReportResult::Applied, clamped),
         ReportOutcome::Duplicate => (pb::ReportResult::Duplicate, 0),
     };
+    let gate = applied.gate.as_ref();
     pb::ReportAck {
         car_park_id: report.0,
         sequence: report.1,
         result: result.into(),
         availability: Some(convert::pb_availability(&applied.availability)),
         clamped,
+        session_id: gate
+            .and_then(|g| g.session.as_ref())
+            .map_or_else(String::new, |s| s.to_string()),
+        arrears: gate.is_some_and(|g| g.arrears_minor > 0),
+        arrears_minor: gate.map_or(0, |g| g.arrears_minor),
+        arrears_currency: gate.map_or_else(String::new, |g| g.arrears_currency.clone()),
         ..Default::default()
     }
 }

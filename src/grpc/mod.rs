@@ -10,9 +10,38 @@ pub mod fuzzing;
 mod handlers;
 mod layer;
 mod reservations;
+mod sessions;
 mod shared;
 mod status;
 
 pub use admission::{AdmissionLayer, RateLimits, Verified};
 pub use handlers::Api;
 pub use layer::MetricsLayer;
+
+use tonic::service::Routes;
+
+use crate::pb;
+
+/// Every citypark service on `api`, each taking messages up to `max_message_bytes`:
+/// what the server serves (besides health and reflection) and what the fuzz targets
+/// call.
+pub fn routes(api: Api, max_message_bytes: usize) -> Routes {
+    let max = max_message_bytes;
+    Routes::new(
+        pb::registry_server::RegistryServer::new(api.clone()).max_decoding_message_size(max),
+    )
+    .add_service(pb::ingest_server::IngestServer::new(api.clone()).max_decoding_message_size(max))
+    .add_service(
+        pb::availability_server::AvailabilityServer::new(api.clone())
+            .max_decoding_message_size(max),
+    )
+    .add_service(
+        pb::reservations_server::ReservationsServer::new(api.clone())
+            .max_decoding_message_size(max),
+    )
+    .add_service(
+        pb::shared_parking_server::SharedParkingServer::new(api.clone())
+            .max_decoding_message_size(max),
+    )
+    .add_service(pb::sessions_server::SessionsServer::new(api).max_decoding_message_size(max))
+}

@@ -102,7 +102,7 @@ fn offer(p: pb::SharedOffer, host: &DriverId) -> Result<SharedOffer> {
     Ok(SharedOffer {
         id,
         host: host.clone(),
-        region: RegionId::parse(&p.region).map_err(|e| e.in_field(&f("region")))?,
+        region: RegionId::parse_place(&p.region).map_err(|e| e.in_field(&f("region")))?,
         location: lat_lng(p.location.as_ref(), &f("location"))?,
         address: p.address,
         description: p.description,

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Service, write::Decision};
 use crate::{
     domain::{
-        Applied, CarParkId, CarParkState, Error, OperatorId, Plate, Report, ReportBody,
-        ReportOutcome, Result, Timestamp,
+        Applied, CarParkId, CarParkState, Error, OperatorId, Plate, PlateRead, Report, ReportBody,
+        ReportOutcome, Result,
     },
     metrics,
     store::{Change, Parts, Versioned, carpark::LIVE},
@@ -69,11 +69,18 @@ pub(super) fn spawn(service: &Service, mut jobs: mpsc::Receiver<Job>, stop: Canc
     });
 }
 
-/// A plate at a car park's gate: entry (true) or exit, and when.
-pub(super) type Sighting = (CarParkId, Plate, bool, Timestamp);
+/// A plate at a car park's gate: an entry (or else an exit) read by the report with
+/// `sequence`.
+#[derive(Debug, Clone)]
+pub(super) struct Sighting {
+    pub car_park: CarParkId,
+    pub sequence: u64,
+    pub entry: bool,
+    pub read: PlateRead,
+}
 
 /// The delta reports that carry a well-formed plate, by index. A plate that is not one
-/// a reservation could hold matches nothing, so it is left out here.
+/// a reservation or a link could hold matches nothing, so it is left out here.
 fn plates_in(reports: &[Report]) -> Vec<(usize, Sighting)> {
     reports
         .iter()
@@ -83,11 +90,27 @@ fn plates_in(reports: &[Report]) -> Vec<(usize, Sighting)> {
                 entries,
                 exits,
                 plate: Some(plate),
+                plate_color,
+                lane,
             } => {
                 let plate = Plate::parse(plate).ok()?;
                 let entry = entries.iter().any(|n| *n > 0);
                 let exit = exits.iter().any(|n| *n > 0);
-                (entry || exit).then(|| (i, (r.car_park.clone(), plate, entry, r.observed_at)))
+                let read = PlateRead {
+                    plate,
+                    color: *plate_color,
+                    lane: lane.clone(),
+                    at: r.observed_at,
+                };
+                (entry || exit).then(|| {
+                    let sighting = Sighting {
+                        car_park: r.car_park.clone(),
+                        sequence: r.sequence,
+                        entry,
+                        read,
+                    };
+                    (i, sighting)
+                })
             }
             _ => None,
         })
@@ -121,9 +144,9 @@ impl Service {
             // No round trip to share: decided here, at once. Calls racing on one car
             // park may then conflict, and decide again (a lock's worth of work).
             let mut results = self.decide_reports(&[(caller, &reports)]).await;
-            let results = results.pop().expect("one call");
+            let mut results = results.pop().expect("one call");
             results.iter().for_each(metrics::record_report);
-            self.arrivals(plates, &results).await;
+            self.arrivals(plates, &mut results).await;
             return Ok(results);
         };
         let (reply, results) = oneshot::channel();
@@ -136,7 +159,8 @@ impl Service {
             Ok(()) => results.await.unwrap_or_else(|_| Err(shutting_down())),
             Err(_) => Err(shutting_down()),
         };
-        match &results {
+        let mut results = results;
+        match &mut results {
             Ok(results) => {
                 results.iter().for_each(metrics::record_report);
                 self.arrivals(plates, results).await;
@@ -146,10 +170,12 @@ impl Service {
         results
     }
 
-    /// Plates of applied entry and exit reports check reservations in and out, before
-    /// the call is answered, so an operator's next report sees them.
-    async fn arrivals(&self, plates: Vec<(usize, Sighting)>, results: &[Result<Applied>]) {
-        let seen: Vec<Sighting> = plates
+    /// Plates of applied entry and exit reports check reservations in and out, then
+    /// open and close parking sessions (an entry's session may fulfil the reservation
+    /// it checked in), before the call is answered, so an operator's next report sees
+    /// them; each such report's ack names its session.
+    async fn arrivals(&self, plates: Vec<(usize, Sighting)>, results: &mut [Result<Applied>]) {
+        let seen: Vec<(usize, Sighting)> = plates
             .into_iter()
             .filter(|(i, _)| {
                 matches!(
@@ -160,10 +186,17 @@ impl Service {
                     }))
                 )
             })
-            .map(|(_, s)| s)
             .collect();
-        if !seen.is_empty() {
-            self.plates_seen(seen).await;
+        if seen.is_empty() {
+            return;
+        }
+        self.plates_seen(seen.iter().map(|(_, s)| s.clone()).collect())
+            .await;
+        for (i, sighting) in seen {
+            let note = self.session_at_gate(&sighting).await;
+            if let Some(Ok(applied)) = results.get_mut(i) {
+                applied.gate = note;
+            }
         }
     }
 

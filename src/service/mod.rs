@@ -5,12 +5,14 @@
 //! One file per use case: `registry` (car parks), `ingest` (occupancy reports),
 //! `availability` (queries and the status sweep), `watch` (watch streams),
 //! `reservations` (the reservation ledger, arrivals by plate, the no-show sweep),
-//! `shared` (shared parking: offers, search, bookings).
+//! `shared` (shared parking: offers, search, bookings), `sessions` (parking sessions
+//! by plate, wallets and the charges of closed sessions).
 
 mod availability;
 mod ingest;
 mod registry;
 mod reservations;
+mod sessions;
 mod shared;
 mod watch;
 mod write;
@@ -22,6 +24,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use reservations::Caller;
+pub use sessions::{Payments, SessionFilter, WALLET_ENTRIES_SHOWN, WalletView};
 pub use shared::OfferFound;
 pub use watch::{WatchEvent, WatchSelector};
 
@@ -90,6 +93,11 @@ pub struct Service {
     offer_turns: Arc<shared::OfferTurns>,
     /// Watch streams open, in all and per client.
     watchers: Arc<watch::Watchers>,
+    /// Whose turn it is to open and close sessions at each car park on this instance.
+    session_turns: Arc<reservations::LedgerTurns>,
+    /// Wakes the payment sweep when a session closes with a charge to make.
+    payments_due: Arc<sessions::PaymentsDue>,
+    payments: Arc<Payments>,
 }
 
 impl Service {
@@ -119,6 +127,9 @@ impl Service {
             ledger_turns: Arc::default(),
             offer_turns: Arc::default(),
             watchers: Arc::default(),
+            session_turns: Arc::default(),
+            payments_due: Arc::default(),
+            payments: Arc::default(),
         };
         if let Some(jobs) = jobs {
             ingest::spawn(&service, jobs, service.stop.clone());
@@ -143,6 +154,12 @@ impl Service {
     /// The service's idea of now.
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// The service with `payments` as its payment settings.
+    pub fn with_payments(mut self, payments: Payments) -> Self {
+        self.payments = Arc::new(payments);
+        self
     }
 
     /// The limits in force.

@@ -19,9 +19,9 @@ use crate::{
     audit::{self, Who},
     domain::{
         Actor, Booking, CalendarSlot, CarPark, CarParkId, Created, DriverId, Error, OperatorId,
-        RegionId, Reservation, ReservationId, ReservationRequest, ReservationState, Result,
-        SlotCounts, SpaceCategory, Timestamp, calendar, calendar_slots, check_key_elsewhere,
-        check_window, reserve,
+        PlateRead, RegionId, Reservation, ReservationId, ReservationRequest, ReservationState,
+        Result, SlotCounts, SpaceCategory, Timestamp, calendar, calendar_slots,
+        check_key_elsewhere, check_window, reserve,
     },
     metrics,
     store::{Aggregate, AnyWrite, Change, Parts, Store, Versioned, Write},
@@ -45,7 +45,7 @@ pub enum Caller {
 pub(super) struct LedgerTurns(parking_lot::Mutex<HashMap<CarParkId, Arc<AsyncMutex<()>>>>);
 
 impl LedgerTurns {
-    fn of(&self, car_park: &CarParkId) -> Arc<AsyncMutex<()>> {
+    pub(super) fn of(&self, car_park: &CarParkId) -> Arc<AsyncMutex<()>> {
         let mut turns = self.0.lock();
         // Drop the turns nobody waits for, so the map stays as small as the contention.
         if turns.len() > 1_024 {
@@ -56,7 +56,7 @@ impl LedgerTurns {
 }
 
 /// A write of `record` (all of it) decided on `expected`.
-fn put<A: Aggregate>(id: String, record: A, expected: u64) -> AnyWrite {
+pub(super) fn put<A: Aggregate>(id: String, record: A, expected: u64) -> AnyWrite {
     Write {
         region: record.region().clone(),
         id,
@@ -383,7 +383,13 @@ impl Service {
     /// or completes the reservation it matches. Best effort after the reports were
     /// applied: a plate that matches nothing changes nothing.
     pub(super) async fn plates_seen(&self, seen: Vec<super::ingest::Sighting>) {
-        for (car_park, plate, entry, at) in seen {
+        for super::ingest::Sighting {
+            car_park,
+            entry,
+            read: PlateRead { plate, at, .. },
+            ..
+        } in seen
+        {
             let Ok(cp) = self.get_car_park(&car_park).map(|(cp, _)| cp) else {
                 continue;
             };
@@ -505,7 +511,7 @@ fn not_found(id: &ReservationId) -> Error {
 }
 
 /// A delete of record `id`, decided on `expected`.
-fn delete<A>(region: &RegionId, id: String, expected: u64) -> Write<A> {
+pub(super) fn delete<A>(region: &RegionId, id: String, expected: u64) -> Write<A> {
     Write {
         region: region.clone(),
         id,
@@ -525,10 +531,18 @@ fn grace_of(car_park: &CarPark) -> Duration {
 }
 
 fn parse_token(token: &str) -> Result<(Timestamp, ReservationId)> {
+    parse_page_token(token, ReservationId::parse)
+}
+
+/// A page token of a listing newest first, `<ms of the last item>_<its id>`.
+pub(super) fn parse_page_token<T>(
+    token: &str,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<(Timestamp, T)> {
     let bad = || Error::invalid("page_token", "not a token this server gave");
     let (ms, id) = token.split_once('_').ok_or_else(bad)?;
     let ms: i64 = ms.parse().map_err(|_| bad())?;
     let at = Timestamp::from_millisecond(ms).map_err(|_| bad())?;
-    let id = ReservationId::parse(id).map_err(|_| bad())?;
+    let id = parse(id).map_err(|_| bad())?;
     Ok((at, id))
 }

@@ -16,21 +16,26 @@ use super::{
 };
 use crate::{
     domain::{
-        Capacity, CarPark, CarParkId, CarParkKind, CarParkState, LatLng, OpeningHours, OperatorId,
-        RegionId, Reservation, SharedBooking, SharedOffer, SlotCounts, SpaceCategory, Tariff,
-        TimeZoneName, Timestamp,
+        Capacity, CarPark, CarParkId, CarParkKind, CarParkState, LatLng, LedgerEntry, OpenSession,
+        OpeningHours, OperatorId, ParkingSession, PlateLink, RegionId, Reservation, SharedBooking,
+        SharedOffer, SlotCounts, SpaceCategory, Tariff, TimeZoneName, Timestamp, Wallet,
     },
     engine::Engine,
 };
 
 /// The kinds, in the order of `store/redis/kinds.rs`: a fuzz input's first byte picks
 /// one by its index.
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 10] = [
     CarParkState::KIND,
     SlotCounts::KIND,
     Reservation::KIND,
     SharedOffer::KIND,
     SharedBooking::KIND,
+    ParkingSession::KIND,
+    OpenSession::KIND,
+    PlateLink::KIND,
+    Wallet::KIND,
+    LedgerEntry::KIND,
 ];
 
 /// In a fuzz input's first byte: decode over a record held (a partial change).
@@ -62,7 +67,12 @@ pub fn stored_record(data: &[u8]) -> Result<(), String> {
         1 => check::<SlotCounts>(text, None),
         2 => check::<Reservation>(text, None),
         3 => check::<SharedOffer>(text, None),
-        _ => check::<SharedBooking>(text, None),
+        4 => check::<SharedBooking>(text, None),
+        5 => check::<ParkingSession>(text, None),
+        6 => check::<OpenSession>(text, None),
+        7 => check::<PlateLink>(text, None),
+        8 => check::<Wallet>(text, None),
+        _ => check::<LedgerEntry>(text, None),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod embedded;
 pub mod fuzzing;
 pub mod redis;
 pub mod reservation;
+pub mod session;
 pub mod shared;
 pub mod table;
 

@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 
 use citypark::{
-    domain::{CarParkState, Reservation, SharedBooking, SharedOffer, SlotCounts},
+    domain::{
+        CarParkId, CarParkState, LedgerEntry, OpenSession, ParkingSession, Plate, PlateLink,
+        Reservation, SharedBooking, SharedOffer, SlotCounts, Wallet,
+    },
     grpc::fuzzing::{Fixture, Harness},
     pb::{self, SpaceCategory::*},
     store::{Aggregate, Versioned, fuzzing as stored},
@@ -17,12 +20,13 @@ use prost::Message;
 use crate::support::*;
 
 /// Each request target and the service it sends to.
-const REQUEST_TARGETS: [(&str, &str); 5] = [
+const REQUEST_TARGETS: [(&str, &str); 6] = [
     ("registry", "Registry"),
     ("ingest", "Ingest"),
     ("availability", "Availability"),
     ("reservations", "Reservations"),
     ("shared_parking", "SharedParking"),
+    ("sessions", "Sessions"),
 ];
 /// The target that makes several calls on one city.
 const CALLS_TARGET: &str = "calls";
@@ -128,6 +132,7 @@ fn write_request_seeds() {
     write_seeds("availability", &availability_seeds(&harness, &f));
     write_seeds("reservations", &reservation_seeds(&harness, &f));
     write_seeds("shared_parking", &shared_seeds(&harness, &f));
+    write_seeds("sessions", &session_seeds(&harness, &f));
     write_seeds(CALLS_TARGET, &calls_seeds(&harness, &f));
 }
 
@@ -671,6 +676,104 @@ fn reservation_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
     ]
 }
 
+fn session_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
+    let (g1, now) = (f.car_park.as_str(), f.now);
+    vec![
+        seed(
+            h,
+            "Sessions/LinkPlate",
+            "wallet",
+            pb::LinkPlateRequest {
+                plate: "鲁B·12345".into(),
+                plate_color: pb::PlateColor::Blue.into(),
+                payment_method: pb::PaymentMethod::Wallet.into(),
+            },
+        ),
+        seed(
+            h,
+            "Sessions/LinkPlate",
+            "barrier",
+            pb::LinkPlateRequest {
+                plate: "鲁B12345".into(),
+                plate_color: pb::PlateColor::Green.into(),
+                payment_method: pb::PaymentMethod::Barrier.into(),
+            },
+        ),
+        seed(
+            h,
+            "Sessions/UnlinkPlate",
+            "unknown",
+            pb::UnlinkPlateRequest {
+                plate: "京A00001".into(),
+            },
+        ),
+        seed(
+            h,
+            "Sessions/ListMyPlates",
+            "all",
+            pb::ListMyPlatesRequest {},
+        ),
+        seed(
+            h,
+            "Sessions/ListMySessions",
+            "page",
+            pb::ListMySessionsRequest {
+                page_size: 10,
+                page_token: String::new(),
+            },
+        ),
+        seed(
+            h,
+            "Sessions/GetSession",
+            "unknown",
+            pb::GetSessionRequest {
+                id: format!("{g1}~2"),
+            },
+        ),
+        seed(h, "Sessions/GetWallet", "mine", pb::GetWalletRequest {}),
+        seed(
+            h,
+            "Sessions/TopUp",
+            "hundred",
+            pb::TopUpRequest {
+                amount_minor: 10_000,
+                idempotency_key: "pay-1".into(),
+            },
+        ),
+        seed(
+            h,
+            "Sessions/TopUp",
+            "negative",
+            pb::TopUpRequest {
+                amount_minor: -1,
+                idempotency_key: "pay-2".into(),
+            },
+        ),
+        seed(
+            h,
+            "Sessions/ListSessions",
+            "day",
+            pb::ListSessionsRequest {
+                car_park_id: g1.into(),
+                state: pb::SessionState::ClosedPaid.into(),
+                from: Some(pb_time(now)),
+                to: Some(pb_time(after(now, 86_400))),
+                page_size: 50,
+                page_token: String::new(),
+            },
+        ),
+        seed(
+            h,
+            "Sessions/GetSettlement",
+            "day",
+            pb::GetSettlementRequest {
+                operator: "op-a".into(),
+                day: "2026-11-30".into(),
+            },
+        ),
+    ]
+}
+
 fn shared_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
     let now = f.now;
     let offer = pb::SharedOffer {
@@ -828,10 +931,13 @@ fn shared_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
 
 /// The stored parts of the record `id` of kind `A` in `server`'s engine.
 fn stored_parts<A: Aggregate>(server: &TestServer, id: &str) -> Vec<String> {
-    let record = Versioned::<A>::in_replica(&server.backend.engine, id)
-        .record
-        .unwrap_or_else(|| panic!("no {} {id}", A::KIND));
-    (0..A::PARTS.len()).map(|i| record.encode_part(i)).collect()
+    stored_parts_if::<A>(server, id).unwrap_or_else(|| panic!("no {} {id}", A::KIND))
+}
+
+/// The stored parts of the record `id` of kind `A`, if `server`'s engine holds it.
+fn stored_parts_if<A: Aggregate>(server: &TestServer, id: &str) -> Option<Vec<String>> {
+    let record = Versioned::<A>::in_replica(&server.backend.engine, id).record?;
+    Some((0..A::PARTS.len()).map(|i| record.encode_part(i)).collect())
 }
 
 #[tokio::test]
@@ -890,6 +996,48 @@ async fn write_stored_record_seeds() {
         .into_inner()
         .booking
         .unwrap();
+    // A linked plate with a topped-up wallet drives in and out: a session paid (and
+    // its key while it was open), a wallet, its ledger entries.
+    let mut sessions = server.sessions().await;
+    sessions
+        .link_plate(authed(
+            pb::LinkPlateRequest {
+                plate: "鲁B77777".into(),
+                plate_color: pb::PlateColor::Green.into(),
+                payment_method: pb::PaymentMethod::Wallet.into(),
+            },
+            &driver_token("d3"),
+        ))
+        .await
+        .unwrap();
+    sessions
+        .top_up(authed(
+            pb::TopUpRequest {
+                amount_minor: 5_000,
+                idempotency_key: "t1".into(),
+            },
+            &driver_token("d3"),
+        ))
+        .await
+        .unwrap();
+    let entry = plate_delta("g1", 2, true, "鲁B77777", now);
+    let opened = report_ok(&server, entry).await.session_id;
+    let open_key = OpenSession::id_of(
+        &CarParkId::parse("g1").unwrap(),
+        &Plate::parse("鲁B77777").unwrap(),
+    );
+    let open_session = stored_parts::<OpenSession>(&server, &open_key);
+    server.advance(5400);
+    report_ok(
+        &server,
+        plate_delta("g1", 3, false, "鲁B77777", server.now()),
+    )
+    .await;
+    let paid = eventually("the session is paid", || async {
+        let parts = stored_parts_if::<ParkingSession>(&server, &opened)?;
+        parts[0].contains("closed_paid").then_some(parts)
+    })
+    .await;
     let day = SlotCounts::id_of(
         "g1",
         *SlotCounts::days(after(now, 3600), after(now, 7200)).start(),
@@ -930,5 +1078,13 @@ async fn write_stored_record_seeds() {
         false,
         &[&booking[0].replacen("1:", "9:", 1)],
     );
+    add("parking_session", "paid", false, &[&paid[0]]);
+    add("open_session", "format1", false, &[&open_session[0]]);
+    let link = stored_parts::<PlateLink>(&server, "鲁B77777");
+    add("plate_link", "format1", false, &[&link[0]]);
+    let wallet = stored_parts::<Wallet>(&server, "d3");
+    add("wallet", "format1", false, &[&wallet[0]]);
+    let charge = stored_parts::<LedgerEntry>(&server, &format!("charge:{opened}"));
+    add("ledger_entry", "charge", false, &[&charge[0]]);
     write_seeds(STORED_TARGET, &seeds);
 }

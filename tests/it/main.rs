@@ -17,6 +17,7 @@ mod redis_instances;
 mod redis_support;
 mod registry;
 mod reservations;
+mod sessions;
 mod shared;
 mod shutdown;
 mod smoke;

@@ -9,7 +9,8 @@ use citypark::{
     pb::{
         self, availability_client::AvailabilityClient, ingest_client::IngestClient,
         registry_client::RegistryClient, reservations_client::ReservationsClient,
-        shared_parking_client::SharedParkingClient, watch_availability_response::Event,
+        sessions_client::SessionsClient, shared_parking_client::SharedParkingClient,
+        watch_availability_response::Event,
     },
     service::{Clock, ManualClock},
     store::redis::RedisOptions,
@@ -225,6 +226,10 @@ impl TestServer {
 
     pub async fn shared(&self) -> SharedParkingClient<Channel> {
         SharedParkingClient::new(self.channel().await)
+    }
+
+    pub async fn sessions(&self) -> SessionsClient<Channel> {
+        SessionsClient::new(self.channel().await)
     }
 
     pub async fn availability(&self) -> AvailabilityClient<Channel> {

@@ -5,7 +5,10 @@ use std::{collections::HashMap, future::Future, marker::PhantomData, pin::Pin};
 
 use super::{Shared, snapshot};
 use crate::{
-    domain::{CarParkState, RegionId, Reservation, Result, SharedBooking, SharedOffer, SlotCounts},
+    domain::{
+        CarParkState, LedgerEntry, OpenSession, ParkingSession, PlateLink, RegionId, Reservation,
+        Result, SharedBooking, SharedOffer, SlotCounts, Wallet,
+    },
     engine::Loading,
     store::{
         Aggregate,
@@ -79,6 +82,11 @@ pub(super) const KINDS: &[&dyn Kind] = &[
     &Of::<Reservation>(PhantomData),
     &Of::<SharedOffer>(PhantomData),
     &Of::<SharedBooking>(PhantomData),
+    &Of::<ParkingSession>(PhantomData),
+    &Of::<OpenSession>(PhantomData),
+    &Of::<PlateLink>(PhantomData),
+    &Of::<Wallet>(PhantomData),
+    &Of::<LedgerEntry>(PhantomData),
 ];
 
 /// The kind named `name`, if this version knows it.

@@ -31,7 +31,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::{Aggregate, AnyWrite, Claim, Committed, Store, Versioned, Write};
 use crate::{
     clock::Clock,
-    domain::{CarParkId, Error, RegionId, Result, Timestamp},
+    domain::{CarParkId, Error, RegionId, Result, Timestamp, account_regions},
     engine::Engine,
     metrics,
 };
@@ -245,6 +245,11 @@ impl RedisStore {
         for region in regions {
             let region = RegionId::parse(&region)
                 .map_err(|_| Error::Internal(format!("bad region {region:?} in Redis")))?;
+            shared.region(&region).await?;
+        }
+        // Plate links, wallets and ledger entries live in the account shards, which
+        // every instance follows from the start.
+        for region in account_regions() {
             shared.region(&region).await?;
         }
         shared.spawn(tail::discover_regions(Arc::downgrade(&shared)));

@@ -1,0 +1,312 @@
+//! Parking sessions and drivers' accounts in memory: sessions by id, car park and
+//! driver, the ones with a charge pending, the ones in arrears, the closed ones whose
+//! plate is still kept; which session a plate is in at a car park; plate links by plate
+//! and driver; wallets and their ledger entries by driver.
+//!
+//! Locking: one `RwLock` for all of it, never held while taking another engine lock.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
+
+use super::{
+    Engine,
+    replica::{Held, keyed_replica, unindex},
+};
+use crate::domain::{
+    CarParkId, DriverId, LedgerEntry, OpenSession, ParkingSession, Plate, PlateLink, SessionId,
+    SessionState, Timestamp, Wallet,
+};
+
+/// Every session and account record this engine holds.
+#[derive(Default)]
+pub(super) struct SessionTables {
+    sessions: HashMap<SessionId, Held<ParkingSession>>,
+    by_car_park: HashMap<CarParkId, HashSet<SessionId>>,
+    by_driver: HashMap<DriverId, HashSet<SessionId>>,
+    /// Closed sessions with a charge to make.
+    due: BTreeSet<SessionId>,
+    /// Closed sessions whose charge was refused, by their driver.
+    arrears: HashMap<DriverId, HashSet<SessionId>>,
+    /// Closed sessions that still hold a plate, by exit time (for the retention sweep).
+    plated: BTreeSet<(Timestamp, SessionId)>,
+    open: HashMap<String, Held<OpenSession>>,
+    links: HashMap<Plate, Held<PlateLink>>,
+    links_by_driver: HashMap<DriverId, HashSet<Plate>>,
+    wallets: HashMap<DriverId, Held<Wallet>>,
+    entries: HashMap<String, Held<LedgerEntry>>,
+    entries_by_driver: HashMap<DriverId, BTreeSet<(Timestamp, String)>>,
+}
+
+/// Where a session stands in the retention sweep: closed, keeping its plate, since.
+fn plated_since(s: &ParkingSession) -> Option<Timestamp> {
+    let closed = s.state.is_closed() && !s.is_due();
+    if closed && s.plate.is_some() {
+        s.exit_time
+    } else {
+        None
+    }
+}
+
+impl SessionTables {
+    fn set_session(&mut self, id: SessionId, record: Option<Arc<ParkingSession>>, version: u64) {
+        if let Some(old) = self.sessions.get(&id).and_then(|h| h.record.clone()) {
+            unindex(&mut self.by_car_park, &id.car_park(), &id);
+            if let Some(driver) = &old.driver {
+                unindex(&mut self.by_driver, driver, &id);
+                unindex(&mut self.arrears, driver, &id);
+            }
+            self.due.remove(&id);
+            if let Some(at) = plated_since(&old) {
+                self.plated.remove(&(at, id.clone()));
+            }
+        }
+        if let Some(new) = &record {
+            self.by_car_park
+                .entry(id.car_park())
+                .or_default()
+                .insert(id.clone());
+            if let Some(driver) = &new.driver {
+                self.by_driver
+                    .entry(driver.clone())
+                    .or_default()
+                    .insert(id.clone());
+                if new.is_arrears() {
+                    self.arrears
+                        .entry(driver.clone())
+                        .or_default()
+                        .insert(id.clone());
+                }
+            }
+            if new.is_due() {
+                self.due.insert(id.clone());
+            }
+            if let Some(at) = plated_since(new) {
+                self.plated.insert((at, id.clone()));
+            }
+        }
+        self.sessions.insert(id, Held { record, version });
+    }
+
+    fn set_open(&mut self, id: String, record: Option<Arc<OpenSession>>, version: u64) {
+        self.open.insert(id, Held { record, version });
+    }
+
+    fn set_link(&mut self, plate: Plate, record: Option<Arc<PlateLink>>, version: u64) {
+        if let Some(old) = self.links.get(&plate).and_then(|h| h.record.clone()) {
+            unindex(&mut self.links_by_driver, &old.driver, &plate);
+        }
+        if let Some(new) = &record {
+            self.links_by_driver
+                .entry(new.driver.clone())
+                .or_default()
+                .insert(plate.clone());
+        }
+        self.links.insert(plate, Held { record, version });
+    }
+
+    fn set_wallet(&mut self, driver: DriverId, record: Option<Arc<Wallet>>, version: u64) {
+        self.wallets.insert(driver, Held { record, version });
+    }
+
+    fn set_entry(&mut self, id: String, record: Option<Arc<LedgerEntry>>, version: u64) {
+        if let Some(old) = self.entries.get(&id).and_then(|h| h.record.clone())
+            && let Some(set) = self.entries_by_driver.get_mut(&old.driver)
+        {
+            set.remove(&(old.at, id.clone()));
+            if set.is_empty() {
+                self.entries_by_driver.remove(&old.driver);
+            }
+        }
+        if let Some(new) = &record {
+            self.entries_by_driver
+                .entry(new.driver.clone())
+                .or_default()
+                .insert((new.at, id.clone()));
+        }
+        self.entries.insert(id, Held { record, version });
+    }
+
+    fn copies<'a>(&self, ids: impl IntoIterator<Item = &'a SessionId>) -> Vec<ParkingSession> {
+        ids.into_iter()
+            .filter_map(|id| self.sessions.get(id)?.record.clone())
+            .map(|s| (*s).clone())
+            .collect()
+    }
+}
+
+/// Session records counted by state, and the arrears: how many sessions and what they
+/// owe, per currency.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SessionCounts {
+    pub by_state: [usize; 5],
+    pub arrears: usize,
+    pub arrears_minor: HashMap<String, i64>,
+}
+
+impl Engine {
+    /// A session and its version.
+    pub fn session(&self, id: &SessionId) -> Option<(Arc<ParkingSession>, u64)> {
+        let tables = self.sessions.read();
+        let held = tables.sessions.get(id)?;
+        Some((held.record.clone()?, held.version))
+    }
+
+    /// The sessions at `car_parks`.
+    pub fn sessions_at(&self, car_parks: &[CarParkId]) -> Vec<ParkingSession> {
+        let tables = self.sessions.read();
+        car_parks
+            .iter()
+            .filter_map(|c| tables.by_car_park.get(c))
+            .flat_map(|ids| tables.copies(ids))
+            .collect()
+    }
+
+    /// The sessions charged to `driver`.
+    pub fn sessions_of_driver(&self, driver: &DriverId) -> Vec<ParkingSession> {
+        let tables = self.sessions.read();
+        tables
+            .by_driver
+            .get(driver)
+            .map_or_else(Vec::new, |ids| tables.copies(ids))
+    }
+
+    /// `driver`'s sessions in arrears.
+    pub fn arrears_of(&self, driver: &DriverId) -> Vec<ParkingSession> {
+        let tables = self.sessions.read();
+        tables
+            .arrears
+            .get(driver)
+            .map_or_else(Vec::new, |ids| tables.copies(ids))
+    }
+
+    /// Closed sessions with a charge to make.
+    pub fn sessions_due(&self) -> Vec<SessionId> {
+        self.sessions.read().due.iter().cloned().collect()
+    }
+
+    /// Closed sessions that left before `cutoff` and still keep their plate.
+    pub fn sessions_to_pseudonymise(&self, cutoff: Timestamp) -> Vec<SessionId> {
+        let tables = self.sessions.read();
+        tables
+            .plated
+            .iter()
+            .take_while(|(at, _)| *at < cutoff)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    /// The link of `plate`, if any.
+    pub fn plate_link(&self, plate: &Plate) -> Option<PlateLink> {
+        let tables = self.sessions.read();
+        Some((*tables.links.get(plate)?.record.clone()?).clone())
+    }
+
+    /// The plates `driver` linked.
+    pub fn plates_of(&self, driver: &DriverId) -> Vec<PlateLink> {
+        let tables = self.sessions.read();
+        let Some(plates) = tables.links_by_driver.get(driver) else {
+            return Vec::new();
+        };
+        let mut links: Vec<PlateLink> = plates
+            .iter()
+            .filter_map(|p| tables.links.get(p)?.record.clone())
+            .map(|l| (*l).clone())
+            .collect();
+        links.sort_by(|a, b| (a.linked_at, a.plate.as_str()).cmp(&(b.linked_at, b.plate.as_str())));
+        links
+    }
+
+    /// `driver`'s wallet, if they have one.
+    pub fn wallet(&self, driver: &DriverId) -> Option<Wallet> {
+        let tables = self.sessions.read();
+        Some((*tables.wallets.get(driver)?.record.clone()?).clone())
+    }
+
+    /// `driver`'s latest `limit` ledger entries, newest first.
+    pub fn ledger_of(&self, driver: &DriverId, limit: usize) -> Vec<LedgerEntry> {
+        let tables = self.sessions.read();
+        let Some(ids) = tables.entries_by_driver.get(driver) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .rev()
+            .take(limit)
+            .filter_map(|(_, id)| tables.entries.get(id)?.record.clone())
+            .map(|e| (*e).clone())
+            .collect()
+    }
+
+    /// Refunds from `operator`'s revenue in the ledger (for its settlement).
+    pub fn refunds_of(&self, operator: &crate::domain::OperatorId) -> Vec<LedgerEntry> {
+        let tables = self.sessions.read();
+        let from = crate::domain::Account::Revenue(operator.clone());
+        tables
+            .entries
+            .values()
+            .filter_map(|h| h.record.as_ref())
+            .filter(|e| e.kind == crate::domain::EntryKind::Refund && e.from == from)
+            .map(|e| (**e).clone())
+            .collect()
+    }
+
+    /// Sessions by state and the arrears (for the metrics).
+    pub fn session_counts(&self) -> SessionCounts {
+        let tables = self.sessions.read();
+        let mut counts = SessionCounts::default();
+        for s in tables.sessions.values().filter_map(|h| h.record.as_ref()) {
+            let i = SessionState::ALL
+                .iter()
+                .position(|x| *x == s.state)
+                .expect("every state is listed");
+            counts.by_state[i] += 1;
+            // Every currency seen is reported, 0 once its arrears are gone.
+            let owed = counts
+                .arrears_minor
+                .entry(s.tariff.currency.clone())
+                .or_default();
+            if s.is_arrears() {
+                counts.arrears += 1;
+                *owed += s.fee_minor;
+            }
+        }
+        counts
+    }
+}
+
+fn any_text(id: &str) -> Option<String> {
+    Some(id.to_owned())
+}
+
+keyed_replica!(
+    ParkingSession,
+    SessionId,
+    id,
+    sessions,
+    sessions,
+    set_session,
+    |id| { SessionId::parse(id).ok() }
+);
+keyed_replica!(OpenSession, String, id, sessions, open, set_open, any_text);
+keyed_replica!(PlateLink, Plate, plate, sessions, links, set_link, |id| {
+    Plate::parse(id).ok()
+});
+keyed_replica!(
+    Wallet,
+    DriverId,
+    driver,
+    sessions,
+    wallets,
+    set_wallet,
+    |id| { DriverId::parse(id).ok() }
+);
+keyed_replica!(
+    LedgerEntry,
+    String,
+    id,
+    sessions,
+    entries,
+    set_entry,
+    any_text
+);

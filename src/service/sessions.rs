@@ -1,0 +1,816 @@
+//! Parking sessions and sensorless payment (无感支付): plates read at gates open and
+//! close sessions; a closed session's fee is charged once to its driver's wallet or
+//! gateway; drivers link plates, top up and read their wallet; operators list their
+//! sessions and settle a day.
+//!
+//! Every change is one group commit (`transact_group`) in one region: a session and
+//! the key of the session its plate is in at the car park (`OpenSession`) in the car
+//! park's region; a wallet and its ledger entry in the driver's account shard; a plate
+//! link in the plate's shard. A charge spans two regions (the wallet's shard and the
+//! session's car park), so it is two steps, each atomic, made exactly once by naming:
+//! the ledger entry is `charge:<session id>`, written only if absent together with the
+//! wallet's new balance, and the session is marked paid with that entry as its
+//! receipt. A step repeated after a crash, or by another instance, finds the entry and
+//! changes nothing; then it marks the session, which only a due session accepts.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Caller, Service,
+    ingest::Sighting,
+    reservations::{delete, parse_page_token, put},
+    write::{Decision, Source, Target},
+};
+use crate::{
+    audit::{self, Who},
+    domain::{
+        CarPark, CarParkId, DriverId, Error, GateNote, LedgerEntry, OpenSession, OperatorId,
+        ParkingSession, PaymentMethod, Plate, PlateColor, PlateLink, Prepaid, ReservationState,
+        Result, SessionId, SessionState, Settlement, Timestamp, Viewer, Wallet, accounts_region,
+    },
+    metrics,
+    store::{AnyWrite, Change, Versioned},
+};
+
+/// How often a session or account change is decided again after another instance
+/// changed one of its records first (see `reservations::ATTEMPTS`).
+const ATTEMPTS: usize = 64;
+
+/// Ledger entries `GetWallet` shows.
+pub const WALLET_ENTRIES_SHOWN: usize = 50;
+
+/// How sessions are paid, and how long their plates are kept.
+#[derive(Debug, Clone)]
+pub struct Payments {
+    /// The currency of new wallets (ISO 4217).
+    pub currency: String,
+    /// How far below zero a charge may take a wallet, in minor units.
+    pub overdraft_minor: i64,
+    /// A closed session's plate is forgotten this long after its exit.
+    pub session_retention: Duration,
+}
+
+impl Default for Payments {
+    fn default() -> Self {
+        Self {
+            currency: "CNY".to_owned(),
+            overdraft_minor: 0,
+            session_retention: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+/// What the payment sweep was told: sessions closed with a charge to make.
+#[derive(Default)]
+pub(super) struct PaymentsDue(Notify);
+
+/// A driver's wallet as they see it.
+#[derive(Debug, Clone)]
+pub struct WalletView {
+    pub wallet: Wallet,
+    pub overdraft_minor: i64,
+    /// Newest first.
+    pub entries: Vec<LedgerEntry>,
+    pub arrears_minor: i64,
+}
+
+/// What a charge came to: the receipt (the ledger entry's id) or the refusal.
+type Charged = std::result::Result<String, String>;
+
+impl Service {
+    /// Opens or closes the session of the plate `sighting` read, after its report was
+    /// applied; the note for the report's ack, or `None` if the car park is gone or the
+    /// store could not take the change (the report stands; the failure is counted and
+    /// logged).
+    pub(super) async fn session_at_gate(&self, sighting: &Sighting) -> Option<GateNote> {
+        let car_park = self.get_car_park(&sighting.car_park).ok()?.0;
+        let turn = self.session_turns.of(&car_park.id);
+        let _turn = turn.lock().await;
+        let link = self.engine.plate_link(&sighting.read.plate);
+        let result = if sighting.entry {
+            self.enter(&car_park, sighting, link.as_ref()).await
+        } else {
+            self.leave(&car_park, sighting, link.as_ref()).await
+        };
+        match result {
+            Ok((note, outcome)) => {
+                if let Some(outcome) = outcome {
+                    metrics::record_session(outcome);
+                    if let Some(id) = &note.session {
+                        audit::write(Who::Service, outcome, id.as_str(), &Ok::<(), Error>(()));
+                    }
+                }
+                if outcome == Some("closed_to_charge") {
+                    self.payments_due.0.notify_one();
+                }
+                Some(note)
+            }
+            Err(error) => {
+                metrics::record_session("failed");
+                tracing::warn!(car_park = %car_park.id, %error, "a plate read at the gate did not reach its session");
+                None
+            }
+        }
+    }
+
+    /// An entry: opens the session named by the report; a session the plate still has
+    /// open here is voided (its exit was never read).
+    async fn enter(
+        &self,
+        car_park: &CarPark,
+        sighting: &Sighting,
+        link: Option<&PlateLink>,
+    ) -> Result<(GateNote, Option<&'static str>)> {
+        let read = &sighting.read;
+        let id = SessionId::of_report(&car_park.id, sighting.sequence);
+        let key = OpenSession::id_of(&car_park.id, &read.plate);
+        let (arrears_minor, arrears_currency) = match link {
+            Some(link) => self.arrears(&link.driver),
+            None => (0, String::new()),
+        };
+        let note = GateNote {
+            session: Some(id.clone()),
+            arrears_minor,
+            arrears_currency,
+        };
+        let prepaid = self.prepaid_window(&car_park.id, &read.plate, read.at);
+        let (region, keys, new_id) = (&car_park.region, std::slice::from_ref(&key), &id);
+        self.transact_group(
+            ATTEMPTS,
+            "session",
+            |source| async move {
+                let open = self
+                    .read_records::<OpenSession>(region, keys, source)
+                    .await?
+                    .pop()
+                    .expect("one id, one record");
+                let mut ids = vec![new_id.to_string()];
+                ids.extend(open.record.as_ref().map(|o| o.session.to_string()));
+                let mut sessions = self
+                    .read_records::<ParkingSession>(region, &ids, source)
+                    .await?;
+                let prior = (sessions.len() > 1).then(|| sessions.pop().expect("two"));
+                let new = sessions.pop().expect("one");
+                Ok((open, new, prior))
+            },
+            |(open, new, prior): (Versioned<OpenSession>, _, Option<Versioned<ParkingSession>>)| {
+                if new.record.is_some() {
+                    // This entry opened it already (a report decided again).
+                    return Ok((Vec::new(), (note.clone(), None)));
+                }
+                let mut writes: Vec<AnyWrite> = Vec::new();
+                let mut outcome = "opened";
+                if let Some(prior) = prior
+                    && let Some(mut session) = prior.record
+                    && session.state == SessionState::Open
+                {
+                    session.void(read.at, "the plate entered again before an exit was read")?;
+                    writes.push(put(session.id.to_string(), session, prior.version));
+                    outcome = "voided_previous";
+                }
+                let mut session = ParkingSession::enter(
+                    id.clone(),
+                    car_park,
+                    read.clone(),
+                    prepaid.clone(),
+                    note.arrears_minor > 0,
+                );
+                session.driver = link.map(|l| l.driver.clone());
+                writes.push(put(id.to_string(), session, new.version));
+                let open_now = OpenSession {
+                    region: car_park.region.clone(),
+                    id: key.clone(),
+                    session: id.clone(),
+                    sequence: sighting.sequence,
+                };
+                writes.push(put(key.clone(), open_now, open.version));
+                Ok((writes, (note.clone(), Some(outcome))))
+            },
+        )
+        .await
+    }
+
+    /// An exit: closes the session the plate is in here, priced and, for a linked
+    /// plate, to be charged; with none open, records an exit without entry.
+    async fn leave(
+        &self,
+        car_park: &CarPark,
+        sighting: &Sighting,
+        link: Option<&PlateLink>,
+    ) -> Result<(GateNote, Option<&'static str>)> {
+        let read = &sighting.read;
+        let key = OpenSession::id_of(&car_park.id, &read.plate);
+        let unmatched = SessionId::of_report(&car_park.id, sighting.sequence);
+        let payer = link.map(|l| (l.driver.clone(), l.method));
+        let (region, keys, unmatched_id) =
+            (&car_park.region, std::slice::from_ref(&key), &unmatched);
+        self.transact_group(
+            ATTEMPTS,
+            "session",
+            |source| async move {
+                let mut source = source;
+                let mut open = self
+                    .read_records::<OpenSession>(region, keys, source)
+                    .await?
+                    .pop()
+                    .expect("one id, one record");
+                if open.record.is_none() && source == Source::Replica {
+                    // An exit without entry writes nothing the entry wrote, so no
+                    // compare-and-set would catch an entry made through another
+                    // instance that this replica has not seen yet: the authority
+                    // says whether there is none.
+                    source = Source::Authority;
+                    open = self
+                        .read_records::<OpenSession>(region, keys, source)
+                        .await?
+                        .pop()
+                        .expect("one id, one record");
+                }
+                let mut ids = vec![unmatched_id.to_string()];
+                ids.extend(open.record.as_ref().map(|o| o.session.to_string()));
+                let mut sessions = self
+                    .read_records::<ParkingSession>(region, &ids, source)
+                    .await?;
+                let entered = (sessions.len() > 1).then(|| sessions.pop().expect("two"));
+                let unmatched = sessions.pop().expect("one");
+                Ok((open, entered, unmatched))
+            },
+            |(open, entered, unmatched_now): (
+                Versioned<OpenSession>,
+                Option<Versioned<ParkingSession>>,
+                Versioned<ParkingSession>,
+            )| {
+                let note = |id: &SessionId| GateNote {
+                    session: Some(id.clone()),
+                    ..GateNote::default()
+                };
+                if let Some(entered) = entered
+                    && let Some(mut session) = entered.record
+                    && session.state == SessionState::Open
+                {
+                    session.exit(read.at, payer.clone())?;
+                    let outcome = match (session.state, session.payment.method) {
+                        (SessionState::ClosedFree, _) => "closed_free",
+                        (_, PaymentMethod::Barrier) => "closed_at_barrier",
+                        _ => "closed_to_charge",
+                    };
+                    let note = note(&session.id);
+                    let writes = vec![
+                        put(session.id.to_string(), session, entered.version),
+                        delete::<OpenSession>(region, key.clone(), open.version).into(),
+                    ];
+                    return Ok((writes, (note, Some(outcome))));
+                }
+                if unmatched_now.record.is_some() {
+                    return Ok((Vec::new(), (note(&unmatched), None)));
+                }
+                let session =
+                    ParkingSession::exit_without_entry(unmatched.clone(), car_park, read.clone());
+                let writes = vec![put(unmatched.to_string(), session, unmatched_now.version)];
+                Ok((writes, (note(&unmatched), Some("exit_without_entry"))))
+            },
+        )
+        .await
+    }
+
+    /// What `driver`'s sessions in arrears owe, and in which currency.
+    fn arrears(&self, driver: &DriverId) -> (i64, String) {
+        let owed = self.engine.arrears_of(driver);
+        let total = owed.iter().map(|s| s.fee_minor).sum();
+        let currency = owed
+            .first()
+            .map_or_else(String::new, |s| s.tariff.currency.clone());
+        (total, currency)
+    }
+
+    /// The window of the reservation `plate` checked in to at `car_park` that covers
+    /// `at`: the stay it prepaid.
+    fn prepaid_window(
+        &self,
+        car_park: &CarParkId,
+        plate: &Plate,
+        at: Timestamp,
+    ) -> Option<Prepaid> {
+        self.engine
+            .reservations_for_plate(car_park, plate)
+            .into_iter()
+            .filter(|r| r.state == ReservationState::CheckedIn && r.end > at)
+            .max_by_key(|r| r.start)
+            .map(|r| Prepaid {
+                id: r.id.to_string(),
+                start: r.start,
+                end: r.end,
+            })
+    }
+
+    /// Every `every`, and at once when a session closes with a charge to make, until
+    /// `stop`: charges the sessions due, and forgets the plates of sessions past their
+    /// retention. With several instances each may try; the compare-and-set and the
+    /// ledger entry named by the session let exactly one charge each.
+    pub async fn sweep_sessions(&self, every: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+                () = self.payments_due.0.notified() => {}
+            }
+            for id in self.engine.sessions_due() {
+                self.charge(&id).await;
+            }
+            self.pseudonymise(self.now()).await;
+            metrics::record_session_states(&self.engine.session_counts());
+        }
+    }
+
+    /// Charges session `id` if it is due.
+    async fn charge(&self, id: &SessionId) {
+        let Some((session, _)) = self.engine.session(id) else {
+            return;
+        };
+        if !session.is_due() {
+            return;
+        }
+        let charged = match session.payment.method {
+            PaymentMethod::Wallet => self.charge_wallet(&session).await,
+            other => Err(Error::Internal(format!(
+                "session {id} is due with method {other:?}"
+            ))),
+        };
+        let method = "wallet";
+        let charged = match charged {
+            Ok(charged) => charged,
+            Err(error) => {
+                // The store could not say: the next sweep tries again.
+                metrics::record_payment(method, "error");
+                tracing::warn!(session = %id, %error, "a charge could not be made yet");
+                return;
+            }
+        };
+        let result = self
+            .change_session(id, |s| match &charged {
+                Ok(receipt) => s.paid(receipt),
+                Err(why) => s.charge_failed(why, true),
+            })
+            .await;
+        audit::write(Who::Service, "charge", id.as_str(), &result);
+        match result {
+            Ok(true) => {
+                let outcome = if charged.is_ok() {
+                    "succeeded"
+                } else {
+                    "declined"
+                };
+                metrics::record_payment(method, outcome);
+            }
+            Ok(false) => {}
+            Err(error) => {
+                metrics::record_payment(method, "error");
+                tracing::warn!(session = %id, %error, "a charge was made but its session not marked yet");
+            }
+        }
+    }
+
+    /// Posts `session`'s charge to its driver's wallet, once: the receipt (the entry's
+    /// id), also when an earlier attempt posted it already, or why it was refused.
+    async fn charge_wallet(&self, session: &ParkingSession) -> Result<Charged> {
+        let driver = session
+            .driver
+            .clone()
+            .ok_or_else(|| Error::Internal(format!("session {} has no driver", session.id)))?;
+        let region = accounts_region(driver.as_str());
+        let entry_id = Wallet::charge_id(&session.id);
+        let (region, ids) = (&region, &[driver.to_string(), entry_id.clone()]);
+        let now = self.now();
+        self.transact_group(
+            ATTEMPTS,
+            "payment",
+            |source| async move {
+                let wallet = self
+                    .read_records::<Wallet>(region, &ids[..1], source)
+                    .await?
+                    .pop()
+                    .expect("one id, one record");
+                let entry = self
+                    .read_records::<LedgerEntry>(region, &ids[1..], source)
+                    .await?
+                    .pop()
+                    .expect("one id, one record");
+                Ok((wallet, entry))
+            },
+            |(wallet, entry): (Versioned<Wallet>, Versioned<LedgerEntry>)| {
+                if let Some(entry) = entry.record {
+                    return Ok((Vec::new(), Ok(entry.id)));
+                }
+                let current = wallet
+                    .record
+                    .clone()
+                    .unwrap_or_else(|| Wallet::new(driver.clone(), &self.payments.currency));
+                match current.charge(
+                    &session.id,
+                    &session.operator,
+                    session.fee_minor,
+                    &session.tariff.currency,
+                    self.payments.overdraft_minor,
+                    now,
+                ) {
+                    Err(refused) => Ok((Vec::new(), Err(refused.to_string()))),
+                    Ok((next, posted)) => {
+                        let receipt = posted.id.clone();
+                        let writes = vec![
+                            put(driver.to_string(), next, wallet.version),
+                            put(posted.id.clone(), posted, entry.version),
+                        ];
+                        Ok((writes, Ok(receipt)))
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// Moves session `id` on by `change` (which may refuse), read from the replica and,
+    /// after a conflict, from the authority; whether it changed it. A session that is
+    /// gone changes nothing.
+    async fn change_session(
+        &self,
+        id: &SessionId,
+        change: impl Fn(&mut ParkingSession) -> Result<()>,
+    ) -> Result<bool> {
+        let target = Target {
+            id: id.to_string(),
+            current: Versioned::in_replica(&self.engine, id.as_str()),
+        };
+        let mut done = self
+            .transact(
+                "session",
+                vec![target],
+                0,
+                |_, current: &Versioned<ParkingSession>| {
+                    let Some(mut session) = current.record.clone() else {
+                        return Ok(Decision::answer(false));
+                    };
+                    match change(&mut session) {
+                        Ok(()) => Ok(Decision {
+                            change: Some(Change::put(session, crate::store::Parts::ALL)),
+                            output: true,
+                        }),
+                        // Another instance moved it on first: nothing left to do.
+                        Err(Error::FailedPrecondition(_)) => Ok(Decision::answer(false)),
+                        Err(error) => Err(error),
+                    }
+                },
+            )
+            .await;
+        done.pop().expect("one target").map(|(changed, _)| changed)
+    }
+
+    /// Forgets the plates of sessions that closed before the retention period.
+    async fn pseudonymise(&self, now: Timestamp) {
+        let Ok(retention) = jiff::SignedDuration::try_from(self.payments.session_retention) else {
+            return;
+        };
+        let Ok(cutoff) = now.checked_sub(retention) else {
+            return;
+        };
+        for id in self.engine.sessions_to_pseudonymise(cutoff) {
+            let result = self
+                .change_session(&id, |s| {
+                    if s.pseudonymise(cutoff) {
+                        Ok(())
+                    } else {
+                        Err(Error::FailedPrecondition("nothing to forget".into()))
+                    }
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(session = %id, %error, "a session's plate was not forgotten yet");
+            }
+        }
+    }
+
+    /// `driver` links `plate`, paid by `method`.
+    pub async fn link_plate(
+        &self,
+        driver: &DriverId,
+        plate: Plate,
+        color: PlateColor,
+        method: PaymentMethod,
+    ) -> Result<PlateLink> {
+        if method == PaymentMethod::Gateway {
+            return Err(Error::FailedPrecondition(
+                "this server has no payment gateway: link the plate with WALLET".into(),
+            ));
+        }
+        let region = accounts_region(plate.as_str());
+        let others = self
+            .engine
+            .plates_of(driver)
+            .iter()
+            .filter(|l| l.plate != plate)
+            .count();
+        let now = self.now();
+        let (region, ids) = (&region, &[plate.as_str().to_owned()]);
+        let result = self
+            .transact_group(
+                ATTEMPTS,
+                "account",
+                |source| async move {
+                    let link = self.read_records::<PlateLink>(region, ids, source).await?;
+                    Ok(link.into_iter().next().expect("one id, one record"))
+                },
+                |current: Versioned<PlateLink>| {
+                    let link = PlateLink::link(
+                        current.record.as_ref(),
+                        others,
+                        plate.clone(),
+                        color,
+                        driver,
+                        method,
+                        now,
+                    )?;
+                    if current.record.as_ref() == Some(&link) {
+                        return Ok((Vec::new(), link));
+                    }
+                    let write = put(
+                        link.plate.as_str().to_owned(),
+                        link.clone(),
+                        current.version,
+                    );
+                    Ok((vec![write], link))
+                },
+            )
+            .await;
+        audit::write(Who::Driver(driver), "link_plate", &plate.masked(), &result);
+        result
+    }
+
+    /// `driver` unlinks `plate`: its entries are no longer theirs from now on.
+    pub async fn unlink_plate(&self, driver: &DriverId, plate: &Plate) -> Result<()> {
+        let region = accounts_region(plate.as_str());
+        let (region, ids) = (&region, &[plate.as_str().to_owned()]);
+        let result = self
+            .transact_group(
+                ATTEMPTS,
+                "account",
+                |source| async move {
+                    let link = self.read_records::<PlateLink>(region, ids, source).await?;
+                    Ok(link.into_iter().next().expect("one id, one record"))
+                },
+                |current: Versioned<PlateLink>| {
+                    let Some(link) = &current.record else {
+                        return Err(Error::NotFound {
+                            kind: "linked plate",
+                            id: plate.masked(),
+                        });
+                    };
+                    link.check_unlink(driver)?;
+                    let write = delete::<PlateLink>(region, ids[0].clone(), current.version);
+                    Ok((vec![write.into()], ()))
+                },
+            )
+            .await;
+        audit::write(
+            Who::Driver(driver),
+            "unlink_plate",
+            &plate.masked(),
+            &result,
+        );
+        result
+    }
+
+    /// The plates `driver` linked, oldest link first.
+    pub fn my_plates(&self, driver: &DriverId) -> Vec<PlateLink> {
+        self.engine.plates_of(driver)
+    }
+
+    /// One session, for its driver or its car park's operator.
+    pub fn get_session(&self, caller: &Caller, id: &SessionId) -> Result<ParkingSession> {
+        let not_found = || Error::NotFound {
+            kind: "session",
+            id: id.to_string(),
+        };
+        let (session, _) = self.engine.session(id).ok_or_else(not_found)?;
+        let visible = match caller {
+            Caller::Driver(d) => session.driver.as_ref() == Some(d),
+            Caller::Operator(o) => &session.operator == o,
+        };
+        if visible {
+            Ok((*session).clone())
+        } else {
+            Err(not_found())
+        }
+    }
+
+    /// The sessions charged to `driver`, newest first, a page at a time.
+    pub fn my_sessions(
+        &self,
+        driver: &DriverId,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<ParkingSession>, Option<String>)> {
+        page(
+            self.engine.sessions_of_driver(driver),
+            page_size,
+            page_token,
+        )
+    }
+
+    /// The sessions at `operator`'s car parks (or one of them), in a state and a window
+    /// of time, newest first, a page at a time.
+    pub fn list_sessions(
+        &self,
+        operator: &OperatorId,
+        filter: SessionFilter,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<ParkingSession>, Option<String>)> {
+        let ids: Vec<CarParkId> = match &filter.car_park {
+            Some(id) => {
+                let (car_park, _) = self.get_car_park(id)?;
+                if &car_park.operator != operator {
+                    // Another operator's car park is not the caller's to read about.
+                    return Err(Error::car_park_not_found(id));
+                }
+                vec![id.clone()]
+            }
+            None => self
+                .car_parks_of(operator)
+                .into_iter()
+                .map(|c| c.id.clone())
+                .collect(),
+        };
+        let mut all = self.engine.sessions_at(&ids);
+        all.retain(|s| {
+            let at = listed_at(s);
+            filter.state.is_none_or(|st| s.state == st)
+                && filter.from.is_none_or(|from| at >= from)
+                && filter.to.is_none_or(|to| at < to)
+        });
+        page(all, page_size, page_token)
+    }
+
+    /// The settlement of `operator`'s local `day`.
+    pub fn settlement(&self, operator: &OperatorId, day: jiff::civil::Date) -> Result<Settlement> {
+        let car_parks = self.car_parks_of(operator);
+        let ids: Vec<CarParkId> = car_parks.iter().map(|c| c.id.clone()).collect();
+        let sessions = self.engine.sessions_at(&ids);
+        let zone_of = |id: &CarParkId| {
+            car_parks
+                .iter()
+                .find(|c| &c.id == id)
+                .map(|c| c.time_zone.zone().clone())
+        };
+        let zoned: Vec<(ParkingSession, jiff::tz::TimeZone)> = sessions
+            .into_iter()
+            .filter_map(|s| {
+                let zone = zone_of(&s.id.car_park())?;
+                Some((s, zone))
+            })
+            .collect();
+        // Refunds count in the zone of the operator's car parks (one city, one zone);
+        // an operator without car parks has nothing to settle.
+        let refunds = self.engine.refunds_of(operator);
+        let zone = car_parks
+            .first()
+            .map_or(jiff::tz::TimeZone::UTC, |c| c.time_zone.zone().clone());
+        Settlement::of_day(
+            day,
+            zoned.iter().map(|(s, z)| (s, z)),
+            refunds.iter().map(|e| (e, &zone)),
+        )
+    }
+
+    fn car_parks_of(&self, operator: &OperatorId) -> Vec<Arc<CarPark>> {
+        self.engine.list(None, Some(operator), None, usize::MAX).0
+    }
+
+    /// `driver`'s wallet (empty until its first top-up), its latest entries and the
+    /// arrears.
+    pub fn wallet(&self, driver: &DriverId) -> WalletView {
+        let wallet = self
+            .engine
+            .wallet(driver)
+            .unwrap_or_else(|| Wallet::new(driver.clone(), &self.payments.currency));
+        WalletView {
+            wallet,
+            overdraft_minor: self.payments.overdraft_minor,
+            entries: self.engine.ledger_of(driver, WALLET_ENTRIES_SHOWN),
+            arrears_minor: self.arrears(driver).0,
+        }
+    }
+
+    /// Credits `driver`'s wallet with `amount`, once per `key`: the entry and the
+    /// balance after it.
+    pub async fn top_up(
+        &self,
+        driver: &DriverId,
+        amount: i64,
+        key: &str,
+    ) -> Result<(LedgerEntry, i64)> {
+        let region = accounts_region(driver.as_str());
+        let entry_id = Wallet::top_up_id(driver, key);
+        let (region, ids) = (&region, &[driver.to_string(), entry_id]);
+        let now = self.now();
+        let result = self
+            .transact_group(
+                ATTEMPTS,
+                "account",
+                |source| async move {
+                    let wallet = self
+                        .read_records::<Wallet>(region, &ids[..1], source)
+                        .await?
+                        .pop()
+                        .expect("one id, one record");
+                    let entry = self
+                        .read_records::<LedgerEntry>(region, &ids[1..], source)
+                        .await?
+                        .pop()
+                        .expect("one id, one record");
+                    Ok((wallet, entry))
+                },
+                |(wallet, entry): (Versioned<Wallet>, Versioned<LedgerEntry>)| {
+                    let current = wallet
+                        .record
+                        .clone()
+                        .unwrap_or_else(|| Wallet::new(driver.clone(), &self.payments.currency));
+                    if let Some(entry) = entry.record {
+                        if entry.amount_minor != amount {
+                            return Err(Error::FailedPrecondition(
+                                "this idempotency_key confirmed a top-up of another amount".into(),
+                            ));
+                        }
+                        return Ok((Vec::new(), (entry, current.balance_minor)));
+                    }
+                    let (next, posted) = current.top_up(key, amount, now)?;
+                    let balance = next.balance_minor;
+                    let writes = vec![
+                        put(driver.to_string(), next, wallet.version),
+                        put(posted.id.clone(), posted.clone(), entry.version),
+                    ];
+                    Ok((writes, (posted, balance)))
+                },
+            )
+            .await;
+        audit::write(Who::Driver(driver), "top_up", driver.as_str(), &result);
+        result
+    }
+
+    /// The plate of `session` as `caller` may see it.
+    pub fn plate_for(session: &ParkingSession, caller: &Caller) -> String {
+        match caller {
+            Caller::Driver(d) => session.plate_for(&Viewer::Driver(d)),
+            Caller::Operator(o) => session.plate_for(&Viewer::Operator(o)),
+        }
+    }
+}
+
+/// Which of an operator's sessions to list.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub car_park: Option<CarParkId>,
+    pub state: Option<SessionState>,
+    /// Entered (or, without an entry, left) at or after.
+    pub from: Option<Timestamp>,
+    /// ... and before.
+    pub to: Option<Timestamp>,
+}
+
+/// When a session is listed at: its entry, or its exit when it has no entry.
+fn listed_at(s: &ParkingSession) -> Timestamp {
+    s.entry_time
+        .or(s.exit_time)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// A page of `all`, newest first; the token is where the previous page stopped.
+fn page(
+    mut all: Vec<ParkingSession>,
+    page_size: usize,
+    page_token: Option<&str>,
+) -> Result<(Vec<ParkingSession>, Option<String>)> {
+    let key = |s: &ParkingSession| (std::cmp::Reverse(listed_at(s)), s.id.clone());
+    all.sort_by_key(key);
+    let after = page_token
+        .map(|t| parse_page_token(t, SessionId::parse))
+        .transpose()?;
+    let mut page: Vec<ParkingSession> = all
+        .into_iter()
+        .filter(|s| {
+            after.as_ref().is_none_or(|(at, id)| {
+                (std::cmp::Reverse(listed_at(s)), &s.id) > (std::cmp::Reverse(*at), id)
+            })
+        })
+        .take(page_size + 1)
+        .collect();
+    let next = (page.len() > page_size).then(|| {
+        page.truncate(page_size);
+        let last = page.last().expect("a full page");
+        format!("{}_{}", listed_at(last).as_millisecond(), last.id)
+    });
+    Ok((page, next))
+}
