@@ -361,6 +361,7 @@ fn measure_only(url: &str, n: usize) {
         let server = tokio::spawn(app::run(
             listener,
             None,
+            None,
             backend,
             Settings::default(),
             async {

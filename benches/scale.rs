@@ -113,6 +113,7 @@ fn main() {
         let server = runtime.spawn(app::run(
             listener,
             None,
+            None,
             backend,
             Settings::default(),
             async {

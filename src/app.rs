@@ -32,16 +32,17 @@ use crate::{
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long the metrics port waits for a request's headers before it closes the
-/// connection: a scraper sends them at once, and a half-sent request must not hold a
-/// connection (an open file) forever.
+/// How long the metrics and HTTP ports wait for a request's headers before they close
+/// the connection: a scraper or a gateway sends them at once, and a half-sent request
+/// must not hold a connection (an open file) forever.
 const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `app` (the metrics) on `listener` until `stop`, then lets the requests in
-/// flight finish. HTTP/1.1 only (over TLS where configured), with a header-read
-/// timeout.
-async fn serve_metrics(
+/// Serves `app` (the metrics, or the HTTP port's routes) on `listener`, the port
+/// `name`, until `stop`, then lets the requests in flight finish. HTTP/1.1 only (over
+/// TLS where configured), with a header-read timeout.
+async fn serve_http(
     listener: tokio::net::TcpListener,
+    name: &'static str,
     app: axum::Router,
     tls: Option<Tls>,
     stop: CancellationToken,
@@ -55,7 +56,7 @@ async fn serve_metrics(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(METRICS_HEADER_TIMEOUT);
-    let mut acceptor = net::Acceptor::new(listener, "metrics");
+    let mut acceptor = net::Acceptor::new(listener, name);
     while let Some((stream, _)) = acceptor.accept(&stop).await {
         let (tls, http, app) = (tls.clone(), http.clone(), app.clone());
         let watcher = graceful.watcher();
@@ -246,7 +247,8 @@ pub enum AppError {
     Tls(#[from] TlsError),
 }
 
-/// Serves gRPC on `grpc` (and Prometheus metrics on `metrics`, if given) until
+/// Serves gRPC on `grpc` (Prometheus metrics on `metrics` and citypark's HTTP routes on
+/// `http`, if given) until
 /// `shutdown` completes; then marks health NOT_SERVING, ends watch and publish
 /// streams, stops accepting, drains open calls, and stops and joins every background
 /// task (the store's included), all within the grace period. No task it started
@@ -254,6 +256,7 @@ pub enum AppError {
 pub async fn run(
     grpc: TcpListener,
     metrics: Option<TcpListener>,
+    http: Option<TcpListener>,
     backend: Backend,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
@@ -338,10 +341,20 @@ pub async fn run(
                 }),
             );
             let stop = token.clone();
-            Some(tokio::spawn(serve_metrics(listener, app, tls, stop)))
+            Some(tokio::spawn(serve_http(
+                listener,
+                "metrics",
+                app,
+                tls.clone(),
+                stop,
+            )))
         }
         None => None,
     };
+    let http_task = http.map(|listener| {
+        let (app, stop) = (crate::http::router(service.clone()), token.clone());
+        tokio::spawn(serve_http(listener, "http", app, tls, stop))
+    });
 
     // A store that can lose its backend takes the write services out of rotation
     // while it is gone; queries keep answering from the engine.
@@ -428,6 +441,9 @@ pub async fn run(
             Some(task) => task.await.ok().and_then(Result::err),
             None => None,
         };
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
         backend.store.close().await;
         metrics
     };

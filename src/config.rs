@@ -1,6 +1,6 @@
 //! Configuration of `citypark serve`: every flag also reads a `CITYPARK_*` variable.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, ValueEnum};
 
@@ -59,6 +59,35 @@ pub struct ServeConfig {
     /// Address of the Prometheus /metrics endpoint.
     #[arg(long, env = "CITYPARK_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+
+    /// Address of citypark's HTTP port, which takes the payment gateway's callbacks
+    /// (POST /payments/v1/callback); off when unset.
+    #[arg(long, env = "CITYPARK_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// The external payment gateway's charge URL (http:// or https://): plates may
+    /// then be linked with payment method GATEWAY. Needs --payment-gateway-secret-file.
+    #[arg(
+        long,
+        env = "CITYPARK_PAYMENT_GATEWAY_URL",
+        requires = "payment_gateway_secret_file"
+    )]
+    pub payment_gateway_url: Option<String>,
+
+    /// A file holding the secret (at least 32 bytes) shared with the gateway: requests
+    /// and callbacks are signed with HMAC-SHA256 over their body.
+    #[arg(long, env = "CITYPARK_PAYMENT_GATEWAY_SECRET_FILE")]
+    pub payment_gateway_secret_file: Option<PathBuf>,
+
+    /// How long a charge waits for the gateway's answer, in milliseconds; no answer by
+    /// then is retried later (the gateway charges a session once whatever the
+    /// attempts: the idempotency key is the session id).
+    #[arg(
+        long,
+        env = "CITYPARK_PAYMENT_GATEWAY_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub payment_gateway_timeout_ms: u64,
 
     /// Load a generated Qingdao-scale demo city and run simulated operators that
     /// stream occupancy through the gRPC API. Adds the demo operators' well-known
@@ -346,6 +375,7 @@ impl ServeConfig {
                 "must be 1 to 3650",
             ));
         }
+        self.payment_gateway()?;
         self.cors_origins()?;
         Ok(())
     }
@@ -378,6 +408,45 @@ impl ServeConfig {
         options.connect_timeout = Duration::from_secs(self.redis_connect_timeout_secs);
         options.stream_max_len = self.redis_stream_max_len;
         Ok(Some(options))
+    }
+
+    /// The payment gateway's client, if one is configured; errors name the flag.
+    pub fn payment_gateway(&self) -> Result<Option<Arc<crate::gateway::Gateway>>> {
+        let (Some(url), Some(secret_file)) =
+            (&self.payment_gateway_url, &self.payment_gateway_secret_file)
+        else {
+            return Ok(None);
+        };
+        let bad_url = |why: String| Error::invalid("--payment-gateway-url", why);
+        let url: http::Uri = url.parse().map_err(|e| bad_url(format!("{e}")))?;
+        let secret = std::fs::read(secret_file).map_err(|e| {
+            Error::invalid(
+                "--payment-gateway-secret-file",
+                format!("{}: {e}", secret_file.display()),
+            )
+        })?;
+        // A trailing newline is the file's, not the secret's.
+        let secret = secret.trim_ascii_end().to_vec();
+        if !(1..=600_000).contains(&self.payment_gateway_timeout_ms) {
+            return Err(Error::invalid(
+                "--payment-gateway-timeout-ms",
+                "must be 1 to 600000",
+            ));
+        }
+        let config = crate::gateway::GatewayConfig {
+            url,
+            secret: secret.into(),
+            timeout: Duration::from_millis(self.payment_gateway_timeout_ms),
+        };
+        let gateway = crate::gateway::Gateway::new(config).map_err(|why| {
+            let flag = if why.contains("secret") {
+                "--payment-gateway-secret-file"
+            } else {
+                "--payment-gateway-url"
+            };
+            Error::invalid(flag, why)
+        })?;
+        Ok(Some(Arc::new(gateway)))
     }
 
     /// The CORS origins, checked.
@@ -441,6 +510,9 @@ impl ServeConfig {
                 session_retention: Duration::from_secs(
                     u64::from(self.session_retention_days) * 24 * 3600,
                 ),
+                // Checked by `validate`.
+                gateway: self.payment_gateway().ok().flatten(),
+                ..crate::service::Payments::default()
             },
             // Checked by `validate`.
             cors_origins: self.cors_origins().unwrap_or_default(),

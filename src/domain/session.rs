@@ -294,27 +294,55 @@ impl ParkingSession {
         Ok(())
     }
 
+    /// Starts an attempt to charge it: counted, and no other attempt starts before
+    /// `lease_until` (an instance calling a gateway holds the session that long, so
+    /// two instances never call at once).
+    pub fn start_attempt(&mut self, now: Timestamp, lease_until: Timestamp) -> Result<(), Error> {
+        self.check_charge()?;
+        if self.payment.next_attempt_at.is_some_and(|t| t > now) {
+            return Err(Error::FailedPrecondition(format!(
+                "session {} has an attempt in progress",
+                self.id
+            )));
+        }
+        self.payment.attempts += 1;
+        self.payment.next_attempt_at = Some(lease_until);
+        Ok(())
+    }
+
     /// Records a successful charge: the session is paid.
     pub fn paid(&mut self, receipt_id: &str) -> Result<(), Error> {
         self.check_charge()?;
-        self.payment.attempts += 1;
         self.payment.status = PaymentStatus::Succeeded;
         self.payment.receipt_id = receipt_id.to_owned();
         self.payment.failure.clear();
+        self.payment.next_attempt_at = None;
         self.state = SessionState::ClosedPaid;
         Ok(())
     }
 
-    /// Records a failed attempt: `final_` says it will not be retried (the charge was
-    /// refused), which leaves the fee as arrears.
-    pub fn charge_failed(&mut self, why: &str, final_: bool) -> Result<(), Error> {
+    /// Records an attempt that failed in a way worth retrying (a timeout, the gateway
+    /// unavailable): the next starts no sooner than `retry_at`.
+    pub fn retry_later(&mut self, why: &str, retry_at: Timestamp) -> Result<(), Error> {
         self.check_charge()?;
-        self.payment.attempts += 1;
         self.payment.failure = why.to_owned();
-        if final_ {
-            self.payment.status = PaymentStatus::Failed;
-        }
+        self.payment.next_attempt_at = Some(retry_at);
         Ok(())
+    }
+
+    /// Records a refusal for good (the wallet below its overdraft, the gateway
+    /// declined): the fee is arrears.
+    pub fn charge_failed(&mut self, why: &str) -> Result<(), Error> {
+        self.check_charge()?;
+        self.payment.failure = why.to_owned();
+        self.payment.status = PaymentStatus::Failed;
+        self.payment.next_attempt_at = None;
+        Ok(())
+    }
+
+    /// Whether a charge may be attempted at `now`: due, and no attempt holds it.
+    pub fn may_attempt(&self, now: Timestamp) -> bool {
+        self.is_due() && self.payment.next_attempt_at.is_none_or(|t| t <= now)
     }
 
     /// A fee owed by the plate's driver: charged and refused for good.
@@ -653,8 +681,15 @@ mod tests {
             .unwrap();
         assert_eq!((s.state, s.fee_minor), (SessionState::ClosedUnpaid, 1000));
         assert!(s.is_due());
-        s.charge_failed("the gateway timed out", false).unwrap();
+        s.start_attempt(at(90), at(91)).unwrap();
+        assert!(
+            s.start_attempt(at(90), at(91)).is_err(),
+            "one attempt at a time"
+        );
+        s.retry_later("the gateway timed out", at(92)).unwrap();
         assert!(s.is_due(), "a timeout is retried");
+        assert!(!s.may_attempt(at(91)) && s.may_attempt(at(92)));
+        s.start_attempt(at(92), at(93)).unwrap();
         s.paid("charge:g1~rs").unwrap();
         assert_eq!(s.state, SessionState::ClosedPaid);
         assert_eq!(s.payment.attempts, 2);
@@ -829,7 +864,7 @@ mod tests {
         let mut paid = session(1, 90, Some((ann.clone(), PaymentMethod::Wallet)));
         paid.paid("r1").unwrap();
         let mut refused = session(2, 61, Some((ann.clone(), PaymentMethod::Wallet)));
-        refused.charge_failed("balance too low", true).unwrap();
+        refused.charge_failed("balance too low").unwrap();
         let barrier = session(3, 120, None);
         let free = session(4, 10, None);
         let tomorrow = session(5, 8 * 60, None);

@@ -31,6 +31,7 @@ use crate::{
         ParkingSession, PaymentMethod, Plate, PlateColor, PlateLink, Prepaid, ReservationState,
         Result, SessionId, SessionState, Settlement, Timestamp, Viewer, Wallet, accounts_region,
     },
+    gateway::{self, Callback, ChargeRequest, Gateway, Outcome, Retry},
     metrics,
     store::{AnyWrite, Change, Versioned},
 };
@@ -51,6 +52,17 @@ pub struct Payments {
     pub overdraft_minor: i64,
     /// A closed session's plate is forgotten this long after its exit.
     pub session_retention: Duration,
+    /// The external payment gateway, if any: plates may be linked with GATEWAY only
+    /// then.
+    pub gateway: Option<Arc<Gateway>>,
+    /// A gateway attempt that failed in a way worth retrying is made again after this,
+    /// doubled each time (at most 5 minutes).
+    pub retry_base: Duration,
+    /// Attempts made before a charge the gateway never answered is given up (arrears).
+    pub max_attempts: u32,
+    /// How long a charge the gateway said was pending waits for its callback before
+    /// the gateway is asked again.
+    pub pending_recheck: Duration,
 }
 
 impl Default for Payments {
@@ -59,8 +71,20 @@ impl Default for Payments {
             currency: "CNY".to_owned(),
             overdraft_minor: 0,
             session_retention: Duration::from_secs(90 * 24 * 3600),
+            gateway: None,
+            retry_base: Duration::from_secs(1),
+            max_attempts: 8,
+            pending_recheck: Duration::from_secs(60),
         }
     }
+}
+
+/// `now + d`, saturating.
+fn later(now: Timestamp, d: Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
 }
 
 /// What the payment sweep was told: sessions closed with a charge to make.
@@ -327,20 +351,27 @@ impl Service {
         }
     }
 
-    /// Charges session `id` if it is due.
+    /// Charges session `id` if it is due and no attempt holds it.
     async fn charge(&self, id: &SessionId) {
         let Some((session, _)) = self.engine.session(id) else {
             return;
         };
-        if !session.is_due() {
+        let now = self.now();
+        if !session.may_attempt(now) {
             return;
         }
-        let charged = match session.payment.method {
-            PaymentMethod::Wallet => self.charge_wallet(&session).await,
-            other => Err(Error::Internal(format!(
-                "session {id} is due with method {other:?}"
-            ))),
-        };
+        if session.payment.method == PaymentMethod::Gateway {
+            match self.payments.gateway.clone() {
+                Some(gateway) => self.charge_gateway(&session, &gateway, now).await,
+                None => {
+                    let why = "no payment gateway is configured any more";
+                    let _ = self.change_session(id, |s| s.charge_failed(why)).await;
+                    metrics::record_payment("gateway", "declined");
+                }
+            }
+            return;
+        }
+        let charged = self.charge_wallet(&session).await;
         let method = "wallet";
         let charged = match charged {
             Ok(charged) => charged,
@@ -352,9 +383,12 @@ impl Service {
             }
         };
         let result = self
-            .change_session(id, |s| match &charged {
-                Ok(receipt) => s.paid(receipt),
-                Err(why) => s.charge_failed(why, true),
+            .change_session(id, |s| {
+                s.start_attempt(now, now)?;
+                match &charged {
+                    Ok(receipt) => s.paid(receipt),
+                    Err(why) => s.charge_failed(why),
+                }
             })
             .await;
         audit::write(Who::Service, "charge", id.as_str(), &result);
@@ -373,6 +407,131 @@ impl Service {
                 tracing::warn!(session = %id, %error, "a charge was made but its session not marked yet");
             }
         }
+    }
+
+    /// Asks the gateway to charge `session`: first takes the session for the attempt
+    /// (a compare-and-set, so one instance calls at a time), then records what the
+    /// gateway answered. The gateway charges a session once, whatever the attempts: the
+    /// idempotency key is the session's id.
+    async fn charge_gateway(&self, session: &ParkingSession, gateway: &Gateway, now: Timestamp) {
+        let id = &session.id;
+        // Held for the call and the retry delay, so the answer is recorded before
+        // another instance may start an attempt.
+        let lease = later(now, gateway.timeout() + self.payments.retry_base);
+        match self
+            .change_session(id, |s| s.start_attempt(now, lease))
+            .await
+        {
+            Ok(true) => {}
+            // Another instance holds it, or it was paid meanwhile.
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(session = %id, %error, "a gateway charge could not start yet");
+                return;
+            }
+        }
+        let (Some(driver), Some(attempt)) =
+            (&session.driver, session.payment.attempts.checked_add(1))
+        else {
+            return;
+        };
+        let request = ChargeRequest {
+            session_id: id.to_string(),
+            driver_id: driver.to_string(),
+            operator_id: session.operator.to_string(),
+            car_park_id: id.car_park().to_string(),
+            amount_minor: session.fee_minor,
+            currency: session.tariff.currency.clone(),
+            attempt,
+            sent_at: now.to_string(),
+        };
+        let outcome = gateway.charge(&request).await;
+        let now = self.now();
+        let (max, base) = (self.payments.max_attempts, self.payments.retry_base);
+        let result = self
+            .change_session(id, |s| match &outcome {
+                Ok(Outcome::Succeeded(receipt)) => s.paid(receipt),
+                Ok(Outcome::Declined(why)) => s.charge_failed(why),
+                Ok(Outcome::Pending) => s.retry_later(
+                    "the gateway is processing the charge",
+                    later(now, self.payments.pending_recheck),
+                ),
+                Err(Retry(why)) if s.payment.attempts >= max => {
+                    s.charge_failed(&format!("{why}; gave up after {max} attempts"))
+                }
+                Err(Retry(why)) => {
+                    let doublings = s.payment.attempts.saturating_sub(1).min(16);
+                    let delay = (base * 2u32.pow(doublings)).min(Duration::from_secs(300));
+                    s.retry_later(why, later(now, delay))
+                }
+            })
+            .await;
+        audit::write(Who::Service, "charge", id.as_str(), &result);
+        let label = match &outcome {
+            Ok(Outcome::Succeeded(_)) => "succeeded",
+            Ok(Outcome::Declined(_)) => "declined",
+            Ok(Outcome::Pending) => "pending",
+            Err(_) => "retry",
+        };
+        metrics::record_payment("gateway", label);
+        if let Err(error) = result {
+            tracing::warn!(session = %id, %error, "a gateway's answer was not recorded yet; the charge will be asked again");
+        }
+    }
+
+    /// The gateway's signed callback about a pending charge: records the charge as
+    /// paid or declined. A callback repeated, or about a session settled already,
+    /// changes nothing and is answered as done.
+    pub async fn payment_callback(&self, body: &[u8], signature: Option<&str>) -> Result<()> {
+        let Some(client) = &self.payments.gateway else {
+            return Err(Error::NotFound {
+                kind: "payment gateway",
+                id: "callback".into(),
+            });
+        };
+        if !signature.is_some_and(|s| client.verify(body, s)) {
+            return Err(Error::Unauthenticated(
+                "the callback's signature does not verify".into(),
+            ));
+        }
+        let callback: Callback = serde_json::from_slice(body)
+            .map_err(|e| Error::invalid("body", format!("not a callback: {e}")))?;
+        let id = SessionId::parse(&callback.session_id).map_err(|e| e.in_field("session_id"))?;
+        let (session, _) = self.engine.session(&id).ok_or_else(|| Error::NotFound {
+            kind: "session",
+            id: id.to_string(),
+        })?;
+        if session.payment.method != PaymentMethod::Gateway {
+            return Err(Error::FailedPrecondition(format!(
+                "session {id} is not paid through the gateway"
+            )));
+        }
+        let result = match callback.status.as_str() {
+            "succeeded" if !callback.receipt_id.is_empty() => {
+                self.change_session(&id, |s| s.paid(&callback.receipt_id))
+                    .await
+            }
+            "declined" => {
+                let why = gateway::reason_or(callback.reason.clone(), "declined by the gateway");
+                self.change_session(&id, |s| s.charge_failed(&why)).await
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "status",
+                    "must be succeeded (with a receipt_id) or declined",
+                ));
+            }
+        };
+        audit::write(Who::Service, "payment_callback", id.as_str(), &result);
+        if let Ok(true) = result {
+            let label = if callback.status == "succeeded" {
+                "succeeded"
+            } else {
+                "declined"
+            };
+            metrics::record_payment("gateway", label);
+        }
+        result.map(|_| ())
     }
 
     /// Posts `session`'s charge to its driver's wallet, once: the receipt (the entry's
@@ -501,7 +660,7 @@ impl Service {
         color: PlateColor,
         method: PaymentMethod,
     ) -> Result<PlateLink> {
-        if method == PaymentMethod::Gateway {
+        if method == PaymentMethod::Gateway && self.payments.gateway.is_none() {
             return Err(Error::FailedPrecondition(
                 "this server has no payment gateway: link the plate with WALLET".into(),
             ));

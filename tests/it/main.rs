@@ -10,6 +10,7 @@ mod grpc_web;
 mod ingest;
 mod nearby;
 mod nearby_property;
+mod payments;
 mod rate_limits;
 mod redis_formats;
 mod redis_harness;

@@ -103,6 +103,8 @@ pub fn start_time() -> Timestamp {
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
+    /// The HTTP port (payment callbacks).
+    pub http_addr: std::net::SocketAddr,
     pub clock: Arc<ManualClock>,
     pub backend: Backend,
     stop: Option<oneshot::Sender<()>>,
@@ -171,11 +173,14 @@ impl TestServer {
         tweak(&mut settings);
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, metrics_addr) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
+        let http_addr = http.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app::run(
             grpc,
             Some(metrics),
+            Some(http),
             backend.clone(),
             settings,
             async {
@@ -185,6 +190,7 @@ impl TestServer {
         Self {
             addr,
             metrics_addr,
+            http_addr,
             clock,
             backend,
             stop: Some(stop),
