@@ -5,7 +5,10 @@
 //! Redis) and runs this. Environment: `CITYPARK_BENCH_SERVER` (gRPC URL),
 //! `CITYPARK_BENCH_KEY` (an operator API key the server knows), `CITYPARK_BENCH_METRICS`
 //! (metrics URL, optional: reports per Redis round trip), `CITYPARK_BENCH_ROUNDS`,
-//! `CITYPARK_BENCH_SECONDS`. Nothing here asserts a speed.
+//! `CITYPARK_BENCH_SECONDS`, and `CITYPARK_BENCH_PLATES=1` to send gate reports instead:
+//! each an entry or an exit of one car with its plate, so every report opens or closes
+//! a parking session (the plates are not linked: sessions close at the barrier).
+//! Nothing here asserts a speed.
 
 mod common;
 
@@ -70,25 +73,63 @@ async fn register(channel: Channel, key: &str, run: &str) -> Vec<String> {
     ids
 }
 
+/// A car park's gate in the plates mode: the car inside (its number), and the next
+/// car's number.
+#[derive(Debug, Clone, Copy, Default)]
+struct Gate {
+    inside: Option<u32>,
+    next: u32,
+}
+
+impl Gate {
+    /// The next report's delta: the car inside leaves, or a new one enters.
+    fn next_delta(&mut self, car_park: usize) -> pb::DeltaReport {
+        let (car, entry) = match self.inside.take() {
+            Some(car) => (car, false),
+            None => {
+                self.next += 1;
+                self.inside = Some(self.next);
+                (self.next, true)
+            }
+        };
+        let one = vec![category(pb::SpaceCategory::Standard, 1)];
+        let (entries, exits) = if entry { (one, vec![]) } else { (vec![], one) };
+        pb::DeltaReport {
+            entries,
+            exits,
+            plate: format!("鲁B{car_park:04}{:03}", car % 1000),
+            plate_color: pb::PlateColor::Blue.into(),
+            lane: String::new(),
+        }
+    }
+}
+
 /// Applied reports per second over `seconds`: STREAMS streams, each on its own share
-/// of the car parks, BATCH reports a message, WINDOW messages in flight.
+/// of the car parks, BATCH reports a message, WINDOW messages in flight. With `gates`,
+/// each report is a car entering or leaving with its plate.
 async fn publish(
     channel: Channel,
     key: &str,
     ids: &[String],
     sequences: &mut [u64],
+    gates: Option<&mut [Gate]>,
     seconds: f64,
 ) -> f64 {
+    let plates = gates.is_some();
+    let mut no_gates = vec![Gate::default(); ids.len()];
+    let gates = gates.unwrap_or(&mut no_gates);
     let applied = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for s in 0..STREAMS {
-        let mine: Vec<(String, u64)> = ids
+        let mine: Vec<(String, u64, Gate, usize)> = ids
             .iter()
             .zip(sequences.iter())
+            .zip(gates.iter())
+            .enumerate()
             .skip(s)
             .step_by(STREAMS)
-            .map(|(id, seq)| (id.clone(), *seq))
+            .map(|(i, ((id, seq), gate))| (id.clone(), *seq, *gate, i))
             .collect();
         let mut client = IngestClient::new(channel.clone());
         let key = key.to_owned();
@@ -102,23 +143,28 @@ async fn publish(
                 .expect("publish")
                 .into_inner();
             let mut cursor = 0;
-            let mut next = |mine: &mut Vec<(String, u64)>| {
+            let mut next = |mine: &mut Vec<(String, u64, Gate, usize)>| {
                 let now = prost_types::Timestamp::from(SystemTime::now());
                 let reports = (0..BATCH)
                     .map(|_| {
                         let len = mine.len();
-                        let (id, seq) = &mut mine[cursor % len];
+                        let (id, seq, gate, i) = &mut mine[cursor % len];
                         cursor += 1;
                         *seq += 1;
+                        let delta = if plates {
+                            gate.next_delta(*i)
+                        } else {
+                            pb::DeltaReport {
+                                entries: vec![category(pb::SpaceCategory::Standard, 1)],
+                                exits: vec![category(pb::SpaceCategory::Standard, 1)],
+                                ..Default::default()
+                            }
+                        };
                         pb::OccupancyReport {
                             car_park_id: id.clone(),
                             sequence: *seq,
                             observed_at: Some(now),
-                            body: Some(pb::occupancy_report::Body::Delta(pb::DeltaReport {
-                                entries: vec![category(pb::SpaceCategory::Standard, 1)],
-                                exits: vec![category(pb::SpaceCategory::Standard, 1)],
-                                ..Default::default()
-                            })),
+                            body: Some(pb::occupancy_report::Body::Delta(delta)),
                             restart_sequence: false,
                         }
                     })
@@ -152,10 +198,11 @@ async fn publish(
         finished.push(t.await.expect("publish task"));
     }
     let rate = applied.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    // Carry the sequences over to the next round.
-    for (s, mine) in finished.into_iter().enumerate() {
-        for (k, (_, seq)) in mine.into_iter().enumerate() {
-            sequences[s + k * STREAMS] = seq;
+    // Carry the sequences and the cars inside over to the next round.
+    for mine in finished {
+        for (_, seq, gate, i) in mine {
+            sequences[i] = seq;
+            gates[i] = gate;
         }
     }
     rate
@@ -190,6 +237,13 @@ fn main() {
         );
         let ids = register(channel.clone(), &key, &run).await;
         let mut sequences = vec![0u64; ids.len()];
+        let plates = std::env::var("CITYPARK_BENCH_PLATES").is_ok_and(|v| v == "1");
+        let mut gates = vec![Gate::default(); ids.len()];
+        let what = if plates {
+            "Publish with plates (gate reports)"
+        } else {
+            "Publish"
+        };
         let before = match &metrics {
             Some(m) => redis_counters(m).await,
             None => None,
@@ -197,9 +251,10 @@ fn main() {
         let (mut pings, mut reports, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=rounds {
             let p = ping(channel.clone(), seconds).await;
-            let r = publish(channel.clone(), &key, &ids, &mut sequences, seconds).await;
+            let gates = plates.then_some(gates.as_mut_slice());
+            let r = publish(channel.clone(), &key, &ids, &mut sequences, gates, seconds).await;
             println!(
-                "round {round}: Ping {p:.0} req/s, Publish {r:.0} reports/s, ratio {:.2}",
+                "round {round}: Ping {p:.0} req/s, {what} {r:.0} reports/s, ratio {:.2}",
                 r / p
             );
             pings.push(p);
@@ -207,7 +262,7 @@ fn main() {
             ratios.push(r / p);
         }
         println!(
-            "median: Ping (E) {:.0} req/s, Publish {:.0} reports/s, ratio {:.2}",
+            "median: Ping (E) {:.0} req/s, {what} {:.0} reports/s, ratio {:.2}",
             common::median(pings),
             common::median(reports),
             common::median(ratios)

@@ -192,8 +192,25 @@ impl Service {
         }
         self.plates_seen(seen.iter().map(|(_, s)| s.clone()).collect())
             .await;
-        for (i, sighting) in seen {
-            let note = self.session_at_gate(&sighting).await;
+        // Car parks apart, in parallel (on Redis, their writes share round trips);
+        // each car park's plates in the order of their reports.
+        let mut by_car_park: HashMap<&CarParkId, Vec<(usize, &Sighting)>> = HashMap::new();
+        for (i, sighting) in &seen {
+            by_car_park
+                .entry(&sighting.car_park)
+                .or_default()
+                .push((*i, sighting));
+        }
+        let notes =
+            futures_util::future::join_all(by_car_park.into_values().map(|sightings| async move {
+                let mut notes = Vec::with_capacity(sightings.len());
+                for (i, sighting) in sightings {
+                    notes.push((i, self.session_at_gate(sighting).await));
+                }
+                notes
+            }))
+            .await;
+        for (i, note) in notes.into_iter().flatten() {
             if let Some(Ok(applied)) = results.get_mut(i) {
                 applied.gate = note;
             }
