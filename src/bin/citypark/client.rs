@@ -46,6 +46,18 @@ pub enum ClientCommand {
     SearchShared(crate::share::SearchArgs),
     /// Book a shared space as a driver.
     Book(crate::share::BookArgs),
+    /// Link, unlink and list your plates as a driver: a linked plate's parking is
+    /// charged to your wallet when it leaves.
+    #[command(subcommand)]
+    Plates(crate::sessions::PlatesCommand),
+    /// List parking sessions: a driver's own (--token), or those at an operator's car
+    /// parks (--api-key); --id prints one.
+    Sessions(crate::sessions::SessionsArgs),
+    /// One local day's settlement of an operator's car parks' sessions.
+    Settlement(crate::sessions::SettlementArgs),
+    /// Your built-in wallet as a driver: balance, arrears, latest entries; `wallet
+    /// top-up` credits it.
+    Wallet(crate::sessions::WalletArgs),
 }
 
 /// Where the server is.
@@ -80,6 +92,14 @@ pub(crate) struct ConnectArgs {
         requires = "tls_client_cert_file"
     )]
     tls_client_key_file: Option<std::path::PathBuf>,
+}
+
+impl ConnectArgs {
+    /// Whether an operator's client certificate is given: it proves the operator, as
+    /// an API key would.
+    pub(crate) fn has_client_certificate(&self) -> bool {
+        self.tls_client_cert_file.is_some()
+    }
 }
 
 /// A domain enum as the command line names it: by the domain's one name table
@@ -296,6 +316,10 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Offer(args) => crate::share::offer(args).await,
         ClientCommand::SearchShared(args) => crate::share::search(args).await,
         ClientCommand::Book(args) => crate::share::book(args).await,
+        ClientCommand::Plates(command) => crate::sessions::plates(command).await,
+        ClientCommand::Sessions(args) => crate::sessions::sessions(args).await,
+        ClientCommand::Settlement(args) => crate::sessions::settlement(args).await,
+        ClientCommand::Wallet(args) => crate::sessions::wallet(args).await,
     };
     match result {
         // A reader that stops early (`citypark watch ... | head`) is not a failure.
@@ -706,11 +730,14 @@ fn format_age(seconds: Option<i64>) -> String {
 }
 
 pub(crate) fn format_money(minor: i64, currency: &str) -> String {
-    let amount = format!("{}.{:02}", minor / 100, (minor % 100).abs());
+    // The sign goes first, so that -50 reads -¥0.50 (a charge, a wallet in its
+    // overdraft) rather than losing it with the units.
+    let sign = if minor < 0 { "-" } else { "" };
+    let (units, cents) = (minor.unsigned_abs() / 100, minor.unsigned_abs() % 100);
     match currency {
-        "CNY" => format!("¥{amount}"),
-        "" => amount,
-        other => format!("{amount} {other}"),
+        "CNY" => format!("{sign}¥{units}.{cents:02}"),
+        "" => format!("{sign}{units}.{cents:02}"),
+        other => format!("{sign}{units}.{cents:02} {other}"),
     }
 }
 
@@ -916,5 +943,7 @@ mod tests {
         assert_eq!(format_age(None), "-");
         assert_eq!(format_money(1_250, "CNY"), "¥12.50");
         assert_eq!(format_money(905, "EUR"), "9.05 EUR");
+        assert_eq!(format_money(-50, "CNY"), "-¥0.50");
+        assert_eq!(format_money(-1_500, ""), "-15.00");
     }
 }
