@@ -285,9 +285,21 @@ pub struct ReportArgs {
     /// with --free: a snapshot).
     #[arg(long)]
     restart_sequence: bool,
-    /// Licence plate read at the barrier, for a single entry or exit.
+    /// Licence plate read at the barrier, for a single entry or exit: it opens or
+    /// closes the plate's parking session.
     #[arg(long, conflicts_with_all = ["free", "bay"])]
     plate: Option<String>,
+    /// The plate's colour (only with --plate).
+    #[arg(long, requires = "plate", value_parser = by_name::<pb::PlateColor>())]
+    plate_color: Option<pb::PlateColor>,
+    /// The lane (gate) that read the plate, as the operator names it, up to 32
+    /// characters (only with --plate).
+    #[arg(long, requires = "plate")]
+    lane: Option<String>,
+    /// When it was observed, RFC 3339; at most 5 minutes ahead of the server's clock
+    /// [default: now].
+    #[arg(long, value_parser = crate::sessions::parse_time)]
+    observed_at: Option<prost_types::Timestamp>,
     /// A bay whose sensor changed.
     #[arg(long, requires = "occupied")]
     bay: Option<String>,
@@ -602,7 +614,8 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
             entries: args.enter,
             exits: args.exit,
             plate: args.plate.unwrap_or_default(),
-            ..Default::default()
+            plate_color: args.plate_color.map_or(0, i32::from),
+            lane: args.lane.unwrap_or_default(),
         })
     };
     let sequence = args.sequence.unwrap_or_else(|| {
@@ -614,7 +627,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
         report: Some(pb::OccupancyReport {
             car_park_id: args.car_park,
             sequence,
-            observed_at: Some(SystemTime::now().into()),
+            observed_at: Some(args.observed_at.unwrap_or_else(|| SystemTime::now().into())),
             body: Some(body),
             restart_sequence: args.restart_sequence,
         }),
@@ -648,6 +661,15 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     }
     if !ack.reason.is_empty() {
         say(format_args!("reason: {} {}", ack.field, ack.reason))?;
+    }
+    if !ack.session_id.is_empty() {
+        say(format_args!("parking session {}", ack.session_id))?;
+    }
+    if ack.arrears {
+        say(format_args!(
+            "arrears: the plate's driver owes {}",
+            format_money(ack.arrears_minor, &ack.arrears_currency)
+        ))?;
     }
     if let Some(availability) = ack.availability {
         print_availability(&[availability])?;
@@ -871,6 +893,26 @@ mod tests {
             ])
             .is_ok()
         );
+        let Ok(ClientCommand::Report(gate)) = with(&[
+            "--enter",
+            "standard=1",
+            "--plate",
+            "鲁B12345",
+            "--plate-color",
+            "blue",
+            "--lane",
+            "in-1",
+            "--observed-at",
+            "2026-11-30T10:00:00+08:00",
+        ]) else {
+            panic!("an entry with a plate read at a lane parses");
+        };
+        assert_eq!(gate.plate_color, Some(pb::PlateColor::Blue));
+        assert_eq!(gate.observed_at.map(|t| t.seconds), Some(1_796_004_000));
+        // A colour or a lane describes a plate read: not without one.
+        assert!(with(&["--enter", "standard=1", "--plate-color", "blue"]).is_err());
+        assert!(with(&["--exit", "standard=1", "--lane", "out-1"]).is_err());
+        assert!(with(&["--free", "standard=1", "--observed-at", "10:00"]).is_err());
         assert!(with(&["--bay", "b001", "--occupied", "true"]).is_ok());
         let Ok(ClientCommand::Report(bay)) = with(&[
             "--bay",
