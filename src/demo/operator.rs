@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::clock::Clock;
 use crate::pb;
 use crate::pb::ingest_client::IngestClient;
+use crate::pb::occupancy_report::Body;
 use crate::pb::registry_client::RegistryClient;
 use crate::pb::reservations_client::ReservationsClient;
 use crate::pb::sessions_client::SessionsClient;
@@ -158,6 +159,15 @@ struct Operator {
     /// Reports sent and not yet acknowledged, in send order; acks arrive in the same
     /// order, and after a reconnect these are sent again.
     pending: VecDeque<pb::OccupancyReport>,
+    /// How many reports at the front of `pending` are being sent again after a
+    /// reconnect: a DUPLICATE ack of one of them likely means its first sending was
+    /// applied.
+    resending: usize,
+    /// Plate reads acknowledged DUPLICATE on their first sending: someone else numbered
+    /// the car park ahead (`citypark report` on a demo car park), so they were not
+    /// applied. They go out again under new sequences, so that the sessions they open
+    /// or close still are.
+    reads_again: Vec<pb::OccupancyReport>,
     acked_on_stream: u64,
     /// Whether the first round went out: it reports on every car park at once, so a
     /// newcomer's first query finds live numbers instead of a city of NO_DATA.
@@ -307,6 +317,8 @@ impl Operator {
         let (tx, rx) = mpsc::unbounded_channel();
         // Resend what the last stream left unacknowledged; what the server had already
         // applied comes back DUPLICATE.
+        self.resending = self.pending.len();
+        self.pending.extend(self.reads_again.drain(..));
         let unacked: Vec<_> = self.pending.iter().cloned().collect();
         for chunk in unacked.chunks(MAX_BATCH) {
             let _ = tx.send(pb::PublishRequest {
@@ -334,7 +346,17 @@ impl Operator {
                     acks = Some(opened?.into_inner());
                 }
                 message = next_message(&mut acks) => match message? {
-                    Some(response) => self.on_acks(response.acks),
+                    Some(response) => {
+                        self.on_acks(response.acks);
+                        let again = std::mem::take(&mut self.reads_again);
+                        for chunk in again.chunks(MAX_BATCH) {
+                            self.pending.extend(chunk.iter().cloned());
+                            let batch = pb::PublishRequest { reports: chunk.to_vec() };
+                            if tx.send(batch).is_err() {
+                                return Err(tonic::Status::unavailable("publish stream closed"));
+                            }
+                        }
+                    }
                     None => return Err(tonic::Status::unavailable("publish stream closed by the server")),
                 },
                 _ = gate.tick() => {
@@ -461,17 +483,37 @@ impl Operator {
     fn on_acks(&mut self, acks: Vec<pb::ReportAck>) {
         for ack in acks {
             self.acked_on_stream += 1;
-            self.pending.pop_front();
+            let sent = self.pending.pop_front();
+            let first_sending = self.resending == 0;
+            self.resending = self.resending.saturating_sub(1);
             match ack.result() {
                 pb::ReportResult::Applied => self.tally.applied += 1,
                 pb::ReportResult::Duplicate => {
                     self.tally.duplicate += 1;
                     self.catch_up_sequence(&ack);
+                    if first_sending && let Some(report) = sent {
+                        self.read_again(report);
+                    }
                 }
                 pb::ReportResult::Rejected | pb::ReportResult::Unspecified => {
                     self.on_rejected(&ack)
                 }
             }
+        }
+    }
+
+    /// Queues `report` to be sent again under its car park's next sequence if it
+    /// carries a plate (observed when it was: the car passed the gate then).
+    fn read_again(&mut self, mut report: pb::OccupancyReport) {
+        let plated = matches!(&report.body, Some(Body::Delta(d)) if !d.plate.is_empty());
+        if !plated {
+            // Counts alone: the next snapshot corrects them.
+            return;
+        }
+        if let Some(park) = self.sim.iter_mut().find(|p| p.id == report.car_park_id) {
+            report.sequence = park.sequence();
+            debug!(operator = %self.id, car_park = %report.car_park_id, sequence = report.sequence, "a plate read numbered behind the car park sent again");
+            self.reads_again.push(report);
         }
     }
 
@@ -684,6 +726,8 @@ pub(super) async fn run_operators(
             plates: Plates::new(linked),
             cursor: 0,
             pending: VecDeque::new(),
+            resending: 0,
+            reads_again: Vec::new(),
             acked_on_stream: 0,
             started: false,
             interval,

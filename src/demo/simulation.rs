@@ -346,7 +346,8 @@ impl SimPark {
         (fraction * f64::from(cat.capacity)).round() as i32
     }
 
-    fn sequence(&mut self) -> u64 {
+    /// The next sequence number, taken.
+    pub(super) fn sequence(&mut self) -> u64 {
         let s = self.next_sequence;
         self.next_sequence += 1;
         s
