@@ -7,6 +7,7 @@
 //! operator's task, so nothing here outlives the call.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -20,14 +21,18 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
+use crate::clock::Clock;
 use crate::pb;
 use crate::pb::ingest_client::IngestClient;
+use crate::pb::occupancy_report::Body;
 use crate::pb::registry_client::RegistryClient;
 use crate::pb::reservations_client::ReservationsClient;
+use crate::pb::sessions_client::SessionsClient;
 use crate::rng::Rng;
 
 use super::city::DemoOperator;
-use super::simulation::{SimPark, occupancy_fraction, shanghai_clock};
+use super::drivers::DemoDriver;
+use super::simulation::{Plates, SimPark, occupancy_fraction, shanghai_clock};
 
 /// Errors of the demo.
 #[derive(Debug, thiserror::Error)]
@@ -143,19 +148,33 @@ struct Operator {
     registry: RegistryClient<Authed>,
     ingest: IngestClient<Authed>,
     reservations: ReservationsClient<Authed>,
+    sessions: SessionsClient<Authed>,
     /// Reservations whose car this operator already reported at the gate.
     at_gate: HashSet<String>,
     car_parks: Vec<pb::CarPark>,
     sim: Vec<SimPark>,
+    /// The plates its gates read: the demo drivers' it sees, and made-up ones.
+    plates: Plates,
     cursor: usize,
     /// Reports sent and not yet acknowledged, in send order; acks arrive in the same
     /// order, and after a reconnect these are sent again.
     pending: VecDeque<pb::OccupancyReport>,
+    /// How many reports at the front of `pending` are being sent again after a
+    /// reconnect: a DUPLICATE ack of one of them likely means its first sending was
+    /// applied.
+    resending: usize,
+    /// Plate reads acknowledged DUPLICATE on their first sending: someone else numbered
+    /// the car park ahead (`citypark report` on a demo car park), so they were not
+    /// applied. They go out again under new sequences, so that the sessions they open
+    /// or close still are.
+    reads_again: Vec<pb::OccupancyReport>,
     acked_on_stream: u64,
     /// Whether the first round went out: it reports on every car park at once, so a
     /// newcomer's first query finds live numbers instead of a city of NO_DATA.
     started: bool,
     interval: Duration,
+    /// The time reports are observed at: the server's clock.
+    clock: Arc<dyn Clock>,
     rng: Rng,
     tally: Tally,
 }
@@ -181,9 +200,57 @@ impl Operator {
         Ok(true)
     }
 
+    /// Takes over the cars an earlier run of the demo left parked (after a restart on
+    /// a store that kept their sessions open): each open session at this operator's
+    /// car parks becomes a plated car of its simulation, which drives it out in time.
+    /// A reserved car's session is left to its reservation, whose end brings its exit.
+    /// Best effort: a failed listing leaves them.
+    async fn take_over_parked_cars(&mut self, shutdown: &CancellationToken) {
+        let mut page_token = String::new();
+        let mut taken = 0;
+        loop {
+            let request = pb::ListSessionsRequest {
+                state: pb::SessionState::Open.into(),
+                page_size: 500,
+                page_token,
+                ..Default::default()
+            };
+            let page = tokio::select! {
+                () = shutdown.cancelled() => return,
+                page = self.sessions.list_sessions(request) => page,
+            };
+            let page = match page {
+                Ok(page) => page.into_inner(),
+                Err(status) => {
+                    debug!(operator = %self.id, code = ?status.code(), "open sessions not listed; none taken over");
+                    return;
+                }
+            };
+            for s in page.sessions {
+                if !s.reservation_id.is_empty() || s.plate.is_empty() {
+                    continue;
+                }
+                let color = s.plate_color();
+                if let Some(park) = self.sim.iter_mut().find(|p| p.id == s.car_park_id)
+                    && park.adopt(s.plate.clone(), color)
+                {
+                    self.plates.parked(&s.plate);
+                    taken += 1;
+                }
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        if taken > 0 {
+            info!(operator = %self.id, cars = taken, "demo cars left parked by an earlier run taken over");
+        }
+    }
+
     async fn run(mut self, shutdown: CancellationToken) -> Result<Tally, DemoError> {
         match self.register(&shutdown).await {
-            Ok(true) => {}
+            Ok(true) => self.take_over_parked_cars(&shutdown).await,
             Ok(false) => return Ok(self.tally),
             Err((car_park, status)) => {
                 return Err(DemoError::Register {
@@ -250,6 +317,8 @@ impl Operator {
         let (tx, rx) = mpsc::unbounded_channel();
         // Resend what the last stream left unacknowledged; what the server had already
         // applied comes back DUPLICATE.
+        self.resending = self.pending.len();
+        self.pending.extend(self.reads_again.drain(..));
         let unacked: Vec<_> = self.pending.iter().cloned().collect();
         for chunk in unacked.chunks(MAX_BATCH) {
             let _ = tx.send(pb::PublishRequest {
@@ -277,7 +346,17 @@ impl Operator {
                     acks = Some(opened?.into_inner());
                 }
                 message = next_message(&mut acks) => match message? {
-                    Some(response) => self.on_acks(response.acks),
+                    Some(response) => {
+                        self.on_acks(response.acks);
+                        let again = std::mem::take(&mut self.reads_again);
+                        for chunk in again.chunks(MAX_BATCH) {
+                            self.pending.extend(chunk.iter().cloned());
+                            let batch = pb::PublishRequest { reports: chunk.to_vec() };
+                            if tx.send(batch).is_err() {
+                                return Err(tonic::Status::unavailable("publish stream closed"));
+                            }
+                        }
+                    }
                     None => return Err(tonic::Status::unavailable("publish stream closed by the server")),
                 },
                 _ = gate.tick() => {
@@ -330,9 +409,9 @@ impl Operator {
         let Ok(listed) = self.reservations.list_reservations(request).await else {
             return Vec::new();
         };
-        let now = SystemTime::now();
+        let now = SystemTime::from(self.clock.now());
         let observed_at = prost_types::Timestamp::from(now);
-        let now = prost_types::Timestamp::from(now).seconds;
+        let now = observed_at.seconds;
         let mut reports = Vec::new();
         for r in listed.into_inner().reservations {
             let seconds = |t: Option<prost_types::Timestamp>| t.map_or(i64::MAX, |t| t.seconds);
@@ -367,7 +446,7 @@ impl Operator {
         if n == 0 {
             return Vec::new();
         }
-        let now = SystemTime::now();
+        let now = SystemTime::from(self.clock.now());
         let (hour, weekend) = shanghai_clock(now);
         let observed_at = prost_types::Timestamp::from(now);
         let take = if self.started {
@@ -380,7 +459,7 @@ impl Operator {
         for _ in 0..take {
             let park = &mut self.sim[self.cursor];
             let shape = occupancy_fraction(park.kind, hour, weekend);
-            reports.extend(park.step(shape, observed_at, &mut self.rng));
+            reports.extend(park.step(shape, observed_at, &mut self.rng, &mut self.plates));
             self.cursor += 1;
             if self.cursor == n {
                 self.cursor = 0;
@@ -404,17 +483,37 @@ impl Operator {
     fn on_acks(&mut self, acks: Vec<pb::ReportAck>) {
         for ack in acks {
             self.acked_on_stream += 1;
-            self.pending.pop_front();
+            let sent = self.pending.pop_front();
+            let first_sending = self.resending == 0;
+            self.resending = self.resending.saturating_sub(1);
             match ack.result() {
                 pb::ReportResult::Applied => self.tally.applied += 1,
                 pb::ReportResult::Duplicate => {
                     self.tally.duplicate += 1;
                     self.catch_up_sequence(&ack);
+                    if first_sending && let Some(report) = sent {
+                        self.read_again(report);
+                    }
                 }
                 pb::ReportResult::Rejected | pb::ReportResult::Unspecified => {
                     self.on_rejected(&ack)
                 }
             }
+        }
+    }
+
+    /// Queues `report` to be sent again under its car park's next sequence if it
+    /// carries a plate (observed when it was: the car passed the gate then).
+    fn read_again(&mut self, mut report: pb::OccupancyReport) {
+        let plated = matches!(&report.body, Some(Body::Delta(d)) if !d.plate.is_empty());
+        if !plated {
+            // Counts alone: the next snapshot corrects them.
+            return;
+        }
+        if let Some(park) = self.sim.iter_mut().find(|p| p.id == report.car_park_id) {
+            report.sequence = park.sequence();
+            debug!(operator = %self.id, car_park = %report.car_park_id, sequence = report.sequence, "a plate read numbered behind the car park sent again");
+            self.reads_again.push(report);
         }
     }
 
@@ -508,15 +607,6 @@ async fn connect(
     }
 }
 
-/// Registers the city through `Registry.UpsertCarPark`, then streams occupancy through
-/// `Ingest.Publish`, one stream per operator, until `shutdown` is cancelled.
-///
-/// Every car park gets a report about once per `interval`: mostly entries and exits
-/// moving it towards its day-shaped occupancy, a snapshot every tenth round, and bay
-/// sensor flips for on-street zones. Lost streams are retried with backoff (1 s
-/// doubling to 30 s) and unacknowledged reports resent.
-///
-/// Returns only once every operator task it spawned has ended.
 /// A seed for the shared offers that follows the city (the same city, the same
 /// offers), from its car parks' ids.
 fn seed_of_city(city: &[pb::CarPark]) -> u64 {
@@ -526,13 +616,39 @@ fn seed_of_city(city: &[pb::CarPark]) -> u64 {
     })
 }
 
+/// What the demo plays: its city, operators and drivers, how often each car park
+/// reports, and the clock reports are observed by.
+pub(super) struct Plan {
+    pub(super) city: Vec<pb::CarPark>,
+    pub(super) operators: Vec<DemoOperator>,
+    pub(super) drivers: Vec<DemoDriver>,
+    pub(super) interval: Duration,
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+/// Registers the city through `Registry.UpsertCarPark`, then streams occupancy through
+/// `Ingest.Publish`, one stream per operator, until `shutdown` is cancelled; beside
+/// them, the hosts offer shared spaces and the drivers link their plates and top up.
+///
+/// Every car park gets a report about once per `interval`: mostly entries and exits
+/// moving it towards its day-shaped occupancy, a snapshot every tenth round, and bay
+/// sensor flips for on-street zones; a few cars at garages and lots have their plates
+/// read at the gates, the drivers' among them. Lost streams are retried with backoff
+/// (1 s doubling to 30 s) and unacknowledged reports resent.
+///
+/// Returns only once every task it spawned has ended.
 pub(super) async fn run_operators(
     endpoint: String,
-    city: Vec<pb::CarPark>,
-    operators: Vec<DemoOperator>,
-    interval: Duration,
+    plan: Plan,
     shutdown: CancellationToken,
 ) -> Result<(), DemoError> {
+    let Plan {
+        city,
+        operators,
+        drivers,
+        interval,
+        clock,
+    } = plan;
     let mut keys = HashMap::with_capacity(operators.len());
     for operator in &operators {
         let value =
@@ -566,9 +682,9 @@ pub(super) async fn run_operators(
     // Stops the other operators when one fails to register, without touching the
     // caller's token.
     let stop = shutdown.child_token();
-    let now = SystemTime::now();
+    let now = SystemTime::from(clock.now());
     let (hour, weekend) = shanghai_clock(now);
-    let seed = now
+    let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as u64;
@@ -580,7 +696,18 @@ pub(super) async fn run_operators(
         super::sharing::offer_all(hosts.0, offers, hosts.1).await;
         Ok(Tally::default())
     });
-    for (n, (id, car_parks)) in fleets.into_iter().enumerate() {
+    // Each linked plate is seen by one operator's gates, so it is parked in one place
+    // at a time without the operators' tasks sharing state.
+    let mut seen_by: Vec<Vec<(String, pb::PlateColor)>> = vec![Vec::new(); fleets.len()];
+    for (k, plate) in drivers.iter().flat_map(|d| d.plates.iter()).enumerate() {
+        seen_by[k % fleets.len().max(1)].push(plate.clone());
+    }
+    let people = (channel.clone(), clock.clone(), stop.clone());
+    tasks.spawn(async move {
+        super::drivers::run_drivers(people.0, drivers, people.1, people.2).await;
+        Ok(Tally::default())
+    });
+    for (n, ((id, car_parks), linked)) in fleets.into_iter().zip(seen_by).enumerate() {
         let bearer = keys[id.as_str()].clone();
         let mut rng = Rng::new(seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let sim = car_parks
@@ -591,15 +718,20 @@ pub(super) async fn run_operators(
             id,
             registry: RegistryClient::with_interceptor(channel.clone(), bearer.clone()),
             ingest: IngestClient::with_interceptor(channel.clone(), bearer.clone()),
-            reservations: ReservationsClient::with_interceptor(channel.clone(), bearer),
+            reservations: ReservationsClient::with_interceptor(channel.clone(), bearer.clone()),
+            sessions: SessionsClient::with_interceptor(channel.clone(), bearer),
             at_gate: HashSet::new(),
             car_parks,
             sim,
+            plates: Plates::new(linked),
             cursor: 0,
             pending: VecDeque::new(),
+            resending: 0,
+            reads_again: Vec::new(),
             acked_on_stream: 0,
             started: false,
             interval,
+            clock: clock.clone(),
             rng,
             tally: Tally::default(),
         };

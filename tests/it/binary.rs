@@ -27,6 +27,7 @@ async fn run(args: Vec<String>) -> String {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
             .args(&args)
             .env_remove("CITYPARK_TOKEN")
+            .env_remove("CITYPARK_API_KEY")
             .output()
             .expect("the binary runs");
         let (stdout, stderr) = (
@@ -189,6 +190,151 @@ async fn a_host_offers_and_a_driver_finds_and_books_from_the_command_line() {
         booked.contains("home-7~") && booked.contains(" booked "),
         "{booked}"
     );
+}
+
+#[tokio::test]
+async fn a_driver_links_a_plate_drives_in_and_out_and_pays_from_the_command_line() {
+    use crate::support::{OPERATOR_A, eventually, garage, register, report_ok, snapshot};
+    let server = crate::support::TestServer::start().await;
+    register(&server, garage("g1", 36.06, 120.38)).await;
+    report_ok(&server, snapshot("g1", 1, 100, server.now())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, crate::support::DRIVER_SECRET).unwrap();
+    let s = |v: &str| v.to_owned();
+    let token = run(vec![
+        s("token"),
+        s("--driver"),
+        s("ann"),
+        s("--secret-file"),
+        secret.display().to_string(),
+    ])
+    .await;
+    let server_flag = [s("--server"), format!("http://{}", server.addr)];
+    // `citypark <command...> --server … <credential flag> <credential> <extra...>`.
+    let call = |command: &[&str], credential: [&str; 2], extra: &[&str]| {
+        let mut args: Vec<String> = command.iter().map(|c| s(c)).collect();
+        args.extend(server_flag.iter().cloned());
+        args.extend(credential.map(s));
+        args.extend(extra.iter().map(|e| s(e)));
+        run(args)
+    };
+    let driver = ["--token", token.trim()];
+    let operator = ["--api-key", OPERATOR_A.1];
+
+    let linked = call(
+        &["plates", "link"],
+        driver,
+        &["--plate", "鲁B 12345", "--plate-color", "blue"],
+    )
+    .await;
+    assert!(
+        linked.contains("鲁B12345") && linked.contains("blue") && linked.contains("wallet"),
+        "{linked}"
+    );
+    let listed = call(&["plates", "list"], driver, &[]).await;
+    assert!(listed.contains("鲁B12345"), "{listed}");
+    let topped = call(
+        &["wallet", "top-up"],
+        driver,
+        &["--amount-minor", "2000", "--key", "pay-1"],
+    )
+    .await;
+    assert!(topped.contains("balance ¥20.00"), "{topped}");
+    // The same key again credits nothing more.
+    let again = call(
+        &["wallet", "top-up"],
+        driver,
+        &["--amount-minor", "2000", "--key", "pay-1"],
+    )
+    .await;
+    assert!(again.contains("balance ¥20.00"), "{again}");
+
+    // The gates read the plate: observed at the server's (hand-driven) time.
+    let gate = |sequence: u64, direction: &'static str| {
+        let at = server.now().to_string();
+        let sequence = sequence.to_string();
+        let lane = if direction == "enter" {
+            "in-1"
+        } else {
+            "out-1"
+        };
+        let flag = format!("--{direction}");
+        async move {
+            call(
+                &["report"],
+                operator,
+                &[
+                    "--car-park",
+                    "g1",
+                    "--sequence",
+                    &sequence,
+                    &flag,
+                    "standard=1",
+                    "--plate",
+                    "鲁B12345",
+                    "--plate-color",
+                    "blue",
+                    "--lane",
+                    lane,
+                    "--observed-at",
+                    &at,
+                ],
+            )
+            .await
+        }
+    };
+    let entered = gate(2, "enter").await;
+    assert!(entered.contains("parking session g1~2"), "{entered}");
+    let open = call(&["sessions", "--id", "g1~2"], driver, &[]).await;
+    assert!(
+        open.contains(" open ") && open.contains("lane in-1"),
+        "{open}"
+    );
+    // 2 h 10 min: three started hours at ¥5.00.
+    server.advance(2 * 3600 + 600);
+    let left = gate(3, "exit").await;
+    assert!(left.contains("parking session g1~2"), "{left}");
+
+    // The charge is made by the server's payment sweep, just after the exit.
+    let mine = eventually("the session is paid", || async {
+        let out = call(&["sessions"], driver, &[]).await;
+        out.contains("closed_paid").then_some(out)
+    })
+    .await;
+    let row = mine.lines().find(|l| l.starts_with("g1~2")).unwrap();
+    for part in ["鲁B12345", "closed_paid", "¥15.00", "wallet succeeded"] {
+        assert!(row.contains(part), "{part} in {row:?}");
+    }
+    let wallet = call(&["wallet"], driver, &[]).await;
+    assert!(wallet.contains("balance ¥5.00"), "{wallet}");
+    assert!(
+        wallet
+            .lines()
+            .any(|l| l.contains("charge") && l.contains("-¥15.00") && l.contains("charge:g1~2")),
+        "{wallet}"
+    );
+    let one = call(&["sessions", "--id", "g1~2"], driver, &[]).await;
+    assert!(one.contains("receipt charge:g1~2"), "{one}");
+
+    // The operator sees it among its car park's paid sessions, and the day's revenue.
+    let theirs = call(
+        &["sessions"],
+        operator,
+        &["--car-park", "g1", "--state", "closed_paid"],
+    )
+    .await;
+    assert!(
+        theirs.contains("g1~2") && theirs.contains("鲁B12345"),
+        "{theirs}"
+    );
+    let none = call(&["sessions"], operator, &["--state", "closed_unpaid"]).await;
+    assert!(none.contains("no parking sessions"), "{none}");
+    // 2026-11-30 12:10 in Shanghai: the local day of the exit.
+    let day = call(&["settlement"], operator, &["--day", "2026-11-30"]).await;
+    assert!(day.contains("1 paid, 0 unpaid"), "{day}");
+    let revenue = day.lines().find(|l| l.starts_with("revenue")).unwrap();
+    assert!(revenue.contains("¥15.00"), "{day}");
 }
 
 #[tokio::test]

@@ -1,12 +1,14 @@
-//! The demo: its operators register and report through the real API, and stopping it
-//! ends every task it started.
+//! The demo: its operators register and report through the real API (its drivers'
+//! plates open and close sessions paid from their wallets), and stopping it ends every
+//! task it started.
 
 use std::{sync::Arc, time::Duration};
 
 use citypark::{
+    app::Backend,
     demo::{Demo, DemoHandle},
     pb,
-    service::SystemClock,
+    service::{ManualClock, SystemClock},
 };
 use tokio::{net::TcpListener, runtime::Runtime, time::Instant};
 
@@ -283,6 +285,155 @@ async fn demo_hosts_offer_shared_spaces_that_find_nearby_shows() {
     tokio::time::timeout(PATIENCE, demo.stop())
         .await
         .expect("the demo stops within PATIENCE");
+    runtime.shutdown_background();
+    server.stop().await.unwrap();
+}
+
+/// A demo token for `driver`, as the demo's drivers sign theirs.
+fn demo_token(driver: &str) -> String {
+    let id = citypark::domain::DriverId::parse(driver).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    citypark::tokens::DriverTokens::issue(
+        citypark::tokens::DEMO_SECRET.as_bytes(),
+        &id,
+        now,
+        3600,
+        None,
+        None,
+    )
+}
+
+/// The sessions at every demo operator's car parks in `state` (every state for
+/// UNSPECIFIED), as the operators list them.
+async fn demo_sessions(server: &TestServer, state: pb::SessionState) -> Vec<pb::ParkingSession> {
+    let mut all = Vec::new();
+    for operator in citypark::demo::demo_operators() {
+        let mut page_token = String::new();
+        loop {
+            let request = pb::ListSessionsRequest {
+                state: state.into(),
+                page_size: 500,
+                page_token,
+                ..Default::default()
+            };
+            let page = server
+                .sessions()
+                .await
+                .list_sessions(authed(request, &operator.api_key))
+                .await
+                .unwrap()
+                .into_inner();
+            all.extend(page.sessions);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn demo_drivers_park_by_plate_and_pay_from_their_wallets() {
+    // The server and the demo on one hand clock, from Monday 10:00 in Qingdao: the
+    // test makes the parked cars stay two hours without waiting for them.
+    let clock = Arc::new(ManualClock::new(start_time()));
+    let demo = Demo::new(2026, Duration::from_secs(1)).with_clock(clock.clone());
+    let drivers: Vec<String> = demo.drivers().iter().map(|d| d.id.clone()).collect();
+    let server = TestServer::start_with_clock(Backend::embedded(4096), clock.clone(), |settings| {
+        demo.add_keys(&mut settings.api_keys);
+        settings
+            .driver_tokens
+            .add_secret(citypark::tokens::DEMO_SECRET.as_bytes(), None, None);
+    })
+    .await;
+    let runtime = demo_runtime();
+    let handle = {
+        let _inside = runtime.enter();
+        demo.start(format!("http://{}", server.addr))
+    };
+
+    // The drivers' cars among those parked: sessions charged to them.
+    eventually_within(REGISTERING, "demo drivers' cars are parked", || async {
+        let open = demo_sessions(&server, pb::SessionState::Open).await;
+        let theirs = open.iter().filter(|s| !s.driver_id.is_empty()).count();
+        (theirs >= 12).then_some(())
+    })
+    .await;
+    clock.advance(Duration::from_secs(2 * 3600));
+    // Each car that leaves now has stayed beyond the free minutes: unlinked plates owe
+    // at the barrier, linked ones are charged to their wallets.
+    let closed = eventually_within(REGISTERING, "sessions closed with fees", || async {
+        let all = demo_sessions(&server, pb::SessionState::Unspecified).await;
+        let with_fee = |state: pb::SessionState| {
+            all.iter()
+                .any(|s| s.state == i32::from(state) && s.fee_minor > 0 && s.currency == "CNY")
+        };
+        (with_fee(pb::SessionState::ClosedPaid) && with_fee(pb::SessionState::ClosedUnpaid))
+            .then_some(all)
+    })
+    .await;
+    let paid = closed
+        .iter()
+        .find(|s| s.state == i32::from(pb::SessionState::ClosedPaid))
+        .unwrap();
+    assert!(drivers.contains(&paid.driver_id), "{paid:?}");
+    assert!(paid.plate.starts_with("鲁B"), "a Qingdao plate");
+    let wallet = eventually("a demo driver's wallet shows a charge", || async {
+        for driver in &drivers {
+            let w = server
+                .sessions()
+                .await
+                .get_wallet(authed(pb::GetWalletRequest {}, &demo_token(driver)))
+                .await
+                .ok()?
+                .into_inner();
+            if w.entries.iter().any(|e| e.kind == "charge") {
+                return Some(w);
+            }
+        }
+        None
+    })
+    .await;
+    // Topped up once today, charged since.
+    let top_ups: Vec<_> = wallet
+        .entries
+        .iter()
+        .filter(|e| e.kind == "top_up")
+        .collect();
+    assert_eq!(top_ups.len(), 1, "{wallet:?}");
+    let charged: i64 = wallet
+        .entries
+        .iter()
+        .filter(|e| e.kind == "charge")
+        .map(|e| e.amount_minor)
+        .sum();
+    assert_eq!(wallet.balance_minor, top_ups[0].amount_minor - charged);
+    // And the day settles: 2026-11-30 in Qingdao.
+    let mut revenue = 0;
+    for operator in citypark::demo::demo_operators() {
+        let request = pb::GetSettlementRequest {
+            operator: operator.id.clone(),
+            day: "2026-11-30".into(),
+        };
+        let day = server
+            .sessions()
+            .await
+            .get_settlement(authed(request, &operator.api_key))
+            .await
+            .unwrap()
+            .into_inner();
+        revenue += day.revenue_minor;
+    }
+    assert!(revenue > 0, "the drivers' fees are the operators' revenue");
+
+    tokio::time::timeout(PATIENCE, handle.stop())
+        .await
+        .expect("the demo stops within PATIENCE");
+    assert_eq!(remaining_tasks(&runtime).await, 0, "demo tasks left behind");
     runtime.shutdown_background();
     server.stop().await.unwrap();
 }

@@ -46,6 +46,18 @@ pub enum ClientCommand {
     SearchShared(crate::share::SearchArgs),
     /// Book a shared space as a driver.
     Book(crate::share::BookArgs),
+    /// Link, unlink and list your plates as a driver: a linked plate's parking is
+    /// charged to your wallet when it leaves.
+    #[command(subcommand)]
+    Plates(crate::sessions::PlatesCommand),
+    /// List parking sessions: a driver's own (--token), or those at an operator's car
+    /// parks (--api-key); --id prints one.
+    Sessions(crate::sessions::SessionsArgs),
+    /// One local day's settlement of an operator's car parks' sessions.
+    Settlement(crate::sessions::SettlementArgs),
+    /// Your built-in wallet as a driver: balance, arrears, latest entries; `wallet
+    /// top-up` credits it.
+    Wallet(crate::sessions::WalletArgs),
 }
 
 /// Where the server is.
@@ -80,6 +92,14 @@ pub(crate) struct ConnectArgs {
         requires = "tls_client_cert_file"
     )]
     tls_client_key_file: Option<std::path::PathBuf>,
+}
+
+impl ConnectArgs {
+    /// Whether an operator's client certificate is given: it proves the operator, as
+    /// an API key would.
+    pub(crate) fn has_client_certificate(&self) -> bool {
+        self.tls_client_cert_file.is_some()
+    }
 }
 
 /// A domain enum as the command line names it: by the domain's one name table
@@ -265,9 +285,21 @@ pub struct ReportArgs {
     /// with --free: a snapshot).
     #[arg(long)]
     restart_sequence: bool,
-    /// Licence plate read at the barrier, for a single entry or exit.
+    /// Licence plate read at the barrier, for a single entry or exit: it opens or
+    /// closes the plate's parking session.
     #[arg(long, conflicts_with_all = ["free", "bay"])]
     plate: Option<String>,
+    /// The plate's colour (only with --plate).
+    #[arg(long, requires = "plate", value_parser = by_name::<pb::PlateColor>())]
+    plate_color: Option<pb::PlateColor>,
+    /// The lane (gate) that read the plate, as the operator names it, up to 32
+    /// characters (only with --plate).
+    #[arg(long, requires = "plate")]
+    lane: Option<String>,
+    /// When it was observed, RFC 3339; at most 5 minutes ahead of the server's clock
+    /// [default: now].
+    #[arg(long, value_parser = crate::sessions::parse_time)]
+    observed_at: Option<prost_types::Timestamp>,
     /// A bay whose sensor changed.
     #[arg(long, requires = "occupied")]
     bay: Option<String>,
@@ -296,6 +328,10 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Offer(args) => crate::share::offer(args).await,
         ClientCommand::SearchShared(args) => crate::share::search(args).await,
         ClientCommand::Book(args) => crate::share::book(args).await,
+        ClientCommand::Plates(command) => crate::sessions::plates(command).await,
+        ClientCommand::Sessions(args) => crate::sessions::sessions(args).await,
+        ClientCommand::Settlement(args) => crate::sessions::settlement(args).await,
+        ClientCommand::Wallet(args) => crate::sessions::wallet(args).await,
     };
     match result {
         // A reader that stops early (`citypark watch ... | head`) is not a failure.
@@ -578,7 +614,8 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
             entries: args.enter,
             exits: args.exit,
             plate: args.plate.unwrap_or_default(),
-            ..Default::default()
+            plate_color: args.plate_color.map_or(0, i32::from),
+            lane: args.lane.unwrap_or_default(),
         })
     };
     let sequence = args.sequence.unwrap_or_else(|| {
@@ -590,7 +627,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
         report: Some(pb::OccupancyReport {
             car_park_id: args.car_park,
             sequence,
-            observed_at: Some(SystemTime::now().into()),
+            observed_at: Some(args.observed_at.unwrap_or_else(|| SystemTime::now().into())),
             body: Some(body),
             restart_sequence: args.restart_sequence,
         }),
@@ -624,6 +661,15 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     }
     if !ack.reason.is_empty() {
         say(format_args!("reason: {} {}", ack.field, ack.reason))?;
+    }
+    if !ack.session_id.is_empty() {
+        say(format_args!("parking session {}", ack.session_id))?;
+    }
+    if ack.arrears {
+        say(format_args!(
+            "arrears: the plate's driver owes {}",
+            format_money(ack.arrears_minor, &ack.arrears_currency)
+        ))?;
     }
     if let Some(availability) = ack.availability {
         print_availability(&[availability])?;
@@ -706,11 +752,14 @@ fn format_age(seconds: Option<i64>) -> String {
 }
 
 pub(crate) fn format_money(minor: i64, currency: &str) -> String {
-    let amount = format!("{}.{:02}", minor / 100, (minor % 100).abs());
+    // The sign goes first, so that -50 reads -¥0.50 (a charge, a wallet in its
+    // overdraft) rather than losing it with the units.
+    let sign = if minor < 0 { "-" } else { "" };
+    let (units, cents) = (minor.unsigned_abs() / 100, minor.unsigned_abs() % 100);
     match currency {
-        "CNY" => format!("¥{amount}"),
-        "" => amount,
-        other => format!("{amount} {other}"),
+        "CNY" => format!("{sign}¥{units}.{cents:02}"),
+        "" => format!("{sign}{units}.{cents:02}"),
+        other => format!("{sign}{units}.{cents:02} {other}"),
     }
 }
 
@@ -844,6 +893,26 @@ mod tests {
             ])
             .is_ok()
         );
+        let Ok(ClientCommand::Report(gate)) = with(&[
+            "--enter",
+            "standard=1",
+            "--plate",
+            "鲁B12345",
+            "--plate-color",
+            "blue",
+            "--lane",
+            "in-1",
+            "--observed-at",
+            "2026-11-30T10:00:00+08:00",
+        ]) else {
+            panic!("an entry with a plate read at a lane parses");
+        };
+        assert_eq!(gate.plate_color, Some(pb::PlateColor::Blue));
+        assert_eq!(gate.observed_at.map(|t| t.seconds), Some(1_796_004_000));
+        // A colour or a lane describes a plate read: not without one.
+        assert!(with(&["--enter", "standard=1", "--plate-color", "blue"]).is_err());
+        assert!(with(&["--exit", "standard=1", "--lane", "out-1"]).is_err());
+        assert!(with(&["--free", "standard=1", "--observed-at", "10:00"]).is_err());
         assert!(with(&["--bay", "b001", "--occupied", "true"]).is_ok());
         let Ok(ClientCommand::Report(bay)) = with(&[
             "--bay",
@@ -916,5 +985,7 @@ mod tests {
         assert_eq!(format_age(None), "-");
         assert_eq!(format_money(1_250, "CNY"), "¥12.50");
         assert_eq!(format_money(905, "EUR"), "9.05 EUR");
+        assert_eq!(format_money(-50, "CNY"), "-¥0.50");
+        assert_eq!(format_money(-1_500, ""), "-15.00");
     }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod reserve;
+mod sessions;
 mod share;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
