@@ -54,6 +54,12 @@ pub fn write<T>(who: Who<'_>, action: &'static str, on: &str, result: &Result<T>
     tracing::info!(target: "citypark::audit", who = %who, action, on, result = outcome(result), "write");
 }
 
+/// A session a plate at a gate opened or closed (DEBUG: there is one per plated
+/// report; the charges that follow are at INFO).
+pub fn gate(action: &'static str, on: &str) {
+    tracing::debug!(target: "citypark::audit", who = %Who::Service, action, on, result = "ok", "write");
+}
+
 /// One occupancy report (DEBUG: they are many).
 pub fn report<T>(who: Who<'_>, on: &str, sequence: u64, result: &Result<T>) {
     tracing::debug!(target: "citypark::audit", who = %who, action = "report", on, sequence, result = outcome(result), "write");

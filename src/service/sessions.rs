@@ -124,7 +124,7 @@ impl Service {
                 if let Some(outcome) = outcome {
                     metrics::record_session(outcome);
                     if let Some(id) = &note.session {
-                        audit::write(Who::Service, outcome, id.as_str(), &Ok::<(), Error>(()));
+                        audit::gate(outcome, id.as_str());
                     }
                 }
                 if outcome == Some("closed_to_charge") {
