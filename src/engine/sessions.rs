@@ -37,6 +37,8 @@ pub(super) struct SessionTables {
     wallets: HashMap<DriverId, Held<Wallet>>,
     entries: HashMap<String, Held<LedgerEntry>>,
     entries_by_driver: HashMap<DriverId, BTreeSet<(Timestamp, String)>>,
+    /// Kept as records come and go, so the metrics never walk every session.
+    counts: SessionCounts,
 }
 
 /// Where a session stands in the retention sweep: closed, keeping its plate, since.
@@ -61,6 +63,7 @@ impl SessionTables {
             if let Some(at) = plated_since(&old) {
                 self.plated.remove(&(at, id.clone()));
             }
+            self.counts.count(&old, -1);
         }
         if let Some(new) = &record {
             self.by_car_park
@@ -85,6 +88,7 @@ impl SessionTables {
             if let Some(at) = plated_since(new) {
                 self.plated.insert((at, id.clone()));
             }
+            self.counts.count(new, 1);
         }
         self.sessions.insert(id, Held { record, version });
     }
@@ -142,7 +146,27 @@ impl SessionTables {
 pub struct SessionCounts {
     pub by_state: [usize; 5],
     pub arrears: usize,
+    /// Every currency seen is reported, 0 once its arrears are gone.
     pub arrears_minor: HashMap<String, i64>,
+}
+
+impl SessionCounts {
+    /// Counts `s` in (`sign` 1) or out (-1).
+    fn count(&mut self, s: &ParkingSession, sign: i64) {
+        let i = SessionState::ALL
+            .iter()
+            .position(|x| *x == s.state)
+            .expect("every state is listed");
+        self.by_state[i] = self.by_state[i].saturating_add_signed(sign as isize);
+        let owed = self
+            .arrears_minor
+            .entry(s.tariff.currency.clone())
+            .or_default();
+        if s.is_arrears() {
+            self.arrears = self.arrears.saturating_add_signed(sign as isize);
+            *owed += sign * s.fee_minor;
+        }
+    }
 }
 
 impl Engine {
@@ -253,25 +277,7 @@ impl Engine {
 
     /// Sessions by state and the arrears (for the metrics).
     pub fn session_counts(&self) -> SessionCounts {
-        let tables = self.sessions.read();
-        let mut counts = SessionCounts::default();
-        for s in tables.sessions.values().filter_map(|h| h.record.as_ref()) {
-            let i = SessionState::ALL
-                .iter()
-                .position(|x| *x == s.state)
-                .expect("every state is listed");
-            counts.by_state[i] += 1;
-            // Every currency seen is reported, 0 once its arrears are gone.
-            let owed = counts
-                .arrears_minor
-                .entry(s.tariff.currency.clone())
-                .or_default();
-            if s.is_arrears() {
-                counts.arrears += 1;
-                *owed += s.fee_minor;
-            }
-        }
-        counts
+        self.sessions.read().counts.clone()
     }
 }
 

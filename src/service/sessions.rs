@@ -167,10 +167,8 @@ impl Service {
             "session",
             |source| async move {
                 let open = self
-                    .read_records::<OpenSession>(region, keys, source)
-                    .await?
-                    .pop()
-                    .expect("one id, one record");
+                    .read_record::<OpenSession>(region, &keys[0], source)
+                    .await?;
                 let mut ids = vec![new_id.to_string()];
                 ids.extend(open.record.as_ref().map(|o| o.session.to_string()));
                 let mut sessions = self
@@ -237,10 +235,8 @@ impl Service {
             |source| async move {
                 let mut source = source;
                 let mut open = self
-                    .read_records::<OpenSession>(region, keys, source)
-                    .await?
-                    .pop()
-                    .expect("one id, one record");
+                    .read_record::<OpenSession>(region, &keys[0], source)
+                    .await?;
                 if open.record.is_none() && source == Source::Replica {
                     // An exit without entry writes nothing the entry wrote, so no
                     // compare-and-set would catch an entry made through another
@@ -248,10 +244,8 @@ impl Service {
                     // says whether there is none.
                     source = Source::Authority;
                     open = self
-                        .read_records::<OpenSession>(region, keys, source)
-                        .await?
-                        .pop()
-                        .expect("one id, one record");
+                        .read_record::<OpenSession>(region, &keys[0], source)
+                        .await?;
                 }
                 let mut ids = vec![unmatched_id.to_string()];
                 ids.extend(open.record.as_ref().map(|o| o.session.to_string()));
@@ -549,16 +543,10 @@ impl Service {
             ATTEMPTS,
             "payment",
             |source| async move {
-                let wallet = self
-                    .read_records::<Wallet>(region, &ids[..1], source)
-                    .await?
-                    .pop()
-                    .expect("one id, one record");
+                let wallet = self.read_record::<Wallet>(region, &ids[0], source).await?;
                 let entry = self
-                    .read_records::<LedgerEntry>(region, &ids[1..], source)
-                    .await?
-                    .pop()
-                    .expect("one id, one record");
+                    .read_record::<LedgerEntry>(region, &ids[1], source)
+                    .await?;
                 Ok((wallet, entry))
             },
             |(wallet, entry): (Versioned<Wallet>, Versioned<LedgerEntry>)| {
@@ -679,8 +667,7 @@ impl Service {
                 ATTEMPTS,
                 "account",
                 |source| async move {
-                    let link = self.read_records::<PlateLink>(region, ids, source).await?;
-                    Ok(link.into_iter().next().expect("one id, one record"))
+                    self.read_record::<PlateLink>(region, &ids[0], source).await
                 },
                 |current: Versioned<PlateLink>| {
                     let link = PlateLink::link(
@@ -717,8 +704,7 @@ impl Service {
                 ATTEMPTS,
                 "account",
                 |source| async move {
-                    let link = self.read_records::<PlateLink>(region, ids, source).await?;
-                    Ok(link.into_iter().next().expect("one id, one record"))
+                    self.read_record::<PlateLink>(region, &ids[0], source).await
                 },
                 |current: Versioned<PlateLink>| {
                     let Some(link) = &current.record else {
@@ -880,16 +866,10 @@ impl Service {
                 ATTEMPTS,
                 "account",
                 |source| async move {
-                    let wallet = self
-                        .read_records::<Wallet>(region, &ids[..1], source)
-                        .await?
-                        .pop()
-                        .expect("one id, one record");
+                    let wallet = self.read_record::<Wallet>(region, &ids[0], source).await?;
                     let entry = self
-                        .read_records::<LedgerEntry>(region, &ids[1..], source)
-                        .await?
-                        .pop()
-                        .expect("one id, one record");
+                        .read_record::<LedgerEntry>(region, &ids[1], source)
+                        .await?;
                     Ok((wallet, entry))
                 },
                 |(wallet, entry): (Versioned<Wallet>, Versioned<LedgerEntry>)| {

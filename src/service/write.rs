@@ -168,6 +168,19 @@ impl Service {
         }
     }
 
+    /// Record `id` of kind `A` in `region`, as `source` holds it.
+    pub(super) async fn read_record<A: Aggregate>(
+        &self,
+        region: &RegionId,
+        id: &str,
+        source: Source,
+    ) -> Result<Versioned<A>> {
+        let mut one = self
+            .read_records::<A>(region, std::slice::from_ref(&id.to_owned()), source)
+            .await?;
+        Ok(one.pop().expect("one id, one record"))
+    }
+
     /// The write path of a change that spans records (of one region, of any kinds):
     /// `read` what the rule needs, `decide` the writes (each with the version it was
     /// decided on) and what the caller learns, commit them all or none; after a
