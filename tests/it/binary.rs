@@ -41,6 +41,114 @@ async fn run(args: Vec<String>) -> String {
     .unwrap()
 }
 
+/// Runs the `citypark` binary with `args` (off the runtime) and returns whether it
+/// exited 0, with its stdout and stderr.
+async fn run_status(args: Vec<String>) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
+            .args(&args)
+            .env_remove("CITYPARK_SERVER")
+            .output()
+            .expect("the binary runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// `citypark health` with `extra` flags, against `server`.
+async fn health(server: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut args = vec![
+        "health".to_owned(),
+        "--server".to_owned(),
+        server.to_owned(),
+    ];
+    args.extend(extra.iter().map(|e| (*e).to_owned()));
+    run_status(args).await
+}
+
+#[tokio::test]
+async fn health_exits_zero_only_for_serving_with_one_line() {
+    let server = crate::support::TestServer::start().await;
+    let url = format!("http://{}", server.addr);
+    for service in [&[][..], &["--service", "citypark.v1.Ingest"]] {
+        let (code, stdout, stderr) = health(&url, service).await;
+        assert_eq!(code, Some(0), "{service:?}: {stdout}{stderr}");
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        assert!(stdout.trim_end().ends_with(": SERVING"), "{stdout}");
+        assert!(stderr.is_empty(), "{stderr}");
+    }
+
+    let (code, stdout, stderr) = health(&url, &["--service", "citypark.v1.Nothing"]).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("citypark.v1.Nothing") && stderr.contains("unknown service"),
+        "{stderr}"
+    );
+
+    // A port nobody listens on: what a container sees before the server has bound.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, stdout, stderr) = health(&closed_url, &["--timeout-ms", "5000"]).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot connect") && stderr.contains(&closed_url),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn health_exits_one_for_not_serving_and_for_silence() {
+    // A health server whose one service is NOT_SERVING, as citypark's write services
+    // are while the store is down.
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(
+            "citypark.v1.Ingest",
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let (code, stdout, stderr) = health(&url, &["--service", "citypark.v1.Ingest"]).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.trim_end().ends_with(": NOT_SERVING"), "{stderr}");
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+
+    // A port that accepts and never answers: the check gives up at its timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = health(&silent_url, &["--timeout-ms", "300"]).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("no answer within 300 ms"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
 #[tokio::test]
 async fn a_driver_reserves_lists_and_cancels_from_the_command_line() {
     let server = crate::support::TestServer::start().await;

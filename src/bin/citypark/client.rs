@@ -58,6 +58,9 @@ pub enum ClientCommand {
     /// Your built-in wallet as a driver: balance, arrears, latest entries; `wallet
     /// top-up` credits it.
     Wallet(crate::sessions::WalletArgs),
+    /// Check the server's standard gRPC health, as container health checks do: prints
+    /// one line, exits 0 when it is SERVING and 1 otherwise.
+    Health(crate::health::HealthArgs),
 }
 
 /// Where the server is.
@@ -95,6 +98,11 @@ pub(crate) struct ConnectArgs {
 }
 
 impl ConnectArgs {
+    /// The server's address as given, for messages.
+    pub(crate) fn server(&self) -> &str {
+        &self.server
+    }
+
     /// Whether an operator's client certificate is given: it proves the operator, as
     /// an API key would.
     pub(crate) fn has_client_certificate(&self) -> bool {
@@ -332,6 +340,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Sessions(args) => crate::sessions::sessions(args).await,
         ClientCommand::Settlement(args) => crate::sessions::settlement(args).await,
         ClientCommand::Wallet(args) => crate::sessions::wallet(args).await,
+        ClientCommand::Health(args) => crate::health::health(args).await,
     };
     match result {
         // A reader that stops early (`citypark watch ... | head`) is not a failure.

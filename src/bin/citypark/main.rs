@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod health;
 mod reserve;
 mod sessions;
 mod share;
