@@ -1,17 +1,20 @@
 //! Every metric citypark exports, named and described in this one file.
 //!
 //! Names carry the `citypark_` prefix and base units; only counters end in `_total`.
-//! Labels are bounded: gRPC method, code, result, reason, status. Never a car park
-//! id or a plate.
+//! Labels are bounded: gRPC method, code, region, result, reason, status. Never a car
+//! park id or a plate.
 
-use std::sync::OnceLock;
+use std::{collections::BTreeSet, sync::OnceLock};
 
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::domain::{Applied, CarParkStatus, Error, ReportOutcome, ReservationState, Result};
+use crate::{
+    domain::{Applied, CarParkStatus, Error, RegionId, ReportOutcome, ReservationState, Result},
+    engine::StatusCounts,
+};
 
 pub const GRPC_REQUESTS: &str = "citypark_grpc_requests_total";
 pub const GRPC_DURATION: &str = "citypark_grpc_request_duration_seconds";
@@ -87,7 +90,11 @@ fn describe() {
         Unit::Count,
         "counts pulled back into [0, capacity] by deltas and bay reports (drift)"
     );
-    describe_gauge!(CAR_PARKS, Unit::Count, "registered car parks by status");
+    describe_gauge!(
+        CAR_PARKS,
+        Unit::Count,
+        "registered car parks by region and status (open, closed, stale, no_data); every instance counts the whole city"
+    );
     describe_gauge!(WATCHERS, Unit::Count, "open availability watch streams");
     describe_counter!(
         REPLICATION_SKIPPED,
@@ -216,10 +223,26 @@ pub fn record_batch_failure(error: &Error, reports: u64) {
         .increment(reports);
 }
 
-/// Sets the per-status gauges.
-pub fn record_statuses(counts: &[(CarParkStatus, usize)]) {
-    for (status, n) in counts {
-        gauge!(CAR_PARKS, "status" => status.name()).set(*n as f64);
+/// The car-park gauges, by region and status. Remembers the regions it set, so that a
+/// region whose last car park went reads zero rather than its last count.
+#[derive(Debug, Default)]
+pub struct CarParkGauges {
+    regions: BTreeSet<RegionId>,
+}
+
+impl CarParkGauges {
+    /// Sets every status of every region in `counts`, and zero for regions gone since
+    /// the last call.
+    pub fn record(&mut self, counts: &StatusCounts) {
+        let gone = self.regions.iter().filter(|r| !counts.contains_key(*r));
+        let zeros = [0; CarParkStatus::ALL.len()];
+        for (region, row) in gone.map(|r| (r, &zeros)).chain(counts) {
+            for (status, n) in CarParkStatus::ALL.iter().zip(row) {
+                let region = region.as_str().to_owned();
+                gauge!(CAR_PARKS, "region" => region, "status" => status.name()).set(*n as f64);
+            }
+        }
+        self.regions = counts.keys().cloned().collect();
     }
 }
 
