@@ -20,6 +20,7 @@ pub const GRPC_REQUESTS: &str = "citypark_grpc_requests_total";
 pub const GRPC_DURATION: &str = "citypark_grpc_request_duration_seconds";
 pub const INGEST_REPORTS: &str = "citypark_ingest_reports_total";
 pub const INGEST_CLAMPED: &str = "citypark_ingest_clamped_counts_total";
+pub const INGEST_REPORT_AGE: &str = "citypark_ingest_report_age_seconds";
 pub const CAR_PARKS: &str = "citypark_car_parks";
 pub const WATCHERS: &str = "citypark_watchers";
 pub const WATCH_RESYNCS: &str = "citypark_watch_resyncs_total";
@@ -49,6 +50,13 @@ const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 10.0,
 ];
 
+/// From a feed that reports as it observes (well under a second) to numbers that are
+/// already stale when they arrive (a car park's staleness window is 3 report intervals,
+/// minutes).
+const REPORT_AGE_BUCKETS: &[f64] = &[
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
 /// Installs the process-wide Prometheus recorder once and returns its handle; later
 /// calls (several servers in one test process) share it.
 pub fn install() -> PrometheusHandle {
@@ -57,6 +65,11 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(GRPC_DURATION.to_owned()), LATENCY_BUCKETS)
+                .expect("static buckets are not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(INGEST_REPORT_AGE.to_owned()),
+                    REPORT_AGE_BUCKETS,
+                )
                 .expect("static buckets are not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -89,6 +102,11 @@ fn describe() {
         INGEST_CLAMPED,
         Unit::Count,
         "counts pulled back into [0, capacity] by deltas and bay reports (drift)"
+    );
+    describe_histogram!(
+        INGEST_REPORT_AGE,
+        Unit::Seconds,
+        "age of an applied report's numbers when it was applied (server clock minus observed_at), by region: the operator's delay, the network and the ingest queue"
     );
     describe_gauge!(
         CAR_PARKS,
@@ -199,11 +217,18 @@ pub fn record_report(result: &Result<Applied>) {
     match result {
         Ok(Applied {
             outcome: ReportOutcome::Applied { clamped },
+            availability,
             ..
         }) => {
             counter!(INGEST_REPORTS, "result" => "applied", "reason" => "").increment(1);
             if *clamped > 0 {
                 counter!(INGEST_CLAMPED).increment(u64::from(*clamped));
+            }
+            // An applied report's numbers are the car park's newest, so the data age
+            // worked out when it was applied is the report's.
+            if let Some(age) = availability.data_age {
+                histogram!(INGEST_REPORT_AGE, "region" => availability.region.as_str().to_owned())
+                    .record(age.as_secs_f64());
             }
         }
         Ok(Applied {
