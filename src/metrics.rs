@@ -2,7 +2,8 @@
 //!
 //! Names carry the `citypark_` prefix and base units; only counters end in `_total`.
 //! Labels are bounded: gRPC method, code, region, result, reason, status. Never a car
-//! park id or a plate.
+//! park id or a plate. [`ALL`] lists every name, so the dashboard and the alert rules
+//! (`deploy/`) can be checked against it (`tests/it/metrics_kit.rs`).
 
 use std::{collections::BTreeSet, sync::OnceLock};
 
@@ -44,6 +45,42 @@ pub const CONNECTIONS_CLOSED: &str = "citypark_connections_closed_total";
 pub const ACCEPT_ERRORS: &str = "citypark_accept_errors_total";
 pub const TLS_RELOADS: &str = "citypark_tls_reloads_total";
 pub const RATE_LIMITED: &str = "citypark_rate_limited_total";
+
+/// Every name above (a unit test holds this list to the declarations).
+pub const ALL: &[&str] = &[
+    GRPC_REQUESTS,
+    GRPC_DURATION,
+    INGEST_REPORTS,
+    INGEST_CLAMPED,
+    INGEST_REPORT_AGE,
+    CAR_PARKS,
+    WATCHERS,
+    WATCH_RESYNCS,
+    REDIS_ROUND_TRIPS,
+    REDIS_REPORTS_WRITTEN,
+    STORE_UP,
+    REPLICATION_SKIPPED,
+    RESERVATIONS,
+    RESERVATIONS_ACTIVE,
+    SHARED,
+    SHARED_OFFERS,
+    SHARED_BOOKINGS,
+    SESSIONS_TOTAL,
+    SESSIONS,
+    PAYMENTS,
+    ARREARS,
+    ARREARS_SESSIONS,
+    CONNECTIONS,
+    CONNECTIONS_REFUSED,
+    CONNECTIONS_CLOSED,
+    ACCEPT_ERRORS,
+    TLS_RELOADS,
+    RATE_LIMITED,
+];
+
+/// The histograms of [`ALL`]: Prometheus serves each as `_bucket`, `_sum` and `_count`
+/// series.
+pub const HISTOGRAMS: &[&str] = &[GRPC_DURATION, INGEST_REPORT_AGE];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -203,6 +240,21 @@ fn describe() {
         WATCH_RESYNCS,
         Unit::Count,
         "watchers that fell behind and were sent a fresh snapshot"
+    );
+    describe_counter!(
+        REDIS_ROUND_TRIPS,
+        Unit::Count,
+        "round trips to Redis by purpose (registry, ingest, start, snapshot, tail, heartbeat, and the other writes by use case)"
+    );
+    describe_counter!(
+        REDIS_REPORTS_WRITTEN,
+        Unit::Count,
+        "occupancy reports written to Redis; per ingest round trip, the batching"
+    );
+    describe_gauge!(
+        STORE_UP,
+        Unit::Count,
+        "1 while the store accepts writes (Redis reachable), 0 while writes are refused"
     );
 }
 
@@ -395,5 +447,100 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         gauge!(self.0).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, sync::Mutex};
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString};
+
+    use super::*;
+
+    #[test]
+    fn all_lists_every_name_this_file_declares() {
+        let declared: BTreeSet<&str> = include_str!("metrics.rs")
+            .lines()
+            .filter_map(|line| {
+                let (_, literal) = line.strip_prefix("pub const ")?.split_once(": &str = \"")?;
+                literal.strip_suffix("\";")
+            })
+            .collect();
+        let listed: BTreeSet<&str> = ALL.iter().copied().collect();
+        assert_eq!(listed.len(), ALL.len(), "a name is listed twice");
+        assert_eq!(declared, listed, "ALL and the declared names differ");
+        assert!(HISTOGRAMS.iter().all(|h| listed.contains(h)));
+    }
+
+    /// What `describe` says each name is.
+    #[derive(Default)]
+    struct Descriptions(Mutex<BTreeMap<String, (&'static str, Option<Unit>)>>);
+
+    impl Descriptions {
+        fn note(&self, key: KeyName, kind: &'static str, unit: Option<Unit>) {
+            let previous = self
+                .0
+                .lock()
+                .unwrap()
+                .insert(key.as_str().to_owned(), (kind, unit));
+            assert!(previous.is_none(), "{} described twice", key.as_str());
+        }
+    }
+
+    impl Recorder for Descriptions {
+        fn describe_counter(&self, key: KeyName, unit: Option<Unit>, _: SharedString) {
+            self.note(key, "counter", unit);
+        }
+        fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, _: SharedString) {
+            self.note(key, "gauge", unit);
+        }
+        fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, _: SharedString) {
+            self.note(key, "histogram", unit);
+        }
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// Every name gets its help text (Prometheus shows it, promtool wants it), and the
+    /// naming rules hold: only counters end in `_total`, seconds end in `_seconds`.
+    #[test]
+    fn every_name_is_described_as_its_kind() {
+        let recorder = Descriptions::default();
+        metrics::with_local_recorder(&recorder, describe);
+        let described = recorder.0.into_inner().unwrap();
+        for name in ALL {
+            let (kind, unit) = described
+                .get(*name)
+                .unwrap_or_else(|| panic!("{name} is not described"));
+            assert!(name.starts_with("citypark_"), "{name}");
+            assert_eq!(
+                name.ends_with("_total"),
+                *kind == "counter",
+                "{name} is a {kind}"
+            );
+            assert_eq!(
+                HISTOGRAMS.contains(name),
+                *kind == "histogram",
+                "{name} is a {kind}"
+            );
+            assert_eq!(
+                name.ends_with("_seconds"),
+                *unit == Some(Unit::Seconds),
+                "{name} is in {unit:?}"
+            );
+        }
+        let extra: Vec<&String> = described
+            .keys()
+            .filter(|n| !ALL.contains(&n.as_str()))
+            .collect();
+        assert!(extra.is_empty(), "described but not in ALL: {extra:?}");
     }
 }
