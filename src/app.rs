@@ -37,6 +37,9 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// must not hold a connection (an open file) forever.
 const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often histogram samples are folded into their buckets (see `run`).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// Serves `app` (the metrics, or the HTTP port's routes) on `listener`, the port
 /// `name`, until `stop`, then lets the requests in flight finish. HTTP/1.1 only (over
 /// TLS where configured), with a header-read timeout.
@@ -331,6 +334,22 @@ pub async fn run(
         let _ = grpc_stopped.await;
     }));
 
+    // The recorder keeps every histogram sample (a call's latency, a report's age) until
+    // it is folded into the buckets, which a scrape does; folding them here as well
+    // bounds what an instance that nobody scrapes (or runs without a metrics port)
+    // holds to a few seconds' worth.
+    let upkeep = {
+        let (handle, stop) = (handle.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => handle.run_upkeep(),
+                }
+            }
+        })
+    };
     let metrics_task = match metrics {
         Some(listener) => {
             let app = axum::Router::new().route(
@@ -425,8 +444,8 @@ pub async fn run(
     };
     token.cancel();
     // Then every background task, within what is left of the grace period: the
-    // call-serving tasks, the sweepers, the health follower, the metrics server, and the
-    // store's own (its writer fails what it has not written; its followers stop).
+    // call-serving tasks, the sweepers, the health follower, the metrics upkeep and
+    // server, and the store's own (its writer fails what it has not written; its followers stop).
     let background = async {
         service.wait_tasks().await;
         port_tasks.close();
@@ -434,6 +453,7 @@ pub async fn run(
         let _ = sweeper.await;
         let _ = reservation_sweeper.await;
         let _ = session_sweeper.await;
+        let _ = upkeep.await;
         if let Some(task) = store_health {
             let _ = task.await;
         }

@@ -1,22 +1,27 @@
 //! Every metric citypark exports, named and described in this one file.
 //!
 //! Names carry the `citypark_` prefix and base units; only counters end in `_total`.
-//! Labels are bounded: gRPC method, code, result, reason, status. Never a car park
-//! id or a plate.
+//! Labels are bounded: gRPC method, code, region, result, reason, status. Never a car
+//! park id or a plate. [`ALL`] lists every name, so the dashboard and the alert rules
+//! (`deploy/`) can be checked against it (`tests/it/metrics_kit.rs`).
 
-use std::sync::OnceLock;
+use std::{collections::BTreeSet, sync::OnceLock};
 
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::domain::{Applied, CarParkStatus, Error, ReportOutcome, ReservationState, Result};
+use crate::{
+    domain::{Applied, CarParkStatus, Error, RegionId, ReportOutcome, ReservationState, Result},
+    engine::StatusCounts,
+};
 
 pub const GRPC_REQUESTS: &str = "citypark_grpc_requests_total";
 pub const GRPC_DURATION: &str = "citypark_grpc_request_duration_seconds";
 pub const INGEST_REPORTS: &str = "citypark_ingest_reports_total";
 pub const INGEST_CLAMPED: &str = "citypark_ingest_clamped_counts_total";
+pub const INGEST_REPORT_AGE: &str = "citypark_ingest_report_age_seconds";
 pub const CAR_PARKS: &str = "citypark_car_parks";
 pub const WATCHERS: &str = "citypark_watchers";
 pub const WATCH_RESYNCS: &str = "citypark_watch_resyncs_total";
@@ -41,9 +46,52 @@ pub const ACCEPT_ERRORS: &str = "citypark_accept_errors_total";
 pub const TLS_RELOADS: &str = "citypark_tls_reloads_total";
 pub const RATE_LIMITED: &str = "citypark_rate_limited_total";
 
+/// Every name above (a unit test holds this list to the declarations).
+pub const ALL: &[&str] = &[
+    GRPC_REQUESTS,
+    GRPC_DURATION,
+    INGEST_REPORTS,
+    INGEST_CLAMPED,
+    INGEST_REPORT_AGE,
+    CAR_PARKS,
+    WATCHERS,
+    WATCH_RESYNCS,
+    REDIS_ROUND_TRIPS,
+    REDIS_REPORTS_WRITTEN,
+    STORE_UP,
+    REPLICATION_SKIPPED,
+    RESERVATIONS,
+    RESERVATIONS_ACTIVE,
+    SHARED,
+    SHARED_OFFERS,
+    SHARED_BOOKINGS,
+    SESSIONS_TOTAL,
+    SESSIONS,
+    PAYMENTS,
+    ARREARS,
+    ARREARS_SESSIONS,
+    CONNECTIONS,
+    CONNECTIONS_REFUSED,
+    CONNECTIONS_CLOSED,
+    ACCEPT_ERRORS,
+    TLS_RELOADS,
+    RATE_LIMITED,
+];
+
+/// The histograms of [`ALL`]: Prometheus serves each as `_bucket`, `_sum` and `_count`
+/// series.
+pub const HISTOGRAMS: &[&str] = &[GRPC_DURATION, INGEST_REPORT_AGE];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 10.0,
+];
+
+/// From a feed that reports as it observes (well under a second) to numbers that are
+/// already stale when they arrive (a car park's staleness window is 3 report intervals,
+/// minutes).
+const REPORT_AGE_BUCKETS: &[f64] = &[
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
 /// Installs the process-wide Prometheus recorder once and returns its handle; later
@@ -54,6 +102,11 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(GRPC_DURATION.to_owned()), LATENCY_BUCKETS)
+                .expect("static buckets are not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(INGEST_REPORT_AGE.to_owned()),
+                    REPORT_AGE_BUCKETS,
+                )
                 .expect("static buckets are not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -87,7 +140,16 @@ fn describe() {
         Unit::Count,
         "counts pulled back into [0, capacity] by deltas and bay reports (drift)"
     );
-    describe_gauge!(CAR_PARKS, Unit::Count, "registered car parks by status");
+    describe_histogram!(
+        INGEST_REPORT_AGE,
+        Unit::Seconds,
+        "age of an applied report's numbers when it was applied (server clock minus observed_at), by region: the operator's delay, the network and the ingest queue"
+    );
+    describe_gauge!(
+        CAR_PARKS,
+        Unit::Count,
+        "registered car parks by region and status (open, closed, stale, no_data); every instance counts the whole city"
+    );
     describe_gauge!(WATCHERS, Unit::Count, "open availability watch streams");
     describe_counter!(
         REPLICATION_SKIPPED,
@@ -179,6 +241,21 @@ fn describe() {
         Unit::Count,
         "watchers that fell behind and were sent a fresh snapshot"
     );
+    describe_counter!(
+        REDIS_ROUND_TRIPS,
+        Unit::Count,
+        "round trips to Redis by purpose (registry, ingest, start, snapshot, tail, heartbeat, and the other writes by use case)"
+    );
+    describe_counter!(
+        REDIS_REPORTS_WRITTEN,
+        Unit::Count,
+        "occupancy reports written to Redis; per ingest round trip, the batching"
+    );
+    describe_gauge!(
+        STORE_UP,
+        Unit::Count,
+        "1 while the store accepts writes (Redis reachable), 0 while writes are refused"
+    );
 }
 
 /// Counts one answered gRPC request.
@@ -192,11 +269,18 @@ pub fn record_report(result: &Result<Applied>) {
     match result {
         Ok(Applied {
             outcome: ReportOutcome::Applied { clamped },
+            availability,
             ..
         }) => {
             counter!(INGEST_REPORTS, "result" => "applied", "reason" => "").increment(1);
             if *clamped > 0 {
                 counter!(INGEST_CLAMPED).increment(u64::from(*clamped));
+            }
+            // An applied report's numbers are the car park's newest, so the data age
+            // worked out when it was applied is the report's.
+            if let Some(age) = availability.data_age {
+                histogram!(INGEST_REPORT_AGE, "region" => availability.region.as_str().to_owned())
+                    .record(age.as_secs_f64());
             }
         }
         Ok(Applied {
@@ -216,10 +300,26 @@ pub fn record_batch_failure(error: &Error, reports: u64) {
         .increment(reports);
 }
 
-/// Sets the per-status gauges.
-pub fn record_statuses(counts: &[(CarParkStatus, usize)]) {
-    for (status, n) in counts {
-        gauge!(CAR_PARKS, "status" => status.name()).set(*n as f64);
+/// The car-park gauges, by region and status. Remembers the regions it set, so that a
+/// region whose last car park went reads zero rather than its last count.
+#[derive(Debug, Default)]
+pub struct CarParkGauges {
+    regions: BTreeSet<RegionId>,
+}
+
+impl CarParkGauges {
+    /// Sets every status of every region in `counts`, and zero for regions gone since
+    /// the last call.
+    pub fn record(&mut self, counts: &StatusCounts) {
+        let gone = self.regions.iter().filter(|r| !counts.contains_key(*r));
+        let zeros = [0; CarParkStatus::ALL.len()];
+        for (region, row) in gone.map(|r| (r, &zeros)).chain(counts) {
+            for (status, n) in CarParkStatus::ALL.iter().zip(row) {
+                let region = region.as_str().to_owned();
+                gauge!(CAR_PARKS, "region" => region, "status" => status.name()).set(*n as f64);
+            }
+        }
+        self.regions = counts.keys().cloned().collect();
     }
 }
 
@@ -347,5 +447,100 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         gauge!(self.0).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, sync::Mutex};
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString};
+
+    use super::*;
+
+    #[test]
+    fn all_lists_every_name_this_file_declares() {
+        let declared: BTreeSet<&str> = include_str!("metrics.rs")
+            .lines()
+            .filter_map(|line| {
+                let (_, literal) = line.strip_prefix("pub const ")?.split_once(": &str = \"")?;
+                literal.strip_suffix("\";")
+            })
+            .collect();
+        let listed: BTreeSet<&str> = ALL.iter().copied().collect();
+        assert_eq!(listed.len(), ALL.len(), "a name is listed twice");
+        assert_eq!(declared, listed, "ALL and the declared names differ");
+        assert!(HISTOGRAMS.iter().all(|h| listed.contains(h)));
+    }
+
+    /// What `describe` says each name is.
+    #[derive(Default)]
+    struct Descriptions(Mutex<BTreeMap<String, (&'static str, Option<Unit>)>>);
+
+    impl Descriptions {
+        fn note(&self, key: KeyName, kind: &'static str, unit: Option<Unit>) {
+            let previous = self
+                .0
+                .lock()
+                .unwrap()
+                .insert(key.as_str().to_owned(), (kind, unit));
+            assert!(previous.is_none(), "{} described twice", key.as_str());
+        }
+    }
+
+    impl Recorder for Descriptions {
+        fn describe_counter(&self, key: KeyName, unit: Option<Unit>, _: SharedString) {
+            self.note(key, "counter", unit);
+        }
+        fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, _: SharedString) {
+            self.note(key, "gauge", unit);
+        }
+        fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, _: SharedString) {
+            self.note(key, "histogram", unit);
+        }
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// Every name gets its help text (Prometheus shows it, promtool wants it), and the
+    /// naming rules hold: only counters end in `_total`, seconds end in `_seconds`.
+    #[test]
+    fn every_name_is_described_as_its_kind() {
+        let recorder = Descriptions::default();
+        metrics::with_local_recorder(&recorder, describe);
+        let described = recorder.0.into_inner().unwrap();
+        for name in ALL {
+            let (kind, unit) = described
+                .get(*name)
+                .unwrap_or_else(|| panic!("{name} is not described"));
+            assert!(name.starts_with("citypark_"), "{name}");
+            assert_eq!(
+                name.ends_with("_total"),
+                *kind == "counter",
+                "{name} is a {kind}"
+            );
+            assert_eq!(
+                HISTOGRAMS.contains(name),
+                *kind == "histogram",
+                "{name} is a {kind}"
+            );
+            assert_eq!(
+                name.ends_with("_seconds"),
+                *unit == Some(Unit::Seconds),
+                "{name} is in {unit:?}"
+            );
+        }
+        let extra: Vec<&String> = described
+            .keys()
+            .filter(|n| !ALL.contains(&n.as_str()))
+            .collect();
+        assert!(extra.is_empty(), "described but not in ALL: {extra:?}");
     }
 }

@@ -31,6 +31,9 @@ use index::{IndexPoint, Tree, envelope_of};
 pub use replica::{Loading, Replica};
 pub use sessions::SessionCounts;
 
+/// Car parks by region, then by status in the order of [`CarParkStatus::ALL`].
+pub type StatusCounts = BTreeMap<RegionId, [usize; CarParkStatus::ALL.len()]>;
+
 /// One change, as watchers receive it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -350,20 +353,23 @@ impl Engine {
     }
 
     /// Tells watchers about car parks whose status changed with time alone (opening
-    /// hours, staleness), and counts car parks by status for the metrics, in one pass.
-    pub fn sweep_status(&self, now: Timestamp) -> [(CarParkStatus, usize); 4] {
+    /// hours, staleness), and counts car parks by region and status for the metrics, in
+    /// one pass.
+    pub fn sweep_status(&self, now: Timestamp) -> StatusCounts {
         let inner = self.inner.read();
-        let mut counts = [
-            (CarParkStatus::Open, 0),
-            (CarParkStatus::Closed, 0),
-            (CarParkStatus::Stale, 0),
-            (CarParkStatus::NoData, 0),
-        ];
+        let mut counts = StatusCounts::new();
         for slot in inner.slots.iter().flatten() {
             let mut state = slot.state.lock();
             let status = state.live.status(&state.car_park, now);
-            if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == status) {
-                entry.1 += 1;
+            let region = &state.car_park.region;
+            // Looked up before inserting, so a region is cloned once per sweep, not
+            // once per car park.
+            if !counts.contains_key(region) {
+                counts.insert(region.clone(), Default::default());
+            }
+            let row = counts.get_mut(region).expect("inserted above");
+            if let Some(i) = CarParkStatus::ALL.iter().position(|s| *s == status) {
+                row[i] += 1;
             }
             if status != state.last_status {
                 state.last_status = status;

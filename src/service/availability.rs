@@ -46,12 +46,13 @@ impl Service {
     ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gauges = metrics::CarParkGauges::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            metrics::record_statuses(&self.engine.sweep_status(self.now()));
+            gauges.record(&self.engine.sweep_status(self.now()));
         }
     }
 }

@@ -267,18 +267,19 @@ async fn metrics_count_requests_by_method_and_code_and_reports_by_result() {
         text.contains("# TYPE citypark_grpc_request_duration_seconds histogram"),
         "{text}"
     );
-    // The status gauges come from the sweeper (every 50 ms in tests); every status is
-    // always present, so only their presence can be checked with other servers around.
+    // The status gauges come from the sweeper (every 50 ms in tests); every status of
+    // a region with car parks is present, so only their presence can be checked with
+    // other servers around.
     let mut text = text;
     for _ in 0..100 {
-        if text.contains(r#"citypark_car_parks{status="open"}"#) {
+        if text.contains(r#"citypark_car_parks{region="qingdao",status="open"}"#) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         text = server.metrics_text().await;
     }
     for status in ["open", "closed", "stale", "no_data"] {
-        let gauge = format!(r#"citypark_car_parks{{status="{status}"}}"#);
+        let gauge = format!(r#"citypark_car_parks{{region="qingdao",status="{status}"}}"#);
         assert!(text.contains(&gauge), "{gauge} missing\n{text}");
     }
 }
