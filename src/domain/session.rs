@@ -434,9 +434,6 @@ pub struct OpenSession {
     pub region: RegionId,
     pub id: String,
     pub session: SessionId,
-    /// The sequence of the entry report that opened it: a resent report above it is
-    /// newer, one at or below it is not.
-    pub sequence: u64,
 }
 
 impl OpenSession {

@@ -24,7 +24,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use reservations::Caller;
-pub use sessions::{Payments, SessionFilter, WALLET_ENTRIES_SHOWN, WalletView};
+pub use sessions::{Payments, SessionFilter, WalletView};
 pub use shared::OfferFound;
 pub use watch::{WatchEvent, WatchSelector};
 

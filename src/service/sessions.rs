@@ -28,8 +28,9 @@ use crate::{
     audit::{self, Who},
     domain::{
         CarPark, CarParkId, DriverId, Error, GateNote, LedgerEntry, OpenSession, OperatorId,
-        ParkingSession, PaymentMethod, Plate, PlateColor, PlateLink, Prepaid, ReservationState,
-        Result, SessionId, SessionState, Settlement, Timestamp, Viewer, Wallet, accounts_region,
+        ParkingSession, PaymentMethod, Plate, PlateColor, PlateLink, Prepaid, RegionId,
+        ReservationState, Result, SessionId, SessionState, Settlement, Timestamp, Viewer, Wallet,
+        accounts_region,
     },
     gateway::{self, Callback, ChargeRequest, Gateway, Outcome, Retry},
     metrics,
@@ -41,7 +42,7 @@ use crate::{
 const ATTEMPTS: usize = 64;
 
 /// Ledger entries `GetWallet` shows.
-pub const WALLET_ENTRIES_SHOWN: usize = 50;
+const WALLET_ENTRIES_SHOWN: usize = 50;
 
 /// How sessions are paid, and how long their plates are kept.
 #[derive(Debug, Clone)]
@@ -100,6 +101,14 @@ pub struct WalletView {
     pub entries: Vec<LedgerEntry>,
     pub arrears_minor: i64,
 }
+
+/// A gate's records: the plate's open-session key, the session the report names, the
+/// session the key points at.
+type Gate = (
+    Versioned<OpenSession>,
+    Versioned<ParkingSession>,
+    Option<Versioned<ParkingSession>>,
+);
 
 /// What a charge came to: the receipt (the ledger entry's id) or the refusal.
 type Charged = std::result::Result<String, String>;
@@ -161,24 +170,12 @@ impl Service {
             arrears_currency,
         };
         let prepaid = self.prepaid_window(&car_park.id, &read.plate, read.at);
-        let (region, keys, new_id) = (&car_park.region, std::slice::from_ref(&key), &id);
+        let (region, key_ref, new_id) = (&car_park.region, &key, &id);
         self.transact_group(
             ATTEMPTS,
             "session",
-            |source| async move {
-                let open = self
-                    .read_record::<OpenSession>(region, &keys[0], source)
-                    .await?;
-                let mut ids = vec![new_id.to_string()];
-                ids.extend(open.record.as_ref().map(|o| o.session.to_string()));
-                let mut sessions = self
-                    .read_records::<ParkingSession>(region, &ids, source)
-                    .await?;
-                let prior = (sessions.len() > 1).then(|| sessions.pop().expect("two"));
-                let new = sessions.pop().expect("one");
-                Ok((open, new, prior))
-            },
-            |(open, new, prior): (Versioned<OpenSession>, _, Option<Versioned<ParkingSession>>)| {
+            |source| async move { self.read_gate(region, key_ref, new_id, source, false).await },
+            |(open, new, prior): Gate| {
                 if new.record.is_some() {
                     // This entry opened it already (a report decided again).
                     return Ok((Vec::new(), (note.clone(), None)));
@@ -206,7 +203,6 @@ impl Service {
                     region: car_park.region.clone(),
                     id: key.clone(),
                     session: id.clone(),
-                    sequence: sighting.sequence,
                 };
                 writes.push(put(key.clone(), open_now, open.version));
                 Ok((writes, (note.clone(), Some(outcome))))
@@ -227,40 +223,15 @@ impl Service {
         let key = OpenSession::id_of(&car_park.id, &read.plate);
         let unmatched = SessionId::of_report(&car_park.id, sighting.sequence);
         let payer = link.map(|l| (l.driver.clone(), l.method));
-        let (region, keys, unmatched_id) =
-            (&car_park.region, std::slice::from_ref(&key), &unmatched);
+        let (region, key_ref, unmatched_id) = (&car_park.region, &key, &unmatched);
         self.transact_group(
             ATTEMPTS,
             "session",
             |source| async move {
-                let mut source = source;
-                let mut open = self
-                    .read_record::<OpenSession>(region, &keys[0], source)
-                    .await?;
-                if open.record.is_none() && source == Source::Replica {
-                    // An exit without entry writes nothing the entry wrote, so no
-                    // compare-and-set would catch an entry made through another
-                    // instance that this replica has not seen yet: the authority
-                    // says whether there is none.
-                    source = Source::Authority;
-                    open = self
-                        .read_record::<OpenSession>(region, &keys[0], source)
-                        .await?;
-                }
-                let mut ids = vec![unmatched_id.to_string()];
-                ids.extend(open.record.as_ref().map(|o| o.session.to_string()));
-                let mut sessions = self
-                    .read_records::<ParkingSession>(region, &ids, source)
-                    .await?;
-                let entered = (sessions.len() > 1).then(|| sessions.pop().expect("two"));
-                let unmatched = sessions.pop().expect("one");
-                Ok((open, entered, unmatched))
+                self.read_gate(region, key_ref, unmatched_id, source, true)
+                    .await
             },
-            |(open, entered, unmatched_now): (
-                Versioned<OpenSession>,
-                Option<Versioned<ParkingSession>>,
-                Versioned<ParkingSession>,
-            )| {
+            |(open, unmatched_now, entered): Gate| {
                 let note = |id: &SessionId| GateNote {
                     session: Some(id.clone()),
                     ..GateNote::default()
@@ -292,6 +263,38 @@ impl Service {
             },
         )
         .await
+    }
+
+    /// What a plate at a gate is decided on: the key of the session it is in at the
+    /// car park, the session the report itself names (`own`), and the session the key
+    /// points at, if any. An exit (`confirm_absent`) that finds no key in the replica
+    /// asks the authority: an exit without entry writes nothing the entry wrote, so no
+    /// compare-and-set would catch an entry made through another instance that this
+    /// replica has not seen yet.
+    async fn read_gate(
+        &self,
+        region: &RegionId,
+        key: &str,
+        own: &SessionId,
+        mut source: Source,
+        confirm_absent: bool,
+    ) -> Result<Gate> {
+        let mut open = self.read_record::<OpenSession>(region, key, source).await?;
+        if confirm_absent && open.record.is_none() && source == Source::Replica {
+            source = Source::Authority;
+            open = self.read_record::<OpenSession>(region, key, source).await?;
+        }
+        let own = self
+            .read_record::<ParkingSession>(region, own.as_str(), source)
+            .await?;
+        let pointed = match &open.record {
+            Some(o) => Some(
+                self.read_record::<ParkingSession>(region, o.session.as_str(), source)
+                    .await?,
+            ),
+            None => None,
+        };
+        Ok((open, own, pointed))
     }
 
     /// What `driver`'s sessions in arrears owe, and in which currency.

@@ -662,3 +662,29 @@ async fn with_two_instances_on_a_cluster_each_session_is_charged_to_its_wallet_e
     let (a, b, _) = charge_on_two_instances(&cluster.url()).await;
     assert_charged_once(&[&a, &b], 24).await;
 }
+
+#[tokio::test]
+async fn an_overdraft_lets_a_charge_take_the_wallet_below_zero_and_no_further() {
+    let server = TestServer::start_with(|s| s.payments.overdraft_minor = 700).await;
+    open_garage(&server, "g1").await;
+    link(&server, "ann", "鲁B12345").await;
+    // An hour (5.00) fits the overdraft of 7.00; the next hour would not.
+    for (entry, exit) in [(2, 3), (4, 5)] {
+        report_ok(&server, gate("g1", entry, true, "鲁B12345", server.now())).await;
+        server.advance(3600);
+        report_ok(&server, gate("g1", exit, false, "鲁B12345", server.now())).await;
+    }
+    session_in(&server, "g1~2", pb::SessionState::ClosedPaid).await;
+    let refused = eventually("the second charge is refused", || async {
+        let s = session(&server, OPERATOR_A.1, "g1~4").await.ok()?;
+        (payment(&s).status == i32::from(pb::PaymentStatus::Failed)).then_some(s)
+    })
+    .await;
+    assert!(payment(&refused).failure.contains("does not cover"));
+    let w = wallet(&server, "ann").await;
+    assert_eq!(
+        (w.balance_minor, w.overdraft_minor, w.arrears_minor),
+        (-500, 700, 500)
+    );
+    assert_eq!(books(&w), w.balance_minor);
+}
