@@ -37,7 +37,7 @@ run_on_each_store() {
   sleep 0.5
   for store in embedded redis; do
     local port=$((50300 + ${#pids[@]})) mport=$((9800 + ${#pids[@]}))
-    local args=(serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --log warn)
+    local args=(serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --http-addr 127.0.0.1:0 --log warn)
     [ "$store" = redis ] && args+=(--store "redis://127.0.0.1:$redis_port/0")
     "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
     pids+=($!)

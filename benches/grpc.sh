@@ -37,7 +37,7 @@ open(f"{out}/nearby.bin", "wb").write(frame(sub(1, latlng)))          # FindNear
 open(f"{out}/ping.bin", "wb").write(frame(b""))                        # Ping{}
 PY
 
-./target/release/citypark serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$metrics_port \
+./target/release/citypark serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$metrics_port --http-addr 127.0.0.1:0 \
   --log warn >"$out/server.log" 2>&1 &
 server=$!
 # Wait until the demo city is registered (the demo registers through the API).

@@ -60,7 +60,7 @@ nearby_ratio() { # port -> "ping nearby ratio" medians over $rounds
 
 for store in embedded redis; do
   port=$((50200 + ${#pids[@]})); mport=$((9700 + ${#pids[@]}))
-  args=(serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --log warn --api-keys "bench:$hash")
+  args=(serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --http-addr 127.0.0.1:0 --log warn --api-keys "bench:$hash")
   [ "$store" = redis ] && args+=(--store "redis://127.0.0.1:$redis_port/0")
   "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
   pids+=($!)

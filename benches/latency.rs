@@ -109,6 +109,8 @@ fn main() {
             GRPC,
             "--metrics-addr",
             METRICS,
+            "--http-addr",
+            "127.0.0.1:0",
             "--log",
             "warn",
         ])

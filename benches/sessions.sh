@@ -27,7 +27,7 @@ pids+=($!)
 sleep 0.5
 for store in embedded redis; do
   port=$((50400 + ${#pids[@]})); mport=$((9900 + ${#pids[@]}))
-  args=(serve --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --log warn --api-keys "bench:$hash")
+  args=(serve --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --http-addr 127.0.0.1:0 --log warn --api-keys "bench:$hash")
   [ "$store" = redis ] && args+=(--store "redis://127.0.0.1:$redis_port/0")
   "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
   pids+=($!)

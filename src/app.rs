@@ -15,6 +15,7 @@ use crate::{
     domain::Error,
     engine::Engine,
     grpc::{AdmissionLayer, Api, MetricsLayer, RateLimits},
+    map::{Map, MapSettings},
     net::{self, ConnLimits},
     pb,
     service::{Limits, Payments, Service},
@@ -112,6 +113,8 @@ pub struct Settings {
     pub payments: Payments,
     /// Browser origins allowed to call over gRPC-Web; empty means any.
     pub cors_origins: Vec<http::HeaderValue>,
+    /// The live map's tiles and where its browsers reach gRPC-Web.
+    pub map: MapSettings,
 }
 
 impl Default for Settings {
@@ -130,6 +133,7 @@ impl Default for Settings {
             status_sweep: Duration::from_secs(5),
             payments: Payments::default(),
             cors_origins: Vec::new(),
+            map: MapSettings::default(),
         }
     }
 }
@@ -371,7 +375,13 @@ pub async fn run(
         None => None,
     };
     let http_task = http.map(|listener| {
-        let (app, stop) = (crate::http::router(service.clone()), token.clone());
+        let map = Map::new(
+            backend.engine.clone(),
+            settings.map.clone(),
+            addr.map_or(0, |a| a.port()),
+            settings.limits.max_watch_car_parks,
+        );
+        let (app, stop) = (crate::http::router(service.clone(), map), token.clone());
         tokio::spawn(serve_http(listener, "http", app, tls, stop))
     });
 
@@ -422,6 +432,9 @@ pub async fn run(
     let result = match early {
         Some(result) => match result {
             Ok(r) => r.map_err(AppError::from),
+            // The runtime is shutting down under us (a test's end, say): nothing to
+            // drain.
+            Err(join) if join.is_cancelled() => Ok(()),
             Err(join) => panic!("gRPC server task panicked: {join}"),
         },
         None => {

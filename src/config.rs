@@ -60,10 +60,26 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
 
-    /// Address of citypark's HTTP port, which takes the payment gateway's callbacks
-    /// (POST /payments/v1/callback); off when unset.
-    #[arg(long, env = "CITYPARK_HTTP_ADDR")]
-    pub http_addr: Option<SocketAddr>,
+    /// Address of citypark's HTTP port: the live city map (/map/) and the payment
+    /// gateway's callbacks (POST /payments/v1/callback).
+    #[arg(long, env = "CITYPARK_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// XYZ tile URL template for the map's background, e.g.
+    /// `https://tile.openstreetmap.org/{z}/{x}/{y}.png`; none by default, so the map
+    /// needs no network beyond citypark.
+    #[arg(long, env = "CITYPARK_MAP_TILES_URL")]
+    pub map_tiles_url: Option<String>,
+
+    /// The attribution the tile provider requires, shown on the map (HTML).
+    #[arg(long, env = "CITYPARK_MAP_TILES_ATTRIBUTION", default_value = "")]
+    pub map_tiles_attribution: String,
+
+    /// Where browsers reach the gRPC port for gRPC-Web, e.g.
+    /// `https://api.city.example`; by default the map's own host on the gRPC port.
+    /// Its origin must be allowed by --cors-origins when that is set.
+    #[arg(long, env = "CITYPARK_MAP_GRPC_WEB_URL")]
+    pub map_grpc_web_url: Option<String>,
 
     /// The external payment gateway's charge URL (http:// or https://): plates may
     /// then be linked with payment method GATEWAY. Needs --payment-gateway-secret-file.
@@ -377,7 +393,50 @@ impl ServeConfig {
         }
         self.payment_gateway()?;
         self.cors_origins()?;
+        self.map()?;
         Ok(())
+    }
+
+    /// The live map's settings, checked; errors name the flag.
+    pub fn map(&self) -> Result<crate::map::MapSettings> {
+        let http_url = |flag: &'static str, url: &str| -> Result<()> {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| Error::invalid(flag, format!("{url:?}: {e}")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(Error::invalid(
+                    flag,
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+            Ok(())
+        };
+        if let Some(url) = &self.map_tiles_url {
+            // The placeholders are not valid in a URI; checked with them filled in.
+            let filled = url
+                .replace("{z}", "0")
+                .replace("{x}", "0")
+                .replace("{y}", "0")
+                .replace("{s}", "a");
+            http_url("--map-tiles-url", &filled)?;
+            if !["{z}", "{x}", "{y}"].iter().all(|p| url.contains(p)) {
+                return Err(Error::invalid(
+                    "--map-tiles-url",
+                    "must hold {z}, {x} and {y}",
+                ));
+            }
+        }
+        if let Some(url) = &self.map_grpc_web_url {
+            http_url("--map-grpc-web-url", url)?;
+        }
+        Ok(crate::map::MapSettings {
+            grpc_web_url: self
+                .map_grpc_web_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            tiles_url: self.map_tiles_url.clone(),
+            tiles_attribution: self.map_tiles_attribution.clone(),
+        })
     }
 
     /// The Redis options, or None for the embedded store.
@@ -516,6 +575,7 @@ impl ServeConfig {
             },
             // Checked by `validate`.
             cors_origins: self.cors_origins().unwrap_or_default(),
+            map: self.map().unwrap_or_default(),
             ..crate::app::Settings::default()
         }
     }
@@ -572,6 +632,18 @@ mod tests {
             )
         };
         assert_eq!(bad(&["--cors-origins", "ftp://x"]), "--cors-origins");
+        assert_eq!(
+            bad(&["--map-tiles-url", "https://t.example/{z}/{x}.png"]),
+            "--map-tiles-url"
+        );
+        assert_eq!(
+            bad(&["--map-tiles-url", "file:///{z}/{x}/{y}.png"]),
+            "--map-tiles-url"
+        );
+        assert_eq!(
+            bad(&["--map-grpc-web-url", "api.example:50051"]),
+            "--map-grpc-web-url"
+        );
         assert_eq!(bad(&["--max-message-bytes", "10"]), "--max-message-bytes");
         assert_eq!(bad(&["--rate-driver=-1"]), "--rate-driver");
         assert_eq!(bad(&["--rate-anonymous", "NaN"]), "--rate-anonymous");
@@ -610,5 +682,28 @@ mod tests {
             .cors_origins()
             .unwrap();
         assert_eq!(origins.len(), 2);
+    }
+
+    #[test]
+    fn the_map_takes_tiles_and_a_grpc_web_url() {
+        let map = parse(&[
+            "--map-tiles-url",
+            "https://{s}.tile.example/{z}/{x}/{y}.png",
+            "--map-grpc-web-url",
+            "https://api.city.example/grpc/",
+        ])
+        .map()
+        .unwrap();
+        assert_eq!(
+            map.tiles_url.as_deref(),
+            Some("https://{s}.tile.example/{z}/{x}/{y}.png")
+        );
+        assert_eq!(
+            map.grpc_web_url.as_deref(),
+            Some("https://api.city.example/grpc")
+        );
+        let defaults = parse(&[]);
+        assert_eq!(defaults.http_addr.to_string(), "127.0.0.1:8080");
+        assert!(defaults.map().unwrap().tiles_url.is_none());
     }
 }

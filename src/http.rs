@@ -1,6 +1,7 @@
-//! citypark's HTTP port (`--http-addr`): what is not gRPC. Today the payment
-//! gateway's callbacks (`POST /payments/v1/callback`); errors are JSON with the status
-//! the error's kind decides.
+//! citypark's HTTP port (`--http-addr`): what is not gRPC. The live city map
+//! (`/map/`, `map.rs`) and the payment gateway's callbacks
+//! (`POST /payments/v1/callback`); errors are JSON with the status the error's kind
+//! decides.
 
 use axum::{
     Json, Router,
@@ -14,15 +15,17 @@ use axum::{
 use crate::{
     domain::{Error, ErrorKind},
     gateway::{MAX_BODY_BYTES, SIGNATURE_HEADER},
+    map::Map,
     service::Service,
 };
 
 /// The routes of the HTTP port.
-pub fn router(service: Service) -> Router {
+pub fn router(service: Service, map: Map) -> Router {
     Router::new()
         .route("/payments/v1/callback", post(callback))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
+        .merge(map.routes())
 }
 
 /// The gateway's answer about a pending charge, signed like its requests.

@@ -54,6 +54,16 @@ pub enum ChangeKind {
     Removed,
 }
 
+/// A region's car parks: how many, and the smallest box that holds them (by latitude
+/// and longitude, so a region across the antimeridian gets a box around the world).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionExtent {
+    pub region: RegionId,
+    pub car_parks: usize,
+    pub south_west: (f64, f64),
+    pub north_east: (f64, f64),
+}
+
 /// A car park in a nearby answer.
 #[derive(Debug, Clone)]
 pub struct Nearby {
@@ -350,6 +360,40 @@ impl Engine {
         }
         out.sort_by(|a, b| a.car_park.cmp(&b.car_park));
         Ok(out)
+    }
+
+    /// Every region with car parks, in region order, with its extent. One pass over
+    /// the city: callers cache it.
+    pub fn regions(&self) -> Vec<RegionExtent> {
+        let inner = self.inner.read();
+        let mut regions: BTreeMap<RegionId, RegionExtent> = BTreeMap::new();
+        for slot in inner.slots.iter().flatten() {
+            let state = slot.state.lock();
+            let car_park = &state.car_park;
+            let (lat, lon) = (car_park.location.lat(), car_park.location.lon());
+            match regions.get_mut(&car_park.region) {
+                Some(extent) => {
+                    extent.car_parks += 1;
+                    extent.south_west =
+                        (extent.south_west.0.min(lat), extent.south_west.1.min(lon));
+                    extent.north_east =
+                        (extent.north_east.0.max(lat), extent.north_east.1.max(lon));
+                }
+                // Cloned once per region, not once per car park.
+                None => {
+                    regions.insert(
+                        car_park.region.clone(),
+                        RegionExtent {
+                            region: car_park.region.clone(),
+                            car_parks: 1,
+                            south_west: (lat, lon),
+                            north_east: (lat, lon),
+                        },
+                    );
+                }
+            }
+        }
+        regions.into_values().collect()
     }
 
     /// Tells watchers about car parks whose status changed with time alone (opening

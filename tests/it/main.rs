@@ -8,6 +8,7 @@ mod demo;
 mod fuzz_seeds;
 mod grpc_web;
 mod ingest;
+mod map;
 mod metrics_kit;
 mod nearby;
 mod nearby_property;

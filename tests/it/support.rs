@@ -328,6 +328,7 @@ impl Binary {
         command
             .args(["serve", "--grpc-addr", "127.0.0.1:0"])
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0"])
             .args(args)
             .env_clear()
             .stdin(Stdio::null())

@@ -120,17 +120,12 @@ async fn run(
     let metrics = TcpListener::bind(config.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", config.metrics_addr))?;
-    let http = match config.http_addr {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding --http-addr {addr}"))?,
-        ),
-        None => None,
-    };
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding --http-addr {}", config.http_addr))?;
     let grpc_addr = grpc.local_addr()?;
-    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
-    tracing::info!(grpc = %grpc_addr, metrics = %metrics.local_addr()?, http = ?http_addr, "listening");
+    let http_addr = http.local_addr()?;
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics.local_addr()?, http = %http_addr, map = %format!("http://{http_addr}{}", citypark::map::PATH), "listening");
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let backend = match config.redis()? {
@@ -154,7 +149,7 @@ async fn run(
         clock,
         ..config.settings(keys, drivers)
     };
-    let served = app::run(grpc, Some(metrics), http, backend, settings, shutdown).await;
+    let served = app::run(grpc, Some(metrics), Some(http), backend, settings, shutdown).await;
     // Joined whether or not the server failed: no demo task outlives the run.
     if let Some(demo) = demo {
         demo.stop().await;

@@ -1,0 +1,373 @@
+//! The live city map: its HTTP routes (the embedded page and bundle, `config.json`),
+//! and the page itself in a real Chromium driven by playwright-core
+//! (`web/test/map.e2e.mjs`) against the demo city: every car park shows as a dot, a
+//! reported change recolours its dot within 2 s, a click opens the car park's
+//! details, a search finds the nearest free spaces, and a screenshot is saved under
+//! `target/`. Without Chromium the browser test says why and skips, unless
+//! `CITYPARK_REQUIRE_TOOLS=1` (CI), which makes it fail instead.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use citypark::{demo::Demo, pb, service::SystemClock};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::support::*;
+
+const REQUIRE_VAR: &str = "CITYPARK_REQUIRE_TOOLS";
+
+/// How long a report may take to show on the map: the issue's promise.
+const RECOLOUR: Duration = Duration::from_secs(2);
+
+/// One HTTP/1.1 GET: the status, the headers (names lower-cased) and the body.
+async fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: citypark\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = std::str::from_utf8(&answer[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|l| {
+            let (name, value) = l.split_once(':').unwrap();
+            (name.to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    (status, headers, answer[split + 4..].to_vec())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn the_page_and_its_bundle_are_served_from_the_binary() {
+    let server = TestServer::start().await;
+    let (status, headers, _) = get(server.http_addr, "/", &[]).await;
+    assert_eq!((status, header(&headers, "location")), (303, Some("/map/")));
+
+    let (status, headers, body) = get(server.http_addr, "/map/", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        header(&headers, "content-security-policy")
+            .is_some_and(|p| p.contains("script-src 'self'"))
+    );
+    let page = String::from_utf8(body).unwrap();
+    assert!(
+        page.contains(r#"<script type="module" src="app.js">"#),
+        "{page}"
+    );
+
+    // Compressed for browsers, plain for the rest, the same ETag either way; a
+    // revalidation with it is answered 304 with no body.
+    let (status, gz_headers, gz) = get(
+        server.http_addr,
+        "/map/app.js",
+        &[("Accept-Encoding", "gzip, br")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&gz_headers, "content-encoding"), Some("gzip"));
+    let (status, plain_headers, plain) = get(server.http_addr, "/map/app.js", &[]).await;
+    assert_eq!(
+        (status, header(&plain_headers, "content-encoding")),
+        (200, None)
+    );
+    assert!(
+        gz.len() * 2 < plain.len(),
+        "{} vs {}",
+        gz.len(),
+        plain.len()
+    );
+    assert!(std::str::from_utf8(&plain).is_ok_and(|js| js.contains("application/grpc-web")));
+    let etag = header(&plain_headers, "etag").unwrap();
+    assert_eq!(header(&gz_headers, "etag"), Some(etag));
+    let (status, _, body) = get(server.http_addr, "/map/app.js", &[("If-None-Match", etag)]).await;
+    assert_eq!((status, body.len()), (304, 0));
+
+    let (status, _, licenses) = get(server.http_addr, "/map/licenses.txt", &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8(licenses)
+            .unwrap()
+            .contains("== leaflet 1.9.4 (BSD-2-Clause)")
+    );
+    let (status, _, _) = get(server.http_addr, "/map/nothing.js", &[]).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn config_tells_the_page_where_grpc_is_and_which_regions_there_are() {
+    let server = TestServer::start_with(|settings| {
+        settings.map.tiles_url = Some("https://tiles.example/{z}/{x}/{y}.png".into());
+        settings.map.tiles_attribution = "© example".into();
+    })
+    .await;
+    register(&server, garage("a", 36.0, 120.3)).await;
+    register(&server, garage("b", 36.2, 120.1)).await;
+    register_as(
+        &server,
+        pb::CarPark {
+            region: "yantai".into(),
+            ..garage("c", 37.5, 121.4)
+        },
+        OPERATOR_A.1,
+    )
+    .await;
+
+    let (status, headers, body) = get(server.http_addr, "/map/config.json", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "cache-control"), Some("no-store"));
+    let config: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(config["grpc_port"], server.addr.port());
+    assert_eq!(config["grpc_web_url"], serde_json::Value::Null);
+    assert_eq!(config["tiles_url"], "https://tiles.example/{z}/{x}/{y}.png");
+    assert_eq!(config["tiles_attribution"], "© example");
+    assert_eq!(
+        config["regions"],
+        serde_json::json!([
+            {"id": "qingdao", "car_parks": 2, "south_west": [36.0, 120.1], "north_east": [36.2, 120.3]},
+            {"id": "yantai", "car_parks": 1, "south_west": [37.5, 121.4], "north_east": [37.5, 121.4]},
+        ])
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// In Chromium
+
+/// Chromium's path, or None after printing why the browser test skips; panics instead
+/// when `CITYPARK_REQUIRE_TOOLS=1`, so CI cannot pass by skipping.
+fn chromium() -> Option<PathBuf> {
+    let found = std::env::var_os("CITYPARK_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        });
+    if found.is_none() {
+        if std::env::var(REQUIRE_VAR).as_deref() == Ok("1") {
+            panic!("Chromium not found and {REQUIRE_VAR}=1; install Debian's chromium");
+        }
+        eprintln!(
+            "skipping: Chromium not found (/usr/bin/chromium, or CITYPARK_CHROMIUM); install \
+             Debian's chromium (apt-get install chromium) or set {REQUIRE_VAR}=1 to fail instead"
+        );
+    }
+    found
+}
+
+/// The browser driver (`web/test/map.e2e.mjs`, in the copy build.rs made, beside the
+/// playwright-core it installed), talked to a line at a time.
+struct Browser {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    /// Page errors and failed requests the driver reported.
+    errors: Vec<String>,
+}
+
+impl Browser {
+    fn open(url: &str, chromium: &Path) -> Self {
+        let work = Path::new(env!("CITYPARK_WEB_WORK"));
+        let mut child = Command::new("node")
+            .arg(work.join("test/map.e2e.mjs"))
+            .args([url, chromium.to_str().unwrap()])
+            .current_dir(work)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node runs the browser driver");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Sends one command; its answer after "ok ", or the test fails with it.
+    fn ask(&mut self, command: &str, bound: Duration) -> String {
+        writeln!(self.stdin, "{command}").unwrap();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(bound)
+                .unwrap_or_else(|_| panic!("no answer to {command:?} within {bound:?}"));
+            if let Some(error) = line.strip_prefix("error ") {
+                self.errors.push(error.to_owned());
+                continue;
+            }
+            match line.strip_prefix("ok") {
+                Some(rest) => return rest.trim().to_owned(),
+                None => panic!("{command:?}: {line}; page errors: {:?}", self.errors),
+            }
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reports `free` standard spaces at `id` as operator A, then asks the browser to see
+/// `state` on its dot within what is left of `RECOLOUR`; the time it took and the fill.
+async fn report_and_expect(
+    server: &TestServer,
+    browser: &mut Browser,
+    id: &str,
+    sequence: u64,
+    free: i32,
+    state: &str,
+) -> String {
+    let started = Instant::now();
+    let now = jiff::Timestamp::now();
+    report_ok(server, snapshot(id, sequence, free, now)).await;
+    let left = RECOLOUR.saturating_sub(started.elapsed());
+    let command = format!("expect {id} {state} {}", left.as_millis());
+    let answer = tokio::task::block_in_place(|| browser.ask(&command, RECOLOUR * 10));
+    eprintln!(
+        "{id}: {free} free shown as {state} {} ms after the report",
+        started.elapsed().as_millis()
+    );
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_map_shows_the_demo_city_live_in_chromium() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let demo = Demo::new(2026, Duration::from_secs(20));
+    let server = TestServer::start_with(|settings| {
+        demo.add_keys(&mut settings.api_keys);
+        // The demo's operators stamp reports with the real time.
+        settings.clock = Arc::new(SystemClock);
+    })
+    .await;
+    let demo = demo.start(format!("http://{}", server.addr));
+
+    // One car park of the test's own beside the demo's (just north of the demo city,
+    // so no other dot covers it), which no demo operator changes behind the test's
+    // back: 100 standard spaces, 60 free.
+    let (lat, lng) = (36.36, 120.12);
+    register(&server, garage("map-probe", lat, lng)).await;
+    let now = jiff::Timestamp::now();
+    report_ok(&server, snapshot("map-probe", 1, 60, now)).await;
+    // Beside it, one never reported and one whose numbers are old (observed more than
+    // three report intervals ago): neither may look full.
+    register(&server, garage("map-no-data", lat, lng + 0.01)).await;
+    register(&server, garage("map-stale", lat, lng + 0.02)).await;
+    report_ok(&server, snapshot("map-stale", 1, 0, after(now, -600))).await;
+    let city = citypark::demo::generate_city(2026).len();
+    let registered = Instant::now() + Duration::from_secs(120);
+    while server.backend.engine.len() < city + 3 {
+        assert!(
+            Instant::now() < registered,
+            "the demo city did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let url = format!("http://{}/map/", server.http_addr);
+    let mut browser = tokio::task::block_in_place(|| Browser::open(&url, &chromium));
+    let shown = tokio::task::block_in_place(|| {
+        browser.ask(&format!("ready {}", city + 3), Duration::from_secs(120))
+    });
+    assert_eq!(shown, (city + 3).to_string(), "every car park is a dot");
+    let (free, no_data, stale) = tokio::task::block_in_place(|| {
+        (
+            browser.ask("expect map-probe free 5000", RECOLOUR * 5),
+            browser.ask("expect map-no-data no-data 5000", RECOLOUR * 5),
+            browser.ask("expect map-stale stale 5000", RECOLOUR * 5),
+        )
+    });
+
+    // Full, then a few left, each within 2 s, each in its own colour.
+    let full = report_and_expect(&server, &mut browser, "map-probe", 2, 0, "full").await;
+    let few = report_and_expect(&server, &mut browser, "map-probe", 3, 4, "few").await;
+    let fill = |answer: &str| answer.split(' ').nth(1).unwrap().to_owned();
+    let fills = [&free, &full, &few, &no_data, &stale].map(|a| fill(a));
+    let distinct: std::collections::HashSet<_> = fills.iter().collect();
+    assert_eq!(distinct.len(), fills.len(), "one colour each: {fills:?}");
+
+    // The search shows what FindNearby says (the stale one is left out, as FindNearby
+    // leaves stale car parks out); the side panel what GetCarPark says.
+    let found =
+        tokio::task::block_in_place(|| browser.ask(&format!("nearby {lat} {lng}"), RECOLOUR * 5));
+    assert_eq!(found, "map-probe", "the nearest with a free space");
+    let heading = tokio::task::block_in_place(|| browser.ask("click map-probe", RECOLOUR * 5));
+    assert_eq!(heading, "Garage map-probe");
+
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/map-demo.png");
+    tokio::task::block_in_place(|| {
+        browser.ask(&format!("screenshot {}", shot.display()), RECOLOUR * 5)
+    });
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000),
+        "{shot:?}"
+    );
+    eprintln!("screenshot: {}", shot.display());
+    assert!(
+        browser.errors.is_empty(),
+        "page errors: {:?}",
+        browser.errors
+    );
+    drop(browser);
+    demo.stop().await;
+    server.stop().await.unwrap();
+}

@@ -1,0 +1,102 @@
+// Drives the live map in a real Chromium for tests/it/map.rs, one command per line on
+// stdin, one answer per line on stdout, so that the Rust test makes the changes (over
+// gRPC) and this script only looks:
+//
+//   ready <count>                    the page is live and shows at least <count> dots
+//   expect <id> <state> <ms>         the dot of <id> shows <state> within <ms>
+//   click <id>                       click the dot; answers the side panel's heading
+//   nearby <lat> <lng>               click the map there; answers the results' ids
+//   screenshot <path>                save a screenshot
+//   quit
+//
+// Answers are `ok …` or `fail …`; page errors and failed requests are `error …` lines.
+//
+// usage: node map.e2e.mjs <map url> <chromium executable>
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const [url, executablePath] = process.argv.slice(2);
+const say = (line) => process.stdout.write(`${line}\n`);
+
+const browser = await chromium.launch({ executablePath, headless: true });
+const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+page.on("pageerror", (e) => say(`error page: ${e.message.replace(/\n/g, " ")}`));
+page.on("console", (m) => {
+  if (m.type() === "error") say(`error console: ${m.text().replace(/\n/g, " ")}`);
+});
+page.on("requestfailed", (r) => {
+  // A watch ended by the page itself (reload, quit) is not a failure.
+  if (!r.failure()?.errorText.includes("ERR_ABORTED")) {
+    say(`error request: ${r.url()} ${r.failure()?.errorText}`);
+  }
+});
+await page.goto(url);
+
+const dot = (id) => `path.cp-dot[data-car-park="${id}"]`;
+
+async function handle(words) {
+  switch (words[0]) {
+    case "ready": {
+      const count = Number(words[1]);
+      await page.waitForSelector("body[data-live=true]", { timeout: 60_000 });
+      await page.waitForFunction(
+        (n) => document.querySelectorAll("path.cp-dot").length >= n,
+        count,
+        { timeout: 60_000 },
+      );
+      return `ok ${await page.locator("path.cp-dot").count()}`;
+    }
+    case "expect": {
+      const [, id, state, ms] = words;
+      const started = performance.now();
+      try {
+        await page.waitForSelector(`${dot(id)}[data-state="${state}"]`, {
+          timeout: Number(ms),
+          state: "attached",
+        });
+      } catch {
+        const now = await page.locator(dot(id)).getAttribute("data-state").catch(() => null);
+        return `fail ${id} is ${now} after ${ms} ms`;
+      }
+      const fill = await page.locator(dot(id)).getAttribute("fill");
+      return `ok ${Math.round(performance.now() - started)} ${fill}`;
+    }
+    case "click": {
+      await page.locator(dot(words[1])).click();
+      const heading = page.locator("#panel h2");
+      await page.waitForFunction(
+        () => document.querySelector("#panel table.spaces") !== null,
+        undefined,
+        { timeout: 5_000 },
+      );
+      return `ok ${await heading.textContent()}`;
+    }
+    case "nearby": {
+      await page.fill("#search-at", `${words[1]}, ${words[2]}`);
+      await page.click("#search button[type=submit]");
+      await page.waitForSelector("#panel ol.nearby button", { timeout: 5_000 });
+      const ids = await page
+        .locator("#panel ol.nearby button")
+        .evaluateAll((buttons) => buttons.map((b) => b.dataset.carPark));
+      return `ok ${ids.join(" ")}`;
+    }
+    case "screenshot":
+      await page.screenshot({ path: words[1] });
+      return "ok";
+    case "quit":
+      await browser.close();
+      process.exit(0);
+    default:
+      return `fail unknown command ${words[0]}`;
+  }
+}
+
+for await (const line of createInterface({ input: process.stdin })) {
+  const words = line.trim().split(/\s+/);
+  try {
+    say(await handle(words));
+  } catch (e) {
+    say(`fail ${String(e.message ?? e).replace(/\n/g, " ")}`);
+  }
+}
+await browser.close();
