@@ -9,6 +9,19 @@
 # finds the glibc it was linked against.
 ARG RUST_VERSION=1.95
 
+ARG NODE_VERSION=22
+
+# The live map (web/): its pinned packages from the npm registry, the protobuf-es
+# code generated from proto/, one bundle. Built here, on Node.js, so the Rust stage
+# needs none: build.rs embeds it from CITYPARK_WEB_DIST.
+FROM node:${NODE_VERSION}-bookworm-slim AS map
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN --mount=type=cache,target=/root/.npm npm ci --no-audit --no-fund
+COPY proto /src/proto
+COPY web ./
+RUN node build.mjs --proto ../proto --out /map
+
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 # build.rs compiles the protos with protox, so no protoc or other system package is
@@ -16,6 +29,8 @@ WORKDIR /src
 # source change rebuilds citypark, not its dependencies; the binary is copied out of
 # the cache mount in the same step, as the mount is gone afterwards.
 COPY . .
+COPY --from=map /map /map
+ENV CITYPARK_WEB_DIST=/map
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
@@ -32,8 +47,8 @@ USER 65532:65532
 # Listen on every interface of the container. These are variables rather than flags
 # in CMD so that `docker run citypark serve --store …` (or Kubernetes' args) keeps
 # them: a flag in CMD would be dropped with it, and the server would bind loopback,
-# out of reach of its own port mappings and probes. The HTTP port takes the payment
-# gateway's callbacks (POST /payments/v1/callback).
+# out of reach of its own port mappings and probes. The HTTP port serves the live map
+# (/map/) and takes the payment gateway's callbacks (POST /payments/v1/callback).
 ENV CITYPARK_GRPC_ADDR=0.0.0.0:50051 \
     CITYPARK_METRICS_ADDR=0.0.0.0:9464 \
     CITYPARK_HTTP_ADDR=0.0.0.0:8080 \

@@ -134,9 +134,9 @@ fn run(command: &mut Command) -> Result<(), Box<dyn std::error::Error>> {
     let program = command.get_program().to_string_lossy().into_owned();
     let output = command.output().map_err(|e| {
         format!(
-            "citypark embeds its live map, built with Node.js (18 or newer) and npm: \
-             running `{program}` failed ({e}). Install them (Debian: apt-get install \
-             nodejs npm), or set CITYPARK_WEB_DIST to a directory holding a map built \
+            "citypark embeds its live map, built with Node.js (20 or newer) and npm: \
+             running `{program}` failed ({e}). Install them (nodejs.org, or your \
+             distribution's packages if they are recent enough), or set CITYPARK_WEB_DIST to a directory holding a map built \
              by `npm run build` in web/"
         )
     })?;

@@ -310,7 +310,16 @@ async fn the_map_shows_the_demo_city_live_in_chromium() {
     report_ok(&server, snapshot("map-probe", 1, 60, now)).await;
     // Beside it, one never reported and one whose numbers are old (observed more than
     // three report intervals ago): neither may look full.
-    register(&server, garage("map-no-data", lat, lng + 0.01)).await;
+    // Its name is the operator's text, shown as text wherever it appears.
+    const MARKUP: &str = "<img src=x> & <b>Co</b>";
+    register(
+        &server,
+        pb::CarPark {
+            name: MARKUP.into(),
+            ..garage("map-no-data", lat, lng + 0.01)
+        },
+    )
+    .await;
     register(&server, garage("map-stale", lat, lng + 0.02)).await;
     report_ok(&server, snapshot("map-stale", 1, 0, after(now, -600))).await;
     let city = citypark::demo::generate_city(2026).len();
@@ -350,6 +359,14 @@ async fn the_map_shows_the_demo_city_live_in_chromium() {
     let found =
         tokio::task::block_in_place(|| browser.ask(&format!("nearby {lat} {lng}"), RECOLOUR * 5));
     assert_eq!(found, "map-probe", "the nearest with a free space");
+    let (heading, tooltip) = tokio::task::block_in_place(|| {
+        (
+            browser.ask("click map-no-data", RECOLOUR * 5),
+            browser.ask("hover map-no-data", RECOLOUR * 5),
+        )
+    });
+    assert_eq!(heading, MARKUP);
+    assert_eq!(tooltip, format!("{MARKUP} — No data"));
     let heading = tokio::task::block_in_place(|| browser.ask("click map-probe", RECOLOUR * 5));
     assert_eq!(heading, "Garage map-probe");
 

@@ -89,10 +89,13 @@ function restyle(dot: Dot) {
   if (e) e.setAttribute("data-state", dot.state);
   const a = dot.availability;
   const numbers = a ? headline(a) : undefined;
-  dot.marker.setTooltipContent(
+  // An element, not a string: Leaflet puts strings in as HTML, and names are the
+  // operators'.
+  const tip = document.createElement("span");
+  tip.textContent =
     `${dot.carPark.name || dot.carPark.id} — ${LOOKS[dot.state].label}` +
-      (numbers && dot.state !== "no-data" ? ` (${numbers.available}/${numbers.capacity})` : ""),
-  );
+    (numbers && dot.state !== "no-data" ? ` (${numbers.available}/${numbers.capacity})` : "");
+  dot.marker.setTooltipContent(tip);
 }
 
 let selected: string | null = null;

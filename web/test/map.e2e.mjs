@@ -5,6 +5,7 @@
 //   ready <count>                    the page is live and shows at least <count> dots
 //   expect <id> <state> <ms>         the dot of <id> shows <state> within <ms>
 //   click <id>                       click the dot; answers the side panel's heading
+//   hover <id>                       hover over the dot; answers its tooltip's text
 //   nearby <lat> <lng>               click the map there; answers the results' ids
 //   screenshot <path>                save a screenshot
 //   quit
@@ -70,6 +71,12 @@ async function handle(words) {
         { timeout: 5_000 },
       );
       return `ok ${await heading.textContent()}`;
+    }
+    case "hover": {
+      await page.locator(dot(words[1])).hover();
+      const tip = page.locator(".leaflet-tooltip");
+      await tip.waitFor({ timeout: 5_000 });
+      return `ok ${await tip.textContent()}`;
     }
     case "nearby": {
       await page.fill("#search-at", `${words[1]}, ${words[2]}`);
