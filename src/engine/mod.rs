@@ -351,6 +351,8 @@ impl Engine {
             let state = inner.slot_at(point.slot).state.lock();
             if area.contains(state.car_park.location) {
                 if out.len() == max {
+                    // The live map (web/src/main.ts) tells this from a rate limit by
+                    // "watch a smaller": keep the words.
                     return Err(Error::ResourceExhausted(format!(
                         "the area holds more than {max} car parks; watch a smaller one"
                     )));

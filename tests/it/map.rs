@@ -388,3 +388,49 @@ async fn the_map_shows_the_demo_city_live_in_chromium() {
     demo.stop().await;
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_too_big_for_one_watch_is_followed_where_the_map_looks() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let server = TestServer::start_with(|settings| {
+        settings.limits.max_watch_car_parks = 40;
+        settings.clock = Arc::new(SystemClock);
+    })
+    .await;
+    // 10 × 10 car parks a kilometre or so apart, all with space.
+    let now = jiff::Timestamp::now();
+    for row in 0..10 {
+        for column in 0..10 {
+            let id = format!("g-{row}-{column}");
+            let (lat, lng) = (
+                36.0 + f64::from(row) * 0.01,
+                120.3 + f64::from(column) * 0.01,
+            );
+            register(&server, garage(&id, lat, lng)).await;
+            report_ok(&server, snapshot(&id, 1, 50, now)).await;
+        }
+    }
+
+    let url = format!("http://{}/map/", server.http_addr);
+    let mut browser = tokio::task::block_in_place(|| Browser::open(&url, &chromium));
+    let status = tokio::task::block_in_place(|| browser.ask("status Zoom 30000", RECOLOUR * 20));
+    assert!(status.contains("more than 40 car parks"), "{status}");
+    let status = tokio::task::block_in_place(|| {
+        browser.ask("zoom g-5-5 8", RECOLOUR * 10);
+        browser.ask("status visible 10000", RECOLOUR * 10)
+    });
+    assert!(status.starts_with("Live:"), "{status}");
+    tokio::task::block_in_place(|| browser.ask("expect g-5-5 free 5000", RECOLOUR * 5));
+    report_and_expect(&server, &mut browser, "g-5-5", 2, 0, "full").await;
+    // A corner out of view is not followed, and says so.
+    tokio::task::block_in_place(|| browser.ask("expect g-0-0 loading 5000", RECOLOUR * 5));
+    assert!(
+        browser.errors.is_empty(),
+        "page errors: {:?}",
+        browser.errors
+    );
+    drop(browser);
+    server.stop().await.unwrap();
+}

@@ -172,12 +172,21 @@ async function follow(
   signal: AbortSignal,
 ) {
   let backoff = 1000;
+  // A region too big for one watch (or whose box holds too many car parks of other
+  // regions) is followed in the visible part only.
+  let whole = info.car_parks <= config.max_watch_car_parks;
   while (!signal.aborted) {
-    // A region too big for one watch is followed in the visible part only.
-    const whole = info.car_parks <= config.max_watch_car_parks;
     const box = whole
       ? L.latLngBounds(info.south_west, info.north_east)
       : map.getBounds().pad(0.25);
+    // Dots this watch does not cover are no longer live.
+    for (const dot of dots.values()) {
+      if (!box.contains(dot.marker.getLatLng()) && dot.state !== "loading") {
+        dot.availability = undefined;
+        dot.state = "loading";
+        restyle(dot);
+      }
+    }
     const seen = new Set<string>();
     let inSnapshot = true;
     const viewChanged = new AbortController();
@@ -238,7 +247,15 @@ async function follow(
       if (viewChanged.signal.aborted) continue;
       const error = ConnectError.from(e);
       document.body.dataset.live = "false";
-      if (error.code === Code.ResourceExhausted) {
+      // Too many car parks in the box (or a limit of calls or watches, which the
+      // visible area is no worse for): the visible area next.
+      if (error.code === Code.ResourceExhausted && whole) {
+        whole = false;
+        continue;
+      }
+      // The server's words for an area too big (Engine::in_area), as opposed to a
+      // rate or watcher limit, which a retry outlasts.
+      if (error.code === Code.ResourceExhausted && error.rawMessage.includes("watch a smaller")) {
         say(`Zoom in to see live numbers: ${error.rawMessage}`, true);
         await new Promise((resolve) => map.once("moveend", resolve));
         continue;

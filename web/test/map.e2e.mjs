@@ -7,6 +7,8 @@
 //   click <id>                       click the dot; answers the side panel's heading
 //   hover <id>                       hover over the dot; answers its tooltip's text
 //   nearby <lat> <lng>               click the map there; answers the results' ids
+//   status <text> <ms>               the status line holds <text> within <ms>; answers it
+//   zoom <id> <steps>                zoom in <steps> wheel notches over the dot of <id>
 //   screenshot <path>                save a screenshot
 //   quit
 //
@@ -86,6 +88,29 @@ async function handle(words) {
         .locator("#panel ol.nearby button")
         .evaluateAll((buttons) => buttons.map((b) => b.dataset.carPark));
       return `ok ${ids.join(" ")}`;
+    }
+    case "status": {
+      const [, text, ms] = words;
+      try {
+        await page.waitForFunction(
+          (t) => document.getElementById("status")?.textContent?.includes(t),
+          text,
+          { timeout: Number(ms) },
+        );
+      } catch {
+        return `fail the status line says ${await page.textContent("#status")}`;
+      }
+      return `ok ${await page.textContent("#status")}`;
+    }
+    case "zoom": {
+      const box = await page.locator(dot(words[1])).boundingBox();
+      if (!box) return `fail ${words[1]} is not on the map`;
+      await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+      for (let i = 0; i < Number(words[2]); i++) {
+        await page.mouse.wheel(0, -200);
+        await page.waitForTimeout(150);
+      }
+      return "ok";
     }
     case "screenshot":
       await page.screenshot({ path: words[1] });
