@@ -130,6 +130,21 @@ async fn the_page_and_its_bundle_are_served_from_the_binary() {
 }
 
 #[tokio::test]
+async fn the_binary_serves_the_map_it_embeds_and_logs_its_url() {
+    let binary = Binary::serve(&[]);
+    // Blocking is harmless here: nothing else runs on this test's runtime.
+    let line = binary
+        .lines_until("listening", Duration::from_secs(20))
+        .pop()
+        .unwrap();
+    let http = logged_addr(&line, "http");
+    assert!(line.contains(&format!("map=http://{http}/map/")), "{line}");
+    let (status, _, page) = get(http, "/map/", &[]).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8(page).unwrap().contains("<title>citypark"));
+}
+
+#[tokio::test]
 async fn config_tells_the_page_where_grpc_is_and_which_regions_there_are() {
     let server = TestServer::start_with(|settings| {
         settings.map.tiles_url = Some("https://tiles.example/{z}/{x}/{y}.png".into());
