@@ -17,6 +17,7 @@ use crate::{
     grpc::{AdmissionLayer, Api, MetricsLayer, RateLimits},
     map::{Map, MapSettings},
     net::{self, ConnLimits},
+    open_data::{Changes, OpenData, Publisher},
     pb,
     service::{Limits, Payments, Service},
     store::{
@@ -115,6 +116,8 @@ pub struct Settings {
     pub cors_origins: Vec<http::HeaderValue>,
     /// The live map's tiles and where its browsers reach gRPC-Web.
     pub map: MapSettings,
+    /// Who open data (DATEX II's header) names as its publisher.
+    pub publisher: Publisher,
 }
 
 impl Default for Settings {
@@ -134,6 +137,10 @@ impl Default for Settings {
             payments: Payments::default(),
             cors_origins: Vec::new(),
             map: MapSettings::default(),
+            publisher: Publisher {
+                country: "CN".into(),
+                national_identifier: "citypark".into(),
+            },
         }
     }
 }
@@ -173,6 +180,23 @@ impl Backend {
             engine,
         })
     }
+}
+
+/// CORS for open data: reads, with the caching and resuming headers.
+fn open_data_cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use http::header::{ETAG, HeaderName, IF_NONE_MATCH};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow_origin = if origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([http::Method::GET, http::Method::HEAD])
+        .allow_headers([IF_NONE_MATCH, HeaderName::from_static("last-event-id")])
+        .expose_headers([ETAG])
+        .max_age(Duration::from_secs(24 * 3600))
 }
 
 /// CORS for gRPC-Web: the headers a gRPC-Web client sends (the API key included) and
@@ -374,6 +398,17 @@ pub async fn run(
         }
         None => None,
     };
+    // The open-data change streams' hub, which follows the engine's feed.
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (changes, changes_task) = Changes::start(
+        &backend.engine,
+        backend.engine.change_buffer(),
+        settings.limits.max_watchers,
+        epoch,
+        token.clone(),
+    );
     let http_task = http.map(|listener| {
         let map = Map::new(
             backend.engine.clone(),
@@ -381,8 +416,19 @@ pub async fn run(
             addr.map_or(0, |a| a.port()),
             settings.limits.max_watch_car_parks,
         );
-        let (app, stop) = (crate::http::router(service.clone(), map), token.clone());
-        tokio::spawn(serve_http(listener, "http", app, tls, stop))
+        let open_data = OpenData::new(
+            backend.engine.clone(),
+            settings.clock.clone(),
+            settings.publisher.clone(),
+            changes,
+        );
+        let app = crate::http::router(
+            service.clone(),
+            map,
+            open_data,
+            open_data_cors(&settings.cors_origins),
+        );
+        tokio::spawn(serve_http(listener, "http", app, tls, token.clone()))
     });
 
     // A store that can lose its backend takes the write services out of rotation
@@ -467,6 +513,7 @@ pub async fn run(
         let _ = reservation_sweeper.await;
         let _ = session_sweeper.await;
         let _ = upkeep.await;
+        let _ = changes_task.await;
         if let Some(task) = store_health {
             let _ = task.await;
         }

@@ -75,6 +75,16 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_MAP_TILES_ATTRIBUTION", default_value = "")]
     pub map_tiles_attribution: String,
 
+    /// ISO 3166-1 alpha-2 country of the open-data publisher (DATEX II's
+    /// publicationCreator).
+    #[arg(long, env = "CITYPARK_OPEN_DATA_COUNTRY", default_value = "CN")]
+    pub open_data_country: String,
+
+    /// The open-data publisher's identifier in its country (DATEX II's
+    /// publicationCreator).
+    #[arg(long, env = "CITYPARK_OPEN_DATA_PUBLISHER", default_value = "citypark")]
+    pub open_data_publisher: String,
+
     /// Where browsers reach the gRPC port for gRPC-Web, e.g.
     /// `https://api.city.example`; by default the map's own host on the gRPC port.
     /// Its origin must be allowed by --cors-origins when that is set.
@@ -394,7 +404,30 @@ impl ServeConfig {
         self.payment_gateway()?;
         self.cors_origins()?;
         self.map()?;
+        self.publisher()?;
         Ok(())
+    }
+
+    /// The open-data publisher, checked.
+    pub fn publisher(&self) -> Result<crate::open_data::Publisher> {
+        let country = &self.open_data_country;
+        if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Error::invalid(
+                "--open-data-country",
+                "must be an ISO 3166-1 alpha-2 code, e.g. CN",
+            ));
+        }
+        let publisher = self.open_data_publisher.trim();
+        if publisher.is_empty() || publisher.len() > 100 {
+            return Err(Error::invalid(
+                "--open-data-publisher",
+                "must be 1 to 100 characters",
+            ));
+        }
+        Ok(crate::open_data::Publisher {
+            country: country.clone(),
+            national_identifier: publisher.to_owned(),
+        })
     }
 
     /// The live map's settings, checked; errors name the flag.
@@ -576,6 +609,9 @@ impl ServeConfig {
             // Checked by `validate`.
             cors_origins: self.cors_origins().unwrap_or_default(),
             map: self.map().unwrap_or_default(),
+            publisher: self
+                .publisher()
+                .unwrap_or_else(|_| crate::app::Settings::default().publisher),
             ..crate::app::Settings::default()
         }
     }
@@ -643,6 +679,10 @@ mod tests {
         assert_eq!(
             bad(&["--map-grpc-web-url", "api.example:50051"]),
             "--map-grpc-web-url"
+        );
+        assert_eq!(
+            bad(&["--open-data-country", "China"]),
+            "--open-data-country"
         );
         assert_eq!(bad(&["--max-message-bytes", "10"]), "--max-message-bytes");
         assert_eq!(bad(&["--rate-driver=-1"]), "--rate-driver");

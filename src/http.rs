@@ -1,7 +1,7 @@
 //! citypark's HTTP port (`--http-addr`): what is not gRPC. The live city map
-//! (`/map/`, `map.rs`) and the payment gateway's callbacks
-//! (`POST /payments/v1/callback`); errors are JSON with the status the error's kind
-//! decides.
+//! (`/map/`, `map.rs`), open data (`/open-data/v1/…`, `open_data/`) and the payment
+//! gateway's callbacks (`POST /payments/v1/callback`); errors are JSON with the status
+//! the error's kind decides.
 
 use axum::{
     Json, Router,
@@ -16,16 +16,39 @@ use crate::{
     domain::{Error, ErrorKind},
     gateway::{MAX_BODY_BYTES, SIGNATURE_HEADER},
     map::Map,
+    open_data::OpenData,
     service::Service,
 };
 
-/// The routes of the HTTP port.
-pub fn router(service: Service, map: Map) -> Router {
+/// The routes of the HTTP port. Open data may be read from any page the CORS
+/// origins allow (all when none are set), like the gRPC-Web API.
+pub fn router(
+    service: Service,
+    map: Map,
+    open_data: OpenData,
+    cors: tower_http::cors::CorsLayer,
+) -> Router {
     Router::new()
         .route("/payments/v1/callback", post(callback))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
         .merge(map.routes())
+        .merge(open_data.routes().layer(cors))
+        .layer(axum::middleware::from_fn(count))
+}
+
+/// Counts each request by its route's pattern (bounded: never the path itself) and
+/// status, and its body's bytes when the body's length is known.
+async fn count(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("other", |p| p.as_str())
+        .to_owned();
+    let response = next.run(request).await;
+    let bytes = http_body::Body::size_hint(response.body()).exact();
+    crate::metrics::record_http(&route, response.status().as_u16(), bytes);
+    response
 }
 
 /// The gateway's answer about a pending charge, signed like its requests.

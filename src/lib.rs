@@ -16,6 +16,7 @@ pub mod http;
 pub mod map;
 pub mod metrics;
 pub mod net;
+pub mod open_data;
 pub mod pb;
 pub mod rng;
 pub mod service;

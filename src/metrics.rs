@@ -45,6 +45,9 @@ pub const CONNECTIONS_CLOSED: &str = "citypark_connections_closed_total";
 pub const ACCEPT_ERRORS: &str = "citypark_accept_errors_total";
 pub const TLS_RELOADS: &str = "citypark_tls_reloads_total";
 pub const RATE_LIMITED: &str = "citypark_rate_limited_total";
+pub const HTTP_REQUESTS: &str = "citypark_http_requests_total";
+pub const HTTP_RESPONSE_BYTES: &str = "citypark_http_response_bytes_total";
+pub const HTTP_CHANGE_STREAMS: &str = "citypark_http_change_streams";
 
 /// Every name above (a unit test holds this list to the declarations).
 pub const ALL: &[&str] = &[
@@ -76,6 +79,9 @@ pub const ALL: &[&str] = &[
     ACCEPT_ERRORS,
     TLS_RELOADS,
     RATE_LIMITED,
+    HTTP_REQUESTS,
+    HTTP_RESPONSE_BYTES,
+    HTTP_CHANGE_STREAMS,
 ];
 
 /// The histograms of [`ALL`]: Prometheus serves each as `_bucket`, `_sum` and `_count`
@@ -251,6 +257,21 @@ fn describe() {
         Unit::Count,
         "occupancy reports written to Redis; per ingest round trip, the batching"
     );
+    describe_counter!(
+        HTTP_REQUESTS,
+        Unit::Count,
+        "requests answered on the HTTP port, by route (the path pattern; other for none) and status"
+    );
+    describe_counter!(
+        HTTP_RESPONSE_BYTES,
+        Unit::Bytes,
+        "bytes of response bodies sent on the HTTP port, by route (change streams as they flow)"
+    );
+    describe_gauge!(
+        HTTP_CHANGE_STREAMS,
+        Unit::Count,
+        "open-data change streams (Server-Sent Events) open"
+    );
     describe_gauge!(
         STORE_UP,
         Unit::Count,
@@ -422,6 +443,20 @@ pub fn record_rate_limited(caller: &'static str) {
     counter!(RATE_LIMITED, "caller" => caller).increment(1);
 }
 
+/// Counts one answered HTTP request and its body's bytes, when known.
+pub fn record_http(route: &str, status: u16, bytes: Option<u64>) {
+    let route = route.to_owned();
+    counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status.to_string()).increment(1);
+    if let Some(bytes) = bytes {
+        counter!(HTTP_RESPONSE_BYTES, "route" => route).increment(bytes);
+    }
+}
+
+/// Counts bytes of a change stream as they are sent.
+pub fn record_change_stream_bytes(bytes: u64) {
+    counter!(HTTP_RESPONSE_BYTES, "route" => "/open-data/v1/changes").increment(bytes);
+}
+
 /// Holds a gauge of things open (watchers, connections) one higher for as long as it
 /// lives.
 #[derive(Debug)]
@@ -436,6 +471,11 @@ impl Held {
     /// An open connection on the gRPC port.
     pub fn connection() -> Self {
         Self::new(CONNECTIONS)
+    }
+
+    /// An open open-data change stream.
+    pub fn change_stream() -> Self {
+        Self::new(HTTP_CHANGE_STREAMS)
     }
 
     fn new(name: &'static str) -> Self {

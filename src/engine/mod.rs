@@ -205,6 +205,7 @@ pub struct Engine {
     sharing: RwLock<shared::Sharing>,
     sessions: RwLock<sessions::SessionTables>,
     changes: broadcast::Sender<Arc<Change>>,
+    change_buffer: usize,
 }
 
 impl Engine {
@@ -218,7 +219,13 @@ impl Engine {
             sharing: RwLock::default(),
             sessions: RwLock::default(),
             changes,
+            change_buffer: change_buffer.max(1),
         }
+    }
+
+    /// How many changes the feed keeps for a slow watcher.
+    pub fn change_buffer(&self) -> usize {
+        self.change_buffer
     }
 
     /// Number of car parks.
@@ -291,6 +298,34 @@ impl Engine {
             .map(|(_, &i)| inner.slot_at(i).state.lock().car_park.clone())
             .filter(|cp| {
                 region.is_none_or(|r| &cp.region == r) && operator.is_none_or(|o| &cp.operator == o)
+            });
+        let page: Vec<_> = matching.by_ref().take(limit).collect();
+        let more = matching.next().is_some();
+        (page, more)
+    }
+
+    /// As [`Self::list`], each car park with its live state, in one pass under the lock.
+    pub fn list_live(
+        &self,
+        region: Option<&RegionId>,
+        after: Option<&str>,
+        limit: usize,
+        now: Timestamp,
+    ) -> (Vec<(Arc<CarPark>, Availability)>, bool) {
+        use std::ops::Bound;
+        let inner = self.inner.read();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut matching = inner
+            .by_id
+            .range::<str, _>((start, Bound::Unbounded))
+            .filter_map(|(_, &i)| {
+                let state = inner.slot_at(i).state.lock();
+                region.is_none_or(|r| &state.car_park.region == r).then(|| {
+                    (
+                        state.car_park.clone(),
+                        state.live.availability(&state.car_park, now),
+                    )
+                })
             });
         let page: Vec<_> = matching.by_ref().take(limit).collect();
         let more = matching.next().is_some();

@@ -12,6 +12,7 @@ mod map;
 mod metrics_kit;
 mod nearby;
 mod nearby_property;
+mod open_data;
 mod payments;
 mod rate_limits;
 mod redis_formats;

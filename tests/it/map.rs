@@ -15,7 +15,6 @@ use std::{
 };
 
 use citypark::{demo::Demo, pb, service::SystemClock};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::*;
 
@@ -24,58 +23,13 @@ const REQUIRE_VAR: &str = "CITYPARK_REQUIRE_TOOLS";
 /// How long a report may take to show on the map: the issue's promise.
 const RECOLOUR: Duration = Duration::from_secs(2);
 
-/// One HTTP/1.1 GET: the status, the headers (names lower-cased) and the body.
-async fn get(
-    addr: std::net::SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: citypark\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    let head = std::str::from_utf8(&answer[..split]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|l| {
-            let (name, value) = l.split_once(':').unwrap();
-            (name.to_ascii_lowercase(), value.trim().to_owned())
-        })
-        .collect();
-    (status, headers, answer[split + 4..].to_vec())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
 #[tokio::test]
 async fn the_page_and_its_bundle_are_served_from_the_binary() {
     let server = TestServer::start().await;
-    let (status, headers, _) = get(server.http_addr, "/", &[]).await;
+    let (status, headers, _) = http_get(server.http_addr, "/", &[]).await;
     assert_eq!((status, header(&headers, "location")), (303, Some("/map/")));
 
-    let (status, headers, body) = get(server.http_addr, "/map/", &[]).await;
+    let (status, headers, body) = http_get(server.http_addr, "/map/", &[]).await;
     assert_eq!(status, 200);
     assert_eq!(
         header(&headers, "content-type"),
@@ -93,7 +47,7 @@ async fn the_page_and_its_bundle_are_served_from_the_binary() {
 
     // Compressed for browsers, plain for the rest, the same ETag either way; a
     // revalidation with it is answered 304 with no body.
-    let (status, gz_headers, gz) = get(
+    let (status, gz_headers, gz) = http_get(
         server.http_addr,
         "/map/app.js",
         &[("Accept-Encoding", "gzip, br")],
@@ -101,7 +55,7 @@ async fn the_page_and_its_bundle_are_served_from_the_binary() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(header(&gz_headers, "content-encoding"), Some("gzip"));
-    let (status, plain_headers, plain) = get(server.http_addr, "/map/app.js", &[]).await;
+    let (status, plain_headers, plain) = http_get(server.http_addr, "/map/app.js", &[]).await;
     assert_eq!(
         (status, header(&plain_headers, "content-encoding")),
         (200, None)
@@ -115,17 +69,18 @@ async fn the_page_and_its_bundle_are_served_from_the_binary() {
     assert!(std::str::from_utf8(&plain).is_ok_and(|js| js.contains("application/grpc-web")));
     let etag = header(&plain_headers, "etag").unwrap();
     assert_eq!(header(&gz_headers, "etag"), Some(etag));
-    let (status, _, body) = get(server.http_addr, "/map/app.js", &[("If-None-Match", etag)]).await;
+    let (status, _, body) =
+        http_get(server.http_addr, "/map/app.js", &[("If-None-Match", etag)]).await;
     assert_eq!((status, body.len()), (304, 0));
 
-    let (status, _, licenses) = get(server.http_addr, "/map/licenses.txt", &[]).await;
+    let (status, _, licenses) = http_get(server.http_addr, "/map/licenses.txt", &[]).await;
     assert_eq!(status, 200);
     assert!(
         String::from_utf8(licenses)
             .unwrap()
             .contains("== leaflet 1.9.4 (BSD-2-Clause)")
     );
-    let (status, _, _) = get(server.http_addr, "/map/nothing.js", &[]).await;
+    let (status, _, _) = http_get(server.http_addr, "/map/nothing.js", &[]).await;
     assert_eq!(status, 404);
 }
 
@@ -139,7 +94,7 @@ async fn the_binary_serves_the_map_it_embeds_and_logs_its_url() {
         .unwrap();
     let http = logged_addr(&line, "http");
     assert!(line.contains(&format!("map=http://{http}/map/")), "{line}");
-    let (status, _, page) = get(http, "/map/", &[]).await;
+    let (status, _, page) = http_get(http, "/map/", &[]).await;
     assert_eq!(status, 200);
     assert!(String::from_utf8(page).unwrap().contains("<title>citypark"));
 }
@@ -163,7 +118,7 @@ async fn config_tells_the_page_where_grpc_is_and_which_regions_there_are() {
     )
     .await;
 
-    let (status, headers, body) = get(server.http_addr, "/map/config.json", &[]).await;
+    let (status, headers, body) = http_get(server.http_addr, "/map/config.json", &[]).await;
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "cache-control"), Some("no-store"));
     let config: serde_json::Value = serde_json::from_slice(&body).unwrap();
