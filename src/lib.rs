@@ -13,6 +13,7 @@ pub mod engine;
 pub mod gateway;
 pub mod grpc;
 pub mod http;
+pub mod import;
 pub mod map;
 pub mod metrics;
 pub mod net;

@@ -7,6 +7,7 @@ mod connections;
 mod demo;
 mod fuzz_seeds;
 mod grpc_web;
+mod import;
 mod ingest;
 mod map;
 mod metrics_kit;

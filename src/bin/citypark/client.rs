@@ -61,6 +61,27 @@ pub enum ClientCommand {
     /// Check the server's standard gRPC health, as container health checks do: prints
     /// one line, exits 0 when it is SERVING and 1 otherwise.
     Health(crate::health::HealthArgs),
+    /// Register the car parks of an open-data file as an operator: ParkAPI city
+    /// GeoJSON, ParkAPI v3 parking sites or FIWARE NGSI OffStreetParking entities.
+    ///
+    /// Each record becomes a car park of --region: its id is the source's (ParkAPI v3
+    /// original_uid or uid, the NGSI id without its urn:ngsi-ld:OffStreetParking:
+    /// prefix), or the region and a slug of the name when the source has none (ParkAPI
+    /// GeoJSON); its kind comes from the source's type, category or layout, else
+    /// --default-kind; its capacity is the source's total, never guessed. A record
+    /// without capacity or coordinates, of another vehicle, or that the server's rules
+    /// refuse is skipped and listed with the reason; a second record of an id is a
+    /// duplicate, skipped too. The import sets name, address, location, kind,
+    /// capacity and time zone (and the report interval and maximum height when given),
+    /// and keeps everything else an existing car park has (tariff, opening hours,
+    /// reservation policy).
+    ///
+    /// A car park whose imported fields are equal is not written, so running an import
+    /// again changes nothing. The table lists what was imported, updated, skipped and
+    /// failed (with the server's reason, e.g. another operator's car park), then the
+    /// totals; the exit status is 1 when any failed. Progress goes to stderr every
+    /// second. The mapping of each format is in the README ("Importing open data").
+    Import(crate::import::ImportArgs),
 }
 
 /// Where the server is.
@@ -341,6 +362,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Settlement(args) => crate::sessions::settlement(args).await,
         ClientCommand::Wallet(args) => crate::sessions::wallet(args).await,
         ClientCommand::Health(args) => crate::health::health(args).await,
+        ClientCommand::Import(args) => crate::import::import(args).await,
     };
     match result {
         // A reader that stops early (`citypark watch ... | head`) is not a failure.

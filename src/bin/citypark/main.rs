@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod health;
+mod import;
 mod reserve;
 mod sessions;
 mod share;

@@ -1,0 +1,425 @@
+//! `citypark import` as an operator runs it: the real binary, real open-data files
+//! (`tests/data/`), a real server; what it prints and what the Registry then holds.
+
+use crate::support::{
+    OPERATOR_A, OPERATOR_B, TestServer, all_car_parks, car_park_of, try_register,
+};
+use citypark::pb;
+
+/// Runs `citypark import <args>` against `server` with `key` (off the runtime, which
+/// serves the test server): its exit code, stdout and stderr.
+async fn import(server: &TestServer, key: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all: Vec<String> = vec!["import".into()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    all.extend([
+        "--server".into(),
+        format!("http://{}", server.addr),
+        "--api-key".into(),
+        key.into(),
+    ]);
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
+            .args(&all)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("CITYPARK_API_KEY")
+            .env_remove("CITYPARK_SERVER")
+            .output()
+            .expect("the binary runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The last line of stdout: the totals.
+fn totals(stdout: &str) -> &str {
+    stdout.lines().last().unwrap_or("")
+}
+
+/// The table's row for `id` (or, for a skipped record, its name), if printed.
+fn row<'a>(stdout: &'a str, first_cells: &[&str]) -> Option<&'a str> {
+    stdout.lines().find(|line| {
+        let cells: Vec<&str> = line
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        cells.len() >= first_cells.len() && cells[..first_cells.len()] == *first_cells
+    })
+}
+
+const DRESDEN: [&str; 6] = [
+    "parkapi-geojson",
+    "tests/data/parkapi/Dresden.geojson",
+    "--region",
+    "dresden",
+    "--time-zone",
+    "Europe/Berlin",
+];
+
+#[tokio::test]
+async fn dresden_imports_once_then_is_unchanged_and_keeps_what_the_operator_set() {
+    let server = TestServer::start().await;
+
+    // A dry run reads the server and writes nothing.
+    let dry = [&DRESDEN[..], &["--dry-run"]].concat();
+    let (code, stdout, stderr) = import(&server, OPERATOR_A.1, &dry).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "dry run, nothing written: imported 34, updated 0, unchanged 0, skipped 26, failed 0"
+    );
+    assert!(all_car_parks(&server).await.is_empty(), "a dry run wrote");
+
+    let (code, stdout, stderr) = import(&server, OPERATOR_A.1, &DRESDEN).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 34, updated 0, unchanged 0, skipped 26, failed 0"
+    );
+    assert!(
+        row(
+            &stdout,
+            &[
+                "imported",
+                "dresden-haus-am-zwinger",
+                "Haus am Zwinger",
+                "garage, standard 171"
+            ]
+        )
+        .is_some(),
+        "{stdout}"
+    );
+    for (name, why) in [
+        (
+            "Terrassenufer Bus",
+            "no capacity: the source gives no total",
+        ),
+        (
+            "Centrum Galerie",
+            "duplicate of dresden-centrum-galerie (the same id)",
+        ),
+        (
+            "GALERIA Karstadt Kaufhof",
+            "duplicate of dresden-karstadt (the same aux 296)",
+        ),
+    ] {
+        assert!(
+            row(&stdout, &["skipped", "-", name, why]).is_some(),
+            "{name}: {stdout}"
+        );
+    }
+    let registered = all_car_parks(&server).await;
+    assert_eq!(registered.len(), 34);
+    assert!(
+        registered
+            .iter()
+            .all(|c| c.region == "dresden" && c.operator_id == OPERATOR_A.0)
+    );
+    let zwinger = car_park_of(&server, "dresden-haus-am-zwinger")
+        .await
+        .unwrap();
+    assert_eq!(zwinger.name, "Haus am Zwinger");
+    assert_eq!(zwinger.address, "Kleine Brüdergasse 3");
+    assert_eq!(zwinger.kind, pb::CarParkKind::Garage as i32);
+    assert_eq!(zwinger.time_zone, "Europe/Berlin");
+    assert_eq!(
+        zwinger.location,
+        Some(pb::LatLng {
+            latitude: 51.05149,
+            longitude: 13.73584
+        })
+    );
+    assert_eq!(
+        zwinger.capacity,
+        [pb::CategoryCapacity {
+            category: pb::SpaceCategory::Standard.into(),
+            spaces: 171
+        }]
+    );
+    assert_eq!(zwinger.report_interval_seconds, 60, "the server's default");
+
+    // Again: nothing to do, and the table lists only the skipped records.
+    let (code, stdout, stderr) = import(&server, OPERATOR_A.1, &DRESDEN).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 0, updated 0, unchanged 34, skipped 26, failed 0"
+    );
+    assert!(!stdout.contains("imported  "), "{stdout}");
+
+    // The operator prices one and renames another by hand: the import keeps the
+    // tariff (not its field) and puts the source's name back.
+    let priced = pb::CarPark {
+        tariff: Some(pb::Tariff {
+            currency: "EUR".into(),
+            hourly_rate_minor: 250,
+            ..Default::default()
+        }),
+        operator_id: String::new(),
+        ..zwinger.clone()
+    };
+    try_register(&server, priced).await.unwrap();
+    let mut renamed = car_park_of(&server, "dresden-prohlis").await.unwrap();
+    renamed.name = "Prohlis P+R".into();
+    try_register(&server, renamed).await.unwrap();
+    let (code, stdout, stderr) = import(&server, OPERATOR_A.1, &DRESDEN).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 0, updated 1, unchanged 33, skipped 26, failed 0"
+    );
+    assert!(
+        row(
+            &stdout,
+            &["updated", "dresden-prohlis", "Prohlis", "changed: name"]
+        )
+        .is_some(),
+        "{stdout}"
+    );
+    assert_eq!(
+        car_park_of(&server, "dresden-prohlis").await.unwrap().name,
+        "Prohlis"
+    );
+    let tariff = car_park_of(&server, "dresden-haus-am-zwinger")
+        .await
+        .unwrap()
+        .tariff
+        .unwrap();
+    assert_eq!(
+        (tariff.currency.as_str(), tariff.hourly_rate_minor),
+        ("EUR", 250)
+    );
+}
+
+#[tokio::test]
+async fn another_operators_car_parks_fail_with_the_servers_reason() {
+    let server = TestServer::start().await;
+    let bonn = [
+        "parkapi-geojson",
+        "tests/data/parkapi/Bonn.geojson",
+        "--region",
+        "bonn",
+        "--time-zone",
+        "Europe/Berlin",
+        "--default-kind",
+        "garage",
+    ];
+    let (code, stdout, stderr) = import(&server, OPERATOR_A.1, &bonn).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 6, updated 0, unchanged 0, skipped 5, failed 0"
+    );
+    assert!(
+        stdout.contains("6 car park(s) name no kind in the source: garage (--default-kind)"),
+        "{stdout}"
+    );
+
+    // Operator B's import of the same file: every car park is A's, equal or not.
+    let dry = [&bonn[..], &["--dry-run"]].concat();
+    let (code, stdout, stderr) = import(&server, OPERATOR_B.1, &dry).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "dry run, nothing written: imported 0, updated 0, unchanged 0, skipped 5, failed 6"
+    );
+    assert!(
+        row(
+            &stdout,
+            &[
+                "failed",
+                "bonn-marktgarage",
+                "Marktgarage",
+                "would be refused: belongs to operator op-a"
+            ]
+        )
+        .is_some(),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = import(&server, OPERATOR_B.1, &bonn).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 0, updated 0, unchanged 0, skipped 5, failed 6"
+    );
+    let failed = row(&stdout, &["failed", "bonn-marktgarage"]).expect(&stdout);
+    assert!(
+        failed.contains("PermissionDenied: car park bonn-marktgarage belongs to another operator"),
+        "{failed}"
+    );
+    assert_eq!(stderr.trim(), "citypark: 6 of 6 car parks failed");
+    assert!(
+        all_car_parks(&server)
+            .await
+            .iter()
+            .all(|c| c.operator_id == OPERATOR_A.0)
+    );
+
+    // A key the server does not know stops the import before anything is read back.
+    let (code, stdout, stderr) = import(&server, "no-such-key", &bonn).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("does not know this operator credential"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+#[tokio::test]
+async fn parkapi_v3_and_ngsi_files_import_and_agree_with_each_other() {
+    let server = TestServer::start().await;
+    let v3 = |file: &'static str| {
+        [
+            "parkapi-v3",
+            file,
+            "--region",
+            "stuttgart",
+            "--time-zone",
+            "Europe/Berlin",
+        ]
+    };
+    let (code, stdout, stderr) = import(
+        &server,
+        OPERATOR_A.1,
+        &v3("tests/data/parkapi-v3/admin-parking-site-list.json"),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 1, updated 0, unchanged 0, skipped 1, failed 0"
+    );
+    assert!(
+        row(
+            &stdout,
+            &[
+                "skipped",
+                "-",
+                "Bülow Carre",
+                "no id: the site has neither original_uid nor uid"
+            ]
+        )
+        .is_some(),
+        "{stdout}"
+    );
+    let site = car_park_of(&server, "12717250").await.unwrap();
+    assert_eq!(
+        (site.name.as_str(), site.kind),
+        ("Parkhaus Hofdiener", pb::CarParkKind::OnStreet as i32)
+    );
+
+    // The same site with its 11 spaces for disabled drivers: capacity changes.
+    let (code, stdout, stderr) = import(
+        &server,
+        OPERATOR_A.1,
+        &v3("tests/data/parkapi-v3/admin-parking-site-item-with-relations.json"),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 0, updated 1, unchanged 0, skipped 0, failed 0"
+    );
+    assert!(
+        row(
+            &stdout,
+            &[
+                "updated",
+                "12717250",
+                "Parkhaus Hofdiener",
+                "changed: capacity"
+            ]
+        )
+        .is_some(),
+        "{stdout}"
+    );
+    let site = car_park_of(&server, "12717250").await.unwrap();
+    let spaces: Vec<(i32, i32)> = site
+        .capacity
+        .iter()
+        .map(|c| (c.category, c.spaces))
+        .collect();
+    assert_eq!(
+        spaces,
+        [
+            (pb::SpaceCategory::Standard as i32, 147),
+            (pb::SpaceCategory::Accessible as i32, 11)
+        ]
+    );
+    // The deprecated fields say the same.
+    let (_, stdout, _) = import(
+        &server,
+        OPERATOR_A.1,
+        &v3("tests/data/parkapi-v3/admin-parking-site-item-with-legacy-fields.json"),
+    )
+    .await;
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 0, updated 0, unchanged 1, skipped 0, failed 0"
+    );
+
+    let ngsi = |file: &'static str| {
+        [
+            "ngsi",
+            file,
+            "--region",
+            "porto",
+            "--time-zone",
+            "Europe/Lisbon",
+        ]
+    };
+    let (code, stdout, stderr) = import(
+        &server,
+        OPERATOR_A.1,
+        &ngsi("tests/data/fiware/example.json"),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 1, updated 0, unchanged 0, skipped 0, failed 0"
+    );
+    let trindade = car_park_of(&server, "porto-ParkingLot-23889")
+        .await
+        .unwrap();
+    assert_eq!(trindade.name, "Parque de estacionamento Trindade");
+    assert_eq!(trindade.address, "Rua de Fernandes Tomás, Porto, Portugal");
+    assert_eq!(trindade.kind, pb::CarParkKind::Garage as i32);
+    assert_eq!(trindade.capacity[0].spaces, 414);
+    // NGSI-LD and normalized NGSI-v2 of the same entity: the same car park.
+    for file in [
+        "tests/data/fiware/example.jsonld",
+        "tests/data/fiware/example-normalized.json",
+    ] {
+        let (code, stdout, stderr) = import(&server, OPERATOR_A.1, &ngsi(file)).await;
+        assert_eq!(code, Some(0), "{file}: {stdout}{stderr}");
+        assert_eq!(
+            totals(&stdout),
+            "totals: imported 0, updated 0, unchanged 1, skipped 0, failed 0",
+            "{file}"
+        );
+    }
+    assert_eq!(all_car_parks(&server).await.len(), 2);
+
+    // An id held in another region is the server's to refuse.
+    let moved = [
+        "ngsi",
+        "tests/data/fiware/example.jsonld",
+        "--region",
+        "lisbon",
+        "--time-zone",
+        "Europe/Lisbon",
+    ];
+    let (code, stdout, _) = import(&server, OPERATOR_A.1, &moved).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    let failed = row(&stdout, &["failed", "porto-ParkingLot-23889"]).expect(&stdout);
+    assert!(
+        failed.contains("FailedPrecondition: car park porto-ParkingLot-23889 is in region porto"),
+        "{failed}"
+    );
+}
