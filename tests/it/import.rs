@@ -423,3 +423,93 @@ async fn parkapi_v3_and_ngsi_files_import_and_agree_with_each_other() {
         "{failed}"
     );
 }
+
+/// A real city in and out: Dresden imported from ParkAPI's GeoJSON, then exported as
+/// GeoJSON and as ParkAPI v3 parking sites; every lot the import took comes out with
+/// the source's name, position and capacity, and nothing else comes out.
+#[tokio::test]
+async fn dresden_round_trips_through_the_geojson_and_parkapi_exports() {
+    use serde_json::Value;
+    let server = TestServer::start().await;
+    let (code, stdout, stderr) = import(&server, OPERATOR_A.1, &DRESDEN).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+
+    // The source's lots with a capacity and a position, by name.
+    let source: Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/parkapi/Dresden.geojson"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let lots: std::collections::BTreeMap<String, (f64, f64, u64)> = source["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["properties"]["type"] != "city")
+        .filter_map(|f| {
+            let p = &f["properties"];
+            let [lon, lat] = [
+                &f["geometry"]["coordinates"][0],
+                &f["geometry"]["coordinates"][1],
+            ];
+            Some((
+                p["name"].as_str()?.to_owned(),
+                (lat.as_f64()?, lon.as_f64()?, p["total"].as_u64()?),
+            ))
+        })
+        .collect();
+
+    let get = |path: String| {
+        let addr = server.http_addr;
+        async move {
+            let (status, _, body) = crate::support::http_get(addr, &path, &[]).await;
+            assert_eq!(status, 200, "{path}");
+            serde_json::from_slice::<Value>(&body).unwrap()
+        }
+    };
+    let geojson = get("/open-data/v1/car-parks.geojson?region=dresden".into()).await;
+    let mut from_geojson = Vec::new();
+    for feature in geojson["features"].as_array().unwrap() {
+        let p = &feature["properties"];
+        let c = &feature["geometry"]["coordinates"];
+        from_geojson.push((
+            p["name"].as_str().unwrap().to_owned(),
+            (
+                c[1].as_f64().unwrap(),
+                c[0].as_f64().unwrap(),
+                p["capacity"].as_u64().unwrap(),
+            ),
+        ));
+    }
+    let mut from_parkapi = Vec::new();
+    let mut path = "/open-data/v1/parking-sites?region=dresden&limit=10".to_owned();
+    loop {
+        let page = get(path.clone()).await;
+        for site in page["items"].as_array().unwrap() {
+            from_parkapi.push((
+                site["name"].as_str().unwrap().to_owned(),
+                (
+                    site["lat"].as_f64().unwrap(),
+                    site["lon"].as_f64().unwrap(),
+                    site["capacity"].as_u64().unwrap(),
+                ),
+            ));
+        }
+        match page["next_path"].as_str() {
+            Some(next) => path = next.to_owned(),
+            None => break,
+        }
+    }
+    for (format, exported) in [("GeoJSON", &from_geojson), ("ParkAPI v3", &from_parkapi)] {
+        // The 34 the import took (60 lots: 22 without a total, 4 duplicates).
+        assert_eq!(exported.len(), 34, "{format}");
+        for (name, got) in exported.iter() {
+            let want = lots
+                .get(name)
+                .unwrap_or_else(|| panic!("{format}: {name:?} is in no source lot"));
+            assert_eq!(got, want, "{format}: {name}");
+        }
+    }
+}
