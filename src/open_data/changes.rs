@@ -1,9 +1,10 @@
 //! `GET /open-data/v1/changes`: the engine's change feed (what `WatchAvailability`
 //! sends) as Server-Sent Events, for consumers without gRPC.
 //!
-//! One task (the hub) follows the feed, numbers each change, renders its SSE frame
-//! once, keeps the last `capacity` frames for resuming, and fans the frames out to
-//! every client. Event ids are `<epoch>-<n>`: `epoch` is when this instance started,
+//! One task (the hub) follows the feed, numbers each change, keeps the last
+//! `capacity` for resuming, and fans them out to every client; a change's SSE frame is
+//! rendered once, by the first stream that sends it, so the feed costs next to
+//! nothing while nobody listens and one rendering however many do. Event ids are `<epoch>-<n>`: `epoch` is when this instance started,
 //! so an id from another instance or an earlier run is never mistaken for one of
 //! these. A client that reconnects with `Last-Event-ID` gets what it missed while that
 //! is still kept, or a `resync` event (fetch a snapshot again) when it is not; so does
@@ -13,7 +14,7 @@ use std::{
     collections::VecDeque,
     convert::Infallible,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -39,13 +40,69 @@ use crate::{
 /// notice a dead connection.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-/// One change, rendered.
-#[derive(Clone)]
-struct Frame {
+/// One numbered change; cheap to clone.
+type Frame = Arc<Numbered>;
+
+struct Numbered {
     n: u64,
-    /// `None`: for every client (a removal, a resync).
-    region: Option<RegionId>,
-    bytes: Bytes,
+    epoch: u64,
+    what: What,
+    /// The SSE frame, rendered by the first stream that sends it.
+    bytes: OnceLock<Bytes>,
+}
+
+enum What {
+    Change(Arc<Change>),
+    /// The hub itself fell behind the engine and lost this many.
+    Lost(u64),
+}
+
+impl Numbered {
+    /// Whether a stream of `region` (all when `None`) sends it: a removal and a loss
+    /// go to every stream.
+    fn for_region(&self, region: Option<&RegionId>) -> bool {
+        match (region, &self.what) {
+            (Some(wanted), What::Change(change)) => match &change.kind {
+                ChangeKind::Updated(a) => &a.region == wanted,
+                ChangeKind::Removed => true,
+            },
+            _ => true,
+        }
+    }
+
+    fn bytes(&self) -> Bytes {
+        self.bytes.get_or_init(|| self.render()).clone()
+    }
+
+    fn render(&self) -> Bytes {
+        let (event, data) = match &self.what {
+            What::Change(change) => match &change.kind {
+                ChangeKind::Updated(a) => {
+                    let live = matches!(a.status, CarParkStatus::Open | CarParkStatus::Closed);
+                    let mut data = serde_json::json!({
+                        "car_park_id": a.car_park.as_str(),
+                        "region": a.region.as_str(),
+                        "status": a.status.name(),
+                        "capacity": a.categories.iter().map(|c| c.capacity).sum::<u32>(),
+                    });
+                    // As in the snapshots, numbers only while they are live.
+                    if let (true, Some(observed_at)) = (live, a.observed_at) {
+                        data["available"] =
+                            a.categories.iter().map(|c| c.available).sum::<u32>().into();
+                        data["observed_at"] = rfc3339(observed_at).into();
+                    }
+                    ("availability", data)
+                }
+                ChangeKind::Removed => (
+                    "removed",
+                    serde_json::json!({ "car_park_id": change.car_park.as_str() }),
+                ),
+            },
+            What::Lost(missed) => ("resync", serde_json::json!({ "missed": missed })),
+        };
+        let (epoch, n) = (self.epoch, self.n);
+        Bytes::from(format!("id: {epoch}-{n}\nevent: {event}\ndata: {data}\n\n"))
+    }
 }
 
 struct Hub {
@@ -95,15 +152,18 @@ impl Changes {
                         change = feed.recv() => change,
                     };
                     n += 1;
-                    let frame = match change {
-                        Ok(change) => render(hub.epoch, n, &change),
+                    let what = match change {
+                        Ok(change) => What::Change(change),
                         // The hub itself fell behind the engine: everyone resyncs.
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            resync_frame(hub.epoch, n, missed)
-                        }
+                        Err(broadcast::error::RecvError::Lagged(missed)) => What::Lost(missed),
                         Err(broadcast::error::RecvError::Closed) => return,
                     };
-                    hub.publish(frame);
+                    hub.publish(Arc::new(Numbered {
+                        n,
+                        epoch: hub.epoch,
+                        what,
+                        bytes: OnceLock::new(),
+                    }));
                 }
             })
         };
@@ -149,58 +209,6 @@ impl Hub {
     }
 }
 
-fn frame(
-    epoch: u64,
-    n: u64,
-    event: &str,
-    region: Option<RegionId>,
-    data: &serde_json::Value,
-) -> Frame {
-    let bytes = format!("id: {epoch}-{n}\nevent: {event}\ndata: {data}\n\n");
-    Frame {
-        n,
-        region,
-        bytes: Bytes::from(bytes),
-    }
-}
-
-fn render(epoch: u64, n: u64, change: &Change) -> Frame {
-    match &change.kind {
-        ChangeKind::Updated(a) => {
-            let live = matches!(a.status, CarParkStatus::Open | CarParkStatus::Closed);
-            let mut data = serde_json::json!({
-                "car_park_id": a.car_park.as_str(),
-                "region": a.region.as_str(),
-                "status": a.status.name(),
-                "capacity": a.categories.iter().map(|c| c.capacity).sum::<u32>(),
-            });
-            // As in the snapshots, numbers only while they are live.
-            if let (true, Some(observed_at)) = (live, a.observed_at) {
-                data["available"] = a.categories.iter().map(|c| c.available).sum::<u32>().into();
-                data["observed_at"] = rfc3339(observed_at).into();
-            }
-            frame(epoch, n, "availability", Some(a.region.clone()), &data)
-        }
-        ChangeKind::Removed => frame(
-            epoch,
-            n,
-            "removed",
-            None,
-            &serde_json::json!({ "car_park_id": change.car_park.as_str() }),
-        ),
-    }
-}
-
-fn resync_frame(epoch: u64, n: u64, missed: u64) -> Frame {
-    frame(
-        epoch,
-        n,
-        "resync",
-        None,
-        &serde_json::json!({ "missed": missed }),
-    )
-}
-
 /// Holds a client's place under the cap, and the gauge of open streams.
 struct Slot {
     hub: Arc<Hub>,
@@ -239,8 +247,8 @@ pub(super) async fn stream(
     let mut first: VecDeque<Bytes> = match backlog {
         Some(backlog) => backlog
             .into_iter()
-            .filter(|f| wanted(f, region.as_ref()))
-            .map(|f| f.bytes)
+            .filter(|f| f.for_region(region.as_ref()))
+            .map(|f| f.bytes())
             .collect(),
         // Too old to resume: start over from a snapshot.
         None => [Bytes::from_static(
@@ -273,13 +281,6 @@ pub(super) async fn stream(
     Ok(response)
 }
 
-fn wanted(frame: &Frame, region: Option<&RegionId>) -> bool {
-    match (region, &frame.region) {
-        (Some(wanted), Some(region)) => wanted == region,
-        _ => true,
-    }
-}
-
 struct Client {
     slot: Slot,
     first: VecDeque<Bytes>,
@@ -300,7 +301,9 @@ impl Client {
             };
             match frame {
                 Err(_) => return Some(Bytes::from_static(b": keep-alive\n\n")),
-                Ok(Ok(frame)) if wanted(&frame, self.region.as_ref()) => return Some(frame.bytes),
+                Ok(Ok(frame)) if frame.for_region(self.region.as_ref()) => {
+                    return Some(frame.bytes());
+                }
                 Ok(Ok(_)) => continue,
                 // Too slow: what it missed is gone; it starts over from a snapshot.
                 Ok(Err(broadcast::error::RecvError::Lagged(missed))) => {

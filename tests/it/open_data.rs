@@ -531,6 +531,22 @@ async fn changes_stream_as_events_and_resume_from_the_last_event_id() {
         ("availability", &Value::from("far"))
     );
     assert_eq!(data["available"], 13);
+
+    // A removal goes to every stream (the car park's region is gone with it).
+    server
+        .registry()
+        .await
+        .delete_car_park(authed(
+            pb::DeleteCarParkRequest { id: "shut".into() },
+            OPERATOR_A.1,
+        ))
+        .await
+        .unwrap();
+    let (_, event, data) = yantai.next().await;
+    assert_eq!(
+        (event.as_str(), &data["car_park_id"]),
+        ("removed", &Value::from("shut"))
+    );
 }
 
 /// The checks above can fail: each schema refuses a document its standard refuses.
