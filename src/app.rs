@@ -182,9 +182,8 @@ impl Backend {
     }
 }
 
-/// CORS for open data: reads, with the caching and resuming headers.
-fn open_data_cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
-    use http::header::{ETAG, HeaderName, IF_NONE_MATCH};
+/// CORS allowing `origins` (any when empty), preflights cached for a day.
+fn cors_from(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowOrigin, CorsLayer};
     let allow_origin = if origins.is_empty() {
         AllowOrigin::any()
@@ -193,24 +192,23 @@ fn open_data_cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer 
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
+        .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// CORS for open data: reads, with the caching and resuming headers.
+fn open_data_cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use http::header::{ETAG, HeaderName, IF_NONE_MATCH};
+    cors_from(origins)
         .allow_methods([http::Method::GET, http::Method::HEAD])
         .allow_headers([IF_NONE_MATCH, HeaderName::from_static("last-event-id")])
         .expose_headers([ETAG])
-        .max_age(Duration::from_secs(24 * 3600))
 }
 
 /// CORS for gRPC-Web: the headers a gRPC-Web client sends (the API key included) and
 /// the trailers-as-headers it must be able to read.
 fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
     use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    let allow_origin = if origins.is_empty() {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().cloned())
-    };
-    CorsLayer::new()
-        .allow_origin(allow_origin)
+    cors_from(origins)
         .allow_methods([http::Method::POST, http::Method::OPTIONS])
         .allow_headers([
             CONTENT_TYPE,
@@ -224,7 +222,6 @@ fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
             HeaderName::from_static("grpc-message"),
             HeaderName::from_static("grpc-status-details-bin"),
         ])
-        .max_age(Duration::from_secs(24 * 3600))
 }
 
 /// Time background tasks get to stop even when draining took the whole grace period:
