@@ -48,7 +48,8 @@ USER 65532:65532
 # in CMD so that `docker run citypark serve --store …` (or Kubernetes' args) keeps
 # them: a flag in CMD would be dropped with it, and the server would bind loopback,
 # out of reach of its own port mappings and probes. The HTTP port serves the live map
-# (/map/) and takes the payment gateway's callbacks (POST /payments/v1/callback).
+# (/map/) and open data (/open-data/v1/), and takes the payment gateway's callbacks
+# (POST /payments/v1/callback).
 ENV CITYPARK_GRPC_ADDR=0.0.0.0:50051 \
     CITYPARK_METRICS_ADDR=0.0.0.0:9464 \
     CITYPARK_HTTP_ADDR=0.0.0.0:8080 \
