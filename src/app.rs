@@ -395,26 +395,29 @@ pub async fn run(
         }
         None => None,
     };
-    // The open-data change streams' hub, which follows the engine's feed.
-    let epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let (changes, changes_task) = Changes::start(
-        &backend.engine,
-        backend.engine.change_buffer(),
-        settings.limits.max_watchers,
-        epoch,
-        token.clone(),
-    );
-    let http_task = http.map(|listener| {
+    // The HTTP port, and with it the open-data change streams' hub, which follows the
+    // engine's feed: without the port, nobody could listen.
+    let (http_task, changes_task) = http.map_or((None, None), |listener| {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let (changes, changes_task) = Changes::start(
+            &backend.engine,
+            backend.engine.change_buffer(),
+            settings.limits.max_watchers,
+            epoch,
+            token.clone(),
+        );
+        let regions = Arc::new(crate::http::Regions::new(backend.engine.clone()));
         let map = Map::new(
-            backend.engine.clone(),
+            regions.clone(),
             settings.map.clone(),
             addr.map_or(0, |a| a.port()),
             settings.limits.max_watch_car_parks,
         );
         let open_data = OpenData::new(
             backend.engine.clone(),
+            regions,
             settings.clock.clone(),
             settings.publisher.clone(),
             changes,
@@ -425,7 +428,8 @@ pub async fn run(
             open_data,
             open_data_cors(&settings.cors_origins),
         );
-        tokio::spawn(serve_http(listener, "http", app, tls, token.clone()))
+        let task = tokio::spawn(serve_http(listener, "http", app, tls, token.clone()));
+        (Some(task), Some(changes_task))
     });
 
     // A store that can lose its backend takes the write services out of rotation
@@ -510,7 +514,9 @@ pub async fn run(
         let _ = reservation_sweeper.await;
         let _ = session_sweeper.await;
         let _ = upkeep.await;
-        let _ = changes_task.await;
+        if let Some(task) = changes_task {
+            let _ = task.await;
+        }
         if let Some(task) = store_health {
             let _ = task.await;
         }

@@ -20,6 +20,52 @@ use crate::{
     service::Service,
 };
 
+/// The regions with their counts and extents, counted at most once a second for all
+/// the HTTP port's routes (the map's `config.json`, open data's region checks and
+/// totals): counting walks the whole city.
+pub struct Regions {
+    engine: std::sync::Arc<crate::engine::Engine>,
+    counted: parking_lot::Mutex<Option<(std::time::Instant, Counted)>>,
+}
+
+/// The regions as counted at one instant.
+pub type Counted = std::sync::Arc<Vec<crate::engine::RegionExtent>>;
+
+impl Regions {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new(engine: std::sync::Arc<crate::engine::Engine>) -> Self {
+        Self {
+            engine,
+            counted: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The regions, counted within the last second.
+    pub fn get(&self) -> Counted {
+        let mut counted = self.counted.lock();
+        if let Some((at, regions)) = counted.as_ref()
+            && at.elapsed() < Self::TTL
+        {
+            return regions.clone();
+        }
+        let regions = Counted::new(self.engine.regions());
+        *counted = Some((std::time::Instant::now(), regions.clone()));
+        regions
+    }
+}
+
+/// Whether the request's `If-None-Match` names `etag` (or `*`): the client has it.
+pub fn has_etag(request: &HeaderMap, etag: &axum::http::HeaderValue) -> bool {
+    request
+        .get_all(axum::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == "*" || tag.as_bytes() == etag.as_bytes())
+}
+
 /// The routes of the HTTP port. Open data may be read from any page the CORS
 /// origins allow (all when none are set), like the gRPC-Web API.
 pub fn router(

@@ -4,10 +4,7 @@
 //! gRPC-Web (ListCarParks, WatchAvailability, FindNearby, GetCarPark), so the map
 //! reads what every other client reads.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -16,10 +13,9 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
     routing::get,
 };
-use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use crate::engine::Engine;
+use crate::http::{Regions, has_etag};
 
 /// Where the page is; `/` redirects here.
 pub const PATH: &str = "/map/";
@@ -40,30 +36,24 @@ pub struct MapSettings {
 /// What the map's routes read.
 #[derive(Clone)]
 pub struct Map {
-    engine: Arc<Engine>,
+    regions: Arc<Regions>,
     settings: Arc<MapSettings>,
     grpc_port: u16,
     max_watch_car_parks: usize,
-    /// The last `config.json`, reused for a second: building it walks the whole city.
-    config: Arc<Mutex<Option<(Instant, axum::body::Bytes)>>>,
 }
-
-/// How long a built `config.json` is served again.
-const CONFIG_TTL: Duration = Duration::from_secs(1);
 
 impl Map {
     pub fn new(
-        engine: Arc<Engine>,
+        regions: Arc<Regions>,
         settings: MapSettings,
         grpc_port: u16,
         max_watch_car_parks: usize,
     ) -> Self {
         Self {
-            engine,
+            regions,
             settings: Arc::new(settings),
             grpc_port,
             max_watch_car_parks,
-            config: Arc::default(),
         }
     }
 
@@ -90,16 +80,10 @@ impl Map {
     }
 
     fn config_json(&self) -> axum::body::Bytes {
-        let mut cached = self.config.lock();
-        if let Some((at, body)) = cached.as_ref()
-            && at.elapsed() < CONFIG_TTL
-        {
-            return body.clone();
-        }
         let regions: Vec<_> = self
-            .engine
-            .regions()
-            .into_iter()
+            .regions
+            .get()
+            .iter()
             .map(|r| {
                 serde_json::json!({
                     "id": r.region.as_str(),
@@ -117,9 +101,7 @@ impl Map {
             "max_watch_car_parks": self.max_watch_car_parks,
             "regions": regions,
         });
-        let body = axum::body::Bytes::from(body.to_string());
-        *cached = Some((Instant::now(), body.clone()));
-        body
+        axum::body::Bytes::from(body.to_string())
     }
 }
 
@@ -197,13 +179,7 @@ fn asset(asset: &'static Asset, request: &HeaderMap) -> Response {
     if asset.gzip.is_some() {
         headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
-    let unchanged = request
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|tag| tag.trim() == "*" || tag.trim() == etag);
-    if unchanged {
+    if has_etag(request, etag) {
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
     headers.insert(

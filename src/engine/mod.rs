@@ -289,22 +289,13 @@ impl Engine {
         after: Option<&str>,
         limit: usize,
     ) -> (Vec<Arc<CarPark>>, bool) {
-        use std::ops::Bound;
-        let inner = self.inner.read();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut matching = inner
-            .by_id
-            .range::<str, _>((start, Bound::Unbounded))
-            .map(|(_, &i)| inner.slot_at(i).state.lock().car_park.clone())
-            .filter(|cp| {
-                region.is_none_or(|r| &cp.region == r) && operator.is_none_or(|o| &cp.operator == o)
-            });
-        let page: Vec<_> = matching.by_ref().take(limit).collect();
-        let more = matching.next().is_some();
-        (page, more)
+        self.page(region, operator, after, limit, |state| {
+            state.car_park.clone()
+        })
     }
 
-    /// As [`Self::list`], each car park with its live state, in one pass under the lock.
+    /// As [`Self::list`] without the operator filter, each car park with its live
+    /// state, read under the same lock.
     pub fn list_live(
         &self,
         region: Option<&RegionId>,
@@ -312,6 +303,23 @@ impl Engine {
         limit: usize,
         now: Timestamp,
     ) -> (Vec<(Arc<CarPark>, Availability)>, bool) {
+        self.page(region, None, after, limit, |state| {
+            (
+                state.car_park.clone(),
+                state.live.availability(&state.car_park, now),
+            )
+        })
+    }
+
+    /// One page in id order of what `read` takes from each matching car park.
+    fn page<T>(
+        &self,
+        region: Option<&RegionId>,
+        operator: Option<&OperatorId>,
+        after: Option<&str>,
+        limit: usize,
+        read: impl Fn(&SlotState) -> T,
+    ) -> (Vec<T>, bool) {
         use std::ops::Bound;
         let inner = self.inner.read();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
@@ -320,12 +328,10 @@ impl Engine {
             .range::<str, _>((start, Bound::Unbounded))
             .filter_map(|(_, &i)| {
                 let state = inner.slot_at(i).state.lock();
-                region.is_none_or(|r| &state.car_park.region == r).then(|| {
-                    (
-                        state.car_park.clone(),
-                        state.live.availability(&state.car_park, now),
-                    )
-                })
+                let cp = &state.car_park;
+                (region.is_none_or(|r| &cp.region == r)
+                    && operator.is_none_or(|o| &cp.operator == o))
+                .then(|| read(&state))
             });
         let page: Vec<_> = matching.by_ref().take(limit).collect();
         let more = matching.next().is_some();

@@ -169,11 +169,6 @@ impl Changes {
         };
         (Self(hub), task)
     }
-
-    /// Streams open now.
-    pub fn clients(&self) -> usize {
-        self.0.clients.load(Ordering::Relaxed)
-    }
 }
 
 impl Hub {

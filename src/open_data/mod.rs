@@ -15,7 +15,6 @@ mod site;
 use std::{
     hash::{Hash as _, Hasher as _},
     sync::Arc,
-    time::{Duration, Instant},
 };
 
 use axum::{
@@ -25,7 +24,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use parking_lot::Mutex;
 use serde::Deserialize;
 
 pub use changes::Changes;
@@ -35,7 +33,8 @@ pub use parkapi::numeric_id;
 use crate::{
     clock::Clock,
     domain::{RegionId, Timestamp},
-    engine::{Engine, RegionExtent},
+    engine::Engine,
+    http::Regions,
 };
 use site::Site;
 
@@ -54,16 +53,13 @@ pub struct OpenData {
     clock: Arc<dyn Clock>,
     publisher: Arc<Publisher>,
     changes: Changes,
-    /// The regions and their counts, reused for a second (counting walks the city).
-    regions: Arc<Mutex<Option<Counted>>>,
+    regions: Arc<Regions>,
 }
-
-/// The regions as counted at an instant.
-type Counted = (Instant, Arc<Vec<RegionExtent>>);
 
 impl OpenData {
     pub fn new(
         engine: Arc<Engine>,
+        regions: Arc<Regions>,
         clock: Arc<dyn Clock>,
         publisher: Publisher,
         changes: Changes,
@@ -73,7 +69,7 @@ impl OpenData {
             clock,
             publisher: Arc::new(publisher),
             changes,
-            regions: Arc::default(),
+            regions,
         }
     }
 
@@ -91,18 +87,6 @@ impl OpenData {
             .with_state(self)
     }
 
-    fn regions(&self) -> Arc<Vec<RegionExtent>> {
-        let mut cached = self.regions.lock();
-        if let Some((at, regions)) = cached.as_ref()
-            && at.elapsed() < Duration::from_secs(1)
-        {
-            return regions.clone();
-        }
-        let regions = Arc::new(self.engine.regions());
-        *cached = Some((Instant::now(), regions.clone()));
-        regions
-    }
-
     /// The `region` parameter, checked: 404 for a region without car parks.
     fn region(&self, region: Option<&str>) -> Result<Option<RegionId>, Problem> {
         let Some(region) = region else {
@@ -110,7 +94,7 @@ impl OpenData {
         };
         let region =
             RegionId::parse(region).map_err(|e| Problem::bad_request(format!("region: {e}")))?;
-        if !self.regions().iter().any(|r| r.region == region) {
+        if !self.regions.get().iter().any(|r| r.region == region) {
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 format!("no car park is in region {region}"),
@@ -219,13 +203,7 @@ fn cacheable(request: &HeaderMap, content_type: &'static str, body: Vec<u8>) -> 
             .expect("a valid header value"),
     );
     headers.insert(header::ETAG, etag.clone());
-    let unchanged = request
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|tag| tag.trim() == "*" || tag.trim().trim_start_matches("W/") == etag);
-    if unchanged {
+    if crate::http::has_etag(request, &etag) {
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -341,11 +319,12 @@ async fn parking_sites(
     };
     let total_count = match &region {
         Some(region) => data
-            .regions()
+            .regions
+            .get()
             .iter()
             .find(|r| &r.region == region)
             .map_or(0, |r| r.car_parks),
-        None => data.regions().iter().map(|r| r.car_parks).sum(),
+        None => data.regions.get().iter().map(|r| r.car_parks).sum(),
     };
     let now = data.clock.now();
     let (page, more) = data.engine.list_live(

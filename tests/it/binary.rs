@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::Binary;
+use crate::support::{Binary, run_status};
 
 #[test]
 fn logs_to_a_pipe_carry_no_colour_codes() {
@@ -23,41 +23,10 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
 /// Runs the `citypark` binary with `args` (off the runtime, which serves the test
 /// server); its stdout, or a panic with its stderr.
 async fn run(args: Vec<String>) -> String {
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
-            .args(&args)
-            .env_remove("CITYPARK_TOKEN")
-            .env_remove("CITYPARK_API_KEY")
-            .output()
-            .expect("the binary runs");
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert!(out.status.success(), "citypark {args:?}: {stderr}");
-        stdout
-    })
-    .await
-    .unwrap()
-}
-
-/// Runs the `citypark` binary with `args` (off the runtime) and returns whether it
-/// exited 0, with its stdout and stderr.
-async fn run_status(args: Vec<String>) -> (Option<i32>, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
-            .args(&args)
-            .env_remove("CITYPARK_SERVER")
-            .output()
-            .expect("the binary runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    let shown = format!("{args:?}");
+    let (code, stdout, stderr) = run_status(args).await;
+    assert_eq!(code, Some(0), "citypark {shown}: {stderr}");
+    stdout
 }
 
 /// `citypark health` with `extra` flags, against `server`.

@@ -2,7 +2,7 @@
 //! (`tests/data/`), a real server; what it prints and what the Registry then holds.
 
 use crate::support::{
-    OPERATOR_A, OPERATOR_B, TestServer, all_car_parks, car_park_of, try_register,
+    OPERATOR_A, OPERATOR_B, TestServer, all_car_parks, car_park_of, run_status, try_register,
 };
 use citypark::pb;
 
@@ -17,22 +17,7 @@ async fn import(server: &TestServer, key: &str, args: &[&str]) -> (Option<i32>, 
         "--api-key".into(),
         key.into(),
     ]);
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
-            .args(&all)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env_remove("CITYPARK_API_KEY")
-            .env_remove("CITYPARK_SERVER")
-            .output()
-            .expect("the binary runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    run_status(all).await
 }
 
 /// The last line of stdout: the totals.
@@ -429,10 +414,38 @@ async fn parkapi_v3_and_ngsi_files_import_and_agree_with_each_other() {
 /// the source's name, position and capacity, and nothing else comes out.
 #[tokio::test]
 async fn dresden_round_trips_through_the_geojson_and_parkapi_exports() {
-    use serde_json::Value;
     let server = TestServer::start().await;
-    let (code, stdout, stderr) = import(&server, OPERATOR_A.1, &DRESDEN).await;
+    round_trip(&server, &server).await;
+}
+
+/// The same on Redis: imported through one instance, exported by another, which has
+/// the city from the store's change stream.
+#[tokio::test]
+async fn dresden_imported_through_one_instance_is_exported_by_another_on_redis() {
+    let Some(redis) = crate::redis_support::RedisServer::start() else {
+        return;
+    };
+    let prefix = crate::redis_support::key_prefix();
+    let importer = TestServer::start_redis(&redis.url(), &prefix).await;
+    let exporter = TestServer::start_redis(&redis.url(), &prefix).await;
+    round_trip(&importer, &exporter).await;
+}
+
+/// Imports Dresden through `importer`, waits until `exporter` holds its 34 lots, and
+/// compares both exports of `exporter` with the source.
+async fn round_trip(importer: &TestServer, exporter: &TestServer) {
+    use serde_json::Value;
+    let (code, stdout, stderr) = import(importer, OPERATOR_A.1, &DRESDEN).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while exporter.backend.engine.len() < 34 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exporter did not follow"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let server = exporter;
 
     // The source's lots with a capacity and a position, by name.
     let source: Value = serde_json::from_slice(

@@ -397,6 +397,17 @@ async fn snapshots_revalidate_by_etag_and_bad_parameters_are_json_errors() {
             "{path}: {error}"
         );
     }
+
+    // Counted by route pattern and status, with the bytes sent.
+    let (_, _, metrics) = http_get(server.metrics_addr, "/metrics", &[]).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    for series in [
+        r#"citypark_http_requests_total{route="/open-data/v1/car-parks.geojson",status="304"}"#,
+        r#"citypark_http_requests_total{route="/open-data/v1/parking-sites",status="400"}"#,
+        r#"citypark_http_response_bytes_total{route="/open-data/v1/car-parks.geojson"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} not in /metrics");
+    }
 }
 
 // ---------------------------------------------------------------------------------

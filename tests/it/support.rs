@@ -1185,3 +1185,26 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
 }
+
+/// Runs the `citypark` binary with `args` (off the runtime, which may be serving the
+/// test's server), in the repository's directory and without the client variables of
+/// the environment: its exit code, stdout and stderr.
+pub async fn run_status(args: Vec<String>) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("CITYPARK_SERVER")
+            .env_remove("CITYPARK_TOKEN")
+            .env_remove("CITYPARK_API_KEY")
+            .output()
+            .expect("the binary runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
