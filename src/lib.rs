@@ -12,6 +12,7 @@ pub mod domain;
 pub mod engine;
 pub mod gateway;
 pub mod grpc;
+pub mod history;
 pub mod http;
 pub mod import;
 pub mod map;

@@ -1,0 +1,284 @@
+//! History: every finished record, in SQL — PostgreSQL for a deployment of several
+//! instances (shared by all), SQLite under `--data-dir` for the single binary.
+//!
+//! Live state (`store/`, the engine) holds what the service decides on now; once a
+//! record is finished and past the hot window, the hand-off (`service/handoff.rs`)
+//! writes it here (idempotent by its id) and then deletes it from the live store by
+//! compare-and-set. Reads merge both (`service/`), live first, so a record moving
+//! between them is seen in one or the other, never in neither.
+//!
+//! One seam ([`History`]), two backends in one implementation (`sql.rs`: the same
+//! queries on both, the dialects' differences named where they are), and one
+//! conformance suite (`tests/it/history_conformance.rs`) that both pass. What a kept
+//! record is, per kind, is [`Record`] (`records.rs`), like `store::Aggregate`.
+
+pub mod records;
+pub mod sql;
+
+use std::{future::Future, path::Path};
+
+use crate::domain::{Error, OperatorId, Result, SpaceCategory, Timestamp};
+
+pub use records::{ClosedSession, KeptEntry, KeptReservation, Record};
+pub use sql::SqlHistory;
+
+/// A column's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl Value {
+    pub fn text(s: impl Into<String>) -> Self {
+        Value::Text(Some(s.into()))
+    }
+}
+
+/// Where a newest-first list stopped: lists are ordered by time descending, then id
+/// ascending, the order of the live lists' page tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub at: Timestamp,
+    pub id: String,
+}
+
+/// Which records of a kind to list: every filter must match; a filter matches when
+/// any of its columns equals its value.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub filters: Vec<(&'static [&'static str], String)>,
+    /// Listed at or after.
+    pub from: Option<Timestamp>,
+    /// Listed before.
+    pub to: Option<Timestamp>,
+    /// Strictly after this one in list order.
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+impl Query {
+    /// The first `limit` records.
+    pub fn first(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
+    /// Only records whose `column` is `value`.
+    pub fn with(mut self, column: &'static [&'static str], value: impl Into<String>) -> Self {
+        self.filters.push((column, value.into()));
+        self
+    }
+}
+
+/// Sums of one operator's local day of sessions, by state and payment, as one SQL
+/// aggregate computes them; the domain turns them into a `Settlement`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSums {
+    pub currency: String,
+    pub state: String,
+    pub payment_method: String,
+    pub payment_status: String,
+    pub sessions: i64,
+    pub fee_minor: i64,
+}
+
+/// One car park's numbers of one category over one 5-minute bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub car_park: String,
+    pub region: String,
+    pub category: SpaceCategory,
+    /// The bucket's start (a multiple of 5 minutes since the epoch).
+    pub bucket: Timestamp,
+    pub min_free: u32,
+    pub max_free: u32,
+    /// Free at the bucket's last change.
+    pub last_free: u32,
+    pub capacity: u32,
+    /// The car park's status at the last change (`CarParkStatus::name`).
+    pub status: String,
+}
+
+/// The width of an occupancy bucket.
+pub const BUCKET_MS: i64 = 5 * 60 * 1000;
+
+/// The bucket `at` falls in.
+pub fn bucket_of(at: Timestamp) -> Timestamp {
+    let ms = at.as_millisecond();
+    Timestamp::from_millisecond(ms - ms.rem_euclid(BUCKET_MS)).expect("in range")
+}
+
+/// What history keeps and for how long: each kind kept has a retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kept {
+    Sessions,
+    Reservations,
+    Bookings,
+    Ledger,
+    Occupancy,
+}
+
+impl Kept {
+    pub const ALL: [Kept; 5] = [
+        Kept::Sessions,
+        Kept::Reservations,
+        Kept::Bookings,
+        Kept::Ledger,
+        Kept::Occupancy,
+    ];
+
+    /// The table, and a metric label.
+    pub fn table(self) -> &'static str {
+        match self {
+            Kept::Sessions => "sessions",
+            Kept::Reservations => "reservations",
+            Kept::Bookings => "bookings",
+            Kept::Ledger => "ledger_entries",
+            Kept::Occupancy => "occupancy_samples",
+        }
+    }
+}
+
+/// Whether migrations are applied at start or only checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Migrate {
+    /// Apply pending migrations at start.
+    #[default]
+    Auto,
+    /// Refuse to start unless every migration was applied (`citypark history migrate`).
+    Check,
+}
+
+/// The history of record: finished records, written idempotently, read newest first.
+/// Every method is one statement or one transaction; an error is `Unavailable` (the
+/// database is unreachable or refused the statement) and changed nothing, or (a lost
+/// answer) may have: every write is idempotent, so it is simply made again.
+pub trait History: Send + Sync + 'static {
+    /// "sqlite" or "postgres", for logs.
+    fn name(&self) -> &'static str;
+
+    /// Writes `records` not written yet (by id); how many were new.
+    fn put<R: Record>(&self, records: &[R]) -> impl Future<Output = Result<u64>> + Send;
+
+    /// One record by id.
+    fn get<R: Record>(&self, id: &str) -> impl Future<Output = Result<Option<R>>> + Send;
+
+    /// Records matching `query`, newest first.
+    fn list<R: Record>(&self, query: &Query) -> impl Future<Output = Result<Vec<R>>> + Send;
+
+    /// Which of `ids` are kept.
+    fn contains<R: Record>(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// `operator`'s sessions that left on local `day`, summed by state and payment.
+    fn session_sums(
+        &self,
+        operator: &OperatorId,
+        day: jiff::civil::Date,
+    ) -> impl Future<Output = Result<Vec<SessionSums>>> + Send;
+
+    /// Refunds from `operator`'s revenue posted in [from, to), by currency.
+    fn refund_sums(
+        &self,
+        operator: &OperatorId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+
+    /// Merges samples into their buckets (min of mins, max of maxes, the later last).
+    fn put_samples(&self, samples: &[Sample]) -> impl Future<Output = Result<()>> + Send;
+
+    /// One car park's samples of one category with buckets in [from, to), oldest first.
+    fn samples(
+        &self,
+        car_park: &str,
+        category: SpaceCategory,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Sample>>> + Send;
+
+    /// Forgets the plates of sessions that left before `cutoff`, keeping a keyed hash
+    /// (HMAC-SHA256 with `key`) and the masked form; at most `limit`; how many.
+    fn pseudonymise(
+        &self,
+        cutoff: Timestamp,
+        key: &[u8],
+        limit: usize,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Deletes what of `kept` is older than `cutoff` (whole partitions on PostgreSQL,
+    /// batches on SQLite); how many rows, where counted.
+    fn expire(&self, kept: Kept, cutoff: Timestamp) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Closes the connections.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Where history lives, from `--history` (a URL) or, by default, the SQLite file in
+/// the data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    /// `--history` as given, or the data directory's SQLite file.
+    pub fn parse(url: Option<&str>, data_dir: &Path) -> Result<Self> {
+        match url {
+            None | Some("") => Ok(Location::Sqlite(data_dir.join("history.sqlite3"))),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Location::Postgres(url.to_owned()))
+            }
+            Some(url) if url.starts_with("sqlite://") => {
+                Ok(Location::Sqlite(url.trim_start_matches("sqlite://").into()))
+            }
+            Some(_) => Err(Error::invalid(
+                "history",
+                "expected postgres://… or sqlite://PATH (default: a SQLite file in --data-dir)",
+            )),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Location::Postgres(_))
+    }
+}
+
+/// Opens history at `location`, applying or checking the migrations.
+pub async fn open(location: &Location, migrate: Migrate) -> Result<SqlHistory> {
+    SqlHistory::open(location, migrate).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_five_minutes() {
+        let at = Timestamp::from_second(1_700_000_123).unwrap();
+        let b = bucket_of(at);
+        assert_eq!(b.as_millisecond() % BUCKET_MS, 0);
+        assert!(b <= at && at.as_millisecond() - b.as_millisecond() < BUCKET_MS);
+    }
+
+    #[test]
+    fn locations() {
+        let dir = Path::new("/d");
+        assert_eq!(
+            Location::parse(None, dir).unwrap(),
+            Location::Sqlite("/d/history.sqlite3".into())
+        );
+        assert!(
+            Location::parse(Some("postgres://u@h/db"), dir)
+                .unwrap()
+                .is_postgres()
+        );
+        assert!(Location::parse(Some("mysql://x"), dir).is_err());
+    }
+}
