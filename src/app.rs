@@ -15,11 +15,12 @@ use crate::{
     domain::Error,
     engine::Engine,
     grpc::{AdmissionLayer, Api, MetricsLayer, RateLimits},
+    history::{History, SqlHistory},
     map::{Map, MapSettings},
     net::{self, ConnLimits},
     open_data::{Changes, OpenData, Publisher},
     pb,
-    service::{Limits, Payments, Service},
+    service::{HistorySettings, Limits, Payments, Service},
     store::{
         AnyStore, Store,
         embedded::EmbeddedStore,
@@ -118,6 +119,8 @@ pub struct Settings {
     pub map: MapSettings,
     /// Who open data (DATEX II's header) names as its publisher.
     pub publisher: Publisher,
+    /// How finished records move to history (with a backend that has one).
+    pub history: HistorySettings,
 }
 
 impl Default for Settings {
@@ -141,15 +144,19 @@ impl Default for Settings {
                 country: "CN".into(),
                 national_identifier: "citypark".into(),
             },
+            history: HistorySettings::default(),
         }
     }
 }
 
-/// The engine answering queries and the store taking writes.
+/// The engine answering queries, the store taking writes and the history keeping
+/// what is finished.
 #[derive(Clone)]
 pub struct Backend {
     pub engine: Arc<Engine>,
     pub store: Arc<AnyStore>,
+    /// Without one (a library embedding, most tests), finished records stay live.
+    pub history: Option<Arc<SqlHistory>>,
 }
 
 impl Backend {
@@ -163,7 +170,14 @@ impl Backend {
         Self {
             store: Arc::new(AnyStore::Embedded(EmbeddedStore::new(engine.clone()))),
             engine,
+            history: None,
         }
+    }
+
+    /// This backend with `history` as its history of record.
+    pub fn with_history(mut self, history: Arc<SqlHistory>) -> Self {
+        self.history = Some(history);
+        self
     }
 
     /// The Redis backend: connects, loads every region's snapshot into a fresh engine
@@ -178,6 +192,7 @@ impl Backend {
         Ok(Self {
             store: Arc::new(AnyStore::Redis(store)),
             engine,
+            history: None,
         })
     }
 }
@@ -305,6 +320,10 @@ pub async fn run(
         settings.limits.clone(),
     )
     .with_payments(settings.payments.clone());
+    let service = match &backend.history {
+        Some(history) => service.with_history(history.clone(), settings.history.clone()),
+        None => service,
+    };
     let (keys, drivers) = (
         Arc::new(settings.api_keys.clone()),
         Arc::new(settings.driver_tokens.clone()),
@@ -469,6 +488,10 @@ pub async fn run(
         let every = settings.status_sweep.min(Duration::from_secs(1));
         tokio::spawn(async move { service.sweep_sessions(every, token).await })
     };
+    let history_sweeper = {
+        let (service, token) = (service.clone(), token.clone());
+        tokio::spawn(async move { service.sweep_history(token).await })
+    };
 
     tracing::info!(addr = ?addr, store = backend.store.name(), car_parks = backend.engine.len(), "citypark serving");
     let early = tokio::select! {
@@ -513,6 +536,7 @@ pub async fn run(
         let _ = sweeper.await;
         let _ = reservation_sweeper.await;
         let _ = session_sweeper.await;
+        let _ = history_sweeper.await;
         let _ = upkeep.await;
         if let Some(task) = changes_task {
             let _ = task.await;
@@ -528,6 +552,9 @@ pub async fn run(
             let _ = task.await;
         }
         backend.store.close().await;
+        if let Some(history) = &backend.history {
+            history.close().await;
+        }
         metrics
     };
     let stopped = tokio::time::timeout_at(

@@ -277,6 +277,82 @@ pub struct ServeConfig {
     /// Seconds between sweeps that find car parks turning STALE or CLOSED with time.
     #[arg(long, env = "CITYPARK_STATUS_SWEEP_SECS", default_value_t = 5)]
     pub status_sweep_secs: u64,
+
+    #[command(flatten)]
+    pub history: HistoryConfig,
+
+    /// Minutes a finished record (a closed session, a finished reservation or
+    /// booking, a ledger entry) stays in live state before it moves to history.
+    #[arg(long, env = "CITYPARK_HOT_WINDOW_MINUTES", default_value_t = 1440)]
+    pub hot_window_minutes: u32,
+
+    /// Days history keeps money records: sessions, reservations, bookings, ledger
+    /// entries.
+    #[arg(
+        long,
+        env = "CITYPARK_HISTORY_RETENTION_MONEY_DAYS",
+        default_value_t = 3650
+    )]
+    pub history_retention_money_days: u32,
+
+    /// Days history keeps occupancy samples.
+    #[arg(
+        long,
+        env = "CITYPARK_HISTORY_RETENTION_OCCUPANCY_DAYS",
+        default_value_t = 730
+    )]
+    pub history_retention_occupancy_days: u32,
+
+    /// File holding the secret key of plates' keyed hashes (HMAC-SHA256), which is
+    /// all history keeps of a plate after --session-retention-days. Required with a
+    /// PostgreSQL history (every instance must use one key); by default the SQLite
+    /// history's is `plate-key` in --data-dir, made on first start.
+    #[arg(long, env = "CITYPARK_HISTORY_PLATE_KEY_FILE")]
+    pub history_plate_key_file: Option<PathBuf>,
+}
+
+/// Where history lives (`serve`, `history migrate`).
+#[derive(Debug, Clone, Args)]
+pub struct HistoryConfig {
+    /// Directory of the single binary's files: the SQLite history
+    /// (`history.sqlite3`, WAL mode) and the plates' hash key (`plate-key`), created on
+    /// first start.
+    #[arg(long, env = "CITYPARK_DATA_DIR", default_value = "citypark-data")]
+    pub data_dir: PathBuf,
+
+    /// The history of record (closed sessions, finished reservations and bookings,
+    /// ledger entries, occupancy samples): `postgres://user[:password]@host:port/db`,
+    /// shared by every instance (required with a Redis --store), or empty for a SQLite
+    /// file in --data-dir.
+    #[arg(
+        long,
+        env = "CITYPARK_HISTORY",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub history: String,
+
+    /// auto: apply the history schema's migrations at start; check: refuse to start
+    /// unless they were applied (`citypark history migrate`).
+    #[arg(
+        long,
+        env = "CITYPARK_HISTORY_MIGRATE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub history_migrate: crate::history::Migrate,
+}
+
+impl HistoryConfig {
+    /// Where history lives, checked.
+    pub fn location(&self) -> Result<crate::history::Location> {
+        crate::history::Location::parse(Some(self.history.trim()), &self.data_dir).map_err(|_| {
+            Error::invalid(
+                "--history",
+                "expected postgres://… (or empty for a SQLite file in --data-dir)",
+            )
+        })
+    }
 }
 
 impl ServeConfig {
@@ -401,11 +477,86 @@ impl ServeConfig {
                 "must be 1 to 3650",
             ));
         }
+        if !(1..=525_600).contains(&self.hot_window_minutes) {
+            return Err(Error::invalid(
+                "--hot-window-minutes",
+                "must be 1 to 525600 (a year)",
+            ));
+        }
+        if self.history_retention_money_days == 0 || self.history_retention_occupancy_days == 0 {
+            return Err(Error::invalid(
+                "--history-retention-money-days/--history-retention-occupancy-days",
+                "must be positive",
+            ));
+        }
+        let location = self.history.location()?;
+        if !self.store.trim().is_empty() && !location.is_postgres() {
+            return Err(Error::invalid(
+                "--history",
+                "a Redis store's instances share one history: set --history postgres://…",
+            ));
+        }
+        if location.is_postgres() && self.history_plate_key_file.is_none() {
+            return Err(Error::invalid(
+                "--history-plate-key-file",
+                "required with a PostgreSQL history: every instance must hash plates with one key",
+            ));
+        }
         self.payment_gateway()?;
         self.cors_origins()?;
         self.map()?;
         self.publisher()?;
         Ok(())
+    }
+
+    /// The key of plates' keyed hashes: the file's bytes (at least 16, surrounding
+    /// whitespace trimmed), or the data directory's `plate-key`, made on first start.
+    pub fn plate_key(&self) -> Result<Vec<u8>> {
+        let read = |path: &std::path::Path| -> Result<Vec<u8>> {
+            let bytes = std::fs::read(path).map_err(|e| {
+                Error::invalid(
+                    "--history-plate-key-file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            let key = bytes.trim_ascii().to_vec();
+            if key.len() < 16 {
+                return Err(Error::invalid(
+                    "--history-plate-key-file",
+                    format!("{} holds fewer than 16 bytes", path.display()),
+                ));
+            }
+            Ok(key)
+        };
+        if let Some(path) = &self.history_plate_key_file {
+            return read(path);
+        }
+        let path = self.history.data_dir.join("plate-key");
+        if !path.exists() {
+            make_key_file(&path).map_err(|e| {
+                Error::invalid(
+                    "--data-dir",
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            })?;
+        }
+        read(&path)
+    }
+
+    /// How finished records move to history and how long it keeps them.
+    pub fn history_settings(&self, plate_key: Vec<u8>) -> crate::service::HistorySettings {
+        const DAY: u64 = 24 * 3600;
+        crate::service::HistorySettings {
+            hot_window: Duration::from_secs(u64::from(self.hot_window_minutes) * 60),
+            retention: crate::service::Retention {
+                money: Duration::from_secs(u64::from(self.history_retention_money_days) * DAY),
+                occupancy: Duration::from_secs(
+                    u64::from(self.history_retention_occupancy_days) * DAY,
+                ),
+            },
+            plate_key: plate_key.into(),
+            ..crate::service::HistorySettings::default()
+        }
     }
 
     /// The open-data publisher, checked.
@@ -615,6 +766,24 @@ impl ServeConfig {
             ..crate::app::Settings::default()
         }
     }
+}
+
+/// Writes 32 random bytes, hex-encoded, to a new file only its owner may read.
+fn make_key_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(hex::encode(key).as_bytes())?;
+    file.sync_all()
 }
 
 #[cfg(test)]

@@ -48,6 +48,14 @@ pub const RATE_LIMITED: &str = "citypark_rate_limited_total";
 pub const HTTP_REQUESTS: &str = "citypark_http_requests_total";
 pub const HTTP_RESPONSE_BYTES: &str = "citypark_http_response_bytes_total";
 pub const HTTP_CHANGE_STREAMS: &str = "citypark_http_change_streams";
+pub const HISTORY_UP: &str = "citypark_history_up";
+pub const HISTORY_HANDED_OFF: &str = "citypark_history_handed_off_total";
+pub const HISTORY_BACKLOG: &str = "citypark_history_backlog";
+pub const HISTORY_ERRORS: &str = "citypark_history_errors_total";
+pub const HISTORY_WRITE_DURATION: &str = "citypark_history_write_duration_seconds";
+pub const HISTORY_SAMPLES: &str = "citypark_history_samples_total";
+pub const HISTORY_SAMPLE_QUEUE: &str = "citypark_history_sample_queue";
+pub const TOMBSTONES_COMPACTED: &str = "citypark_tombstones_compacted_total";
 
 /// Every name above (a unit test holds this list to the declarations).
 pub const ALL: &[&str] = &[
@@ -82,11 +90,19 @@ pub const ALL: &[&str] = &[
     HTTP_REQUESTS,
     HTTP_RESPONSE_BYTES,
     HTTP_CHANGE_STREAMS,
+    HISTORY_UP,
+    HISTORY_HANDED_OFF,
+    HISTORY_BACKLOG,
+    HISTORY_ERRORS,
+    HISTORY_WRITE_DURATION,
+    HISTORY_SAMPLES,
+    HISTORY_SAMPLE_QUEUE,
+    TOMBSTONES_COMPACTED,
 ];
 
 /// The histograms of [`ALL`]: Prometheus serves each as `_bucket`, `_sum` and `_count`
 /// series.
-pub const HISTOGRAMS: &[&str] = &[GRPC_DURATION, INGEST_REPORT_AGE];
+pub const HISTOGRAMS: &[&str] = &[GRPC_DURATION, INGEST_REPORT_AGE, HISTORY_WRITE_DURATION];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -98,6 +114,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// minutes).
 const REPORT_AGE_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// A batch of a thousand rows to a nearby PostgreSQL takes milliseconds; seconds mean
+/// a struggling database.
+const HISTORY_WRITE_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Installs the process-wide Prometheus recorder once and returns its handle; later
@@ -112,6 +134,11 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(INGEST_REPORT_AGE.to_owned()),
                     REPORT_AGE_BUCKETS,
+                )
+                .expect("static buckets are not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(HISTORY_WRITE_DURATION.to_owned()),
+                    HISTORY_WRITE_BUCKETS,
                 )
                 .expect("static buckets are not empty")
                 .build_recorder();
@@ -273,10 +300,90 @@ fn describe() {
         "open-data change streams (Server-Sent Events) open"
     );
     describe_gauge!(
+        HISTORY_UP,
+        Unit::Count,
+        "1 while the history database takes writes, 0 while its last write failed (hand-off pauses, samples wait)"
+    );
+    describe_counter!(
+        HISTORY_HANDED_OFF,
+        Unit::Count,
+        "finished records written to history and removed from live state, by kind (session, reservation, booking, ledger_entry)"
+    );
+    describe_gauge!(
+        HISTORY_BACKLOG,
+        Unit::Count,
+        "finished records past the hot window still in live state after the last hand-off round, by kind"
+    );
+    describe_counter!(
+        HISTORY_ERRORS,
+        Unit::Count,
+        "history statements that failed, by operation (hand_off, samples, read, retention)"
+    );
+    describe_histogram!(
+        HISTORY_WRITE_DURATION,
+        Unit::Seconds,
+        "time to write one batch to history, by kind (session, reservation, booking, ledger_entry, sample)"
+    );
+    describe_counter!(
+        HISTORY_SAMPLES,
+        Unit::Count,
+        "occupancy samples (one car park, category and 5-minute bucket) by result (written, dropped: the queue was full)"
+    );
+    describe_gauge!(
+        HISTORY_SAMPLE_QUEUE,
+        Unit::Count,
+        "occupancy samples waiting to be written to history"
+    );
+    describe_counter!(
+        TOMBSTONES_COMPACTED,
+        Unit::Count,
+        "version tombstones of removed records dropped once past the change stream's reach, by kind"
+    );
+    describe_gauge!(
         STORE_UP,
         Unit::Count,
         "1 while the store accepts writes (Redis reachable), 0 while writes are refused"
     );
+}
+
+/// Whether history takes writes.
+pub fn record_history_up(up: bool) {
+    gauge!(HISTORY_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// `n` records of `kind` moved from live state to history.
+pub fn record_handed_off(kind: &'static str, n: u64) {
+    counter!(HISTORY_HANDED_OFF, "kind" => kind).increment(n);
+}
+
+/// Finished records of `kind` past the hot window still live.
+pub fn record_history_backlog(kind: &'static str, n: usize) {
+    gauge!(HISTORY_BACKLOG, "kind" => kind).set(n as f64);
+}
+
+/// A history statement for `op` failed.
+pub fn record_history_error(op: &'static str) {
+    counter!(HISTORY_ERRORS, "op" => op).increment(1);
+}
+
+/// A batch of `kind` written to history in `seconds`.
+pub fn record_history_write(kind: &'static str, seconds: f64) {
+    histogram!(HISTORY_WRITE_DURATION, "kind" => kind).record(seconds);
+}
+
+/// `n` occupancy samples written or dropped.
+pub fn record_samples(result: &'static str, n: u64) {
+    counter!(HISTORY_SAMPLES, "result" => result).increment(n);
+}
+
+/// Occupancy samples waiting to be written.
+pub fn record_sample_queue(n: usize) {
+    gauge!(HISTORY_SAMPLE_QUEUE).set(n as f64);
+}
+
+/// `n` tombstones of `kind` compacted.
+pub fn record_tombstones_compacted(kind: &'static str, n: u64) {
+    counter!(TOMBSTONES_COMPACTED, "kind" => kind).increment(n);
 }
 
 /// Counts one answered gRPC request.

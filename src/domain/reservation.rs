@@ -18,11 +18,8 @@ use super::{
     CATEGORY_COUNT, CarPark, CarParkId, DriverId, Error, RegionId, SpaceCategory, Stay, Timestamp,
 };
 
-/// How long a finished reservation (completed, cancelled, no-show) stays readable after
-/// its window ended.
-pub const FINISHED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long after its window a CHECKED_IN reservation whose car's exit went unseen is
-/// kept.
+/// taken as finished.
 pub const CHECKED_IN_RETENTION: Duration = Duration::from_secs(86_400);
 
 const DAY_MS: i64 = 86_400_000;
@@ -506,14 +503,15 @@ impl Reservation {
         true
     }
 
-    /// When it may be dropped: a finished one the retention after its window, a
-    /// CHECKED_IN one a day after it (its car's exit went unseen); never while RESERVED
-    /// (the sweeper makes it a no-show first).
-    pub fn drop_at(&self) -> Option<Timestamp> {
+    /// When it finished, so that it may move to history once the hot window has
+    /// passed: a completed, cancelled or no-show one at the end of its window (or its
+    /// last change, if later), a CHECKED_IN one a day after its window (its car's exit
+    /// went unseen); never while RESERVED (the sweeper makes it a no-show first).
+    pub fn finished_at(&self) -> Option<Timestamp> {
         match self.state {
             ReservationState::Reserved => None,
             ReservationState::CheckedIn => Some(self.end + CHECKED_IN_RETENTION),
-            _ => Some(self.end + FINISHED_RETENTION),
+            _ => Some(self.changed_at.map_or(self.end, |c| c.max(self.end))),
         }
     }
 }
@@ -1348,9 +1346,13 @@ pub(crate) mod tests {
     fn finished_reservations_and_past_days_are_dropped_after_their_retention() {
         let mut book = Records::new(5);
         let r = new(book.reserve(&request("10:00", "11:00", "a"), "a", t("08:00")));
-        assert_eq!(r.drop_at(), None, "never while RESERVED");
+        assert_eq!(r.finished_at(), None, "never while RESERVED");
         let r = book.change(&r.id, |r| r.cancel("", t("08:10"))).unwrap();
-        assert_eq!(r.drop_at(), Some(t("11:00") + FINISHED_RETENTION));
+        assert_eq!(
+            r.finished_at(),
+            Some(t("11:00")),
+            "at the end of its window"
+        );
         let day = &book.days[&SlotCounts::day_of(t("10:00"))];
         assert!(!day.is_past(t("23:59")));
         assert!(day.is_past(t("10:00") + Duration::from_secs(2 * 86_400)));

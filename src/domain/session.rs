@@ -563,19 +563,6 @@ impl Settlement {
         let on_day =
             |at: Timestamp, zone: &jiff::tz::TimeZone| at.to_zoned(zone.clone()).date() == day;
         let mut settlement = Self::default();
-        let currency = |c: &str, settlement: &mut Self| -> Result<(), Error> {
-            if settlement.currency.is_empty() {
-                settlement.currency = c.to_owned();
-            }
-            if settlement.currency == c {
-                Ok(())
-            } else {
-                Err(Error::FailedPrecondition(format!(
-                    "the day has fees in {} and in {c}: settle each currency apart",
-                    settlement.currency
-                )))
-            }
-        };
         for (session, zone) in sessions {
             let Some(exit) = session.exit_time else {
                 continue;
@@ -583,33 +570,101 @@ impl Settlement {
             if !on_day(exit, zone) {
                 continue;
             }
-            match session.state {
-                SessionState::Open => {}
-                SessionState::ClosedPaid => {
-                    currency(&session.tariff.currency, &mut settlement)?;
-                    settlement.sessions_paid += 1;
-                    settlement.revenue_minor += session.fee_minor;
-                }
-                SessionState::ClosedUnpaid => {
-                    currency(&session.tariff.currency, &mut settlement)?;
-                    settlement.sessions_unpaid += 1;
-                    if session.is_arrears() {
-                        settlement.arrears_minor += session.fee_minor;
-                    } else if session.payment.method == PaymentMethod::Barrier {
-                        settlement.barrier_minor += session.fee_minor;
-                    }
-                }
-                SessionState::ClosedFree => settlement.sessions_free += 1,
-                SessionState::Voided => settlement.sessions_voided += 1,
-            }
+            settlement.count(
+                session.state,
+                session.payment.method,
+                session.payment.status,
+                &session.tariff.currency,
+                1,
+                session.fee_minor,
+            )?;
         }
         for (entry, zone) in refunds {
             if entry.kind == super::EntryKind::Refund && on_day(entry.at, zone) {
-                currency(&entry.currency, &mut settlement)?;
-                settlement.refunds_minor += entry.amount_minor;
+                settlement.add_refunds(&entry.currency, entry.amount_minor)?;
             }
         }
         Ok(settlement)
+    }
+
+    /// Counts `n` sessions in `state`, paid by `method` with `status`, whose fees add
+    /// up to `fee_minor`: the one rule of which sum a fee belongs to.
+    fn count(
+        &mut self,
+        state: SessionState,
+        method: PaymentMethod,
+        status: PaymentStatus,
+        currency: &str,
+        n: u32,
+        fee_minor: i64,
+    ) -> Result<(), Error> {
+        match state {
+            SessionState::Open => {}
+            SessionState::ClosedPaid => {
+                self.currency(currency)?;
+                self.sessions_paid += n;
+                self.revenue_minor += fee_minor;
+            }
+            SessionState::ClosedUnpaid => {
+                self.currency(currency)?;
+                self.sessions_unpaid += n;
+                if status == PaymentStatus::Failed {
+                    self.arrears_minor += fee_minor;
+                } else if method == PaymentMethod::Barrier {
+                    self.barrier_minor += fee_minor;
+                }
+            }
+            SessionState::ClosedFree => self.sessions_free += n,
+            SessionState::Voided => self.sessions_voided += n,
+        }
+        Ok(())
+    }
+
+    /// Adds sums of sessions as history's aggregate gives them, by the names the
+    /// states and payments are stored under.
+    pub fn add(
+        &mut self,
+        currency: &str,
+        state: &str,
+        method: &str,
+        status: &str,
+        sessions: i64,
+        fee_minor: i64,
+    ) -> Result<(), Error> {
+        let corrupt = |what: &str| Error::Internal(format!("history holds an unknown {what}"));
+        let named = |name: &str| serde_json::Value::String(name.to_owned());
+        let state = SessionState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == state)
+            .ok_or_else(|| corrupt("session state"))?;
+        let method: PaymentMethod =
+            serde_json::from_value(named(method)).map_err(|_| corrupt("payment method"))?;
+        let status: PaymentStatus =
+            serde_json::from_value(named(status)).map_err(|_| corrupt("payment status"))?;
+        let n = u32::try_from(sessions).map_err(|_| corrupt("session count"))?;
+        self.count(state, method, status, currency, n, fee_minor)
+    }
+
+    /// Adds refunds posted on the day.
+    pub fn add_refunds(&mut self, currency: &str, amount_minor: i64) -> Result<(), Error> {
+        self.currency(currency)?;
+        self.refunds_minor += amount_minor;
+        Ok(())
+    }
+
+    /// Takes `currency` as the settlement's, or refuses a second one.
+    fn currency(&mut self, currency: &str) -> Result<(), Error> {
+        if self.currency.is_empty() {
+            self.currency = currency.to_owned();
+        }
+        if self.currency == currency {
+            Ok(())
+        } else {
+            Err(Error::FailedPrecondition(format!(
+                "the day has fees in {} and in {currency}: settle each currency apart",
+                self.currency
+            )))
+        }
     }
 }
 

@@ -521,12 +521,12 @@ impl SharedBooking {
         before.occupies() && !self.state.occupies()
     }
 
-    /// When it may be dropped: like a reservation's.
-    pub fn drop_at(&self) -> Option<Timestamp> {
+    /// When it finished, like a reservation (`Reservation::finished_at`).
+    pub fn finished_at(&self) -> Option<Timestamp> {
         match self.state {
             BookingState::Booked => None,
             BookingState::CheckedIn => Some(self.end + super::CHECKED_IN_RETENTION),
-            _ => Some(self.end + super::FINISHED_RETENTION),
+            _ => Some(self.changed_at.map_or(self.end, |c| c.max(self.end))),
         }
     }
 

@@ -33,8 +33,8 @@ pub(super) struct Book {
     reserved_by_start: HashMap<CarParkId, BTreeSet<(Timestamp, ReservationId)>>,
     /// RESERVED ones by no-show time.
     due: BTreeSet<(Timestamp, ReservationId)>,
-    /// The others by when they may be dropped.
-    droppable: BTreeSet<(Timestamp, ReservationId)>,
+    /// The others by when they finished (for the hand-off to history).
+    finished: BTreeSet<(Timestamp, ReservationId)>,
     by_state: [usize; 5],
     days: HashMap<String, Held<SlotCounts>>,
 }
@@ -75,8 +75,8 @@ impl Book {
                 }
                 self.due.remove(&(r.no_show_at, id.clone()));
             }
-            if let Some(at) = r.drop_at() {
-                self.droppable.remove(&(at, id.clone()));
+            if let Some(at) = r.finished_at() {
+                self.finished.remove(&(at, id.clone()));
             }
             self.by_state[state_index(r.state)] -= 1;
         }
@@ -100,8 +100,8 @@ impl Book {
                     .insert((r.start, id.clone()));
                 self.due.insert((r.no_show_at, id.clone()));
             }
-            if let Some(at) = r.drop_at() {
-                self.droppable.insert((at, id.clone()));
+            if let Some(at) = r.finished_at() {
+                self.finished.insert((at, id.clone()));
             }
             self.by_state[state_index(r.state)] += 1;
         }
@@ -199,12 +199,18 @@ impl Engine {
             .collect()
     }
 
-    /// Reservations that may be dropped at `now`, with their versions.
-    pub fn reservations_to_drop(&self, now: Timestamp) -> Vec<(Arc<Reservation>, u64)> {
+    /// Up to `limit` reservations that finished by `cutoff`, oldest first, with their
+    /// versions: what the hand-off moves to history.
+    pub fn reservations_finished_by(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Vec<(Arc<Reservation>, u64)> {
         let book = self.book.read();
-        book.droppable
+        book.finished
             .iter()
-            .take_while(|(at, _)| *at <= now)
+            .take_while(|(at, _)| *at <= cutoff)
+            .take(limit)
             .filter_map(|(_, id)| book.get(id))
             .collect()
     }

@@ -31,14 +31,27 @@ pub(super) struct SessionTables {
     arrears: HashMap<DriverId, HashSet<SessionId>>,
     /// Closed sessions that still hold a plate, by exit time (for the retention sweep).
     plated: BTreeSet<(Timestamp, SessionId)>,
+    /// Finished sessions (closed with nothing left to charge or owe), by exit time:
+    /// what the hand-off moves to history.
+    finished: BTreeSet<(Timestamp, SessionId)>,
     open: HashMap<String, Held<OpenSession>>,
     links: HashMap<Plate, Held<PlateLink>>,
     links_by_driver: HashMap<DriverId, HashSet<Plate>>,
     wallets: HashMap<DriverId, Held<Wallet>>,
     entries: HashMap<String, Held<LedgerEntry>>,
     entries_by_driver: HashMap<DriverId, BTreeSet<(Timestamp, String)>>,
+    /// Every ledger entry by time, for the hand-off.
+    entries_by_time: BTreeSet<(Timestamp, String)>,
     /// Kept as records come and go, so the metrics never walk every session.
     counts: SessionCounts,
+}
+
+/// When a session finished: closed, with nothing left to charge (a charge pending) or
+/// to owe (arrears, which stay live until paid).
+fn finished_at(s: &ParkingSession) -> Option<Timestamp> {
+    (s.state.is_closed() && !s.is_due() && !s.is_arrears())
+        .then_some(s.exit_time)
+        .flatten()
 }
 
 /// Where a session stands in the retention sweep: closed, keeping its plate, since.
@@ -62,6 +75,9 @@ impl SessionTables {
             self.due.remove(&id);
             if let Some(at) = plated_since(&old) {
                 self.plated.remove(&(at, id.clone()));
+            }
+            if let Some(at) = finished_at(&old) {
+                self.finished.remove(&(at, id.clone()));
             }
             self.counts.count(&old, -1);
         }
@@ -87,6 +103,9 @@ impl SessionTables {
             }
             if let Some(at) = plated_since(new) {
                 self.plated.insert((at, id.clone()));
+            }
+            if let Some(at) = finished_at(new) {
+                self.finished.insert((at, id.clone()));
             }
             self.counts.count(new, 1);
         }
@@ -123,11 +142,15 @@ impl SessionTables {
                 self.entries_by_driver.remove(&old.driver);
             }
         }
+        if let Some(old) = self.entries.get(&id).and_then(|h| h.record.clone()) {
+            self.entries_by_time.remove(&(old.at, id.clone()));
+        }
         if let Some(new) = &record {
             self.entries_by_driver
                 .entry(new.driver.clone())
                 .or_default()
                 .insert((new.at, id.clone()));
+            self.entries_by_time.insert((new.at, id.clone()));
         }
         self.entries.insert(id, Held { record, version });
     }
@@ -218,6 +241,42 @@ impl Engine {
             .iter()
             .take_while(|(at, _)| *at < cutoff)
             .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    /// Up to `limit` sessions that finished before `cutoff`, oldest first, with their
+    /// versions: what the hand-off moves to history.
+    pub fn sessions_finished_before(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Vec<(Arc<ParkingSession>, u64)> {
+        let tables = self.sessions.read();
+        tables
+            .finished
+            .iter()
+            .take_while(|(at, _)| *at < cutoff)
+            .take(limit)
+            .filter_map(|(_, id)| {
+                let held = tables.sessions.get(id)?;
+                Some((held.record.clone()?, held.version))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` ledger entries posted before `cutoff`, oldest first, with their
+    /// versions: what the hand-off moves to history (balances stay in the wallets).
+    pub fn entries_before(&self, cutoff: Timestamp, limit: usize) -> Vec<(LedgerEntry, u64)> {
+        let tables = self.sessions.read();
+        tables
+            .entries_by_time
+            .iter()
+            .take_while(|(at, _)| *at < cutoff)
+            .take(limit)
+            .filter_map(|(_, id)| {
+                let held = tables.entries.get(id)?;
+                Some(((**held.record.as_ref()?).clone(), held.version))
+            })
             .collect()
     }
 

@@ -52,7 +52,8 @@ pub(super) struct Sharing {
     /// A booking's driver and its offer's host both find it here.
     by_party: HashMap<DriverId, HashSet<BookingId>>,
     due: BTreeSet<(Timestamp, BookingId)>,
-    droppable: BTreeSet<(Timestamp, BookingId)>,
+    /// Finished ones by when they finished (for the hand-off to history).
+    finished: BTreeSet<(Timestamp, BookingId)>,
 }
 
 impl Sharing {
@@ -83,8 +84,8 @@ impl Sharing {
             unindex(&mut self.by_party, &old.driver, &id);
             unindex(&mut self.by_party, &old.host, &id);
             self.due.remove(&(old.no_show_at, id.clone()));
-            if let Some(at) = old.drop_at() {
-                self.droppable.remove(&(at, id.clone()));
+            if let Some(at) = old.finished_at() {
+                self.finished.remove(&(at, id.clone()));
             }
         }
         if let Some(new) = &record {
@@ -101,8 +102,8 @@ impl Sharing {
             if new.state == BookingState::Booked {
                 self.due.insert((new.no_show_at, id.clone()));
             }
-            if let Some(at) = new.drop_at() {
-                self.droppable.insert((at, id.clone()));
+            if let Some(at) = new.finished_at() {
+                self.finished.insert((at, id.clone()));
             }
         }
         self.bookings.insert(id, Held { record, version });
@@ -204,13 +205,19 @@ impl Engine {
             .collect()
     }
 
-    /// Bookings that may be dropped, with their versions.
-    pub fn bookings_to_drop(&self, now: Timestamp) -> Vec<(Arc<SharedBooking>, u64)> {
+    /// Up to `limit` bookings that finished by `cutoff`, oldest first, with their
+    /// versions: what the hand-off moves to history.
+    pub fn bookings_finished_by(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+    ) -> Vec<(Arc<SharedBooking>, u64)> {
         let sharing = self.sharing.read();
         sharing
-            .droppable
+            .finished
             .iter()
-            .take_while(|(at, _)| *at <= now)
+            .take_while(|(at, _)| *at <= cutoff)
+            .take(limit)
             .filter_map(|(_, id)| {
                 let held = sharing.bookings.get(id)?;
                 Some((held.record.clone()?, held.version))

@@ -135,7 +135,7 @@ impl pb::reservations_server::Reservations for Api {
     ) -> Reply<pb::GetReservationResponse> {
         let caller = self.any_caller(&request)?;
         let id = reservation_id(&request.get_ref().id)?;
-        let reservation = self.service.get_reservation(&caller, &id)?;
+        let reservation = self.service.get_reservation(&caller, &id).await?;
         Ok(Response::new(pb::GetReservationResponse {
             reservation: Some(pb_reservation(&reservation)),
         }))
@@ -150,9 +150,10 @@ impl pb::reservations_server::Reservations for Api {
         let size = convert::page_size(r.page_size, 100, 500)?;
         let token = convert::page_token_in(&r.page_token)?;
         let token = token.as_deref();
-        let (page, next) =
-            self.service
-                .list_reservations(&caller, state_filter(r.state)?, size, token)?;
+        let (page, next) = self
+            .service
+            .list_reservations(&caller, state_filter(r.state)?, size, token)
+            .await?;
         Ok(Response::new(pb::ListReservationsResponse {
             reservations: page.iter().map(pb_reservation).collect(),
             next_page_token: convert::page_token_out(next),

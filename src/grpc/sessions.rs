@@ -189,7 +189,10 @@ impl pb::sessions_server::Sessions for Api {
         let r = request.get_ref();
         let size = convert::page_size(r.page_size, 100, 500)?;
         let token = convert::page_token_in(&r.page_token)?;
-        let (page, next) = self.service.my_sessions(&driver, size, token.as_deref())?;
+        let (page, next) = self
+            .service
+            .my_sessions(&driver, size, token.as_deref())
+            .await?;
         let caller = Caller::Driver(driver);
         Ok(Response::new(pb::ListMySessionsResponse {
             sessions: page.iter().map(|s| pb_session(s, &caller)).collect(),
@@ -203,7 +206,7 @@ impl pb::sessions_server::Sessions for Api {
     ) -> Reply<pb::GetSessionResponse> {
         let caller = self.any_caller(&request)?;
         let id = SessionId::parse(&request.get_ref().id).map_err(|e| e.in_field("id"))?;
-        let session = self.service.get_session(&caller, &id)?;
+        let session = self.service.get_session(&caller, &id).await?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(pb_session(&session, &caller)),
         }))
@@ -214,7 +217,7 @@ impl pb::sessions_server::Sessions for Api {
         request: Request<pb::GetWalletRequest>,
     ) -> Reply<pb::GetWalletResponse> {
         let driver = self.driver(&request, "read their wallet")?;
-        let view = self.service.wallet(&driver);
+        let view = self.service.wallet(&driver).await?;
         Ok(Response::new(pb::GetWalletResponse {
             balance_minor: view.wallet.balance_minor,
             currency: view.wallet.currency.clone(),
@@ -254,7 +257,8 @@ impl pb::sessions_server::Sessions for Api {
         let token = convert::page_token_in(&r.page_token)?;
         let (page, next) = self
             .service
-            .list_sessions(&operator, filter, size, token.as_deref())?;
+            .list_sessions(&operator, filter, size, token.as_deref())
+            .await?;
         let caller = Caller::Operator(operator);
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: page.iter().map(|s| pb_session(s, &caller)).collect(),
@@ -278,7 +282,7 @@ impl pb::sessions_server::Sessions for Api {
             .day
             .parse()
             .map_err(|_| Error::invalid("day", "must be a date, YYYY-MM-DD"))?;
-        let s = self.service.settlement(&operator, day)?;
+        let s = self.service.settlement(&operator, day).await?;
         Ok(Response::new(pb::GetSettlementResponse {
             operator: operator.to_string(),
             day: day.to_string(),

@@ -393,7 +393,7 @@ impl pb::shared_parking_server::SharedParking for Api {
     ) -> Reply<pb::GetBookingResponse> {
         let who = self.driver(&request, "read a booking")?;
         let id = booking_id(&request.get_ref().id)?;
-        let booking = self.service.get_booking(&who, &id)?;
+        let booking = self.service.get_booking(&who, &id).await?;
         Ok(Response::new(pb::GetBookingResponse {
             booking: Some(pb_booking(&booking, &who)),
         }))
@@ -425,12 +425,15 @@ impl pb::shared_parking_server::SharedParking for Api {
         let r = request.get_ref();
         let token = convert::page_token_in(&r.page_token)?;
         let token = token.as_deref();
-        let (bookings, next) = self.service.list_my_bookings(
-            &who,
-            state_filter(r.state)?,
-            convert::page_size(r.page_size, 100, 500)?,
-            token,
-        )?;
+        let (bookings, next) = self
+            .service
+            .list_my_bookings(
+                &who,
+                state_filter(r.state)?,
+                convert::page_size(r.page_size, 100, 500)?,
+                token,
+            )
+            .await?;
         Ok(Response::new(pb::ListMyBookingsResponse {
             bookings: bookings.iter().map(|b| pb_booking(b, &who)).collect(),
             next_page_token: convert::page_token_out(next),

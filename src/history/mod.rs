@@ -160,7 +160,8 @@ pub trait History: Send + Sync + 'static {
     /// "sqlite" or "postgres", for logs.
     fn name(&self) -> &'static str;
 
-    /// Writes `records` not written yet (by id); how many were new.
+    /// Writes `records` (by id, replacing an earlier state); how many were new or
+    /// changed, so writing the same records again counts 0.
     fn put<R: Record>(&self, records: &[R]) -> impl Future<Output = Result<u64>> + Send;
 
     /// One record by id.

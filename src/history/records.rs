@@ -19,8 +19,12 @@ pub trait Record: Sized + Send + Sync + Unpin + 'static {
     const FORMAT: u32;
     /// Columns beside `id`, `at` and `body`, in `columns`' order.
     const COLUMNS: &'static [&'static str];
+    /// The table's key: `id`, or `id, listed_at` where PostgreSQL partitions the table
+    /// by the time (a record's time never changes, so it is unique by id all the same).
+    const KEY: &'static str = "id";
 
-    /// Unique within the kind: writing a record twice keeps the first.
+    /// Unique within the kind: writing a record again replaces it (the hand-off of a
+    /// record that changed after it was first written writes its last state).
     fn id(&self) -> String;
     /// When it is listed at: lists are newest first by it, then by id. On PostgreSQL
     /// the month of it is the partition.
@@ -62,6 +66,7 @@ impl ClosedSession {
 impl Record for ClosedSession {
     const TABLE: &'static str = "sessions";
     const FORMAT: u32 = 1;
+    const KEY: &'static str = "id, listed_at";
     const COLUMNS: &'static [&'static str] = &[
         "car_park",
         "operator",

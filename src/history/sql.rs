@@ -125,6 +125,16 @@ impl SqlHistory {
     /// Connects (creating the SQLite file and its directory if absent) and applies or
     /// checks the migrations.
     pub async fn open(location: &Location, migrate: Migrate) -> Result<Self> {
+        let history = Self::open_unchecked(location).await?;
+        match migrate {
+            Migrate::Auto => history.migrate().await?,
+            Migrate::Check => history.check().await?,
+        }
+        Ok(history)
+    }
+
+    /// Connects without looking at the schema (to show its migrations).
+    pub async fn open_unchecked(location: &Location) -> Result<Self> {
         let pool = match location {
             Location::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -169,15 +179,10 @@ impl SqlHistory {
                 Pool::Postgres(pool)
             }
         };
-        let history = Self {
+        Ok(Self {
             pool,
             partitions: Mutex::new(HashSet::new()),
-        };
-        match migrate {
-            Migrate::Auto => history.migrate().await?,
-            Migrate::Check => history.check().await?,
-        }
-        Ok(history)
+        })
     }
 
     fn migrator(&self) -> &'static Migrator {
@@ -332,10 +337,19 @@ impl History for SqlHistory {
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| format!("({})", params(1 + i * width, width)))
                 .collect();
+            // Written again only if it changed, so a repeated hand-off writes nothing.
+            let updates: Vec<String> = R::COLUMNS
+                .iter()
+                .chain(&["body"])
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect();
             let sql = format!(
-                "INSERT INTO {} ({columns}) VALUES {} ON CONFLICT DO NOTHING",
-                R::TABLE,
-                rows.join(", ")
+                "INSERT INTO {table} ({columns}) VALUES {} ON CONFLICT ({key}) DO UPDATE SET {} \
+                 WHERE {table}.body <> excluded.body",
+                rows.join(", "),
+                updates.join(", "),
+                table = R::TABLE,
+                key = R::KEY,
             );
             let values: Vec<Value> = chunk
                 .iter()

@@ -9,6 +9,7 @@
 //! by plate, wallets and the charges of closed sessions).
 
 mod availability;
+mod handoff;
 mod ingest;
 mod registry;
 mod reservations;
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use handoff::{HistorySettings, Retention};
 pub use reservations::Caller;
 pub use sessions::{Payments, SessionFilter, WalletView};
 pub use shared::OfferFound;
@@ -31,6 +33,7 @@ pub use watch::{WatchEvent, WatchSelector};
 use crate::{
     domain::Timestamp,
     engine::Engine,
+    history::SqlHistory,
     store::{AnyStore, Store},
 };
 
@@ -98,6 +101,10 @@ pub struct Service {
     /// Wakes the payment sweep when a session closes with a charge to make.
     payments_due: Arc<sessions::PaymentsDue>,
     payments: Arc<Payments>,
+    /// The history of record; without one (a library embedding), finished records
+    /// stay live.
+    history: Option<Arc<SqlHistory>>,
+    keeping: Arc<HistorySettings>,
 }
 
 impl Service {
@@ -130,6 +137,8 @@ impl Service {
             session_turns: Arc::default(),
             payments_due: Arc::default(),
             payments: Arc::default(),
+            history: None,
+            keeping: Arc::default(),
         };
         if let Some(jobs) = jobs {
             ingest::spawn(&service, jobs, service.stop.clone());

@@ -14,7 +14,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
-use super::Service;
+use super::{Service, handoff::page_query};
 use crate::{
     audit::{self, Who},
     domain::{
@@ -23,6 +23,7 @@ use crate::{
         Result, SlotCounts, SpaceCategory, Timestamp, calendar, calendar_slots,
         check_key_elsewhere, check_window, reserve,
     },
+    history::KeptReservation,
     metrics,
     store::{Aggregate, AnyWrite, Change, Parts, Store, Versioned, Write},
 };
@@ -178,12 +179,26 @@ impl Service {
         .await
     }
 
-    /// One reservation, as `caller` may see it.
-    pub fn get_reservation(&self, caller: &Caller, id: &ReservationId) -> Result<Reservation> {
-        let (r, _) = self.engine.reservation(id).ok_or_else(|| not_found(id))?;
-        match self.actor(caller, &r.car_park) {
-            Some(actor) if r.visible_to(actor) => Ok((*r).clone()),
-            _ => Err(not_found(id)),
+    /// One reservation, as `caller` may see it, live or in history.
+    pub async fn get_reservation(
+        &self,
+        caller: &Caller,
+        id: &ReservationId,
+    ) -> Result<Reservation> {
+        if let Some((r, _)) = self.engine.reservation(id) {
+            return match self.actor(caller, &r.car_park) {
+                Some(actor) if r.visible_to(actor) => Ok((*r).clone()),
+                _ => Err(not_found(id)),
+            };
+        }
+        let kept: KeptReservation = self
+            .kept(id.as_str())
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        if kept_visible(&kept, caller) {
+            Ok(kept.reservation)
+        } else {
+            Err(not_found(id))
         }
     }
 
@@ -199,16 +214,19 @@ impl Service {
         }
     }
 
-    /// The caller's reservations, newest first, a page at a time. The page token is
-    /// where the previous page stopped (`<created ms>_<id>`).
-    pub fn list_reservations(
+    /// The caller's reservations, live and in history, newest first, a page at a
+    /// time. The page token is where the previous page stopped (`<created ms>_<id>`).
+    pub async fn list_reservations(
         &self,
         caller: &Caller,
         state: Option<ReservationState>,
         page_size: usize,
         page_token: Option<&str>,
     ) -> Result<(Vec<Reservation>, Option<String>)> {
-        let mut all = match caller {
+        let after = page_token
+            .map(|t| parse_token(t).map(|(at, id)| (at, id.to_string())))
+            .transpose()?;
+        let mut live = match caller {
             Caller::Driver(d) => self.engine.reservations_of(d),
             Caller::Operator(o) => {
                 let (mine, _) = self.engine.list(None, Some(o), None, usize::MAX);
@@ -216,28 +234,17 @@ impl Service {
                 self.engine.reservations_at(&ids)
             }
         };
-        all.retain(|r| state.is_none_or(|s| r.state == s));
-        let key = |r: &Reservation| (std::cmp::Reverse(r.created_at), r.id.clone());
-        all.sort_by_key(key);
-        let after = match page_token {
-            None => None,
-            Some(token) => Some(parse_token(token)?),
+        live.retain(|r| state.is_none_or(|s| r.state == s));
+        let mut query = match caller {
+            Caller::Driver(d) => page_query(page_size, after).with(&["driver"], d.as_str()),
+            Caller::Operator(o) => page_query(page_size, after).with(&["operator"], o.as_str()),
         };
-        let mut page: Vec<Reservation> = all
-            .into_iter()
-            .filter(|r| {
-                after.as_ref().is_none_or(|(at, id)| {
-                    (std::cmp::Reverse(r.created_at), &r.id) > (std::cmp::Reverse(*at), id)
-                })
-            })
-            .take(page_size + 1)
-            .collect();
-        let next = (page.len() > page_size).then(|| {
-            page.truncate(page_size);
-            let last = page.last().expect("a full page");
-            format!("{}_{}", last.created_at.as_millisecond(), last.id)
-        });
-        Ok((page, next))
+        if let Some(state) = state {
+            query = query.with(&["state"], state.name());
+        }
+        let key = |r: &Reservation| (r.created_at, r.id.to_string());
+        self.merged_page(live, key, query, |k: KeptReservation| k.reservation)
+            .await
     }
 
     /// Changes reservation `id` as `actor` may (`None`: the service itself, for arrivals
@@ -474,9 +481,15 @@ impl Service {
     /// Deletes reservations past their retention and slot counts of days over, each if
     /// still at the version read (else another instance changed or dropped it first).
     async fn drop_old_records(&self, now: Timestamp) {
+        // With a history, the hand-off moves finished reservations there; without one
+        // they are dropped a week after they finished.
+        let cutoff = match self.history {
+            Some(_) => Timestamp::MIN,
+            None => now - NO_HISTORY_RETENTION,
+        };
         let reservations: Vec<Write<Reservation>> = self
             .engine
-            .reservations_to_drop(now)
+            .reservations_finished_by(cutoff, usize::MAX)
             .into_iter()
             .map(|(r, v)| delete(&r.region, r.id.to_string(), v))
             .collect();
@@ -498,6 +511,20 @@ impl Service {
         if let Some(error) = failed {
             tracing::warn!(%error, "old reservation records were not dropped yet");
         }
+    }
+}
+
+/// How long a finished reservation or booking stays live after it finished when the
+/// service has no history to move it to.
+pub(super) const NO_HISTORY_RETENTION: jiff::SignedDuration =
+    jiff::SignedDuration::from_hours(7 * 24);
+
+/// Whether `caller` may see a reservation kept in history: its driver, or the
+/// operator its car park had.
+fn kept_visible(kept: &KeptReservation, caller: &Caller) -> bool {
+    match caller {
+        Caller::Driver(d) => &kept.reservation.driver == d,
+        Caller::Operator(o) => kept.operator.as_ref() == Some(o),
     }
 }
 

@@ -13,13 +13,14 @@
 //! receipt. A step repeated after a crash, or by another instance, finds the entry and
 //! changes nothing; then it marks the session, which only a due session accepts.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Caller, Service,
+    handoff::page_query,
     ingest::Sighting,
     reservations::{delete, parse_page_token, put},
     write::{Decision, Source, Target},
@@ -33,6 +34,7 @@ use crate::{
         accounts_region,
     },
     gateway::{self, Callback, ChargeRequest, Gateway, Outcome, Retry},
+    history::{ClosedSession, History, KeptEntry},
     metrics,
     store::{AnyWrite, Change, Versioned},
 };
@@ -736,47 +738,57 @@ impl Service {
         self.engine.plates_of(driver)
     }
 
-    /// One session, for its driver or its car park's operator.
-    pub fn get_session(&self, caller: &Caller, id: &SessionId) -> Result<ParkingSession> {
+    /// One session, for its driver or its car park's operator, live or in history.
+    pub async fn get_session(&self, caller: &Caller, id: &SessionId) -> Result<ParkingSession> {
         let not_found = || Error::NotFound {
             kind: "session",
             id: id.to_string(),
         };
-        let (session, _) = self.engine.session(id).ok_or_else(not_found)?;
+        let session = match self.engine.session(id) {
+            Some((session, _)) => (*session).clone(),
+            None => {
+                self.kept::<ClosedSession>(id.as_str())
+                    .await?
+                    .ok_or_else(not_found)?
+                    .session
+            }
+        };
         let visible = match caller {
             Caller::Driver(d) => session.driver.as_ref() == Some(d),
             Caller::Operator(o) => &session.operator == o,
         };
         if visible {
-            Ok((*session).clone())
+            Ok(session)
         } else {
             Err(not_found())
         }
     }
 
-    /// The sessions charged to `driver`, newest first, a page at a time.
-    pub fn my_sessions(
+    /// The sessions charged to `driver`, live and in history, newest first, a page at
+    /// a time.
+    pub async fn my_sessions(
         &self,
         driver: &DriverId,
         page_size: usize,
         page_token: Option<&str>,
     ) -> Result<(Vec<ParkingSession>, Option<String>)> {
-        page(
-            self.engine.sessions_of_driver(driver),
-            page_size,
-            page_token,
-        )
+        let after = parse_token(page_token)?;
+        let live = self.engine.sessions_of_driver(driver);
+        let query = page_query(page_size, after).with(&["driver"], driver.as_str());
+        self.merged_page(live, session_key, query, |k: ClosedSession| k.session)
+            .await
     }
 
     /// The sessions at `operator`'s car parks (or one of them), in a state and a window
-    /// of time, newest first, a page at a time.
-    pub fn list_sessions(
+    /// of time, live and in history, newest first, a page at a time.
+    pub async fn list_sessions(
         &self,
         operator: &OperatorId,
         filter: SessionFilter,
         page_size: usize,
         page_token: Option<&str>,
     ) -> Result<(Vec<ParkingSession>, Option<String>)> {
+        let after = parse_token(page_token)?;
         let ids: Vec<CarParkId> = match &filter.car_park {
             Some(id) => {
                 let (car_park, _) = self.get_car_park(id)?;
@@ -792,64 +804,134 @@ impl Service {
                 .map(|c| c.id.clone())
                 .collect(),
         };
-        let mut all = self.engine.sessions_at(&ids);
-        all.retain(|s| {
-            let at = listed_at(s);
+        let mut live = self.engine.sessions_at(&ids);
+        live.retain(|s| {
+            let at = ClosedSession::listed_at(s);
             filter.state.is_none_or(|st| s.state == st)
                 && filter.from.is_none_or(|from| at >= from)
                 && filter.to.is_none_or(|to| at < to)
         });
-        page(all, page_size, page_token)
+        // History keeps the operator each session was run by.
+        let mut query = page_query(page_size, after).with(&["operator"], operator.as_str());
+        if let Some(id) = &filter.car_park {
+            query = query.with(&["car_park"], id.as_str());
+        }
+        if let Some(state) = filter.state {
+            query = query.with(&["state"], state.as_str());
+        }
+        query.from = filter.from;
+        query.to = filter.to;
+        self.merged_page(live, session_key, query, |k: ClosedSession| k.session)
+            .await
     }
 
-    /// The settlement of `operator`'s local `day`.
-    pub fn settlement(&self, operator: &OperatorId, day: jiff::civil::Date) -> Result<Settlement> {
+    /// The settlement of `operator`'s local `day`: history's sessions of the day as
+    /// one SQL aggregate, plus the live sessions of the day that history does not hold
+    /// yet (a session being handed off is counted once).
+    pub async fn settlement(
+        &self,
+        operator: &OperatorId,
+        day: jiff::civil::Date,
+    ) -> Result<Settlement> {
         let car_parks = self.car_parks_of(operator);
         let ids: Vec<CarParkId> = car_parks.iter().map(|c| c.id.clone()).collect();
-        let sessions = self.engine.sessions_at(&ids);
-        let zone_of = |id: &CarParkId| {
-            car_parks
-                .iter()
-                .find(|c| &c.id == id)
-                .map(|c| c.time_zone.zone().clone())
-        };
-        let zoned: Vec<(ParkingSession, jiff::tz::TimeZone)> = sessions
+        let now = self.now();
+        // The live sessions of the day, read before history (see `merged_page`).
+        let live: Vec<ClosedSession> = self
+            .engine
+            .sessions_at(&ids)
             .into_iter()
-            .filter_map(|s| {
-                let zone = zone_of(&s.id.car_park())?;
-                Some((s, zone))
-            })
+            .map(|s| self.closed_session(s, now))
+            .filter(|k| k.exit_day == Some(day))
             .collect();
         // Refunds count in the zone of the operator's car parks (one city, one zone);
         // an operator without car parks has nothing to settle.
-        let refunds = self.engine.refunds_of(operator);
         let zone = car_parks
             .first()
             .map_or(jiff::tz::TimeZone::UTC, |c| c.time_zone.zone().clone());
-        Settlement::of_day(
-            day,
-            zoned.iter().map(|(s, z)| (s, z)),
-            refunds.iter().map(|e| (e, &zone)),
-        )
+        let live_refunds = self.engine.refunds_of(operator);
+        let Some(history) = &self.history else {
+            let zoned: Vec<(&ParkingSession, &jiff::tz::TimeZone)> =
+                live.iter().map(|k| (&k.session, &zone)).collect();
+            return Settlement::of_day(day, zoned, live_refunds.iter().map(|e| (e, &zone)));
+        };
+        let read = async {
+            // Only sessions finished for the hot window can be in history already.
+            let ids: Vec<String> = live
+                .iter()
+                .filter(|k| k.session.state.is_closed())
+                .map(|k| k.session.id.to_string())
+                .collect();
+            let both: HashSet<String> = history
+                .contains::<ClosedSession>(&ids)
+                .await?
+                .into_iter()
+                .collect();
+            let sums = history.session_sums(operator, day).await?;
+            let (from, to) = day_bounds(day, &zone)?;
+            let refunds = history.refund_sums(operator, from, to).await?;
+            let kept_entries: HashSet<String> = history
+                .contains::<KeptEntry>(
+                    &live_refunds
+                        .iter()
+                        .map(|e| e.id.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .await?
+                .into_iter()
+                .collect();
+            Ok::<_, Error>((both, sums, refunds, kept_entries))
+        };
+        let (both, sums, refunds, kept_entries) = read
+            .await
+            .inspect_err(|_| metrics::record_history_error("read"))?;
+        let only_live = live
+            .iter()
+            .filter(|k| !both.contains(k.session.id.as_str()))
+            .map(|k| (&k.session, &zone));
+        let live_refunds = live_refunds
+            .iter()
+            .filter(|e| !kept_entries.contains(&e.id))
+            .map(|e| (e, &zone));
+        let mut settlement = Settlement::of_day(day, only_live, live_refunds)?;
+        for sum in sums {
+            settlement.add(
+                &sum.currency,
+                &sum.state,
+                &sum.payment_method,
+                &sum.payment_status,
+                sum.sessions,
+                sum.fee_minor,
+            )?;
+        }
+        for (currency, amount) in refunds {
+            settlement.add_refunds(&currency, amount)?;
+        }
+        Ok(settlement)
     }
 
     fn car_parks_of(&self, operator: &OperatorId) -> Vec<Arc<CarPark>> {
         self.engine.list(None, Some(operator), None, usize::MAX).0
     }
 
-    /// `driver`'s wallet (empty until its first top-up), its latest entries and the
-    /// arrears.
-    pub fn wallet(&self, driver: &DriverId) -> WalletView {
+    /// `driver`'s wallet (empty until its first top-up), its latest entries (live and
+    /// in history) and the arrears.
+    pub async fn wallet(&self, driver: &DriverId) -> Result<WalletView> {
         let wallet = self
             .engine
             .wallet(driver)
             .unwrap_or_else(|| Wallet::new(driver.clone(), &self.payments.currency));
-        WalletView {
+        let live = self.engine.ledger_of(driver, WALLET_ENTRIES_SHOWN);
+        let query = page_query(WALLET_ENTRIES_SHOWN, None).with(&["driver"], driver.as_str());
+        let (entries, _) = self
+            .merged_page(live, entry_key, query, |k: KeptEntry| k.0)
+            .await?;
+        Ok(WalletView {
             wallet,
             overdraft_minor: self.payments.overdraft_minor,
-            entries: self.engine.ledger_of(driver, WALLET_ENTRIES_SHOWN),
+            entries,
             arrears_minor: self.arrears(driver).0,
-        }
+        })
     }
 
     /// Credits `driver`'s wallet with `amount`, once per `key`: the entry and the
@@ -922,37 +1004,32 @@ pub struct SessionFilter {
     pub to: Option<Timestamp>,
 }
 
-/// When a session is listed at: its entry, or its exit when it has no entry.
-fn listed_at(s: &ParkingSession) -> Timestamp {
-    s.entry_time
-        .or(s.exit_time)
-        .unwrap_or(Timestamp::UNIX_EPOCH)
+/// A session's place in newest-first lists.
+fn session_key(s: &ParkingSession) -> (Timestamp, String) {
+    (ClosedSession::listed_at(s), s.id.to_string())
 }
 
-/// A page of `all`, newest first; the token is where the previous page stopped.
-fn page(
-    mut all: Vec<ParkingSession>,
-    page_size: usize,
-    page_token: Option<&str>,
-) -> Result<(Vec<ParkingSession>, Option<String>)> {
-    let key = |s: &ParkingSession| (std::cmp::Reverse(listed_at(s)), s.id.clone());
-    all.sort_by_key(key);
-    let after = page_token
-        .map(|t| parse_page_token(t, SessionId::parse))
-        .transpose()?;
-    let mut page: Vec<ParkingSession> = all
-        .into_iter()
-        .filter(|s| {
-            after.as_ref().is_none_or(|(at, id)| {
-                (std::cmp::Reverse(listed_at(s)), &s.id) > (std::cmp::Reverse(*at), id)
-            })
-        })
-        .take(page_size + 1)
-        .collect();
-    let next = (page.len() > page_size).then(|| {
-        page.truncate(page_size);
-        let last = page.last().expect("a full page");
-        format!("{}_{}", listed_at(last).as_millisecond(), last.id)
-    });
-    Ok((page, next))
+/// A ledger entry's place in newest-first lists.
+fn entry_key(e: &LedgerEntry) -> (Timestamp, String) {
+    (e.at, e.id.clone())
+}
+
+/// Where a page token (`<ms>_<session id>`) says the previous page stopped.
+fn parse_token(token: Option<&str>) -> Result<Option<(Timestamp, String)>> {
+    token
+        .map(|t| parse_page_token(t, SessionId::parse).map(|(at, id)| (at, id.to_string())))
+        .transpose()
+}
+
+/// The instants local `day` starts and ends at in `zone`.
+fn day_bounds(day: jiff::civil::Date, zone: &jiff::tz::TimeZone) -> Result<(Timestamp, Timestamp)> {
+    let start = |d: jiff::civil::Date| {
+        d.to_zoned(zone.clone())
+            .map(|z| z.timestamp())
+            .map_err(|e| Error::invalid("day", e.to_string()))
+    };
+    let next = day
+        .tomorrow()
+        .map_err(|e| Error::invalid("day", e.to_string()))?;
+    Ok((start(day)?, start(next)?))
 }

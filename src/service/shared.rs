@@ -15,7 +15,7 @@ use std::{
 
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::Service;
+use super::{Service, handoff::page_query, reservations::parse_page_token};
 use crate::{
     audit::{self, Who},
     domain::{
@@ -529,38 +529,39 @@ impl Service {
         result.map(|(b, _)| b)
     }
 
-    /// One booking, to its driver or its offer's host.
-    pub fn get_booking(&self, who: &DriverId, id: &BookingId) -> Result<SharedBooking> {
-        match self.engine.booking(id) {
-            Some((b, _)) if b.party(who).is_some() => Ok((*b).clone()),
+    /// One booking, to its driver or its offer's host, live or in history.
+    pub async fn get_booking(&self, who: &DriverId, id: &BookingId) -> Result<SharedBooking> {
+        let booking = match self.engine.booking(id) {
+            Some((b, _)) => Some((*b).clone()),
+            None => self.kept::<SharedBooking>(id.as_str()).await?,
+        };
+        match booking {
+            Some(b) if b.party(who).is_some() => Ok(b),
             _ => Err(not_found_booking(id)),
         }
     }
 
-    /// The caller's bookings and those of the caller's offers, newest first.
-    pub fn list_my_bookings(
+    /// The caller's bookings and those of the caller's offers, live and in history,
+    /// newest first (`<created ms>_<id>` page tokens).
+    pub async fn list_my_bookings(
         &self,
         who: &DriverId,
         state: Option<BookingState>,
         size: usize,
         token: Option<&str>,
     ) -> Result<(Vec<SharedBooking>, Option<String>)> {
-        let mut all = self.engine.bookings_of_party(who);
-        all.retain(|b| state.is_none_or(|s| b.state == s));
-        // Newest first: the key sorts by creation time descending, then id.
-        let key = |b: &SharedBooking| {
-            format!("{:020}_{}", i64::MAX - b.created_at.as_millisecond(), b.id)
-        };
-        if let Some(t) = token
-            && !t.split_once('_').is_some_and(|(n, id)| {
-                n.len() == 20
-                    && n.bytes().all(|c| c.is_ascii_digit())
-                    && BookingId::parse(id).is_ok()
-            })
-        {
-            return Err(Error::invalid("page_token", "not a token this server gave"));
+        let after = token
+            .map(|t| parse_page_token(t, BookingId::parse).map(|(at, id)| (at, id.to_string())))
+            .transpose()?;
+        let mut live = self.engine.bookings_of_party(who);
+        live.retain(|b| state.is_none_or(|s| b.state == s));
+        let mut query = page_query(size, after).with(&["driver", "host"], who.as_str());
+        if let Some(state) = state {
+            query = query.with(&["state"], state.name());
         }
-        Ok(page(all, key, size, token))
+        let key = |b: &SharedBooking| (b.created_at, b.id.to_string());
+        self.merged_page(live, key, query, |b: SharedBooking| b)
+            .await
     }
 
     /// Changes booking `id` as `who` may (`None`: the service itself, for no-shows):
@@ -688,9 +689,15 @@ impl Service {
                 }
             }
         }
+        // With a history, the hand-off moves finished bookings there (see
+        // `drop_old_records`).
+        let cutoff = match self.history {
+            Some(_) => Timestamp::MIN,
+            None => now - super::reservations::NO_HISTORY_RETENTION,
+        };
         let old: Vec<Write<SharedBooking>> = self
             .engine
-            .bookings_to_drop(now)
+            .bookings_finished_by(cutoff, usize::MAX)
             .into_iter()
             .map(|(b, v)| Write {
                 region: b.region.clone(),

@@ -7,6 +7,7 @@ mod connections;
 mod demo;
 mod fuzz_seeds;
 mod grpc_web;
+mod history;
 mod history_conformance;
 mod import;
 mod ingest;

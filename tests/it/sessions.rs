@@ -20,7 +20,13 @@ use crate::{
 };
 
 /// A delta report of one car in or out with `plate`, read blue at lane "in-1"/"out-1".
-fn gate(id: &str, sequence: u64, entry: bool, plate: &str, at: Timestamp) -> pb::OccupancyReport {
+pub(crate) fn gate(
+    id: &str,
+    sequence: u64,
+    entry: bool,
+    plate: &str,
+    at: Timestamp,
+) -> pb::OccupancyReport {
     let mut report = plate_delta(id, sequence, entry, plate, at);
     if let Some(pb::occupancy_report::Body::Delta(d)) = &mut report.body {
         d.plate_color = pb::PlateColor::Blue.into();
@@ -30,12 +36,12 @@ fn gate(id: &str, sequence: u64, entry: bool, plate: &str, at: Timestamp) -> pb:
 }
 
 /// A garage `id` of operator A with 100 standard spaces, all free (sequence 1).
-async fn open_garage(server: &TestServer, id: &str) {
+pub(crate) async fn open_garage(server: &TestServer, id: &str) {
     register(server, garage(id, 36.06, 120.38)).await;
     report_ok(server, snapshot(id, 1, 100, server.now())).await;
 }
 
-async fn link(server: &TestServer, driver: &str, plate: &str) -> pb::LinkedPlate {
+pub(crate) async fn link(server: &TestServer, driver: &str, plate: &str) -> pb::LinkedPlate {
     try_link(server, driver, plate, pb::PaymentMethod::Wallet)
         .await
         .unwrap()
@@ -60,7 +66,7 @@ async fn try_link(
     Ok(reply.into_inner().plate.unwrap())
 }
 
-async fn top_up(
+pub(crate) async fn top_up(
     server: &TestServer,
     driver: &str,
     amount: i64,
@@ -78,7 +84,7 @@ async fn top_up(
     Ok(reply.into_inner())
 }
 
-async fn wallet(server: &TestServer, driver: &str) -> pb::GetWalletResponse {
+pub(crate) async fn wallet(server: &TestServer, driver: &str) -> pb::GetWalletResponse {
     server
         .sessions()
         .await
@@ -88,7 +94,7 @@ async fn wallet(server: &TestServer, driver: &str) -> pb::GetWalletResponse {
         .into_inner()
 }
 
-async fn session(
+pub(crate) async fn session(
     server: &TestServer,
     credential: &str,
     id: &str,
@@ -103,7 +109,11 @@ async fn session(
 }
 
 /// Waits until session `id` is in `state` (as operator A sees it) and returns it.
-async fn session_in(server: &TestServer, id: &str, state: pb::SessionState) -> pb::ParkingSession {
+pub(crate) async fn session_in(
+    server: &TestServer,
+    id: &str,
+    state: pb::SessionState,
+) -> pb::ParkingSession {
     eventually(&format!("session {id} is {state:?}"), || async {
         let s = session(server, OPERATOR_A.1, id).await.ok()?;
         (s.state == i32::from(state)).then_some(s)
@@ -112,7 +122,7 @@ async fn session_in(server: &TestServer, id: &str, state: pb::SessionState) -> p
 }
 
 /// What the wallet's entries add up to: the balance, if the books balance.
-fn books(wallet: &pb::GetWalletResponse) -> i64 {
+pub(crate) fn books(wallet: &pb::GetWalletResponse) -> i64 {
     wallet
         .entries
         .iter()
@@ -222,7 +232,7 @@ async fn a_linked_plate_drives_in_and_out_and_pays_from_its_wallet_once() {
     assert!(!text.contains("12345"), "no plate in the metrics");
 }
 
-async fn list_sessions(
+pub(crate) async fn list_sessions(
     server: &TestServer,
     key: &str,
     request: pb::ListSessionsRequest,
@@ -237,7 +247,7 @@ async fn list_sessions(
         .sessions
 }
 
-async fn settlement(server: &TestServer, day: &str) -> pb::GetSettlementResponse {
+pub(crate) async fn settlement(server: &TestServer, day: &str) -> pb::GetSettlementResponse {
     let request = pb::GetSettlementRequest {
         operator: OPERATOR_A.0.into(),
         day: day.into(),

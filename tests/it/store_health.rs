@@ -49,8 +49,23 @@ async fn health_follows_redis_within_5_s_on_an_empty_store() {
     else {
         return;
     };
+    // A Redis deployment's history is PostgreSQL, shared by its instances.
+    let Some(history) = crate::postgres_support::PgDatabase::create().await else {
+        return;
+    };
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), "a plate key of this test only").unwrap();
     let prefix = key_prefix();
-    let instance = Binary::serve(&["--store", &redis.url(), "--redis-prefix", &prefix]);
+    let instance = Binary::serve(&[
+        "--store",
+        &redis.url(),
+        "--redis-prefix",
+        &prefix,
+        "--history",
+        &history.url(),
+        "--history-plate-key-file",
+        key.path().to_str().unwrap(),
+    ]);
     let listening = instance.lines_until("listening", SETTLE);
     let line = listening.last().unwrap();
     let (grpc_addr, metrics) = (logged_addr(line, "grpc"), logged_addr(line, "metrics"));

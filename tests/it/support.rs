@@ -288,6 +288,9 @@ pub struct Binary {
     child: std::process::Child,
     /// Every line it writes to stderr, as it writes them.
     lines: std::sync::mpsc::Receiver<std::io::Result<String>>,
+    /// Its data directory (`CITYPARK_DATA_DIR`; a `--data-dir` among the args wins),
+    /// removed after the process is killed (fields drop after `Drop::drop`).
+    _data_dir: tempfile::TempDir,
 }
 
 impl Binary {
@@ -324,6 +327,7 @@ impl Binary {
             io::{BufRead as _, BufReader},
             process::{Command, Stdio},
         };
+        let data_dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_citypark"));
         command
             .args(["serve", "--grpc-addr", "127.0.0.1:0"])
@@ -331,6 +335,7 @@ impl Binary {
             .args(["--http-addr", "127.0.0.1:0"])
             .args(args)
             .env_clear()
+            .env("CITYPARK_DATA_DIR", data_dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -345,7 +350,11 @@ impl Binary {
                 let _ = tx.send(line);
             }
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            _data_dir: data_dir,
+        }
     }
 
     /// Its process id.

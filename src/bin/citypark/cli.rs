@@ -20,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (embedded store, or Redis with --store; --demo adds a generated city).
     Serve(Box<ServeConfig>),
+    /// The history database: apply its schema's migrations, or show them.
+    #[command(subcommand)]
+    History(crate::history::HistoryCommand),
     /// Print the SHA-256 of an API key, for --api-keys and the keys file.
     HashKey {
         /// The key to hash.

@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod health;
+mod history;
 mod import;
 mod reserve;
 mod sessions;
@@ -45,6 +46,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::History(command) => match runtime.block_on(history::run(command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("citypark: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::HashKey { key } => {
             println!("{}", citypark::auth::hash_key(&key));
             ExitCode::SUCCESS
@@ -64,8 +72,8 @@ fn serve(config: ServeConfig, runtime: &tokio::runtime::Runtime) -> ExitCode {
         .validate()
         .and_then(|()| config.redis())
         .and_then(|_| config.api_keys())
-        .and_then(|keys| Ok((keys, config.driver_tokens()?)));
-    let (mut keys, drivers) = match keys {
+        .and_then(|keys| Ok((keys, config.driver_tokens()?, config.plate_key()?)));
+    let (mut keys, drivers, plate_key) = match keys {
         Ok(keys) => keys,
         Err(error) => {
             eprintln!("citypark: {error}");
@@ -99,7 +107,7 @@ fn serve(config: ServeConfig, runtime: &tokio::runtime::Runtime) -> ExitCode {
             "no driver token key configured (--driver-jwt-*): reservations will be refused"
         );
     }
-    match runtime.block_on(run(config, keys, drivers, demo)) {
+    match runtime.block_on(run(config, keys, drivers, plate_key, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -113,6 +121,7 @@ async fn run(
     config: ServeConfig,
     keys: citypark::auth::ApiKeys,
     drivers: citypark::tokens::DriverTokens,
+    plate_key: Vec<u8>,
     demo: Option<Demo>,
 ) -> anyhow::Result<()> {
     let grpc = TcpListener::bind(config.grpc_addr)
@@ -136,6 +145,12 @@ async fn run(
             app::Backend::redis(options, config.change_buffer, clock.clone()).await?
         }
     };
+    let location = config.history.location()?;
+    let history = citypark::history::open(&location, config.history.history_migrate)
+        .await
+        .context("opening the history database (--history, --data-dir)")?;
+    tracing::info!(history = %describe(&location), "history of record");
+    let backend = backend.with_history(Arc::new(history));
     let demo = demo.map(|demo| demo.start(format!("http://{grpc_addr}")));
     let stop_demo = demo.as_ref().map(DemoHandle::cancellation_token);
     let shutdown = async move {
@@ -148,6 +163,7 @@ async fn run(
     };
     let settings = app::Settings {
         clock,
+        history: config.history_settings(plate_key),
         ..config.settings(keys, drivers)
     };
     let served = app::run(grpc, Some(metrics), Some(http), backend, settings, shutdown).await;
@@ -157,6 +173,14 @@ async fn run(
     }
     served?;
     Ok(())
+}
+
+/// Where history is, for logs: the file, or the database without its credentials.
+fn describe(location: &citypark::history::Location) -> String {
+    match location {
+        citypark::history::Location::Sqlite(path) => path.display().to_string(),
+        citypark::history::Location::Postgres(url) => redact(url),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what orchestrators send).

@@ -3,7 +3,7 @@
 -- domain record, as in the live store. Lists are newest first: (listed_at DESC, id).
 
 CREATE TABLE sessions (
-    id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
     listed_at BIGINT NOT NULL,
     car_park TEXT NOT NULL,
     operator TEXT NOT NULL,
@@ -20,7 +20,9 @@ CREATE TABLE sessions (
     plate_kept BIGINT NOT NULL,
     plate_masked TEXT,
     plate_hash TEXT,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    -- As on PostgreSQL, where the time is the partition key: unique by id all the same.
+    PRIMARY KEY (id, listed_at)
 );
 CREATE INDEX sessions_by_driver ON sessions (driver, listed_at DESC, id);
 CREATE INDEX sessions_by_car_park ON sessions (car_park, listed_at DESC, id);

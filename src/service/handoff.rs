@@ -1,0 +1,380 @@
+//! The hand-off: finished records leave live state for history, so live state follows
+//! the city (car parks, cars parked now), never its age.
+//!
+//! A record is finished when nothing can change it any more: a session closed with
+//! nothing left to charge or owe, a reservation or booking completed, cancelled or a
+//! no-show (or checked in and never seen leaving, a day after its window), a ledger
+//! entry (its wallet's balance stays live). Once it has been finished for the hot
+//! window, any instance's sweep moves it in two steps:
+//!
+//! 1. written to history, idempotently by its id (a repeat writes the same row);
+//! 2. deleted from the live store by compare-and-set on the version it read, so a
+//!    record that changed meanwhile stays (and is moved again, in its new state, next
+//!    round).
+//!
+//! A crash between the steps leaves a record in both, which the next round (on any
+//! instance) writes again harmlessly and deletes. Reads merge live and history, live
+//! first (`merged_page`), so a record in flight is found in one or the other.
+//!
+//! History being slow or down pauses the hand-off (live state grows until it is back)
+//! and never touches ingest or queries; the `citypark_history_*` metrics say so.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+use super::Service;
+use crate::{
+    domain::{LedgerEntry, ParkingSession, Reservation, Result, SharedBooking, Timestamp},
+    history::{
+        ClosedSession, Cursor, History, Kept, KeptEntry, KeptReservation, Query, Record, SqlHistory,
+    },
+    metrics,
+    store::{Aggregate, Change, Committed, Store, Write},
+};
+
+/// How finished records move to history and how long history keeps them.
+#[derive(Debug, Clone)]
+pub struct HistorySettings {
+    /// How long a record stays live after it finished (`--hot-window-minutes`).
+    pub hot_window: Duration,
+    /// How often the hand-off runs.
+    pub every: Duration,
+    /// Records moved per batch (one multi-row insert, one store commit).
+    pub batch: usize,
+    /// How long history keeps each kind (`--history-retention-*-days`).
+    pub retention: Retention,
+    /// The key of the plates' keyed hash (HMAC-SHA256) once they are pseudonymised.
+    pub plate_key: Arc<[u8]>,
+    /// Occupancy samples waiting at most; more are dropped and counted.
+    pub sample_queue: usize,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self {
+            hot_window: Duration::from_secs(24 * 3600),
+            every: Duration::from_secs(5),
+            batch: 1_000,
+            retention: Retention::default(),
+            plate_key: Arc::from(&b"citypark"[..]),
+            sample_queue: 100_000,
+        }
+    }
+}
+
+/// How long history keeps each kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Money records: sessions, reservations, bookings, ledger entries.
+    pub money: Duration,
+    pub occupancy: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            money: Duration::from_secs(3_650 * DAY),
+            occupancy: Duration::from_secs(730 * DAY),
+        }
+    }
+}
+
+impl Retention {
+    pub fn of(&self, kept: Kept) -> Duration {
+        match kept {
+            Kept::Occupancy => self.occupancy,
+            _ => self.money,
+        }
+    }
+}
+
+/// Batches moved per kind in one round at most, so one kind's backlog does not starve
+/// the others (the rest waits for the next round).
+const BATCHES_PER_ROUND: usize = 20;
+
+/// How often retention (pseudonymisation, expiry) runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// `at - d`, or `None` before the epoch's range.
+fn before(at: Timestamp, d: Duration) -> Option<Timestamp> {
+    let d = jiff::SignedDuration::try_from(d).ok()?;
+    at.checked_sub(d).ok()
+}
+
+impl Service {
+    /// This service with `history` as its history of record.
+    pub fn with_history(mut self, history: Arc<SqlHistory>, settings: HistorySettings) -> Self {
+        self.history = Some(history);
+        self.keeping = Arc::new(settings);
+        self
+    }
+
+    /// The history of record, if this service has one.
+    pub fn history(&self) -> Option<&Arc<SqlHistory>> {
+        self.history.as_ref()
+    }
+
+    /// Until `stop`: moves finished records past the hot window to history, and once an
+    /// hour applies history's retention. Without a history, returns at once.
+    pub async fn sweep_history(&self, stop: CancellationToken) {
+        let Some(history) = self.history.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(self.keeping.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_retention: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = self.now();
+            let result = self.hand_off(&history, now).await;
+            metrics::record_history_up(result.is_ok());
+            if let Err(error) = result {
+                metrics::record_history_error("hand_off");
+                tracing::warn!(%error, "hand-off to history paused");
+                continue;
+            }
+            if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY) {
+                last_retention = Some(tokio::time::Instant::now());
+                if let Err(error) = self.apply_retention(&history, now).await {
+                    metrics::record_history_error("retention");
+                    tracing::warn!(%error, "history retention not applied yet");
+                }
+            }
+        }
+    }
+
+    /// One round: every kind's finished records past the hot window, a batch at a time.
+    pub async fn hand_off(&self, history: &SqlHistory, now: Timestamp) -> Result<()> {
+        let Some(cutoff) = before(now, self.keeping.hot_window) else {
+            return Ok(());
+        };
+        let batch = self.keeping.batch;
+        for _ in 0..BATCHES_PER_ROUND {
+            let found = self.engine.sessions_finished_before(cutoff, batch);
+            let n = found.len();
+            let kept: Vec<ClosedSession> = found
+                .iter()
+                .map(|(s, _)| self.closed_session((**s).clone(), now))
+                .collect();
+            let found = found.into_iter().map(|(s, v)| ((*s).clone(), v)).collect();
+            self.move_to_history(history, "session", found, kept, now)
+                .await?;
+            if n < batch {
+                break;
+            }
+        }
+        metrics::record_history_backlog(
+            "session",
+            self.engine
+                .sessions_finished_before(cutoff, usize::MAX)
+                .len(),
+        );
+        for _ in 0..BATCHES_PER_ROUND {
+            let found = self.engine.reservations_finished_by(cutoff, batch);
+            let n = found.len();
+            let kept: Vec<KeptReservation> = found
+                .iter()
+                .map(|(r, _)| KeptReservation {
+                    operator: self
+                        .engine
+                        .get(r.car_park.as_str(), now)
+                        .map(|(c, _)| c.operator.clone()),
+                    reservation: (**r).clone(),
+                })
+                .collect();
+            let found = found.into_iter().map(|(r, v)| ((*r).clone(), v)).collect();
+            self.move_to_history::<Reservation, _>(history, "reservation", found, kept, now)
+                .await?;
+            if n < batch {
+                break;
+            }
+        }
+        metrics::record_history_backlog(
+            "reservation",
+            self.engine
+                .reservations_finished_by(cutoff, usize::MAX)
+                .len(),
+        );
+        for _ in 0..BATCHES_PER_ROUND {
+            let found = self.engine.bookings_finished_by(cutoff, batch);
+            let n = found.len();
+            let kept: Vec<SharedBooking> = found.iter().map(|(b, _)| (**b).clone()).collect();
+            let found = found.into_iter().map(|(b, v)| ((*b).clone(), v)).collect();
+            self.move_to_history::<SharedBooking, _>(history, "booking", found, kept, now)
+                .await?;
+            if n < batch {
+                break;
+            }
+        }
+        metrics::record_history_backlog(
+            "booking",
+            self.engine.bookings_finished_by(cutoff, usize::MAX).len(),
+        );
+        for _ in 0..BATCHES_PER_ROUND {
+            let found = self.engine.entries_before(cutoff, batch);
+            let n = found.len();
+            let kept: Vec<KeptEntry> = found.iter().map(|(e, _)| KeptEntry(e.clone())).collect();
+            self.move_to_history::<LedgerEntry, _>(history, "ledger_entry", found, kept, now)
+                .await?;
+            if n < batch {
+                break;
+            }
+        }
+        metrics::record_history_backlog(
+            "ledger_entry",
+            self.engine.entries_before(cutoff, usize::MAX).len(),
+        );
+        Ok(())
+    }
+
+    /// A session as history keeps it: with the local day it left on, in its car park's
+    /// time zone (UTC if the car park is gone).
+    pub(super) fn closed_session(&self, session: ParkingSession, now: Timestamp) -> ClosedSession {
+        let zone = self
+            .engine
+            .get(session.id.car_park().as_str(), now)
+            .map_or(jiff::tz::TimeZone::UTC, |(c, _)| c.time_zone.zone().clone());
+        let exit_day = session.exit_time.map(|t| t.to_zoned(zone).date());
+        ClosedSession { session, exit_day }
+    }
+
+    /// Writes `kept` to history, then deletes `found` (each at the version read) from
+    /// the live store; how many were deleted. A record that changed since it was read
+    /// stays: the next round moves its new state.
+    async fn move_to_history<A: Aggregate, R: Record>(
+        &self,
+        history: &SqlHistory,
+        kind: &'static str,
+        found: Vec<(A, u64)>,
+        kept: Vec<R>,
+        now: Timestamp,
+    ) -> Result<u64> {
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let started = std::time::Instant::now();
+        history.put(&kept).await?;
+        metrics::record_history_write(kind, started.elapsed().as_secs_f64());
+        let writes: Vec<Write<A>> = found
+            .iter()
+            .zip(&kept)
+            .map(|((record, version), kept)| Write {
+                region: record.region().clone(),
+                id: kept.id(),
+                expected: *version,
+                floor: 0,
+                change: Change::Delete,
+            })
+            .collect();
+        let mut moved = 0;
+        let mut failed = None;
+        for result in self.store.commit(writes, "history", now).await {
+            match result {
+                Ok(Committed::Written { .. }) => moved += 1,
+                Ok(Committed::Conflict) => {}
+                Err(error) => failed = Some(error),
+            }
+        }
+        metrics::record_handed_off(kind, moved);
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(moved),
+        }
+    }
+
+    /// Forgets the plates of sessions past `--session-retention-days` (keeping a keyed
+    /// hash and the masked form) and deletes what each kind keeps no longer.
+    async fn apply_retention(&self, history: &SqlHistory, now: Timestamp) -> Result<()> {
+        const PER_STATEMENT: usize = 1_000;
+        if let Some(cutoff) = before(now, self.payments.session_retention) {
+            while history
+                .pseudonymise(cutoff, &self.keeping.plate_key, PER_STATEMENT)
+                .await?
+                == PER_STATEMENT as u64
+            {}
+        }
+        for kept in Kept::ALL {
+            if let Some(cutoff) = before(now, self.keeping.retention.of(kept)) {
+                let n = history.expire(kept, cutoff).await?;
+                if n > 0 {
+                    tracing::info!(
+                        table = kept.table(),
+                        rows = n,
+                        "history past its retention deleted"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A page of a newest-first list of `live` records (what the caller may see, all
+    /// of them) merged with history's (`query`, the same filters): ordered by time
+    /// descending then id, one page token for both (`<ms>_<id>`), no record twice.
+    /// Live is read before history, and the hand-off writes history before it deletes
+    /// from live, so a record moving meanwhile is in one or the other.
+    pub(super) async fn merged_page<T, R: Record>(
+        &self,
+        live: Vec<T>,
+        key: impl Fn(&T) -> (Timestamp, String),
+        mut query: Query,
+        from_history: impl Fn(R) -> T,
+    ) -> Result<(Vec<T>, Option<String>)> {
+        let size = query.limit;
+        let after = query.after.clone();
+        let order = |t: &T| {
+            let (at, id) = key(t);
+            (std::cmp::Reverse(at), id)
+        };
+        let is_after = |t: &T| {
+            after.as_ref().is_none_or(|c| {
+                let (r, id) = order(t);
+                (r, id) > (std::cmp::Reverse(c.at), c.id.clone())
+            })
+        };
+        let mut all: Vec<T> = live.into_iter().filter(is_after).collect();
+        if let Some(history) = &self.history {
+            query.limit = size + 1;
+            let kept: Vec<R> = history.list(&query).await.inspect_err(|_| {
+                metrics::record_history_error("read");
+            })?;
+            let live_ids: HashSet<String> = all.iter().map(|t| key(t).1).collect();
+            all.extend(
+                kept.into_iter()
+                    .filter(|r| !live_ids.contains(&r.id()))
+                    .map(from_history),
+            );
+        }
+        all.sort_by_key(order);
+        all.truncate(size + 1);
+        let next = (all.len() > size).then(|| {
+            all.truncate(size);
+            let (at, id) = key(all.last().expect("a full page"));
+            format!("{}_{id}", at.as_millisecond())
+        });
+        Ok((all, next))
+    }
+
+    /// One record from history, if there is a history and it holds it.
+    pub(super) async fn kept<R: Record>(&self, id: &str) -> Result<Option<R>> {
+        match &self.history {
+            None => Ok(None),
+            Some(history) => history.get(id).await.inspect_err(|_| {
+                metrics::record_history_error("read");
+            }),
+        }
+    }
+}
+
+/// The history query of a list page: `limit` records after the page token's place.
+pub(super) fn page_query(size: usize, after: Option<(Timestamp, String)>) -> Query {
+    Query {
+        after: after.map(|(at, id)| Cursor { at, id }),
+        ..Query::first(size)
+    }
+}
