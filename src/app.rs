@@ -492,6 +492,10 @@ pub async fn run(
         let (service, token) = (service.clone(), token.clone());
         tokio::spawn(async move { service.sweep_history(token).await })
     };
+    let sampler = {
+        let (service, token) = (service.clone(), token.clone());
+        tokio::spawn(async move { service.sample_occupancy(token).await })
+    };
 
     tracing::info!(addr = ?addr, store = backend.store.name(), car_parks = backend.engine.len(), "citypark serving");
     let early = tokio::select! {
@@ -537,6 +541,7 @@ pub async fn run(
         let _ = reservation_sweeper.await;
         let _ = session_sweeper.await;
         let _ = history_sweeper.await;
+        let _ = sampler.await;
         let _ = upkeep.await;
         if let Some(task) = changes_task {
             let _ = task.await;

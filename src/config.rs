@@ -286,6 +286,11 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_HOT_WINDOW_MINUTES", default_value_t = 1440)]
     pub hot_window_minutes: u32,
 
+    /// Minutes a removed record's version (its tombstone) is kept in live state:
+    /// longer than any instance takes to read the change stream.
+    #[arg(long, env = "CITYPARK_TOMBSTONE_GRACE_MINUTES", default_value_t = 60)]
+    pub tombstone_grace_minutes: u32,
+
     /// Days history keeps money records: sessions, reservations, bookings, ledger
     /// entries.
     #[arg(
@@ -555,6 +560,7 @@ impl ServeConfig {
                 ),
             },
             plate_key: plate_key.into(),
+            tombstone_grace: Duration::from_secs(u64::from(self.tombstone_grace_minutes) * 60),
             ..crate::service::HistorySettings::default()
         }
     }

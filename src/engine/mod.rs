@@ -206,6 +206,7 @@ pub struct Engine {
     sessions: RwLock<sessions::SessionTables>,
     changes: broadcast::Sender<Arc<Change>>,
     change_buffer: usize,
+    tombstones: replica::Tombstones,
 }
 
 impl Engine {
@@ -220,6 +221,7 @@ impl Engine {
             sessions: RwLock::default(),
             changes,
             change_buffer: change_buffer.max(1),
+            tombstones: replica::Tombstones::default(),
         }
     }
 

@@ -45,6 +45,11 @@ pub trait Replica<A> {
         now: Timestamp,
     ) -> Option<u64>;
 
+    /// Drops the tombstone of `id` if it is still the one removed at `version` (nothing
+    /// was written since): its delete is past the change stream's reach. Whether it
+    /// did. Kinds whose versions must outlive any delete (car parks) never do.
+    fn forget(&self, id: &str, version: u64) -> bool;
+
     /// Makes `region` exactly what a snapshot says, whatever the versions (the snapshot
     /// is the authority). A region new here that nobody watches yet is one bulk pass.
     fn load_region(
@@ -158,6 +163,22 @@ macro_rules! keyed_replica {
                 .is_some()
             }
 
+            fn forget(&self, id: &str, version: u64) -> bool {
+                let parse: fn(&str) -> Option<$id> = $parse;
+                let Some(id) = parse(id) else {
+                    return false;
+                };
+                let mut tables = self.$lock.write();
+                let tombstone = tables
+                    .$map
+                    .get(&id)
+                    .is_some_and(|h| h.record.is_none() && h.version == version);
+                if tombstone {
+                    tables.$map.remove(&id);
+                }
+                tombstone
+            }
+
             fn compare_and_set(
                 &self,
                 id: &str,
@@ -226,6 +247,67 @@ macro_rules! keyed_replica {
 }
 
 pub(super) use keyed_replica;
+
+/// A removed record's version, kept (so versions only grow and a late change cannot
+/// bring the record back) until it is past the change stream's reach.
+pub(super) struct Tombstone {
+    at: std::time::Instant,
+    kind: &'static str,
+    id: String,
+    version: u64,
+    forget: fn(&Engine, &str, u64) -> bool,
+}
+
+/// The tombstones an engine holds, oldest first.
+#[derive(Default)]
+pub(super) struct Tombstones(Mutex<std::collections::VecDeque<Tombstone>>);
+
+impl Engine {
+    /// Notes that `id` of `kind` was removed at `version`: `compact_tombstones`
+    /// forgets it (through `forget`) once it is older than the grace.
+    pub fn note_tombstone(
+        &self,
+        kind: &'static str,
+        id: &str,
+        version: u64,
+        forget: fn(&Engine, &str, u64) -> bool,
+    ) {
+        self.tombstones.0.lock().push_back(Tombstone {
+            at: std::time::Instant::now(),
+            kind,
+            id: id.to_owned(),
+            version,
+            forget,
+        });
+    }
+
+    /// Forgets the tombstones noted more than `grace` ago that are still tombstones
+    /// at their version (a record written since is left alone); how many, by kind.
+    pub fn compact_tombstones(&self, grace: std::time::Duration) -> Vec<(&'static str, u64)> {
+        let mut due = Vec::new();
+        {
+            let mut queue = self.tombstones.0.lock();
+            while queue.front().is_some_and(|t| t.at.elapsed() >= grace) {
+                due.extend(queue.pop_front());
+            }
+        }
+        let mut counts: Vec<(&'static str, u64)> = Vec::new();
+        for t in due {
+            if (t.forget)(self, &t.id, t.version) {
+                match counts.iter_mut().find(|(k, _)| *k == t.kind) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((t.kind, 1)),
+                }
+            }
+        }
+        counts
+    }
+
+    /// Tombstones waiting for their grace to pass.
+    pub fn tombstones_pending(&self) -> usize {
+        self.tombstones.0.lock().len()
+    }
+}
 
 /// How a region's snapshot meets the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +471,12 @@ impl Replica<CarParkState> for Engine {
     fn remove(&self, id: &str, version: u64) -> bool {
         self.write_car_park(id, Vec::new(), Timestamp::UNIX_EPOCH, newer(version))
             .is_some()
+    }
+
+    /// Never: a car park id's versions keep growing across deletes and regions (a
+    /// re-created id continues above them), and car parks are few.
+    fn forget(&self, _id: &str, _version: u64) -> bool {
+        false
     }
 
     fn compare_and_set(

@@ -324,6 +324,21 @@ impl Replica<Reservation> for Engine {
             .is_some()
     }
 
+    fn forget(&self, id: &str, version: u64) -> bool {
+        let Ok(id) = ReservationId::parse(id) else {
+            return false;
+        };
+        let mut book = self.book.write();
+        let tombstone = book
+            .reservations
+            .get(&id)
+            .is_some_and(|h| h.record.is_none() && h.version == version);
+        if tombstone {
+            book.reservations.remove(&id);
+        }
+        tombstone
+    }
+
     fn compare_and_set(
         &self,
         id: &str,
@@ -408,6 +423,18 @@ impl Replica<SlotCounts> for Engine {
 
     fn remove(&self, id: &str, version: u64) -> bool {
         self.write_slot_counts(id, None, newer(version)).is_some()
+    }
+
+    fn forget(&self, id: &str, version: u64) -> bool {
+        let mut book = self.book.write();
+        let tombstone = book
+            .days
+            .get(id)
+            .is_some_and(|h| h.record.is_none() && h.version == version);
+        if tombstone {
+            book.days.remove(id);
+        }
+        tombstone
     }
 
     fn compare_and_set(

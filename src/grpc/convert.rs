@@ -96,6 +96,35 @@ pub fn timestamp(value: &prost_types::Timestamp, field: &str) -> Result<Timestam
     Timestamp::new(value.seconds, value.nanos).map_err(|_| Error::invalid(field, "is out of range"))
 }
 
+/// A duration that is not negative.
+pub fn duration(value: prost_types::Duration, field: &str) -> Result<std::time::Duration> {
+    if value.seconds < 0 || !(0..1_000_000_000).contains(&value.nanos) {
+        return Err(Error::invalid(
+            field,
+            "must not be negative, with nanos in [0, 999999999]",
+        ));
+    }
+    Ok(std::time::Duration::new(
+        value.seconds as u64,
+        value.nanos as u32,
+    ))
+}
+
+/// One step of a car park's occupancy history.
+pub fn pb_step(s: &crate::history::Step) -> pb::OccupancyBucket {
+    let status = crate::domain::CarParkStatus::parse(&s.status)
+        .map_or(pb::CarParkStatus::Unspecified, pb::CarParkStatus::from);
+    pb::OccupancyBucket {
+        start: Some(pb_timestamp(s.start)),
+        min_free: s.min_free,
+        max_free: s.max_free,
+        last_free: s.last_free,
+        capacity: s.capacity,
+        status: status.into(),
+        observed: s.observed,
+    }
+}
+
 pub fn pb_timestamp(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.as_second(),
@@ -191,6 +220,14 @@ impl TryFrom<pb::CarParkStatus> for CarParkStatus {
             pb::CarParkStatus::NoData => Ok(Self::NoData),
             pb::CarParkStatus::Unspecified => Err(Error::invalid("", "must be set")),
         }
+    }
+}
+
+/// A category where unspecified means STANDARD (queries).
+pub fn query_category(value: i32, field: &str) -> Result<SpaceCategory> {
+    match value {
+        0 => Ok(SpaceCategory::Standard),
+        c => category(c, field),
     }
 }
 
@@ -504,10 +541,7 @@ pub fn nearby_query(r: pb::FindNearbyRequest) -> Result<NearbyQuery> {
         n if n < 0 => return Err(Error::invalid("limit", "must not be negative")),
         n => n as usize,
     };
-    let category = match r.category {
-        0 => SpaceCategory::Standard,
-        c => category(c, "category")?,
-    };
+    let category = query_category(r.category, "category")?;
     let min_available = match r.min_available {
         0 => 1,
         n if n < 0 => return Err(Error::invalid("min_available", "must not be negative")),

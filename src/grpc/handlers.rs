@@ -463,4 +463,36 @@ impl pb::availability_server::Availability for Api {
             payload: request.into_inner().payload,
         }))
     }
+
+    async fn get_occupancy_history(
+        &self,
+        request: Request<pb::GetOccupancyHistoryRequest>,
+    ) -> Reply<pb::GetOccupancyHistoryResponse> {
+        let r = request.get_ref();
+        let id = convert::car_park_id(&r.car_park_id, "car_park_id")?;
+        let category = convert::query_category(r.category, "category")?;
+        let from = r
+            .from
+            .as_ref()
+            .ok_or_else(|| Error::invalid("from", "must be set"))
+            .and_then(|t| convert::timestamp(t, "from"))?;
+        let to =
+            r.to.as_ref()
+                .map(|t| convert::timestamp(t, "to"))
+                .transpose()?;
+        let step = r
+            .step
+            .map(|d| convert::duration(d, "step"))
+            .transpose()?
+            .unwrap_or_default();
+        let steps = self
+            .service
+            .occupancy_history(&id, category, from, to, step)
+            .await?;
+        Ok(Response::new(pb::GetOccupancyHistoryResponse {
+            car_park_id: id.to_string(),
+            category: pb::SpaceCategory::from(category).into(),
+            buckets: steps.iter().map(convert::pb_step).collect(),
+        }))
+    }
 }

@@ -33,6 +33,7 @@ const METHODS: &[&str] = &[
     "/citypark.v1.Availability/GetAvailability",
     "/citypark.v1.Availability/WatchAvailability",
     "/citypark.v1.Availability/Ping",
+    "/citypark.v1.Availability/GetOccupancyHistory",
     "/citypark.v1.Reservations/CreateReservation",
     "/citypark.v1.Reservations/GetReservation",
     "/citypark.v1.Reservations/ListReservations",

@@ -111,6 +111,67 @@ pub fn bucket_of(at: Timestamp) -> Timestamp {
     Timestamp::from_millisecond(ms - ms.rem_euclid(BUCKET_MS)).expect("in range")
 }
 
+/// One step of a car park's occupancy over time: the samples of the 5-minute buckets
+/// in it rolled up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub start: Timestamp,
+    pub min_free: u32,
+    pub max_free: u32,
+    pub last_free: u32,
+    pub capacity: u32,
+    pub status: String,
+    /// False when no sample fell in the step: the numbers are carried forward.
+    pub observed: bool,
+}
+
+/// Rolls `samples` (one car park and category, oldest first) into steps of `step_ms`
+/// (a multiple of [`BUCKET_MS`]) over [from, to), from the first step with a sample:
+/// the fewest of the fewest, the most of the most, the last of the last; a step with
+/// no sample carries the last numbers forward.
+pub fn roll_up(samples: &[Sample], from: Timestamp, to: Timestamp, step_ms: i64) -> Vec<Step> {
+    let (from, to) = (from.as_millisecond(), to.as_millisecond());
+    let mut steps: Vec<Step> = Vec::new();
+    let mut next = samples.iter().peekable();
+    let mut start = from - from.rem_euclid(step_ms);
+    while start < to {
+        let end = start + step_ms;
+        let mut step: Option<Step> = None;
+        while let Some(s) = next.next_if(|s| s.bucket.as_millisecond() < end) {
+            if s.bucket.as_millisecond() < start {
+                continue;
+            }
+            let merged = step.get_or_insert_with(|| Step {
+                start: Timestamp::from_millisecond(start).expect("in range"),
+                min_free: s.min_free,
+                max_free: s.max_free,
+                last_free: s.last_free,
+                capacity: s.capacity,
+                status: s.status.clone(),
+                observed: true,
+            });
+            merged.min_free = merged.min_free.min(s.min_free);
+            merged.max_free = merged.max_free.max(s.max_free);
+            merged.last_free = s.last_free;
+            merged.capacity = s.capacity;
+            merged.status = s.status.clone();
+        }
+        match (step, steps.last()) {
+            (Some(step), _) => steps.push(step),
+            (None, Some(last)) => steps.push(Step {
+                start: Timestamp::from_millisecond(start).expect("in range"),
+                min_free: last.last_free,
+                max_free: last.last_free,
+                observed: false,
+                ..last.clone()
+            }),
+            (None, None) => {}
+        }
+        start = end;
+    }
+    steps
+}
+
 /// What history keeps and for how long: each kind kept has a retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kept {
@@ -266,6 +327,55 @@ mod tests {
         let b = bucket_of(at);
         assert_eq!(b.as_millisecond() % BUCKET_MS, 0);
         assert!(b <= at && at.as_millisecond() - b.as_millisecond() < BUCKET_MS);
+    }
+
+    fn sample(minute: i64, min: u32, max: u32, last: u32) -> Sample {
+        Sample {
+            car_park: "g1".into(),
+            region: "qingdao".into(),
+            category: SpaceCategory::Standard,
+            bucket: Timestamp::from_second(minute * 60).unwrap(),
+            min_free: min,
+            max_free: max,
+            last_free: last,
+            capacity: 10,
+            status: "open".into(),
+        }
+    }
+
+    #[test]
+    fn samples_roll_up_into_steps_and_gaps_carry_forward() {
+        let at = |minute: i64| Timestamp::from_second(minute * 60).unwrap();
+        let samples = [
+            sample(5, 4, 6, 5),
+            sample(10, 2, 5, 3),
+            sample(15, 3, 9, 9),
+            sample(40, 1, 1, 1),
+        ];
+        // 15-minute steps over [0, 60): nothing before the first sample.
+        let steps = roll_up(&samples, at(0), at(60), 15 * 60_000);
+        let got: Vec<(i64, u32, u32, u32, bool)> = steps
+            .iter()
+            .map(|s| {
+                let m = s.start.as_second() / 60;
+                (m, s.min_free, s.max_free, s.last_free, s.observed)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 2, 6, 3, true),
+                (15, 3, 9, 9, true),
+                (30, 1, 1, 1, true),
+                (45, 1, 1, 1, false)
+            ]
+        );
+        // A window that starts mid-step begins at the step's start; 5-minute steps are
+        // the samples themselves.
+        let fine = roll_up(&samples, at(7), at(20), BUCKET_MS);
+        assert_eq!(fine.len(), 3);
+        assert_eq!(fine[0].start, at(5));
+        assert!(roll_up(&samples, at(45), at(60), BUCKET_MS).is_empty());
     }
 
     #[test]

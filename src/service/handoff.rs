@@ -48,6 +48,10 @@ pub struct HistorySettings {
     pub plate_key: Arc<[u8]>,
     /// Occupancy samples waiting at most; more are dropped and counted.
     pub sample_queue: usize,
+    /// How long a removed record's tombstone (its last version) is kept: longer than
+    /// any instance takes to read the change stream, so no late change of it can
+    /// bring it back (`--tombstone-grace-minutes`).
+    pub tombstone_grace: Duration,
 }
 
 impl Default for HistorySettings {
@@ -59,6 +63,7 @@ impl Default for HistorySettings {
             retention: Retention::default(),
             plate_key: Arc::from(&b"citypark"[..]),
             sample_queue: 100_000,
+            tombstone_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -116,12 +121,10 @@ impl Service {
         self.history.as_ref()
     }
 
-    /// Until `stop`: moves finished records past the hot window to history, and once an
-    /// hour applies history's retention. Without a history, returns at once.
+    /// Until `stop`: moves finished records past the hot window to history (once an
+    /// hour applying history's retention) and compacts tombstones past their grace.
+    /// Without a history, only the latter.
     pub async fn sweep_history(&self, stop: CancellationToken) {
-        let Some(history) = self.history.clone() else {
-            return;
-        };
         let mut tick = tokio::time::interval(self.keeping.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_retention: Option<tokio::time::Instant> = None;
@@ -130,21 +133,42 @@ impl Service {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = self.now();
-            let result = self.hand_off(&history, now).await;
-            metrics::record_history_up(result.is_ok());
-            if let Err(error) = result {
-                metrics::record_history_error("hand_off");
-                tracing::warn!(%error, "hand-off to history paused");
-                continue;
-            }
-            if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY) {
-                last_retention = Some(tokio::time::Instant::now());
-                if let Err(error) = self.apply_retention(&history, now).await {
-                    metrics::record_history_error("retention");
-                    tracing::warn!(%error, "history retention not applied yet");
+            if let Some(history) = self.history.clone() {
+                let now = self.now();
+                let result = self.hand_off(&history, now).await;
+                metrics::record_history_up(result.is_ok());
+                match result {
+                    Err(error) => {
+                        metrics::record_history_error("hand_off");
+                        tracing::warn!(%error, "hand-off to history paused");
+                    }
+                    Ok(()) if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY) => {
+                        last_retention = Some(tokio::time::Instant::now());
+                        if let Err(error) = self.apply_retention(&history, now).await {
+                            metrics::record_history_error("retention");
+                            tracing::warn!(%error, "history retention not applied yet");
+                        }
+                    }
+                    Ok(()) => {}
                 }
             }
+            self.compact_tombstones().await;
+        }
+    }
+
+    /// Forgets this engine's tombstones past the grace, and the store's.
+    async fn compact_tombstones(&self) {
+        let grace = self.keeping.tombstone_grace;
+        for (kind, n) in self.engine.compact_tombstones(grace) {
+            metrics::record_tombstones_compacted(kind, n);
+        }
+        match self.store.compact_tombstones(grace).await {
+            Ok(counts) => {
+                for (kind, n) in counts {
+                    tracing::debug!(kind, tombstones = n, "store tombstones compacted");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "store tombstones not compacted yet"),
         }
     }
 

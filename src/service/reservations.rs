@@ -191,10 +191,7 @@ impl Service {
                 _ => Err(not_found(id)),
             };
         }
-        let kept: KeptReservation = self
-            .kept(id.as_str())
-            .await?
-            .ok_or_else(|| not_found(id))?;
+        let kept: KeptReservation = self.kept(id.as_str()).await?.ok_or_else(|| not_found(id))?;
         if kept_visible(&kept, caller) {
             Ok(kept.reservation)
         } else {

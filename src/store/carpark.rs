@@ -20,6 +20,8 @@ pub const LIVE: usize = 1;
 
 impl Aggregate for CarParkState {
     const KIND: &'static str = "car_park";
+    // An id's versions keep growing across deletes and regions (`Write::floor`).
+    const COMPACTED: bool = false;
     const FORMAT: u32 = 1;
     const VERSIONS: &'static str = "versions";
     const PARTS: &'static [&'static str] = &["parks", "live"];

@@ -90,6 +90,16 @@ pub trait Store: Send + Sync + 'static {
         ids: Vec<CarParkId>,
     ) -> impl Future<Output = Result<Vec<Option<RegionId>>>> + Send;
 
+    /// Drops the backend's tombstones of removed records made more than `grace` ago
+    /// (each engine forgets its own: `Engine::compact_tombstones`); how many, by kind.
+    /// Nothing to do for the embedded store, whose engine is the backend.
+    fn compact_tombstones(
+        &self,
+        _grace: std::time::Duration,
+    ) -> impl Future<Output = Result<Vec<(&'static str, u64)>>> + Send {
+        std::future::ready(Ok(Vec::new()))
+    }
+
     /// Whether writes can reach the backend, as it changes; `None` if always.
     fn health(&self) -> Option<watch::Receiver<bool>> {
         None
@@ -168,6 +178,13 @@ impl Store for AnyStore {
 
     async fn locate(&self, ids: Vec<CarParkId>) -> Result<Vec<Option<RegionId>>> {
         each!(self, s => s.locate(ids).await)
+    }
+
+    async fn compact_tombstones(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<Vec<(&'static str, u64)>> {
+        each!(self, s => s.compact_tombstones(grace).await)
     }
 
     fn health(&self) -> Option<watch::Receiver<bool>> {

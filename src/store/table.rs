@@ -42,6 +42,22 @@ pub trait Aggregate: Clone + Send + Sync + 'static {
 
     /// The engine's index of this kind.
     fn replica(engine: &Engine) -> &dyn Replica<Self>;
+
+    /// Whether a removed record's tombstone (its last version) is dropped once past
+    /// the change stream's reach: every kind but the car park, whose ids' versions keep
+    /// growing across deletes and regions.
+    const COMPACTED: bool = true;
+}
+
+/// Notes, in `engine`, that record `id` of kind `A` was removed at `version`, so its
+/// tombstone is compacted after the grace (if the kind's are).
+pub fn note_removed<A: Aggregate>(engine: &Engine, id: &str, version: u64) {
+    fn forget<A: Aggregate>(engine: &Engine, id: &str, version: u64) -> bool {
+        A::replica(engine).forget(id, version)
+    }
+    if A::COMPACTED {
+        engine.note_tombstone(A::KIND, id, version, forget::<A>);
+    }
 }
 
 /// A kind of one part, written whole by every change, in format 1: `$kind` records in
@@ -209,6 +225,8 @@ pub struct Encoded<'a> {
     pub id: &'a str,
     pub expected: u64,
     pub floor: u64,
+    /// Whether its tombstone is compacted (`Aggregate::COMPACTED`).
+    pub compacted: bool,
     /// The kind's version hash and part hashes, relative to the region's key prefix.
     pub versions: &'static str,
     pub parts: &'static [&'static str],
@@ -297,6 +315,7 @@ impl<A: Aggregate> Erased for Write<A> {
             id: &self.id,
             expected: self.expected,
             floor: self.floor,
+            compacted: A::COMPACTED,
             versions: A::VERSIONS,
             parts: A::PARTS,
             states,
@@ -309,7 +328,13 @@ impl<A: Aggregate> Erased for Write<A> {
 
     fn compare_and_set(self: Box<Self>, engine: &Engine, now: Timestamp) -> Option<u64> {
         let (id, expected, floor) = (self.id.clone(), self.expected, self.floor);
-        A::replica(engine).compare_and_set(&id, expected, floor, self.into_states(), now)
+        let states = self.into_states();
+        let removed = states.is_empty();
+        let version = A::replica(engine).compare_and_set(&id, expected, floor, states, now);
+        if let (true, Some(version)) = (removed, version) {
+            note_removed::<A>(engine, &id, version);
+        }
+        version
     }
 
     fn land(self: Box<Self>, engine: &Engine, version: u64, now: Timestamp) {
@@ -317,7 +342,9 @@ impl<A: Aggregate> Erased for Write<A> {
         let id = self.id.clone();
         let states = self.into_states();
         if states.is_empty() {
-            replica.remove(&id, version);
+            if replica.remove(&id, version) {
+                note_removed::<A>(engine, &id, version);
+            }
         } else {
             // The states were written as the last versions up to `version`.
             let first = version + 1 - states.len() as u64;

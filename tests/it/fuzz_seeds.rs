@@ -594,6 +594,27 @@ fn availability_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
                 payload: b"ping".to_vec(),
             },
         ),
+        seed(
+            h,
+            "Availability/GetOccupancyHistory",
+            "day",
+            pb::GetOccupancyHistoryRequest {
+                car_park_id: f.car_park.clone(),
+                category: pb::SpaceCategory::Standard.into(),
+                from: Some(prost_types::Timestamp {
+                    seconds: 1_796_000_000,
+                    nanos: 0,
+                }),
+                to: Some(prost_types::Timestamp {
+                    seconds: 1_796_086_400,
+                    nanos: 0,
+                }),
+                step: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+            },
+        ),
     ]
 }
 

@@ -29,6 +29,8 @@ fn settings(batch: usize) -> HistorySettings {
         hot_window: HOT,
         every: Duration::from_millis(20),
         batch,
+        // Tombstones go at once: these tests follow no late stream entries.
+        tombstone_grace: Duration::ZERO,
         ..HistorySettings::default()
     }
 }
@@ -293,7 +295,8 @@ async fn a_finished_reservation_moves_to_history_and_is_read_from_there() {
 }
 
 /// Two instances on one Redis share a PostgreSQL history; both hand off at once.
-async fn two_instances_hand_off_once(url: &str) {
+/// `raw` reads Redis underneath (standalone only).
+async fn two_instances_hand_off_once(url: &str, raw: Option<redis::Client>) {
     let Some(db) = PgDatabase::create().await else {
         return;
     };
@@ -352,13 +355,52 @@ async fn two_instances_hand_off_once(url: &str) {
         let unique: HashSet<&String> = all.iter().map(|s| &s.id).collect();
         assert_eq!((all.len(), unique.len()), (24, 24), "no gap, no duplicate");
     }
-    // Each session is in history exactly once, and nowhere else.
+    // Each session is in history exactly once, and nowhere else: not even as a
+    // version tombstone, in either engine or in Redis.
     assert_eq!(db.query_i64("SELECT count(*) FROM sessions").await, 24);
     assert_eq!(
         db.query_i64("SELECT count(DISTINCT id) FROM sessions")
             .await,
         24
     );
+    for server in [&a, &b] {
+        eventually("every tombstone is compacted", || async {
+            (server.backend.engine.tombstones_pending() == 0).then_some(())
+        })
+        .await;
+    }
+    if let Some(raw) = raw {
+        let conn = raw.get_multiplexed_async_connection().await.unwrap();
+        let mut keys: Vec<String> = [
+            "sessions",
+            "session_versions",
+            "open_sessions",
+            "open_session_versions",
+        ]
+        .iter()
+        .map(|hash| format!("{prefix}:{{qingdao}}:{hash}"))
+        .collect();
+        // Ledger entries live in the drivers' account shards.
+        for region in citypark::domain::account_regions() {
+            for hash in ["ledger_entries", "ledger_entry_versions"] {
+                keys.push(format!("{prefix}:{{{region}}}:{hash}"));
+            }
+        }
+        for key in keys {
+            eventually(&format!("{key} is empty"), || {
+                let (mut conn, key) = (conn.clone(), key.clone());
+                async move {
+                    let n: usize = redis::cmd("HLEN")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                        .ok()?;
+                    (n == 0).then_some(())
+                }
+            })
+            .await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +408,8 @@ async fn two_instances_on_redis_hand_off_each_session_once() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    two_instances_hand_off_once(&redis.url()).await;
+    let raw = redis::Client::open(redis.url()).unwrap();
+    two_instances_hand_off_once(&redis.url(), Some(raw)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,5 +417,161 @@ async fn two_instances_on_a_cluster_hand_off_each_session_once() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    two_instances_hand_off_once(&cluster.url()).await;
+    two_instances_hand_off_once(&cluster.url(), None).await;
+}
+
+async fn occupancy(
+    server: &TestServer,
+    request: pb::GetOccupancyHistoryRequest,
+) -> Result<Vec<pb::OccupancyBucket>, tonic::Status> {
+    server
+        .availability()
+        .await
+        .get_occupancy_history(request)
+        .await
+        .map(|r| r.into_inner().buckets)
+}
+
+/// Moves `clock` on to `at`.
+fn advance_to(clock: &ManualClock, at: citypark::domain::Timestamp) {
+    let by = at.as_second() - clock.now().as_second();
+    clock.advance(Duration::from_secs(by.max(0) as u64));
+}
+
+fn minutes(n: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: n * 60,
+        nanos: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn occupancy_is_sampled_per_five_minutes_and_read_back_in_steps() {
+    let (history, _dir) = sqlite().await;
+    let backend = Backend::embedded(4096).with_history(history.clone());
+    let server = TestServer::start_on(backend, |s| s.history = settings(100)).await;
+    let clock = server.clock.clone();
+    // start_time() is 02:00Z, on a bucket's start.
+    let t0 = clock.now();
+    register(&server, garage("o1", 36.06, 120.38)).await;
+    // Bucket 0: 40, then 10, then 25; bucket 1 (5 min later): 30; bucket 3: 5.
+    for (minute, seq, free) in [(0, 1, 40), (1, 2, 10), (2, 3, 25), (5, 4, 30), (15, 5, 5)] {
+        advance_to(&clock, after(t0, minute * 60));
+        report_ok(&server, snapshot("o1", seq, free, clock.now())).await;
+    }
+    // The last bucket ends; the sampler writes what ended.
+    advance_to(&clock, after(t0, 20 * 60));
+    let request = |step: Option<prost_types::Duration>| pb::GetOccupancyHistoryRequest {
+        car_park_id: "o1".into(),
+        category: pb::SpaceCategory::Standard.into(),
+        from: Some(pb_time(t0)),
+        to: Some(pb_time(after(t0, 20 * 60))),
+        step,
+    };
+    let fine = eventually("four buckets are in history", || async {
+        let b = occupancy(&server, request(None)).await.ok()?;
+        (b.len() == 4).then_some(b)
+    })
+    .await;
+    let seen: Vec<(u32, u32, u32, bool)> = fine
+        .iter()
+        .map(|b| (b.min_free, b.max_free, b.last_free, b.observed))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (10, 40, 25, true),
+            (30, 30, 30, true),
+            (30, 30, 30, false),
+            (5, 5, 5, true)
+        ]
+    );
+    assert_eq!(fine[0].start, Some(pb_time(t0)));
+    assert_eq!(fine[0].capacity, 100);
+    assert_eq!(fine[0].status, i32::from(pb::CarParkStatus::Open));
+    let coarse = occupancy(&server, request(Some(minutes(15))))
+        .await
+        .unwrap();
+    let seen: Vec<(u32, u32, u32)> = coarse
+        .iter()
+        .map(|b| (b.min_free, b.max_free, b.last_free))
+        .collect();
+    assert_eq!(seen, [(10, 40, 30), (5, 5, 5)]);
+
+    // What is refused, and why.
+    expect_invalid(occupancy(&server, request(Some(minutes(7)))).await, "step");
+    let mut long = request(None);
+    long.from = Some(pb_time(after(t0, -30 * 86_400)));
+    expect_invalid(occupancy(&server, long).await, "to");
+    let mut backwards = request(None);
+    backwards.to = backwards.from;
+    expect_invalid(occupancy(&server, backwards).await, "from");
+    let mut unknown = request(None);
+    unknown.car_park_id = "nope".into();
+    expect_code(occupancy(&server, unknown).await, tonic::Code::NotFound);
+    let text = server.metrics_text().await;
+    assert!(series(&text, r#"citypark_history_samples_total{result="written"}"#) >= 4.0);
+}
+
+/// Cuts the database off (no new connections, every open one ended), or lets it back.
+async fn cut_off(db: &PgDatabase, cut: bool) {
+    let admin = db.admin_connection().await;
+    db.allow_connections(admin, !cut).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_down_ingest_goes_on_samples_wait_and_history_catches_up() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let history = postgres(&db).await;
+    let backend = Backend::embedded(4096).with_history(history);
+    let server = TestServer::start_on(backend, |s| {
+        s.history = HistorySettings {
+            sample_queue: 3,
+            ..settings(100)
+        }
+    })
+    .await;
+    let clock = server.clock.clone();
+    let t0 = clock.now();
+    for i in 0..5 {
+        register(
+            &server,
+            garage(&format!("d{i}"), 36.06, 120.38 + f64::from(i) / 100.0),
+        )
+        .await;
+    }
+    cut_off(&db, true).await;
+    // Ingest is unchanged: every report is applied while history is away.
+    for (step, minute) in [0i64, 5, 10].into_iter().enumerate() {
+        advance_to(&clock, after(t0, minute * 60));
+        for i in 0..5 {
+            let ack = report_ok(
+                &server,
+                snapshot(&format!("d{i}"), step as u64 + 1, 10 + i, clock.now()),
+            )
+            .await;
+            assert_eq!(ack.result, i32::from(pb::ReportResult::Applied));
+        }
+    }
+    advance_to(&clock, after(t0, 15 * 60));
+    // Ended buckets wait in the queue (3 at most), the rest are dropped and counted;
+    // the hand-off and the writer say history is down.
+    eventually("samples are dropped past the queue's bound", || async {
+        let text = server.metrics_text().await;
+        let dropped = series(&text, r#"citypark_history_samples_total{result="dropped"}"#);
+        (dropped >= 1.0 && series(&text, "citypark_history_up") == 0.0).then_some(())
+    })
+    .await;
+    cut_off(&db, false).await;
+    eventually("history catches up by itself", || async {
+        let text = server.metrics_text().await;
+        (series(&text, "citypark_history_sample_queue") == 0.0
+            && series(&text, "citypark_history_up") == 1.0)
+            .then_some(())
+    })
+    .await;
+    let written = db.query_i64("SELECT count(*) FROM occupancy_samples").await;
+    assert!(written >= 3, "the queued samples were written: {written}");
 }

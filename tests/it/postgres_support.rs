@@ -54,6 +54,33 @@ impl PgDatabase {
         }
     }
 
+    /// A connection to the server's administrative database.
+    pub async fn admin_connection(&self) -> PgConnection {
+        PgConnection::connect(&self.admin).await.expect("connect")
+    }
+
+    /// Lets connections to the database in, or keeps them out and ends the open ones:
+    /// the database as an application sees it going away and coming back.
+    pub async fn allow_connections(&self, mut admin: PgConnection, allow: bool) {
+        sqlx::query(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("alter the database");
+        if !allow {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(&self.name)
+            .execute(&mut admin)
+            .await
+            .expect("end its connections");
+        }
+        let _ = admin.close().await;
+    }
+
     /// Runs one statement in the database (for tests that look underneath).
     pub async fn query_i64(&self, sql: &str) -> i64 {
         let mut conn = PgConnection::connect(&self.url()).await.expect("connect");

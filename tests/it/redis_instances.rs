@@ -589,9 +589,10 @@ async fn an_instance_too_far_behind_reloads_the_snapshot() {
         .atomic()
         .cmd("EVAL")
         .arg(include_str!("../../src/store/redis/write.lua"))
-        .arg(5)
+        .arg(6)
         .arg(key("n"))
         .arg(key("changes"))
+        .arg(key("tombstones"))
         .arg(key("versions"))
         .arg(key("parks"))
         .arg(key("live"))
@@ -604,8 +605,10 @@ async fn an_instance_too_far_behind_reloads_the_snapshot() {
         .arg(version)
         // No version floor: the store passes 0 for a delete too.
         .arg(0)
-        // Two parts, and a delete carries no states; then the part names.
+        // Two parts, and a delete carries no states; a car park's tombstone is never
+        // compacted; then the part names.
         .arg(2)
+        .arg(0)
         .arg(0)
         .arg("parks")
         .arg("live")

@@ -183,7 +183,13 @@ async fn reflection_resolves_a_service_and_every_file_it_imports() {
     let methods: Vec<_> = service.method.iter().map(|m| m.name()).collect();
     assert_eq!(
         methods,
-        ["FindNearby", "GetAvailability", "WatchAvailability", "Ping"]
+        [
+            "FindNearby",
+            "GetAvailability",
+            "WatchAvailability",
+            "Ping",
+            "GetOccupancyHistory"
+        ]
     );
 
     // A client can then fetch every import, down to the well-known types.

@@ -16,6 +16,9 @@ pub struct RegionKeys {
     pub counter: String,
     /// Stream: every change of every kind, capped.
     pub changes: String,
+    /// Sorted set: the tombstones of compacted kinds by when their delete was made,
+    /// for `compact.lua`.
+    pub tombstones: String,
 }
 
 impl RegionKeys {
@@ -24,6 +27,7 @@ impl RegionKeys {
         Self {
             counter: format!("{base}:n"),
             changes: format!("{base}:changes"),
+            tombstones: format!("{base}:tombstones"),
             base,
         }
     }

@@ -32,6 +32,12 @@ type Load<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 pub(super) trait Kind: Send + Sync {
     fn name(&self) -> &'static str;
 
+    /// Its version hash, relative to the region's key prefix.
+    fn versions(&self) -> &'static str;
+
+    /// Whether its tombstones are compacted (`Aggregate::COMPACTED`).
+    fn compacted(&self) -> bool;
+
     /// Loads the region's records of this kind into the engine.
     fn load<'a>(&'a self, shared: &'a Shared, region: &'a RegionId, loading: Loading) -> Load<'a>;
 
@@ -47,6 +53,14 @@ impl<A: Aggregate> Kind for Of<A> {
         A::KIND
     }
 
+    fn versions(&self) -> &'static str {
+        A::VERSIONS
+    }
+
+    fn compacted(&self) -> bool {
+        A::COMPACTED
+    }
+
     fn load<'a>(&'a self, shared: &'a Shared, region: &'a RegionId, loading: Loading) -> Load<'a> {
         Box::pin(snapshot::load_kind::<A>(shared, region, loading))
     }
@@ -59,7 +73,17 @@ impl<A: Aggregate> Kind for Of<A> {
             return Ok(false);
         }
         match entry.op.as_str() {
-            "del" => Ok(replica.remove(&entry.id, entry.version)),
+            "del" => {
+                let removed = replica.remove(&entry.id, entry.version);
+                if removed {
+                    crate::store::table::note_removed::<A>(
+                        &shared.engine,
+                        &entry.id,
+                        entry.version,
+                    );
+                }
+                Ok(removed)
+            }
             "put" => {
                 let parts = A::PARTS
                     .iter()

@@ -101,6 +101,7 @@ struct Shared {
     snapshot: Script,
     position: Script,
     claim: Script,
+    compact: Script,
     /// The regions followed here.
     regions: Mutex<HashSet<RegionId>>,
     healthy: watch::Sender<bool>,
@@ -230,6 +231,7 @@ impl RedisStore {
             snapshot: Script::new(include_str!("snapshot.lua")),
             position: Script::new(include_str!("position.lua")),
             claim: Script::new(include_str!("claim.lua")),
+            compact: Script::new(include_str!("compact.lua")),
             regions: Mutex::new(HashSet::new()),
             healthy,
             round_trips: AtomicU64::new(0),
@@ -261,6 +263,46 @@ impl RedisStore {
 impl Store for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    async fn compact_tombstones(&self, grace: Duration) -> Result<Vec<(&'static str, u64)>> {
+        /// Tombstones one call of the script looks at, and calls per region at most.
+        const PER_CALL: usize = 10_000;
+        const CALLS: usize = 10;
+        let shared = &self.shared;
+        let regions: Vec<RegionId> = shared.regions.lock().await.iter().cloned().collect();
+        let compacted: Vec<&'static dyn kinds::Kind> = kinds::KINDS
+            .iter()
+            .copied()
+            .filter(|k| k.compacted())
+            .collect();
+        let mut counts: HashMap<&'static str, u64> = HashMap::new();
+        for region in regions {
+            let keys = shared.keys(&region);
+            let hashes: Vec<String> = compacted.iter().map(|k| keys.hash(k.versions())).collect();
+            for _ in 0..CALLS {
+                let mut invocation = shared.compact.key(&keys.tombstones);
+                for hash in &hashes {
+                    invocation.key(hash);
+                }
+                invocation.arg(grace.as_millis() as u64).arg(PER_CALL);
+                let mut conn = shared.conn.clone();
+                shared.round_trip("compact");
+                let (dropped, more): (Vec<String>, u8) = invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                for hash in dropped {
+                    if let Some(i) = hashes.iter().position(|h| *h == hash) {
+                        *counts.entry(compacted[i].name()).or_default() += 1;
+                    }
+                }
+                if more == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(counts.into_iter().collect())
     }
 
     async fn fetch<A: Aggregate>(

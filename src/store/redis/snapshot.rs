@@ -156,6 +156,11 @@ pub(super) async fn load_kind<A: Aggregate>(
     let (read, ()) = tokio::join!(read, decode);
     read?;
     let count = records.len();
+    // A tombstone loaded is as old as its delete, which the snapshot does not say:
+    // its grace runs from now.
+    for (id, version) in &tombstones {
+        crate::store::table::note_removed::<A>(&shared.engine, id, *version);
+    }
     A::replica(&shared.engine).load_region(region, loading, records, tombstones, shared.now())?;
     tracing::debug!(kind = A::KIND, region = %region, records = count, "kind loaded from redis");
     Ok(())

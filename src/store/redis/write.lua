@@ -9,13 +9,15 @@
 -- park decided together): each becomes a version and a stream entry of its own, so
 -- every instance's watchers see each; the last is what stays.
 --
--- KEYS: 1 the region's change counter, 2 the region's change stream, then per record
---       its kind's version hash and part hashes (every part, in part order)
+-- KEYS: 1 the region's change counter, 2 the region's change stream, 3 the region's
+--       tombstones (sorted set), then per record its kind's version hash and part
+--       hashes (every part, in part order)
 -- ARGV: 1 stream MAXLEN (approx.), 2 number of records, then per record: kind, op
 --       ("put" | "del"), id, expected version, floor (a version the new one must
 --       exceed besides the current one; 0 if none), number of parts P, number of
---       states S (0 for "del"), the P part names, then per state, per part, its stored
---       value ("" leaves the part unchanged)
+--       states S (0 for "del"), whether its tombstone is compacted (1 | 0), the P part
+--       names, then per state, per part, its stored value ("" leaves the part
+--       unchanged)
 -- Returns {1, n, version...} when written (n: the last change's number in the region;
 --         a version per record), or {0, i, current version} when record i (from 1) is
 --         not at its expected version, or a delete or partial put of it found no
@@ -24,13 +26,13 @@
 -- Every entry of a kind carries every part's field (empty where unchanged), so a
 -- stream node stores the field names once for all its entries.
 local records = {}
-local key, arg = 3, 3
+local key, arg = 4, 3
 for r = 1, tonumber(ARGV[2]) do
   local parts, states = tonumber(ARGV[arg + 5]), tonumber(ARGV[arg + 6])
   local rec = {kind = ARGV[arg], op = ARGV[arg + 1], id = ARGV[arg + 2],
     expected = tonumber(ARGV[arg + 3]), floor = tonumber(ARGV[arg + 4]),
-    parts = parts, states = states, names = arg + 7, values = arg + 7 + parts,
-    versions = KEYS[key], first = key + 1}
+    parts = parts, states = states, compacted = ARGV[arg + 7] == '1',
+    names = arg + 8, values = arg + 8 + parts, versions = KEYS[key], first = key + 1}
   rec.current = tonumber(redis.call('HGET', rec.versions, rec.id) or '0')
   if rec.current ~= rec.expected then
     return {0, r, rec.current}
@@ -81,8 +83,14 @@ for r, rec in ipairs(records) do
     entry[10] = version
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(entry))
   end
-  -- The version outlives a delete (a tombstone), so versions of an id only grow.
+  -- The version outlives a delete (a tombstone), so versions of an id only grow; a
+  -- compacted kind's tombstone is noted with when it was made, for compact.lua.
   redis.call('HSET', rec.versions, id, version)
+  if rec.op == 'del' and rec.compacted then
+    local time = redis.call('TIME')
+    local ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    redis.call('ZADD', KEYS[3], ms, rec.versions .. '\n' .. id .. '\n' .. version)
+  end
   reply[2 + r] = version
 end
 reply[2] = n

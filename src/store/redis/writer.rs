@@ -54,6 +54,7 @@ pub(super) async fn write(
             invocation
                 .key(&keys.counter)
                 .key(&keys.changes)
+                .key(&keys.tombstones)
                 .arg(shared.options.stream_max_len)
                 .arg(group.len());
             for write in group {
@@ -70,6 +71,7 @@ pub(super) async fn write(
                     .arg(encoded.floor)
                     .arg(encoded.parts.len())
                     .arg(encoded.states.len())
+                    .arg(u8::from(encoded.compacted))
                     .arg(encoded.parts);
                 for state in &encoded.states {
                     invocation.arg(state);
