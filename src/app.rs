@@ -443,6 +443,7 @@ pub async fn run(
         );
         let app = crate::http::router(
             service.clone(),
+            Arc::new(settings.api_keys.clone()),
             map,
             open_data,
             open_data_cors(&settings.cors_origins),

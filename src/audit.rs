@@ -1,4 +1,5 @@
-//! The audit trail: every write, as one structured event on the tracing target
+//! The audit trail: every write (and every bulk export of personal data), as one
+//! structured event on the tracing target
 //! `citypark::audit`: who (`operator:<id>`, `driver:<id>`, or `citypark` for what the
 //! service does by itself: no-shows, arrivals by plate), which action, on which record,
 //! and how it ended (`ok` or the error's kind). Never a key, a token or a plate.
@@ -58,6 +59,12 @@ pub fn write<T>(who: Who<'_>, action: &'static str, on: &str, result: &Result<T>
 /// report; the charges that follow are at INFO).
 pub fn gate(action: &'static str, on: &str) {
     tracing::debug!(target: "citypark::audit", who = %Who::Service, action, on, result = "ok", "write");
+}
+
+/// A bulk read of personal data (an operator's day of sessions, plates included):
+/// who, what and which.
+pub fn export(who: Who<'_>, action: &'static str, on: &str) {
+    tracing::info!(target: "citypark::audit", who = %who, action, on, result = "ok", "export");
 }
 
 /// One occupancy report (DEBUG: they are many).

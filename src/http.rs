@@ -1,19 +1,23 @@
 //! citypark's HTTP port (`--http-addr`): what is not gRPC. The live city map
-//! (`/map/`, `map.rs`), open data (`/open-data/v1/…`, `open_data/`) and the payment
-//! gateway's callbacks (`POST /payments/v1/callback`); errors are JSON with the status
-//! the error's kind decides.
+//! (`/map/`, `map.rs`), open data (`/open-data/v1/…`, `open_data/`), the payment
+//! gateway's callbacks (`POST /payments/v1/callback`) and operators' accountants' day
+//! of sessions as CSV (`GET /operators/v1/sessions.csv?day=…`, operator key); errors
+//! are JSON with the status the error's kind decides.
+
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::State,
-    http::{HeaderMap, StatusCode},
+    extract::{Query, State},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{get, post},
 };
 
 use crate::{
-    domain::{Error, ErrorKind},
+    auth::ApiKeys,
+    domain::{Error, ErrorKind, ParkingSession, Viewer},
     gateway::{MAX_BODY_BYTES, SIGNATURE_HEADER},
     map::Map,
     open_data::OpenData,
@@ -70,6 +74,7 @@ pub fn has_etag(request: &HeaderMap, etag: &axum::http::HeaderValue) -> bool {
 /// origins allow (all when none are set), like the gRPC-Web API.
 pub fn router(
     service: Service,
+    keys: Arc<ApiKeys>,
     map: Map,
     open_data: OpenData,
     cors: tower_http::cors::CorsLayer,
@@ -77,7 +82,12 @@ pub fn router(
     Router::new()
         .route("/payments/v1/callback", post(callback))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(service)
+        .with_state(service.clone())
+        .merge(
+            Router::new()
+                .route("/operators/v1/sessions.csv", get(sessions_csv))
+                .with_state((service, keys)),
+        )
         .merge(map.routes())
         .merge(open_data.routes().layer(cors))
         .layer(axum::middleware::from_fn(count))
@@ -103,6 +113,117 @@ async fn callback(State(service): State<Service>, headers: HeaderMap, body: Byte
     match service.payment_callback(&body, signature).await {
         Ok(()) => Json(serde_json::json!({ "ok": true })).into_response(),
         Err(error) => error_response(&error),
+    }
+}
+
+/// `?day=YYYY-MM-DD`: a local day.
+#[derive(serde::Deserialize)]
+struct DayParam {
+    day: Option<String>,
+}
+
+/// The caller's (an operator's, by its API key) sessions that left on `day`, as CSV,
+/// one per line by exit time, the columns named on the first.
+async fn sessions_csv(
+    State((service, keys)): State<(Service, Arc<ApiKeys>)>,
+    headers: HeaderMap,
+    Query(param): Query<DayParam>,
+) -> Response {
+    let answer = async {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let operator = keys.authenticate(authorization)?;
+        let day = param
+            .day
+            .as_deref()
+            .ok_or_else(|| Error::invalid("day", "must be set: ?day=YYYY-MM-DD"))?;
+        let day: jiff::civil::Date = day
+            .parse()
+            .map_err(|_| Error::invalid("day", "must be a date: YYYY-MM-DD"))?;
+        let sessions = service.sessions_of_day(&operator, day).await?;
+        crate::audit::export(
+            crate::audit::Who::Operator(&operator),
+            "sessions_csv",
+            &day.to_string(),
+        );
+        let csv = sessions_to_csv(&sessions, &operator);
+        Ok::<_, Error>((operator, day, csv))
+    };
+    match answer.await {
+        Ok((operator, day, csv)) => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"sessions-{operator}-{day}.csv\""),
+                ),
+                // Plates: personal data, for its operator only.
+                (header::CACHE_CONTROL, "private, no-store".to_owned()),
+            ],
+            csv,
+        )
+            .into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// The columns of the sessions CSV.
+const CSV_HEADER: &str = "session_id,car_park_id,plate,plate_color,entry_time,exit_time,state,\
+fee_minor,currency,payment_method,payment_status,attempts,receipt_id,tariff_version,\
+prepaid_id,void_reason";
+
+/// Sessions as CSV (RFC 4180: CRLF line ends, fields quoted when they must be), the
+/// plates as `operator` may see them (whole at its own car parks).
+fn sessions_to_csv(sessions: &[ParkingSession], operator: &crate::domain::OperatorId) -> String {
+    fn field(out: &mut String, value: &str) {
+        if value.contains([',', '"', '\r', '\n']) {
+            out.push('"');
+            out.push_str(&value.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(value);
+        }
+    }
+    let time = |t: Option<crate::domain::Timestamp>| t.map(|t| t.to_string()).unwrap_or_default();
+    let mut out = String::with_capacity(64 + sessions.len() * 160);
+    out.push_str(CSV_HEADER);
+    out.push_str("\r\n");
+    for s in sessions {
+        let fields = [
+            s.id.to_string(),
+            s.id.car_park().to_string(),
+            s.plate_for(&Viewer::Operator(operator)),
+            s.plate_color.to_string(),
+            time(s.entry_time),
+            time(s.exit_time),
+            s.state.as_str().to_owned(),
+            s.fee_minor.to_string(),
+            s.tariff.currency.clone(),
+            serde_name(&s.payment.method),
+            serde_name(&s.payment.status),
+            s.payment.attempts.to_string(),
+            s.payment.receipt_id.clone(),
+            s.tariff_version.to_string(),
+            s.prepaid.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
+            s.void_reason.clone(),
+        ];
+        for (i, value) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            field(&mut out, value);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// The name serde gives a unit variant (`"wallet"`).
+fn serde_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
     }
 }
 

@@ -34,7 +34,7 @@ use crate::{
         accounts_region,
     },
     gateway::{self, Callback, ChargeRequest, Gateway, Outcome, Retry},
-    history::{ClosedSession, History, KeptEntry},
+    history::{ClosedSession, History, KeptEntry, Record},
     metrics,
     store::{AnyWrite, Change, Versioned},
 };
@@ -908,6 +908,60 @@ impl Service {
             settlement.add_refunds(&currency, amount)?;
         }
         Ok(settlement)
+    }
+
+    /// The sessions at `operator`'s car parks that left on local `day` (the ones its
+    /// settlement counts), live and in history, by exit time: for the accountant's
+    /// CSV.
+    pub async fn sessions_of_day(
+        &self,
+        operator: &OperatorId,
+        day: jiff::civil::Date,
+    ) -> Result<Vec<ParkingSession>> {
+        /// Sessions read from history per query.
+        const PAGE: usize = 1_000;
+        let ids: Vec<CarParkId> = self
+            .car_parks_of(operator)
+            .iter()
+            .map(|c| c.id.clone())
+            .collect();
+        let now = self.now();
+        // Live first, then history (see `merged_page`).
+        let mut sessions: Vec<ParkingSession> = self
+            .engine
+            .sessions_at(&ids)
+            .into_iter()
+            .map(|s| self.closed_session(s, now))
+            .filter(|k| k.exit_day == Some(day))
+            .map(|k| k.session)
+            .collect();
+        if let Some(history) = &self.history {
+            let live: HashSet<SessionId> = sessions.iter().map(|s| s.id.clone()).collect();
+            let mut after = None;
+            loop {
+                let query = page_query(PAGE, after.take())
+                    .with(&["operator"], operator.as_str())
+                    .with(&["exit_day"], day.to_string());
+                let page: Vec<ClosedSession> = history
+                    .list(&query)
+                    .await
+                    .inspect_err(|_| metrics::record_history_error("read"))?;
+                let full = page.len() == PAGE;
+                if let Some(last) = page.last() {
+                    after = Some((ClosedSession::listed_at(&last.session), last.id()));
+                }
+                sessions.extend(
+                    page.into_iter()
+                        .map(|k| k.session)
+                        .filter(|s| !live.contains(&s.id)),
+                );
+                if !full {
+                    break;
+                }
+            }
+        }
+        sessions.sort_by(|a, b| (a.exit_time, &a.id).cmp(&(b.exit_time, &b.id)));
+        Ok(sessions)
     }
 
     fn car_parks_of(&self, operator: &OperatorId) -> Vec<Arc<CarPark>> {

@@ -210,7 +210,11 @@ async fn reflection_resolves_a_service_and_every_file_it_imports() {
     resolved.sort();
     assert_eq!(
         resolved,
-        ["citypark/v1/types.proto", "google/protobuf/timestamp.proto"]
+        [
+            "citypark/v1/types.proto",
+            "google/protobuf/duration.proto",
+            "google/protobuf/timestamp.proto"
+        ]
     );
     let types = files(
         reflect_v1(
