@@ -35,13 +35,19 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin citypark \
-    && cp target/release/citypark /usr/local/bin/citypark
+    && cp target/release/citypark /usr/local/bin/citypark \
+    && mkdir -p /data
 
 # glibc, libgcc and CA certificates, nothing else: no shell, no package manager. The
 # image's "nonroot" user is uid 65532; it is named by number so that Kubernetes'
 # runAsNonRoot can check it.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /usr/local/bin/citypark /usr/local/bin/citypark
+# The single binary's files (its SQLite history and the plates' hash key), owned by
+# the user it runs as; mount a volume here to keep them (a Redis deployment's history
+# is PostgreSQL: --history).
+COPY --from=builder --chown=65532:65532 /data /var/lib/citypark
+VOLUME /var/lib/citypark
 USER 65532:65532
 
 # Listen on every interface of the container. These are variables rather than flags
@@ -53,7 +59,8 @@ USER 65532:65532
 ENV CITYPARK_GRPC_ADDR=0.0.0.0:50051 \
     CITYPARK_METRICS_ADDR=0.0.0.0:9464 \
     CITYPARK_HTTP_ADDR=0.0.0.0:8080 \
-    CITYPARK_LOG_FORMAT=json
+    CITYPARK_LOG_FORMAT=json \
+    CITYPARK_DATA_DIR=/var/lib/citypark
 # gRPC (and gRPC-Web), Prometheus /metrics, HTTP.
 EXPOSE 50051 9464 8080
 

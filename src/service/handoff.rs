@@ -240,8 +240,11 @@ impl Service {
             self.engine.bookings_finished_by(cutoff, usize::MAX).len(),
         );
         for _ in 0..BATCHES_PER_ROUND {
-            let found = self.engine.entries_before(cutoff, batch);
+            let mut found = self.engine.entries_before(cutoff, batch);
             let n = found.len();
+            // A charge whose session is still due stays: the charge's first step
+            // writes its entry only if absent, so a retry must find it.
+            found.retain(|(e, _)| !self.charge_pending(e));
             let kept: Vec<KeptEntry> = found.iter().map(|(e, _)| KeptEntry(e.clone())).collect();
             self.move_to_history::<LedgerEntry, _>(history, "ledger_entry", found, kept, now)
                 .await?;
@@ -254,6 +257,17 @@ impl Service {
             self.engine.entries_before(cutoff, usize::MAX).len(),
         );
         Ok(())
+    }
+
+    /// Whether `entry` is the charge of a session still due (its second step not made
+    /// yet).
+    fn charge_pending(&self, entry: &LedgerEntry) -> bool {
+        entry
+            .id
+            .strip_prefix("charge:")
+            .and_then(|id| crate::domain::SessionId::parse(id).ok())
+            .and_then(|id| self.engine.session(&id))
+            .is_some_and(|(s, _)| s.is_due())
     }
 
     /// A session as history keeps it: with the local day it left on, in its car park's
