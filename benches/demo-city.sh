@@ -6,6 +6,27 @@
 # environment, so an older build under comparison (benches/ab.sh) ignores them.
 export CITYPARK_RATE_OPERATOR=0 CITYPARK_RATE_DRIVER=0 CITYPARK_RATE_ANONYMOUS=0
 
+# A Redis deployment's history is PostgreSQL (--history, required with --store): a
+# database of the bench's own on the server at $CITYPARK_BENCH_POSTGRES (default the
+# local one), dropped by `drop_bench_history` (the scripts' EXIT traps call it), and a
+# plate key in `$1`. Set as variables, which an older build (benches/ab.sh) ignores;
+# the embedded runs use the same history.
+bench_history() {
+  bench_pg=${CITYPARK_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}
+  bench_db="citypark_bench_$$"
+  command -v psql >/dev/null || { echo "psql missing: apt-get install -y postgresql-client" >&2; exit 1; }
+  psql -q "$bench_pg/postgres" -c "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null
+  psql -q "$bench_pg/postgres" -c "CREATE DATABASE $bench_db" >/dev/null
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$1/plate.key"
+  export CITYPARK_HISTORY="$bench_pg/$bench_db" CITYPARK_HISTORY_PLATE_KEY_FILE="$1/plate.key" \
+    CITYPARK_DATA_DIR="$1/data"
+}
+
+drop_bench_history() {
+  [ -n "${bench_db:-}" ] && psql -q "$bench_pg/postgres" -c "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null 2>&1
+  return 0
+}
+
 wait_for_demo_city() {
   local mport=$1 n
   for _ in $(seq 1 120); do
@@ -30,7 +51,8 @@ run_on_each_store() {
   bench=$(ls -t target/release/deps/"$name"-* | grep -v '\.d$' | head -1)
   out=$(mktemp -d)
   pids=()
-  trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
+  trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; drop_bench_history; rm -rf "$out"' EXIT
+  bench_history "$out"
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$out" --save "" --appendonly yes \
     --appendfsync everysec --daemonize no --logfile "$out/redis.log" &
   pids+=($!)

@@ -26,7 +26,8 @@ else
 fi
 out=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; drop_bench_history; rm -rf "$out"' EXIT
+bench_history "$out"
 
 key=bench-key
 hash=$("$citypark" hash-key "$key")

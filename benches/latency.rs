@@ -101,9 +101,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // The server's history, a SQLite file, in a directory of this run's own.
+    let data_dir = std::env::temp_dir().join(format!("citypark-latency-{}", std::process::id()));
     let child = Command::new(env!("CARGO_BIN_EXE_citypark"))
+        .args(["serve", "--data-dir"])
+        .arg(&data_dir)
         .args([
-            "serve",
             "--demo",
             "--grpc-addr",
             GRPC,

@@ -17,7 +17,8 @@ citypark=./target/release/citypark
 bench=$(ls -t target/release/deps/ingest-* | grep -v '\.d$' | head -1)
 out=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; drop_bench_history; rm -rf "$out"' EXIT
+bench_history "$out"
 key=bench-key
 hash=$("$citypark" hash-key "$key")
 redis_port=${REDIS_PORT:-16392}

@@ -303,6 +303,17 @@ impl Engine {
         counts
     }
 
+    /// Gives back the memory of tables far larger than what they hold (after the
+    /// hand-off moved most of their records to history, and their tombstones went).
+    pub fn shrink_tables(&self) {
+        self.shrink_sessions();
+        self.book.write().shrink();
+        let mut tombstones = self.tombstones.0.lock();
+        if tombstones.capacity() > 64 && tombstones.capacity() > 4 * tombstones.len() {
+            tombstones.shrink_to_fit();
+        }
+    }
+
     /// Tombstones waiting for their grace to pass.
     pub fn tombstones_pending(&self) -> usize {
         self.tombstones.0.lock().len()

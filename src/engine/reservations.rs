@@ -59,6 +59,12 @@ impl Book {
         Some((held.record.clone()?, held.version))
     }
 
+    /// Gives back the memory of maps far larger than what they hold.
+    pub(super) fn shrink(&mut self) {
+        super::sessions::shrink(&mut self.reservations);
+        super::sessions::shrink(&mut self.days);
+    }
+
     /// Sets `id` to `record` (or removes it) at `version`, in every index.
     fn set(&mut self, id: ReservationId, record: Option<Arc<Reservation>>, version: u64) {
         let old = self.reservations.get(&id).and_then(|h| h.record.clone());

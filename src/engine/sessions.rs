@@ -334,9 +334,38 @@ impl Engine {
             .collect()
     }
 
+    /// Gives back the memory of tables far larger than what they hold (after the
+    /// hand-off moved most of their records to history): a hash map keeps its
+    /// capacity otherwise.
+    pub(super) fn shrink_sessions(&self) {
+        let mut t = self.sessions.write();
+        shrink(&mut t.sessions);
+        shrink(&mut t.by_car_park);
+        shrink(&mut t.by_driver);
+        shrink(&mut t.open);
+        shrink(&mut t.entries);
+        shrink(&mut t.entries_by_driver);
+        for ids in t.by_car_park.values_mut() {
+            shrink_set(ids);
+        }
+    }
+
     /// Sessions by state and the arrears (for the metrics).
     pub fn session_counts(&self) -> SessionCounts {
         self.sessions.read().counts.clone()
+    }
+}
+
+/// Shrinks `map` when its capacity is more than four times what it holds.
+pub(super) fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.capacity() > 4 * map.len() {
+        map.shrink_to_fit();
+    }
+}
+
+fn shrink_set<K: Eq + std::hash::Hash>(set: &mut HashSet<K>) {
+    if set.capacity() > 64 && set.capacity() > 4 * set.len() {
+        set.shrink_to_fit();
     }
 }
 

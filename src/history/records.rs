@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use super::Value;
 use crate::{
     domain::{
-        Account, LedgerEntry, OperatorId, ParkingSession, Reservation, SharedBooking, Timestamp,
+        Account, LedgerEntry, OperatorId, ParkingSession, RegionId, Reservation, SharedBooking,
+        Timestamp,
     },
     store::table::{DecodeError, Stored, encode},
 };
@@ -26,6 +27,8 @@ pub trait Record: Sized + Send + Sync + Unpin + 'static {
     /// Unique within the kind: writing a record again replaces it (the hand-off of a
     /// record that changed after it was first written writes its last state).
     fn id(&self) -> String;
+    /// The region whose live store held it.
+    fn region(&self) -> RegionId;
     /// When it is listed at: lists are newest first by it, then by id. On PostgreSQL
     /// the month of it is the partition.
     fn at(&self) -> Timestamp;
@@ -88,6 +91,10 @@ impl Record for ClosedSession {
         self.session.id.to_string()
     }
 
+    fn region(&self) -> RegionId {
+        self.session.region.clone()
+    }
+
     fn at(&self) -> Timestamp {
         Self::listed_at(&self.session)
     }
@@ -137,6 +144,10 @@ impl Record for KeptReservation {
         self.reservation.id.to_string()
     }
 
+    fn region(&self) -> RegionId {
+        self.reservation.region.clone()
+    }
+
     fn at(&self) -> Timestamp {
         self.reservation.created_at
     }
@@ -167,6 +178,10 @@ impl Record for SharedBooking {
 
     fn id(&self) -> String {
         self.id.to_string()
+    }
+
+    fn region(&self) -> RegionId {
+        self.region.clone()
     }
 
     fn at(&self) -> Timestamp {
@@ -204,6 +219,10 @@ impl Record for KeptEntry {
 
     fn id(&self) -> String {
         self.0.id.clone()
+    }
+
+    fn region(&self) -> RegionId {
+        self.0.region.clone()
     }
 
     fn at(&self) -> Timestamp {

@@ -95,9 +95,9 @@ impl Retention {
     }
 }
 
-/// Batches moved per kind in one round at most, so one kind's backlog does not starve
-/// the others (the rest waits for the next round).
-const BATCHES_PER_ROUND: usize = 20;
+/// How long one kind's hand-off may run in one round before the next kind's turn (the
+/// rest waits for the next round, which follows at once when a round ran late).
+const KIND_BUDGET: Duration = Duration::from_secs(2);
 
 /// How often retention (pseudonymisation, expiry) runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
@@ -159,8 +159,13 @@ impl Service {
     /// Forgets this engine's tombstones past the grace, and the store's.
     async fn compact_tombstones(&self) {
         let grace = self.keeping.tombstone_grace;
+        let mut compacted = 0;
         for (kind, n) in self.engine.compact_tombstones(grace) {
             metrics::record_tombstones_compacted(kind, n);
+            compacted += n;
+        }
+        if compacted > 0 {
+            self.engine.shrink_tables();
         }
         match self.store.compact_tombstones(grace).await {
             Ok(counts) => {
@@ -177,86 +182,82 @@ impl Service {
         let Some(cutoff) = before(now, self.keeping.hot_window) else {
             return Ok(());
         };
-        let batch = self.keeping.batch;
-        for _ in 0..BATCHES_PER_ROUND {
-            let found = self.engine.sessions_finished_before(cutoff, batch);
-            let n = found.len();
-            let kept: Vec<ClosedSession> = found
-                .iter()
-                .map(|(s, _)| self.closed_session((**s).clone(), now))
-                .collect();
-            let found = found.into_iter().map(|(s, v)| ((*s).clone(), v)).collect();
-            self.move_to_history(history, "session", found, kept, now)
-                .await?;
-            if n < batch {
-                break;
-            }
-        }
-        metrics::record_history_backlog(
+        let engine = &self.engine;
+        self.hand_off_kind::<ParkingSession, _, _>(
+            history,
             "session",
-            self.engine
-                .sessions_finished_before(cutoff, usize::MAX)
-                .len(),
-        );
-        for _ in 0..BATCHES_PER_ROUND {
-            let found = self.engine.reservations_finished_by(cutoff, batch);
-            let n = found.len();
-            let kept: Vec<KeptReservation> = found
-                .iter()
-                .map(|(r, _)| KeptReservation {
-                    operator: self
-                        .engine
+            |n| engine.sessions_finished_before(cutoff, n),
+            |s| Some(self.closed_session((**s).clone(), now)),
+            now,
+        )
+        .await?;
+        self.hand_off_kind::<Reservation, _, _>(
+            history,
+            "reservation",
+            |n| engine.reservations_finished_by(cutoff, n),
+            |r| {
+                Some(KeptReservation {
+                    operator: engine
                         .get(r.car_park.as_str(), now)
                         .map(|(c, _)| c.operator.clone()),
                     reservation: (**r).clone(),
                 })
-                .collect();
-            let found = found.into_iter().map(|(r, v)| ((*r).clone(), v)).collect();
-            self.move_to_history::<Reservation, _>(history, "reservation", found, kept, now)
-                .await?;
-            if n < batch {
-                break;
-            }
-        }
-        metrics::record_history_backlog(
-            "reservation",
-            self.engine
-                .reservations_finished_by(cutoff, usize::MAX)
-                .len(),
-        );
-        for _ in 0..BATCHES_PER_ROUND {
-            let found = self.engine.bookings_finished_by(cutoff, batch);
-            let n = found.len();
-            let kept: Vec<SharedBooking> = found.iter().map(|(b, _)| (**b).clone()).collect();
-            let found = found.into_iter().map(|(b, v)| ((*b).clone(), v)).collect();
-            self.move_to_history::<SharedBooking, _>(history, "booking", found, kept, now)
-                .await?;
-            if n < batch {
-                break;
-            }
-        }
-        metrics::record_history_backlog(
+            },
+            now,
+        )
+        .await?;
+        self.hand_off_kind::<SharedBooking, _, _>(
+            history,
             "booking",
-            self.engine.bookings_finished_by(cutoff, usize::MAX).len(),
-        );
-        for _ in 0..BATCHES_PER_ROUND {
-            let mut found = self.engine.entries_before(cutoff, batch);
-            let n = found.len();
+            |n| engine.bookings_finished_by(cutoff, n),
+            |b| Some((**b).clone()),
+            now,
+        )
+        .await?;
+        self.hand_off_kind::<LedgerEntry, _, _>(
+            history,
+            "ledger_entry",
+            |n| engine.entries_before(cutoff, n),
             // A charge whose session is still due stays: the charge's first step
             // writes its entry only if absent, so a retry must find it.
-            found.retain(|(e, _)| !self.charge_pending(e));
-            let kept: Vec<KeptEntry> = found.iter().map(|(e, _)| KeptEntry(e.clone())).collect();
-            self.move_to_history::<LedgerEntry, _>(history, "ledger_entry", found, kept, now)
+            |e| (!self.charge_pending(e)).then(|| KeptEntry(e.clone())),
+            now,
+        )
+        .await
+    }
+
+    /// Moves the records `due(n)` finds (the first `n` finished ones, oldest first,
+    /// with their versions) that `keep` turns into history's records (`None`: it stays
+    /// live), a batch at a time, for at most `KIND_BUDGET`; then says how many are left.
+    async fn hand_off_kind<A: Aggregate, T, R: Record>(
+        &self,
+        history: &SqlHistory,
+        kind: &'static str,
+        due: impl Fn(usize) -> Vec<(T, u64)>,
+        keep: impl Fn(&T) -> Option<R>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let batch = self.keeping.batch;
+        let started = std::time::Instant::now();
+        loop {
+            let found = due(batch);
+            let full = found.len() == batch;
+            let (versions, kept): (Vec<u64>, Vec<R>) = found
+                .iter()
+                .filter_map(|(record, version)| keep(record).map(|k| (*version, k)))
+                .unzip();
+            let stayed = found.len() - kept.len();
+            self.move_to_history::<A, R>(history, kind, versions, kept, now)
                 .await?;
-            if n < batch {
-                break;
+            if !full {
+                metrics::record_history_backlog(kind, stayed);
+                return Ok(());
+            }
+            if started.elapsed() >= KIND_BUDGET {
+                metrics::record_history_backlog(kind, due(usize::MAX).len());
+                return Ok(());
             }
         }
-        metrics::record_history_backlog(
-            "ledger_entry",
-            self.engine.entries_before(cutoff, usize::MAX).len(),
-        );
-        Ok(())
     }
 
     /// Whether `entry` is the charge of a session still due (its second step not made
@@ -281,30 +282,30 @@ impl Service {
         ClosedSession { session, exit_day }
     }
 
-    /// Writes `kept` to history, then deletes `found` (each at the version read) from
-    /// the live store; how many were deleted. A record that changed since it was read
-    /// stays: the next round moves its new state.
+    /// Writes `kept` to history, then deletes each from the live store at the version
+    /// it was read at (`versions`, in the same order); how many were deleted. A record
+    /// that changed since it was read stays: the next round moves its new state.
     async fn move_to_history<A: Aggregate, R: Record>(
         &self,
         history: &SqlHistory,
         kind: &'static str,
-        found: Vec<(A, u64)>,
+        versions: Vec<u64>,
         kept: Vec<R>,
         now: Timestamp,
     ) -> Result<u64> {
-        if found.is_empty() {
+        if kept.is_empty() {
             return Ok(0);
         }
         let started = std::time::Instant::now();
         history.put(&kept).await?;
         metrics::record_history_write(kind, started.elapsed().as_secs_f64());
-        let writes: Vec<Write<A>> = found
+        let writes: Vec<Write<A>> = kept
             .iter()
-            .zip(&kept)
-            .map(|((record, version), kept)| Write {
-                region: record.region().clone(),
+            .zip(versions)
+            .map(|(kept, version)| Write {
+                region: kept.region(),
                 id: kept.id(),
-                expected: *version,
+                expected: version,
                 floor: 0,
                 change: Change::Delete,
             })
