@@ -59,7 +59,7 @@ impl Default for HistorySettings {
         Self {
             hot_window: Duration::from_secs(24 * 3600),
             every: Duration::from_secs(5),
-            batch: 1_000,
+            batch: 2_000,
             retention: Retention::default(),
             plate_key: Arc::from(&b"citypark"[..]),
             sample_queue: 100_000,
@@ -98,6 +98,10 @@ impl Retention {
 /// How long one kind's hand-off may run in one round before the next kind's turn (the
 /// rest waits for the next round, which follows at once when a round ran late).
 const KIND_BUDGET: Duration = Duration::from_secs(2);
+
+/// Chunks of a batch moved at once (history's inserts and the store's deletes of
+/// different chunks overlap).
+const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// How often retention (pseudonymisation, expiry) runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
@@ -247,8 +251,23 @@ impl Service {
                 .filter_map(|(record, version)| keep(record).map(|k| (*version, k)))
                 .unzip();
             let stayed = found.len() - kept.len();
-            self.move_to_history::<A, R>(history, kind, versions, kept, now)
-                .await?;
+            // In chunks moved side by side: each chunk's two steps stay in order,
+            // while one chunk's insert overlaps another's deletes.
+            let chunk = batch.div_ceil(CHUNKS_IN_FLIGHT).max(1);
+            let mut versions = versions.into_iter();
+            let mut kept = kept.into_iter();
+            let mut moves = Vec::new();
+            loop {
+                let v: Vec<u64> = versions.by_ref().take(chunk).collect();
+                if v.is_empty() {
+                    break;
+                }
+                let k: Vec<R> = kept.by_ref().take(v.len()).collect();
+                moves.push(self.move_to_history::<A, R>(history, kind, v, k, now));
+            }
+            for moved in futures_util::future::join_all(moves).await {
+                moved?;
+            }
             if !full {
                 metrics::record_history_backlog(kind, stayed);
                 return Ok(());

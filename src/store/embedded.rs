@@ -57,9 +57,15 @@ impl Store for EmbeddedStore {
             .map(|write| {
                 let (id, expected, floor) = (write.id.clone(), write.expected, write.floor);
                 let states = write.into_states();
+                let removed = states.is_empty();
                 Ok(
                     match replica.compare_and_set(&id, expected, floor, states, now) {
-                        Some(version) => Committed::Written { version },
+                        Some(version) => {
+                            if removed {
+                                crate::store::table::note_removed::<A>(&self.engine, &id, version);
+                            }
+                            Committed::Written { version }
+                        }
                         None => Committed::Conflict,
                     },
                 )

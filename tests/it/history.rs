@@ -232,9 +232,22 @@ async fn finished_records_move_to_history_and_every_read_sees_one_list() {
     );
     assert_eq!(wallet_after.balance_minor, wallet_before.balance_minor);
 
-    // Live state holds none of it; history holds each once.
+    // Live state holds none of it, not even a tombstone; history holds each once.
     let engine = &server.backend.engine;
     assert_eq!(live_sessions(&server), 0);
+    // A moved session's version is gone too (0: never seen), once past the grace.
+    eventually("every tombstone is compacted", || async {
+        let versions: Vec<u64> = ids
+            .iter()
+            .map(|id| {
+                citypark::engine::Replica::<citypark::domain::ParkingSession>::version(
+                    &**engine, id,
+                )
+            })
+            .collect();
+        (engine.tombstones_pending() == 0 && versions.iter().all(|v| *v == 0)).then_some(())
+    })
+    .await;
     assert!(engine.entries_before(clock.now(), usize::MAX).is_empty());
     let kept: Vec<citypark::history::ClosedSession> = history
         .list(&citypark::history::Query::first(1_000))

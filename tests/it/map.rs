@@ -2,9 +2,11 @@
 //! and the page itself in a real Chromium driven by playwright-core
 //! (`web/test/map.e2e.mjs`) against the demo city: every car park shows as a dot, a
 //! reported change recolours its dot within 2 s, a click opens the car park's
-//! details, a search finds the nearest free spaces, and a screenshot is saved under
-//! `target/`. Without Chromium the browser test says why and skips, unless
-//! `CITYPARK_REQUIRE_TOOLS=1` (CI), which makes it fail instead.
+//! details with a chart of its last day (no history yet, or history unavailable,
+//! without harm to the rest), a search finds the nearest free spaces, and a
+//! screenshot is saved under `target/`; and the chart of a day a history holds.
+//! Without Chromium the browser tests say why and skip, unless
+//! `CITYPARK_REQUIRE_TOOLS=1` (CI), which makes them fail instead.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -14,7 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use citypark::{demo::Demo, pb, service::SystemClock};
+use citypark::{
+    app::Backend,
+    demo::Demo,
+    domain::SpaceCategory,
+    history::{History as _, Location, Migrate, Sample, SqlHistory, bucket_of},
+    pb,
+    service::SystemClock,
+};
 
 use crate::support::*;
 
@@ -339,6 +348,13 @@ async fn the_map_shows_the_demo_city_live_in_chromium() {
     assert_eq!(tooltip, format!("{MARKUP} — No data"));
     let heading = tokio::task::block_in_place(|| browser.ask("click map-probe", RECOLOUR * 5));
     assert_eq!(heading, "Garage map-probe");
+    // Beside it, its last day: this server keeps no history, so there is none to
+    // chart yet, which is no error.
+    let history = tokio::task::block_in_place(|| browser.ask("history", RECOLOUR * 5));
+    assert!(
+        history.starts_with("empty ") || history.starts_with("chart "),
+        "{history}"
+    );
 
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/map-demo.png");
     tokio::task::block_in_place(|| {
@@ -349,6 +365,17 @@ async fn the_map_shows_the_demo_city_live_in_chromium() {
         "{shot:?}"
     );
     eprintln!("screenshot: {}", shot.display());
+
+    // History down: the chart says so, and the rest of the panel is as ever.
+    let (heading, history) = tokio::task::block_in_place(|| {
+        browser.ask("break-history", RECOLOUR * 5);
+        (
+            browser.ask("click map-no-data", RECOLOUR * 5),
+            browser.ask("history", RECOLOUR * 5),
+        )
+    });
+    assert_eq!(heading, MARKUP);
+    assert_eq!(history, "error History unavailable");
     assert!(
         browser.errors.is_empty(),
         "page errors: {:?}",
@@ -396,6 +423,124 @@ async fn a_region_too_big_for_one_watch_is_followed_where_the_map_looks() {
     report_and_expect(&server, &mut browser, "g-5-5", 2, 0, "full").await;
     // A corner out of view is not followed, and says so.
     tokio::task::block_in_place(|| browser.ask("expect g-0-0 loading 5000", RECOLOUR * 5));
+    assert!(
+        browser.errors.is_empty(),
+        "page errors: {:?}",
+        browser.errors
+    );
+    drop(browser);
+    server.stop().await.unwrap();
+}
+
+/// `id`'s standard spaces over the last day in half hours, as the panel asks.
+async fn last_day(server: &TestServer, id: &str) -> Vec<pb::OccupancyBucket> {
+    let request = pb::GetOccupancyHistoryRequest {
+        car_park_id: id.into(),
+        category: pb::SpaceCategory::Standard.into(),
+        from: Some(pb_time(after(jiff::Timestamp::now(), -86_400))),
+        to: None,
+        step: Some(prost_types::Duration {
+            seconds: 1800,
+            nanos: 0,
+        }),
+    };
+    let mut availability = server.availability().await;
+    let reply = availability.get_occupancy_history(request).await.unwrap();
+    reply.into_inner().buckets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_side_panel_charts_the_last_day_a_history_holds() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let location = Location::Sqlite(dir.path().join("history.sqlite3"));
+    let history = Arc::new(SqlHistory::open(&location, Migrate::Auto).await.unwrap());
+    let backend = Backend::embedded(4096).with_history(history.clone());
+    let server = TestServer::start_on(backend, |settings| {
+        settings.clock = Arc::new(SystemClock);
+    })
+    .await;
+    register(&server, garage("charted", 36.06, 120.38)).await;
+    register(&server, garage("charted-too", 36.08, 120.40)).await;
+
+    // 23 hours of 5-minute samples of its 100 standard spaces up to now, but none
+    // from 9 to 6 hours ago (nothing changed then): those half hours carry the one
+    // before forward.
+    let now = jiff::Timestamp::now();
+    let samples: Vec<Sample> = (0..23 * 12_i64)
+        .filter(|k| !(72..108).contains(k))
+        .map(|k| {
+            let wave = (k as f64 * std::f64::consts::TAU / 288.0).sin();
+            let free = (50.0 + 40.0 * wave).round() as u32;
+            Sample {
+                car_park: "charted".into(),
+                region: "qingdao".into(),
+                category: SpaceCategory::Standard,
+                bucket: bucket_of(after(now, -k * 300)),
+                min_free: free - (k % 5) as u32,
+                max_free: free + 3,
+                last_free: free,
+                capacity: 100,
+                status: "open".into(),
+            }
+        })
+        .collect();
+    history.put_samples(&samples).await.unwrap();
+    let fewest = samples.iter().map(|s| s.min_free).min().unwrap();
+    let most = samples.iter().map(|s| s.max_free).max().unwrap();
+    // Its live numbers are the newest sample's.
+    report_ok(
+        &server,
+        snapshot("charted", 1, samples[0].last_free as i32, now),
+    )
+    .await;
+
+    let url = format!("http://{}/map/", server.http_addr);
+    let mut browser = tokio::task::block_in_place(|| Browser::open(&url, &chromium));
+    tokio::task::block_in_place(|| browser.ask("ready 2", Duration::from_secs(60)));
+    // What the page draws is what GetOccupancyHistory answers (asked before and after
+    // it, in case a half hour ends in between).
+    let before = last_day(&server, "charted").await;
+    let (heading, chart) = tokio::task::block_in_place(|| {
+        (
+            browser.ask("click charted", RECOLOUR * 5),
+            browser.ask("history", RECOLOUR * 5),
+        )
+    });
+    let later = last_day(&server, "charted").await;
+    assert_eq!(heading, "Garage charted");
+    let words: Vec<&str> = chart.splitn(5, ' ').collect();
+    assert_eq!(words[0], "chart", "{chart}");
+    let drawn: (usize, usize) = (words[1].parse().unwrap(), words[2].parse().unwrap());
+    let answered = |buckets: &[pb::OccupancyBucket]| {
+        (
+            buckets.len(),
+            buckets.iter().filter(|b| !b.observed).count(),
+        )
+    };
+    assert!(
+        drawn == answered(&before) || drawn == answered(&later),
+        "drew {drawn:?} steps (all, carried forward); GetOccupancyHistory answered {:?}, \
+         then {:?}",
+        answered(&before),
+        answered(&later)
+    );
+    // Three hours without a sample: at least five half hours carried forward, drawn
+    // as one dashed run.
+    assert!(drawn.1 >= 5, "{chart}");
+    assert_eq!(words[3], "1", "one dashed run: {chart}");
+    assert_eq!(
+        words[4],
+        format!("Free spaces over the last 24 hours, between {fewest} and {most} of 100")
+    );
+
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/map-history.png");
+    tokio::task::block_in_place(|| {
+        browser.ask(&format!("screenshot {}", shot.display()), RECOLOUR * 5)
+    });
+    eprintln!("screenshot: {}", shot.display());
     assert!(
         browser.errors.is_empty(),
         "page errors: {:?}",
