@@ -1,7 +1,8 @@
 // citypark's live city map: every car park of a region as a dot coloured by its live
 // availability, kept current by one WatchAvailability stream over gRPC-Web; a click
-// asks FindNearby; the side panel shows GetCarPark.
+// asks FindNearby; the side panel shows GetCarPark and a chart of GetOccupancyHistory.
 
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import L from "leaflet";
@@ -9,8 +10,20 @@ import "leaflet/dist/leaflet.css";
 import "./map.css";
 import { Availability } from "./gen/citypark/v1/availability_pb.js";
 import { Registry } from "./gen/citypark/v1/registry_pb.js";
-import type { CarPark, CarParkAvailability } from "./gen/citypark/v1/types_pb.js";
-import { showCarPark, showNearby } from "./panel.js";
+import {
+  type CarPark,
+  type CarParkAvailability,
+  SpaceCategory,
+} from "./gen/citypark/v1/types_pb.js";
+import {
+  HISTORY_SPAN_MS,
+  HISTORY_STEP_MS,
+  historyChart,
+  historyFailed,
+  showCarPark,
+  showHistory,
+  showNearby,
+} from "./panel.js";
 import { type DotState, LOOKS, dotState, headline } from "./state.js";
 
 /** What the server tells the page (GET config.json). */
@@ -99,6 +112,8 @@ function restyle(dot: Dot) {
 }
 
 let selected: string | null = null;
+/** The selected car park's history chart, shown again with each update of it. */
+let selectedHistory: HTMLElement | undefined;
 
 function addDot(carPark: CarPark) {
   const existing = dots.get(carPark.id);
@@ -131,13 +146,37 @@ function removeDot(id: string) {
 
 async function select(id: string) {
   selected = id;
+  const history = historyChart();
+  selectedHistory = history;
+  void loadHistory(id, history);
   const known = dots.get(id);
-  if (known) showCarPark(panel, known.carPark, known.availability);
+  if (known) showCarPark(panel, known.carPark, known.availability, history);
   try {
     const got = await registry.getCarPark({ id });
-    if (selected === id && got.carPark) showCarPark(panel, got.carPark, got.availability);
+    if (selected === id && got.carPark) {
+      showCarPark(panel, got.carPark, got.availability, history);
+    }
   } catch (e) {
     if (selected === id) say(`Could not read ${id}: ${ConnectError.from(e).rawMessage}`, true);
+  }
+}
+
+/** Fills `chart` with the last day of `id`'s standard spaces, beside GetCarPark: a
+ * failure shows in the chart and nowhere else. */
+async function loadHistory(id: string, chart: HTMLElement) {
+  const to = new Date();
+  const from = new Date(to.getTime() - HISTORY_SPAN_MS);
+  try {
+    const got = await availability.getOccupancyHistory({
+      carParkId: id,
+      category: SpaceCategory.STANDARD,
+      from: timestampFromDate(from),
+      // `to` unset: up to the server's now, whatever this machine's clock says.
+      step: { seconds: BigInt(HISTORY_STEP_MS / 1000) },
+    });
+    showHistory(chart, got.buckets, from, to);
+  } catch (e) {
+    historyFailed(chart, ConnectError.from(e).rawMessage);
   }
 }
 
@@ -287,7 +326,7 @@ function update(a: CarParkAvailability) {
   dot.availability = a;
   dot.state = dotState(a);
   restyle(dot);
-  if (selected === a.carParkId) showCarPark(panel, dot.carPark, a);
+  if (selected === a.carParkId) showCarPark(panel, dot.carPark, a, selectedHistory);
 }
 
 // --- nearby search ------------------------------------------------------------------

@@ -5,6 +5,12 @@
 //   ready <count>                    the page is live and shows at least <count> dots
 //   expect <id> <state> <ms>         the dot of <id> shows <state> within <ms>
 //   click <id>                       click the dot; answers the side panel's heading
+//   history                          the panel's history chart once loaded: answers
+//                                    `chart <steps> <carried> <dashed> <aria-label>`
+//                                    (bands drawn, of them carried forward, dashed
+//                                    lines), or `<empty|error> <its text>`
+//   break-history                    from now on GetOccupancyHistory answers
+//                                    UNAVAILABLE, as with its database down
 //   hover <id>                       hover over the dot; answers its tooltip's text
 //   nearby <lat> <lng>               click the map there; answers the results' ids
 //   status <text> <ms>               the status line holds <text> within <ms>; answers it
@@ -73,6 +79,39 @@ async function handle(words) {
         { timeout: 5_000 },
       );
       return `ok ${await heading.textContent()}`;
+    }
+    case "history": {
+      const chart = page.locator("#panel .history-chart");
+      await page.waitForSelector('#panel .history-chart:not([data-state="loading"])', {
+        timeout: 5_000,
+      });
+      const state = await chart.getAttribute("data-state");
+      if (state !== "chart") return `ok ${state} ${await chart.locator("p").textContent()}`;
+      const svg = chart.locator('svg[role="img"]');
+      const [steps, carried, dashed] = await Promise.all(
+        ["rect.band", "rect.band.carried", "polyline.line.carried"].map((s) =>
+          svg.locator(s).count(),
+        ),
+      );
+      return `ok chart ${steps} ${carried} ${dashed} ${await svg.getAttribute("aria-label")}`;
+    }
+    case "break-history": {
+      // A gRPC-Web answer with its status in the headers (a trailers-only answer),
+      // readable across origins as the server's own would be.
+      await page.route("**/citypark.v1.Availability/GetOccupancyHistory", (route) =>
+        route.fulfill({
+          status: 200,
+          headers: {
+            "content-type": "application/grpc-web+proto",
+            "grpc-status": "14",
+            "grpc-message": "history down",
+            "access-control-allow-origin": route.request().headers().origin ?? "*",
+            "access-control-expose-headers": "grpc-status, grpc-message",
+          },
+          body: "",
+        }),
+      );
+      return "ok";
     }
     case "hover": {
       await page.locator(dot(words[1])).hover();
