@@ -8,6 +8,7 @@
 #      tombstone grace of one minute), then its resident memory and Redis's used_memory
 #      against where they started.
 # Usage: benches/history.sh [sessions] [parts: drain,gates]
+#   (CITYPARK_BENCH_STORES="redis" runs one store only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/demo-city.sh
@@ -44,7 +45,7 @@ sleep 0.5
 redis_url="redis://127.0.0.1:$redis_port/0"
 
 if [[ $parts == *drain* ]]; then
-  for store in embedded redis; do
+  for store in ${CITYPARK_BENCH_STORES:-embedded redis}; do
     echo "== $store: drain"
     new_db
     redis_env=()
@@ -58,7 +59,7 @@ if [[ $parts == *gates* ]]; then
   key=bench-key
   hash=$("$citypark" hash-key "$key")
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$out/plate.key"
-  for store in embedded redis; do
+  for store in ${CITYPARK_BENCH_STORES:-embedded redis}; do
     echo "== $store: gates"
     new_db
     redis-cli -p "$redis_port" flushall >/dev/null

@@ -19,18 +19,24 @@
 //! History being slow or down pauses the hand-off (live state grows until it is back)
 //! and never touches ingest or queries; the `citypark_history_*` metrics say so.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio_util::sync::CancellationToken;
 
 use super::Service;
 use crate::{
-    domain::{LedgerEntry, ParkingSession, Reservation, Result, SharedBooking, Timestamp},
+    domain::{
+        LedgerEntry, ParkingSession, RegionId, Reservation, Result, SharedBooking, Timestamp,
+    },
     history::{
         ClosedSession, Cursor, History, Kept, KeptEntry, KeptReservation, Query, Record, SqlHistory,
     },
     metrics,
-    store::{Aggregate, Change, Committed, Store, Write},
+    store::{Aggregate, AnyWrite, Change, Committed, Store, Write},
 };
 
 /// How finished records move to history and how long history keeps them.
@@ -102,6 +108,9 @@ const KIND_BUDGET: Duration = Duration::from_secs(2);
 /// Chunks of a batch moved at once (history's inserts and the store's deletes of
 /// different chunks overlap).
 const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Deletes committed as one group.
+const DELETE_GROUP: usize = 50;
 
 /// How often retention (pseudonymisation, expiry) runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
@@ -318,23 +327,43 @@ impl Service {
         let started = std::time::Instant::now();
         history.put(&kept).await?;
         metrics::record_history_write(kind, started.elapsed().as_secs_f64());
-        let writes: Vec<Write<A>> = kept
+        let deletes: Vec<(RegionId, String, u64)> = kept
             .iter()
             .zip(versions)
-            .map(|(kept, version)| Write {
-                region: kept.region(),
-                id: kept.id(),
-                expected: version,
-                floor: 0,
-                change: Change::Delete,
-            })
+            .map(|(kept, version)| (kept.region(), kept.id(), version))
             .collect();
+        let delete = |(region, id, expected): &(RegionId, String, u64)| Write::<A> {
+            region: region.clone(),
+            id: id.clone(),
+            expected: *expected,
+            floor: 0,
+            change: Change::Delete,
+        };
         let mut moved = 0;
         let mut failed = None;
-        for result in self.store.commit(writes, "history", now).await {
-            match result {
-                Ok(Committed::Written { .. }) => moved += 1,
-                Ok(Committed::Conflict) => {}
+        // Deletes of one region go as groups (one atomic write each, in Redis one
+        // script call for many records); a group that meets a record changed since it
+        // was read is not made, and its deletes go one by one, so the rest still go.
+        let mut by_region: HashMap<&RegionId, Vec<&(RegionId, String, u64)>> = HashMap::new();
+        for d in &deletes {
+            by_region.entry(&d.0).or_default().push(d);
+        }
+        for group in by_region.values().flat_map(|ds| ds.chunks(DELETE_GROUP)) {
+            let writes: Vec<AnyWrite> = group.iter().map(|d| delete(d).into()).collect();
+            match self.store.commit_group(writes, "history", now).await {
+                Ok(done) if done.iter().all(|c| matches!(c, Committed::Written { .. })) => {
+                    moved += group.len() as u64;
+                }
+                Ok(_) => {
+                    let one_by_one = group.iter().map(|d| delete(d)).collect();
+                    for result in self.store.commit(one_by_one, "history", now).await {
+                        match result {
+                            Ok(Committed::Written { .. }) => moved += 1,
+                            Ok(Committed::Conflict) => {}
+                            Err(error) => failed = Some(error),
+                        }
+                    }
+                }
                 Err(error) => failed = Some(error),
             }
         }
