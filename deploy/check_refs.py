@@ -5,12 +5,14 @@ Run by deploy/check.sh after the schema checks. Each check fails with the file a
 what is wrong: a CITYPARK_* variable or a serve flag the binary does not have (both
 would be ignored or refused only at start), a service, secret, port or label that
 names nothing, probes that are not gRPC health checks, a termination grace shorter
-than the drain.
+than the drain, a Redis deployment without its PostgreSQL history and plates' hash
+key (the binary refuses to start), a history URL that does not match its database.
 """
 
 import re
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -29,9 +31,21 @@ def binary_settings():
     for source in (ROOT / "src").rglob("*.rs"):
         variables |= set(re.findall(r'env = "(CITYPARK_[A-Z0-9_]+)"', source.read_text()))
     config = (ROOT / "src/config.rs").read_text()
-    body = config.split("pub struct ServeConfig {", 1)[1].split("\n}\n", 1)[0]
-    flags = {"--" + name.replace("_", "-") for name in re.findall(r"^\s*pub (\w+):", body, re.M)}
-    return variables, flags
+
+    def flags_of(struct):
+        """A struct's fields as flags, those of a #[command(flatten)] field's struct
+        instead of the field's own name."""
+        body = config.split(f"pub struct {struct} {{", 1)[1].split("\n}\n", 1)[0]
+        flags = set()
+        fields = re.findall(r"((?:^\s*#\[.*\n)*)^\s*pub (\w+): ([\w:]+)", body, re.M)
+        for attributes, name, kind in fields:
+            if "#[command(flatten)]" in attributes:
+                flags |= flags_of(kind.rsplit("::", 1)[-1])
+            else:
+                flags.add("--" + name.replace("_", "-"))
+        return flags
+
+    return variables, flags_of("ServeConfig")
 
 
 VARIABLES, SERVE_FLAGS = binary_settings()
@@ -59,9 +73,61 @@ def interpolated(value):
     return re.sub(r"\$\{[A-Za-z0-9_]+:-([^}]*)\}", r"\1", value)
 
 
+def check_merges(where, text):
+    """YAML readers disagree on which of several anchors merged into one mapping
+    (`<<: [*a, *b]`) wins a key they share (PyYAML 6.0.4 takes the last, the YAML
+    merge specification and Docker Compose the first): merged anchors must not
+    share a key."""
+
+    def keys(node):
+        return {key.value for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"}
+
+    def walk(node):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.tag == "tag:yaml.org,2002:merge" and isinstance(value, yaml.SequenceNode):
+                    seen = set()
+                    for merged in value.value:
+                        shared = seen & keys(merged)
+                        if shared:
+                            line = key.start_mark.line + 1
+                            fail(where, f"line {line}: merged anchors share {sorted(shared)}")
+                        seen |= keys(merged)
+                walk(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item)
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader))
+
+
+def check_history_url(where, url, database):
+    """A postgres:// history URL against the database it names: host, port, user,
+    password and database, as `database` (a dict of those it knows) has them."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        fail(where, f"CITYPARK_HISTORY {parts.scheme}://… is not a PostgreSQL URL")
+        return
+    found = {
+        "port": parts.port or 5432,
+        "user": parts.username,
+        "password": parts.password,
+        "database": parts.path.lstrip("/") or parts.username,
+    }
+    for what, expected in database.items():
+        if expected is None or found[what] == expected:
+            continue
+        if what == "password":
+            fail(where, "CITYPARK_HISTORY's password is not its database's")
+        else:
+            fail(where, f"CITYPARK_HISTORY's {what} is {found[what]!r}, its database's {expected!r}")
+
+
 def check_compose():
     where = "deploy/compose.yaml"
-    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    text = (DEPLOY / "compose.yaml").read_text()
+    check_merges(where, text)
+    compose = yaml.safe_load(text)
     services = compose["services"]
     secrets = compose.get("secrets", {})
     volumes = compose.get("volumes", {})
@@ -103,7 +169,11 @@ def check_compose():
         check_serve_command(at, command)
         environment = service.get("environment", {})
         check_variables(at, environment)
-        for variable in ("CITYPARK_API_KEYS_FILE", "CITYPARK_DRIVER_JWT_SECRET_FILE"):
+        for variable in (
+            "CITYPARK_API_KEYS_FILE",
+            "CITYPARK_DRIVER_JWT_SECRET_FILE",
+            "CITYPARK_HISTORY_PLATE_KEY_FILE",
+        ):
             path = environment.get(variable)
             if path and path.removeprefix("/run/secrets/") not in service.get("secrets", []):
                 fail(at, f"{variable}={path} is not one of its secrets")
@@ -111,6 +181,28 @@ def check_compose():
         host = re.match(r"redis://([^:/]+)", store)
         if not host or services.get(host.group(1), {}).get("image", "").split(":")[0] != "redis":
             fail(at, f"CITYPARK_STORE={store!r} names no Redis service")
+        # A Redis store's instances share one PostgreSQL history and one plates' hash
+        # key: without them the binary refuses to start.
+        history = environment.get("CITYPARK_HISTORY", "")
+        database = services.get(urlsplit(history).hostname or "", {})
+        if database.get("image", "").split(":")[0] != "postgres":
+            fail(at, f"CITYPARK_HISTORY={history!r} names no PostgreSQL service")
+        else:
+            settings = database.get("environment", {})
+            user = settings.get("POSTGRES_USER", "postgres")
+            check_history_url(at, history, {
+                "port": 5432,
+                "user": user,
+                "password": settings.get("POSTGRES_PASSWORD"),
+                "database": settings.get("POSTGRES_DB", user),
+            })
+        if "CITYPARK_HISTORY_PLATE_KEY_FILE" not in environment:
+            fail(at, "no CITYPARK_HISTORY_PLATE_KEY_FILE: required with a PostgreSQL history")
+        # It starts once what it needs answers (it gives up on history at once).
+        depends_on = service.get("depends_on", {})
+        for needed in (host.group(1) if host else None, urlsplit(history).hostname):
+            if needed and depends_on.get(needed, {}).get("condition") != "service_healthy":
+                fail(at, f"does not wait for {needed} to be healthy (depends_on)")
         test = service.get("healthcheck", {}).get("test", [])
         if test[1:3] != ["citypark", "health"]:
             fail(at, f"health check {test!r} is not `citypark health`")
@@ -122,6 +214,14 @@ def check_compose():
     redis = " ".join(services.get("redis", {}).get("command", []))
     if "--appendonly yes" not in redis:
         fail(where, "redis runs without --appendonly yes")
+    for name, service in services.items():
+        if service.get("image", "").split(":")[0] != "postgres":
+            continue
+        if not any(m.split(":")[0] in volumes and m.split(":")[1] == "/var/lib/postgresql/data"
+                   for m in service.get("volumes", [])):
+            fail(where, f"{name}: its data is in no named volume (/var/lib/postgresql/data)")
+        if "pg_isready" not in service.get("healthcheck", {}).get("test", []):
+            fail(where, f"{name}: its health check is not pg_isready")
 
     prometheus = yaml.safe_load((DEPLOY / "prometheus-compose.yml").read_text())
     targets = {
@@ -201,13 +301,55 @@ def check_k8s():
     config = {}
     for _, configmap in one("ConfigMap"):
         config.update(configmap.get("data", {}))
-    secret_keys = {
-        name: set(d.get("stringData", {})) | set(d.get("data", {}))
+    secrets = {
+        name: {**d.get("data", {}), **d.get("stringData", {})}
         for (kind, name), (_, d) in objects.items()
         if kind == "Secret"
     }
+    secret_keys = {name: set(data) for name, data in secrets.items()}
+    configmaps = {
+        name: d.get("data", {}) for (kind, name), (_, d) in objects.items() if kind == "ConfigMap"
+    }
+
+    def environment(at, container):
+        """A container's variables as the pod gets them: the ConfigMaps of envFrom, then
+        env (a Secret's value as written in stringData; None when it is not)."""
+        variables = {}
+        for source in container.get("envFrom", []):
+            name = source.get("configMapRef", {}).get("name")
+            if name:
+                variables.update(configmaps.get(name, {}))
+        for variable in container.get("env", []):
+            ref = variable.get("valueFrom", {})
+            if "secretKeyRef" in ref or "configMapKeyRef" in ref:
+                kind = "Secret" if "secretKeyRef" in ref else "ConfigMap"
+                ref = ref.get("secretKeyRef") or ref.get("configMapKeyRef")
+                data = (secrets if kind == "Secret" else configmaps).get(ref["name"])
+                if data is None or ref["key"] not in data:
+                    if not ref.get("optional"):
+                        fail(at, f"{variable['name']} names {kind} {ref['name']} key {ref['key']}, "
+                                 "which is not in the kustomization")
+                    continue
+                variables[variable["name"]] = data[ref["key"]]
+            else:
+                variables[variable["name"]] = variable.get("value")
+        return variables
+
+    def hardened(at, pod, container):
+        """What every pod here does: runs as non-root, on a read-only root filesystem
+        without privilege escalation, within cpu and memory requests and limits."""
+        if not pod.get("securityContext", {}).get("runAsNonRoot"):
+            fail(at, "pods may run as root")
+        context = container.get("securityContext", {})
+        if not context.get("readOnlyRootFilesystem") or context.get("allowPrivilegeEscalation", True):
+            fail(at, "the root filesystem is writable or privileges may escalate")
+        resources = container.get("resources", {})
+        for kind in ("requests", "limits"):
+            if not {"cpu", "memory"} <= set(resources.get(kind, {})):
+                fail(at, f"no cpu and memory {kind}")
 
     pods = {}
+    histories, databases, databases_by_host = [], {}, {}
     for where, deployment in one("Deployment"):
         spec = deployment["spec"]
         template = spec["template"]
@@ -217,8 +359,6 @@ def check_k8s():
         if spec.get("replicas", 1) < 2:
             fail(where, "fewer than 2 replicas")
         pod = template["spec"]
-        if not pod.get("securityContext", {}).get("runAsNonRoot"):
-            fail(where, "pods may run as root")
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for container in pod["containers"]:
             at = f"{where}: {container['name']}"
@@ -229,16 +369,21 @@ def check_k8s():
                     fail(at, f"envFrom names ConfigMap {name}, which is not in the kustomization")
             check_variables(at, config)
             check_variables(at, [e["name"] for e in container.get("env", [])])
-            if "CITYPARK_STORE" not in config:
+            variables = environment(at, container)
+            if "CITYPARK_STORE" not in variables:
                 fail(at, "no CITYPARK_STORE: the pods would not share a city")
+            hardened(at, pod, container)
 
-            context = container.get("securityContext", {})
-            if not context.get("readOnlyRootFilesystem") or context.get("allowPrivilegeEscalation", True):
-                fail(at, "the root filesystem is writable or privileges may escalate")
-            resources = container.get("resources", {})
-            for kind in ("requests", "limits"):
-                if not {"cpu", "memory"} <= set(resources.get(kind, {})):
-                    fail(at, f"no cpu and memory {kind}")
+            # A Redis store's pods share one PostgreSQL history and one plates' hash
+            # key: without them the binary refuses to start.
+            flags = {word.partition("=")[0] for word in container.get("args", [])}
+            if "CITYPARK_HISTORY" not in variables and "--history" not in flags:
+                fail(at, "no CITYPARK_HISTORY: required with a Redis store")
+            if not ("CITYPARK_HISTORY_PLATE_KEY_FILE" in variables or "--history-plate-key-file" in flags):
+                fail(at, "no CITYPARK_HISTORY_PLATE_KEY_FILE: required with a PostgreSQL history")
+            history = variables.get("CITYPARK_HISTORY")
+            if history:
+                histories.append((at, history))
 
             ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
             pods[deployment["metadata"]["name"]] = (labels, spec.get("replicas", 1), ports)
@@ -254,11 +399,13 @@ def check_k8s():
                 fail(at, f"terminationGracePeriodSeconds {termination} is not above the "
                          f"preStop pause {pause} s plus the shutdown grace {grace} s")
 
-            # Files named by flags are in a mounted Secret, under a key it has.
+            # Files named by flags or variables are in a mounted Secret, under a key it
+            # has.
             mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
-            for word in container.get("args", []):
-                flag, _, path = word.partition("=")
-                if not flag.endswith("-file") or not path:
+            files = [word.partition("=")[::2] for word in container.get("args", [])]
+            files += [(name, value) for name, value in variables.items() if name.endswith("_FILE")]
+            for flag, path in files:
+                if not flag.lower().replace("_", "-").endswith("-file") or not path:
                     continue
                 directory, _, key = path.rpartition("/")
                 volume = volumes.get(mounts.get(directory, ""), {})
@@ -267,6 +414,36 @@ def check_k8s():
                     fail(at, f"{flag}={path} is not in a mounted Secret")
                 elif key not in secret_keys.get(secret, set()):
                     fail(at, f"{flag}={path}: Secret {secret} has no key {key}")
+
+    # Databases: a StatefulSet's pods, with a Service that names them and a volume of
+    # their own.
+    statefulsets = [(f"deploy/k8s/{r}", d) for (k, _), (r, d) in objects.items() if k == "StatefulSet"]
+    for where, statefulset in statefulsets:
+        spec = statefulset["spec"]
+        name = statefulset["metadata"]["name"]
+        labels = spec["template"]["metadata"]["labels"]
+        if not selects(spec["selector"]["matchLabels"], labels):
+            fail(where, "the selector does not select the pod template")
+        if ("Service", spec.get("serviceName")) not in objects:
+            fail(where, f"serviceName {spec.get('serviceName')} is no Service in the kustomization")
+        pod = spec["template"]["spec"]
+        claims = {c["metadata"]["name"] for c in spec.get("volumeClaimTemplates", [])}
+        for container in pod["containers"]:
+            at = f"{where}: {container['name']}"
+            hardened(at, pod, container)
+            mounted = {m["name"] for m in container.get("volumeMounts", [])}
+            if not claims & mounted:
+                fail(at, "keeps its data on no volume claim")
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            pods[name] = (labels, spec.get("replicas", 1), ports)
+            variables = environment(at, container)
+            if container["image"].split(":")[0] == "postgres":
+                user = variables.get("POSTGRES_USER", "postgres")
+                databases[name] = {
+                    "user": user,
+                    "password": variables.get("POSTGRES_PASSWORD"),
+                    "database": variables.get("POSTGRES_DB", user),
+                }
 
     service_ports = {}
     for where, service in one("Service"):
@@ -282,6 +459,21 @@ def check_k8s():
             if selected and port["targetPort"] not in selected[0]:
                 fail(where, f"Service {name}: targetPort {port['targetPort']} is no container port")
         service_ports[name] = (service["metadata"].get("labels", {}), {p["name"] for p in service["spec"]["ports"]})
+        # The database behind this Service, if it is one, and the Service's ports.
+        for pod_name, (labels, _, _) in pods.items():
+            if pod_name in databases and selects(service["spec"]["selector"], labels):
+                ports = {p["port"] for p in service["spec"]["ports"]}
+                databases_by_host[name] = (databases[pod_name], ports)
+
+    # A history URL that names a Service here names its database, as it has them.
+    for at, history in histories:
+        host = (urlsplit(history).hostname or "").split(".")[0]
+        if host not in databases_by_host:
+            continue  # an external database
+        database, ports = databases_by_host[host]
+        if (urlsplit(history).port or 5432) not in ports:
+            fail(at, f"CITYPARK_HISTORY's port is no port of Service {host}")
+        check_history_url(at, history, database)
 
     for where, budget in one("PodDisruptionBudget"):
         if not any(selects(budget["spec"]["selector"]["matchLabels"], p[0]) for p in pods.values()):

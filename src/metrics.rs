@@ -327,7 +327,7 @@ fn describe() {
     describe_counter!(
         HISTORY_SAMPLES,
         Unit::Count,
-        "occupancy samples (one car park, category and 5-minute bucket) by result (written, dropped: the queue was full)"
+        "occupancy samples (one car park, category and 5-minute bucket) by result (written; dropped: the queue was full, or changes the sampler fell behind on)"
     );
     describe_gauge!(
         HISTORY_SAMPLE_QUEUE,
