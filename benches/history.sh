@@ -5,8 +5,9 @@
 #   1. drain: N finished sessions in the live store moved to history (sessions/s), then
 #      ListMySessions over them (p50/p99, and calls/s against Ping);
 #   2. gates: N sessions through Ingest.Publish into the real binary (hot window and
-#      tombstone grace of one minute), then its resident memory and Redis's used_memory
-#      against where they started.
+#      tombstone grace of one minute), twice; its resident memory and Redis's
+#      used_memory after each run's hand-off (the second should leave them where the
+#      first did).
 # Usage: benches/history.sh [sessions] [parts: drain,gates]
 #   (CITYPARK_BENCH_STORES="redis" runs one store only)
 set -euo pipefail
