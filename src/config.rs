@@ -495,7 +495,7 @@ impl ServeConfig {
             ));
         }
         let location = self.history.location()?;
-        if !self.store.trim().is_empty() && !location.is_postgres() {
+        if self.redis()?.is_some() && !location.is_postgres() {
             return Err(Error::invalid(
                 "--history",
                 "a Redis store's instances share one history: set --history postgres://…",
@@ -863,6 +863,13 @@ mod tests {
         assert_eq!(bad(&["--rate-driver=-1"]), "--rate-driver");
         assert_eq!(bad(&["--rate-anonymous", "NaN"]), "--rate-anonymous");
         assert_eq!(bad(&["--store", "http://x"]), "--store");
+        assert_eq!(bad(&["--store", "redis://h:1"]), "--history");
+        assert_eq!(bad(&["--history", "mysql://h/db"]), "--history");
+        assert_eq!(
+            bad(&["--history", "postgres://h/db"]),
+            "--history-plate-key-file"
+        );
+        assert_eq!(bad(&["--hot-window-minutes", "0"]), "--hot-window-minutes");
         assert_eq!(bad(&["--store", "redis+cluster://"]), "--store");
         assert_eq!(
             bad(&["--store", "redis://h:1", "--redis-prefix", "a{b}"]),
