@@ -200,8 +200,8 @@ fn sessions_to_csv(sessions: &[ParkingSession], operator: &crate::domain::Operat
             s.state.as_str().to_owned(),
             s.fee_minor.to_string(),
             s.tariff.currency.clone(),
-            serde_name(&s.payment.method),
-            serde_name(&s.payment.status),
+            s.payment.method.as_str().to_owned(),
+            s.payment.status.as_str().to_owned(),
             s.payment.attempts.to_string(),
             s.payment.receipt_id.clone(),
             s.tariff_version.to_string(),
@@ -217,14 +217,6 @@ fn sessions_to_csv(sessions: &[ParkingSession], operator: &crate::domain::Operat
         out.push_str("\r\n");
     }
     out
-}
-
-/// The name serde gives a unit variant (`"wallet"`).
-fn serde_name<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
 }
 
 /// An error as JSON, with the HTTP status its kind decides; internal details are

@@ -110,6 +110,20 @@ pub enum PaymentMethod {
     Barrier,
 }
 
+impl PaymentMethod {
+    pub const ALL: [PaymentMethod; 4] = [Self::None, Self::Wallet, Self::Gateway, Self::Barrier];
+
+    /// Its stored name (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Wallet => "wallet",
+            Self::Gateway => "gateway",
+            Self::Barrier => "barrier",
+        }
+    }
+}
+
 /// Where a payment stands.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
@@ -123,6 +137,25 @@ pub enum PaymentStatus {
     Succeeded,
     /// Refused for good (the wallet below its overdraft, the gateway declined): arrears.
     Failed,
+}
+
+impl PaymentStatus {
+    pub const ALL: [PaymentStatus; 4] = [
+        Self::NotNeeded,
+        Self::Pending,
+        Self::Succeeded,
+        Self::Failed,
+    ];
+
+    /// Its stored name (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotNeeded => "not_needed",
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// A session's payment.
@@ -632,15 +665,18 @@ impl Settlement {
         fee_minor: i64,
     ) -> Result<(), Error> {
         let corrupt = |what: &str| Error::Internal(format!("history holds an unknown {what}"));
-        let named = |name: &str| serde_json::Value::String(name.to_owned());
         let state = SessionState::ALL
             .into_iter()
             .find(|s| s.as_str() == state)
             .ok_or_else(|| corrupt("session state"))?;
-        let method: PaymentMethod =
-            serde_json::from_value(named(method)).map_err(|_| corrupt("payment method"))?;
-        let status: PaymentStatus =
-            serde_json::from_value(named(status)).map_err(|_| corrupt("payment status"))?;
+        let method = PaymentMethod::ALL
+            .into_iter()
+            .find(|m| m.as_str() == method)
+            .ok_or_else(|| corrupt("payment method"))?;
+        let status = PaymentStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == status)
+            .ok_or_else(|| corrupt("payment status"))?;
         let n = u32::try_from(sessions).map_err(|_| corrupt("session count"))?;
         self.count(state, method, status, currency, n, fee_minor)
     }
@@ -747,6 +783,16 @@ mod tests {
         assert_eq!(s.payment.attempts, 2);
         assert!(s.paid("again").is_err(), "paid once");
         assert!(s.exit(at(100), None).is_err(), "closed once");
+    }
+
+    #[test]
+    fn payment_names_are_serde_s() {
+        for m in PaymentMethod::ALL {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+        }
+        for s in PaymentStatus::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 
     #[test]

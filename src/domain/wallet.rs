@@ -47,6 +47,17 @@ pub enum EntryKind {
     Refund,
 }
 
+impl EntryKind {
+    /// Its stored name (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TopUp => "top_up",
+            Self::Charge => "charge",
+            Self::Refund => "refund",
+        }
+    }
+}
+
 /// One movement of money from `from` to `to`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LedgerEntry {

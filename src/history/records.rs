@@ -37,14 +37,6 @@ pub trait Record: Sized + Send + Sync + Unpin + 'static {
     fn from_body(body: &str) -> Result<Self, DecodeError>;
 }
 
-/// The name serde gives a unit variant (`"closed_paid"`).
-fn name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        other => format!("{other:?}"),
-    }
-}
-
 fn ms(at: Option<Timestamp>) -> Value {
     Value::Int(at.map(|t| t.as_millisecond()))
 }
@@ -110,8 +102,8 @@ impl Record for ClosedSession {
             Value::Text(self.exit_day.map(|d| d.to_string())),
             Value::Int(Some(s.fee_minor)),
             Value::text(s.tariff.currency.as_str()),
-            Value::text(name(&s.payment.method)),
-            Value::text(name(&s.payment.status)),
+            Value::text(s.payment.method.as_str()),
+            Value::text(s.payment.status.as_str()),
             Value::Int(Some(i64::from(s.payment.attempts))),
             Value::text(s.payment.receipt_id.as_str()),
             Value::Int(Some(i64::from(s.plate.is_some()))),
@@ -239,7 +231,7 @@ impl Record for KeptEntry {
         });
         vec![
             Value::text(e.driver.as_str()),
-            Value::text(name(&e.kind)),
+            Value::text(e.kind.as_str()),
             Value::Text(operator),
             Value::text(e.currency.as_str()),
             Value::Int(Some(e.amount_minor)),
