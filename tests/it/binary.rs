@@ -510,3 +510,52 @@ async fn every_write_leaves_one_audit_event_without_keys_or_plates() {
         assert!(!line.contains("98765"), "a plate in the log: {line}");
     }
 }
+
+/// `citypark history status` shows the schema pending, `migrate` applies it, and a
+/// server started with `--history-migrate check` then takes the database; before the
+/// migration it refuses to start, naming the command to run.
+#[tokio::test]
+async fn history_migrate_then_serve_with_check() {
+    let Some(db) = crate::postgres_support::PgDatabase::create().await else {
+        return;
+    };
+    let history = |command: &str| {
+        vec![
+            "history".to_owned(),
+            command.to_owned(),
+            "--history".to_owned(),
+            db.url(),
+        ]
+    };
+    let pending = run(history("status")).await;
+    assert!(pending.contains("0 of 1 migrations applied"), "{pending}");
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), "a plate key of this test only").unwrap();
+    let check = |db: &str| {
+        vec![
+            "serve".to_owned(),
+            "--grpc-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--metrics-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--http-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--history".to_owned(),
+            db.to_owned(),
+            "--history-plate-key-file".to_owned(),
+            key.path().to_str().unwrap().to_owned(),
+            "--history-migrate".to_owned(),
+            "check".to_owned(),
+        ]
+    };
+    let (code, _, stderr) = run_status(check(&db.url())).await;
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("citypark history migrate"), "{stderr}");
+    let applied = run(history("migrate")).await;
+    assert!(applied.contains("1 of 1 migrations applied"), "{applied}");
+    assert!(run(history("status")).await.contains("1\tapplied\thistory"));
+    let args = check(&db.url());
+    let args: Vec<&str> = args[7..].iter().map(String::as_str).collect();
+    let server = Binary::serve(&args);
+    server.lines_until("citypark serving", std::time::Duration::from_secs(30));
+}
