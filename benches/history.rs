@@ -185,6 +185,8 @@ async fn drain(n: u64) {
         history.clone(),
         HistorySettings {
             tombstone_grace: Duration::ZERO,
+            // Unpaced: what history and the store can take.
+            rate: None,
             ..HistorySettings::default()
         },
     );

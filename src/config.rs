@@ -286,6 +286,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_HOT_WINDOW_MINUTES", default_value_t = 1440)]
     pub hot_window_minutes: u32,
 
+    /// Finished records moved to history a second at most, per instance (0: as fast
+    /// as history takes them). The hand-off shares the cores with the calls; a city's
+    /// sessions finish at tens a second, hundreds at the evening peak.
+    #[arg(long, env = "CITYPARK_HAND_OFF_RATE", default_value_t = 2000)]
+    pub hand_off_rate: u32,
+
     /// Minutes a removed record's version (its tombstone) is kept in live state:
     /// longer than any instance takes to read the change stream.
     #[arg(long, env = "CITYPARK_TOMBSTONE_GRACE_MINUTES", default_value_t = 60)]
@@ -561,6 +567,7 @@ impl ServeConfig {
             },
             plate_key: plate_key.into(),
             tombstone_grace: Duration::from_secs(u64::from(self.tombstone_grace_minutes) * 60),
+            rate: std::num::NonZeroU32::new(self.hand_off_rate),
             ..crate::service::HistorySettings::default()
         }
     }
@@ -829,6 +836,17 @@ mod tests {
                 .max_message_bytes,
             1 << 20
         );
+    }
+
+    #[test]
+    fn the_hand_off_is_paced_unless_told_otherwise() {
+        let rate = |args: &[&str]| parse(args).history_settings(Vec::new()).rate;
+        assert_eq!(rate(&[]).map(|r| r.get()), Some(2_000));
+        assert_eq!(
+            rate(&["--hand-off-rate", "500"]).map(|r| r.get()),
+            Some(500)
+        );
+        assert_eq!(rate(&["--hand-off-rate", "0"]), None);
     }
 
     #[test]

@@ -221,6 +221,15 @@ impl Engine {
             .collect()
     }
 
+    /// How many reservations finished by `cutoff` are still live.
+    pub fn reservations_finished_count(&self, cutoff: Timestamp) -> usize {
+        let book = self.book.read();
+        book.finished
+            .iter()
+            .take_while(|(at, _)| *at <= cutoff)
+            .count()
+    }
+
     /// Slot counts of days over, with their versions.
     pub fn slot_counts_past(&self, now: Timestamp) -> Vec<(Arc<SlotCounts>, u64)> {
         let book = self.book.read();

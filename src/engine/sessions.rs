@@ -264,6 +264,27 @@ impl Engine {
             .collect()
     }
 
+    /// How many sessions finished before `cutoff` are still live (the hand-off's
+    /// backlog).
+    pub fn sessions_finished_count(&self, cutoff: Timestamp) -> usize {
+        let tables = self.sessions.read();
+        tables
+            .finished
+            .iter()
+            .take_while(|(at, _)| *at < cutoff)
+            .count()
+    }
+
+    /// How many ledger entries posted before `cutoff` are still live.
+    pub fn entries_count_before(&self, cutoff: Timestamp) -> usize {
+        let tables = self.sessions.read();
+        tables
+            .entries_by_time
+            .iter()
+            .take_while(|(at, _)| *at < cutoff)
+            .count()
+    }
+
     /// Up to `limit` ledger entries posted before `cutoff`, oldest first, with their
     /// versions: what the hand-off moves to history (balances stay in the wallets).
     pub fn entries_before(&self, cutoff: Timestamp, limit: usize) -> Vec<(LedgerEntry, u64)> {

@@ -225,6 +225,16 @@ impl Engine {
             .collect()
     }
 
+    /// How many bookings finished by `cutoff` are still live.
+    pub fn bookings_finished_count(&self, cutoff: Timestamp) -> usize {
+        let sharing = self.sharing.read();
+        sharing
+            .finished
+            .iter()
+            .take_while(|(at, _)| *at <= cutoff)
+            .count()
+    }
+
     /// Offers and bookings per state (for the metrics).
     pub fn sharing_counts(&self) -> (usize, usize, [usize; 5]) {
         let sharing = self.sharing.read();

@@ -21,8 +21,9 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    num::NonZeroU32,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,9 @@ pub struct HistorySettings {
     pub every: Duration,
     /// Records moved per batch (one multi-row insert, one store commit).
     pub batch: usize,
+    /// Records moved a second at most (`--hand-off-rate`; `None`: as fast as history
+    /// takes them). The hand-off shares the cores with the calls it must not slow.
+    pub rate: Option<NonZeroU32>,
     /// How long history keeps each kind (`--history-retention-*-days`).
     pub retention: Retention,
     /// The key of the plates' keyed hash (HMAC-SHA256) once they are pseudonymised.
@@ -66,6 +70,7 @@ impl Default for HistorySettings {
             hot_window: Duration::from_secs(24 * 3600),
             every: Duration::from_secs(5),
             batch: 2_000,
+            rate: NonZeroU32::new(2_000),
             retention: Retention::default(),
             plate_key: Arc::from(&b"citypark"[..]),
             sample_queue: 100_000,
@@ -101,8 +106,12 @@ impl Retention {
     }
 }
 
+/// Batches a second when the hand-off is paced: small bursts, so no call waits behind
+/// a long one.
+const PACED_BATCHES_PER_SECOND: u32 = 4;
+
 /// How long one kind's hand-off may run in one round before the next kind's turn (the
-/// rest waits for the next round, which follows at once when a round ran late).
+/// rest waits for the next round, which follows at once).
 const KIND_BUDGET: Duration = Duration::from_secs(2);
 
 /// Chunks of a batch moved at once (history's inserts and the store's deletes of
@@ -111,6 +120,11 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// Deletes committed as one group.
 const DELETE_GROUP: usize = 50;
+
+/// Records gone for good (their tombstones compacted) before the allocator is asked
+/// to give their memory back (also once no tombstone is left waiting): a city's
+/// hand-off frees this many every few minutes, a burst after an outage many times over.
+const RELEASE_AFTER: u64 = 10_000;
 
 /// How often retention (pseudonymisation, expiry) runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
@@ -141,6 +155,7 @@ impl Service {
         let mut tick = tokio::time::interval(self.keeping.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_retention: Option<tokio::time::Instant> = None;
+        let mut gone = 0;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -150,27 +165,33 @@ impl Service {
                 let now = self.now();
                 let result = self.hand_off(&history, now).await;
                 metrics::record_history_up(result.is_ok());
+                if let Ok(true) = result {
+                    // A kind's turn ended with records left: the next round follows
+                    // at once (the pace, not the tick, sets the rate).
+                    tick.reset_immediately();
+                }
                 match result {
                     Err(error) => {
                         metrics::record_history_error("hand_off");
                         tracing::warn!(%error, "hand-off to history paused");
                     }
-                    Ok(()) if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY) => {
+                    Ok(_) if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY) => {
                         last_retention = Some(tokio::time::Instant::now());
                         if let Err(error) = self.apply_retention(&history, now).await {
                             metrics::record_history_error("retention");
                             tracing::warn!(%error, "history retention not applied yet");
                         }
                     }
-                    Ok(()) => {}
+                    Ok(_) => {}
                 }
             }
-            self.compact_tombstones().await;
+            self.compact_tombstones(&mut gone).await;
         }
     }
 
-    /// Forgets this engine's tombstones past the grace, and the store's.
-    async fn compact_tombstones(&self) {
+    /// Forgets this engine's tombstones past the grace, and the store's; once many
+    /// records are gone for good, has the allocator give their memory back.
+    async fn compact_tombstones(&self, gone: &mut u64) {
         let grace = self.keeping.tombstone_grace;
         let mut compacted = 0;
         for (kind, n) in self.engine.compact_tombstones(grace) {
@@ -179,6 +200,12 @@ impl Service {
         }
         if compacted > 0 {
             self.engine.shrink_tables();
+            *gone += compacted;
+            // Many gone, or a burst over (nothing left waiting for its grace).
+            if *gone >= RELEASE_AFTER || self.engine.tombstones_pending() == 0 {
+                *gone = 0;
+                crate::memory::released();
+            }
         }
         match self.store.compact_tombstones(grace).await {
             Ok(counts) => {
@@ -190,76 +217,96 @@ impl Service {
         }
     }
 
-    /// One round: every kind's finished records past the hot window, a batch at a time.
-    pub async fn hand_off(&self, history: &SqlHistory, now: Timestamp) -> Result<()> {
+    /// One round: every kind's finished records past the hot window, a batch at a time;
+    /// says whether a kind has records left that its turn had no time for.
+    pub async fn hand_off(&self, history: &SqlHistory, now: Timestamp) -> Result<bool> {
         let Some(cutoff) = before(now, self.keeping.hot_window) else {
-            return Ok(());
+            return Ok(false);
         };
         let engine = &self.engine;
-        self.hand_off_kind::<ParkingSession, _, _>(
-            history,
-            "session",
-            |n| engine.sessions_finished_before(cutoff, n),
-            |s| Some(self.closed_session((**s).clone(), now)),
-            now,
-        )
-        .await?;
-        self.hand_off_kind::<Reservation, _, _>(
-            history,
-            "reservation",
-            |n| engine.reservations_finished_by(cutoff, n),
-            |r| {
-                Some(KeptReservation {
-                    operator: engine
-                        .get(r.car_park.as_str(), now)
-                        .map(|(c, _)| c.operator.clone()),
-                    reservation: (**r).clone(),
-                })
-            },
-            now,
-        )
-        .await?;
-        self.hand_off_kind::<SharedBooking, _, _>(
-            history,
-            "booking",
-            |n| engine.bookings_finished_by(cutoff, n),
-            |b| Some((**b).clone()),
-            now,
-        )
-        .await?;
-        self.hand_off_kind::<LedgerEntry, _, _>(
-            history,
-            "ledger_entry",
-            |n| engine.entries_before(cutoff, n),
-            // A charge whose session is still due stays: the charge's first step
-            // writes its entry only if absent, so a retry must find it.
-            |e| (!self.charge_pending(e)).then(|| KeptEntry(e.clone())),
-            now,
-        )
-        .await
+        let mut left = self
+            .hand_off_kind::<ParkingSession, _, _>(
+                history,
+                "session",
+                |n| engine.sessions_finished_before(cutoff, n),
+                || engine.sessions_finished_count(cutoff),
+                |s| Some(self.closed_session((**s).clone(), now)),
+                now,
+            )
+            .await?;
+        left |= self
+            .hand_off_kind::<Reservation, _, _>(
+                history,
+                "reservation",
+                |n| engine.reservations_finished_by(cutoff, n),
+                || engine.reservations_finished_count(cutoff),
+                |r| {
+                    Some(KeptReservation {
+                        operator: engine
+                            .get(r.car_park.as_str(), now)
+                            .map(|(c, _)| c.operator.clone()),
+                        reservation: (**r).clone(),
+                    })
+                },
+                now,
+            )
+            .await?;
+        left |= self
+            .hand_off_kind::<SharedBooking, _, _>(
+                history,
+                "booking",
+                |n| engine.bookings_finished_by(cutoff, n),
+                || engine.bookings_finished_count(cutoff),
+                |b| Some((**b).clone()),
+                now,
+            )
+            .await?;
+        left |= self
+            .hand_off_kind::<LedgerEntry, _, _>(
+                history,
+                "ledger_entry",
+                |n| engine.entries_before(cutoff, n),
+                || engine.entries_count_before(cutoff),
+                // A charge whose session is still due stays: the charge's first step
+                // writes its entry only if absent, so a retry must find it.
+                |e| (!self.charge_pending(e)).then(|| KeptEntry(e.clone())),
+                now,
+            )
+            .await?;
+        Ok(left)
     }
 
     /// Moves the records `due(n)` finds (the first `n` finished ones, oldest first,
     /// with their versions) that `keep` turns into history's records (`None`: it stays
-    /// live), a batch at a time, for at most `KIND_BUDGET`; then says how many are left.
+    /// live), a batch at a time, for at most `KIND_BUDGET`, paced at the settings'
+    /// rate; then records how many are left (`backlog`, counted without copying them)
+    /// and says whether its turn ended with a full batch still to move.
+    #[allow(clippy::too_many_arguments)]
     async fn hand_off_kind<A: Aggregate, T, R: Record>(
         &self,
         history: &SqlHistory,
         kind: &'static str,
         due: impl Fn(usize) -> Vec<(T, u64)>,
+        backlog: impl Fn() -> usize,
         keep: impl Fn(&T) -> Option<R>,
         now: Timestamp,
-    ) -> Result<()> {
-        let batch = self.keeping.batch;
-        let started = std::time::Instant::now();
+    ) -> Result<bool> {
+        let rate = self.keeping.rate;
+        let batch = match rate {
+            Some(rate) => (rate.get() / PACED_BATCHES_PER_SECOND).max(1) as usize,
+            None => usize::MAX,
+        }
+        .min(self.keeping.batch);
+        let started = Instant::now();
         loop {
+            let began = Instant::now();
             let found = due(batch);
             let full = found.len() == batch;
             let (versions, kept): (Vec<u64>, Vec<R>) = found
                 .iter()
                 .filter_map(|(record, version)| keep(record).map(|k| (*version, k)))
                 .unzip();
-            let stayed = found.len() - kept.len();
+            let moving = kept.len();
             // In chunks moved side by side: each chunk's two steps stay in order,
             // while one chunk's insert overlaps another's deletes.
             let chunk = batch.div_ceil(CHUNKS_IN_FLIGHT).max(1);
@@ -277,13 +324,16 @@ impl Service {
             for moved in futures_util::future::join_all(moves).await {
                 moved?;
             }
-            if !full {
-                metrics::record_history_backlog(kind, stayed);
-                return Ok(());
+            // A full batch of which nothing could move (charges still pending) ends
+            // the turn too: the next round, a tick later, tries again.
+            let more = full && moving > 0;
+            if !more || started.elapsed() >= KIND_BUDGET {
+                metrics::record_history_backlog(kind, backlog());
+                return Ok(more);
             }
-            if started.elapsed() >= KIND_BUDGET {
-                metrics::record_history_backlog(kind, due(usize::MAX).len());
-                return Ok(());
+            if let Some(rate) = rate {
+                let paced = Duration::from_secs_f64(moving as f64 / f64::from(rate.get()));
+                tokio::time::sleep(paced.saturating_sub(began.elapsed())).await;
             }
         }
     }
@@ -324,7 +374,7 @@ impl Service {
         if kept.is_empty() {
             return Ok(0);
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         history.put(&kept).await?;
         metrics::record_history_write(kind, started.elapsed().as_secs_f64());
         let deletes: Vec<(RegionId, String, u64)> = kept
