@@ -16,6 +16,7 @@ pub mod history;
 pub mod http;
 pub mod import;
 pub mod map;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod open_data;

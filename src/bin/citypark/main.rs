@@ -30,13 +30,27 @@ use cli::{Cli, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The runtime's park hook: once the hand-off has freed much (`citypark::memory`),
+/// each thread has mimalloc give back the pages it holds free.
+fn give_back_memory() {
+    citypark::memory::collect_on_this_thread(|| {
+        // SAFETY: mi_collect takes no pointer; it frees and decommits this thread's
+        // unused pages, which any thread may do at any time.
+        unsafe { libmimalloc_sys::mi_collect(true) }
+    });
+}
+
 /// Exit status for a configuration error (EX_CONFIG would be 78; sysexits' EX_USAGE
 /// is what operators' supervisors expect for "fix your flags").
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(give_back_memory)
+        .build()
+        .expect("tokio runtime");
     match cli.command {
         Command::Serve(config) => serve(*config, &runtime),
         Command::Token(args) => match reserve::token(args) {
