@@ -493,10 +493,7 @@ pub async fn run(
         let (service, token) = (service.clone(), token.clone());
         tokio::spawn(async move { service.sweep_history(token).await })
     };
-    let sampler = {
-        let (service, token) = (service.clone(), token.clone());
-        tokio::spawn(async move { service.sample_occupancy(token).await })
-    };
+    let sampler = { tokio::spawn(service.sample_occupancy(token.clone())) };
 
     tracing::info!(addr = ?addr, store = backend.store.name(), car_parks = backend.engine.len(), "citypark serving");
     let early = tokio::select! {

@@ -13,16 +13,17 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    sync::Arc,
     time::Duration,
 };
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::Service;
 use crate::{
     domain::{CarParkId, CarParkStatus, Error, Result, SpaceCategory, Timestamp},
-    engine::ChangeKind,
+    engine::{Change, ChangeKind},
     history::{BUCKET_MS, History, Sample, Step, bucket_of, roll_up},
     metrics,
 };
@@ -35,14 +36,28 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub const MAX_STEPS: i64 = 2_016;
 
 impl Service {
-    /// Until `stop`: samples every change the engine publishes into its bucket and
-    /// writes ended buckets to history. Without a history, returns at once. At `stop`
-    /// the buckets still open are written once more, if history takes them at once.
-    pub async fn sample_occupancy(&self, stop: CancellationToken) {
+    /// Until `stop`: samples every change the engine publishes from now on (the feed
+    /// is taken here, before the task runs, so no change made after this call is
+    /// missed) into its bucket and writes ended buckets to history. Without a history,
+    /// returns at once. At `stop` the buckets still open are written once more, if
+    /// history takes them at once.
+    pub fn sample_occupancy(
+        &self,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let feed = self.engine.subscribe();
+        let service = self.clone();
+        async move { service.sample_from(feed, stop).await }
+    }
+
+    async fn sample_from(
+        &self,
+        mut feed: broadcast::Receiver<Arc<Change>>,
+        stop: CancellationToken,
+    ) {
         let Some(history) = self.history.clone() else {
             return;
         };
-        let mut feed = self.engine.subscribe();
         let mut open: HashMap<(CarParkId, SpaceCategory), Sample> = HashMap::new();
         let mut queue: VecDeque<Sample> = VecDeque::new();
         let bound = self.keeping.sample_queue;
