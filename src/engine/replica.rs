@@ -81,6 +81,19 @@ pub(super) struct Held<T> {
     pub version: u64,
 }
 
+/// The ids of a by-time index of finished records (the hand-off's), oldest first, up
+/// to `cutoff`: before it, and at it too when `inclusive`.
+pub(super) fn finished_by<K>(
+    index: &std::collections::BTreeSet<(Timestamp, K)>,
+    cutoff: Timestamp,
+    inclusive: bool,
+) -> impl Iterator<Item = &K> {
+    index
+        .iter()
+        .take_while(move |(at, _)| *at < cutoff || (inclusive && *at == cutoff))
+        .map(|(_, id)| id)
+}
+
 /// Takes `id` out of the set of `key`, dropping the set when it empties.
 pub(super) fn unindex<K: Eq + Hash, V: Eq + Hash>(
     map: &mut HashMap<K, HashSet<V>>,

@@ -15,7 +15,7 @@ use std::{
 
 use super::{
     ChangeKind, Engine, Loading, Replica,
-    replica::{Held, expected, newer, unindex},
+    replica::{Held, expected, finished_by, newer, unindex},
 };
 use crate::domain::{
     CATEGORY_COUNT, CarParkId, DriverId, Plate, RegionId, Reservation, ReservationId,
@@ -213,21 +213,15 @@ impl Engine {
         limit: usize,
     ) -> Vec<(Arc<Reservation>, u64)> {
         let book = self.book.read();
-        book.finished
-            .iter()
-            .take_while(|(at, _)| *at <= cutoff)
+        finished_by(&book.finished, cutoff, true)
             .take(limit)
-            .filter_map(|(_, id)| book.get(id))
+            .filter_map(|id| book.get(id))
             .collect()
     }
 
     /// How many reservations finished by `cutoff` are still live.
     pub fn reservations_finished_count(&self, cutoff: Timestamp) -> usize {
-        let book = self.book.read();
-        book.finished
-            .iter()
-            .take_while(|(at, _)| *at <= cutoff)
-            .count()
+        finished_by(&self.book.read().finished, cutoff, true).count()
     }
 
     /// Slot counts of days over, with their versions.

@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     Engine,
-    replica::{Held, keyed_replica, unindex},
+    replica::{Held, finished_by, keyed_replica, unindex},
 };
 use crate::domain::{
     CarParkId, DriverId, LedgerEntry, OpenSession, ParkingSession, Plate, PlateLink, SessionId,
@@ -252,12 +252,9 @@ impl Engine {
         limit: usize,
     ) -> Vec<(Arc<ParkingSession>, u64)> {
         let tables = self.sessions.read();
-        tables
-            .finished
-            .iter()
-            .take_while(|(at, _)| *at < cutoff)
+        finished_by(&tables.finished, cutoff, false)
             .take(limit)
-            .filter_map(|(_, id)| {
+            .filter_map(|id| {
                 let held = tables.sessions.get(id)?;
                 Some((held.record.clone()?, held.version))
             })
@@ -267,34 +264,21 @@ impl Engine {
     /// How many sessions finished before `cutoff` are still live (the hand-off's
     /// backlog).
     pub fn sessions_finished_count(&self, cutoff: Timestamp) -> usize {
-        let tables = self.sessions.read();
-        tables
-            .finished
-            .iter()
-            .take_while(|(at, _)| *at < cutoff)
-            .count()
+        finished_by(&self.sessions.read().finished, cutoff, false).count()
     }
 
     /// How many ledger entries posted before `cutoff` are still live.
     pub fn entries_count_before(&self, cutoff: Timestamp) -> usize {
-        let tables = self.sessions.read();
-        tables
-            .entries_by_time
-            .iter()
-            .take_while(|(at, _)| *at < cutoff)
-            .count()
+        finished_by(&self.sessions.read().entries_by_time, cutoff, false).count()
     }
 
     /// Up to `limit` ledger entries posted before `cutoff`, oldest first, with their
     /// versions: what the hand-off moves to history (balances stay in the wallets).
     pub fn entries_before(&self, cutoff: Timestamp, limit: usize) -> Vec<(LedgerEntry, u64)> {
         let tables = self.sessions.read();
-        tables
-            .entries_by_time
-            .iter()
-            .take_while(|(at, _)| *at < cutoff)
+        finished_by(&tables.entries_by_time, cutoff, false)
             .take(limit)
-            .filter_map(|(_, id)| {
+            .filter_map(|id| {
                 let held = tables.entries.get(id)?;
                 Some(((**held.record.as_ref()?).clone(), held.version))
             })

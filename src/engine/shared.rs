@@ -13,7 +13,7 @@ use rstar::{AABB, PointDistance, RTree, RTreeObject};
 
 use super::{
     Engine,
-    replica::{Held, keyed_replica, unindex},
+    replica::{Held, finished_by, keyed_replica, unindex},
 };
 use crate::domain::{
     BookingId, BookingState, DriverId, LatLng, OfferId, SharedBooking, SharedOffer, Timestamp,
@@ -213,12 +213,9 @@ impl Engine {
         limit: usize,
     ) -> Vec<(Arc<SharedBooking>, u64)> {
         let sharing = self.sharing.read();
-        sharing
-            .finished
-            .iter()
-            .take_while(|(at, _)| *at <= cutoff)
+        finished_by(&sharing.finished, cutoff, true)
             .take(limit)
-            .filter_map(|(_, id)| {
+            .filter_map(|id| {
                 let held = sharing.bookings.get(id)?;
                 Some((held.record.clone()?, held.version))
             })
@@ -227,12 +224,7 @@ impl Engine {
 
     /// How many bookings finished by `cutoff` are still live.
     pub fn bookings_finished_count(&self, cutoff: Timestamp) -> usize {
-        let sharing = self.sharing.read();
-        sharing
-            .finished
-            .iter()
-            .take_while(|(at, _)| *at <= cutoff)
-            .count()
+        finished_by(&self.sharing.read().finished, cutoff, true).count()
     }
 
     /// Offers and bookings per state (for the metrics).

@@ -281,7 +281,6 @@ impl Service {
     /// live), a batch at a time, for at most `KIND_BUDGET`, paced at the settings'
     /// rate; then records how many are left (`backlog`, counted without copying them)
     /// and says whether its turn ended with a full batch still to move.
-    #[allow(clippy::too_many_arguments)]
     async fn hand_off_kind<A: Aggregate, T, R: Record>(
         &self,
         history: &SqlHistory,
