@@ -373,6 +373,8 @@ pub async fn run(
         .clone()
         .within_open_files(net::open_files_limit());
     let incoming = net::incoming(grpc, connections, tls.clone(), &port_tasks, token.clone());
+    // The sampler takes the change feed before the first call can change anything.
+    let sampler = tokio::spawn(service.sample_occupancy(token.clone()));
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = grpc_stopped.await;
@@ -493,7 +495,6 @@ pub async fn run(
         let (service, token) = (service.clone(), token.clone());
         tokio::spawn(async move { service.sweep_history(token).await })
     };
-    let sampler = { tokio::spawn(service.sample_occupancy(token.clone())) };
 
     tracing::info!(addr = ?addr, store = backend.store.name(), car_parks = backend.engine.len(), "citypark serving");
     let early = tokio::select! {
