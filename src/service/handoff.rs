@@ -323,16 +323,18 @@ impl Service {
             for moved in futures_util::future::join_all(moves).await {
                 moved?;
             }
+            // The pace holds across turns and kinds: a batch's time is taken out
+            // before whatever moves next.
+            if let Some(rate) = rate {
+                let paced = Duration::from_secs_f64(moving as f64 / f64::from(rate.get()));
+                tokio::time::sleep(paced.saturating_sub(began.elapsed())).await;
+            }
             // A full batch of which nothing could move (charges still pending) ends
             // the turn too: the next round, a tick later, tries again.
             let more = full && moving > 0;
             if !more || started.elapsed() >= KIND_BUDGET {
                 metrics::record_history_backlog(kind, backlog());
                 return Ok(more);
-            }
-            if let Some(rate) = rate {
-                let paced = Duration::from_secs_f64(moving as f64 / f64::from(rate.get()));
-                tokio::time::sleep(paced.saturating_sub(began.elapsed())).await;
             }
         }
     }

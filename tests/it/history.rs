@@ -263,6 +263,57 @@ async fn finished_records_move_to_history_and_every_read_sees_one_list() {
     );
 }
 
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The hand-off keeps to its pace (`--hand-off-rate`): at 4 records a second (bursts of
+/// one), no more than a burst and 4 a second of the elapsed time have left live state,
+/// however slow the machine (a slow one moves fewer); and paced, every session still
+/// moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hand_off_keeps_to_its_pace_and_still_moves_everything() {
+    let (history, _dir) = sqlite().await;
+    let backend = Backend::embedded(4096).with_history(history.clone());
+    let server = TestServer::start_on(backend, |s| {
+        s.history = HistorySettings {
+            rate: std::num::NonZeroU32::new(4),
+            // Longer than the stays take, so nothing moves before the clock jumps.
+            hot_window: DAY,
+            ..settings(100)
+        }
+    })
+    .await;
+    let clock = server.clock.clone();
+    open_garage(&server, "g1").await;
+    link(&server, "ann", "鲁B22222").await;
+    top_up(&server, "ann", 100_000, "k1").await.unwrap();
+    let ids = stays(&[&server], &clock, "g1", "鲁B22222", 2, 12).await;
+    for id in &ids {
+        eventually("every stay is paid", || async {
+            let s = session(&server, OPERATOR_A.1, id).await.ok()?;
+            (s.state == i32::from(pb::SessionState::ClosedPaid)).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(live_sessions(&server), ids.len());
+    let started = std::time::Instant::now();
+    clock.advance(DAY + Duration::from_secs(1));
+    loop {
+        // The count first: at the time read after it, at least as many had moved.
+        let moved = ids.len() - live_sessions(&server);
+        let elapsed = started.elapsed().as_secs_f64();
+        assert!(
+            moved as f64 <= 1.0 + 4.0 * elapsed,
+            "{moved} sessions moved in {elapsed:.2} s at 4 a second"
+        );
+        if moved == ids.len() {
+            break;
+        }
+        assert!(elapsed < 60.0, "the paced hand-off never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(my_session_ids(&server, "ann", 5).await.len(), ids.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_reservation_moves_to_history_and_is_read_from_there() {
     let (history, _dir) = sqlite().await;
