@@ -1,5 +1,6 @@
 //! Shared parking through the gRPC API: offers, search, bookings, an owner's changes
-//! that strand bookings, masked plates, no-shows, and no double booking under a
+//! that strand bookings, masked plates, no-shows, a finished booking read from
+//! history, and no double booking under a
 //! 200-way race on the embedded store, on two instances over one Redis, and on a
 //! Redis Cluster.
 
@@ -604,4 +605,116 @@ async fn find_nearby_ranks_free_shared_spaces_with_car_parks_when_asked() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("stay"), "{}", err.message());
+}
+
+/// A finished booking leaves live state past the hot window and is read from history:
+/// by its driver and its host (GetBooking), and once in the driver's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_booking_moves_to_history_and_is_read_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = citypark::history::Location::Sqlite(dir.path().join("history.sqlite3"));
+    let history = citypark::history::SqlHistory::open(&location, citypark::history::Migrate::Auto)
+        .await
+        .unwrap();
+    let backend = citypark::app::Backend::embedded(4096).with_history(std::sync::Arc::new(history));
+    let hot = std::time::Duration::from_secs(60);
+    let server = TestServer::start_on(backend, |s| {
+        s.history = citypark::service::HistorySettings {
+            hot_window: hot,
+            every: std::time::Duration::from_millis(20),
+            tombstone_grace: std::time::Duration::ZERO,
+            ..Default::default()
+        }
+    })
+    .await;
+    city(&server).await;
+    let now = server.now();
+    offer(&server, "hana", shared_offer("home", 2, 300.0))
+        .await
+        .unwrap();
+    let done = book(
+        &server,
+        "a",
+        book_request("home", 900, 4500, "鲁B11111", "k1", now),
+    )
+    .await
+    .unwrap();
+    let open = book(
+        &server,
+        "a",
+        book_request("home", 86_400, 90_000, "鲁B11111", "k2", now),
+    )
+    .await
+    .unwrap();
+    // The first is a no-show 15 minutes into its window, finished at the window's end;
+    // past that and the hot window it moves.
+    server.advance(900 + 15 * 60 + 1);
+    eventually("the sweeper makes it a no-show", || async {
+        let b = get(&server, "a", &done.id).await.ok()?;
+        (state(&b) == pb::BookingState::NoShow).then_some(())
+    })
+    .await;
+    server.advance(4500 - (900 + 15 * 60 + 1) + hot.as_secs() + 1);
+    let id = citypark::domain::BookingId::parse(&done.id).unwrap();
+    eventually("the finished booking left live state", || async {
+        server.backend.engine.booking(&id).is_none().then_some(())
+    })
+    .await;
+    assert!(
+        server
+            .backend
+            .engine
+            .booking(&citypark::domain::BookingId::parse(&open.id).unwrap())
+            .is_some(),
+        "the booking still ahead stays live"
+    );
+    for who in ["a", "hana"] {
+        let b = get(&server, who, &done.id).await.unwrap();
+        assert_eq!(state(&b), pb::BookingState::NoShow, "read by {who}");
+    }
+    assert_eq!(
+        get(&server, "b", &done.id).await.unwrap_err().code(),
+        Code::NotFound,
+        "nobody else's to read"
+    );
+    let listed = server
+        .shared()
+        .await
+        .list_my_bookings(authed(
+            pb::ListMyBookingsRequest {
+                page_size: 1,
+                ..Default::default()
+            },
+            &driver_token("a"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.bookings.len(), 1);
+    assert!(!listed.next_page_token.is_empty());
+    let rest = server
+        .shared()
+        .await
+        .list_my_bookings(authed(
+            pb::ListMyBookingsRequest {
+                page_size: 1,
+                page_token: listed.next_page_token,
+                ..Default::default()
+            },
+            &driver_token("a"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen: Vec<String> = listed
+        .bookings
+        .into_iter()
+        .chain(rest.bookings)
+        .map(|b| b.id)
+        .collect();
+    seen.sort();
+    let mut both = vec![done.id.clone(), open.id.clone()];
+    both.sort();
+    assert_eq!(seen, both, "live and history as one list, each once");
+    assert!(rest.next_page_token.is_empty());
 }
