@@ -54,6 +54,8 @@ pub struct HistorySettings {
     pub rate: Option<NonZeroU32>,
     /// How long history keeps each kind (`--history-retention-*-days`).
     pub retention: Retention,
+    /// How often retention (pseudonymisation, expiry) runs in history.
+    pub retention_every: Duration,
     /// The key of the plates' keyed hash (HMAC-SHA256) once they are pseudonymised.
     pub plate_key: Arc<[u8]>,
     /// Occupancy samples waiting at most; more are dropped and counted.
@@ -72,6 +74,7 @@ impl Default for HistorySettings {
             batch: 2_000,
             rate: NonZeroU32::new(2_000),
             retention: Retention::default(),
+            retention_every: Duration::from_secs(3600),
             plate_key: Arc::from(&b"citypark"[..]),
             sample_queue: 100_000,
             tombstone_grace: Duration::from_secs(3600),
@@ -126,9 +129,6 @@ const DELETE_GROUP: usize = 50;
 /// hand-off frees this many every few minutes, a burst after an outage many times over.
 const RELEASE_AFTER: u64 = 10_000;
 
-/// How often retention (pseudonymisation, expiry) runs.
-const RETENTION_EVERY: Duration = Duration::from_secs(3600);
-
 /// `at - d`, or `None` before the epoch's range.
 fn before(at: Timestamp, d: Duration) -> Option<Timestamp> {
     let d = jiff::SignedDuration::try_from(d).ok()?;
@@ -175,7 +175,10 @@ impl Service {
                         metrics::record_history_error("hand_off");
                         tracing::warn!(%error, "hand-off to history paused");
                     }
-                    Ok(_) if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY) => {
+                    Ok(_)
+                        if last_retention
+                            .is_none_or(|at| at.elapsed() >= self.keeping.retention_every) =>
+                    {
                         last_retention = Some(tokio::time::Instant::now());
                         if let Err(error) = self.apply_retention(&history, now).await {
                             metrics::record_history_error("retention");

@@ -3,7 +3,8 @@
 //! (ListMySessions, ListSessions, GetSession, GetWallet, GetSettlement, GetReservation,
 //! ListReservations) sees live and history as one list, without a gap or a duplicate,
 //! even while records move; on the embedded store with SQLite, and with two instances
-//! on one Redis (and on a Cluster) sharing a PostgreSQL history.
+//! on one Redis (and on a Cluster) sharing a PostgreSQL history; history's retention
+//! forgets plates, then records.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -312,6 +313,79 @@ async fn the_hand_off_keeps_to_its_pace_and_still_moves_everything() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(my_session_ids(&server, "ann", 5).await.len(), ids.len());
+}
+
+/// Retention in history: past `--session-retention-days` a session in history keeps no
+/// plate (GetSession shows none), and past the money records' retention it is gone
+/// (GetSession NOT_FOUND, ListMySessions empty), while a later one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_forgets_plates_and_then_records_past_their_retention() {
+    let (history, _dir) = sqlite().await;
+    let backend = Backend::embedded(4096).with_history(history.clone());
+    let server = TestServer::start_on(backend, |s| {
+        s.payments.session_retention = 2 * DAY;
+        s.history = HistorySettings {
+            retention: citypark::service::Retention {
+                money: 5 * DAY,
+                ..Default::default()
+            },
+            retention_every: Duration::from_millis(20),
+            ..settings(100)
+        }
+    })
+    .await;
+    let clock = server.clock.clone();
+    open_garage(&server, "g1").await;
+    link(&server, "ann", "鲁B33333").await;
+    top_up(&server, "ann", 100_000, "k1").await.unwrap();
+    let old = stays(&[&server], &clock, "g1", "鲁B33333", 2, 1)
+        .await
+        .remove(0);
+    let paid = |id: String| {
+        let server = &server;
+        async move {
+            eventually("the stay is paid", || async {
+                let s = session(server, OPERATOR_A.1, &id).await.ok()?;
+                (s.state == i32::from(pb::SessionState::ClosedPaid)).then_some(())
+            })
+            .await
+        }
+    };
+    paid(old.clone()).await;
+    // Moved to history with its plate (live state never held it past retention) ...
+    clock.advance(HOT + Duration::from_secs(1));
+    eventually("the old one moved to history", || async {
+        (live_sessions(&server) == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        session(&server, OPERATOR_A.1, &old).await.unwrap().plate,
+        "鲁B33333"
+    );
+    // ... three days on, history forgets it.
+    clock.advance(3 * DAY);
+    eventually("the old one's plate is forgotten", || async {
+        let s = session(&server, OPERATOR_A.1, &old).await.ok()?;
+        s.plate.is_empty().then_some(())
+    })
+    .await;
+    let recent = stays(&[&server], &clock, "g1", "鲁B33333", 4, 1)
+        .await
+        .remove(0);
+    paid(recent.clone()).await;
+    clock.advance(HOT + Duration::from_secs(1));
+    eventually("the recent one moved to history", || async {
+        (live_sessions(&server) == 0).then_some(())
+    })
+    .await;
+    // Three more days: the old one is past the money retention (5 days), the recent not.
+    clock.advance(3 * DAY);
+    eventually("the old one expired", || async {
+        let gone = session(&server, OPERATOR_A.1, &old).await.err()?;
+        (gone.code() == tonic::Code::NotFound).then_some(())
+    })
+    .await;
+    assert_eq!(my_session_ids(&server, "ann", 10).await, vec![recent]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
