@@ -226,6 +226,11 @@ impl Browser {
             }
         }
     }
+
+    /// Closes the page, failing the test if it reported an error or a failed request.
+    fn close(self) {
+        assert!(self.errors.is_empty(), "page errors: {:?}", self.errors);
+    }
 }
 
 impl Drop for Browser {
@@ -376,12 +381,7 @@ async fn the_map_shows_the_demo_city_live_in_chromium() {
     });
     assert_eq!(heading, MARKUP);
     assert_eq!(history, "error History unavailable");
-    assert!(
-        browser.errors.is_empty(),
-        "page errors: {:?}",
-        browser.errors
-    );
-    drop(browser);
+    browser.close();
     demo.stop().await;
     server.stop().await.unwrap();
 }
@@ -423,12 +423,7 @@ async fn a_region_too_big_for_one_watch_is_followed_where_the_map_looks() {
     report_and_expect(&server, &mut browser, "g-5-5", 2, 0, "full").await;
     // A corner out of view is not followed, and says so.
     tokio::task::block_in_place(|| browser.ask("expect g-0-0 loading 5000", RECOLOUR * 5));
-    assert!(
-        browser.errors.is_empty(),
-        "page errors: {:?}",
-        browser.errors
-    );
-    drop(browser);
+    browser.close();
     server.stop().await.unwrap();
 }
 
@@ -541,11 +536,6 @@ async fn the_side_panel_charts_the_last_day_a_history_holds() {
         browser.ask(&format!("screenshot {}", shot.display()), RECOLOUR * 5)
     });
     eprintln!("screenshot: {}", shot.display());
-    assert!(
-        browser.errors.is_empty(),
-        "page errors: {:?}",
-        browser.errors
-    );
-    drop(browser);
+    browser.close();
     server.stop().await.unwrap();
 }
