@@ -349,14 +349,19 @@ async fn list(history: Arc<SqlHistory>, n: u64) {
 }
 
 /// The resident memory of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
+/// The server's resident memory: in all, and the part that is files mapped in (its
+/// code, paged in by the paths it ran), which is not state.
+fn rss(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the server runs");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .expect("VmRSS")
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("RssFile:"))
 }
 
 async fn redis_used(url: &Option<String>) -> Option<u64> {
@@ -461,14 +466,27 @@ async fn gates(n: u64) {
     let second = (rss(pid), redis_used(&redis_url).await);
     let mb = |b: u64| b as f64 / 1_048_576.0;
     let delta = |a: u64, b: u64| (b as f64 - a as f64) / a as f64 * 100.0;
+    let ((cold_rss, cold_file), (peak_rss, peak_file)) = (cold.0, peak.0);
+    let ((first_rss, first_file), (second_rss, second_file)) = (first.0, second.0);
     println!(
         "  instance RSS: cold {:.1} MB, right after run 1's exits {:.1} MB, after run 1's hand-off {:.1} MB, after run 2's {:.1} MB ({:+.1}% over run 2, {:+.1} B per session of it)",
-        mb(cold.0),
-        mb(peak.0),
-        mb(first.0),
-        mb(second.0),
-        delta(first.0, second.0),
-        (second.0 as f64 - first.0 as f64) / n as f64
+        mb(cold_rss),
+        mb(peak_rss),
+        mb(first_rss),
+        mb(second_rss),
+        delta(first_rss, second_rss),
+        (second_rss as f64 - first_rss as f64) / n as f64
+    );
+    println!(
+        "  of which files mapped in (RssFile: code): {:.1}, {:.1}, {:.1}, {:.1} MB; the rest: {:.1}, {:.1}, {:.1}, {:.1} MB",
+        mb(cold_file),
+        mb(peak_file),
+        mb(first_file),
+        mb(second_file),
+        mb(cold_rss - cold_file),
+        mb(peak_rss - peak_file),
+        mb(first_rss - first_file),
+        mb(second_rss - second_file)
     );
     if let (Some(c), Some(p), Some(f), Some(s)) = (cold.1, peak.1, first.1, second.1) {
         println!(
