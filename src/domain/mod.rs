@@ -36,7 +36,7 @@ pub use reservation::{
 };
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
 pub use session::{
-    ACCOUNT_SHARDS, GateNote, MAX_PLATES_PER_DRIVER, OpenSession, ParkingSession, Payment,
+    ACCOUNT_SHARDS, Arrear, GateNote, MAX_PLATES_PER_DRIVER, OpenSession, ParkingSession, Payment,
     PaymentMethod, PaymentStatus, PlateColor, PlateLink, PlateRead, Prepaid, SessionFlags,
     SessionId, SessionState, Settlement, Viewer, account_regions, accounts_region,
 };

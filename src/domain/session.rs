@@ -476,6 +476,36 @@ impl OpenSession {
     }
 }
 
+/// What a driver owes for one session whose charge was refused for good, kept live in
+/// place of the session once the session itself moved to history: the arrears a gate
+/// and the wallet show, in a few dozen bytes instead of the whole session. Written in
+/// the session's region, in the same atomic step that deletes the session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Arrear {
+    pub region: RegionId,
+    pub session: SessionId,
+    pub driver: DriverId,
+    pub fee_minor: i64,
+    pub currency: String,
+    pub exit_time: Option<Timestamp>,
+}
+
+impl Arrear {
+    /// What `session` leaves owed, if it is in arrears (charged to a driver and refused
+    /// for good).
+    pub fn of(session: &ParkingSession) -> Option<Arrear> {
+        let driver = session.driver.clone().filter(|_| session.is_arrears())?;
+        Some(Arrear {
+            region: session.region.clone(),
+            session: session.id.clone(),
+            driver,
+            fee_minor: session.fee_minor,
+            currency: session.tariff.currency.clone(),
+            exit_time: session.exit_time,
+        })
+    }
+}
+
 /// What a plate read at a gate did, for the report's ack: the session it opened or
 /// closed, and the arrears of the plate's driver at an entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! Parking sessions and drivers' accounts in memory: sessions by id, car park and
 //! driver, the ones with a charge pending, the ones in arrears, the closed ones whose
-//! plate is still kept; which session a plate is in at a car park; plate links by plate
-//! and driver; wallets and their ledger entries by driver.
+//! plate is still kept; which session a plate is in at a car park; what sessions moved
+//! to history leave owed (`Arrear`), by driver; plate links by plate and driver;
+//! wallets and their ledger entries by driver.
 //!
 //! Locking: one `RwLock` for all of it, never held while taking another engine lock.
 
@@ -15,8 +16,8 @@ use super::{
     replica::{Held, finished_by, keyed_replica, unindex},
 };
 use crate::domain::{
-    CarParkId, DriverId, LedgerEntry, OpenSession, ParkingSession, Plate, PlateLink, SessionId,
-    SessionState, Timestamp, Wallet,
+    Arrear, CarParkId, DriverId, LedgerEntry, OpenSession, ParkingSession, Plate, PlateLink,
+    SessionId, SessionState, Timestamp, Wallet,
 };
 
 /// Every session and account record this engine holds.
@@ -35,6 +36,9 @@ pub(super) struct SessionTables {
     /// what the hand-off moves to history.
     finished: BTreeSet<(Timestamp, SessionId)>,
     open: HashMap<String, Held<OpenSession>>,
+    /// What sessions in arrears left owed when they moved to history, by session.
+    owed: HashMap<SessionId, Held<Arrear>>,
+    owed_by_driver: HashMap<DriverId, HashSet<SessionId>>,
     links: HashMap<Plate, Held<PlateLink>>,
     links_by_driver: HashMap<DriverId, HashSet<Plate>>,
     wallets: HashMap<DriverId, Held<Wallet>>,
@@ -46,10 +50,10 @@ pub(super) struct SessionTables {
     counts: SessionCounts,
 }
 
-/// When a session finished: closed, with nothing left to charge (a charge pending) or
-/// to owe (arrears, which stay live until paid).
+/// When a session finished: closed, with nothing left to charge (a charge pending). A
+/// session in arrears is finished too: what it owes stays live as an `Arrear`.
 fn finished_at(s: &ParkingSession) -> Option<Timestamp> {
-    (s.state.is_closed() && !s.is_due() && !s.is_arrears())
+    (s.state.is_closed() && !s.is_due())
         .then_some(s.exit_time)
         .flatten()
 }
@@ -114,6 +118,21 @@ impl SessionTables {
 
     fn set_open(&mut self, id: String, record: Option<Arc<OpenSession>>, version: u64) {
         self.open.insert(id, Held { record, version });
+    }
+
+    fn set_arrear(&mut self, id: SessionId, record: Option<Arc<Arrear>>, version: u64) {
+        if let Some(old) = self.owed.get(&id).and_then(|h| h.record.clone()) {
+            unindex(&mut self.owed_by_driver, &old.driver, &id);
+            self.counts.count_owed(&old, -1);
+        }
+        if let Some(new) = &record {
+            self.owed_by_driver
+                .entry(new.driver.clone())
+                .or_default()
+                .insert(id.clone());
+            self.counts.count_owed(new, 1);
+        }
+        self.owed.insert(id, Held { record, version });
     }
 
     fn set_link(&mut self, plate: Plate, record: Option<Arc<PlateLink>>, version: u64) {
@@ -190,6 +209,12 @@ impl SessionCounts {
             *owed += sign * s.fee_minor;
         }
     }
+
+    /// Counts what a session moved to history left owed in (1) or out (-1).
+    fn count_owed(&mut self, a: &Arrear, sign: i64) {
+        self.arrears = self.arrears.saturating_add_signed(sign as isize);
+        *self.arrears_minor.entry(a.currency.clone()).or_default() += sign * a.fee_minor;
+    }
 }
 
 impl Engine {
@@ -219,13 +244,31 @@ impl Engine {
             .map_or_else(Vec::new, |ids| tables.copies(ids))
     }
 
-    /// `driver`'s sessions in arrears.
-    pub fn arrears_of(&self, driver: &DriverId) -> Vec<ParkingSession> {
+    /// What `driver` owes: their sessions in arrears, live or moved to history (each
+    /// once, though a session and its `Arrear` are both held for the moment between
+    /// the two writes of its move).
+    pub fn arrears_of(&self, driver: &DriverId) -> Vec<Arrear> {
         let tables = self.sessions.read();
-        tables
+        let mut owed: HashMap<SessionId, Arrear> = tables
+            .owed_by_driver
+            .get(driver)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| tables.owed.get(id)?.record.as_deref().cloned())
+            .map(|a| (a.session.clone(), a))
+            .collect();
+        for session in tables
             .arrears
             .get(driver)
             .map_or_else(Vec::new, |ids| tables.copies(ids))
+        {
+            if let Some(a) = Arrear::of(&session) {
+                owed.entry(a.session.clone()).or_insert(a);
+            }
+        }
+        let mut owed: Vec<Arrear> = owed.into_values().collect();
+        owed.sort_by(|a, b| (a.exit_time, &a.session).cmp(&(b.exit_time, &b.session)));
+        owed
     }
 
     /// Closed sessions with a charge to make.
@@ -348,6 +391,7 @@ impl Engine {
         shrink(&mut t.by_car_park);
         shrink(&mut t.by_driver);
         shrink(&mut t.open);
+        shrink(&mut t.owed);
         shrink(&mut t.entries);
         shrink(&mut t.entries_by_driver);
         for ids in t.by_car_park.values_mut() {
@@ -388,6 +432,15 @@ keyed_replica!(
     |id| { SessionId::parse(id).ok() }
 );
 keyed_replica!(OpenSession, String, id, sessions, open, set_open, any_text);
+keyed_replica!(
+    Arrear,
+    SessionId,
+    session,
+    sessions,
+    owed,
+    set_arrear,
+    |id| { SessionId::parse(id).ok() }
+);
 keyed_replica!(PlateLink, Plate, plate, sessions, links, set_link, |id| {
     Plate::parse(id).ok()
 });

@@ -2,7 +2,8 @@
 //! the city (car parks, cars parked now), never its age.
 //!
 //! A record is finished when nothing can change it any more: a session closed with
-//! nothing left to charge or owe, a reservation or booking completed, cancelled or a
+//! nothing left to charge (one in arrears leaves what it owes live as an `Arrear`,
+//! written in the step that deletes it), a reservation or booking completed, cancelled or a
 //! no-show (or checked in and never seen leaving, a day after its window), a ledger
 //! entry (its wallet's balance stays live). Once it has been finished for the hot
 //! window, any instance's sweep moves it in two steps:
@@ -31,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::Service;
 use crate::{
     domain::{
-        LedgerEntry, ParkingSession, RegionId, Reservation, Result, SharedBooking, Timestamp,
+        Arrear, LedgerEntry, ParkingSession, RegionId, Reservation, Result, SharedBooking,
+        Timestamp,
     },
     history::{
         ClosedSession, Cursor, History, Kept, KeptEntry, KeptReservation, Query, Record, SqlHistory,
@@ -234,6 +236,10 @@ impl Service {
                 |n| engine.sessions_finished_before(cutoff, n),
                 || engine.sessions_finished_count(cutoff),
                 |s| Some(self.closed_session((**s).clone(), now)),
+                |k: &ClosedSession| {
+                    let owed = Arrear::of(&k.session)?;
+                    Some(super::reservations::put(owed.session.to_string(), owed, 0))
+                },
                 now,
             )
             .await?;
@@ -251,6 +257,7 @@ impl Service {
                         reservation: (**r).clone(),
                     })
                 },
+                |_| None,
                 now,
             )
             .await?;
@@ -261,6 +268,7 @@ impl Service {
                 |n| engine.bookings_finished_by(cutoff, n),
                 || engine.bookings_finished_count(cutoff),
                 |b| Some((**b).clone()),
+                |_| None,
                 now,
             )
             .await?;
@@ -273,6 +281,7 @@ impl Service {
                 // A charge whose session is still due stays: the charge's first step
                 // writes its entry only if absent, so a retry must find it.
                 |e| (!self.charge_pending(e)).then(|| KeptEntry(e.clone())),
+                |_| None,
                 now,
             )
             .await?;
@@ -281,7 +290,7 @@ impl Service {
 
     /// Moves the records `due(n)` finds (the first `n` finished ones, oldest first,
     /// with their versions) that `keep` turns into history's records (`None`: it stays
-    /// live), a batch at a time, for at most `KIND_BUDGET`, paced at the settings'
+    /// live), each with what `remains` leaves live in its place, a batch at a time, for at most `KIND_BUDGET`, paced at the settings'
     /// rate; then records how many are left (`backlog`, counted without copying them)
     /// and says whether its turn ended with a full batch still to move.
     async fn hand_off_kind<A: Aggregate, T, R: Record>(
@@ -291,6 +300,7 @@ impl Service {
         due: impl Fn(usize) -> Vec<(T, u64)>,
         backlog: impl Fn() -> usize,
         keep: impl Fn(&T) -> Option<R>,
+        remains: impl Fn(&R) -> Option<AnyWrite>,
         now: Timestamp,
     ) -> Result<bool> {
         let rate = self.keeping.rate;
@@ -304,24 +314,22 @@ impl Service {
             let began = Instant::now();
             let found = due(batch);
             let full = found.len() == batch;
-            let (versions, kept): (Vec<u64>, Vec<R>) = found
+            let kept: Vec<(R, u64)> = found
                 .iter()
-                .filter_map(|(record, version)| keep(record).map(|k| (*version, k)))
-                .unzip();
+                .filter_map(|(record, version)| keep(record).map(|k| (k, *version)))
+                .collect();
             let moving = kept.len();
             // In chunks moved side by side: each chunk's two steps stay in order,
             // while one chunk's insert overlaps another's deletes.
             let chunk = batch.div_ceil(CHUNKS_IN_FLIGHT).max(1);
-            let mut versions = versions.into_iter();
             let mut kept = kept.into_iter();
             let mut moves = Vec::new();
             loop {
-                let v: Vec<u64> = versions.by_ref().take(chunk).collect();
-                if v.is_empty() {
+                let k: Vec<(R, u64)> = kept.by_ref().take(chunk).collect();
+                if k.is_empty() {
                     break;
                 }
-                let k: Vec<R> = kept.by_ref().take(v.len()).collect();
-                moves.push(self.move_to_history::<A, R>(history, kind, v, k, now));
+                moves.push(self.move_to_history::<A, R>(history, kind, k, &remains, now));
             }
             for moved in futures_util::future::join_all(moves).await {
                 moved?;
@@ -365,55 +373,58 @@ impl Service {
     }
 
     /// Writes `kept` to history, then deletes each from the live store at the version
-    /// it was read at (`versions`, in the same order); how many were deleted. A record
-    /// that changed since it was read stays: the next round moves its new state.
+    /// it was read at (with it, in one atomic step, what `remains` leaves live in its
+    /// place); how many were deleted. A record that changed since it was read stays:
+    /// the next round moves its new state.
     async fn move_to_history<A: Aggregate, R: Record>(
         &self,
         history: &SqlHistory,
         kind: &'static str,
-        versions: Vec<u64>,
-        kept: Vec<R>,
+        kept: Vec<(R, u64)>,
+        remains: &impl Fn(&R) -> Option<AnyWrite>,
         now: Timestamp,
     ) -> Result<u64> {
         if kept.is_empty() {
             return Ok(0);
         }
         let started = Instant::now();
-        history.put(&kept).await?;
+        let (records, versions): (Vec<R>, Vec<u64>) = kept.into_iter().unzip();
+        history.put(&records).await?;
         metrics::record_history_write(kind, started.elapsed().as_secs_f64());
-        let deletes: Vec<(RegionId, String, u64)> = kept
-            .iter()
-            .zip(versions)
-            .map(|(kept, version)| (kept.region(), kept.id(), version))
-            .collect();
-        let delete = |(region, id, expected): &(RegionId, String, u64)| Write::<A> {
-            region: region.clone(),
-            id: id.clone(),
-            expected: *expected,
-            floor: 0,
-            change: Change::Delete,
+        // A record's move in the live store: what it leaves, then its delete.
+        let writes_of = |(record, version): (&R, u64)| -> Vec<AnyWrite> {
+            let delete = Write::<A> {
+                region: record.region(),
+                id: record.id(),
+                expected: version,
+                floor: 0,
+                change: Change::Delete,
+            };
+            remains(record).into_iter().chain([delete.into()]).collect()
         };
+        let all_written =
+            |done: &[Committed]| done.iter().all(|c| matches!(c, Committed::Written { .. }));
         let mut moved = 0;
         let mut failed = None;
-        // Deletes of one region go as groups (one atomic write each, in Redis one
+        // The moves of one region go as groups (one atomic write each, in Redis one
         // script call for many records); a group that meets a record changed since it
-        // was read is not made, and its deletes go one by one, so the rest still go.
-        let mut by_region: HashMap<&RegionId, Vec<&(RegionId, String, u64)>> = HashMap::new();
-        for d in &deletes {
-            by_region.entry(&d.0).or_default().push(d);
+        // was read is not made, and its moves go one by one, so the rest still go.
+        let mut by_region: HashMap<RegionId, Vec<(&R, u64)>> = HashMap::new();
+        for (record, version) in records.iter().zip(versions) {
+            by_region
+                .entry(record.region())
+                .or_default()
+                .push((record, version));
         }
-        for group in by_region.values().flat_map(|ds| ds.chunks(DELETE_GROUP)) {
-            let writes: Vec<AnyWrite> = group.iter().map(|d| delete(d).into()).collect();
+        for group in by_region.values().flat_map(|ks| ks.chunks(DELETE_GROUP)) {
+            let writes: Vec<AnyWrite> = group.iter().flat_map(|k| writes_of(*k)).collect();
             match self.store.commit_group(writes, "history", now).await {
-                Ok(done) if done.iter().all(|c| matches!(c, Committed::Written { .. })) => {
-                    moved += group.len() as u64;
-                }
+                Ok(done) if all_written(&done) => moved += group.len() as u64,
                 Ok(_) => {
-                    let one_by_one = group.iter().map(|d| delete(d)).collect();
-                    for result in self.store.commit(one_by_one, "history", now).await {
-                        match result {
-                            Ok(Committed::Written { .. }) => moved += 1,
-                            Ok(Committed::Conflict) => {}
+                    for k in group {
+                        match self.store.commit_group(writes_of(*k), "history", now).await {
+                            Ok(done) if all_written(&done) => moved += 1,
+                            Ok(_) => {}
                             Err(error) => failed = Some(error),
                         }
                     }

@@ -299,13 +299,14 @@ impl Service {
         Ok((open, own, pointed))
     }
 
-    /// What `driver`'s sessions in arrears owe, and in which currency.
+    /// What `driver`'s sessions in arrears owe (live, or moved to history and owed by
+    /// their `Arrear`), and in which currency.
     fn arrears(&self, driver: &DriverId) -> (i64, String) {
         let owed = self.engine.arrears_of(driver);
-        let total = owed.iter().map(|s| s.fee_minor).sum();
+        let total = owed.iter().map(|a| a.fee_minor).sum();
         let currency = owed
             .first()
-            .map_or_else(String::new, |s| s.tariff.currency.clone());
+            .map_or_else(String::new, |a| a.currency.clone());
         (total, currency)
     }
 

@@ -16,16 +16,17 @@ use super::{
 };
 use crate::{
     domain::{
-        Capacity, CarPark, CarParkId, CarParkKind, CarParkState, LatLng, LedgerEntry, OpenSession,
-        OpeningHours, OperatorId, ParkingSession, PlateLink, RegionId, Reservation, SharedBooking,
-        SharedOffer, SlotCounts, SpaceCategory, Tariff, TimeZoneName, Timestamp, Wallet,
+        Arrear, Capacity, CarPark, CarParkId, CarParkKind, CarParkState, LatLng, LedgerEntry,
+        OpenSession, OpeningHours, OperatorId, ParkingSession, PlateLink, RegionId, Reservation,
+        SharedBooking, SharedOffer, SlotCounts, SpaceCategory, Tariff, TimeZoneName, Timestamp,
+        Wallet,
     },
     engine::Engine,
 };
 
 /// The kinds, in the order of `store/redis/kinds.rs`: a fuzz input's first byte picks
 /// one by its index.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 11] = [
     CarParkState::KIND,
     SlotCounts::KIND,
     Reservation::KIND,
@@ -36,6 +37,7 @@ pub const KINDS: [&str; 10] = [
     PlateLink::KIND,
     Wallet::KIND,
     LedgerEntry::KIND,
+    Arrear::KIND,
 ];
 
 /// In a fuzz input's first byte: decode over a record held (a partial change).
@@ -72,7 +74,8 @@ pub fn stored_record(data: &[u8]) -> Result<(), String> {
         6 => check::<OpenSession>(text, None),
         7 => check::<PlateLink>(text, None),
         8 => check::<Wallet>(text, None),
-        _ => check::<LedgerEntry>(text, None),
+        9 => check::<LedgerEntry>(text, None),
+        _ => check::<Arrear>(text, None),
     }
 }
 

@@ -4,11 +4,13 @@
 //! (`_accounts-<n>`, `domain::accounts_region`) plate links, wallets and ledger
 //! entries. A wallet and its entries share a shard, so a charge (the wallet's new
 //! balance and the entry named by the session, written if absent) is one atomic step.
+//! What a session in arrears leaves owed once it moved to history (`Arrear`) stays in
+//! the session's region, written in the step that deletes the session.
 //!
 //! Formats: 1 is the JSON of the domain type behind a `1:` prefix.
 
 use super::table::whole_record_kind;
-use crate::domain::{LedgerEntry, OpenSession, ParkingSession, PlateLink, Wallet};
+use crate::domain::{Arrear, LedgerEntry, OpenSession, ParkingSession, PlateLink, Wallet};
 
 whole_record_kind!(
     ParkingSession,
@@ -35,3 +37,4 @@ whole_record_kind!(
     "ledger_entry_versions",
     "ledger_entries"
 );
+whole_record_kind!(Arrear, "arrear", "arrear_versions", "arrears");

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 use citypark::{
     domain::{
-        CarParkId, CarParkState, LedgerEntry, OpenSession, ParkingSession, Plate, PlateLink,
-        Reservation, SharedBooking, SharedOffer, SlotCounts, Wallet,
+        Arrear, CarParkId, CarParkState, LedgerEntry, OpenSession, ParkingSession, PaymentStatus,
+        Plate, PlateLink, Reservation, SessionId, SessionState, SharedBooking, SharedOffer,
+        SlotCounts, Wallet,
     },
     grpc::fuzzing::{Fixture, Harness},
     pb::{self, SpaceCategory::*},
@@ -1107,5 +1108,17 @@ async fn write_stored_record_seeds() {
     add("wallet", "format1", false, &[&wallet[0]]);
     let charge = stored_parts::<LedgerEntry>(&server, &format!("charge:{opened}"));
     add("ledger_entry", "charge", false, &[&charge[0]]);
+    // What the session would leave owed in history's stead had its charge been
+    // refused for good.
+    let (session, _) = server
+        .backend
+        .engine
+        .session(&SessionId::parse(&opened).unwrap())
+        .unwrap();
+    let mut refused = (*session).clone();
+    refused.state = SessionState::ClosedUnpaid;
+    refused.payment.status = PaymentStatus::Failed;
+    let owed = Arrear::of(&refused).unwrap();
+    add("arrear", "format1", false, &[&owed.encode_part(0)]);
     write_seeds(STORED_TARGET, &seeds);
 }

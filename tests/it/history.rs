@@ -3,8 +3,9 @@
 //! (ListMySessions, ListSessions, GetSession, GetWallet, GetSettlement, GetReservation,
 //! ListReservations) sees live and history as one list, without a gap or a duplicate,
 //! even while records move; on the embedded store with SQLite, and with two instances
-//! on one Redis (and on a Cluster) sharing a PostgreSQL history; history's retention
-//! forgets plates, then records.
+//! on one Redis (and on a Cluster) sharing a PostgreSQL history; a session in arrears
+//! moves too and what it owes stays live; history's retention forgets plates, then
+//! records.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -18,7 +19,9 @@ use citypark::{
 use crate::{
     postgres_support::PgDatabase,
     redis_support::{RedisCluster, RedisServer, key_prefix},
-    sessions::{gate, link, list_sessions, open_garage, session, settlement, top_up, wallet},
+    sessions::{
+        gate, link, list_sessions, open_garage, payment, session, settlement, top_up, wallet,
+    },
     support::*,
 };
 
@@ -475,6 +478,64 @@ async fn a_finished_reservation_moves_to_history_and_is_read_from_there() {
     expect_code(as_operator(OPERATOR_B.1).await, tonic::Code::NotFound);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_arrears_moves_to_history_and_what_it_owes_stays_live() {
+    let (history, _dir) = sqlite().await;
+    let backend = Backend::embedded(4096).with_history(history.clone());
+    let server = TestServer::start_on(backend, |s| s.history = settings(100)).await;
+    let clock = server.clock.clone();
+    open_garage(&server, "g1").await;
+    // No top-up: the hour's 500 is refused for good.
+    link(&server, "ann", "鲁B11111").await;
+    let id = stays(&[&server], &clock, "g1", "鲁B11111", 2, 1)
+        .await
+        .remove(0);
+    eventually("the charge is refused", || async {
+        let s = session(&server, OPERATOR_A.1, &id).await.ok()?;
+        (payment(&s).status == i32::from(pb::PaymentStatus::Failed)).then_some(())
+    })
+    .await;
+    let day_before = settlement(&server, "2026-11-30").await;
+    assert_eq!(
+        (day_before.sessions_unpaid, day_before.arrears_minor),
+        (1, 500)
+    );
+
+    clock.advance(HOT + Duration::from_secs(1));
+    let session_id = citypark::domain::SessionId::parse(&id).unwrap();
+    eventually("the session in arrears left live state", || async {
+        server
+            .backend
+            .engine
+            .session(&session_id)
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // What it owes stays live, compact: the wallet, the next entry's ack and the
+    // gauges still count it, once.
+    assert_eq!(wallet(&server, "ann").await.arrears_minor, 500);
+    let counts = server.backend.engine.session_counts();
+    assert_eq!((counts.arrears, counts.arrears_minor["CNY"]), (1, 500));
+    let ack = report_ok(&server, gate("g1", 10, true, "鲁B11111", clock.now())).await;
+    assert_eq!((ack.arrears, ack.arrears_minor), (true, 500));
+    // The session itself is read from history, and the day settles the same.
+    let moved = session(&server, OPERATOR_A.1, &id).await.unwrap();
+    assert_eq!(payment(&moved).status, i32::from(pb::PaymentStatus::Failed));
+    assert_eq!(
+        history
+            .contains::<citypark::history::ClosedSession>(&[id.clone()])
+            .await
+            .unwrap(),
+        [id.clone()]
+    );
+    let day_after = settlement(&server, "2026-11-30").await;
+    assert_eq!(
+        (day_after.sessions_unpaid, day_after.arrears_minor),
+        (1, 500)
+    );
+}
+
 /// Two instances on one Redis share a PostgreSQL history; both hand off at once.
 /// `raw` reads Redis underneath (standalone only).
 async fn two_instances_hand_off_once(url: &str, raw: Option<redis::Client>) {
@@ -512,6 +573,21 @@ async fn two_instances_hand_off_once(url: &str, raw: Option<redis::Client>) {
     }
     let mut ids = stays(&[&a, &b], &clock, "h1", "鲁B11111", 2, 12).await;
     ids.extend(stays(&[&b, &a], &clock, "h2", "鲁B22222", 2, 12).await);
+    // And one stay in arrears (no top-up): it moves too, leaving what it owes.
+    link(&a, "cy", "鲁B33333").await;
+    let owed = stays(&[&b], &clock, "h1", "鲁B33333", 100, 1)
+        .await
+        .remove(0);
+    for server in [&a, &b] {
+        eventually(
+            "the stay in arrears is refused on every instance",
+            || async {
+                let s = session(server, OPERATOR_A.1, &owed).await.ok()?;
+                (payment(&s).status == i32::from(pb::PaymentStatus::Failed)).then_some(())
+            },
+        )
+        .await;
+    }
     for server in [&a, &b] {
         for id in &ids {
             eventually("every stay is paid on every instance", || async {
@@ -534,15 +610,21 @@ async fn two_instances_hand_off_once(url: &str, raw: Option<redis::Client>) {
         assert_eq!(my_session_ids(server, "ann", 4).await, ann_before);
         let all = list_sessions(server, OPERATOR_A.1, pb::ListSessionsRequest::default()).await;
         let unique: HashSet<&String> = all.iter().map(|s| &s.id).collect();
-        assert_eq!((all.len(), unique.len()), (24, 24), "no gap, no duplicate");
+        assert_eq!((all.len(), unique.len()), (25, 25), "no gap, no duplicate");
+        assert_eq!(wallet(server, "cy").await.arrears_minor, 500);
     }
+    // An instance started now loads what is owed from the store.
+    let c = start(postgres(&db).await).await;
+    assert_eq!(wallet(&c, "cy").await.arrears_minor, 500);
+    assert_eq!(c.backend.engine.session_counts().arrears, 1);
+    drop(c);
     // Each session is in history exactly once, and nowhere else: not even as a
     // version tombstone, in either engine or in Redis.
-    assert_eq!(db.query_i64("SELECT count(*) FROM sessions").await, 24);
+    assert_eq!(db.query_i64("SELECT count(*) FROM sessions").await, 25);
     assert_eq!(
         db.query_i64("SELECT count(DISTINCT id) FROM sessions")
             .await,
-        24
+        25
     );
     for server in [&a, &b] {
         eventually("every tombstone is compacted", || async {
@@ -567,6 +649,17 @@ async fn two_instances_hand_off_once(url: &str, raw: Option<redis::Client>) {
                 keys.push(format!("{prefix}:{{{region}}}:{hash}"));
             }
         }
+        let owed_key = format!("{prefix}:{{qingdao}}:arrears");
+        let mut conn2 = conn.clone();
+        let arrears: usize = redis::cmd("HLEN")
+            .arg(&owed_key)
+            .query_async(&mut conn2)
+            .await
+            .unwrap();
+        assert_eq!(
+            arrears, 1,
+            "what the session in arrears owes, in its region"
+        );
         for key in keys {
             eventually(&format!("{key} is empty"), || {
                 let (mut conn, key) = (conn.clone(), key.clone());

@@ -133,7 +133,7 @@ pub(crate) fn books(wallet: &pb::GetWalletResponse) -> i64 {
         .sum()
 }
 
-fn payment(s: &pb::ParkingSession) -> &pb::Payment {
+pub(crate) fn payment(s: &pb::ParkingSession) -> &pb::Payment {
     s.payment.as_ref().unwrap()
 }
 

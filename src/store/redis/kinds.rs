@@ -6,8 +6,8 @@ use std::{collections::HashMap, future::Future, marker::PhantomData, pin::Pin};
 use super::{Shared, snapshot};
 use crate::{
     domain::{
-        CarParkState, LedgerEntry, OpenSession, ParkingSession, PlateLink, RegionId, Reservation,
-        Result, SharedBooking, SharedOffer, SlotCounts, Wallet,
+        Arrear, CarParkState, LedgerEntry, OpenSession, ParkingSession, PlateLink, RegionId,
+        Reservation, Result, SharedBooking, SharedOffer, SlotCounts, Wallet,
     },
     engine::Loading,
     store::{
@@ -111,6 +111,7 @@ pub(super) const KINDS: &[&dyn Kind] = &[
     &Of::<PlateLink>(PhantomData),
     &Of::<Wallet>(PhantomData),
     &Of::<LedgerEntry>(PhantomData),
+    &Of::<Arrear>(PhantomData),
 ];
 
 /// The kind named `name`, if this version knows it.
