@@ -42,6 +42,27 @@ use crate::{
     store::{Aggregate, AnyWrite, Change, Committed, Store, Write},
 };
 
+/// A record history keeps, as the hand-off moves it: with what it leaves in the live
+/// store in its place, if anything.
+trait Moved: Record {
+    /// The write of what stays live once the record moved, committed with its delete.
+    fn leaves(&self) -> Option<AnyWrite> {
+        None
+    }
+}
+
+/// A session refused for good leaves what it owes.
+impl Moved for ClosedSession {
+    fn leaves(&self) -> Option<AnyWrite> {
+        let owed = Arrear::of(&self.session)?;
+        Some(super::reservations::put(owed.session.to_string(), owed, 0))
+    }
+}
+
+impl Moved for KeptReservation {}
+impl Moved for SharedBooking {}
+impl Moved for KeptEntry {}
+
 /// How finished records move to history and how long history keeps them.
 #[derive(Debug, Clone)]
 pub struct HistorySettings {
@@ -236,10 +257,6 @@ impl Service {
                 |n| engine.sessions_finished_before(cutoff, n),
                 || engine.sessions_finished_count(cutoff),
                 |s| Some(self.closed_session((**s).clone(), now)),
-                |k: &ClosedSession| {
-                    let owed = Arrear::of(&k.session)?;
-                    Some(super::reservations::put(owed.session.to_string(), owed, 0))
-                },
                 now,
             )
             .await?;
@@ -257,7 +274,6 @@ impl Service {
                         reservation: (**r).clone(),
                     })
                 },
-                |_| None,
                 now,
             )
             .await?;
@@ -268,7 +284,6 @@ impl Service {
                 |n| engine.bookings_finished_by(cutoff, n),
                 || engine.bookings_finished_count(cutoff),
                 |b| Some((**b).clone()),
-                |_| None,
                 now,
             )
             .await?;
@@ -281,7 +296,6 @@ impl Service {
                 // A charge whose session is still due stays: the charge's first step
                 // writes its entry only if absent, so a retry must find it.
                 |e| (!self.charge_pending(e)).then(|| KeptEntry(e.clone())),
-                |_| None,
                 now,
             )
             .await?;
@@ -290,17 +304,16 @@ impl Service {
 
     /// Moves the records `due(n)` finds (the first `n` finished ones, oldest first,
     /// with their versions) that `keep` turns into history's records (`None`: it stays
-    /// live), each with what `remains` leaves live in its place, a batch at a time, for at most `KIND_BUDGET`, paced at the settings'
+    /// live), each with what it leaves live in its place (`Moved`), a batch at a time, for at most `KIND_BUDGET`, paced at the settings'
     /// rate; then records how many are left (`backlog`, counted without copying them)
     /// and says whether its turn ended with a full batch still to move.
-    async fn hand_off_kind<A: Aggregate, T, R: Record>(
+    async fn hand_off_kind<A: Aggregate, T, R: Moved>(
         &self,
         history: &SqlHistory,
         kind: &'static str,
         due: impl Fn(usize) -> Vec<(T, u64)>,
         backlog: impl Fn() -> usize,
         keep: impl Fn(&T) -> Option<R>,
-        remains: impl Fn(&R) -> Option<AnyWrite>,
         now: Timestamp,
     ) -> Result<bool> {
         let rate = self.keeping.rate;
@@ -329,7 +342,7 @@ impl Service {
                 if k.is_empty() {
                     break;
                 }
-                moves.push(self.move_to_history::<A, R>(history, kind, k, &remains, now));
+                moves.push(self.move_to_history::<A, R>(history, kind, k, now));
             }
             for moved in futures_util::future::join_all(moves).await {
                 moved?;
@@ -373,15 +386,14 @@ impl Service {
     }
 
     /// Writes `kept` to history, then deletes each from the live store at the version
-    /// it was read at (with it, in one atomic step, what `remains` leaves live in its
-    /// place); how many were deleted. A record that changed since it was read stays:
+    /// it was read at (with it, in one atomic step, what it leaves live in its place);
+    /// how many were deleted. A record that changed since it was read stays:
     /// the next round moves its new state.
-    async fn move_to_history<A: Aggregate, R: Record>(
+    async fn move_to_history<A: Aggregate, R: Moved>(
         &self,
         history: &SqlHistory,
         kind: &'static str,
         kept: Vec<(R, u64)>,
-        remains: &impl Fn(&R) -> Option<AnyWrite>,
         now: Timestamp,
     ) -> Result<u64> {
         if kept.is_empty() {
@@ -400,7 +412,7 @@ impl Service {
                 floor: 0,
                 change: Change::Delete,
             };
-            remains(record).into_iter().chain([delete.into()]).collect()
+            record.leaves().into_iter().chain([delete.into()]).collect()
         };
         let all_written =
             |done: &[Committed]| done.iter().all(|c| matches!(c, Committed::Written { .. }));

@@ -522,13 +522,11 @@ async fn a_session_in_arrears_moves_to_history_and_what_it_owes_stays_live() {
     // The session itself is read from history, and the day settles the same.
     let moved = session(&server, OPERATOR_A.1, &id).await.unwrap();
     assert_eq!(payment(&moved).status, i32::from(pb::PaymentStatus::Failed));
-    assert_eq!(
-        history
-            .contains::<citypark::history::ClosedSession>(&[id.clone()])
-            .await
-            .unwrap(),
-        [id.clone()]
-    );
+    let kept = history
+        .contains::<citypark::history::ClosedSession>(std::slice::from_ref(&id))
+        .await
+        .unwrap();
+    assert_eq!(kept, [id]);
     let day_after = settlement(&server, "2026-11-30").await;
     assert_eq!(
         (day_after.sessions_unpaid, day_after.arrears_minor),
