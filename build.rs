@@ -26,6 +26,8 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate! embeds history's migrations: a new one must rebuild the crate.
+    println!("cargo:rerun-if-changed=src/history/migrations");
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("citypark_descriptor.bin"), fds.encode_to_vec())?;

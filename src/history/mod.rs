@@ -17,7 +17,7 @@ pub mod sql;
 
 use std::{future::Future, path::Path};
 
-use crate::domain::{Error, OperatorId, Result, SpaceCategory, Timestamp};
+use crate::domain::{Error, OperatorId, Result, Settlement, SpaceCategory, Timestamp};
 
 pub use records::{ClosedSession, KeptEntry, KeptReservation, Record};
 pub use sql::SqlHistory;
@@ -180,15 +180,17 @@ pub enum Kept {
     Bookings,
     Ledger,
     Occupancy,
+    Settlements,
 }
 
 impl Kept {
-    pub const ALL: [Kept; 5] = [
+    pub const ALL: [Kept; 6] = [
         Kept::Sessions,
         Kept::Reservations,
         Kept::Bookings,
         Kept::Ledger,
         Kept::Occupancy,
+        Kept::Settlements,
     ];
 
     /// The table, and a metric label.
@@ -199,6 +201,7 @@ impl Kept {
             Kept::Bookings => "bookings",
             Kept::Ledger => "ledger_entries",
             Kept::Occupancy => "occupancy_samples",
+            Kept::Settlements => "settlements",
         }
     }
 }
@@ -251,6 +254,35 @@ pub trait History: Send + Sync + 'static {
         from: Timestamp,
         to: Timestamp,
     ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+
+    /// The settlement of `operator`'s local `day` as it was kept when the day closed,
+    /// if it was.
+    fn settled(
+        &self,
+        operator: &OperatorId,
+        day: jiff::civil::Date,
+    ) -> impl Future<Output = Result<Option<Settlement>>> + Send;
+
+    /// Keeps `settlement` as `operator`'s closed local `day` (starting at `start`, for
+    /// retention), closed at `now`, if the day's sessions in history are as many as it
+    /// counts; a day kept already keeps its first. A session written to the day later
+    /// (`put`) drops it again, to be kept anew.
+    fn put_settlement(
+        &self,
+        operator: &OperatorId,
+        day: jiff::civil::Date,
+        start: Timestamp,
+        settlement: &Settlement,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The operators' local days in [first, last] that sessions in history left on
+    /// and that have no settlement kept yet, oldest first.
+    fn unsettled_days(
+        &self,
+        first: jiff::civil::Date,
+        last: jiff::civil::Date,
+    ) -> impl Future<Output = Result<Vec<(OperatorId, jiff::civil::Date)>>> + Send;
 
     /// Merges samples into their buckets (min of mins, max of maxes, the later last).
     fn put_samples(&self, samples: &[Sample]) -> impl Future<Output = Result<()>> + Send;

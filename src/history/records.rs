@@ -35,6 +35,12 @@ pub trait Record: Sized + Send + Sync + Unpin + 'static {
     fn columns(&self) -> Vec<Value>;
     fn body(&self) -> String;
     fn from_body(body: &str) -> Result<Self, DecodeError>;
+
+    /// The operator and local day whose kept settlement counts this record, if any:
+    /// writing it reopens that day (a barrier offline for days reports its exits late).
+    fn settles(&self) -> Option<(String, String)> {
+        None
+    }
 }
 
 fn ms(at: Option<Timestamp>) -> Value {
@@ -59,6 +65,11 @@ impl ClosedSession {
 }
 
 impl Record for ClosedSession {
+    fn settles(&self) -> Option<(String, String)> {
+        let day = self.exit_day?;
+        Some((self.session.operator.to_string(), day.to_string()))
+    }
+
     const TABLE: &'static str = "sessions";
     const FORMAT: u32 = 1;
     const KEY: &'static str = "id, listed_at";

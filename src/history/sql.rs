@@ -23,7 +23,7 @@ use sqlx::{
 use super::{
     ClosedSession, History, Kept, Location, Migrate, Query, Record, Sample, SessionSums, Value,
 };
-use crate::domain::{Error, OperatorId, Result, SpaceCategory, Timestamp};
+use crate::domain::{Error, OperatorId, Result, Settlement, SpaceCategory, Timestamp};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("src/history/migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("src/history/migrations/postgres");
@@ -371,6 +371,28 @@ impl History for SqlHistory {
             });
             written += done.map_err(unavailable)?;
         }
+        // A session written to a day already kept reopens it; after the rows are in,
+        // so a pass keeping the day meanwhile either counts them or loses its row
+        // here (see `put_settlement`).
+        let mut days: Vec<(String, String)> = records.iter().filter_map(R::settles).collect();
+        days.sort();
+        days.dedup();
+        for chunk in days.chunks(ROWS_PER_INSERT) {
+            let pairs: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(operator = ${} AND day = ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let sql = format!("DELETE FROM settlements WHERE {}", pairs.join(" OR "));
+            let values: Vec<Value> = chunk
+                .iter()
+                .flat_map(|(operator, day)| {
+                    [Value::text(operator.clone()), Value::text(day.clone())]
+                })
+                .collect();
+            on_pool!(&self.pool, p => {
+                bind_all!(sqlx::query(&sql), &values).execute(p).await.map(|_| ())
+            })
+            .map_err(unavailable)?;
+        }
         Ok(written)
     }
 
@@ -467,6 +489,128 @@ impl History for SqlHistory {
         })
         .map_err(unavailable)?;
         Ok(rows)
+    }
+
+    async fn settled(
+        &self,
+        operator: &OperatorId,
+        day: jiff::civil::Date,
+    ) -> Result<Option<Settlement>> {
+        let sql = "SELECT currency, sessions_paid, sessions_unpaid, sessions_free, \
+                   sessions_voided, revenue_minor, refunds_minor, arrears_minor, barrier_minor \
+                   FROM settlements WHERE operator = $1 AND day = $2";
+        type Row = (String, i64, i64, i64, i64, i64, i64, i64, i64);
+        let row: Option<Row> = on_pool!(&self.pool, p => {
+            sqlx::query_as(sql)
+                .bind(operator.as_str())
+                .bind(day.to_string())
+                .fetch_optional(p)
+                .await
+        })
+        .map_err(unavailable)?;
+        let Some((currency, paid, unpaid, free, voided, revenue, refunds, arrears, barrier)) = row
+        else {
+            return Ok(None);
+        };
+        let count = |n: i64| u32::try_from(n).map_err(|_| corrupt("settlements", n));
+        Ok(Some(Settlement {
+            currency,
+            sessions_paid: count(paid)?,
+            sessions_unpaid: count(unpaid)?,
+            sessions_free: count(free)?,
+            sessions_voided: count(voided)?,
+            revenue_minor: revenue,
+            refunds_minor: refunds,
+            arrears_minor: arrears,
+            barrier_minor: barrier,
+        }))
+    }
+
+    async fn put_settlement(
+        &self,
+        operator: &OperatorId,
+        day: jiff::civil::Date,
+        start: Timestamp,
+        settlement: &Settlement,
+        now: Timestamp,
+    ) -> Result<()> {
+        // Kept only if the day's sessions in history are the ones it counts, and
+        // dropped again if one came in before it was (a late session's `put` drops it
+        // after): either way a kept day is never short of a session.
+        const DAY_SESSIONS: &str =
+            "(SELECT count(*) FROM sessions WHERE operator = $1 AND exit_day = $2)";
+        let sql = format!(
+            "INSERT INTO settlements (operator, day, listed_at, currency, sessions_paid, \
+             sessions_unpaid, sessions_free, sessions_voided, revenue_minor, refunds_minor, \
+             arrears_minor, barrier_minor, closed_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+             WHERE {DAY_SESSIONS} = $14 \
+             ON CONFLICT (operator, day) DO NOTHING"
+        );
+        let recheck = format!(
+            "DELETE FROM settlements WHERE operator = $1 AND day = $2 AND {DAY_SESSIONS} <> $3"
+        );
+        let s = settlement;
+        let counted = i64::from(s.sessions_paid)
+            + i64::from(s.sessions_unpaid)
+            + i64::from(s.sessions_free)
+            + i64::from(s.sessions_voided);
+        let values = [
+            Value::text(operator.as_str()),
+            Value::text(day.to_string()),
+            Value::Int(Some(start.as_millisecond())),
+            Value::text(s.currency.clone()),
+            Value::Int(Some(i64::from(s.sessions_paid))),
+            Value::Int(Some(i64::from(s.sessions_unpaid))),
+            Value::Int(Some(i64::from(s.sessions_free))),
+            Value::Int(Some(i64::from(s.sessions_voided))),
+            Value::Int(Some(s.revenue_minor)),
+            Value::Int(Some(s.refunds_minor)),
+            Value::Int(Some(s.arrears_minor)),
+            Value::Int(Some(s.barrier_minor)),
+            Value::Int(Some(now.as_millisecond())),
+            Value::Int(Some(counted)),
+        ];
+        let again = [
+            values[0].clone(),
+            values[1].clone(),
+            Value::Int(Some(counted)),
+        ];
+        on_pool!(&self.pool, p => {
+            bind_all!(sqlx::query(&sql), &values).execute(p).await.map(|_| ())
+        })
+        .map_err(unavailable)?;
+        on_pool!(&self.pool, p => {
+            bind_all!(sqlx::query(&recheck), &again).execute(p).await.map(|_| ())
+        })
+        .map_err(unavailable)
+    }
+
+    async fn unsettled_days(
+        &self,
+        first: jiff::civil::Date,
+        last: jiff::civil::Date,
+    ) -> Result<Vec<(OperatorId, jiff::civil::Date)>> {
+        let sql = "SELECT DISTINCT s.operator, s.exit_day FROM sessions s \
+                   WHERE s.exit_day >= $1 AND s.exit_day <= $2 AND NOT EXISTS \
+                   (SELECT 1 FROM settlements t WHERE t.operator = s.operator AND t.day = s.exit_day) \
+                   ORDER BY s.exit_day, s.operator";
+        let rows: Vec<(String, String)> = on_pool!(&self.pool, p => {
+            sqlx::query_as(sql)
+                .bind(first.to_string())
+                .bind(last.to_string())
+                .fetch_all(p)
+                .await
+        })
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(operator, day)| {
+                let operator =
+                    OperatorId::parse(&operator).map_err(|_| corrupt("sessions", &operator))?;
+                let day: jiff::civil::Date = day.parse().map_err(|_| corrupt("sessions", &day))?;
+                Ok((operator, day))
+            })
+            .collect()
     }
 
     async fn put_samples(&self, samples: &[Sample]) -> Result<()> {
@@ -657,6 +801,7 @@ impl History for SqlHistory {
         }
         let key = match kept {
             Kept::Occupancy => "car_park, category, bucket",
+            Kept::Settlements => "operator, day",
             _ => "id",
         };
         let sql = format!(

@@ -451,10 +451,50 @@ impl Service {
         }
     }
 
-    /// Forgets the plates of sessions past `--session-retention-days` (keeping a keyed
-    /// hash and the masked form) and deletes what each kind keeps no longer.
+    /// Keeps the settlement of each operator's local day that can no longer change:
+    /// it ended (in every time zone) more than the hot window ago, so every session and
+    /// refund of it finished and moved, unless one is still live (a charge pending),
+    /// which keeps the day open until a later pass. Days of the last `SETTLE_DAYS`
+    /// are looked at, so a history down for weeks still gets its days closed.
+    async fn settle_days(&self, history: &SqlHistory, now: Timestamp) -> Result<()> {
+        /// A local day ends at most this long after its UTC midnight (UTC−12).
+        const LAST_ZONE: Duration = Duration::from_secs(36 * 3600);
+        const SETTLE_DAYS: i64 = 35;
+        let Some(closed_by) = before(now, self.keeping.hot_window + LAST_ZONE) else {
+            return Ok(());
+        };
+        // A day whose UTC midnight is `closed_by` or earlier ended everywhere by then.
+        let last = closed_by.to_zoned(jiff::tz::TimeZone::UTC).date();
+        let first = last
+            .checked_sub(jiff::Span::new().days(SETTLE_DAYS))
+            .map_err(|e| crate::domain::Error::Internal(e.to_string()))?;
+        let mut kept = 0;
+        for (operator, day) in history.unsettled_days(first, last).await? {
+            let (settlement, done) = self.settle(&operator, day, false).await?;
+            if !done {
+                continue;
+            }
+            let start = day
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .map_err(|e| crate::domain::Error::Internal(e.to_string()))?
+                .timestamp();
+            history
+                .put_settlement(&operator, day, start, &settlement, now)
+                .await?;
+            kept += 1;
+        }
+        if kept > 0 {
+            tracing::info!(days = kept, "operators' daily settlements kept in history");
+        }
+        Ok(())
+    }
+
+    /// Keeps the settlements of the days that closed, forgets the plates of sessions
+    /// past `--session-retention-days` (keeping a keyed hash and the masked form) and
+    /// deletes what each kind keeps no longer.
     async fn apply_retention(&self, history: &SqlHistory, now: Timestamp) -> Result<()> {
         const PER_STATEMENT: usize = 1_000;
+        self.settle_days(history, now).await?;
         if let Some(cutoff) = before(now, self.payments.session_retention) {
             while history
                 .pseudonymise(cutoff, &self.keeping.plate_key, PER_STATEMENT)

@@ -826,14 +826,27 @@ impl Service {
             .await
     }
 
-    /// The settlement of `operator`'s local `day`: history's sessions of the day as
-    /// one SQL aggregate, plus the live sessions of the day that history does not hold
-    /// yet (a session being handed off is counted once).
+    /// The settlement of `operator`'s local `day`: as kept when the day closed, or
+    /// else history's sessions of the day as one SQL aggregate, plus the live sessions
+    /// of the day that history does not hold yet (a session being handed off is
+    /// counted once).
     pub async fn settlement(
         &self,
         operator: &OperatorId,
         day: jiff::civil::Date,
     ) -> Result<Settlement> {
+        Ok(self.settle(operator, day, true).await?.0)
+    }
+
+    /// The settlement of `operator`'s local `day` (the one kept, if `kept` and it was),
+    /// and whether nothing of the day is live any more (no session that left on it,
+    /// no refund posted on it), so it can no longer change.
+    pub(super) async fn settle(
+        &self,
+        operator: &OperatorId,
+        day: jiff::civil::Date,
+        kept: bool,
+    ) -> Result<(Settlement, bool)> {
         let car_parks = self.car_parks_of(operator);
         let ids: Vec<CarParkId> = car_parks.iter().map(|c| c.id.clone()).collect();
         let now = self.now();
@@ -851,11 +864,23 @@ impl Service {
             .first()
             .map_or(jiff::tz::TimeZone::UTC, |c| c.time_zone.zone().clone());
         let live_refunds = self.engine.refunds_of(operator);
+        let (from, to) = day_bounds(day, &zone)?;
+        let done = live.is_empty() && !live_refunds.iter().any(|e| e.at >= from && e.at < to);
         let Some(history) = &self.history else {
             let zoned: Vec<(&ParkingSession, &jiff::tz::TimeZone)> =
                 live.iter().map(|k| (&k.session, &zone)).collect();
-            return Settlement::of_day(day, zoned, live_refunds.iter().map(|e| (e, &zone)));
+            let settled = Settlement::of_day(day, zoned, live_refunds.iter().map(|e| (e, &zone)))?;
+            return Ok((settled, false));
         };
+        if done && kept {
+            let settled = history
+                .settled(operator, day)
+                .await
+                .inspect_err(|_| metrics::record_history_error("read"))?;
+            if let Some(settled) = settled {
+                return Ok((settled, true));
+            }
+        }
         let read = async {
             // Only sessions finished for the hot window can be in history already.
             let ids: Vec<String> = live
@@ -869,7 +894,6 @@ impl Service {
                 .into_iter()
                 .collect();
             let sums = history.session_sums(operator, day).await?;
-            let (from, to) = day_bounds(day, &zone)?;
             let refunds = history.refund_sums(operator, from, to).await?;
             let kept_entries: HashSet<String> = history
                 .contains::<KeptEntry>(
@@ -908,7 +932,7 @@ impl Service {
         for (currency, amount) in refunds {
             settlement.add_refunds(&currency, amount)?;
         }
-        Ok(settlement)
+        Ok((settlement, done))
     }
 
     /// The sessions at `operator`'s car parks that left on local `day` (the ones its

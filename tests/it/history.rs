@@ -534,6 +534,73 @@ async fn a_session_in_arrears_moves_to_history_and_what_it_owes_stays_live() {
     );
 }
 
+/// An operator's local day that can no longer change (it ended everywhere more than
+/// the hot window ago, and nothing of it is live) is kept as one row of history's
+/// `settlements`, equal to the day's sessions, and GetSettlement reads that row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_day_is_kept_as_one_settlement_and_read_from_it() {
+    let (history, dir) = sqlite().await;
+    let backend = Backend::embedded(4096).with_history(history.clone());
+    let server = TestServer::start_on(backend, |s| {
+        s.history = HistorySettings {
+            retention_every: Duration::from_millis(20),
+            ..settings(100)
+        }
+    })
+    .await;
+    let clock = server.clock.clone();
+    open_garage(&server, "g1").await;
+    link(&server, "ann", "鲁B11111").await;
+    top_up(&server, "ann", 100_000, "k1").await.unwrap();
+    for id in stays(&[&server], &clock, "g1", "鲁B11111", 2, 3).await {
+        eventually("the stay is paid", || async {
+            let s = session(&server, OPERATOR_A.1, &id).await.ok()?;
+            (s.state == i32::from(pb::SessionState::ClosedPaid)).then_some(())
+        })
+        .await;
+    }
+    let before = settlement(&server, "2026-11-30").await;
+    assert_eq!((before.sessions_paid, before.revenue_minor), (3, 1500));
+    let (op, day) = (
+        citypark::domain::OperatorId::parse(OPERATOR_A.0).unwrap(),
+        "2026-11-30".parse::<jiff::civil::Date>().unwrap(),
+    );
+    // Moved to history, but the day has not ended everywhere yet: not kept.
+    clock.advance(HOT + Duration::from_secs(1));
+    eventually("the stays moved", || async {
+        (live_sessions(&server) == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(history.settled(&op, day).await.unwrap(), None);
+    // Two days on it is.
+    clock.advance(2 * DAY);
+    let kept = eventually("the day is kept", || async {
+        history.settled(&op, day).await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        (
+            kept.sessions_paid,
+            kept.revenue_minor,
+            kept.currency.as_str()
+        ),
+        (3, 1500, "CNY")
+    );
+    assert_eq!(settlement(&server, "2026-11-30").await, before);
+    // GetSettlement answers from the kept row, not from the sessions.
+    let url = format!("sqlite://{}", dir.path().join("history.sqlite3").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE settlements SET revenue_minor = revenue_minor + 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        settlement(&server, "2026-11-30").await.revenue_minor,
+        before.revenue_minor + 1
+    );
+}
+
 /// Two instances on one Redis share a PostgreSQL history; both hand off at once.
 /// `raw` reads Redis underneath (standalone only).
 async fn two_instances_hand_off_once(url: &str, raw: Option<redis::Client>) {

@@ -66,6 +66,7 @@ on_every_backend!(
     sessions_are_kept_once_and_listed_newest_first,
     pages_have_no_gap_and_no_duplicate,
     settlement_sums_are_one_aggregate_of_the_sessions,
+    closed_days_are_kept_once_per_operator_and_day,
     ledger_entries_and_refunds_are_kept,
     samples_merge_into_their_buckets,
     plates_are_pseudonymised_with_a_keyed_hash,
@@ -424,6 +425,96 @@ async fn retention_removes_what_is_past_it(backend: Backend) {
         assert_eq!(db.query_i64(&partitions("sessions")).await, 1);
         assert_eq!(db.query_i64(&partitions("occupancy_samples")).await, 0);
     }
+}
+
+async fn closed_days_are_kept_once_per_operator_and_day(backend: Backend) {
+    let Some((history, _keep)) = open(backend).await else {
+        return;
+    };
+    let (a, b) = (car_park("ga", "op"), car_park("gb", "other"));
+    let kept = vec![
+        session(&a, 1, "鲁B10001", t(0), 60, Some("ann")),
+        // The next local day (Asia/Shanghai: 08:00Z is 16:00 there).
+        session(&a, 2, "鲁B10002", t(0), 600, None),
+        session(&b, 1, "鲁B10003", t(0), 60, None),
+    ];
+    history.put(&kept).await.unwrap();
+    let (op, other) = (
+        OperatorId::parse("op").unwrap(),
+        OperatorId::parse("other").unwrap(),
+    );
+    let (day, next) = (kept[0].exit_day.unwrap(), kept[1].exit_day.unwrap());
+    assert_ne!(day, next);
+    let unsettled = history.unsettled_days(day, next).await.unwrap();
+    assert_eq!(
+        unsettled,
+        [(op.clone(), day), (other.clone(), day), (op.clone(), next)],
+        "oldest first, each operator's day once"
+    );
+    // Only days in the range asked.
+    assert_eq!(
+        history.unsettled_days(next, next).await.unwrap(),
+        [(op.clone(), next)]
+    );
+
+    assert_eq!(history.settled(&op, day).await.unwrap(), None);
+    let settlement = citypark::domain::Settlement {
+        currency: "CNY".into(),
+        sessions_paid: 1,
+        revenue_minor: 600,
+        refunds_minor: 100,
+        ..Default::default()
+    };
+    let start = day.to_zoned(jiff::tz::TimeZone::UTC).unwrap().timestamp();
+    history
+        .put_settlement(&op, day, start, &settlement, t(3000))
+        .await
+        .unwrap();
+    // A day kept is kept as first closed.
+    let changed = citypark::domain::Settlement {
+        revenue_minor: 1,
+        ..settlement.clone()
+    };
+    history
+        .put_settlement(&op, day, start, &changed, t(3001))
+        .await
+        .unwrap();
+    assert_eq!(history.settled(&op, day).await.unwrap(), Some(settlement));
+    assert_eq!(history.settled(&other, day).await.unwrap(), None);
+    assert_eq!(
+        history.unsettled_days(day, next).await.unwrap(),
+        [(other, day), (op.clone(), next)]
+    );
+    // A session written to the day later (a barrier that was offline) reopens it,
+    // and a settlement that does not count every session of the day is not kept.
+    history
+        .put(&[session(&a, 3, "鲁B10005", t(10), 60, None)])
+        .await
+        .unwrap();
+    assert_eq!(history.settled(&op, day).await.unwrap(), None);
+    history
+        .put_settlement(&op, day, start, &changed, t(3002))
+        .await
+        .unwrap();
+    assert_eq!(history.settled(&op, day).await.unwrap(), None);
+    let both = citypark::domain::Settlement {
+        sessions_unpaid: 1,
+        ..changed
+    };
+    history
+        .put_settlement(&op, day, start, &both, t(3003))
+        .await
+        .unwrap();
+    assert_eq!(history.settled(&op, day).await.unwrap(), Some(both));
+    // Kept as long as money records: past their retention it goes.
+    history
+        .expire(
+            Kept::Settlements,
+            Timestamp::from_second(start.as_second() + 1).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(history.settled(&op, day).await.unwrap(), None);
 }
 
 async fn migrations_are_applied_or_checked(backend: Backend) {
