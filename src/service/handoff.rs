@@ -3,10 +3,10 @@
 //!
 //! A record is finished when nothing can change it any more: a session closed with
 //! nothing left to charge (one in arrears leaves what it owes live as an `Arrear`,
-//! written in the step that deletes it), a reservation or booking completed, cancelled or a
-//! no-show (or checked in and never seen leaving, a day after its window), a ledger
-//! entry (its wallet's balance stays live). Once it has been finished for the hot
-//! window, any instance's sweep moves it in two steps:
+//! written in the step that deletes it), a reservation or booking completed,
+//! cancelled or a no-show (or checked in and never seen leaving, a day after its
+//! window), a ledger entry (its wallet's balance stays live). Once it has been
+//! finished for the hot window, any instance's sweep moves it in two steps:
 //!
 //! 1. written to history, idempotently by its id (a repeat writes the same row);
 //! 2. deleted from the live store by compare-and-set on the version it read, so a
@@ -304,9 +304,10 @@ impl Service {
 
     /// Moves the records `due(n)` finds (the first `n` finished ones, oldest first,
     /// with their versions) that `keep` turns into history's records (`None`: it stays
-    /// live), each with what it leaves live in its place (`Moved`), a batch at a time, for at most `KIND_BUDGET`, paced at the settings'
-    /// rate; then records how many are left (`backlog`, counted without copying them)
-    /// and says whether its turn ended with a full batch still to move.
+    /// live), each with what it leaves live in its place (`Moved`), a batch at a time,
+    /// for at most `KIND_BUDGET`, paced at the settings' rate; then records how many
+    /// are left (`backlog`, counted without copying them) and says whether its turn
+    /// ended with a full batch still to move.
     async fn hand_off_kind<A: Aggregate, T, R: Moved>(
         &self,
         history: &SqlHistory,
