@@ -121,6 +121,11 @@ fn is_partitioned(table: &str) -> bool {
     table == Kept::Sessions.table() || table == Kept::Occupancy.table()
 }
 
+/// How long a connection to history stays open unused: the hand-off's bursts open
+/// several, and each keeps buffers as large as the largest batch it sent (and, on
+/// SQLite, a page cache) until it closes.
+const IDLE_CONNECTION: Duration = Duration::from_secs(30);
+
 impl SqlHistory {
     /// Connects (creating the SQLite file and its directory if absent) and applies or
     /// checks the migrations.
@@ -155,6 +160,9 @@ impl SqlHistory {
                     .busy_timeout(Duration::from_secs(5));
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
+                    // A connection holds its page cache and its buffers (as large as
+                    // the largest batch it wrote): after a burst, idle ones close.
+                    .idle_timeout(IDLE_CONNECTION)
                     .connect_with(options)
                     .await
                     .map_err(|e| {
@@ -168,6 +176,7 @@ impl SqlHistory {
             Location::Postgres(url) => {
                 let pool = PgPoolOptions::new()
                     .max_connections(8)
+                    .idle_timeout(IDLE_CONNECTION)
                     .acquire_timeout(Duration::from_secs(5))
                     .connect(url)
                     .await
