@@ -51,8 +51,9 @@ pub struct ServeConfig {
     )]
     pub redis_connect_timeout_secs: u64,
 
-    /// Approximate length each region's Redis change stream is capped at. An instance
-    /// further behind than this reloads the region's snapshot.
+    /// Approximate length each region's Redis change stream is capped at (entries older
+    /// than --tombstone-grace-minutes are trimmed too). An instance further behind
+    /// reloads the region's snapshot.
     #[arg(long, env = "CITYPARK_REDIS_STREAM_MAX_LEN", default_value_t = 100_000)]
     pub redis_stream_max_len: u64,
 
@@ -292,8 +293,8 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_HAND_OFF_RATE", default_value_t = 2000)]
     pub hand_off_rate: u32,
 
-    /// Minutes a removed record's version (its tombstone) is kept in live state:
-    /// longer than any instance takes to read the change stream.
+    /// Minutes a removed record's version (its tombstone) is kept in live state, and a
+    /// change in Redis's change stream: longer than any instance takes to read it.
     #[arg(long, env = "CITYPARK_TOMBSTONE_GRACE_MINUTES", default_value_t = 60)]
     pub tombstone_grace_minutes: u32,
 
@@ -427,6 +428,14 @@ impl ServeConfig {
             return Err(Error::invalid(
                 "--change-buffer/--status-sweep-secs/--demo-interval-secs",
                 "must be positive",
+            ));
+        }
+        if self.tombstone_grace_minutes == 0 {
+            // It is the change stream's reach too: with none, instances would miss
+            // every change they did not read at once and reload again and again.
+            return Err(Error::invalid(
+                "--tombstone-grace-minutes",
+                "must be at least 1 (it is also how long the change stream keeps changes)",
             ));
         }
         if self.max_streams_per_connection == 0 {
@@ -896,6 +905,10 @@ mod tests {
         assert_eq!(
             bad(&["--store", "redis://h:1", "--redis-stream-max-len", "10"]),
             "--redis-stream-max-len"
+        );
+        assert_eq!(
+            bad(&["--tombstone-grace-minutes", "0"]),
+            "--tombstone-grace-minutes"
         );
     }
 

@@ -620,19 +620,22 @@ async fn an_instance_too_far_behind_reloads_the_snapshot() {
         .await
         .unwrap();
     assert_eq!(written[0], 1, "write.lua applied the delete: {written:?}");
-    // The delete is in Redis but no instance saw it: only a reload can tell them.
-    assert_eq!(all_ids(&b).await, ["hole-p", "hole-q"]);
-    assert_eq!(all_ids(&a).await, ["hole-p", "hole-q"]);
-
-    // The next change is numbered past the missing one: a hole, so a reload.
-    report_ok(&a, snapshot("hole-p", 2, 20, a.now())).await;
+    // The delete is in Redis but no instance can read it. With nothing more written,
+    // each finds, when a read comes back empty, that the counter moved past what it
+    // read while the stream holds nothing after it, and reloads (no later change
+    // needed: the stream is trimmed by age too, so a quiet region may stay quiet).
     eventually("B reloads after the hole", || async {
-        (all_ids(&b).await == ["hole-p"] && availability_of(&b, "hole-p").await.last_sequence == 2)
-            .then_some(())
+        (all_ids(&b).await == ["hole-p"]).then_some(())
     })
     .await;
     eventually("A reloads after the hole too", || async {
         (all_ids(&a).await == ["hole-p"]).then_some(())
+    })
+    .await;
+    // And follows on from there.
+    report_ok(&a, snapshot("hole-p", 2, 20, a.now())).await;
+    eventually("B follows the next change", || async {
+        (availability_of(&b, "hole-p").await.last_sequence == 2).then_some(())
     })
     .await;
     assert_eq!(city(&b).await, city(&a).await);

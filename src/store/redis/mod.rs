@@ -282,6 +282,7 @@ impl Store for RedisStore {
             let hashes: Vec<String> = compacted.iter().map(|k| keys.hash(k.versions())).collect();
             for _ in 0..CALLS {
                 let mut invocation = shared.compact.key(&keys.tombstones);
+                invocation.key(&keys.changes);
                 for hash in &hashes {
                     invocation.key(hash);
                 }

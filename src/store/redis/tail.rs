@@ -5,7 +5,9 @@
 //! the stream is replayed from that position; a change already in the snapshot is
 //! skipped by its version, so there is no gap and no double apply. Stream entries
 //! are numbered without holes by the region's counter: a hole means the stream was
-//! trimmed past this instance (or Redis lost data), and the region is reloaded.
+//! trimmed past this instance (or Redis lost data), and the region is reloaded. The
+//! stream is trimmed by age too, so a quiet follower also asks, when a read finds
+//! nothing, whether changes it never saw were trimmed (`missed`).
 
 use std::{
     collections::HashMap,
@@ -149,7 +151,16 @@ async fn follow(shared: Weak<Shared>, region: RegionId, mut position: Position) 
             };
             backoff = Duration::from_millis(100);
             store.set_healthy(true);
-            let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+            let entries: Vec<redis::streams::StreamId> = reply
+                .into_iter()
+                .flat_map(|r| r.keys)
+                .flat_map(|k| k.ids)
+                .collect();
+            if entries.is_empty() && missed(&store, &region, &position).await {
+                tracing::warn!(region = %region, after = position.n, "changes trimmed before they were read");
+                reload = true;
+                continue;
+            }
             for entry in entries {
                 let n: u64 = entry.get("n").unwrap_or(0);
                 if n != position.n + 1 {
@@ -163,6 +174,35 @@ async fn follow(shared: Weak<Shared>, region: RegionId, mut position: Position) 
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Whether changes after `position` were made and trimmed away before this instance
+/// read them (it fell further behind than the stream's reach), when a read found
+/// nothing new. The counter is read first: a change it counts is in the stream
+/// already (both are written by one script), so the next entry is there unless
+/// trimmed. An error answers no: the next read tries again.
+async fn missed(store: &Shared, region: &RegionId, position: &Position) -> bool {
+    let keys = store.keys(region);
+    let mut conn = store.conn.clone();
+    let counter: redis::RedisResult<Option<u64>> = conn.get(&keys.counter).await;
+    if !matches!(counter, Ok(Some(n)) if n > position.n) {
+        return false;
+    }
+    let next: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
+        .arg(&keys.changes)
+        .arg(format!("({}", position.id))
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await;
+    match next {
+        Ok(reply) => reply
+            .ids
+            .first()
+            .is_none_or(|e| e.get::<u64>("n") != Some(position.n + 1)),
+        Err(_) => false,
     }
 }
 
