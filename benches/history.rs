@@ -14,7 +14,11 @@
 //! through `Ingest.Publish` with unlinked plates, `CITYPARK_BENCH_SESSIONS` sessions,
 //! twice; each time once the hand-off has moved them and their tombstones are gone,
 //! the server's resident memory and Redis's `used_memory` are read: the second run
-//! should leave them where the first did.
+//! should leave them where the first did. With `CITYPARK_BENCH_SMAPS_DIR` set, each
+//! reading also saves the server's `/proc/<pid>/smaps` there and, from its pagemap
+//! (as root), how many 4 KiB pages of each 64 KiB slice of its largest anonymous
+//! mapping (the allocator's arena) are resident: whole slices are pages the allocator
+//! holds, sparse ones pages freed but not yet given back.
 
 mod common;
 
@@ -348,7 +352,6 @@ async fn list(history: Arc<SqlHistory>, n: u64) {
     let _ = server.await;
 }
 
-/// The resident memory of process `pid`, in bytes.
 /// The server's resident memory: in all, and the part that is files mapped in (its
 /// code, paged in by the paths it ran), which is not state.
 fn rss(pid: u32) -> (u64, u64) {
@@ -361,6 +364,55 @@ fn rss(pid: u32) -> (u64, u64) {
             .map(|kb| kb * 1024)
             .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
     };
+    if let Ok(dir) = std::env::var("CITYPARK_BENCH_SMAPS_DIR") {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        std::fs::write(format!("{dir}/smaps-{n}"), &smaps).unwrap();
+        // Resident 4 KiB pages per 64 KiB slice of the largest anonymous mapping.
+        if let Some(range) = smaps
+            .lines()
+            .filter(|l| l.split_whitespace().count() == 5)
+            .filter_map(|l| {
+                let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+                Some((
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                ))
+            })
+            .max_by_key(|(a, b)| b - a)
+        {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+            let pages = (range.1 - range.0) / 4096;
+            f.seek(SeekFrom::Start(range.0 / 4096 * 8)).unwrap();
+            let mut buf = vec![0u8; (pages * 8) as usize];
+            f.read_exact(&mut buf).unwrap();
+            let mut per_slice = vec![0u32; (pages / 16) as usize];
+            for (i, chunk) in buf.chunks(8).enumerate() {
+                let v = u64::from_le_bytes(chunk.try_into().unwrap());
+                if v >> 63 & 1 == 1 {
+                    per_slice[i / 16] += 1;
+                }
+            }
+            let mut hist = [0u32; 17];
+            for n in &per_slice {
+                hist[*n as usize] += 1;
+            }
+            let mut per_segment = Vec::new();
+            for (i, seg) in per_slice.chunks(512).enumerate() {
+                let r: u32 = seg.iter().sum();
+                if r > 0 {
+                    per_segment.push((i, r * 4));
+                }
+            }
+            std::fs::write(
+                format!("{dir}/slices-{n}"),
+                format!("hist (resident pages of 16 per slice: count) {hist:?}\nper 32 MiB segment (index, KiB) {per_segment:?}\n"),
+            )
+            .unwrap();
+        }
+    }
     (field("VmRSS:"), field("RssFile:"))
 }
 
