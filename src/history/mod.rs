@@ -276,10 +276,11 @@ pub trait History: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// The operators' local days in [first, last] that sessions in history left on
-    /// and that have no settlement kept yet, oldest first.
+    /// Which of `operators`' local days in [first, last] sessions in history left on
+    /// and have no settlement kept yet, oldest first.
     fn unsettled_days(
         &self,
+        operators: &[OperatorId],
         first: jiff::civil::Date,
         last: jiff::civil::Date,
     ) -> impl Future<Output = Result<Vec<(OperatorId, jiff::civil::Date)>>> + Send;

@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::Service;
 use crate::{
     domain::{
-        Arrear, LedgerEntry, ParkingSession, RegionId, Reservation, Result, SharedBooking,
-        Timestamp,
+        Arrear, LedgerEntry, OperatorId, ParkingSession, RegionId, Reservation, Result,
+        SharedBooking, Timestamp,
     },
     history::{
         ClosedSession, Cursor, History, Kept, KeptEntry, KeptReservation, Query, Record, SqlHistory,
@@ -455,12 +455,13 @@ impl Service {
     /// Keeps the settlement of each operator's local day that can no longer change:
     /// it ended (in every time zone) more than the hot window ago, so every session and
     /// refund of it finished and moved, unless one is still live (a charge pending),
-    /// which keeps the day open until a later pass. Days of the last `SETTLE_DAYS`
-    /// are looked at, so a history down for weeks still gets its days closed.
+    /// which keeps the day open until a later pass. The days of the last
+    /// `SETTLE_DAYS` of every operator with car parks are looked at, so a history down
+    /// for weeks still gets its days closed.
     async fn settle_days(&self, history: &SqlHistory, now: Timestamp) -> Result<()> {
         /// A local day ends at most this long after its UTC midnight (UTC−12).
         const LAST_ZONE: Duration = Duration::from_secs(36 * 3600);
-        const SETTLE_DAYS: i64 = 35;
+        const SETTLE_DAYS: i64 = 14;
         let Some(closed_by) = before(now, self.keeping.hot_window + LAST_ZONE) else {
             return Ok(());
         };
@@ -470,7 +471,16 @@ impl Service {
             .checked_sub(jiff::Span::new().days(SETTLE_DAYS))
             .map_err(|e| crate::domain::Error::Internal(e.to_string()))?;
         let mut kept = 0;
-        for (operator, day) in history.unsettled_days(first, last).await? {
+        let mut operators: Vec<OperatorId> = self
+            .engine
+            .list(None, None, None, usize::MAX)
+            .0
+            .iter()
+            .map(|c| c.operator.clone())
+            .collect();
+        operators.sort();
+        operators.dedup();
+        for (operator, day) in history.unsettled_days(&operators, first, last).await? {
             let (settlement, done) = self.settle(&operator, day, false).await?;
             if !done {
                 continue;

@@ -445,7 +445,8 @@ async fn closed_days_are_kept_once_per_operator_and_day(backend: Backend) {
     );
     let (day, next) = (kept[0].exit_day.unwrap(), kept[1].exit_day.unwrap());
     assert_ne!(day, next);
-    let unsettled = history.unsettled_days(day, next).await.unwrap();
+    let both = [op.clone(), other.clone()];
+    let unsettled = history.unsettled_days(&both, day, next).await.unwrap();
     assert_eq!(
         unsettled,
         [(op.clone(), day), (other.clone(), day), (op.clone(), next)],
@@ -453,8 +454,16 @@ async fn closed_days_are_kept_once_per_operator_and_day(backend: Backend) {
     );
     // Only days in the range asked.
     assert_eq!(
-        history.unsettled_days(next, next).await.unwrap(),
+        history.unsettled_days(&both, next, next).await.unwrap(),
         [(op.clone(), next)]
+    );
+    // Only the operators asked about.
+    assert_eq!(
+        history
+            .unsettled_days(std::slice::from_ref(&other), day, next)
+            .await
+            .unwrap(),
+        [(other.clone(), day)]
     );
 
     assert_eq!(history.settled(&op, day).await.unwrap(), None);
@@ -482,7 +491,7 @@ async fn closed_days_are_kept_once_per_operator_and_day(backend: Backend) {
     assert_eq!(history.settled(&op, day).await.unwrap(), Some(settlement));
     assert_eq!(history.settled(&other, day).await.unwrap(), None);
     assert_eq!(
-        history.unsettled_days(day, next).await.unwrap(),
+        history.unsettled_days(&both, day, next).await.unwrap(),
         [(other, day), (op.clone(), next)]
     );
     // A session written to the day later (a barrier that was offline) reopens it,
