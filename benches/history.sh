@@ -9,7 +9,8 @@
 #      used_memory after each run's hand-off (the second should leave them where the
 #      first did).
 # Usage: benches/history.sh [sessions] [parts: drain,gates]
-#   (CITYPARK_BENCH_STORES="redis" runs one store only)
+#   (CITYPARK_BENCH_STORES="redis" runs one store only; CITYPARK_BENCH_SERVE_ARGS adds
+#   flags to the gates' server, e.g. "--change-buffer 64")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/demo-city.sh
@@ -68,6 +69,8 @@ if [[ $parts == *gates* ]]; then
     args=(serve --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --http-addr 127.0.0.1:0
       --log warn --api-keys "bench:$hash" --hot-window-minutes 1 --tombstone-grace-minutes 1
       --history "$db_url" --history-plate-key-file "$out/plate.key" --data-dir "$out/$store")
+    # shellcheck disable=SC2206 # flags, split on spaces on purpose
+    args+=(${CITYPARK_BENCH_SERVE_ARGS:-})
     redis_env=()
     if [ "$store" = redis ]; then
       args+=(--store "$redis_url")
