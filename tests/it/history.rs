@@ -602,6 +602,22 @@ async fn a_closed_day_is_kept_as_one_settlement_and_read_from_it() {
     );
 }
 
+/// Waits until Redis answers 0 to `command key` (`HLEN`, `XLEN`).
+async fn emptied(conn: &redis::aio::MultiplexedConnection, command: &str, key: &str) {
+    eventually(&format!("{key} is empty ({command})"), || {
+        let mut conn = conn.clone();
+        async move {
+            let n: usize = redis::cmd(command)
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (n == 0).then_some(())
+        }
+    })
+    .await;
+}
+
 /// Two instances on one Redis share a PostgreSQL history; both hand off at once.
 /// `raw` reads Redis underneath (standalone only).
 async fn two_instances_hand_off_once(url: &str, raw: Option<redis::Client>) {
@@ -727,18 +743,7 @@ async fn two_instances_hand_off_once(url: &str, raw: Option<redis::Client>) {
             "what the session in arrears owes, in its region"
         );
         for key in keys {
-            eventually(&format!("{key} is empty"), || {
-                let (mut conn, key) = (conn.clone(), key.clone());
-                async move {
-                    let n: usize = redis::cmd("HLEN")
-                        .arg(&key)
-                        .query_async(&mut conn)
-                        .await
-                        .ok()?;
-                    (n == 0).then_some(())
-                }
-            })
-            .await;
+            emptied(&conn, "HLEN", &key).await;
         }
         // The change streams keep nothing past the tombstone grace.
         let mut regions = vec!["qingdao".to_owned()];
@@ -748,19 +753,7 @@ async fn two_instances_hand_off_once(url: &str, raw: Option<redis::Client>) {
                 .map(|r| r.to_string()),
         );
         for region in regions {
-            let key = format!("{prefix}:{{{region}}}:changes");
-            eventually(&format!("{key} is trimmed"), || {
-                let (mut conn, key) = (conn.clone(), key.clone());
-                async move {
-                    let n: usize = redis::cmd("XLEN")
-                        .arg(&key)
-                        .query_async(&mut conn)
-                        .await
-                        .ok()?;
-                    (n == 0).then_some(())
-                }
-            })
-            .await;
+            emptied(&conn, "XLEN", &format!("{prefix}:{{{region}}}:changes")).await;
         }
     }
     // An instance started on the trimmed streams loads every region, and a change made
