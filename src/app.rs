@@ -180,6 +180,24 @@ impl Backend {
         self
     }
 
+    /// The durable embedded backend: the live state kept in `dir` (`live.sqlite3`),
+    /// loaded into a fresh engine (blocking while it loads). `clock` must be the
+    /// server's.
+    pub fn durable(
+        dir: &std::path::Path,
+        change_buffer: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, crate::store::durable::Opened), Error> {
+        let engine = Arc::new(Engine::new(change_buffer));
+        let (store, opened) = crate::store::durable::DurableStore::open(dir, engine.clone(), clock)?;
+        let backend = Self {
+            store: Arc::new(AnyStore::Durable(store)),
+            engine,
+            history: None,
+        };
+        Ok((backend, opened))
+    }
+
     /// The Redis backend: connects, loads every region's snapshot into a fresh engine
     /// and follows the change streams. `clock` must be the server's.
     pub async fn redis(

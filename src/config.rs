@@ -20,6 +20,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--store memory`.
+const MEMORY: &str = "memory";
+
+/// Where the city's live state lives (`--store`).
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// Embedded, kept in this data directory.
+    Durable(PathBuf),
+    /// Embedded, kept nowhere.
+    Memory,
+    Redis(crate::store::redis::RedisOptions),
+}
+
 /// `citypark serve` options.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -27,10 +40,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
-    /// Where the city's state lives. Empty: embedded in this process (nothing is
-    /// kept across restarts). `redis://[:password@]host:port/db` (or `rediss://` for
-    /// TLS): a standalone Redis. `redis+cluster://host1:port1,host2:port2`: a Redis
-    /// Cluster. With Redis, any number of instances serve one city.
+    /// Where the city's live state lives. Empty: embedded in this process and kept in
+    /// --data-dir (`live.sqlite3`; every acknowledged write is synced to disk first,
+    /// and a restart continues from it). `memory`: embedded and kept nowhere — gone at
+    /// exit; for tests and throwaway demos. `redis://[:password@]host:port/db` (or
+    /// `rediss://` for TLS): a standalone Redis. `redis+cluster://host1:port1,…`: a
+    /// Redis Cluster. With Redis, any number of instances serve one city.
     #[arg(
         long,
         env = "CITYPARK_STORE",
@@ -326,9 +341,9 @@ pub struct ServeConfig {
 /// Where history lives (`serve`, `history migrate`).
 #[derive(Debug, Clone, Args)]
 pub struct HistoryConfig {
-    /// Directory of the single binary's files: the SQLite history
-    /// (`history.sqlite3`, WAL mode) and the plates' hash key (`plate-key`), created on
-    /// first start.
+    /// Directory of the single binary's files, created on first start: the live state
+    /// of the embedded store (`live.sqlite3`), the SQLite history (`history.sqlite3`)
+    /// and the plates' hash key (`plate-key`). One server per directory.
     #[arg(long, env = "CITYPARK_DATA_DIR", default_value = "citypark-data")]
     pub data_dir: PathBuf,
 
@@ -645,9 +660,18 @@ impl ServeConfig {
         })
     }
 
-    /// The Redis options, or None for the embedded store.
+    /// Where the live state lives, checked.
+    pub fn store_choice(&self) -> Result<StoreChoice> {
+        Ok(match self.store.trim() {
+            "" => StoreChoice::Durable(self.history.data_dir.clone()),
+            MEMORY => StoreChoice::Memory,
+            _ => StoreChoice::Redis(self.redis()?.expect("a Redis target")),
+        })
+    }
+
+    /// The Redis options, or None for an embedded store.
     pub fn redis(&self) -> Result<Option<crate::store::redis::RedisOptions>> {
-        if self.store.trim().is_empty() {
+        if matches!(self.store.trim(), "" | MEMORY) {
             return Ok(None);
         }
         crate::store::redis::parse_target(&self.store).map_err(|e| {

@@ -56,6 +56,8 @@ pub const HISTORY_WRITE_DURATION: &str = "citypark_history_write_duration_second
 pub const HISTORY_SAMPLES: &str = "citypark_history_samples_total";
 pub const HISTORY_SAMPLE_QUEUE: &str = "citypark_history_sample_queue";
 pub const TOMBSTONES_COMPACTED: &str = "citypark_tombstones_compacted_total";
+pub const STORE_COMMITS: &str = "citypark_store_commits_total";
+pub const STORE_COMMIT_DURATION: &str = "citypark_store_commit_duration_seconds";
 
 /// Every name above (a unit test holds this list to the declarations).
 pub const ALL: &[&str] = &[
@@ -98,11 +100,18 @@ pub const ALL: &[&str] = &[
     HISTORY_SAMPLES,
     HISTORY_SAMPLE_QUEUE,
     TOMBSTONES_COMPACTED,
+    STORE_COMMITS,
+    STORE_COMMIT_DURATION,
 ];
 
 /// The histograms of [`ALL`]: Prometheus serves each as `_bucket`, `_sum` and `_count`
 /// series.
-pub const HISTOGRAMS: &[&str] = &[GRPC_DURATION, INGEST_REPORT_AGE, HISTORY_WRITE_DURATION];
+pub const HISTOGRAMS: &[&str] = &[
+    GRPC_DURATION,
+    INGEST_REPORT_AGE,
+    HISTORY_WRITE_DURATION,
+    STORE_COMMIT_DURATION,
+];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -139,6 +148,11 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(HISTORY_WRITE_DURATION.to_owned()),
                     HISTORY_WRITE_BUCKETS,
+                )
+                .expect("static buckets are not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(STORE_COMMIT_DURATION.to_owned()),
+                    LATENCY_BUCKETS,
                 )
                 .expect("static buckets are not empty")
                 .build_recorder();
@@ -342,8 +356,26 @@ fn describe() {
     describe_gauge!(
         STORE_UP,
         Unit::Count,
-        "1 while the store accepts writes (Redis reachable), 0 while writes are refused"
+        "1 while the store accepts writes (Redis reachable, the data directory writable), 0 while writes are refused"
     );
+    describe_counter!(
+        STORE_COMMITS,
+        Unit::Count,
+        "transactions of the durable embedded store (each a batch of writes, synced to disk), by result (ok, error)"
+    );
+    describe_histogram!(
+        STORE_COMMIT_DURATION,
+        Unit::Seconds,
+        "time to write and sync one transaction of the durable embedded store to disk"
+    );
+}
+
+/// One transaction of the durable store, made or failed, and how long it took.
+pub fn record_store_commit(ok: bool, seconds: f64) {
+    counter!(STORE_COMMITS, "result" => if ok { "ok" } else { "error" }).increment(1);
+    if ok {
+        histogram!(STORE_COMMIT_DURATION).record(seconds);
+    }
 }
 
 /// Whether history takes writes.

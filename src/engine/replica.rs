@@ -25,6 +25,15 @@ pub trait Replica<A> {
     /// The record held for `id` and its version.
     fn get(&self, id: &str) -> Option<(A, u64)>;
 
+    /// The version of `id` (as `version`) and whether a record is held, without
+    /// copying it.
+    fn held(&self, id: &str) -> (u64, bool) {
+        match self.get(id) {
+            Some((_, version)) => (version, true),
+            None => (self.version(id), false),
+        }
+    }
+
     /// Sets a record at `version` unless the engine holds that version or a newer one;
     /// true if it was kept.
     fn put(&self, record: A, version: u64, now: Timestamp) -> bool;
@@ -472,6 +481,14 @@ impl Engine {
 impl Replica<CarParkState> for Engine {
     fn version(&self, id: &str) -> u64 {
         self.inner.read().version_of(id)
+    }
+
+    fn held(&self, id: &str) -> (u64, bool) {
+        let inner = self.inner.read();
+        match inner.slot(id) {
+            Some(slot) => (slot.state.lock().version, true),
+            None => (inner.version_of(id), false),
+        }
     }
 
     fn get(&self, id: &str) -> Option<(CarParkState, u64)> {

@@ -5,11 +5,13 @@
 //! longer current is refused, and the service decides again), and makes every commit
 //! reach every instance's engine. What a record is, per kind, is `table::Aggregate`.
 //!
-//! Backends: [`embedded::EmbeddedStore`] (the engine itself; the default) and
-//! [`redis::RedisStore`]. Both pass the same conformance suite
-//! (`tests/it/store_conformance.rs`).
+//! Backends: [`durable::DurableStore`] (the engine, every commit first synced to a
+//! SQLite file; the single binary's default), [`embedded::EmbeddedStore`] (the engine
+//! alone, nothing kept: `--store memory`, tests) and [`redis::RedisStore`]. All pass
+//! the same conformance suite (`tests/it/store_conformance.rs`).
 
 pub mod carpark;
+pub mod durable;
 pub mod embedded;
 pub mod fuzzing;
 pub mod redis;
@@ -125,6 +127,7 @@ pub trait Store: Send + Sync + 'static {
 /// The backend a server runs on, chosen at start.
 pub enum AnyStore {
     Embedded(embedded::EmbeddedStore),
+    Durable(durable::DurableStore),
     Redis(redis::RedisStore),
 }
 
@@ -133,6 +136,7 @@ macro_rules! each {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             AnyStore::Embedded($s) => $call,
+            AnyStore::Durable($s) => $call,
             AnyStore::Redis($s) => $call,
         }
     };

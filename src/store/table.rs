@@ -214,6 +214,34 @@ impl AnyWrite {
     pub fn steps(&self) -> usize {
         self.0.steps()
     }
+
+    /// The version the write was computed from.
+    pub fn expected(&self) -> u64 {
+        self.0.expected()
+    }
+
+    /// A version the new one must exceed besides `expected`.
+    pub fn floor(&self) -> u64 {
+        self.0.floor()
+    }
+
+    /// Whether the kind's tombstones are compacted (`Aggregate::COMPACTED`).
+    pub fn compacted(&self) -> bool {
+        self.0.compacted()
+    }
+
+    /// What `engine` holds of the record: its version (or its tombstone's, or 0) and
+    /// whether it holds the record.
+    pub fn held(&self, engine: &Engine) -> (u64, bool) {
+        self.0.held(engine)
+    }
+
+    /// What a backend that keeps only the latest state stores: per part of the kind,
+    /// the last state's value, `None` where the write does not set the part; `None`
+    /// for a delete. The intermediate steps are not encoded.
+    pub fn last_parts(&self) -> Option<Vec<Option<String>>> {
+        self.0.last_parts()
+    }
 }
 
 /// A write as a backend stores it: per state, oldest first, per part of its kind, the
@@ -240,6 +268,10 @@ trait Erased: Send + Sync {
     fn region(&self) -> &RegionId;
     fn id(&self) -> &str;
     fn expected(&self) -> u64;
+    fn floor(&self) -> u64;
+    fn compacted(&self) -> bool;
+    fn held(&self, engine: &Engine) -> (u64, bool);
+    fn last_parts(&self) -> Option<Vec<Option<String>>>;
     fn steps(&self) -> usize;
     fn encode(&self) -> Encoded<'_>;
     fn is_current(&self, engine: &Engine) -> bool;
@@ -277,6 +309,29 @@ impl<A: Aggregate> Erased for Write<A> {
 
     fn expected(&self) -> u64 {
         self.expected
+    }
+
+    fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    fn compacted(&self) -> bool {
+        A::COMPACTED
+    }
+
+    fn held(&self, engine: &Engine) -> (u64, bool) {
+        A::replica(engine).held(&self.id)
+    }
+
+    fn last_parts(&self) -> Option<Vec<Option<String>>> {
+        match &self.change {
+            Change::Put { record, parts, .. } => Some(
+                (0..A::PARTS.len())
+                    .map(|i| parts.has(i).then(|| record.encode_part(i)))
+                    .collect(),
+            ),
+            Change::Delete => None,
+        }
     }
 
     fn steps(&self) -> usize {

@@ -1,10 +1,11 @@
 //! The store conformance suite: one set of behaviours, through the real gRPC API, that
-//! every backend must show alike — the embedded store, a standalone redis-server and a
-//! 3-master Redis Cluster (each started by the test on free loopback ports, killed on
-//! drop, with a random key prefix).
+//! every backend must show alike — the embedded store in memory, the durable embedded
+//! store (in a temporary data directory), a standalone redis-server and a 3-master
+//! Redis Cluster (each started by the test on free loopback ports, killed on drop, with
+//! a random key prefix).
 //!
 //! Each behaviour is one `async fn(Kind)`; `conformance!` makes it a test per backend
-//! (`store_conformance::{embedded,redis,cluster}::<name>`). A Redis kind is skipped, with
+//! (`store_conformance::{embedded,durable,redis,cluster}::<name>`). A Redis kind is skipped, with
 //! one line on stderr, when redis-server is not installed (see `redis_support`).
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tonic::Code;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Embedded,
+    Durable,
     Redis,
     Cluster,
 }
@@ -36,6 +38,8 @@ pub enum Kind {
 /// The Redis processes a test's server stands on, held only to be killed when dropped.
 enum Processes {
     None,
+    /// The durable store's data directory, removed when dropped.
+    Directory(tempfile::TempDir),
     Standalone { _server: RedisServer },
     Cluster { _cluster: RedisCluster },
 }
@@ -52,16 +56,28 @@ pub struct Keep {
 
 impl Keep {
     /// A new server on the same state as the first: the same Redis url and key prefix,
-    /// or for the embedded kind a new embedded store (which starts empty: nothing of
-    /// the embedded store outlives its process).
+    /// the same data directory, or for the in-memory kind a new embedded store (which
+    /// starts empty: nothing of it outlives its process).
     pub async fn another_server(&self, clock: Arc<ManualClock>) -> TestServer {
-        match &self.store {
-            Some((url, prefix)) => TestServer::start_redis_with(url, prefix, clock, |_| {}).await,
-            None => TestServer::start_with_clock(Backend::embedded(4096), clock, |_| {}).await,
+        match (&self.store, &self._processes) {
+            (Some((url, prefix)), _) => {
+                TestServer::start_redis_with(url, prefix, clock, |_| {}).await
+            }
+            (None, Processes::Directory(dir)) => {
+                TestServer::start_durable_with(dir.path(), clock, |_| {}).await
+            }
+            (None, _) => {
+                TestServer::start_with_clock(Backend::embedded(4096), clock, |_| {}).await
+            }
         }
     }
 
     pub fn is_redis(&self) -> bool {
+        matches!(self.kind, Kind::Redis | Kind::Cluster)
+    }
+
+    /// Whether the state outlives the server (all but the in-memory store).
+    pub fn keeps_state(&self) -> bool {
         self.kind != Kind::Embedded
     }
 }
@@ -78,6 +94,17 @@ pub async fn server(kind: Kind) -> Option<(TestServer, Keep)> {
                 _processes: Processes::None,
             };
             return Some((TestServer::start().await, keep));
+        }
+        Kind::Durable => {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = Arc::new(ManualClock::new(start_time()));
+            let server = TestServer::start_durable_with(dir.path(), clock, |_| {}).await;
+            let keep = Keep {
+                kind,
+                store: None,
+                _processes: Processes::Directory(dir),
+            };
+            return Some((server, keep));
         }
         // The harness blocks while the processes start (it polls them with sleeps).
         Kind::Redis => {
@@ -113,6 +140,14 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     super::$name(super::Kind::Embedded).await
+                }
+            )*
+        }
+        mod durable {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Kind::Durable).await
                 }
             )*
         }
@@ -588,11 +623,11 @@ async fn old_numbers_are_applied_but_stale_by_when_they_were_observed(kind: Kind
     assert_eq!(ids_of(&find(&server, near_here()).await), ["late", "live"]);
 
     // What is stored is when the numbers were observed: another server on the same
-    // state (Redis) tells the same status and age.
+    // state (Redis, the data directory) tells the same status and age.
     report_ok(&server, snapshot("live", 2, 21, an_hour_ago)).await;
     let stored = lookup(&server, &["late", "live"]).await;
     assert_eq!(stored.availabilities[1].status(), CarParkStatus::Stale);
-    if keep.is_redis() {
+    if keep.keeps_state() {
         let clock = server.clock.clone();
         server.stop().await.unwrap();
         let again = keep.another_server(clock).await;
@@ -1110,10 +1145,10 @@ async fn queries_make_no_store_round_trips(kind: Kind) {
     drop(watches);
 }
 
-/// Stops the server and starts a new one on the same backend state. Redis keeps the
-/// city (the new server loads it and goes on from it); the embedded store does not
-/// outlive its server, so there the new server must start empty (and the test checks
-/// that, rather than being skipped).
+/// Stops the server and starts a new one on the same backend state. Redis and the
+/// durable store keep the city (the new server loads it and goes on from it); the
+/// in-memory store does not outlive its server, so there the new server must start
+/// empty (and the test checks that, rather than being skipped).
 async fn restart_serves_what_it_served_before(kind: Kind) {
     let Some((server, keep)) = server(kind).await else {
         return;
@@ -1162,7 +1197,7 @@ async fn restart_serves_what_it_served_before(kind: Kind) {
     server.stop().await.unwrap();
 
     let server = keep.another_server(clock).await;
-    if !keep.is_redis() {
+    if !keep.keeps_state() {
         assert_eq!(all_ids(&server).await, Vec::<String>::new());
         expect_code(car_park_of(&server, "g1").await, Code::NotFound);
         // And it is a working server, not a broken one.
@@ -1211,7 +1246,7 @@ async fn restart_serves_what_it_served_before(kind: Kind) {
 /// registered in one region cannot be registered in another, until it is deleted.
 #[tokio::test]
 async fn ids_are_unique_across_regions_on_every_backend() {
-    for kind in [Kind::Embedded, Kind::Redis, Kind::Cluster] {
+    for kind in [Kind::Embedded, Kind::Durable, Kind::Redis, Kind::Cluster] {
         let Some((server, _keep)) = server(kind).await else {
             continue;
         };
@@ -1267,8 +1302,8 @@ async fn ids_are_unique_across_regions_on_every_backend() {
 
 /// `Store::commit_group`, the atomic step of every change that spans records (a
 /// reservation and its slot counts): one stale version in a group and nothing of it is
-/// written; all current and all are, visible at once here and, on Redis, to a new
-/// instance too.
+/// written; all current and all are, visible at once here and, on Redis and the
+/// durable store, to a new instance too.
 async fn a_group_is_written_whole_or_not_at_all(kind: Kind) {
     let Some((server, keep)) = server(kind).await else {
         return;
@@ -1331,8 +1366,18 @@ async fn a_group_is_written_whole_or_not_at_all(kind: Kind) {
         car_park_of(&server, "grp-b").await.unwrap().name,
         "B, renamed"
     );
-    if keep.is_redis() {
-        let other = keep.another_server(server.clock.clone()).await;
+    if keep.keeps_state() {
+        let clock = server.clock.clone();
+        // One server per data directory: the durable store's next one starts after.
+        let first = match keep.is_redis() {
+            true => Some(server),
+            false => {
+                server.stop().await.unwrap();
+                None
+            }
+        };
+        let other = keep.another_server(clock).await;
+        drop(first);
         assert_eq!(
             car_park_of(&other, "grp-a").await.unwrap().name,
             "A, renamed"

@@ -150,6 +150,18 @@ impl TestServer {
         Self::start_with_clock(backend, clock, tweak).await
     }
 
+    /// A server on the durable embedded store in `dir` (its live state loaded from
+    /// there), with a given clock and settings.
+    pub async fn start_durable_with(
+        dir: &std::path::Path,
+        clock: Arc<ManualClock>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let (backend, _) =
+            Backend::durable(dir, 4096, clock.clone()).expect("durable backend starts");
+        Self::start_with_clock(backend, clock, tweak).await
+    }
+
     /// A server on the given backend and clock.
     pub async fn start_with_clock(
         backend: Backend,

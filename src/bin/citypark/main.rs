@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 use citypark::{
     app,
-    config::ServeConfig,
+    config::{ServeConfig, StoreChoice},
     demo::{Demo, DemoHandle},
     service::{Clock, SystemClock},
     store::redis::redact,
@@ -166,9 +166,23 @@ async fn run(
     tracing::info!(grpc = %grpc_addr, metrics = %metrics.local_addr()?, http = %http_addr, map = %format!("http://{http_addr}{}", citypark::map::PATH), "listening");
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let backend = match config.redis()? {
-        None => app::Backend::embedded(config.change_buffer),
-        Some(options) => {
+    let backend = match config.store_choice()? {
+        StoreChoice::Durable(dir) => {
+            let (change_buffer, clock) = (config.change_buffer, clock.clone());
+            // Checking and reading the file is blocking work, done before serving.
+            let (backend, opened) = tokio::task::spawn_blocking(move || {
+                app::Backend::durable(&dir, change_buffer, clock)
+            })
+            .await??;
+            let records: usize = opened.records.iter().map(|(_, n)| n).sum();
+            tracing::info!(file = %opened.path.display(), records, took_ms = opened.took.as_millis() as u64, "live state loaded");
+            backend
+        }
+        StoreChoice::Memory => {
+            tracing::warn!("--store memory: nothing of the live state outlives this process");
+            app::Backend::embedded(config.change_buffer)
+        }
+        StoreChoice::Redis(options) => {
             tracing::info!(store = %redact(&options.url), "connecting to redis");
             app::Backend::redis(options, config.change_buffer, clock.clone()).await?
         }

@@ -114,6 +114,11 @@ pub(super) const KINDS: &[&dyn Kind] = &[
     &Of::<Arrear>(PhantomData),
 ];
 
+/// The kinds' names in load order.
+pub fn kind_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name()).collect()
+}
+
 /// The kind named `name`, if this version knows it.
 pub(super) fn kind(name: &str) -> Option<&'static dyn Kind> {
     KINDS.iter().copied().find(|k| k.name() == name)

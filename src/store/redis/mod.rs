@@ -11,6 +11,7 @@ mod conn;
 mod ids;
 mod keys;
 mod kinds;
+pub use kinds::kind_names;
 mod snapshot;
 mod tail;
 mod writer;
