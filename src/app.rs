@@ -189,7 +189,8 @@ impl Backend {
         clock: Arc<dyn Clock>,
     ) -> Result<(Self, crate::store::durable::Opened), Error> {
         let engine = Arc::new(Engine::new(change_buffer));
-        let (store, opened) = crate::store::durable::DurableStore::open(dir, engine.clone(), clock)?;
+        let (store, opened) =
+            crate::store::durable::DurableStore::open(dir, engine.clone(), clock)?;
         let backend = Self {
             store: Arc::new(AnyStore::Durable(store)),
             engine,

@@ -40,8 +40,12 @@ enum Processes {
     None,
     /// The durable store's data directory, removed when dropped.
     Directory(tempfile::TempDir),
-    Standalone { _server: RedisServer },
-    Cluster { _cluster: RedisCluster },
+    Standalone {
+        _server: RedisServer,
+    },
+    Cluster {
+        _cluster: RedisCluster,
+    },
 }
 
 /// Whatever keeps a test's backend alive, and where its state lives, so that a second
@@ -66,9 +70,7 @@ impl Keep {
             (None, Processes::Directory(dir)) => {
                 TestServer::start_durable_with(dir.path(), clock, |_| {}).await
             }
-            (None, _) => {
-                TestServer::start_with_clock(Backend::embedded(4096), clock, |_| {}).await
-            }
+            (None, _) => TestServer::start_with_clock(Backend::embedded(4096), clock, |_| {}).await,
         }
     }
 

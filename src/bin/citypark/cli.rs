@@ -18,8 +18,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server (embedded store, or Redis with --store; --demo adds a generated city).
+    /// Run the server (embedded store kept in --data-dir, or Redis with --store; --demo
+    /// adds a generated city).
     Serve(Box<ServeConfig>),
+    /// Back up a data directory (live state, history, plate key) to one tar file,
+    /// online: its server may keep running.
+    Backup(crate::live::BackupArgs),
+    /// Copy a stopped single binary's live state into an empty Redis, to serve the city
+    /// from Redis instances from then on.
+    ExportToRedis(crate::live::ExportArgs),
     /// The history database: apply its schema's migrations, or show them.
     #[command(subcommand)]
     History(crate::history::HistoryCommand),

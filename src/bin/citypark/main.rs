@@ -5,6 +5,7 @@ mod client;
 mod health;
 mod history;
 mod import;
+mod live;
 mod reserve;
 mod sessions;
 mod share;
@@ -75,6 +76,20 @@ fn main() -> ExitCode {
             }
         },
         Command::History(command) => match runtime.block_on(history::run(command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("citypark: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Backup(args) => match live::backup(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("citypark: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::ExportToRedis(args) => match runtime.block_on(live::export_to_redis(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("citypark: {error:#}");

@@ -75,7 +75,7 @@ pub struct Held {
 }
 
 /// Why the file cannot be used, for the operator: what is wrong and what to do.
-fn refuse(path: &Path, why: impl std::fmt::Display) -> Error {
+pub fn refuse(path: &Path, why: impl std::fmt::Display) -> Error {
     Error::invalid(
         "--data-dir",
         format!(
@@ -168,7 +168,10 @@ pub fn open(held: &Held) -> Result<Connection> {
         .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
         .map_err(|e| refuse(path, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(refuse(path, format!("it cannot be put in WAL mode ({mode})")));
+        return Err(refuse(
+            path,
+            format!("it cannot be put in WAL mode ({mode})"),
+        ));
     }
     conn.execute_batch(
         "PRAGMA synchronous = FULL;

@@ -7,6 +7,8 @@
 //! the engine, writes a batch of groups in one transaction (group commit: concurrent
 //! callers share one fsync) and lands them in the engine. Reads never touch the file.
 
+mod backup;
+mod export;
 mod file;
 mod load;
 mod writer;
@@ -26,6 +28,8 @@ use crate::{
     domain::{CarParkId, Error, RegionId, Result, Timestamp},
     engine::Engine,
 };
+pub use backup::{Backup, backup};
+pub use export::export_to_redis;
 pub use file::FILE;
 pub use load::kind_names;
 use writer::{Job, Pending};
@@ -55,15 +59,14 @@ impl DurableStore {
     /// Opens (or creates) the live state in `dir` and loads it into `engine`, which
     /// must be empty; refuses a damaged file or a directory another process holds.
     /// Blocking: the file is checked and read whole.
-    pub fn open(
-        dir: &Path,
-        engine: Arc<Engine>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<(Self, Opened)> {
+    pub fn open(dir: &Path, engine: Arc<Engine>, clock: Arc<dyn Clock>) -> Result<(Self, Opened)> {
         let started = Instant::now();
         let held = file::hold(dir)?;
         let conn = file::open(&held)?;
-        let records = load::load(&conn, &engine, clock.now())?;
+        let records = load::load(&conn, &engine, clock.now()).map_err(|e| match e {
+            Error::Internal(why) => file::refuse(&held.path, why),
+            other => other,
+        })?;
         let (jobs, receiver) = mpsc::channel();
         let (healthy_tx, healthy) = watch::channel(true);
         let writer_engine = engine.clone();

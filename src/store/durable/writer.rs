@@ -193,7 +193,9 @@ impl Writer {
         decided: &mut HashMap<(&'static str, String), (u64, bool)>,
     ) -> std::result::Result<Vec<Decided>, Answered> {
         if let Some(first) = group.first()
-            && group.iter().any(|p| p.write.region() != first.write.region())
+            && group
+                .iter()
+                .any(|p| p.write.region() != first.write.region())
         {
             let writes: Vec<&AnyWrite> = group.iter().map(|p| &p.write).collect();
             return Err(Answered::Bug(Error::Internal(format!(
@@ -263,7 +265,11 @@ impl Writer {
     }
 
     /// Drops tombstones of `kinds` removed before `before_ms`; how many, by kind.
-    fn compact(&mut self, kinds: &[&'static str], before_ms: i64) -> Result<Vec<(&'static str, u64)>> {
+    fn compact(
+        &mut self,
+        kinds: &[&'static str],
+        before_ms: i64,
+    ) -> Result<Vec<(&'static str, u64)>> {
         let failed = |e: rusqlite::Error| {
             Error::Unavailable(format!("the data directory could not be written: {e}"))
         };

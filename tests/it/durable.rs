@@ -1,0 +1,327 @@
+//! The durable embedded store's own promises, beside the conformance suite: one server
+//! per data directory; a damaged live-state file stops the start with a clear message
+//! and is left as it was; an online backup restores a whole city; a stopped binary's
+//! city moves to Redis whole.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use crate::{
+    redis_support::{RedisServer, key_prefix},
+    support::*,
+};
+use citypark::{
+    app::Backend,
+    domain::CarParkState,
+    pb,
+    service::{ManualClock, SystemClock},
+    store::{Versioned, durable, redis::RedisOptions},
+};
+use tonic::Code;
+
+/// A server on the durable store in `dir`, on the tests' start time.
+async fn serve_on(dir: &Path) -> TestServer {
+    let clock = Arc::new(ManualClock::new(start_time()));
+    TestServer::start_durable_with(dir, clock, |_| {}).await
+}
+
+/// The message `Backend::durable` refuses `dir` with.
+fn refusal(dir: &Path) -> String {
+    let clock = Arc::new(ManualClock::new(start_time()));
+    match Backend::durable(dir, 64, clock) {
+        Ok(_) => panic!("{} was accepted", dir.display()),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// A small city: car parks with live counts, a deleted one, a reservation.
+async fn city(server: &TestServer) -> pb::Reservation {
+    register(server, garage_north("d1", 100.0)).await;
+    register(server, garage_north("d2", 200.0)).await;
+    register(server, reservable_garage("d3", 5)).await;
+    register(server, garage_north("gone", 300.0)).await;
+    let now = server.now();
+    report_ok(server, snapshot("d1", 1, 17, now)).await;
+    report_ok(server, delta("d1", 2, 2, 0, now)).await;
+    report_ok(server, snapshot("d3", 1, 40, now)).await;
+    server
+        .registry()
+        .await
+        .delete_car_park(authed(
+            pb::DeleteCarParkRequest { id: "gone".into() },
+            OPERATOR_A.1,
+        ))
+        .await
+        .unwrap();
+    let request = reservation_request(
+        "d3",
+        after(now, 3600),
+        after(now, 7200),
+        "鲁B·24680",
+        "durable-1",
+    );
+    reserve(server, "dana", request).await.unwrap()
+}
+
+/// What a client can see of the small city, to compare two servers by.
+async fn seen(
+    server: &TestServer,
+    reservation: &str,
+) -> (
+    Vec<pb::CarPark>,
+    pb::GetAvailabilityResponse,
+    pb::Reservation,
+) {
+    let ids = ["d1", "d2", "d3"];
+    let got = server
+        .reservations()
+        .await
+        .get_reservation(authed(
+            pb::GetReservationRequest {
+                id: reservation.to_owned(),
+            },
+            &driver_token("dana"),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .reservation
+        .unwrap();
+    (all_car_parks(server).await, lookup(server, &ids).await, got)
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_on(dir.path()).await;
+    let message = refusal(dir.path());
+    assert!(
+        message.contains("in use by another citypark process"),
+        "{message}"
+    );
+    // Once the first has stopped, the directory is free.
+    server.stop().await.unwrap();
+    let again = serve_on(dir.path()).await;
+    again.stop().await.unwrap();
+}
+
+/// Each way a file can be damaged is refused with a message that says what and what to
+/// do, and the file is left byte for byte as it was (never emptied, never "repaired").
+#[tokio::test]
+async fn a_damaged_live_state_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_on(dir.path()).await;
+    for i in 0..200 {
+        register(&server, garage_north(&format!("p{i}"), f64::from(i) * 10.0)).await;
+    }
+    server.stop().await.unwrap();
+    let file = dir.path().join(durable::FILE);
+    let whole = std::fs::read(&file).unwrap();
+    assert!(
+        !dir.path().join("live.sqlite3-wal").exists(),
+        "a clean stop checkpoints the WAL into the file"
+    );
+    assert!(whole.len() > 8 * 4096, "{} bytes", whole.len());
+    let undecodable = {
+        // A record no version of citypark wrote.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::write(copy.path().join(durable::FILE), &whole).unwrap();
+        let conn = rusqlite::Connection::open(copy.path().join(durable::FILE)).unwrap();
+        conn.execute(
+            "UPDATE records SET p0 = '1:{\"not\":\"a car park\"}' WHERE id = 'p7'",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        std::fs::read(copy.path().join(durable::FILE)).unwrap()
+    };
+    let foreign = {
+        let copy = tempfile::tempdir().unwrap();
+        let conn = rusqlite::Connection::open(copy.path().join("other.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        drop(conn);
+        std::fs::read(copy.path().join("other.db")).unwrap()
+    };
+    let mut overwritten = whole.clone();
+    let middle = overwritten.len() / 2;
+    overwritten[middle..middle + 4096].fill(0x5a);
+    // SQLite finds a cut or overwritten file either as it reads the schema
+    // ("malformed") or in the integrity check.
+    let damage = &["malformed", "integrity check failed"][..];
+    let cases: [(&str, Vec<u8>, &[&str]); 5] = [
+        ("empty", Vec::new(), &["empty (0 bytes)"]),
+        ("truncated", whole[..whole.len() / 2].to_vec(), damage),
+        ("overwritten", overwritten, damage),
+        ("foreign", foreign, &["not a citypark live-state file"]),
+        (
+            "undecodable",
+            undecodable,
+            &["car_park record \"p7\" cannot be read"],
+        ),
+    ];
+    for (case, bytes, says) in cases {
+        let damaged = tempfile::tempdir().unwrap();
+        let path = damaged.path().join(durable::FILE);
+        std::fs::write(&path, &bytes).unwrap();
+        let message = refusal(damaged.path());
+        assert!(
+            says.iter().any(|s| message.contains(s)),
+            "{case}: {message}"
+        );
+        assert!(
+            message.contains("backup") && message.contains(&path.display().to_string()),
+            "{case}: says which file and what to do: {message}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{case}: left as it was"
+        );
+    }
+    // The undamaged file serves its 200 car parks.
+    let server = serve_on(dir.path()).await;
+    assert_eq!(all_ids(&server).await.len(), 200);
+}
+
+/// A backup taken while reports keep arriving restores a city that holds everything
+/// acknowledged before it began.
+#[tokio::test]
+async fn an_online_backup_restores_the_city_it_was_taken_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_on(dir.path()).await;
+    let reservation = city(&server).await;
+    let before = seen(&server, &reservation.id).await;
+    // Reports go on during the backup.
+    let busy = {
+        let mut ingest = server.ingest().await;
+        let now = server.now();
+        tokio::spawn(async move {
+            for sequence in 1..=200u64 {
+                let report = snapshot("d2", sequence, (sequence % 90) as i32, now);
+                let request = authed(
+                    pb::ReportRequest {
+                        report: Some(report),
+                    },
+                    OPERATOR_A.1,
+                );
+                ingest.report(request).await.unwrap();
+            }
+        })
+    };
+    // The plates' hash key belongs to the city as much as its records.
+    std::fs::write(dir.path().join("plate-key"), "k".repeat(32)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("city.tar");
+    let (from, to) = (dir.path().to_path_buf(), archive.clone());
+    let done = tokio::task::spawn_blocking(move || durable::backup(&from, &to))
+        .await
+        .unwrap()
+        .unwrap();
+    busy.await.unwrap();
+    let names: Vec<&str> = done.files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["live.sqlite3", "plate-key"]);
+    let message = match durable::backup(dir.path(), &archive) {
+        Ok(_) => panic!("a second backup to the same file"),
+        Err(error) => error.to_string(),
+    };
+    assert!(message.contains("never overwrites"), "{message}");
+    server.stop().await.unwrap();
+
+    let restored = out.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    let untar = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&restored)
+        .status()
+        .unwrap();
+    assert!(untar.success(), "tar reads the archive");
+    assert_eq!(
+        std::fs::read(restored.join("plate-key")).unwrap(),
+        "k".repeat(32).as_bytes()
+    );
+    let server = serve_on(&restored).await;
+    let (car_parks, live, held) = seen(&server, &reservation.id).await;
+    assert_eq!(car_parks, before.0);
+    assert_eq!(held, before.2);
+    // d2's reports raced the backup: whichever it caught, its state is one the
+    // server acknowledged (a report's free count is its sequence's).
+    for (was, is) in before.1.availabilities.iter().zip(&live.availabilities) {
+        if is.car_park_id == "d2" {
+            let sequence = is.last_sequence;
+            assert!(sequence <= 200, "{is:?}");
+            if sequence > 0 {
+                assert_eq!(free_standard(is), (sequence % 90) as i32, "{is:?}");
+            }
+        } else {
+            assert_eq!(is, was);
+        }
+    }
+}
+
+/// `export_to_redis`: a stopped binary's city, served from Redis, is the same city;
+/// refused while its server runs, and into a Redis that holds a city.
+#[tokio::test]
+async fn a_stopped_binary_s_city_moves_to_redis_whole() {
+    let Some(redis) = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_on(dir.path()).await;
+    let reservation = city(&server).await;
+    let before = seen(&server, &reservation.id).await;
+    let prefix = key_prefix();
+    let options = || {
+        let mut options = RedisOptions::new(redis.url());
+        options.prefix = prefix.clone();
+        options.connect_timeout = Duration::from_secs(5);
+        options
+    };
+    let clock = Arc::new(SystemClock);
+    let running = durable::export_to_redis(dir.path(), options(), clock.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(running.contains("in use"), "{running}");
+    let version = |server: &TestServer| {
+        Versioned::<CarParkState>::in_replica(&server.backend.engine, "gone").version
+    };
+    let gone_version = version(&server);
+    assert!(gone_version > 0, "a tombstone");
+    server.stop().await.unwrap();
+
+    let written = durable::export_to_redis(dir.path(), options(), clock.clone())
+        .await
+        .unwrap();
+    let count = |kind: &str| written.iter().find(|(k, _)| *k == kind).map(|(_, n)| *n);
+    assert_eq!(count("car_park"), Some(3), "{written:?}");
+    assert_eq!(count("reservation"), Some(1), "{written:?}");
+    let again = durable::export_to_redis(dir.path(), options(), clock)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("holds a city"), "{again}");
+
+    let served = TestServer::start_redis(&redis.url(), &prefix).await;
+    assert_eq!(seen(&served, &reservation.id).await, before);
+    // A deleted id goes on above the versions it had.
+    let recreated = register(&served, garage_north("gone", 300.0)).await;
+    assert_eq!(recreated.id, "gone");
+    assert!(version(&served) > gone_version);
+    // And it is a working city: a report and a reservation.
+    report_ok(&served, snapshot("d1", 3, 12, served.now())).await;
+    let now = served.now();
+    let request = reservation_request(
+        "d3",
+        after(now, 3600),
+        after(now, 7200),
+        "鲁B·13579",
+        "moved-1",
+    );
+    reserve(&served, "dana", request).await.unwrap();
+    expect_code(car_park_of(&served, "nope").await, Code::NotFound);
+}
