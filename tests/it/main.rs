@@ -5,6 +5,7 @@ mod bad_input;
 mod binary;
 mod connections;
 mod demo;
+mod durable;
 mod fuzz_seeds;
 mod grpc_web;
 mod history;
