@@ -325,3 +325,67 @@ async fn a_stopped_binary_s_city_moves_to_redis_whole() {
     reserve(&served, "dana", request).await.unwrap();
     expect_code(car_park_of(&served, "nope").await, Code::NotFound);
 }
+
+/// The real binary: `serve` on a damaged live state exits with the message and a
+/// failure status; `backup` copies a running server's directory.
+#[tokio::test]
+async fn the_binary_refuses_a_damaged_directory_and_backs_up_a_running_one() {
+    let citypark = env!("CARGO_BIN_EXE_citypark");
+    let damaged = tempfile::tempdir().unwrap();
+    std::fs::write(
+        damaged.path().join(durable::FILE),
+        "not a database at all, cut",
+    )
+    .unwrap();
+    let out = std::process::Command::new(citypark)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(damaged.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("live.sqlite3 cannot be used") && stderr.contains("backup"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = Binary::serve(&["--data-dir", data_dir.to_str().unwrap()]);
+    server.lines_until("citypark serving", Duration::from_secs(30));
+    let archive = dir.path().join("backup.tar");
+    let out = std::process::Command::new(citypark)
+        .args(["backup", "--data-dir"])
+        .arg(&data_dir)
+        .arg("--to")
+        .arg(&archive)
+        .env_clear()
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("backed up to"), "{stdout}");
+    let listed = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        ["live.sqlite3", "history.sqlite3", "plate-key"],
+        "the running server's whole directory"
+    );
+}
