@@ -389,3 +389,89 @@ async fn the_binary_refuses_a_damaged_directory_and_backs_up_a_running_one() {
         "the running server's whole directory"
     );
 }
+
+/// The single binary's live state is bounded like Redis's: finished sessions move to
+/// history, and once past the grace their tombstones leave the file too; a restart
+/// then serves the same sessions and wallet from history and the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_records_leave_the_file_and_a_restart_reads_them_from_history() {
+    use crate::sessions::{gate, link, open_garage, top_up, wallet};
+    use citypark::{
+        history::{Location, Migrate, SqlHistory},
+        service::HistorySettings,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(start_time()));
+    let settings = || HistorySettings {
+        hot_window: Duration::from_secs(60),
+        every: Duration::from_millis(20),
+        tombstone_grace: Duration::from_secs(2),
+        ..HistorySettings::default()
+    };
+    let start = |clock: Arc<ManualClock>| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let location = Location::Sqlite(dir.join("history.sqlite3"));
+            let history = Arc::new(SqlHistory::open(&location, Migrate::Auto).await.unwrap());
+            let (backend, _) = Backend::durable(&dir, 4096, clock.clone()).unwrap();
+            let backend = backend.with_history(history);
+            TestServer::start_with_clock(backend, clock, |s| s.history = settings()).await
+        }
+    };
+    // Rows of `kind` in the file: records, or records and tombstones.
+    let count = |kind: &str, tombstones: bool| -> i64 {
+        let conn = rusqlite::Connection::open(dir.path().join(durable::FILE)).unwrap();
+        let sql = match tombstones {
+            true => "SELECT count(*) FROM records WHERE kind = ?1",
+            false => "SELECT count(*) FROM records WHERE kind = ?1 AND p0 IS NOT NULL",
+        };
+        conn.query_row(sql, [kind], |r| r.get(0)).unwrap()
+    };
+    let rows = |kind: &str| count(kind, false);
+    let server = start(clock.clone()).await;
+    open_garage(&server, "g1").await;
+    link(&server, "ann", "鲁B11111").await;
+    top_up(&server, "ann", 10_000, "k1").await.unwrap();
+    for (i, sequence) in (2..12u64).step_by(2).enumerate() {
+        report_ok(
+            &server,
+            gate("g1", sequence, true, "鲁B11111", server.now()),
+        )
+        .await;
+        assert_eq!(rows("open_session"), 1, "an open session is in the file");
+        clock.advance(Duration::from_secs(3600 + i as u64));
+        report_ok(
+            &server,
+            gate("g1", sequence + 1, false, "鲁B11111", server.now()),
+        )
+        .await;
+    }
+    let paid = eventually("five stays are charged", || async {
+        let w = wallet(&server, "ann").await;
+        (w.balance_minor < 10_000 && w.entries.len() == 6).then_some(w)
+    })
+    .await;
+
+    // Past the hot window and the grace: sessions and entries are history, and their
+    // rows are gone from the file, tombstones included.
+    clock.advance(Duration::from_secs(61));
+    eventually("the sessions moved", || async {
+        (rows("parking_session") == 0 && rows("ledger_entry") == 0).then_some(())
+    })
+    .await;
+    clock.advance(Duration::from_secs(3));
+    // The hand-off's next rounds compact what is past the grace (every 20 ms here).
+    eventually("no tombstone is left", || async {
+        let tombstones = count("parking_session", true) + count("ledger_entry", true);
+        (tombstones == 0).then_some(())
+    })
+    .await;
+    server.stop().await.unwrap();
+
+    let server = start(clock.clone()).await;
+    let again = wallet(&server, "ann").await;
+    assert_eq!(again.balance_minor, paid.balance_minor);
+    assert_eq!(again.entries.len(), paid.entries.len(), "{again:?}");
+    let next = report_ok(&server, gate("g1", 12, true, "鲁B11111", server.now())).await;
+    assert!(!next.session_id.is_empty(), "{next:?}");
+}
