@@ -38,10 +38,7 @@ impl Store for EmbeddedStore {
         &self,
         keys: Vec<(RegionId, String)>,
     ) -> Result<Vec<Versioned<A>>> {
-        Ok(keys
-            .iter()
-            .map(|(_, id)| Versioned::in_replica(&self.engine, id))
-            .collect())
+        Ok(Versioned::each_in_replica(&self.engine, &keys))
     }
 
     async fn commit<A: Aggregate>(

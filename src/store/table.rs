@@ -12,7 +12,7 @@ use std::fmt;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    domain::{RegionId, Timestamp},
+    domain::{RegionId, Result, Timestamp},
     engine::{Engine, Replica},
 };
 
@@ -410,6 +410,23 @@ impl<A: Aggregate> Erased for Write<A> {
     }
 }
 
+/// Each write a group of its own, for a backend whose `Store::commit` is its
+/// `commit_group` of one write at a time.
+pub fn each_alone<A: Aggregate>(writes: Vec<Write<A>>) -> Vec<Vec<AnyWrite>> {
+    writes
+        .into_iter()
+        .map(|w| vec![AnyWrite::from(w)])
+        .collect()
+}
+
+/// The answers of groups of one write ([`each_alone`]), one per write.
+pub fn alone_answers(groups: Vec<Result<Vec<Committed>>>) -> Vec<Result<Committed>> {
+    groups
+        .into_iter()
+        .map(|group| group.map(|mut one| one.pop().expect("one write, one answer")))
+        .collect()
+}
+
 /// What became of one write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Committed {
@@ -438,6 +455,14 @@ impl<A> Versioned<A> {
 }
 
 impl<A: Aggregate> Versioned<A> {
+    /// What `engine` holds for each of `keys`: the embedded stores' `fetch`, whose
+    /// engine holds everything committed.
+    pub fn each_in_replica(engine: &Engine, keys: &[(RegionId, String)]) -> Vec<Self> {
+        keys.iter()
+            .map(|(_, id)| Self::in_replica(engine, id))
+            .collect()
+    }
+
     /// What `engine` holds for `id`.
     pub fn in_replica(engine: &Engine, id: &str) -> Self {
         let replica = A::replica(engine);

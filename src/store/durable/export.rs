@@ -35,7 +35,7 @@ pub async fn export_to_redis(
     let engine = Arc::new(Engine::new(1_024));
     let prefix = options.prefix.clone();
     let store = RedisStore::open(options, engine.clone(), clock).await?;
-    if engine.len() > 0 {
+    if !engine.is_empty() {
         store.close().await;
         return Err(Error::FailedPrecondition(format!(
             "Redis holds a city under prefix {prefix:?} already ({} car parks): export into \

@@ -22,7 +22,7 @@ use std::{
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
-use super::{Aggregate, AnyWrite, Claim, Committed, Store, Versioned, Write};
+use super::{Aggregate, AnyWrite, Claim, Committed, Store, Versioned, Write, table};
 use crate::{
     clock::Clock,
     domain::{CarParkId, Error, RegionId, Result, Timestamp},
@@ -126,10 +126,7 @@ impl Store for DurableStore {
         keys: Vec<(RegionId, String)>,
     ) -> Result<Vec<Versioned<A>>> {
         // The engine holds everything the file does once it is committed.
-        Ok(keys
-            .iter()
-            .map(|(_, id)| Versioned::in_replica(&self.engine, id))
-            .collect())
+        Ok(Versioned::each_in_replica(&self.engine, &keys))
     }
 
     async fn commit<A: Aggregate>(
@@ -138,15 +135,8 @@ impl Store for DurableStore {
         _what: &'static str,
         now: Timestamp,
     ) -> Vec<Result<Committed>> {
-        let groups = writes
-            .into_iter()
-            .map(|w| vec![AnyWrite::from(w)])
-            .collect();
-        self.write(groups, now)
-            .await
-            .into_iter()
-            .map(|group| group.map(|mut one| one.pop().expect("one write, one answer")))
-            .collect()
+        let groups = table::each_alone(writes);
+        table::alone_answers(self.write(groups, now).await)
     }
 
     async fn commit_group(

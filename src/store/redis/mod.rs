@@ -29,7 +29,7 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::{Mutex, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{Aggregate, AnyWrite, Claim, Committed, Store, Versioned, Write};
+use super::{Aggregate, AnyWrite, Claim, Committed, Store, Versioned, Write, table};
 use crate::{
     clock::Clock,
     domain::{CarParkId, Error, RegionId, Result, Timestamp, account_regions},
@@ -332,15 +332,8 @@ impl Store for RedisStore {
         what: &'static str,
         now: Timestamp,
     ) -> Vec<Result<Committed>> {
-        let groups = writes
-            .into_iter()
-            .map(|w| vec![AnyWrite::from(w)])
-            .collect();
-        writer::write(&self.shared, groups, what, now)
-            .await
-            .into_iter()
-            .map(|group| group.map(|mut one| one.pop().expect("one write, one answer")))
-            .collect()
+        let groups = table::each_alone(writes);
+        table::alone_answers(writer::write(&self.shared, groups, what, now).await)
     }
 
     async fn commit_group(
