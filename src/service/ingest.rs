@@ -17,7 +17,7 @@ use super::{Service, write::Decision};
 use crate::{
     domain::{
         Applied, CarParkId, CarParkState, Error, OperatorId, Plate, PlateRead, Report, ReportBody,
-        ReportOutcome, Result,
+        Result,
     },
     metrics,
     store::{Change, Parts, Versioned, carpark::LIVE},
@@ -124,6 +124,10 @@ fn shutting_down() -> Error {
 impl Service {
     /// Applies reports for `caller`, in order, each with its own result. The outer
     /// error fails the whole batch (nothing applied, e.g. the server is stopping).
+    ///
+    /// A gate report (an entry or exit with a plate) is applied with its parking
+    /// session as one atomic group (`gate_report`), alone and in its place in the
+    /// order; the reports between gate reports go together as before.
     pub async fn report(
         &self,
         caller: &OperatorId,
@@ -138,15 +142,63 @@ impl Service {
         if reports.is_empty() {
             return Ok(Vec::new());
         }
+        let mut gates = plates_in(&reports).into_iter().peekable();
+        if gates.peek().is_none() {
+            return self.report_together(caller, reports).await;
+        }
+        let mut results = Vec::with_capacity(reports.len());
+        let mut together = Vec::new();
+        for (i, report) in reports.into_iter().enumerate() {
+            let Some((_, sighting)) = gates.next_if(|(at, _)| *at == i) else {
+                together.push(report);
+                continue;
+            };
+            // What came before it is applied first, in order.
+            if !together.is_empty() {
+                let run = std::mem::take(&mut together);
+                results.extend(self.report_run(caller, run).await);
+            }
+            let result = match self.gate_report(caller, &report, &sighting).await {
+                Some(result) => {
+                    metrics::record_report(&result);
+                    result
+                }
+                // A car park this instance does not hold yet: applied alone, its
+                // session left to the operator's next read.
+                None => self.report_run(caller, vec![report]).await.remove(0),
+            };
+            results.push(result);
+        }
+        if !together.is_empty() {
+            results.extend(self.report_run(caller, together).await);
+        }
+        Ok(results)
+    }
+
+    /// A run of reports inside a call with gate reports: each fails alone if the run
+    /// does (an earlier part of the call may stand).
+    async fn report_run(&self, caller: &OperatorId, reports: Vec<Report>) -> Vec<Result<Applied>> {
+        let count = reports.len();
+        match self.report_together(caller, reports).await {
+            Ok(results) => results,
+            Err(error) => vec![Err(error); count],
+        }
+    }
+
+    /// Reports without plates decided together: on the ingest task with every pending
+    /// call's (a store whose commit costs a round trip), or here at once.
+    async fn report_together(
+        &self,
+        caller: &OperatorId,
+        reports: Vec<Report>,
+    ) -> Result<Vec<Result<Applied>>> {
         let count = reports.len() as u64;
-        let plates = plates_in(&reports);
         let Some(ingest) = &self.ingest else {
             // No round trip to share: decided here, at once. Calls racing on one car
             // park may then conflict, and decide again (a lock's worth of work).
             let mut results = self.decide_reports(&[(caller, &reports)]).await;
-            let mut results = results.pop().expect("one call");
+            let results = results.pop().expect("one call");
             results.iter().for_each(metrics::record_report);
-            self.arrivals(plates, &mut results).await;
             return Ok(results);
         };
         let (reply, results) = oneshot::channel();
@@ -159,62 +211,11 @@ impl Service {
             Ok(()) => results.await.unwrap_or_else(|_| Err(shutting_down())),
             Err(_) => Err(shutting_down()),
         };
-        let mut results = results;
-        match &mut results {
-            Ok(results) => {
-                results.iter().for_each(metrics::record_report);
-                self.arrivals(plates, results).await;
-            }
+        match &results {
+            Ok(results) => results.iter().for_each(metrics::record_report),
             Err(error) => metrics::record_batch_failure(error, count),
         }
         results
-    }
-
-    /// Plates of applied entry and exit reports check reservations in and out, then
-    /// open and close parking sessions (an entry's session may fulfil the reservation
-    /// it checked in), before the call is answered, so an operator's next report sees
-    /// them; each such report's ack names its session.
-    async fn arrivals(&self, plates: Vec<(usize, Sighting)>, results: &mut [Result<Applied>]) {
-        let seen: Vec<(usize, Sighting)> = plates
-            .into_iter()
-            .filter(|(i, _)| {
-                matches!(
-                    results.get(*i),
-                    Some(Ok(Applied {
-                        outcome: ReportOutcome::Applied { .. },
-                        ..
-                    }))
-                )
-            })
-            .collect();
-        if seen.is_empty() {
-            return;
-        }
-        self.plates_seen(seen.iter().map(|(_, s)| s.clone()).collect())
-            .await;
-        // Car parks apart, in parallel (on Redis, their writes share round trips);
-        // each car park's plates in the order of their reports.
-        let mut by_car_park: HashMap<&CarParkId, Vec<(usize, &Sighting)>> = HashMap::new();
-        for (i, sighting) in &seen {
-            by_car_park
-                .entry(&sighting.car_park)
-                .or_default()
-                .push((*i, sighting));
-        }
-        let notes =
-            futures_util::future::join_all(by_car_park.into_values().map(|sightings| async move {
-                let mut notes = Vec::with_capacity(sightings.len());
-                for (i, sighting) in sightings {
-                    notes.push((i, self.session_at_gate(sighting).await));
-                }
-                notes
-            }))
-            .await;
-        for (i, note) in notes.into_iter().flatten() {
-            if let Some(Ok(applied)) = results.get_mut(i) {
-                applied.gate = note;
-            }
-        }
     }
 
     /// Decides a batch of calls' reports: the reports on each car park, in arrival

@@ -28,15 +28,15 @@ use super::{
 use crate::{
     audit::{self, Who},
     domain::{
-        CarPark, CarParkId, DriverId, Error, GateNote, LedgerEntry, OpenSession, OperatorId,
-        ParkingSession, PaymentMethod, Plate, PlateColor, PlateLink, Prepaid, RegionId,
-        ReservationState, Result, SessionId, SessionState, Settlement, Timestamp, Viewer, Wallet,
-        accounts_region,
+        Applied, CarPark, CarParkId, CarParkState, DriverId, Error, GateNote, LedgerEntry,
+        OpenSession, OperatorId, ParkingSession, PaymentMethod, Plate, PlateColor, PlateLink,
+        Prepaid, RegionId, Report, ReportOutcome, ReservationState, Result, SessionId,
+        SessionState, Settlement, Timestamp, Viewer, Wallet, accounts_region,
     },
     gateway::{self, Callback, ChargeRequest, Gateway, Outcome, Retry},
     history::{ClosedSession, History, KeptEntry, Record},
     metrics,
-    store::{AnyWrite, Change, Versioned},
+    store::{AnyWrite, Change, Parts, Versioned, Write, carpark::LIVE},
 };
 
 /// How often a session or account change is decided again after another instance
@@ -112,159 +112,230 @@ type Gate = (
     Option<Versioned<ParkingSession>>,
 );
 
+/// What a gate report's session is decided with, fixed before its group is: the
+/// plate's link, what its driver owes, the reservation that prepaid the stay.
+struct AtGate<'a> {
+    car_park: &'a CarPark,
+    sighting: &'a Sighting,
+    /// The session the report names (`<car park>~<sequence>`).
+    own: SessionId,
+    /// The plate's open-session key at the car park.
+    key: String,
+    payer: Option<(DriverId, PaymentMethod)>,
+    driver: Option<DriverId>,
+    arrears: (i64, String),
+    prepaid: Option<Prepaid>,
+}
+
+/// A gate's session writes, the note for the report's ack and the outcome counted.
+type GateWrites = (Vec<AnyWrite>, (GateNote, Option<&'static str>));
+
+impl AtGate<'_> {
+    /// An entry: opens the session named by the report; a session the plate still has
+    /// open here is voided (its exit was never read).
+    fn enter(&self, (open, new, prior): Gate) -> Result<GateWrites> {
+        let read = &self.sighting.read;
+        let (arrears_minor, arrears_currency) = self.arrears.clone();
+        let note = GateNote {
+            session: Some(self.own.clone()),
+            arrears_minor,
+            arrears_currency,
+        };
+        if new.record.is_some() {
+            // This entry opened it already (a report decided again).
+            return Ok((Vec::new(), (note, None)));
+        }
+        let mut writes: Vec<AnyWrite> = Vec::new();
+        let mut outcome = "opened";
+        if let Some(prior) = prior
+            && let Some(mut session) = prior.record
+            && session.state == SessionState::Open
+        {
+            session.void(read.at, "the plate entered again before an exit was read")?;
+            writes.push(put(session.id.to_string(), session, prior.version));
+            outcome = "voided_previous";
+        }
+        let mut session = ParkingSession::enter(
+            self.own.clone(),
+            self.car_park,
+            read.clone(),
+            self.prepaid.clone(),
+            note.arrears_minor > 0,
+        );
+        session.driver = self.driver.clone();
+        writes.push(put(self.own.to_string(), session, new.version));
+        let open_now = OpenSession {
+            region: self.car_park.region.clone(),
+            id: self.key.clone(),
+            session: self.own.clone(),
+        };
+        writes.push(put(self.key.clone(), open_now, open.version));
+        Ok((writes, (note, Some(outcome))))
+    }
+
+    /// An exit: closes the session the plate is in here, priced and, for a linked
+    /// plate, to be charged; with none open, records an exit without entry (named by
+    /// the report).
+    fn leave(&self, (open, unmatched_now, entered): Gate) -> Result<GateWrites> {
+        let read = &self.sighting.read;
+        let note = |id: &SessionId| GateNote {
+            session: Some(id.clone()),
+            ..GateNote::default()
+        };
+        if let Some(entered) = entered
+            && let Some(mut session) = entered.record
+            && session.state == SessionState::Open
+        {
+            session.exit(read.at, self.payer.clone())?;
+            let outcome = match (session.state, session.payment.method) {
+                (SessionState::ClosedFree, _) => "closed_free",
+                (_, PaymentMethod::Barrier) => "closed_at_barrier",
+                _ => "closed_to_charge",
+            };
+            let note = note(&session.id);
+            let region = &self.car_park.region;
+            let writes = vec![
+                put(session.id.to_string(), session, entered.version),
+                delete::<OpenSession>(region, self.key.clone(), open.version).into(),
+            ];
+            return Ok((writes, (note, Some(outcome))));
+        }
+        if unmatched_now.record.is_some() {
+            return Ok((Vec::new(), (note(&self.own), None)));
+        }
+        let session =
+            ParkingSession::exit_without_entry(self.own.clone(), self.car_park, read.clone());
+        let writes = vec![put(self.own.to_string(), session, unmatched_now.version)];
+        Ok((writes, (note(&self.own), Some("exit_without_entry"))))
+    }
+}
+
 /// What a charge came to: the receipt (the ledger entry's id) or the refusal.
 type Charged = std::result::Result<String, String>;
 
 impl Service {
-    /// Opens or closes the session of the plate `sighting` read, after its report was
-    /// applied; the note for the report's ack, or `None` if the car park is gone or the
-    /// store could not take the change (the report stands; the failure is counted and
-    /// logged).
-    pub(super) async fn session_at_gate(&self, sighting: &Sighting) -> Option<GateNote> {
+    /// Applies a gate report — an entry or exit with a plate — together with the
+    /// session it opens or closes, as one group: the car park's counts and sequence and
+    /// the session (and the plate's open-session key) are written all or none, so a
+    /// crash or a lost store never leaves a report applied without its session, nor a
+    /// session without its report. A session the rules refuse (an exit read before its
+    /// entry) leaves the report standing alone, counted and logged. `None` if the car
+    /// park is not in this instance's engine: the caller applies the report alone.
+    pub(super) async fn gate_report(
+        &self,
+        caller: &OperatorId,
+        report: &Report,
+        sighting: &Sighting,
+    ) -> Option<Result<Applied>> {
         let car_park = self.get_car_park(&sighting.car_park).ok()?.0;
         let turn = self.session_turns.of(&car_park.id);
         let _turn = turn.lock().await;
-        let link = self.engine.plate_link(&sighting.read.plate);
-        let result = if sighting.entry {
-            self.enter(&car_park, sighting, link.as_ref()).await
-        } else {
-            self.leave(&car_park, sighting, link.as_ref()).await
+        let now = self.now();
+        // A reservation the plate checks in to comes first: the session it opens may
+        // be prepaid by it. Only for a report that applies (a resent one does not).
+        let current = Versioned::<CarParkState>::in_replica(&self.engine, car_park.id.as_str());
+        let applies = current.record.as_ref().is_some_and(|record| {
+            let (results, _) = record.apply_reports([(report, caller)], now);
+            matches!(
+                results.first(),
+                Some(Ok(Applied {
+                    outcome: ReportOutcome::Applied { .. },
+                    ..
+                }))
+            )
+        });
+        if applies {
+            self.plates_seen(vec![sighting.clone()]).await;
+        }
+        let read = &sighting.read;
+        let link = self.engine.plate_link(&read.plate);
+        let at_gate = AtGate {
+            car_park: &car_park,
+            sighting,
+            own: SessionId::of_report(&car_park.id, sighting.sequence),
+            key: OpenSession::id_of(&car_park.id, &read.plate),
+            payer: link.as_ref().map(|l| (l.driver.clone(), l.method)),
+            driver: link.as_ref().map(|l| l.driver.clone()),
+            arrears: match &link {
+                Some(link) if sighting.entry => self.arrears(&link.driver),
+                _ => (0, String::new()),
+            },
+            prepaid: sighting
+                .entry
+                .then(|| self.prepaid_window(&car_park.id, &read.plate, read.at))
+                .flatten(),
         };
-        match result {
-            Ok((note, outcome)) => {
-                if let Some(outcome) = outcome {
-                    metrics::record_session(outcome);
-                    if let Some(id) = &note.session {
-                        audit::gate(outcome, id.as_str());
+        let at_gate = &at_gate;
+        let region = &car_park.region;
+        let decided = self
+            .transact_group(
+                ATTEMPTS,
+                "ingest",
+                |source| async move {
+                    let id = at_gate.car_park.id.as_str();
+                    let car_park = self.read_record::<CarParkState>(region, id, source).await?;
+                    let (key, own, exit) = (&at_gate.key, &at_gate.own, !sighting.entry);
+                    let gate = self.read_gate(region, key, own, source, exit).await?;
+                    Ok((car_park, gate))
+                },
+                |(current, gate): (Versioned<CarParkState>, Gate)| {
+                    let Some(record) = &current.record else {
+                        return Err(Error::car_park_not_found(&at_gate.car_park.id));
+                    };
+                    let (mut results, mut steps) = record.apply_reports([(report, caller)], now);
+                    let mut applied = results.pop().expect("one report, one result")?;
+                    let mut writes: Vec<AnyWrite> = Vec::new();
+                    if let Some(last) = steps.pop() {
+                        let write = Write {
+                            region: region.clone(),
+                            id: at_gate.car_park.id.to_string(),
+                            expected: current.version,
+                            floor: 0,
+                            change: Change::Put {
+                                record: last,
+                                parts: Parts::only(LIVE),
+                                steps,
+                            },
+                        };
+                        writes.push(write.into());
                     }
+                    if !matches!(applied.outcome, ReportOutcome::Applied { .. }) {
+                        return Ok((writes, (applied, Ok(None))));
+                    }
+                    let session = match sighting.entry {
+                        true => at_gate.enter(gate),
+                        false => at_gate.leave(gate),
+                    };
+                    let outcome = session.map(|(session_writes, (note, outcome))| {
+                        writes.extend(session_writes);
+                        applied.gate = Some(note);
+                        outcome
+                    });
+                    Ok((writes, (applied, outcome)))
+                },
+            )
+            .await;
+        let (applied, outcome) = match decided {
+            Ok(decided) => decided,
+            Err(error) => return Some(Err(error)),
+        };
+        match outcome {
+            Ok(Some(outcome)) => {
+                metrics::record_session(outcome);
+                if let Some(id) = applied.gate.as_ref().and_then(|n| n.session.as_ref()) {
+                    audit::gate(outcome, id.as_str());
                 }
-                if outcome == Some("closed_to_charge") {
+                if outcome == "closed_to_charge" {
                     self.payments_due.0.notify_one();
                 }
-                Some(note)
             }
+            Ok(None) => {}
             Err(error) => {
                 metrics::record_session("failed");
                 tracing::warn!(car_park = %car_park.id, %error, "a plate read at the gate did not reach its session");
-                None
             }
         }
-    }
-
-    /// An entry: opens the session named by the report; a session the plate still has
-    /// open here is voided (its exit was never read).
-    async fn enter(
-        &self,
-        car_park: &CarPark,
-        sighting: &Sighting,
-        link: Option<&PlateLink>,
-    ) -> Result<(GateNote, Option<&'static str>)> {
-        let read = &sighting.read;
-        let id = SessionId::of_report(&car_park.id, sighting.sequence);
-        let key = OpenSession::id_of(&car_park.id, &read.plate);
-        let (arrears_minor, arrears_currency) = match link {
-            Some(link) => self.arrears(&link.driver),
-            None => (0, String::new()),
-        };
-        let note = GateNote {
-            session: Some(id.clone()),
-            arrears_minor,
-            arrears_currency,
-        };
-        let prepaid = self.prepaid_window(&car_park.id, &read.plate, read.at);
-        let (region, key_ref, new_id) = (&car_park.region, &key, &id);
-        self.transact_group(
-            ATTEMPTS,
-            "session",
-            |source| async move { self.read_gate(region, key_ref, new_id, source, false).await },
-            |(open, new, prior): Gate| {
-                if new.record.is_some() {
-                    // This entry opened it already (a report decided again).
-                    return Ok((Vec::new(), (note.clone(), None)));
-                }
-                let mut writes: Vec<AnyWrite> = Vec::new();
-                let mut outcome = "opened";
-                if let Some(prior) = prior
-                    && let Some(mut session) = prior.record
-                    && session.state == SessionState::Open
-                {
-                    session.void(read.at, "the plate entered again before an exit was read")?;
-                    writes.push(put(session.id.to_string(), session, prior.version));
-                    outcome = "voided_previous";
-                }
-                let mut session = ParkingSession::enter(
-                    id.clone(),
-                    car_park,
-                    read.clone(),
-                    prepaid.clone(),
-                    note.arrears_minor > 0,
-                );
-                session.driver = link.map(|l| l.driver.clone());
-                writes.push(put(id.to_string(), session, new.version));
-                let open_now = OpenSession {
-                    region: car_park.region.clone(),
-                    id: key.clone(),
-                    session: id.clone(),
-                };
-                writes.push(put(key.clone(), open_now, open.version));
-                Ok((writes, (note.clone(), Some(outcome))))
-            },
-        )
-        .await
-    }
-
-    /// An exit: closes the session the plate is in here, priced and, for a linked
-    /// plate, to be charged; with none open, records an exit without entry.
-    async fn leave(
-        &self,
-        car_park: &CarPark,
-        sighting: &Sighting,
-        link: Option<&PlateLink>,
-    ) -> Result<(GateNote, Option<&'static str>)> {
-        let read = &sighting.read;
-        let key = OpenSession::id_of(&car_park.id, &read.plate);
-        let unmatched = SessionId::of_report(&car_park.id, sighting.sequence);
-        let payer = link.map(|l| (l.driver.clone(), l.method));
-        let (region, key_ref, unmatched_id) = (&car_park.region, &key, &unmatched);
-        self.transact_group(
-            ATTEMPTS,
-            "session",
-            |source| async move {
-                self.read_gate(region, key_ref, unmatched_id, source, true)
-                    .await
-            },
-            |(open, unmatched_now, entered): Gate| {
-                let note = |id: &SessionId| GateNote {
-                    session: Some(id.clone()),
-                    ..GateNote::default()
-                };
-                if let Some(entered) = entered
-                    && let Some(mut session) = entered.record
-                    && session.state == SessionState::Open
-                {
-                    session.exit(read.at, payer.clone())?;
-                    let outcome = match (session.state, session.payment.method) {
-                        (SessionState::ClosedFree, _) => "closed_free",
-                        (_, PaymentMethod::Barrier) => "closed_at_barrier",
-                        _ => "closed_to_charge",
-                    };
-                    let note = note(&session.id);
-                    let writes = vec![
-                        put(session.id.to_string(), session, entered.version),
-                        delete::<OpenSession>(region, key.clone(), open.version).into(),
-                    ];
-                    return Ok((writes, (note, Some(outcome))));
-                }
-                if unmatched_now.record.is_some() {
-                    return Ok((Vec::new(), (note(&unmatched), None)));
-                }
-                let session =
-                    ParkingSession::exit_without_entry(unmatched.clone(), car_park, read.clone());
-                let writes = vec![put(unmatched.to_string(), session, unmatched_now.version)];
-                Ok((writes, (note(&unmatched), Some("exit_without_entry"))))
-            },
-        )
-        .await
+        Some(Ok(applied))
     }
 
     /// What a plate at a gate is decided on: the key of the session it is in at the
