@@ -6,6 +6,7 @@ mod binary;
 mod connections;
 mod demo;
 mod durable;
+mod durable_crash;
 mod fuzz_seeds;
 mod grpc_web;
 mod history;
