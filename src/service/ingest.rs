@@ -6,7 +6,10 @@
 //! of that car park. So calls racing on one car park in an instance never conflict
 //! with each other, and a whole batch is written in one round trip. Under load, calls
 //! queue while a batch is committed and go together in the next; with no load a call
-//! goes alone at once. On the embedded store a call is decided in its own task.
+//! goes alone at once. The durable embedded store batches the same way (a commit is a
+//! sync to disk); on the in-memory one a call is decided in its own task. A gate
+//! report (a plate at an entry or exit) goes alone, with its session
+//! (`Service::gate_report`).
 
 use std::collections::HashMap;
 

@@ -3,9 +3,9 @@
 //! gateway; drivers link plates, top up and read their wallet; operators list their
 //! sessions and settle a day.
 //!
-//! Every change is one group commit (`transact_group`) in one region: a session and
-//! the key of the session its plate is in at the car park (`OpenSession`) in the car
-//! park's region; a wallet and its ledger entry in the driver's account shard; a plate
+//! Every change is one group commit (`transact_group`) in one region: a gate report's
+//! car park counts, its session and the key of the session its plate is in at the car
+//! park (`OpenSession`) in the car park's region; a wallet and its ledger entry in the driver's account shard; a plate
 //! link in the plate's shard. A charge spans two regions (the wallet's shard and the
 //! session's car park), so it is two steps, each atomic, made exactly once by naming:
 //! the ledger entry is `charge:<session id>`, written only if absent together with the
