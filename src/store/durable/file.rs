@@ -173,8 +173,11 @@ pub fn open(held: &Held) -> Result<Connection> {
             format!("it cannot be put in WAL mode ({mode})"),
         ));
     }
+    // Checkpoints run on a thread of their own (`checkpoint.rs`); the writer's own,
+    // inside a commit, is only the backstop of a WAL grown to 64 MiB.
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
+         PRAGMA wal_autocheckpoint = 16384;
          PRAGMA journal_size_limit = 67108864;
          PRAGMA cache_size = -16384;",
     )

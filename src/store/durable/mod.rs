@@ -8,6 +8,7 @@
 //! callers share one fsync) and lands them in the engine. Reads never touch the file.
 
 mod backup;
+mod checkpoint;
 mod export;
 mod file;
 mod load;
@@ -40,6 +41,8 @@ pub struct DurableStore {
     /// None once closed.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The checkpointer and what stops it (dropped).
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     healthy: watch::Receiver<bool>,
     clock: Arc<dyn Clock>,
     /// Held until the store is closed: one process per data directory.
@@ -74,6 +77,8 @@ impl DurableStore {
             .name("citypark-live-writer".into())
             .spawn(move || writer::run(conn, writer_engine, receiver, healthy_tx))
             .map_err(|e| Error::Internal(format!("starting the live-state writer: {e}")))?;
+        let (stop_checkpoints, stopped) = mpsc::channel();
+        let checkpointer = checkpoint::spawn(held.path.clone(), stopped)?;
         let opened = Opened {
             path: held.path.clone(),
             records,
@@ -84,6 +89,7 @@ impl DurableStore {
                 engine,
                 jobs: Mutex::new(Some(jobs)),
                 writer: Mutex::new(Some(writer)),
+                checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
                 healthy,
                 clock,
                 held: Mutex::new(Some(held)),
@@ -193,6 +199,13 @@ impl Store for DurableStore {
     /// Stops the writer once it has written what was queued, closes the file and lets
     /// the data directory go (another process may take it from then on).
     async fn close(&self) {
+        // The checkpointer first: the writer's connection, closing last, checkpoints
+        // what is left and removes the WAL.
+        let checkpointer = self.checkpointer.lock().take();
+        if let Some((stop, checkpointer)) = checkpointer {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || checkpointer.join()).await;
+        }
         drop(self.jobs.lock().take());
         let writer = self.writer.lock().take();
         if let Some(writer) = writer {
