@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A/B of two builds of citypark with benches/ingest.sh, interleaved (A B, then B A,
 # …) so the noise of a shared machine falls on both alike; prints the medians of the
-# ratios to Ping (E) per build.
+# ratios to Ping (E) per build and store (memory, durable, redis; a build from before
+# the durable store runs memory and redis only, and `embedded` is what older outputs
+# of ingest.sh called the memory store).
 # Usage: benches/ab.sh DIR_A DIR_B [rounds] [seconds-per-run]
 #   DIR_A, DIR_B: checkouts with `cargo build --release --bins --bench ingest` done.
 set -euo pipefail
@@ -29,7 +31,7 @@ rows = {}
 for side in "AB":
     for r in range(1, rounds + 1):
         text = open(f"{out}/{side}.{r}").read()
-        for store, block in re.findall(r"== (embedded|redis): FindNearby \(h2load\)\n(.*?)(?=\n== (?:embedded|redis): FindNearby|\Z)", text, re.S):
+        for store, block in re.findall(r"== (memory|durable|embedded|redis): FindNearby \(h2load\)\n(.*?)(?=\n== (?:memory|durable|embedded|redis): FindNearby|\Z)", text, re.S):
             m = re.search(r"ratio ([\d.]+)", block)
             rows.setdefault((store, "FindNearby/Ping", side), []).append(float(m.group(1)))
             m = re.search(r"median: Ping \(E\) (\d+) req/s, Publish (\d+) reports/s, ratio ([\d.]+)", block)
@@ -39,7 +41,7 @@ for side in "AB":
                 rows.setdefault((store, "reports/round trip", side), []).append(float(m.group(1)))
 print("| store | measure | A (median) | B (median) | A runs | B runs |")
 print("|---|---|---:|---:|---|---|")
-for store in ("embedded", "redis"):
+for store in ("memory", "durable", "embedded", "redis"):
     for measure in ("FindNearby/Ping", "Publish/Ping", "reports/round trip"):
         a, b = rows.get((store, measure, "A")), rows.get((store, measure, "B"))
         if a and b:

@@ -1,5 +1,6 @@
 //! Cold start at national scale: a new instance joins a Redis that already holds
-//! 1,000,000 car parks, loads them into its replica and reports SERVING.
+//! 1,000,000 car parks (or opens a data directory whose durable store holds them),
+//! loads them into its engine and reports SERVING.
 //!
 //! `cargo bench --bench cold_start` starts its own redis-server (no persistence) on a
 //! free loopback port, fills it with N synthetic car parks (`COLD_START_N`, or a
@@ -9,11 +10,21 @@
 //! how long until grpc.health.v1 says SERVING, and the instance's resident memory.
 //! `COLD_START_REGIONS` (default 1) spreads the car parks over that many regions.
 //!
+//! `COLD_START_STORE=durable` (or the argument `durable`) measures the durable embedded
+//! store, serve's default, instead: a child process fills a new data directory under
+//! the temporary directory (`TMPDIR`) with the same N car parks through the store
+//! (`Store::commit`, 10,000 car parks a call, each a new record as the registry writes
+//! one) and closes it; then each round is a fresh process that times `Backend::durable`
+//! on that directory (lock, check and read `live.sqlite3` whole, one bulk R-tree build)
+//! and the rest as above. It also reports the file's size. The directory is removed at
+//! the end.
+//!
 //! Each step runs in a process of its own (this binary, re-executed): the loader
-//! (`--load-only URL`) holds the generated city, and each measured instance
-//! (`--measure-only URL`) starts fresh, so its peak resident memory (VmHWM) is the
-//! server's alone. The measured process uses mimalloc, as the `citypark` binary does
-//! (mimalloc's own variables apply, e.g. `MIMALLOC_ALLOW_THP=0`).
+//! (`--load-only URL`, `--fill-durable DIR`) holds the generated city, and each
+//! measured instance (`--measure-only URL`, `--open-durable DIR`) starts fresh, so its
+//! peak resident memory (VmHWM) is the server's alone. The measured process uses
+//! mimalloc, as the `citypark` binary does (mimalloc's own variables apply, e.g.
+//! `MIMALLOC_ALLOW_THP=0`).
 //! With `RUST_LOG` set (e.g. `citypark=debug`) the measured instance logs to stderr.
 //! Nothing here asserts a speed.
 
@@ -22,7 +33,7 @@ mod common;
 use std::{
     io::Write as _,
     net::TcpListener as StdListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -36,8 +47,9 @@ use citypark::{
     rng::Rng,
     service::SystemClock,
     store::{
-        Aggregate,
+        Aggregate, Change, Committed, Parts, Store, Write,
         carpark::{LIVE, REGISTRATION},
+        durable::FILE,
         redis::RedisOptions,
     },
 };
@@ -240,14 +252,10 @@ impl Drop for RedisServer {
     }
 }
 
-/// `--load-only URL`: fills Redis with `n` car parks as the store writes them, and
-/// prints how long generating and loading took.
-fn load_only(url: &str, n: usize, region_count: usize) {
-    let now = Timestamp::now();
-    let regions = regions(region_count);
-    let start = Instant::now();
+/// The `n` car parks of the synthetic city over `regions`, each just reported.
+fn generate(n: usize, regions: &[RegionId], now: Timestamp) -> Vec<CarParkState> {
     let mut rng = Rng::new(n as u64);
-    let city: Vec<CarParkState> = common::city(n, &mut rng)
+    common::city(n, &mut rng)
         .into_iter()
         .enumerate()
         .map(|(i, cp)| {
@@ -264,7 +272,16 @@ fn load_only(url: &str, n: usize, region_count: usize) {
                 live,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// `--load-only URL`: fills Redis with `n` car parks as the store writes them, and
+/// prints how long generating and loading took.
+fn load_only(url: &str, n: usize, region_count: usize) {
+    let now = Timestamp::now();
+    let regions = regions(region_count);
+    let start = Instant::now();
+    let city = generate(n, &regions, now);
     let generated = start.elapsed();
 
     let mut conn = redis::Client::open(url)
@@ -329,8 +346,73 @@ fn load_only(url: &str, n: usize, region_count: usize) {
     println!("{MARK}pipelines {}", pipelines + 1);
 }
 
-/// `--measure-only URL`: a fresh instance on that Redis, timed to SERVING.
-fn measure_only(url: &str, n: usize) {
+/// `--fill-durable DIR`: a durable store in the new data directory `dir` filled with `n`
+/// car parks through `Store::commit`, as the registry writes them (each a new record:
+/// expected version 0, every part), then closed; prints how long generating and
+/// filling took.
+fn fill_durable(dir: &Path, n: usize, region_count: usize) {
+    let now = Timestamp::now();
+    let regions = regions(region_count);
+    let start = Instant::now();
+    let city = generate(n, &regions, now);
+    let generated = start.elapsed();
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (filled, closed) = runtime.block_on(async {
+        let start = Instant::now();
+        let (backend, opened) =
+            Backend::durable(dir, 4096, Arc::new(SystemClock)).expect("Backend::durable");
+        assert!(
+            opened.records.iter().all(|(_, count)| *count == 0),
+            "{} is not empty: {:?}",
+            dir.display(),
+            opened.records
+        );
+        for batch in city.chunks(BATCH) {
+            let writes = batch
+                .iter()
+                .map(|state| Write {
+                    region: state.car_park.region.clone(),
+                    id: state.car_park.id.to_string(),
+                    expected: 0,
+                    floor: 0,
+                    change: Change::put(state.clone(), Parts::ALL),
+                })
+                .collect();
+            for committed in backend.store.commit(writes, "registry", now).await {
+                assert!(
+                    matches!(committed, Ok(Committed::Written { .. })),
+                    "a car park was not written: {committed:?}"
+                );
+            }
+        }
+        let filled = start.elapsed();
+        // Writes what is queued, checkpoints the WAL into the file and lets the
+        // directory go, as a server's shutdown does.
+        backend.store.close().await;
+        (filled, start.elapsed())
+    });
+    println!("{MARK}generate_s {}", generated.as_secs_f64());
+    println!("{MARK}load_s {}", filled.as_secs_f64());
+    println!("{MARK}close_s {}", (closed - filled).as_secs_f64());
+    println!("{MARK}commits {}", n.div_ceil(BATCH));
+}
+
+/// The size of the live-state file in `dir` (with `suffix`, e.g. "-wal"); 0 if absent.
+fn file_bytes(dir: &Path, suffix: &str) -> u64 {
+    std::fs::metadata(dir.join(format!("{FILE}{suffix}"))).map_or(0, |m| m.len())
+}
+
+/// Where a measured instance's live state is.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Redis(&'a str),
+    Durable(&'a Path),
+}
+
+/// `--measure-only URL` (Redis) or `--open-durable DIR`: a fresh instance on that
+/// store, timed to SERVING.
+fn measure_only(target: Target<'_>, n: usize) {
     if let Ok(filter) = std::env::var("RUST_LOG") {
         citypark::telemetry::init(LogFormat::Pretty, &filter).expect("RUST_LOG");
     }
@@ -338,17 +420,40 @@ fn measure_only(url: &str, n: usize) {
     let load = load_average();
     let before = Mem::now();
     let out = runtime.block_on(async {
-        let redis_cpu = redis_cpu_seconds(url).await;
+        let redis_cpu = match target {
+            Target::Redis(url) => redis_cpu_seconds(url).await,
+            Target::Durable(_) => 0.0,
+        };
         let cpu = cpu_seconds();
         let start = Instant::now();
-        let mut options = RedisOptions::new(url);
-        options.prefix = PREFIX.into();
-        let backend = Backend::redis(options, 4096, Arc::new(SystemClock))
-            .await
-            .expect("Backend::redis");
+        let backend = match target {
+            Target::Redis(url) => {
+                let mut options = RedisOptions::new(url);
+                options.prefix = PREFIX.into();
+                Backend::redis(options, 4096, Arc::new(SystemClock))
+                    .await
+                    .expect("Backend::redis")
+            }
+            Target::Durable(dir) => {
+                // Blocking, as in `citypark serve` before it binds: nothing else runs
+                // on this runtime yet.
+                let (backend, opened) =
+                    Backend::durable(dir, 4096, Arc::new(SystemClock)).expect("Backend::durable");
+                let records: usize = opened.records.iter().map(|(_, count)| count).sum();
+                println!("{MARK}records {records}");
+                println!("{MARK}took_s {}", opened.took.as_secs_f64());
+                for (kind, count) in &opened.records {
+                    println!("{MARK}records_{kind} {count}");
+                }
+                backend
+            }
+        };
         let open = start.elapsed();
         let cpu = (cpu_seconds().0 - cpu.0, cpu_seconds().1 - cpu.1);
-        let redis_cpu = redis_cpu_seconds(url).await - redis_cpu;
+        let redis_cpu = match target {
+            Target::Redis(url) => redis_cpu_seconds(url).await - redis_cpu,
+            Target::Durable(_) => 0.0,
+        };
         let opened = Mem::now();
         let held = backend.engine.len();
         assert_eq!(held, n, "the engine holds every car park");
@@ -474,8 +579,19 @@ fn main() {
     let rounds = env_usize("COLD_START_ROUNDS").unwrap_or(3).max(1);
     match (args.get(1).map(String::as_str), args.get(2)) {
         (Some("--load-only"), Some(url)) => return load_only(url, n, region_count),
-        (Some("--measure-only"), Some(url)) => return measure_only(url, n),
+        (Some("--measure-only"), Some(url)) => return measure_only(Target::Redis(url), n),
+        (Some("--fill-durable"), Some(dir)) => {
+            return fill_durable(Path::new(dir), n, region_count);
+        }
+        (Some("--open-durable"), Some(dir)) => {
+            return measure_only(Target::Durable(Path::new(dir)), n);
+        }
         _ => {}
+    }
+    let durable = args.iter().skip(1).any(|a| a == "durable")
+        || std::env::var("COLD_START_STORE").is_ok_and(|s| s == "durable");
+    if durable {
+        return durable_cold_start(n, region_count, rounds);
     }
 
     let Some(redis) = RedisServer::start() else {
@@ -540,5 +656,89 @@ fn main() {
         common::median(rss),
         common::median(hwm),
         mb(used)
+    );
+}
+
+/// A new data directory under the temporary directory, removed on drop.
+struct DataDir(PathBuf);
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The durable store's cold start: fills a data directory in one child process, then
+/// opens it in a fresh one per round.
+fn durable_cold_start(n: usize, region_count: usize, rounds: usize) {
+    let dir = DataDir(std::env::temp_dir().join(format!(
+        "citypark-cold-start-durable-{}",
+        std::process::id()
+    )));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    let path = dir
+        .0
+        .to_str()
+        .expect("a UTF-8 temporary directory")
+        .to_owned();
+    let env = [
+        ("COLD_START_N", n.to_string()),
+        ("COLD_START_REGIONS", region_count.to_string()),
+    ];
+    eprintln!("cold_start: filling {path} with {n} car parks over {region_count} region(s)");
+    let filled = child(&["--fill-durable", &path], &env);
+    let (bytes, wal) = (file_bytes(&dir.0, ""), file_bytes(&dir.0, "-wal"));
+    eprintln!(
+        "cold_start: generated in {:.1} s, committed in {:.1} s ({} commits), closed in {:.1} s; {FILE} {:.0} MB ({bytes} bytes), its WAL {wal} bytes",
+        get(&filled, "generate_s"),
+        get(&filled, "load_s"),
+        get(&filled, "commits"),
+        get(&filled, "close_s"),
+        mb(bytes),
+    );
+
+    println!(
+        "| run | car parks | regions | durable fill | open (load) | to SERVING | RSS after | peak RSS (VmHWM) | {FILE} | load avg |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (mut opens, mut servings, mut rss, mut hwm) = (vec![], vec![], vec![], vec![]);
+    for round in 1..=rounds {
+        let m = child(&["--open-durable", &path], &env);
+        assert_eq!(get(&m, "held") as usize, n);
+        opens.push(get(&m, "open_s"));
+        servings.push(get(&m, "serving_s"));
+        rss.push(get(&m, "rss_after_mb"));
+        hwm.push(get(&m, "hwm_mb"));
+        println!(
+            "| {round} | {n} | {region_count} | {:.1} s | {:.2} s | {:.2} s | {:.0} MB | {:.0} MB | {:.0} MB | {:.1} |",
+            get(&filled, "load_s"),
+            get(&m, "open_s"),
+            get(&m, "serving_s"),
+            get(&m, "rss_after_mb"),
+            get(&m, "hwm_mb"),
+            mb(file_bytes(&dir.0, "")),
+            get(&m, "load_avg"),
+        );
+        eprintln!(
+            "cold_start: round {round}: {} records loaded ({} car parks), Opened.took {:.2} s; during open, CPU {:.1} s user + {:.1} s system; RSS before {:.0} MB, after open {:.0} MB; FindNearby returned {}",
+            get(&m, "records"),
+            get(&m, "records_car_park"),
+            get(&m, "took_s"),
+            get(&m, "open_user_s"),
+            get(&m, "open_sys_s"),
+            get(&m, "rss_before_mb"),
+            get(&m, "rss_open_mb"),
+            get(&m, "nearby_results")
+        );
+        let _ = std::io::stdout().flush();
+    }
+    println!(
+        "| **median** | {n} | {region_count} | {:.1} s | {:.2} s | {:.2} s | {:.0} MB | {:.0} MB | {:.0} MB | |",
+        get(&filled, "load_s"),
+        common::median(opens),
+        common::median(servings),
+        common::median(rss),
+        common::median(hwm),
+        mb(file_bytes(&dir.0, ""))
     );
 }

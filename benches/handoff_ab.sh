@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A/B of gate reports with plates (benches/ingest.rs with CITYPARK_BENCH_PLATES=1, the
-# ratio of Publish to Ping) between two builds, on the embedded store, interleaved
+# ratio of Publish to Ping) between two builds, on the embedded store kept in memory
+# (`--store memory` where the build has the durable store, as the default), interleaved
 # (A B B A): each build gets a warm-up of 20 s of gate reports (about a million
 # sessions) and a pause of 45 s; build B runs with a hot window of one minute, so its
 # hand-off moves the warm-up's sessions to a PostgreSQL history while the measured
@@ -23,8 +24,11 @@ run() {
   local side=$1 dir=$2 port=$((50600 + RANDOM % 100)) mport=$((9700 + RANDOM % 100))
   local hash
   hash=$("$dir/target/release/citypark" hash-key "$key")
+  # Memory, as both builds had it: a durable store would also carry one run's live
+  # state into the next run of the same build through the shared data directory.
+  store_args memory "" "$out" "$dir/target/release/citypark"
   "$dir/target/release/citypark" serve --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport \
-    --http-addr 127.0.0.1:0 --log warn --api-keys "bench:$hash" >"$out/$side.log" 2>&1 &
+    --http-addr 127.0.0.1:0 --log warn --api-keys "bench:$hash" "${store_args[@]}" >"$out/$side.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$mport/metrics" >/dev/null && break; sleep 0.5; done
   local bench

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# History benchmarks (benches/history.rs), on the embedded store and on a standalone
-# Redis started here, with a PostgreSQL history (a database of their own on the
-# server at $CITYPARK_BENCH_POSTGRES, default the local one, dropped at the end):
+# History benchmarks (benches/history.rs), on the embedded store kept in memory
+# (`memory`: the figures of record in BENCHMARKS.md) and on a standalone Redis started
+# here, with a PostgreSQL history (a database of their own on the server at
+# $CITYPARK_BENCH_POSTGRES, default the local one, dropped at the end):
 #   1. drain: N finished sessions in the live store moved to history (sessions/s), then
 #      ListMySessions over them (p50/p99, and calls/s against Ping);
 #   2. gates: N sessions through Ingest.Publish into the real binary (hot window and
@@ -9,8 +10,11 @@
 #      used_memory after each run's hand-off (the second should leave them where the
 #      first did).
 # Usage: benches/history.sh [sessions] [parts: drain,gates]
-#   (CITYPARK_BENCH_STORES="redis" runs one store only; CITYPARK_BENCH_SERVE_ARGS adds
-#   flags to the gates' server, e.g. "--change-buffer 64")
+#   (CITYPARK_BENCH_STORES="redis" runs one store only, default "memory redis";
+#   "durable" runs the gates on the durable embedded store, serve's default, in a data
+#   directory of its own — the drain runs in this process on the memory store only, so
+#   it skips durable; "embedded" is the memory store's old name. CITYPARK_BENCH_SERVE_ARGS
+#   adds flags to the gates' server, e.g. "--change-buffer 64")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/demo-city.sh
@@ -47,7 +51,12 @@ sleep 0.5
 redis_url="redis://127.0.0.1:$redis_port/0"
 
 if [[ $parts == *drain* ]]; then
-  for store in ${CITYPARK_BENCH_STORES:-embedded redis}; do
+  for store in ${CITYPARK_BENCH_STORES:-memory redis}; do
+    [ "$store" = embedded ] && store=memory
+    if [ "$store" = durable ]; then
+      echo "== durable: drain skipped (benches/history.rs drains an in-process memory or Redis store)"
+      continue
+    fi
     echo "== $store: drain"
     new_db
     redis_env=()
@@ -61,7 +70,8 @@ if [[ $parts == *gates* ]]; then
   key=bench-key
   hash=$("$citypark" hash-key "$key")
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$out/plate.key"
-  for store in ${CITYPARK_BENCH_STORES:-embedded redis}; do
+  for store in ${CITYPARK_BENCH_STORES:-memory redis}; do
+    [ "$store" = embedded ] && store=memory
     echo "== $store: gates"
     new_db
     redis-cli -p "$redis_port" flushall >/dev/null
@@ -72,10 +82,17 @@ if [[ $parts == *gates* ]]; then
     # shellcheck disable=SC2206 # flags, split on spaces on purpose
     args+=(${CITYPARK_BENCH_SERVE_ARGS:-})
     redis_env=()
-    if [ "$store" = redis ]; then
-      args+=(--store "$redis_url")
-      redis_env=(CITYPARK_BENCH_REDIS="$redis_url")
-    fi
+    case $store in
+      # The memory store is what the figures of record measured (before the durable
+      # store became serve's default); durable keeps its live state in --data-dir
+      # "$out/durable", new for this run.
+      memory) args+=(--store memory) ;;
+      durable) ;;
+      redis)
+        args+=(--store "$redis_url")
+        redis_env=(CITYPARK_BENCH_REDIS="$redis_url") ;;
+      *) echo "unknown store $store" >&2; exit 1 ;;
+    esac
     "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$mport/metrics" >/dev/null && break; sleep 0.5; done

@@ -1,8 +1,8 @@
 //! Ingest benchmark: occupancy reports per second over `Ingest.Publish` against the
 //! `Ping` echo baseline, driven by the same tonic client in the same run.
 //!
-//! It needs a running server; `benches/ingest.sh` starts one per store (embedded,
-//! Redis) and runs this. Environment: `CITYPARK_BENCH_SERVER` (gRPC URL),
+//! It needs a running server; `benches/ingest.sh` starts one per store (memory,
+//! durable, Redis) and runs this. Environment: `CITYPARK_BENCH_SERVER` (gRPC URL),
 //! `CITYPARK_BENCH_KEY` (an operator API key the server knows), `CITYPARK_BENCH_METRICS`
 //! (metrics URL, optional: reports per Redis round trip), `CITYPARK_BENCH_ROUNDS`,
 //! `CITYPARK_BENCH_SECONDS`, and `CITYPARK_BENCH_PLATES=1` to send gate reports instead:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Ingest benchmark: Publish reports/s against Ping (same tonic client, same run), on
-# the embedded store and on a standalone Redis started here; also FindNearby against
-# Ping with h2load on both, and Redis reports per round trip.
+# the embedded store kept in memory (`--store memory`), on the durable embedded store
+# (the default: live.sqlite3 in a new data directory) and on a standalone Redis started
+# here; also FindNearby against Ping with h2load on each, Redis reports per round trip,
+# and the durable store's writes per commit (one fsync each).
 # Usage: benches/ingest.sh [rounds] [seconds-per-run]
 # CITYPARK_BIN and CITYPARK_BENCH_BIN, when both set, are the server and the bench
 # client to use instead of building this tree's (benches/ab.sh sets them).
@@ -59,19 +61,22 @@ nearby_ratio() { # port -> "ping nearby ratio" medians over $rounds
   python3 -c "import statistics,sys; p=[float(x or 0) for x in sys.argv[1].split(',')]; f=[float(x or 0) for x in sys.argv[2].split(',')]; ok=[(a,b) for a,b in zip(p,f) if a>0 and b>0]; print(f'Ping {statistics.median(a for a,_ in ok):.0f} req/s, FindNearby {statistics.median(b for _,b in ok):.0f} req/s, ratio {statistics.median([b/a for a,b in ok]):.2f}' if ok else 'no complete h2load run')" "$(IFS=,; echo "${p[*]}")" "$(IFS=,; echo "${f[*]}")"
 }
 
-for store in embedded redis; do
+for store in $BENCH_STORES; do
   port=$((50200 + ${#pids[@]})); mport=$((9700 + ${#pids[@]}))
   args=(serve --demo --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --http-addr 127.0.0.1:0 --log warn --api-keys "bench:$hash")
-  [ "$store" = redis ] && args+=(--store "redis://127.0.0.1:$redis_port/0")
+  store_args "$store" "redis://127.0.0.1:$redis_port/0" "$out" "$citypark" || { echo "== $store: skipped (no such store in $citypark)"; continue; }
+  args+=("${store_args[@]}")
   "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
   pids+=($!)
   wait_for_demo_city "$mport"
   echo "== $store: FindNearby (h2load)"
   nearby_ratio "$port"
   echo "== $store: Publish (tonic client)"
+  before=$(store_commits "$mport")
   CITYPARK_BENCH_SERVER="http://127.0.0.1:$port" CITYPARK_BENCH_KEY=$key CITYPARK_BENCH_ROUNDS=$rounds \
     CITYPARK_BENCH_SECONDS=$seconds CITYPARK_BENCH_METRICS="http://127.0.0.1:$mport/metrics" "$bench"
+  [ "$store" = durable ] && durable_commits "$mport" "$before"
   echo "== $store: redis round trips by purpose"
-  curl -s "http://127.0.0.1:$mport/metrics" | grep '^citypark_redis_round_trips_total' || echo "(none: embedded)"
+  curl -s "http://127.0.0.1:$mport/metrics" | grep '^citypark_redis_round_trips_total' || echo "(none: $store store)"
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
 done

@@ -2,8 +2,10 @@
 # Sessions benchmark: gate reports over Ingest.Publish (each the entry or the exit of
 # one car with its plate, so every report opens or closes a parking session, matched by
 # its plate) against Ping (same tonic client, same run), next to plain Publish (deltas
-# without plates) in the same server; on the embedded store and on a standalone Redis
-# started here. The plates are not linked: sessions close at the barrier, no charge.
+# without plates) in the same server; on the embedded store kept in memory (`--store
+# memory`), on the durable embedded store (the default: live.sqlite3 in a new data
+# directory) and on a standalone Redis started here. The plates are not linked:
+# sessions close at the barrier, no charge.
 # Usage: benches/sessions.sh [rounds] [seconds-per-run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,17 +28,20 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$out" --save "" --appe
   --appendfsync everysec --daemonize no --logfile "$out/redis.log" &
 pids+=($!)
 sleep 0.5
-for store in embedded redis; do
+for store in $BENCH_STORES; do
   port=$((50400 + ${#pids[@]})); mport=$((9900 + ${#pids[@]}))
   args=(serve --grpc-addr 127.0.0.1:$port --metrics-addr 127.0.0.1:$mport --http-addr 127.0.0.1:0 --log warn --api-keys "bench:$hash")
-  [ "$store" = redis ] && args+=(--store "redis://127.0.0.1:$redis_port/0")
+  store_args "$store" "redis://127.0.0.1:$redis_port/0" "$out" "$citypark" || { echo "== $store: skipped (no such store in $citypark)"; continue; }
+  args+=("${store_args[@]}")
   "$citypark" "${args[@]}" >"$out/$store.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$mport/metrics" >/dev/null && break; sleep 0.5; done
   for plates in 0 1; do
     echo "== $store: $([ $plates = 1 ] && echo 'Publish with plates (sessions)' || echo 'Publish without plates')"
+    before=$(store_commits "$mport")
     CITYPARK_BENCH_SERVER="http://127.0.0.1:$port" CITYPARK_BENCH_KEY=$key CITYPARK_BENCH_ROUNDS=$rounds \
       CITYPARK_BENCH_SECONDS=$seconds CITYPARK_BENCH_PLATES=$plates "$bench"
+    [ "$store" = durable ] && durable_commits "$mport" "$before"
   done
   echo "== $store: sessions by result"
   curl -s "http://127.0.0.1:$mport/metrics" | grep '^citypark_sessions_total' || true

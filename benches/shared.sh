@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Shared-parking benchmark: SearchOffers, FindNearby with include_shared and BookOffer
-# against Ping (same tonic client, same run), on the embedded store
-# and on a standalone Redis started here. Each server runs --demo (its driver tokens
-# are signed with the demo secret) with the demo's operators streaming occupancy.
+# against Ping (same tonic client, same run), on the embedded store kept in memory
+# (`--store memory`), on the durable embedded store (the default: live.sqlite3 in a new
+# data directory; its writes per commit too) and on a standalone Redis started here.
+# Each server runs --demo (its driver tokens are signed with the demo secret) with the
+# demo's operators streaming occupancy.
 # Usage: benches/shared.sh [rounds] [seconds-per-run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
