@@ -68,45 +68,26 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match cli.command {
         Command::Serve(config) => serve(*config, &runtime),
-        Command::Token(args) => match reserve::token(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("citypark: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::History(command) => match runtime.block_on(history::run(command)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("citypark: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Backup(args) => match live::backup(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("citypark: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::ExportToRedis(args) => match runtime.block_on(live::export_to_redis(args)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("citypark: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Token(args) => exit_with(reserve::token(args)),
+        Command::History(command) => exit_with(runtime.block_on(history::run(command))),
+        Command::Backup(args) => exit_with(live::backup(args)),
+        Command::ExportToRedis(args) => exit_with(runtime.block_on(live::export_to_redis(args))),
         Command::HashKey { key } => {
             println!("{}", citypark::auth::hash_key(&key));
             ExitCode::SUCCESS
         }
-        Command::Client(command) => match runtime.block_on(client::run(*command)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("citypark: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Client(command) => exit_with(runtime.block_on(client::run(*command))),
+    }
+}
+
+/// A command's exit: success, or its error on stderr and a failure status.
+fn exit_with(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("citypark: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

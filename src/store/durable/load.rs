@@ -156,7 +156,8 @@ pub(super) fn load(
 }
 
 /// The kinds' names in load order.
-pub fn kind_names() -> Vec<&'static str> {
+#[cfg(test)]
+pub(super) fn kind_names() -> Vec<&'static str> {
     KINDS.iter().map(|k| k.name()).collect()
 }
 
@@ -173,7 +174,10 @@ pub(super) fn compacted() -> Vec<&'static str> {
 mod tests {
     #[test]
     fn every_kind_redis_loads_is_loaded_here_in_the_same_order() {
-        assert_eq!(super::kind_names(), crate::store::redis::kind_names());
+        assert_eq!(
+            super::kind_names(),
+            crate::store::redis::kinds::kind_names()
+        );
         assert_eq!(super::kind_names(), crate::store::fuzzing::KINDS);
     }
 

@@ -32,7 +32,6 @@ use crate::{
 pub use backup::{Backup, backup};
 pub use export::export_to_redis;
 pub use file::FILE;
-pub use load::kind_names;
 use writer::{Job, Pending};
 
 /// Commits to the live-state file before it commits to the engine.

@@ -114,8 +114,9 @@ pub(super) const KINDS: &[&dyn Kind] = &[
     &Of::<Arrear>(PhantomData),
 ];
 
-/// The kinds' names in load order.
-pub fn kind_names() -> Vec<&'static str> {
+/// The kinds' names in load order (the durable store's test holds its list to it).
+#[cfg(test)]
+pub(crate) fn kind_names() -> Vec<&'static str> {
     KINDS.iter().map(|k| k.name()).collect()
 }
 

@@ -10,8 +10,7 @@
 mod conn;
 mod ids;
 mod keys;
-mod kinds;
-pub use kinds::kind_names;
+pub(crate) mod kinds;
 mod snapshot;
 mod tail;
 mod writer;
