@@ -232,18 +232,25 @@ impl Service {
         let _turn = turn.lock().await;
         let now = self.now();
         // A reservation the plate checks in to comes first: the session it opens may
-        // be prepaid by it. Only for a report that applies (a resent one does not).
+        // be prepaid by it. Only for a report that applies (a resent one does not),
+        // and tried only for a plate with a reservation here (most have none), so a
+        // gate report is not decided twice for nothing.
+        let reserved = !self
+            .engine
+            .reservations_for_plate(&car_park.id, &sighting.read.plate)
+            .is_empty();
         let current = Versioned::<CarParkState>::in_replica(&self.engine, car_park.id.as_str());
-        let applies = current.record.as_ref().is_some_and(|record| {
-            let (results, _) = record.apply_reports([(report, caller)], now);
-            matches!(
-                results.first(),
-                Some(Ok(Applied {
-                    outcome: ReportOutcome::Applied { .. },
-                    ..
-                }))
-            )
-        });
+        let applies = reserved
+            && current.record.as_ref().is_some_and(|record| {
+                let (results, _) = record.apply_reports([(report, caller)], now);
+                matches!(
+                    results.first(),
+                    Some(Ok(Applied {
+                        outcome: ReportOutcome::Applied { .. },
+                        ..
+                    }))
+                )
+            });
         if applies {
             self.plates_seen(vec![sighting.clone()]).await;
         }
