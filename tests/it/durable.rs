@@ -294,12 +294,29 @@ async fn a_stopped_binary_s_city_moves_to_redis_whole() {
     assert!(gone_version > 0, "a tombstone");
     server.stop().await.unwrap();
 
-    let written = durable::export_to_redis(dir.path(), options(), clock.clone())
-        .await
+    // Through the command an operator runs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
+        .arg("export-to-redis")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--store", &redis.url(), "--redis-prefix", &prefix])
+        .env_clear()
+        .output()
         .unwrap();
-    let count = |kind: &str| written.iter().find(|(k, _)| *k == kind).map(|(_, n)| *n);
-    assert_eq!(count("car_park"), Some(3), "{written:?}");
-    assert_eq!(count("reservation"), Some(1), "{written:?}");
+    let written = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{written} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = |kind: &str| {
+        written
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{kind}\t")))
+            .map(str::to_owned)
+    };
+    assert_eq!(count("car_park").as_deref(), Some("3"), "{written}");
+    assert_eq!(count("reservation").as_deref(), Some("1"), "{written}");
     let again = durable::export_to_redis(dir.path(), options(), clock)
         .await
         .unwrap_err()
