@@ -5,6 +5,7 @@
 
 use std::{pin::Pin, sync::Arc};
 
+use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
@@ -236,36 +237,49 @@ fn ack_rejected(report: (String, u64), error: &Error) -> pb::ReportAck {
     }
 }
 
-impl Api {
-    /// Acks for one batch, in order: invalid reports are rejected here, the valid ones
-    /// go to the store together so a backend can write them in one round trip.
-    async fn publish_batch(
-        &self,
-        caller: &OperatorId,
-        reports: Vec<pb::OccupancyReport>,
-    ) -> Vec<pb::ReportAck> {
-        let keys: Vec<_> = reports
+/// A Publish message's reports as read: each one's key (car park, sequence) and whether
+/// it parsed; the valid ones went to the service, in order.
+struct Read {
+    keys: Vec<(String, u64)>,
+    parsed: Vec<Result<()>>,
+}
+
+impl Read {
+    fn of(reports: Vec<pb::OccupancyReport>) -> (Self, Vec<crate::domain::Report>) {
+        let keys = reports
             .iter()
             .map(|r| (r.car_park_id.clone(), r.sequence))
             .collect();
         let mut valid = Vec::with_capacity(reports.len());
-        let parsed: Vec<Result<()>> = reports
+        let parsed = reports
             .into_iter()
             .map(|r| convert::report(r).map(|r| valid.push(r)))
             .collect();
-        let mut results = match self.service.report(caller, valid).await {
+        (Self { keys, parsed }, valid)
+    }
+
+    /// Acks in order: invalid reports rejected as read, the valid ones as the service
+    /// answered (`results`, one per valid report, or one error for them all).
+    fn acks(
+        self,
+        caller: &OperatorId,
+        results: Result<Vec<Result<Applied>>>,
+    ) -> Vec<pb::ReportAck> {
+        let valid = self.parsed.iter().filter(|p| p.is_ok()).count();
+        let mut results = match results {
             Ok(results) => results.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
-            Err(error) => vec![Err(error); parsed.iter().filter(|p| p.is_ok()).count()].into_iter(),
+            Err(error) => vec![Err(error); valid].into_iter(),
         };
-        keys.into_iter()
-            .zip(parsed)
+        self.keys
+            .into_iter()
+            .zip(self.parsed)
             .map(|(key, parsed)| {
                 let result = match parsed {
                     Err(error) => {
                         crate::metrics::record_report(&Err(error.clone()));
                         Err(error)
                     }
-                    Ok(_) => match results.next().expect("one result per valid report") {
+                    Ok(()) => match results.next().expect("one result per valid report") {
                         Ok(Ok(applied)) => Ok(applied),
                         Ok(Err(error)) | Err(error) => Err(error),
                     },
@@ -279,6 +293,11 @@ impl Api {
             .collect()
     }
 }
+
+/// A Publish stream's messages in decision at once: the next ones are queued while the
+/// first is decided, so a store that batches (Redis, the durable store) takes several
+/// of a stream's messages into one commit. Acks still go back in order.
+const PUBLISH_WINDOW: usize = 8;
 
 #[tonic::async_trait]
 impl pb::ingest_server::Ingest for Api {
@@ -316,26 +335,32 @@ impl pb::ingest_server::Ingest for Api {
         let (tx, rx) = mpsc::channel(16);
         let api = self.clone();
         self.service.spawn(async move {
-            loop {
+            let mut in_flight = FuturesOrdered::new();
+            // Why the stream ends, once the messages in decision are answered.
+            let end = loop {
                 let message = tokio::select! {
+                    biased;
                     _ = api.shutdown.cancelled() => {
-                        let error = Error::Unavailable(
+                        break Some(Error::Unavailable(
                             "server shutting down; reconnect and resend from the last ack".into(),
-                        );
-                        let _ = tx.send(Err(error.into())).await;
-                        return;
+                        ).into());
                     }
-                    m = inbound.next() => m,
+                    Some(acks) = in_flight.next(), if !in_flight.is_empty() => {
+                        if tx.send(Ok(pb::PublishResponse { acks })).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    m = inbound.next(), if in_flight.len() < PUBLISH_WINDOW => m,
                 };
                 let batch = match message {
-                    None => return,
+                    None => break None,
+                    // A message that could not be read (too large, malformed) ends the
+                    // stream with its status, not with a silent OK; a client that went
+                    // away is not listening, so the send fails harmlessly.
                     Some(Err(status)) => {
-                        // A message that could not be read (too large, malformed) ends
-                        // the stream with its status, not with a silent OK; a client
-                        // that went away is not listening, so the send fails harmlessly.
                         tracing::debug!(%status, "publish stream ended by the client");
-                        let _ = tx.send(Err(status)).await;
-                        return;
+                        break Some(status);
                     }
                     Some(Ok(batch)) => batch,
                 };
@@ -344,13 +369,28 @@ impl pb::ingest_server::Ingest for Api {
                     let error = Error::ResourceExhausted(format!(
                         "more than {max} reports in one PublishRequest"
                     ));
-                    let _ = tx.send(Err(error.into())).await;
-                    return;
+                    break Some(error.into());
                 }
-                let acks = api.publish_batch(&caller, batch.reports).await;
+                let (read, valid) = Read::of(batch.reports);
+                if !api.service.queues_ahead(&valid) {
+                    // A gate report is decided after what came before it is answered.
+                    while let Some(acks) = in_flight.next().await {
+                        if tx.send(Ok(pb::PublishResponse { acks })).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let queued = api.service.queue_reports(&caller, valid).await;
+                let caller = caller.clone();
+                in_flight.push_back(async move { read.acks(&caller, queued.results().await) });
+            };
+            while let Some(acks) = in_flight.next().await {
                 if tx.send(Ok(pb::PublishResponse { acks })).await.is_err() {
                     return;
                 }
+            }
+            if let Some(status) = end {
+                let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -9,7 +9,9 @@
 //! goes alone at once. The durable embedded store batches the same way (a commit is a
 //! sync to disk); on the in-memory one a call is decided in its own task. A gate
 //! report (a plate at an entry or exit) goes alone, with its session
-//! (`Service::gate_report`).
+//! (`Service::gate_report`). A Publish stream queues its next messages while the
+//! earlier ones are decided (`queue_reports`), so a batch is not limited to one message
+//! per stream.
 
 use std::collections::HashMap;
 
@@ -124,6 +126,46 @@ fn shutting_down() -> Error {
     Error::Unavailable("server shutting down; reconnect and resend from the last ack".into())
 }
 
+/// A call's reports queued for the ingest task (`Service::queue_reports`).
+pub struct Queued(Waiting);
+
+enum Waiting {
+    /// In the queue (`None`: the ingest task had stopped); so many reports.
+    InLine(Option<oneshot::Receiver<Result<Vec<Result<Applied>>>>>, u64),
+    Done(Result<Vec<Result<Applied>>>),
+}
+
+impl Queued {
+    /// Each report's result once its batch is decided; the outer error fails them all.
+    pub async fn results(self) -> Result<Vec<Result<Applied>>> {
+        let (results, count) = match self.0 {
+            Waiting::Done(results) => return results,
+            Waiting::InLine(Some(answer), count) => {
+                (answer.await.unwrap_or_else(|_| Err(shutting_down())), count)
+            }
+            Waiting::InLine(None, count) => (Err(shutting_down()), count),
+        };
+        match &results {
+            Ok(results) => results.iter().for_each(metrics::record_report),
+            Err(error) => metrics::record_batch_failure(error, count),
+        }
+        results
+    }
+}
+
+/// Puts a call's reports in the ingest task's queue, waiting for room.
+async fn enqueue(ingest: &mpsc::Sender<Job>, caller: &OperatorId, reports: Vec<Report>) -> Queued {
+    let count = reports.len() as u64;
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        caller: caller.clone(),
+        reports,
+        reply,
+    };
+    let answer = ingest.send(job).await.ok().map(|()| answer);
+    Queued(Waiting::InLine(answer, count))
+}
+
 impl Service {
     /// Applies reports for `caller`, in order, each with its own result. The outer
     /// error fails the whole batch (nothing applied, e.g. the server is stopping).
@@ -195,7 +237,6 @@ impl Service {
         caller: &OperatorId,
         reports: Vec<Report>,
     ) -> Result<Vec<Result<Applied>>> {
-        let count = reports.len() as u64;
         let Some(ingest) = &self.ingest else {
             // No round trip to share: decided here, at once. Calls racing on one car
             // park may then conflict, and decide again (a lock's worth of work).
@@ -204,23 +245,34 @@ impl Service {
             results.iter().for_each(metrics::record_report);
             return Ok(results);
         };
-        let (reply, results) = oneshot::channel();
-        let job = Job {
-            caller: caller.clone(),
-            reports,
-            reply,
-        };
-        let results = match ingest.send(job).await {
-            Ok(()) => results.await.unwrap_or_else(|_| Err(shutting_down())),
-            Err(_) => Err(shutting_down()),
-        };
-        match &results {
-            Ok(results) => results.iter().for_each(metrics::record_report),
-            Err(error) => metrics::record_batch_failure(error, count),
-        }
-        results
+        enqueue(ingest, caller, reports).await.results().await
     }
 
+    /// Whether `reports` may be queued (`queue_reports`) before a stream's earlier
+    /// messages are answered: on a store whose writes the ingest task batches, with no
+    /// gate report among them (that one is decided with its session once what came
+    /// before it is).
+    pub fn queues_ahead(&self, reports: &[Report]) -> bool {
+        self.ingest.is_some() && plates_in(reports).is_empty()
+    }
+
+    /// Reports in their place in the ingest task's queue, answered when their batch is
+    /// decided. So a stream can queue its next message while this one is decided, and
+    /// the next batch holds every stream's messages, not one each. A caller's queued
+    /// calls are decided in the order they were queued, so a car park's reports stay
+    /// in order. Where `queues_ahead` is false they are decided here (`report`), and
+    /// the caller must have had its earlier calls answered first.
+    pub async fn queue_reports(&self, caller: &OperatorId, reports: Vec<Report>) -> Queued {
+        match &self.ingest {
+            Some(ingest)
+                if (1..=self.limits.max_batch).contains(&reports.len())
+                    && self.queues_ahead(&reports) =>
+            {
+                enqueue(ingest, caller, reports).await
+            }
+            _ => Queued(Waiting::Done(self.report(caller, reports).await)),
+        }
+    }
     /// Decides a batch of calls' reports: the reports on each car park, in arrival
     /// order, together, committed as one compare-and-set of the car park.
     async fn decide_reports(&self, jobs: &[(&OperatorId, &[Report])]) -> Vec<Vec<Result<Applied>>> {

@@ -26,6 +26,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use handoff::{HistorySettings, Retention};
+pub use ingest::Queued;
 pub use reservations::Caller;
 pub use samples::MAX_STEPS;
 pub use sessions::{Payments, SessionFilter, WalletView};

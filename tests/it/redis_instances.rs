@@ -753,6 +753,54 @@ async fn reports_are_batched_under_load() {
 }
 
 #[tokio::test]
+async fn a_streams_next_messages_are_queued_while_its_first_is_written() {
+    const MESSAGES: u64 = 8;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (url, prefix) = (redis.url(), key_prefix());
+    let server = TestServer::start_redis_with(&url, &prefix, shared_clock(), |_| {}).await;
+    register(&server, garage_north("queued", 10.0)).await;
+    let mut publisher = Publisher::open(&server, OPERATOR_A.1).await.unwrap();
+    let at = server.now();
+    let round_trips_before = server.backend.store.round_trips();
+    // The first message's write waits in Redis; the stream's next seven arrive
+    // meanwhile. Decided one message at a time, they would take a round trip each.
+    pause_writes(&url, 300).await;
+    for s in 1..=MESSAGES {
+        publisher
+            .send(vec![snapshot("queued", s, s as i32, at)])
+            .await;
+    }
+    let mut acks = Vec::new();
+    for _ in 1..=MESSAGES {
+        acks.extend(
+            publisher
+                .answer()
+                .await
+                .unwrap()
+                .expect("an answer per message"),
+        );
+    }
+    let round_trips = server.backend.store.round_trips() - round_trips_before;
+
+    // In order, each applied once, the last one standing.
+    let sequences: Vec<u64> = acks.iter().map(|a| a.sequence).collect();
+    assert_eq!(sequences, (1..=MESSAGES).collect::<Vec<_>>());
+    for ack in &acks {
+        assert_eq!(ack.result(), pb::ReportResult::Applied, "{ack:?}");
+    }
+    let state = states(&server, &["queued".to_owned()]).await.remove(0);
+    assert_eq!(state.expect("queued").last_sequence, MESSAGES);
+    // The first alone, the seven queued behind it together (a third if the pause ended
+    // while the stream was still being read).
+    assert!(
+        round_trips <= 3,
+        "{MESSAGES} messages of one stream took {round_trips} round trips"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_redis_at_start_is_a_clear_error_after_bounded_retries() {
     // A port that was free a moment ago: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
