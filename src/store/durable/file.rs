@@ -55,6 +55,18 @@ ON CONFLICT (kind, id) DO UPDATE SET
     removed_at = NULL
 ";
 
+/// Sets some of a record's parts, the row being there (a partial write needs its
+/// record): one lookup, where `UPSERT` tries an insert first.
+pub const UPDATE: &str = "
+UPDATE records SET
+    region = ?3,
+    version = ?4,
+    p0 = coalesce(?5, p0),
+    p1 = coalesce(?6, p1),
+    removed_at = NULL
+WHERE kind = ?1 AND id = ?2
+";
+
 /// Leaves a tombstone where a record was.
 pub const REMOVE: &str = "
 INSERT INTO records (kind, id, region, version, p0, p1, removed_at)

@@ -13,7 +13,7 @@ use std::{
 use rusqlite::{Connection, params};
 use tokio::sync::{oneshot, watch};
 
-use super::file::{REMOVE, UPSERT};
+use super::file::{REMOVE, UPDATE, UPSERT};
 use crate::{
     domain::{Error, Result, Timestamp},
     engine::Engine,
@@ -238,6 +238,7 @@ impl Writer {
         let tx = self.conn.transaction().map_err(failed)?;
         {
             let mut upsert = tx.prepare_cached(UPSERT).map_err(failed)?;
+            let mut update = tx.prepare_cached(UPDATE).map_err(failed)?;
             let mut remove = tx.prepare_cached(REMOVE).map_err(failed)?;
             for (groups, now) in outcomes {
                 let now_ms = now.as_millisecond();
@@ -248,9 +249,19 @@ impl Writer {
                     match &pending.parts {
                         Some(parts) => {
                             let part = |i: usize| parts.get(i).and_then(Option::as_deref);
-                            upsert
-                                .execute(params![kind, id, region, version, part(0), part(1)])
-                                .map_err(failed)?;
+                            let values = params![kind, id, region, version, part(0), part(1)];
+                            let changed = if pending.needs_record() {
+                                update.execute(values)
+                            } else {
+                                upsert.execute(values)
+                            };
+                            if changed.map_err(failed)? != 1 {
+                                // Decided against the engine, which holds what the file
+                                // does: a missing row is a bug, and the batch is undone.
+                                return Err(Error::Internal(format!(
+                                    "no row for {kind} {id} in the live-state file"
+                                )));
+                            }
                         }
                         None => {
                             remove
