@@ -113,11 +113,17 @@ wait_for_demo_city() {
 run_on_each_store() {
   local name=$1 title=$2 rounds=${3:-3} seconds=${4:-3}
   command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server" >&2; exit 1; }
-  cargo build --release --quiet --bins --bench "$name"
   local citypark=./target/release/citypark bench redis_port=${REDIS_PORT:-16391}
+  # CITYPARK_BIN and CITYPARK_BENCH_BIN, when both set, are the server and the bench
+  # client to use instead of building this tree's (an A/B of two builds).
+  if [ -n "${CITYPARK_BIN:-}" ] && [ -n "${CITYPARK_BENCH_BIN:-}" ]; then
+    citypark=$CITYPARK_BIN bench=$CITYPARK_BENCH_BIN
+  else
+    cargo build --release --quiet --bins --bench "$name"
+    bench=$(ls -t target/release/deps/"$name"-* | grep -v '\.d$' | head -1)
+  fi
   # Global: the EXIT trap reads them after this function has returned.
   out=""
-  bench=$(ls -t target/release/deps/"$name"-* | grep -v '\.d$' | head -1)
   out=$(mktemp -d)
   pids=()
   trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; drop_bench_history; rm -rf "$out"' EXIT
