@@ -492,3 +492,53 @@ async fn finished_records_leave_the_file_and_a_restart_reads_them_from_history()
     let next = report_ok(&server, gate("g1", 12, true, "鲁B11111", server.now())).await;
     assert!(!next.session_id.is_empty(), "{next:?}");
 }
+
+#[tokio::test]
+async fn gate_reports_among_a_streams_queued_messages_keep_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_on(dir.path()).await;
+    crate::sessions::open_garage(&server, "g1").await;
+    let mut publisher = Publisher::open(&server, OPERATOR_A.1).await.unwrap();
+    let at = server.now();
+    // Sent without waiting for acks: plain deltas are queued ahead, and each plate's
+    // entry must wait for the messages before it. Out of order, a later sequence would
+    // land first and the earlier ones be refused as stale.
+    let plates = ["鲁B10001", "鲁B10002", "鲁B10003", "鲁B10004"];
+    let mut gates = plates.iter();
+    for sequence in 2..=21 {
+        let report = match sequence % 5 {
+            0 => crate::sessions::gate("g1", sequence, true, gates.next().unwrap(), at),
+            _ => delta("g1", sequence, 1, 1, at),
+        };
+        publisher.send(vec![report]).await;
+    }
+    let mut acks = Vec::new();
+    for _ in 2..=21 {
+        acks.extend(
+            publisher
+                .answer()
+                .await
+                .unwrap()
+                .expect("an answer per message"),
+        );
+    }
+    let sequences: Vec<u64> = acks.iter().map(|a| a.sequence).collect();
+    assert_eq!(sequences, (2..=21).collect::<Vec<_>>());
+    for ack in &acks {
+        assert_eq!(ack.result(), pb::ReportResult::Applied, "{ack:?}");
+    }
+    let state = states(&server, &["g1".to_owned()]).await.remove(0);
+    assert_eq!(state.expect("g1").last_sequence, 21);
+    let sessions = crate::sessions::list_sessions(
+        &server,
+        OPERATOR_A.1,
+        pb::ListSessionsRequest {
+            car_park_id: "g1".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut opened: Vec<String> = sessions.iter().map(|s| s.plate.clone()).collect();
+    opened.sort();
+    assert_eq!(opened, plates);
+}
