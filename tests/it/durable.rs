@@ -505,28 +505,13 @@ async fn gate_reports_among_a_streams_queued_messages_keep_their_place() {
     // land first and the earlier ones be refused as stale.
     let plates = ["鲁B10001", "鲁B10002", "鲁B10003", "鲁B10004"];
     let mut gates = plates.iter();
-    for sequence in 2..=21 {
-        let report = match sequence % 5 {
+    let reports = (2..=21)
+        .map(|sequence| match sequence % 5 {
             0 => crate::sessions::gate("g1", sequence, true, gates.next().unwrap(), at),
             _ => delta("g1", sequence, 1, 1, at),
-        };
-        publisher.send(vec![report]).await;
-    }
-    let mut acks = Vec::new();
-    for _ in 2..=21 {
-        acks.extend(
-            publisher
-                .answer()
-                .await
-                .unwrap()
-                .expect("an answer per message"),
-        );
-    }
-    let sequences: Vec<u64> = acks.iter().map(|a| a.sequence).collect();
-    assert_eq!(sequences, (2..=21).collect::<Vec<_>>());
-    for ack in &acks {
-        assert_eq!(ack.result(), pb::ReportResult::Applied, "{ack:?}");
-    }
+        })
+        .collect();
+    publisher.send_ahead_and_apply(reports).await;
     let state = states(&server, &["g1".to_owned()]).await.remove(0);
     assert_eq!(state.expect("g1").last_sequence, 21);
     let sessions = crate::sessions::list_sessions(

@@ -1078,6 +1078,29 @@ impl Publisher {
         assert_eq!(acks.len(), n, "one ack per report");
         acks
     }
+
+    /// Sends each report as a message of its own without waiting, then checks that
+    /// every one is acked, in order, as applied.
+    pub async fn send_ahead_and_apply(&mut self, reports: Vec<pb::OccupancyReport>) {
+        let sent: Vec<u64> = reports.iter().map(|r| r.sequence).collect();
+        for report in reports {
+            self.send(vec![report]).await;
+        }
+        let mut acks = Vec::new();
+        for _ in &sent {
+            acks.extend(
+                self.answer()
+                    .await
+                    .expect("publish stream failed")
+                    .expect("an answer per message"),
+            );
+        }
+        let acked: Vec<u64> = acks.iter().map(|a| a.sequence).collect();
+        assert_eq!(acked, sent, "one ack per report, in order");
+        for ack in &acks {
+            assert_eq!(ack.result(), pb::ReportResult::Applied, "{ack:?}");
+        }
+    }
 }
 
 /// Redis-backed servers with store options of the test's choosing, and servers that can
