@@ -615,48 +615,90 @@ fn main() {
         mb(used)
     );
 
-    println!(
-        "| run | car parks | regions | Redis bulk load | open (snapshot load) | to SERVING | RSS after | peak RSS (VmHWM) | Redis used_memory | load avg |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let (mut opens, mut servings, mut rss, mut hwm) = (vec![], vec![], vec![], vec![]);
-    for round in 1..=rounds {
-        let m = child(&["--measure-only", &url], &env);
-        assert_eq!(get(&m, "held") as usize, n);
-        opens.push(get(&m, "open_s"));
-        servings.push(get(&m, "serving_s"));
-        rss.push(get(&m, "rss_after_mb"));
-        hwm.push(get(&m, "hwm_mb"));
+    let table = Table {
+        n,
+        region_count,
+        fill: "Redis bulk load",
+        open: "open (snapshot load)",
+        store: "Redis used_memory",
+        fill_s: get(&loaded, "load_s"),
+    };
+    table.rounds(rounds, &["--measure-only", &url], &env, || mb(used), |m| {
+        format!(
+            "during open, CPU {:.1} s user + {:.1} s system here, {:.1} s in Redis; RSS before {:.0} MB, after open {:.0} MB; FindNearby returned {}",
+            get(m, "open_user_s"),
+            get(m, "open_sys_s"),
+            get(m, "open_redis_cpu_s"),
+            get(m, "rss_before_mb"),
+            get(m, "rss_open_mb"),
+            get(m, "nearby_results")
+        )
+    });
+}
+
+/// A cold start's results table: the city, the columns that name the store, and how
+/// long it took to fill.
+struct Table {
+    n: usize,
+    region_count: usize,
+    fill: &'static str,
+    open: &'static str,
+    store: &'static str,
+    fill_s: f64,
+}
+
+impl Table {
+    /// Runs `rounds` fresh instances (this binary with `args`), one row each, then the
+    /// medians; `store_mb` is the store's size, `detail` a round's line on stderr.
+    fn rounds(
+        &self,
+        rounds: usize,
+        args: &[&str],
+        env: &[(&str, String)],
+        store_mb: impl Fn() -> f64,
+        detail: impl Fn(&[(String, f64)]) -> String,
+    ) {
+        let Self {
+            n,
+            region_count,
+            fill,
+            open,
+            store,
+            fill_s,
+        } = self;
         println!(
-            "| {round} | {n} | {region_count} | {:.1} s | {:.2} s | {:.2} s | {:.0} MB | {:.0} MB | {:.0} MB | {:.1} |",
-            get(&loaded, "load_s"),
-            get(&m, "open_s"),
-            get(&m, "serving_s"),
-            get(&m, "rss_after_mb"),
-            get(&m, "hwm_mb"),
-            mb(used),
-            get(&m, "load_avg"),
+            "| run | car parks | regions | {fill} | {open} | to SERVING | RSS after | peak RSS (VmHWM) | {store} | load avg |"
         );
-        eprintln!(
-            "cold_start: round {round}: during open, CPU {:.1} s user + {:.1} s system here, {:.1} s in Redis; RSS before {:.0} MB, after open {:.0} MB; FindNearby returned {}",
-            get(&m, "open_user_s"),
-            get(&m, "open_sys_s"),
-            get(&m, "open_redis_cpu_s"),
-            get(&m, "rss_before_mb"),
-            get(&m, "rss_open_mb"),
-            get(&m, "nearby_results")
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let (mut opens, mut servings, mut rss, mut hwm) = (vec![], vec![], vec![], vec![]);
+        for round in 1..=rounds {
+            let m = child(args, env);
+            assert_eq!(get(&m, "held") as usize, *n);
+            opens.push(get(&m, "open_s"));
+            servings.push(get(&m, "serving_s"));
+            rss.push(get(&m, "rss_after_mb"));
+            hwm.push(get(&m, "hwm_mb"));
+            println!(
+                "| {round} | {n} | {region_count} | {fill_s:.1} s | {:.2} s | {:.2} s | {:.0} MB | {:.0} MB | {:.0} MB | {:.1} |",
+                get(&m, "open_s"),
+                get(&m, "serving_s"),
+                get(&m, "rss_after_mb"),
+                get(&m, "hwm_mb"),
+                store_mb(),
+                get(&m, "load_avg"),
+            );
+            eprintln!("cold_start: round {round}: {}", detail(&m));
+            let _ = std::io::stdout().flush();
+        }
+        println!(
+            "| **median** | {n} | {region_count} | {fill_s:.1} s | {:.2} s | {:.2} s | {:.0} MB | {:.0} MB | {:.0} MB | |",
+            common::median(opens),
+            common::median(servings),
+            common::median(rss),
+            common::median(hwm),
+            store_mb()
         );
-        let _ = std::io::stdout().flush();
     }
-    println!(
-        "| **median** | {n} | {region_count} | {:.1} s | {:.2} s | {:.2} s | {:.0} MB | {:.0} MB | {:.0} MB | |",
-        get(&loaded, "load_s"),
-        common::median(opens),
-        common::median(servings),
-        common::median(rss),
-        common::median(hwm),
-        mb(used)
-    );
 }
 
 /// A new data directory under the temporary directory, removed on drop.
@@ -697,48 +739,26 @@ fn durable_cold_start(n: usize, region_count: usize, rounds: usize) {
         mb(bytes),
     );
 
-    println!(
-        "| run | car parks | regions | durable fill | open (load) | to SERVING | RSS after | peak RSS (VmHWM) | {FILE} | load avg |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let (mut opens, mut servings, mut rss, mut hwm) = (vec![], vec![], vec![], vec![]);
-    for round in 1..=rounds {
-        let m = child(&["--open-durable", &path], &env);
-        assert_eq!(get(&m, "held") as usize, n);
-        opens.push(get(&m, "open_s"));
-        servings.push(get(&m, "serving_s"));
-        rss.push(get(&m, "rss_after_mb"));
-        hwm.push(get(&m, "hwm_mb"));
-        println!(
-            "| {round} | {n} | {region_count} | {:.1} s | {:.2} s | {:.2} s | {:.0} MB | {:.0} MB | {:.0} MB | {:.1} |",
-            get(&filled, "load_s"),
-            get(&m, "open_s"),
-            get(&m, "serving_s"),
-            get(&m, "rss_after_mb"),
-            get(&m, "hwm_mb"),
-            mb(file_bytes(&dir.0, "")),
-            get(&m, "load_avg"),
-        );
-        eprintln!(
-            "cold_start: round {round}: {} records loaded ({} car parks), Opened.took {:.2} s; during open, CPU {:.1} s user + {:.1} s system; RSS before {:.0} MB, after open {:.0} MB; FindNearby returned {}",
-            get(&m, "records"),
-            get(&m, "records_car_park"),
-            get(&m, "took_s"),
-            get(&m, "open_user_s"),
-            get(&m, "open_sys_s"),
-            get(&m, "rss_before_mb"),
-            get(&m, "rss_open_mb"),
-            get(&m, "nearby_results")
-        );
-        let _ = std::io::stdout().flush();
-    }
-    println!(
-        "| **median** | {n} | {region_count} | {:.1} s | {:.2} s | {:.2} s | {:.0} MB | {:.0} MB | {:.0} MB | |",
-        get(&filled, "load_s"),
-        common::median(opens),
-        common::median(servings),
-        common::median(rss),
-        common::median(hwm),
-        mb(file_bytes(&dir.0, ""))
-    );
+    let table = Table {
+        n,
+        region_count,
+        fill: "durable fill",
+        open: "open (load)",
+        store: FILE,
+        fill_s: get(&filled, "load_s"),
+    };
+    let size = || mb(file_bytes(&dir.0, ""));
+    table.rounds(rounds, &["--open-durable", &path], &env, size, |m| {
+        format!(
+            "{} records loaded ({} car parks), Opened.took {:.2} s; during open, CPU {:.1} s user + {:.1} s system; RSS before {:.0} MB, after open {:.0} MB; FindNearby returned {}",
+            get(m, "records"),
+            get(m, "records_car_park"),
+            get(m, "took_s"),
+            get(m, "open_user_s"),
+            get(m, "open_sys_s"),
+            get(m, "rss_before_mb"),
+            get(m, "rss_open_mb"),
+            get(m, "nearby_results")
+        )
+    });
 }
