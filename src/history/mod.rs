@@ -85,6 +85,19 @@ pub struct SessionSums {
     pub fee_minor: i64,
 }
 
+/// One operator's local day as history holds it ([`History::day`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptDay {
+    /// The day's sessions, summed by state and payment.
+    pub sessions: Vec<SessionSums>,
+    /// The refunds posted on the day, by currency.
+    pub refunds: Vec<(String, i64)>,
+    /// Which of the live sessions asked about history holds too.
+    pub sessions_held: Vec<String>,
+    /// Which of the live ledger entries asked about history holds too.
+    pub entries_held: Vec<String>,
+}
+
 /// One car park's numbers of one category over one 5-minute bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
@@ -240,20 +253,19 @@ pub trait History: Send + Sync + 'static {
         ids: &[String],
     ) -> impl Future<Output = Result<Vec<String>>> + Send;
 
-    /// `operator`'s sessions that left on local `day`, summed by state and payment.
-    fn session_sums(
+    /// `operator`'s local `day` as history holds it: the sessions that left on it
+    /// summed by state and payment, the refunds posted in `[from, to)` by currency,
+    /// and which of the live `sessions` and `entries` (ids) it holds too, all read in
+    /// one snapshot. A record that moves from live state meanwhile is then in both the
+    /// sums and the "held too" lists or in neither, so live plus history counts it once.
+    fn day(
         &self,
         operator: &OperatorId,
         day: jiff::civil::Date,
-    ) -> impl Future<Output = Result<Vec<SessionSums>>> + Send;
-
-    /// Refunds from `operator`'s revenue posted in [from, to), by currency.
-    fn refund_sums(
-        &self,
-        operator: &OperatorId,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+        refunds_in: (Timestamp, Timestamp),
+        sessions: &[String],
+        entries: &[String],
+    ) -> impl Future<Output = Result<KeptDay>> + Send;
 
     /// The settlement of `operator`'s local `day` as it was kept when the day closed,
     /// if it was.

@@ -21,7 +21,8 @@ use sqlx::{
 };
 
 use super::{
-    ClosedSession, History, Kept, Location, Migrate, Query, Record, Sample, SessionSums, Value,
+    ClosedSession, History, Kept, KeptDay, KeptEntry, Location, Migrate, Query, Record, Sample,
+    SessionSums, Value,
 };
 use crate::domain::{Error, OperatorId, Result, Settlement, SpaceCategory, Timestamp};
 
@@ -445,59 +446,76 @@ impl History for SqlHistory {
         Ok(found)
     }
 
-    async fn session_sums(
+    async fn day(
         &self,
         operator: &OperatorId,
         day: jiff::civil::Date,
-    ) -> Result<Vec<SessionSums>> {
-        let sql = "SELECT currency, state, payment_method, payment_status, \
-                   CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(fee_minor), 0) AS BIGINT) AS fee \
-                   FROM sessions WHERE operator = $1 AND exit_day = $2 \
-                   GROUP BY currency, state, payment_method, payment_status";
-        let rows = on_pool!(&self.pool, p => {
-            sqlx::query(sql)
+        (from, to): (Timestamp, Timestamp),
+        sessions: &[String],
+        entries: &[String],
+    ) -> Result<KeptDay> {
+        let sums = "SELECT currency, state, payment_method, payment_status, \
+                    CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(fee_minor), 0) AS BIGINT) AS fee \
+                    FROM sessions WHERE operator = $1 AND exit_day = $2 \
+                    GROUP BY currency, state, payment_method, payment_status";
+        let refunds = "SELECT currency, CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS amount \
+                       FROM ledger_entries \
+                       WHERE operator = $1 AND kind = 'refund' AND listed_at >= $2 AND listed_at < $3 \
+                       GROUP BY currency";
+        let held = |table: &str, n: usize| {
+            format!("SELECT id FROM {table} WHERE id IN ({})", params(1, n))
+        };
+        let postgres = matches!(self.pool, Pool::Postgres(_));
+        let read = on_pool!(&self.pool, p => async {
+            let mut tx = p.begin().await?;
+            // Every statement below reads one snapshot: PostgreSQL's default (read
+            // committed) takes one per statement; SQLite's read transaction is one
+            // from its first read.
+            if postgres {
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut kept = KeptDay::default();
+            for (table, ids, found) in [
+                (ClosedSession::TABLE, sessions, &mut kept.sessions_held),
+                (KeptEntry::TABLE, entries, &mut kept.entries_held),
+            ] {
+                for chunk in ids.chunks(ROWS_PER_INSERT) {
+                    let values: Vec<Value> =
+                        chunk.iter().map(|id| Value::text(id.clone())).collect();
+                    let sql = held(table, chunk.len());
+                    let ids: Vec<String> = bind_all!(sqlx::query_scalar(&sql), &values)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    found.extend(ids);
+                }
+            }
+            for row in sqlx::query(sums)
                 .bind(operator.as_str())
                 .bind(day.to_string())
-                .fetch_all(p)
-                .await
-                .and_then(|rows| {
-                    rows.iter()
-                        .map(|row| {
-                            Ok(SessionSums {
-                                currency: row.try_get("currency")?,
-                                state: row.try_get("state")?,
-                                payment_method: row.try_get("payment_method")?,
-                                payment_status: row.try_get("payment_status")?,
-                                sessions: row.try_get("n")?,
-                                fee_minor: row.try_get("fee")?,
-                            })
-                        })
-                        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-                })
-        });
-        rows.map_err(unavailable)
-    }
-
-    async fn refund_sums(
-        &self,
-        operator: &OperatorId,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> Result<Vec<(String, i64)>> {
-        let sql = "SELECT currency, CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS amount \
-                   FROM ledger_entries \
-                   WHERE operator = $1 AND kind = 'refund' AND listed_at >= $2 AND listed_at < $3 \
-                   GROUP BY currency";
-        let rows: Vec<(String, i64)> = on_pool!(&self.pool, p => {
-            sqlx::query_as(sql)
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                kept.sessions.push(SessionSums {
+                    currency: row.try_get("currency")?,
+                    state: row.try_get("state")?,
+                    payment_method: row.try_get("payment_method")?,
+                    payment_status: row.try_get("payment_status")?,
+                    sessions: row.try_get("n")?,
+                    fee_minor: row.try_get("fee")?,
+                });
+            }
+            kept.refunds = sqlx::query_as(refunds)
                 .bind(operator.as_str())
                 .bind(from.as_millisecond())
                 .bind(to.as_millisecond())
-                .fetch_all(p)
-                .await
-        })
-        .map_err(unavailable)?;
-        Ok(rows)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(kept)
+        }.await);
+        read.map_err(unavailable)
     }
 
     async fn settled(

@@ -959,45 +959,29 @@ impl Service {
                 return Ok((settled, true));
             }
         }
-        let read = async {
-            // Only sessions finished for the hot window can be in history already.
-            let ids: Vec<String> = live
-                .iter()
-                .filter(|k| k.session.state.is_closed())
-                .map(|k| k.session.id.to_string())
-                .collect();
-            let both: HashSet<String> = history
-                .contains::<ClosedSession>(&ids)
-                .await?
-                .into_iter()
-                .collect();
-            let sums = history.session_sums(operator, day).await?;
-            let refunds = history.refund_sums(operator, from, to).await?;
-            let kept_entries: HashSet<String> = history
-                .contains::<KeptEntry>(
-                    &live_refunds
-                        .iter()
-                        .map(|e| e.id.clone())
-                        .collect::<Vec<_>>(),
-                )
-                .await?
-                .into_iter()
-                .collect();
-            Ok::<_, Error>((both, sums, refunds, kept_entries))
-        };
-        let (both, sums, refunds, kept_entries) = read
+        // Only sessions finished for the hot window can be in history already.
+        let closed: Vec<String> = live
+            .iter()
+            .filter(|k| k.session.state.is_closed())
+            .map(|k| k.session.id.to_string())
+            .collect();
+        let entries: Vec<String> = live_refunds.iter().map(|e| e.id.clone()).collect();
+        let kept = history
+            .day(operator, day, (from, to), &closed, &entries)
             .await
             .inspect_err(|_| metrics::record_history_error("read"))?;
+        let both: HashSet<&str> = kept.sessions_held.iter().map(String::as_str).collect();
+        let kept_entries: HashSet<&str> = kept.entries_held.iter().map(String::as_str).collect();
         let only_live = live
             .iter()
             .filter(|k| !both.contains(k.session.id.as_str()))
             .map(|k| (&k.session, &zone));
         let live_refunds = live_refunds
             .iter()
-            .filter(|e| !kept_entries.contains(&e.id))
+            .filter(|e| !kept_entries.contains(e.id.as_str()))
             .map(|e| (e, &zone));
         let mut settlement = Settlement::of_day(day, only_live, live_refunds)?;
-        for sum in sums {
+        for sum in kept.sessions {
             settlement.add(
                 &sum.currency,
                 &sum.state,
@@ -1007,7 +991,7 @@ impl Service {
                 sum.fee_minor,
             )?;
         }
-        for (currency, amount) in refunds {
+        for (currency, amount) in kept.refunds {
             settlement.add_refunds(&currency, amount)?;
         }
         Ok((settlement, done))

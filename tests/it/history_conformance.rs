@@ -66,6 +66,7 @@ on_every_backend!(
     sessions_are_kept_once_and_listed_newest_first,
     pages_have_no_gap_and_no_duplicate,
     settlement_sums_are_one_aggregate_of_the_sessions,
+    a_day_is_read_in_one_snapshot_while_sessions_move_in,
     closed_days_are_kept_once_per_operator_and_day,
     ledger_entries_and_refunds_are_kept,
     samples_merge_into_their_buckets,
@@ -248,7 +249,12 @@ async fn settlement_sums_are_one_aggregate_of_the_sessions(backend: Backend) {
     history.put(&kept).await.unwrap();
     let op = OperatorId::parse("op").unwrap();
     let day = kept[0].exit_day.unwrap();
-    let sums = history.session_sums(&op, day).await.unwrap();
+    let whole = (t(0), t(24 * 60));
+    let sums = history
+        .day(&op, day, whole, &[], &[])
+        .await
+        .unwrap()
+        .sessions;
     let count: i64 = sums.iter().map(|s| s.sessions).sum();
     let fees: i64 = sums.iter().map(|s| s.fee_minor).sum();
     let on_day: Vec<&ClosedSession> = kept.iter().filter(|s| s.exit_day == Some(day)).collect();
@@ -268,7 +274,55 @@ async fn settlement_sums_are_one_aggregate_of_the_sessions(backend: Backend) {
             .any(|s| s.payment_status == "failed" && s.sessions == 1)
     );
     let other = OperatorId::parse("other").unwrap();
-    assert!(history.session_sums(&other, day).await.unwrap().is_empty());
+    let none = history.day(&other, day, whole, &[], &[]).await.unwrap();
+    assert!(none.sessions.is_empty());
+}
+
+/// While sessions of a day move into history one by one, every read of the day counts
+/// each once: the sums hold exactly the sessions already there and the ones it says
+/// it holds of those asked about.
+async fn a_day_is_read_in_one_snapshot_while_sessions_move_in(backend: Backend) {
+    let Some((history, _keep)) = open(backend).await else {
+        return;
+    };
+    let history = std::sync::Arc::new(history);
+    let park = car_park("gm", "op");
+    let moving: Vec<ClosedSession> = (0..200)
+        .map(|i| session(&park, i, "鲁B10001", t(i as i64), 1, Some("ann")))
+        .collect();
+    history.put(&moving[..1]).await.unwrap();
+    let (op, day) = (
+        OperatorId::parse("op").unwrap(),
+        moving[0].exit_day.unwrap(),
+    );
+    let asked: Vec<String> = moving[1..]
+        .iter()
+        .map(|s| s.session.id.to_string())
+        .collect();
+    let writer = {
+        let history = history.clone();
+        tokio::spawn(async move {
+            for one in moving[1..].chunks(1) {
+                history.put(one).await.unwrap();
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() || reads == 0 {
+        let kept = history
+            .day(&op, day, (t(0), t(24 * 60)), &asked, &[])
+            .await
+            .unwrap();
+        let summed: i64 = kept.sessions.iter().map(|s| s.sessions).sum();
+        assert_eq!(
+            summed,
+            1 + kept.sessions_held.len() as i64,
+            "read {reads}: the sums and the held list are of one moment"
+        );
+        reads += 1;
+    }
+    writer.await.unwrap();
+    assert!(reads > 1, "the day was read while sessions moved in");
 }
 
 async fn ledger_entries_and_refunds_are_kept(backend: Backend) {
@@ -297,15 +351,23 @@ async fn ledger_entries_and_refunds_are_kept(backend: Backend) {
         .unwrap();
     let listed: Vec<_> = listed.into_iter().map(|e| e.0).collect();
     assert_eq!(listed, [refund, charge, top_up], "newest first, whole");
-    let refunds = history.refund_sums(&op, t(0), t(24 * 60)).await.unwrap();
-    assert_eq!(refunds, [("CNY".to_owned(), 500)]);
-    assert!(
-        history
-            .refund_sums(&op, t(0), t(100))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let ids: Vec<String> = entries.iter().map(|e| e.0.id.clone()).collect();
+    let day = t(0).to_zoned(jiff::tz::TimeZone::UTC).date();
+    let kept = history
+        .day(&op, day, (t(0), t(24 * 60)), &[], &ids[1..])
+        .await
+        .unwrap();
+    assert_eq!(kept.refunds, [("CNY".to_owned(), 500)]);
+    let mut held = kept.entries_held.clone();
+    held.sort();
+    let mut asked = ids[1..].to_vec();
+    asked.sort();
+    assert_eq!(held, asked, "the live entries it holds too");
+    let earlier = history
+        .day(&op, day, (t(0), t(100)), &[], &[])
+        .await
+        .unwrap();
+    assert!(earlier.refunds.is_empty());
 }
 
 async fn samples_merge_into_their_buckets(backend: Backend) {
