@@ -2,8 +2,9 @@
 //! runs, as one tar file that unpacks into a directory to start on.
 //!
 //! Each database is copied with `VACUUM INTO`, a read transaction (WAL readers never
-//! block the writer, nor it them): a snapshot of one instant, compacted. The live state
-//! is copied before history, so nothing falls between them: the hand-off writes a
+//! block the writer, nor it them): a snapshot of one instant, compacted; the live
+//! state's copy then gets the commits its log holds beyond that instant folded in. The
+//! live state is copied before history, so nothing falls between them: the hand-off writes a
 //! finished record to history before it deletes it from live state, so a record gone
 //! from the live copy was in history before the history copy began (one in both is
 //! written to history again, harmlessly, by the restored server's hand-off).
@@ -47,9 +48,7 @@ pub fn backup(dir: &Path, to: &Path) -> Result<Backup> {
     // removed when done, whatever happens.
     let scratch = Scratch::make(to)?;
     let mut files = Vec::new();
-    let live = super::file::open_to_read(dir)?;
-    vacuum_into(&live, &scratch.0.as_path().join(super::FILE))?;
-    drop(live);
+    live_copy(dir, &scratch.0.as_path().join(super::FILE))?;
     files.push(super::FILE);
     let history = dir.join(HISTORY);
     if history.exists() {
@@ -95,6 +94,39 @@ pub fn backup(dir: &Path, to: &Path) -> Result<Backup> {
         files: sizes,
         to: to.to_path_buf(),
     })
+}
+
+/// Copies the live state of `dir` to `path`: the file as of one instant, then the
+/// commits the log holds beyond it, so the copy holds every commit acknowledged before
+/// the backup began and is a file a server starts on without a log. A segment the
+/// running server folds and deletes meanwhile makes it start again.
+fn live_copy(dir: &Path, path: &Path) -> Result<()> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let live = super::file::open_to_read(dir)?;
+        vacuum_into(&live, path)?;
+        drop(live);
+        let failed =
+            |e: rusqlite::Error| Error::invalid("--to", format!("{}: {e}", path.display()));
+        let mut copy = rusqlite::Connection::open(path).map_err(failed)?;
+        let tx = copy.transaction().map_err(failed)?;
+        match super::fold::catch_up(&tx, dir, true) {
+            Ok(_) => return tx.commit().map_err(failed),
+            Err(super::log::Unread::Gone) => {
+                drop(tx);
+                drop(copy);
+                std::fs::remove_file(path)
+                    .map_err(|e| Error::invalid("--to", format!("{}: {e}", path.display())))?;
+            }
+            Err(super::log::Unread::Damaged(at, why)) => {
+                return Err(super::file::refuse(&at, why));
+            }
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "the live state of {} changed under {ATTEMPTS} attempts to copy it; try again",
+        dir.display()
+    )))
 }
 
 /// The directory the copies are made in (`<to>.partial`), removed when dropped.

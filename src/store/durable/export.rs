@@ -31,7 +31,9 @@ pub async fn export_to_redis(
     clock: Arc<dyn Clock>,
 ) -> Result<Vec<(&'static str, usize)>> {
     let held = file::hold(dir)?;
-    let conn = file::open(&held)?;
+    let mut conn = file::open(&held)?;
+    // What a killed server left in its log is the city too.
+    super::recover(&mut conn, dir)?;
     let engine = Arc::new(Engine::new(1_024));
     let prefix = options.prefix.clone();
     let store = RedisStore::open(options, engine.clone(), clock).await?;

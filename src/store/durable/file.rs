@@ -19,8 +19,9 @@ const LOCK: &str = "live.lock";
 /// `PRAGMA application_id` of a citypark live-state file ("CPLV"), so a file of
 /// anything else is never mistaken for an empty one.
 const APPLICATION_ID: i32 = 0x4350_4c56;
-/// The schema this version writes (`PRAGMA user_version`).
-const SCHEMA: i32 = 1;
+/// The schema this version writes (`PRAGMA user_version`): 2 adds `folded` (the
+/// commit log came with it; a version without the log must not open a file with one).
+const SCHEMA: i32 = 2;
 
 /// The schema: one row per record, its parts in its kind's part order (at most
 /// [`MAX_PARTS`]), each `<format>:<json>` as in Redis. A row whose parts are all NULL is
@@ -38,6 +39,12 @@ CREATE TABLE records (
     removed_at INTEGER,
     PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
+";
+
+/// The commit of the log (`log.rs`) the file holds everything up to: one row.
+const CREATE_FOLDED: &str = "
+CREATE TABLE folded (seq INTEGER NOT NULL);
+INSERT INTO folded (seq) VALUES (0);
 ";
 
 /// Parts a kind may have (columns p0, p1).
@@ -174,8 +181,9 @@ pub fn open(held: &Held) -> Result<Connection> {
         }
         check(&conn, path)?;
     }
-    // WAL with a sync at every commit: a commit the writer acknowledges is on disk
-    // (the WAL), and readers (a backup) never block it.
+    // WAL, so readers (a backup, the checkpointer) never block the folder, synced at
+    // every commit while the log is folded in at start; the folder then syncs only
+    // where it deletes a segment (the log is what makes a commit durable).
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
         .map_err(|e| refuse(path, e))?;
@@ -194,9 +202,17 @@ pub fn open(held: &Held) -> Result<Connection> {
          PRAGMA cache_size = -16384;",
     )
     .map_err(|e| refuse(path, e))?;
-    if !existed {
+    let schema = match existed {
+        true => pragma("user_version")?,
+        false => 0,
+    };
+    if schema < i64::from(SCHEMA) {
         let tx = conn.unchecked_transaction().map_err(|e| refuse(path, e))?;
-        tx.execute_batch(CREATE).map_err(|e| refuse(path, e))?;
+        if schema < 1 {
+            tx.execute_batch(CREATE).map_err(|e| refuse(path, e))?;
+        }
+        tx.execute_batch(CREATE_FOLDED)
+            .map_err(|e| refuse(path, e))?;
         tx.execute_batch(&format!(
             "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA};"
         ))

@@ -1,22 +1,29 @@
 //! The durable embedded backend, the single binary's default: the engine answers and
-//! decides, and every committed group is in `live.sqlite3` (WAL, synced at each
-//! commit) before it is visible or acknowledged. At start the engine is rebuilt from
-//! the file.
+//! decides, and every committed group is in the data directory's commit log (synced at
+//! each commit) before it is visible or acknowledged. At start the log is folded into
+//! `live.sqlite3` and the engine is rebuilt from the file.
 //!
 //! Writes go through one writer thread ([`writer`]), which decides each group against
-//! the engine, writes a batch of groups in one transaction (group commit: concurrent
-//! callers share one fsync) and lands them in the engine. Reads never touch the file.
+//! the engine, appends a batch of groups to the log as one frame (group commit:
+//! concurrent callers share one fsync) and lands them in the engine. A folder thread
+//! ([`fold`]) folds the frames into the file behind it. Reads never touch either.
 
 mod backup;
 mod checkpoint;
 mod export;
 mod file;
+mod fold;
 mod load;
+mod log;
 mod writer;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, mpsc},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -34,18 +41,60 @@ pub use export::export_to_redis;
 pub use file::FILE;
 use writer::{Job, Pending};
 
-/// Commits to the live-state file before it commits to the engine.
+/// Frames queued for the folder at most before the writer waits for it.
+const FOLD_QUEUE: usize = 256;
+
+/// Commits to the commit log before it commits to the engine.
 pub struct DurableStore {
     engine: Arc<Engine>,
     /// None once closed.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    folder: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The checkpointer and what stops it (dropped).
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     healthy: watch::Receiver<bool>,
     clock: Arc<dyn Clock>,
     /// Held until the store is closed: one process per data directory.
     held: Mutex<Option<file::Held>>,
+}
+
+/// Whether the store takes writes: its log is written and its file folded into.
+pub(super) struct Health {
+    appending: AtomicBool,
+    folding: AtomicBool,
+    up: watch::Sender<bool>,
+}
+
+impl Health {
+    fn new() -> (Arc<Self>, watch::Receiver<bool>) {
+        let (up, healthy) = watch::channel(true);
+        let health = Self {
+            appending: AtomicBool::new(true),
+            folding: AtomicBool::new(true),
+            up,
+        };
+        (Arc::new(health), healthy)
+    }
+
+    fn set_appending(&self, ok: bool) {
+        self.appending.store(ok, Ordering::Relaxed);
+        self.publish();
+    }
+
+    fn set_folding(&self, ok: bool) {
+        self.folding.store(ok, Ordering::Relaxed);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let now = self.appending.load(Ordering::Relaxed) && self.folding.load(Ordering::Relaxed);
+        self.up.send_if_modified(|up| {
+            let changed = *up != now;
+            *up = now;
+            changed
+        });
+    }
 }
 
 /// What opening found, for the start-up log.
@@ -64,17 +113,28 @@ impl DurableStore {
     pub fn open(dir: &Path, engine: Arc<Engine>, clock: Arc<dyn Clock>) -> Result<(Self, Opened)> {
         let started = Instant::now();
         let held = file::hold(dir)?;
-        let conn = file::open(&held)?;
+        let mut conn = file::open(&held)?;
+        let (seq, segment) = recover(&mut conn, dir)?;
         let records = load::load(&conn, &engine, clock.now()).map_err(|e| match e {
             Error::Internal(why) => file::refuse(&held.path, why),
             other => other,
         })?;
+        let log = log::Appender::create(dir, segment).map_err(|e| {
+            Error::Unavailable(format!("starting the commit log in {}: {e}", dir.display()))
+        })?;
         let (jobs, receiver) = mpsc::channel();
-        let (healthy_tx, healthy) = watch::channel(true);
+        let (to_fold, folds) = mpsc::sync_channel(FOLD_QUEUE);
+        let (health, healthy) = Health::new();
+        let folder_health = health.clone();
+        let folder_dir = dir.to_path_buf();
+        let folder = std::thread::Builder::new()
+            .name("citypark-live-folder".into())
+            .spawn(move || fold::run(conn, folder_dir, folds, folder_health))
+            .map_err(|e| Error::Internal(format!("starting the live-state folder: {e}")))?;
         let writer_engine = engine.clone();
         let writer = std::thread::Builder::new()
             .name("citypark-live-writer".into())
-            .spawn(move || writer::run(conn, writer_engine, receiver, healthy_tx))
+            .spawn(move || writer::run(log, seq, writer_engine, receiver, to_fold, health))
             .map_err(|e| Error::Internal(format!("starting the live-state writer: {e}")))?;
         let (stop_checkpoints, stopped) = mpsc::channel();
         let checkpointer = checkpoint::spawn(held.path.clone(), stopped)?;
@@ -88,6 +148,7 @@ impl DurableStore {
                 engine,
                 jobs: Mutex::new(Some(jobs)),
                 writer: Mutex::new(Some(writer)),
+                folder: Mutex::new(Some(folder)),
                 checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
                 healthy,
                 clock,
@@ -115,6 +176,26 @@ impl DurableStore {
         }
         answer.await.unwrap_or_else(|_| vec![Err(stopped()); n])
     }
+}
+
+/// Folds what the log holds beyond the file into it (synced), then deletes the log:
+/// the commit the file now holds up to and the number for the next segment. Damage
+/// in either refuses the start and changes nothing.
+fn recover(conn: &mut rusqlite::Connection, dir: &Path) -> Result<(u64, u64)> {
+    let failed = |e: rusqlite::Error| file::refuse(&dir.join(FILE), e);
+    let tx = conn.transaction().map_err(failed)?;
+    let seq = fold::catch_up(&tx, dir, false).map_err(|unread| match unread {
+        log::Unread::Damaged(path, why) => file::refuse(&path, why),
+        log::Unread::Gone => file::refuse(dir, "a commit log segment vanished while it was read"),
+    })?;
+    tx.commit().map_err(failed)?;
+    let segments = log::segments(dir).map_err(|e| file::refuse(dir, e))?;
+    let next = segments.last().map_or(1, |(n, _)| n + 1);
+    for (_, path) in &segments {
+        std::fs::remove_file(path).map_err(|e| file::refuse(path, e))?;
+    }
+    log::sync_dir(dir).map_err(|e| file::refuse(dir, e))?;
+    Ok((seq, next))
 }
 
 fn stopped() -> Error {
@@ -195,10 +276,11 @@ impl Store for DurableStore {
         true
     }
 
-    /// Stops the writer once it has written what was queued, closes the file and lets
-    /// the data directory go (another process may take it from then on).
+    /// Stops the writer once it has written what was queued, lets the folder fold the
+    /// rest and close the file, and lets the data directory go (another process may
+    /// take it from then on).
     async fn close(&self) {
-        // The checkpointer first: the writer's connection, closing last, checkpoints
+        // The checkpointer first: the folder's connection, closing last, checkpoints
         // what is left and removes the WAL.
         let checkpointer = self.checkpointer.lock().take();
         if let Some((stop, checkpointer)) = checkpointer {
@@ -209,6 +291,10 @@ impl Store for DurableStore {
         let writer = self.writer.lock().take();
         if let Some(writer) = writer {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        let folder = self.folder.lock().take();
+        if let Some(folder) = folder {
+            let _ = tokio::task::spawn_blocking(move || folder.join()).await;
         }
         drop(self.held.lock().take());
     }

@@ -1,8 +1,9 @@
-//! The one writer of the live-state file: a thread that takes every queued group of
-//! writes, decides each against the engine (compare-and-set, all or none per group),
-//! writes the decided ones in one transaction synced to disk, and only then makes them
-//! visible in the engine and answers. Group commit: concurrent callers share one
-//! fsync, so a busy server pays far less than one per write.
+//! The one writer of the live state: a thread that takes every queued group of writes,
+//! decides each against the engine (compare-and-set, all or none per group), appends
+//! the decided ones to the commit log as one frame synced to disk, and only then makes
+//! them visible in the engine, answers, and hands the frame to the folder. Group
+//! commit: concurrent callers share one fsync, so a busy server pays far less than one
+//! per write.
 
 use std::{
     collections::HashMap,
@@ -10,10 +11,13 @@ use std::{
     time::Instant,
 };
 
-use rusqlite::{Connection, params};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use super::file::{REMOVE, UPDATE, UPSERT};
+use super::{
+    Health,
+    fold::Fold,
+    log::{Appender, Encoder, Op},
+};
 use crate::{
     domain::{Error, Result, Timestamp},
     engine::Engine,
@@ -21,8 +25,8 @@ use crate::{
     store::{AnyWrite, Committed},
 };
 
-/// Writes taken into one transaction at most: bounds a transaction's time (and the
-/// callers' wait behind it) under a flood.
+/// Writes taken into one commit at most: bounds a commit's time (and the callers' wait
+/// behind it) under a flood.
 const MAX_BATCH: usize = 8_192;
 
 /// Groups of writes, each all or none; one answer per group, one `Committed` per write.
@@ -75,18 +79,22 @@ impl Job {
     }
 }
 
-/// Runs the writer until every sender is gone, then closes the file (a clean close
-/// checkpoints the WAL into it).
+/// Runs the writer until every sender is gone; the folder then folds what is left and
+/// closes the file.
 pub(super) fn run(
-    conn: Connection,
+    log: Appender,
+    seq: u64,
     engine: Arc<Engine>,
     jobs: mpsc::Receiver<Job>,
-    healthy: watch::Sender<bool>,
+    folder: mpsc::SyncSender<Fold>,
+    health: Arc<Health>,
 ) {
     let mut writer = Writer {
-        conn,
+        log,
+        seq,
         engine,
-        healthy,
+        folder,
+        health,
     };
     while let Ok(first) = jobs.recv() {
         let mut taken = first.writes();
@@ -102,15 +110,15 @@ pub(super) fn run(
         }
         writer.batch(batch);
     }
-    if let Err(error) = writer.conn.close().map_err(|(_, e)| e) {
-        tracing::warn!(%error, "closing the live-state file");
-    }
 }
 
 struct Writer {
-    conn: Connection,
+    log: Appender,
+    /// The last commit appended.
+    seq: u64,
     engine: Arc<Engine>,
-    healthy: watch::Sender<bool>,
+    folder: mpsc::SyncSender<Fold>,
+    health: Arc<Health>,
 }
 
 /// A decided write: the write and the version it takes.
@@ -130,7 +138,12 @@ impl Writer {
                     before_ms,
                     reply,
                 } => {
-                    let _ = reply.send(self.compact(&kinds, before_ms));
+                    // The file's own business, in the log's order.
+                    let _ = self.folder.send(Fold::Compact {
+                        kinds,
+                        before_ms,
+                        reply,
+                    });
                 }
             }
         }
@@ -156,13 +169,12 @@ impl Writer {
             replies.push(reply);
         }
         let started = Instant::now();
-        let stored = self.store(&outcomes);
+        let (stored, frame) = match self.store(&outcomes) {
+            Ok(frame) => (Ok(()), frame),
+            Err(e) => (Err(e), None),
+        };
         metrics::record_store_commit(stored.is_ok(), started.elapsed().as_secs_f64());
-        self.healthy.send_if_modified(|up| {
-            let changed = *up != stored.is_ok();
-            *up = stored.is_ok();
-            changed
-        });
+        self.health.set_appending(stored.is_ok());
         for ((groups, now), reply) in outcomes.into_iter().zip(replies) {
             let answer = groups
                 .into_iter()
@@ -181,6 +193,27 @@ impl Writer {
                 })
                 .collect();
             let _ = reply.send(answer);
+        }
+        if let Some(frame) = frame {
+            self.hand_on(frame);
+        }
+    }
+
+    /// Gives a synced frame to the folder and, once its segment is full, starts the
+    /// next one. The folder's queue is bounded: a folder that falls behind (a file it
+    /// cannot write) holds the writer back rather than memory filling.
+    fn hand_on(&mut self, frame: Vec<u8>) {
+        let _ = self.folder.send(Fold::Frame(frame));
+        if !self.log.full() {
+            return;
+        }
+        match Appender::create(self.log.dir(), self.log.number() + 1) {
+            Ok(next) => {
+                let closed = std::mem::replace(&mut self.log, next);
+                let _ = self.folder.send(Fold::Closed(closed.path()));
+            }
+            // Appended to the full one meanwhile; tried again at the next commit.
+            Err(error) => tracing::warn!(%error, "starting a commit log segment"),
         }
     }
 
@@ -229,77 +262,37 @@ impl Writer {
             .collect())
     }
 
-    /// Writes every decided group in one transaction, synced before it returns.
-    fn store(&mut self, outcomes: &[Outcome]) -> Result<()> {
-        let failed = |e: rusqlite::Error| {
-            tracing::error!(error = %e, "the live state could not be written");
-            Error::Unavailable(format!("the data directory could not be written: {e}"))
-        };
-        let tx = self.conn.transaction().map_err(failed)?;
-        {
-            let mut upsert = tx.prepare_cached(UPSERT).map_err(failed)?;
-            let mut update = tx.prepare_cached(UPDATE).map_err(failed)?;
-            let mut remove = tx.prepare_cached(REMOVE).map_err(failed)?;
-            for (groups, now) in outcomes {
-                let now_ms = now.as_millisecond();
-                for (pending, version) in groups.iter().flatten().flatten() {
-                    let write = &pending.write;
-                    let (kind, id, region) = (write.kind(), write.id(), write.region().as_str());
-                    let version = *version as i64;
-                    match &pending.parts {
-                        Some(parts) => {
-                            let part = |i: usize| parts.get(i).and_then(Option::as_deref);
-                            let values = params![kind, id, region, version, part(0), part(1)];
-                            let changed = if pending.needs_record() {
-                                update.execute(values)
-                            } else {
-                                upsert.execute(values)
-                            };
-                            if changed.map_err(failed)? != 1 {
-                                // Decided against the engine, which holds what the file
-                                // does: a missing row is a bug, and the batch is undone.
-                                return Err(Error::Internal(format!(
-                                    "no row for {kind} {id} in the live-state file"
-                                )));
-                            }
-                        }
-                        None => {
-                            remove
-                                .execute(params![kind, id, region, version, now_ms])
-                                .map_err(failed)?;
-                        }
+    /// Appends every decided group to the log as one frame, synced before it
+    /// returns; the frame, to fold (none if nothing was decided).
+    fn store(&mut self, outcomes: &[Outcome]) -> Result<Option<Vec<u8>>> {
+        let mut frame = Encoder::new(self.seq + 1);
+        for (groups, now) in outcomes {
+            let now_ms = now.as_millisecond();
+            for (pending, version) in groups.iter().flatten().flatten() {
+                let write = &pending.write;
+                let (kind, id, region) = (write.kind(), write.id(), write.region().as_str());
+                match &pending.parts {
+                    Some(parts) => {
+                        let op = match pending.needs_record() {
+                            true => Op::Update,
+                            false => Op::Upsert,
+                        };
+                        frame.row(op, kind, id, region, *version, parts, 0);
                     }
+                    None => frame.row(Op::Remove, kind, id, region, *version, &[], now_ms),
                 }
             }
         }
-        tx.commit().map_err(failed)
-    }
-
-    /// Drops tombstones of `kinds` removed before `before_ms`; how many, by kind.
-    fn compact(
-        &mut self,
-        kinds: &[&'static str],
-        before_ms: i64,
-    ) -> Result<Vec<(&'static str, u64)>> {
-        let failed = |e: rusqlite::Error| {
-            Error::Unavailable(format!("the data directory could not be written: {e}"))
-        };
-        let tx = self.conn.transaction().map_err(failed)?;
-        let mut counts = Vec::new();
-        for kind in kinds {
-            let n = tx
-                .execute(
-                    "DELETE FROM records WHERE kind = ?1 AND removed_at < ?2 \
-                     AND p0 IS NULL AND p1 IS NULL",
-                    params![kind, before_ms],
-                )
-                .map_err(failed)?;
-            if n > 0 {
-                counts.push((*kind, n as u64));
-            }
+        if frame.is_empty() {
+            return Ok(None);
         }
-        tx.commit().map_err(failed)?;
-        Ok(counts)
+        let frame = frame.finish();
+        self.log.append(&frame).map_err(|e| {
+            tracing::error!(error = %e, "the commit log could not be written");
+            Error::Unavailable(format!("the data directory could not be written: {e}"))
+        })?;
+        self.seq += 1;
+        Ok(Some(frame))
     }
 }
 
