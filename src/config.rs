@@ -41,8 +41,8 @@ pub struct ServeConfig {
     pub grpc_addr: SocketAddr,
 
     /// Where the city's live state lives. Empty: embedded in this process and kept in
-    /// --data-dir (`live.sqlite3`; every acknowledged write is synced to disk first,
-    /// and a restart continues from it). `memory`: embedded and kept nowhere — gone at
+    /// --data-dir (every acknowledged write is first synced to its commit log, which is
+    /// folded into `live.sqlite3`; a restart continues from them). `memory`: embedded and kept nowhere — gone at
     /// exit; for tests and throwaway demos. `redis://[:password@]host:port/db` (or
     /// `rediss://` for TLS): a standalone Redis. `redis+cluster://host1:port1,…`: a
     /// Redis Cluster. With Redis, any number of instances serve one city.
@@ -342,7 +342,8 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, Args)]
 pub struct HistoryConfig {
     /// Directory of the single binary's files, created on first start: the live state
-    /// of the embedded store (`live.sqlite3`), the SQLite history (`history.sqlite3`)
+    /// of the embedded store (`live.sqlite3` and its commit log `live.log.<n>`), the
+    /// SQLite history (`history.sqlite3`)
     /// and the plates' hash key (`plate-key`). One server per directory.
     #[arg(long, env = "CITYPARK_DATA_DIR", default_value = "citypark-data")]
     pub data_dir: PathBuf,

@@ -361,12 +361,12 @@ fn describe() {
     describe_counter!(
         STORE_COMMITS,
         Unit::Count,
-        "transactions of the durable embedded store (each a batch of writes, synced to disk), by result (ok, error)"
+        "commits of the durable embedded store (each a batch of writes appended to its commit log and synced to disk), by result (ok, error)"
     );
     describe_histogram!(
         STORE_COMMIT_DURATION,
         Unit::Seconds,
-        "time to write and sync one transaction of the durable embedded store to disk"
+        "time to append one commit of the durable embedded store to its commit log and sync it to disk"
     );
 }
 
