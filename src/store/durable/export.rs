@@ -33,7 +33,7 @@ pub async fn export_to_redis(
     let held = file::hold(dir)?;
     let mut conn = file::open(&held)?;
     // What a killed server left in its log is the city too.
-    super::recover(&mut conn, dir)?;
+    super::recover(&mut conn, dir, |_| Ok(()))?;
     let engine = Arc::new(Engine::new(1_024));
     let prefix = options.prefix.clone();
     let store = RedisStore::open(options, engine.clone(), clock).await?;

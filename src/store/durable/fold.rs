@@ -47,6 +47,12 @@ pub(super) fn folded(conn: &Connection) -> rusqlite::Result<u64> {
         .map(|seq| seq as u64)
 }
 
+/// Makes `tx` write a page, so that its commit, with `synchronous = FULL`, syncs the
+/// WAL and with it every commit before it (an empty transaction syncs nothing).
+pub(super) fn touch(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute("UPDATE folded SET seq = seq", []).map(drop)
+}
+
 /// Applies one frame's payload to the file, in `tx`: its rows, and its sequence number
 /// as the one the file now holds. A row that does not fit the file (a partial write
 /// without its record) is an error: the log and the file disagree.
@@ -161,17 +167,21 @@ pub(super) fn run(
         }
         fold_until_done(&mut conn, &frames, false, &health);
     }
-    match conn.close().map_err(|(_, e)| e) {
-        Ok(()) => match log::segments(&dir) {
-            Ok(segments) => {
-                for (_, path) in segments {
-                    remove(&path, &dir);
-                }
+    // The file synced holds the whole log: the log can go. Otherwise it stays, and the
+    // next start folds it again.
+    let synced = fold(&mut conn, &[], true);
+    if let Err(error) = conn.close().map_err(|(_, e)| e) {
+        tracing::warn!(%error, "closing the live-state file");
+    }
+    match synced.and_then(|()| {
+        log::segments(&dir).map_err(|e| Error::Unavailable(format!("listing the commit log: {e}")))
+    }) {
+        Ok(segments) => {
+            for (_, path) in segments {
+                remove(&path, &dir);
             }
-            Err(error) => tracing::warn!(%error, "listing the commit log"),
-        },
-        // The log stays: the next start folds it again.
-        Err(error) => tracing::warn!(%error, "closing the live-state file"),
+        }
+        Err(error) => tracing::warn!(%error, "the commit log is kept for the next start"),
     }
 }
 
@@ -181,7 +191,7 @@ fn remove(path: &Path, dir: &Path) {
     }
 }
 
-/// Folds `frames` in one transaction (synced if `synced`), trying again until it
+/// Folds `frames` in one transaction (synced if `synced`, with every one before it), trying again until it
 /// succeeds: the log holds them meanwhile, and health says the store is down.
 fn fold_until_done(conn: &mut Connection, frames: &[Vec<u8>], synced: bool, health: &Health) {
     if frames.is_empty() && !synced {
@@ -213,6 +223,9 @@ fn fold(conn: &mut Connection, frames: &[Vec<u8>], synced: bool) -> Result<()> {
     let tx = conn.transaction().map_err(failed)?;
     for frame in frames {
         apply(&tx, log::payload(frame))?;
+    }
+    if synced {
+        touch(&tx).map_err(failed)?;
     }
     let done = tx.commit().map_err(failed);
     if synced {

@@ -114,11 +114,12 @@ impl DurableStore {
         let started = Instant::now();
         let held = file::hold(dir)?;
         let mut conn = file::open(&held)?;
-        let (seq, segment) = recover(&mut conn, dir)?;
-        let records = load::load(&conn, &engine, clock.now()).map_err(|e| match e {
-            Error::Internal(why) => file::refuse(&held.path, why),
-            other => other,
-        })?;
+        let now = clock.now();
+        let Recovered {
+            seq,
+            segment,
+            read: records,
+        } = recover(&mut conn, dir, |conn| load::load(conn, &engine, now))?;
         let log = log::Appender::create(dir, segment).map_err(|e| {
             Error::Unavailable(format!("starting the commit log in {}: {e}", dir.display()))
         })?;
@@ -178,24 +179,44 @@ impl DurableStore {
     }
 }
 
-/// Folds what the log holds beyond the file into it (synced), then deletes the log:
-/// the commit the file now holds up to and the number for the next segment. Damage
-/// in either refuses the start and changes nothing.
-fn recover(conn: &mut rusqlite::Connection, dir: &Path) -> Result<(u64, u64)> {
-    let failed = |e: rusqlite::Error| file::refuse(&dir.join(FILE), e);
+/// Where a recovered data directory goes on: the commit its file holds up to, the
+/// number for the next log segment, and what `then` read.
+struct Recovered<T> {
+    seq: u64,
+    segment: u64,
+    read: T,
+}
+
+/// Folds what the log holds beyond the file into it, lets `then` read the result, and
+/// only if both succeed commits (synced) and deletes the log. Damage anywhere — in the
+/// log, or a record `then` cannot read — refuses the start and changes nothing.
+fn recover<T>(
+    conn: &mut rusqlite::Connection,
+    dir: &Path,
+    then: impl FnOnce(&rusqlite::Connection) -> Result<T>,
+) -> Result<Recovered<T>> {
+    let path = dir.join(FILE);
+    let failed = |e: rusqlite::Error| file::refuse(&path, e);
     let tx = conn.transaction().map_err(failed)?;
     let seq = fold::catch_up(&tx, dir, false).map_err(|unread| match unread {
         log::Unread::Damaged(path, why) => file::refuse(&path, why),
         log::Unread::Gone => file::refuse(dir, "a commit log segment vanished while it was read"),
     })?;
+    let read = then(&tx).map_err(|e| match e {
+        Error::Internal(why) => file::refuse(&path, why),
+        other => other,
+    })?;
+    // Synced even if the log added nothing: the file's last commits may be in the page
+    // cache only (a killed process's), and the log that also holds them goes next.
+    fold::touch(&tx).map_err(failed)?;
     tx.commit().map_err(failed)?;
     let segments = log::segments(dir).map_err(|e| file::refuse(dir, e))?;
-    let next = segments.last().map_or(1, |(n, _)| n + 1);
+    let segment = segments.last().map_or(1, |(n, _)| n + 1);
     for (_, path) in &segments {
         std::fs::remove_file(path).map_err(|e| file::refuse(path, e))?;
     }
     log::sync_dir(dir).map_err(|e| file::refuse(dir, e))?;
-    Ok((seq, next))
+    Ok(Recovered { seq, segment, read })
 }
 
 fn stopped() -> Error {
