@@ -1,7 +1,9 @@
 //! Folding the commit log into `live.sqlite3`: the file is the log's checkpoint. At
-//! run time a thread of its own folds each frame after the writer synced it, many
-//! frames a transaction, with SQLite's `synchronous = NORMAL` (the log is what makes a
-//! commit durable); the file's `folded` row says up to which commit it holds. When the
+//! run time a thread of its own folds the frames the writer synced, every
+//! [`EVERY`] (or sooner, once [`FOLD_BYTES`] wait) in one transaction, with SQLite's
+//! `synchronous = NORMAL` (the log is what makes a commit durable): pages that many
+//! commits change are written once a fold, not once a commit, and so the disk is left
+//! to the log's syncs. The file's `folded` row says up to which commit it holds. When the
 //! writer closes a segment, the folder commits what came before it synced and deletes
 //! it. At start, and into a backup's copy, the same `apply` folds what the file lacks.
 
@@ -11,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use parking_lot::{Condvar, Mutex};
 use rusqlite::{Connection, Transaction, params};
 use tokio::sync::oneshot;
 
@@ -36,10 +39,55 @@ pub(super) enum Fold {
     },
 }
 
-/// Frames taken into one transaction at most.
-const MAX_FRAMES: usize = 1_024;
+/// How often the frames waiting are folded.
+const EVERY: Duration = Duration::from_secs(2);
+/// Frames waiting that are folded at once, however soon.
+const FOLD_BYTES: usize = 64 << 20;
+/// Bytes of frames the writer may have handed on and the folder not yet folded; past
+/// it the writer waits.
+const BUDGET: usize = 256 << 20;
+
+/// The bytes of frames handed to the folder and not yet folded, bounded: memory stays
+/// bounded if the folder falls behind (a file it cannot write), and the writer waits.
+pub(super) struct Budget {
+    held: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Budget {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            held: Mutex::new(0),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// Takes `n` bytes, waiting while the budget is spent (a frame larger than all of
+    /// it goes alone).
+    pub(super) fn take(&self, n: usize) {
+        let mut held = self.held.lock();
+        while *held > 0 && *held + n > BUDGET {
+            self.freed.wait(&mut held);
+        }
+        *held += n;
+    }
+
+    fn give(&self, n: usize) {
+        *self.held.lock() -= n;
+        self.freed.notify_all();
+    }
+}
 /// How long a failed fold waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+
+impl Fold {
+    fn bytes(&self) -> usize {
+        match self {
+            Fold::Frame(frame) => frame.len(),
+            _ => 0,
+        }
+    }
+}
 
 /// The commit the file holds everything up to.
 pub(super) fn folded(conn: &Connection) -> rusqlite::Result<u64> {
@@ -132,16 +180,31 @@ pub(super) fn run(
     mut conn: Connection,
     dir: PathBuf,
     jobs: mpsc::Receiver<Fold>,
+    budget: Arc<Budget>,
     health: Arc<Health>,
 ) {
     if let Err(error) = conn.pragma_update(None, "synchronous", "NORMAL") {
         tracing::warn!(%error, "the live-state file stays fully synced");
     }
     while let Ok(first) = jobs.recv() {
+        let deadline = std::time::Instant::now() + EVERY;
+        let waits = !matches!(first, Fold::Frame(_));
+        let mut bytes = first.bytes();
         let mut batch = vec![first];
-        while batch.len() < MAX_FRAMES {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+        while !waits && bytes < FOLD_BYTES {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match jobs.recv_timeout(left) {
+                // Someone waits for what is not a frame (a compaction's answer; a
+                // segment's deletion, not to keep a full log): folded now.
+                Ok(job @ (Fold::Compact { .. } | Fold::Closed(_))) => {
+                    batch.push(job);
+                    break;
+                }
+                Ok(job) => {
+                    bytes += job.bytes();
+                    batch.push(job);
+                }
+                // Time to fold, or the writer stopped: what came is folded.
                 Err(_) => break,
             }
         }
@@ -152,7 +215,8 @@ pub(super) fn run(
             match job {
                 Fold::Frame(frame) => frames.push(frame),
                 Fold::Closed(path) => {
-                    fold_until_done(&mut conn, &std::mem::take(&mut frames), true, &health);
+                    let before = std::mem::take(&mut frames);
+                    fold_until_done(&mut conn, &before, true, &health, &budget);
                     remove(&path, &dir);
                 }
                 Fold::Compact {
@@ -160,12 +224,13 @@ pub(super) fn run(
                     before_ms,
                     reply,
                 } => {
-                    fold_until_done(&mut conn, &std::mem::take(&mut frames), false, &health);
+                    let before = std::mem::take(&mut frames);
+                    fold_until_done(&mut conn, &before, false, &health, &budget);
                     let _ = reply.send(compact(&mut conn, &kinds, before_ms));
                 }
             }
         }
-        fold_until_done(&mut conn, &frames, false, &health);
+        fold_until_done(&mut conn, &frames, false, &health, &budget);
     }
     // The file synced holds the whole log: the log can go. Otherwise it stays, and the
     // next start folds it again.
@@ -180,6 +245,9 @@ pub(super) fn run(
             for (_, path) in segments {
                 remove(&path, &dir);
             }
+            if let Err(error) = log::remove_spare(&dir) {
+                tracing::warn!(%error, "removing the commit log's spare segment");
+            }
         }
         Err(error) => tracing::warn!(%error, "the commit log is kept for the next start"),
     }
@@ -193,7 +261,13 @@ fn remove(path: &Path, dir: &Path) {
 
 /// Folds `frames` in one transaction (synced if `synced`, with every one before it), trying again until it
 /// succeeds: the log holds them meanwhile, and health says the store is down.
-fn fold_until_done(conn: &mut Connection, frames: &[Vec<u8>], synced: bool, health: &Health) {
+fn fold_until_done(
+    conn: &mut Connection,
+    frames: &[Vec<u8>],
+    synced: bool,
+    health: &Health,
+    budget: &Budget,
+) {
     if frames.is_empty() && !synced {
         return;
     }
@@ -201,6 +275,7 @@ fn fold_until_done(conn: &mut Connection, frames: &[Vec<u8>], synced: bool, heal
         match fold(conn, frames, synced) {
             Ok(()) => {
                 health.set_folding(true);
+                budget.give(frames.iter().map(Vec::len).sum());
                 return;
             }
             Err(error) => {

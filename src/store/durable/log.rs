@@ -15,14 +15,16 @@
 use std::{
     fs::{File, OpenOptions},
     io::{Read, Write},
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
+    thread::JoinHandle,
 };
 
 /// The segments' names: this and a number.
 pub(super) const PREFIX: &str = "live.log.";
 /// Opens every segment: "CPLG" and the format's version.
 const MAGIC: &[u8; 8] = b"CPLG\0\0\0\x01";
-/// A segment past this size is closed and the next one opened.
+/// A spare segment's size; past it, the writer moves to the next one.
 pub(super) const SEGMENT_LIMIT: u64 = 64 << 20;
 /// A frame's length, its complement and the checksum.
 const HEADER: usize = 12;
@@ -303,11 +305,15 @@ pub(super) fn each_frame(
                     && CRC.checksum(&rest[HEADER..HEADER + len]) == word(8)
             });
             if !whole {
-                // Cut off: its header is, or its declared end is past the file's, or
-                // the file's blocks were allocated and never written.
-                let interrupted = rest.len() < HEADER
-                    || len.is_some_and(|len| HEADER + len > rest.len())
-                    || rest.iter().all(|&b| b == 0);
+                // Cut off while it was written: nothing but zeros (a preallocated
+                // segment's) after where it ends — its declared end, or its header's if
+                // the length is not whole — or that end is past the file's.
+                let end = HEADER + len.unwrap_or(0);
+                let interrupted = rest.len() <= end || rest[end..].iter().all(|&b| b == 0);
+                if rest.iter().all(|&b| b == 0) {
+                    // A preallocated segment's zeros: not written yet.
+                    break;
+                }
                 if i == last && interrupted {
                     tracing::warn!(
                         segment = %path.display(),
@@ -332,23 +338,47 @@ pub(super) fn each_frame(
     Ok(end)
 }
 
-/// The segment being appended to.
+/// The segment being appended to, and the spare it moves to next.
+///
+/// A spare (`live.log.spare`, which `segments` skips) is a segment written whole with
+/// zeros and synced before any commit goes there: an append then overwrites blocks the
+/// file has, so its sync writes no file-system metadata (appending to a growing file
+/// made each sync wait for the file system's journal, and with it for other files'
+/// writes). It is made on a thread of its own once the current segment holds
+/// [`SPARE_AFTER`], so a server that writes little never writes one, and the writer
+/// moves to it when the current segment is full or was never preallocated.
 pub(super) struct Appender {
     dir: PathBuf,
     file: File,
     number: u64,
     len: u64,
+    /// The file's preallocated end: appends below it overwrite zeros.
+    allocated: u64,
+    /// The spare being made.
+    making: Option<JoinHandle<std::io::Result<()>>>,
+    /// A spare is made and synced.
+    spare: bool,
     /// Set when a failed append could not be cut back off: nothing more is written.
     broken: bool,
 }
 
+/// A spare segment's name.
+const SPARE: &str = "live.log.spare";
+/// A spare is made once the current segment holds this much.
+const SPARE_AFTER: u64 = 1 << 20;
+
 impl Appender {
-    /// Starts segment `number` in `dir` (which must not exist), synced with its header.
+    /// Starts segment `number` in `dir` (which must not exist), synced with its header;
+    /// a spare left by an earlier run is removed.
     pub(super) fn create(dir: &Path, number: u64) -> std::io::Result<Self> {
+        match std::fs::remove_file(dir.join(SPARE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let path = segment_path(dir, number);
         let mut file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .write(true)
             .open(&path)?;
         file.write_all(MAGIC)?;
         file.sync_all()?;
@@ -358,25 +388,21 @@ impl Appender {
             file,
             number,
             len: MAGIC.len() as u64,
+            allocated: MAGIC.len() as u64,
+            making: None,
+            spare: false,
             broken: false,
         })
     }
 
-    pub(super) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub(super) fn number(&self) -> u64 {
-        self.number
-    }
-
-    pub(super) fn path(&self) -> PathBuf {
+    fn path(&self) -> PathBuf {
         segment_path(&self.dir, self.number)
     }
 
     /// Appends `frame` and syncs it: on `Ok` it is on disk. A failed append is cut off
     /// again, so the log never holds an unacknowledged commit before acknowledged ones.
-    pub(super) fn append(&mut self, frame: &[u8]) -> std::io::Result<()> {
+    /// Then moves to the spare if it is time: the segment closed, if one was.
+    pub(super) fn append(&mut self, frame: &[u8]) -> std::io::Result<Option<PathBuf>> {
         if self.broken {
             return Err(std::io::Error::other(
                 "an earlier failed write could not be undone; restart the server",
@@ -384,25 +410,105 @@ impl Appender {
         }
         let written = self
             .file
-            .write_all(frame)
+            .write_all_at(frame, self.len)
             .and_then(|()| self.file.sync_data());
-        match written {
-            Ok(()) => {
-                self.len += frame.len() as u64;
-                Ok(())
+        if let Err(error) = written {
+            // Its zeros go too: what follows is appended.
+            match self.file.set_len(self.len) {
+                Ok(()) => self.allocated = self.len,
+                Err(_) => self.broken = true,
             }
+            return Err(error);
+        }
+        self.len += frame.len() as u64;
+        Ok(self.move_on())
+    }
+
+    fn move_on(&mut self) -> Option<PathBuf> {
+        if self.making.as_ref().is_some_and(JoinHandle::is_finished) {
+            let made = self.making.take().expect("checked").join();
+            match made {
+                Ok(Ok(())) => self.spare = true,
+                Ok(Err(error)) => tracing::warn!(%error, "making a commit log spare segment"),
+                Err(_) => tracing::warn!("making a commit log spare segment panicked"),
+            }
+        }
+        if self.making.is_none() && !self.spare && self.len >= SPARE_AFTER {
+            let path = self.dir.join(SPARE);
+            let made = std::thread::Builder::new()
+                .name("citypark-live-spare".into())
+                .spawn(move || make_spare(&path));
+            match made {
+                Ok(making) => self.making = Some(making),
+                Err(error) => tracing::warn!(%error, "starting to make a commit log spare"),
+            }
+        }
+        let due = self.len >= SEGMENT_LIMIT || self.allocated < SEGMENT_LIMIT;
+        if !(self.spare && due) {
+            // A full segment goes on growing until its spare is made.
+            return None;
+        }
+        match self.take_spare() {
+            Ok(closed) => Some(closed),
             Err(error) => {
-                if self.file.set_len(self.len).is_err() {
-                    self.broken = true;
-                }
-                Err(error)
+                tracing::warn!(%error, "moving to the commit log's spare segment");
+                self.spare = false;
+                None
             }
         }
     }
 
-    /// Whether the segment is full.
-    pub(super) fn full(&self) -> bool {
-        self.len >= SEGMENT_LIMIT
+    /// Renames the spare to the next segment and appends there from now on; the path
+    /// of the segment closed.
+    fn take_spare(&mut self) -> std::io::Result<PathBuf> {
+        let number = self.number + 1;
+        let path = segment_path(&self.dir, number);
+        std::fs::rename(self.dir.join(SPARE), &path)?;
+        sync_dir(&self.dir)?;
+        let file = OpenOptions::new().write(true).open(&path)?;
+        let closed = self.path();
+        self.file = file;
+        self.number = number;
+        self.len = MAGIC.len() as u64;
+        self.allocated = SEGMENT_LIMIT;
+        self.spare = false;
+        Ok(closed)
+    }
+}
+
+impl Drop for Appender {
+    /// A spare still being made is waited for, so nothing writes in the directory
+    /// after the writer has stopped.
+    fn drop(&mut self) {
+        if let Some(making) = self.making.take() {
+            let _ = making.join();
+        }
+    }
+}
+
+/// Makes a spare segment at `path`: the header, zeros up to [`SEGMENT_LIMIT`], synced.
+fn make_spare(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = OpenOptions::new().create_new(true).write(true).open(path)?;
+    file.write_all(MAGIC)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = SEGMENT_LIMIT - MAGIC.len() as u64;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()
+}
+
+/// Removes the spare segment of `dir`, if there is one.
+pub(super) fn remove_spare(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(SPARE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -440,6 +546,47 @@ mod tests {
         assert_eq!((rows[1].op, rows[1].removed_at), (Op::Remove, 42));
     }
 
+    /// A frame of `seq` with a part of `bytes` bytes.
+    fn big(seq: u64, bytes: usize) -> Vec<u8> {
+        let mut e = Encoder::new(seq);
+        e.row(
+            Op::Upsert,
+            "k",
+            "i",
+            "r",
+            seq,
+            &[Some("x".repeat(bytes))],
+            0,
+        );
+        e.finish()
+    }
+
+    #[test]
+    fn the_writer_moves_to_a_preallocated_spare_and_the_log_reads_on_across_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Appender::create(dir.path(), 1).unwrap();
+        let mut seq = 0;
+        let closed = loop {
+            seq += 1;
+            assert!(seq < 10_000, "no move to a spare");
+            if let Some(closed) = log.append(&big(seq, 64 << 10)).unwrap() {
+                break closed;
+            }
+            if seq > 16 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        assert_eq!(closed, segment_path(dir.path(), 1));
+        for _ in 0..3 {
+            seq += 1;
+            assert_eq!(log.append(&big(seq, 100)).unwrap(), None);
+        }
+        let next = segment_path(dir.path(), 2);
+        assert_eq!(std::fs::metadata(&next).unwrap().len(), SEGMENT_LIMIT);
+        assert_eq!(seqs(dir.path()).unwrap(), (1..=seq).collect::<Vec<_>>());
+        drop(log);
+    }
+
     fn seqs(dir: &Path) -> Result<Vec<u64>, Unread> {
         let mut seen = Vec::new();
         each_frame(dir, |seq, _| {
@@ -454,7 +601,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Appender::create(dir.path(), 1).unwrap();
         for seq in 1..=3 {
-            log.append(&frame(seq)).unwrap();
+            assert_eq!(log.append(&frame(seq)).unwrap(), None);
         }
         let path = log.path();
         let whole = std::fs::read(&path).unwrap();
@@ -474,6 +621,13 @@ mod tests {
         flipped[MAGIC.len() + one + HEADER + 20] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
         assert!(matches!(seqs(dir.path()), Err(Unread::Damaged(..))));
+        // Cut inside the last frame with zeros after it (a preallocated segment's):
+        // the first two.
+        // (The frame ends in zeros of its own: cut into its last non-zero byte.)
+        let mut torn = whole[..whole.len() - 12].to_vec();
+        torn.extend([0; 4096]);
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(seqs(dir.path()).unwrap(), [1, 2]);
         // A damaged length in the middle frame is not a cut-off frame: refused.
         let mut long = whole.clone();
         long[MAGIC.len() + one + 1] ^= 0x40;

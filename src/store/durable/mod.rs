@@ -9,7 +9,6 @@
 //! ([`fold`]) folds the frames into the file behind it. Reads never touch either.
 
 mod backup;
-mod checkpoint;
 mod export;
 mod file;
 mod fold;
@@ -41,9 +40,6 @@ pub use export::export_to_redis;
 pub use file::FILE;
 use writer::{Job, Pending};
 
-/// Frames queued for the folder at most before the writer waits for it.
-const FOLD_QUEUE: usize = 256;
-
 /// Commits to the commit log before it commits to the engine.
 pub struct DurableStore {
     engine: Arc<Engine>,
@@ -51,8 +47,6 @@ pub struct DurableStore {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     folder: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// The checkpointer and what stops it (dropped).
-    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     healthy: watch::Receiver<bool>,
     clock: Arc<dyn Clock>,
     /// Held until the store is closed: one process per data directory.
@@ -124,21 +118,20 @@ impl DurableStore {
             Error::Unavailable(format!("starting the commit log in {}: {e}", dir.display()))
         })?;
         let (jobs, receiver) = mpsc::channel();
-        let (to_fold, folds) = mpsc::sync_channel(FOLD_QUEUE);
+        let (to_fold, folds) = mpsc::channel();
+        let budget = fold::Budget::new();
         let (health, healthy) = Health::new();
-        let folder_health = health.clone();
+        let (folder_health, folder_budget) = (health.clone(), budget.clone());
         let folder_dir = dir.to_path_buf();
         let folder = std::thread::Builder::new()
             .name("citypark-live-folder".into())
-            .spawn(move || fold::run(conn, folder_dir, folds, folder_health))
+            .spawn(move || fold::run(conn, folder_dir, folds, folder_budget, folder_health))
             .map_err(|e| Error::Internal(format!("starting the live-state folder: {e}")))?;
         let writer_engine = engine.clone();
         let writer = std::thread::Builder::new()
             .name("citypark-live-writer".into())
-            .spawn(move || writer::run(log, seq, writer_engine, receiver, to_fold, health))
+            .spawn(move || writer::run(log, seq, writer_engine, receiver, to_fold, budget, health))
             .map_err(|e| Error::Internal(format!("starting the live-state writer: {e}")))?;
-        let (stop_checkpoints, stopped) = mpsc::channel();
-        let checkpointer = checkpoint::spawn(held.path.clone(), stopped)?;
         let opened = Opened {
             path: held.path.clone(),
             records,
@@ -150,7 +143,6 @@ impl DurableStore {
                 jobs: Mutex::new(Some(jobs)),
                 writer: Mutex::new(Some(writer)),
                 folder: Mutex::new(Some(folder)),
-                checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
                 healthy,
                 clock,
                 held: Mutex::new(Some(held)),
@@ -301,13 +293,6 @@ impl Store for DurableStore {
     /// rest and close the file, and lets the data directory go (another process may
     /// take it from then on).
     async fn close(&self) {
-        // The checkpointer first: the folder's connection, closing last, checkpoints
-        // what is left and removes the WAL.
-        let checkpointer = self.checkpointer.lock().take();
-        if let Some((stop, checkpointer)) = checkpointer {
-            drop(stop);
-            let _ = tokio::task::spawn_blocking(move || checkpointer.join()).await;
-        }
         drop(self.jobs.lock().take());
         let writer = self.writer.lock().take();
         if let Some(writer) = writer {

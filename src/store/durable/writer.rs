@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Health,
-    fold::Fold,
+    fold::{Budget, Fold},
     log::{Appender, Encoder, Op},
 };
 use crate::{
@@ -86,7 +86,8 @@ pub(super) fn run(
     seq: u64,
     engine: Arc<Engine>,
     jobs: mpsc::Receiver<Job>,
-    folder: mpsc::SyncSender<Fold>,
+    folder: mpsc::Sender<Fold>,
+    budget: Arc<Budget>,
     health: Arc<Health>,
 ) {
     let mut writer = Writer {
@@ -94,6 +95,7 @@ pub(super) fn run(
         seq,
         engine,
         folder,
+        budget,
         health,
     };
     while let Ok(first) = jobs.recv() {
@@ -117,9 +119,13 @@ struct Writer {
     /// The last commit appended.
     seq: u64,
     engine: Arc<Engine>,
-    folder: mpsc::SyncSender<Fold>,
+    folder: mpsc::Sender<Fold>,
+    budget: Arc<Budget>,
     health: Arc<Health>,
 }
+
+/// A frame appended, and the segment the log moved on from after it.
+type Appended = (Vec<u8>, Option<std::path::PathBuf>);
 
 /// A decided write: the write and the version it takes.
 type Decided = (Pending, u64);
@@ -194,26 +200,19 @@ impl Writer {
                 .collect();
             let _ = reply.send(answer);
         }
-        if let Some(frame) = frame {
-            self.hand_on(frame);
+        if let Some((frame, closed)) = frame {
+            self.hand_on(frame, closed);
         }
     }
 
-    /// Gives a synced frame to the folder and, once its segment is full, starts the
-    /// next one. The folder's queue is bounded: a folder that falls behind (a file it
+    /// Gives a synced frame to the folder (and the segment the log moved on from, if
+    /// it did). The folder's budget is bounded: a folder that falls behind (a file it
     /// cannot write) holds the writer back rather than memory filling.
-    fn hand_on(&mut self, frame: Vec<u8>) {
+    fn hand_on(&mut self, frame: Vec<u8>, closed: Option<std::path::PathBuf>) {
+        self.budget.take(frame.len());
         let _ = self.folder.send(Fold::Frame(frame));
-        if !self.log.full() {
-            return;
-        }
-        match Appender::create(self.log.dir(), self.log.number() + 1) {
-            Ok(next) => {
-                let closed = std::mem::replace(&mut self.log, next);
-                let _ = self.folder.send(Fold::Closed(closed.path()));
-            }
-            // Appended to the full one meanwhile; tried again at the next commit.
-            Err(error) => tracing::warn!(%error, "starting a commit log segment"),
+        if let Some(closed) = closed {
+            let _ = self.folder.send(Fold::Closed(closed));
         }
     }
 
@@ -263,8 +262,9 @@ impl Writer {
     }
 
     /// Appends every decided group to the log as one frame, synced before it
-    /// returns; the frame, to fold (none if nothing was decided).
-    fn store(&mut self, outcomes: &[Outcome]) -> Result<Option<Vec<u8>>> {
+    /// returns; the frame, to fold (none if nothing was decided), and the segment the
+    /// log moved on from after it, if it did.
+    fn store(&mut self, outcomes: &[Outcome]) -> Result<Option<Appended>> {
         let mut frame = Encoder::new(self.seq + 1);
         for (groups, now) in outcomes {
             let now_ms = now.as_millisecond();
@@ -287,12 +287,12 @@ impl Writer {
             return Ok(None);
         }
         let frame = frame.finish();
-        self.log.append(&frame).map_err(|e| {
+        let closed = self.log.append(&frame).map_err(|e| {
             tracing::error!(error = %e, "the commit log could not be written");
             Error::Unavailable(format!("the data directory could not be written: {e}"))
         })?;
         self.seq += 1;
-        Ok(Some(frame))
+        Ok(Some((frame, closed)))
     }
 }
 
