@@ -662,3 +662,35 @@ async fn commits_only_the_log_holds_are_folded_in_at_start_and_a_damaged_log_is_
         );
     }
 }
+
+/// A file written before the commit log (schema 1, no `folded` row) starts as it was
+/// and is brought to this schema.
+#[tokio::test]
+async fn a_file_from_before_the_commit_log_starts_and_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_on(dir.path()).await;
+    register(&server, garage_north("d1", 100.0)).await;
+    server.stop().await.unwrap();
+    let file = dir.path().join(durable::FILE);
+    let version = |conn: &rusqlite::Connection| -> i64 {
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    };
+    {
+        let conn = rusqlite::Connection::open(&file).unwrap();
+        assert_eq!(version(&conn), 2);
+        conn.execute_batch("DROP TABLE folded; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+    assert_eq!(
+        registered(dir.path(), &["d1".to_owned()]).await,
+        ["d1"],
+        "the schema-1 city is served"
+    );
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    assert_eq!(version(&conn), 2);
+    let folded: i64 = conn
+        .query_row("SELECT seq FROM folded", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(folded, 0, "no commit since: the log it gained is empty");
+}

@@ -202,24 +202,30 @@ pub fn open(held: &Held) -> Result<Connection> {
          PRAGMA cache_size = -16384;",
     )
     .map_err(|e| refuse(path, e))?;
-    let schema = match existed {
-        true => pragma("user_version")?,
-        false => 0,
-    };
-    if schema < i64::from(SCHEMA) {
+    if !existed {
         let tx = conn.unchecked_transaction().map_err(|e| refuse(path, e))?;
-        if schema < 1 {
-            tx.execute_batch(CREATE).map_err(|e| refuse(path, e))?;
-        }
+        tx.execute_batch(CREATE).map_err(|e| refuse(path, e))?;
+        upgrade(&tx, path)?;
+        tx.commit().map_err(|e| refuse(path, e))?;
+    }
+    Ok(conn)
+}
+
+/// Brings a file of an earlier schema to this one, in `tx` (the start's, so a start
+/// refused later leaves the file as it was): schema 1 gets `folded`.
+pub fn upgrade(tx: &rusqlite::Transaction<'_>, path: &Path) -> Result<()> {
+    let schema: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| refuse(path, e))?;
+    if schema < i64::from(SCHEMA) {
         tx.execute_batch(CREATE_FOLDED)
             .map_err(|e| refuse(path, e))?;
         tx.execute_batch(&format!(
             "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA};"
         ))
         .map_err(|e| refuse(path, e))?;
-        tx.commit().map_err(|e| refuse(path, e))?;
     }
-    Ok(conn)
+    Ok(())
 }
 
 /// `PRAGMA quick_check`: every page and record well formed (a truncated or

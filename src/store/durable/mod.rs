@@ -190,6 +190,7 @@ fn recover<T>(
     let path = dir.join(FILE);
     let failed = |e: rusqlite::Error| file::refuse(&path, e);
     let tx = conn.transaction().map_err(failed)?;
+    file::upgrade(&tx, &path)?;
     let seq = fold::catch_up(&tx, dir, false).map_err(|unread| match unread {
         log::Unread::Damaged(path, why) => file::refuse(&path, why),
         log::Unread::Gone => file::refuse(dir, "a commit log segment vanished while it was read"),
