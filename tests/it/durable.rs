@@ -34,6 +34,21 @@ fn refusal(dir: &Path) -> String {
     }
 }
 
+/// Unpacks the backup `archive` into the new directory `into`, as an operator restores
+/// one: `into`.
+fn untar(archive: &Path, into: &Path) -> std::path::PathBuf {
+    std::fs::create_dir(into).unwrap();
+    let untar = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .unwrap();
+    assert!(untar.success(), "tar reads the archive");
+    into.to_path_buf()
+}
+
 /// A small city: car parks with live counts, a deleted one, a reservation.
 async fn city(server: &TestServer) -> pb::Reservation {
     register(server, garage_north("d1", 100.0)).await;
@@ -228,16 +243,7 @@ async fn an_online_backup_restores_the_city_it_was_taken_of() {
     assert!(message.contains("never overwrites"), "{message}");
     server.stop().await.unwrap();
 
-    let restored = out.path().join("restored");
-    std::fs::create_dir(&restored).unwrap();
-    let untar = std::process::Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&restored)
-        .status()
-        .unwrap();
-    assert!(untar.success(), "tar reads the archive");
+    let restored = untar(&archive, &out.path().join("restored"));
     assert_eq!(
         std::fs::read(restored.join("plate-key")).unwrap(),
         "k".repeat(32).as_bytes()
@@ -612,16 +618,7 @@ async fn commits_only_the_log_holds_are_folded_in_at_start_and_a_damaged_log_is_
     );
     assert!(log_segments(whole.path()).len() <= 1);
     assert_eq!(registered(whole.path(), &all).await, all, "and kept");
-    let restored = out.path().join("restored");
-    std::fs::create_dir(&restored).unwrap();
-    let untar = std::process::Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&restored)
-        .status()
-        .unwrap();
-    assert!(untar.success());
+    let restored = untar(&archive, &out.path().join("restored"));
     assert_eq!(
         registered(&restored, &all).await,
         all,

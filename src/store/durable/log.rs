@@ -25,7 +25,7 @@ pub(super) const PREFIX: &str = "live.log.";
 /// Opens every segment: "CPLG" and the format's version.
 const MAGIC: &[u8; 8] = b"CPLG\0\0\0\x01";
 /// A spare segment's size; past it, the writer moves to the next one.
-pub(super) const SEGMENT_LIMIT: u64 = 64 << 20;
+const SEGMENT_LIMIT: u64 = 64 << 20;
 /// A frame's length, its complement and the checksum.
 const HEADER: usize = 12;
 /// A payload's sequence number and row count.
@@ -253,14 +253,6 @@ pub(super) enum Unread {
     Gone,
 }
 
-/// Where the log ends: the last whole frame's sequence number (0 if none) and the
-/// last segment's number (0 if none).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct End {
-    pub seq: u64,
-    pub segment: u64,
-}
-
 /// Calls `f` with every whole frame's sequence number and payload, oldest first.
 /// A frame cut short or damaged at the very end of the last segment (what follows it
 /// is its own declared length, or zeros) is a write that was interrupted: never
@@ -268,12 +260,10 @@ pub(super) struct End {
 pub(super) fn each_frame(
     dir: &Path,
     mut f: impl FnMut(u64, &[u8]) -> Result<(), Unread>,
-) -> Result<End, Unread> {
+) -> Result<(), Unread> {
     let listed = segments(dir).map_err(|e| Unread::Damaged(dir.to_path_buf(), e.to_string()))?;
-    let mut end = End::default();
     let last = listed.len().saturating_sub(1);
-    for (i, (n, path)) in listed.iter().enumerate() {
-        end.segment = *n;
+    for (i, (_, path)) in listed.iter().enumerate() {
         let damaged = |why: String| Unread::Damaged(path.clone(), why);
         let mut bytes = Vec::new();
         match File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)) {
@@ -331,11 +321,10 @@ pub(super) fn each_frame(
             let payload = &rest[HEADER..HEADER + len];
             let seq = u64::from_le_bytes(payload[..8].try_into().expect("8"));
             f(seq, payload)?;
-            end.seq = seq;
             at += HEADER + len;
         }
     }
-    Ok(end)
+    Ok(())
 }
 
 /// The segment being appended to, and the spare it moves to next.
