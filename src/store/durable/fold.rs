@@ -3,9 +3,9 @@
 //! [`EVERY`] (or sooner, once [`FOLD_BYTES`] wait) in one transaction, with SQLite's
 //! `synchronous = NORMAL` (the log is what makes a commit durable): pages that many
 //! commits change are written once a fold, not once a commit, and so the disk is left
-//! to the log's syncs. The file's `folded` row says up to which commit it holds. When the
-//! writer closes a segment, the folder commits what came before it synced and deletes
-//! it. At start, and into a backup's copy, the same `apply` folds what the file lacks.
+//! to the log's syncs. The file's `folded` row says up to which commit it holds. When
+//! the writer closes a segment, the folder commits what came before it synced and
+//! deletes it. At start, and into a backup's copy, the same `apply` folds what the file lacks.
 
 use std::{
     path::{Path, PathBuf},
@@ -46,6 +46,8 @@ const FOLD_BYTES: usize = 64 << 20;
 /// Bytes of frames the writer may have handed on and the folder not yet folded; past
 /// it the writer waits.
 const BUDGET: usize = 256 << 20;
+/// How long a failed fold waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// The bytes of frames handed to the folder and not yet folded, bounded: memory stays
 /// bounded if the folder falls behind (a file it cannot write), and the writer waits.
@@ -77,8 +79,6 @@ impl Budget {
         self.freed.notify_all();
     }
 }
-/// How long a failed fold waits before it is tried again.
-const RETRY: Duration = Duration::from_secs(1);
 
 impl Fold {
     fn bytes(&self) -> usize {
