@@ -61,13 +61,16 @@ impl Regions {
 
 /// Whether the request's `If-None-Match` names `etag` (or `*`): the client has it.
 pub fn has_etag(request: &HeaderMap, etag: &axum::http::HeaderValue) -> bool {
+    // If-None-Match compares weakly (RFC 9110 §13.1.2): `W/` on either side is ignored.
+    let ours = etag.as_bytes();
+    let ours = ours.strip_prefix(b"W/").unwrap_or(ours);
     request
         .get_all(axum::http::header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|tag| tag.trim().trim_start_matches("W/"))
-        .any(|tag| tag == "*" || tag.as_bytes() == etag.as_bytes())
+        .any(|tag| tag == "*" || tag.as_bytes() == ours)
 }
 
 /// The routes of the HTTP port. Open data may be read from any page the CORS

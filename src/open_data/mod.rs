@@ -192,10 +192,26 @@ impl IntoResponse for Problem {
 /// A snapshot's response: its ETag (a hash of the body), 304 when the client has it,
 /// and how long it may be reused.
 fn cacheable(request: &HeaderMap, content_type: &'static str, body: Vec<u8>) -> Response {
+    let etag = etag_of(&body, false);
+    respond(request, content_type, body, etag)
+}
+
+/// The ETag of `bytes`: strong, or weak (`W/`) when it covers what a body means but
+/// not every byte of it.
+fn etag_of(bytes: &[u8], weak: bool) -> HeaderValue {
     let mut hasher = std::hash::DefaultHasher::new();
-    body.hash(&mut hasher);
-    let etag = HeaderValue::from_str(&format!("\"{:016x}\"", hasher.finish()))
-        .expect("hex is a valid header value");
+    bytes.hash(&mut hasher);
+    let weak = if weak { "W/" } else { "" };
+    HeaderValue::from_str(&format!("{weak}\"{:016x}\"", hasher.finish()))
+        .expect("hex is a valid header value")
+}
+
+fn respond(
+    request: &HeaderMap,
+    content_type: &'static str,
+    body: Vec<u8>,
+    etag: HeaderValue,
+) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CACHE_CONTROL,
@@ -240,12 +256,16 @@ async fn datex2_light(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let region = data.region(query?.region.as_deref())?;
-    let head = datex2::head(&data.publisher, data.clock.now());
-    let body = off_runtime(move || {
-        data.snapshot(region.as_ref(), &head, datex2::TAIL, datex2::write_site)
-    })
-    .await;
-    Ok(cacheable(&headers, "application/json", body))
+    let mut body = datex2::head(&data.publisher, data.clock.now());
+    let sites =
+        off_runtime(move || data.snapshot(region.as_ref(), b"", datex2::TAIL, datex2::write_site))
+            .await;
+    // `publicationTime` is the time of the request: the ETag is the sites' alone (weak:
+    // the same sites are the same publication), so a poller gets 304 while none of
+    // them changed, where a hash of the whole body changed every second.
+    let etag = etag_of(&sites, true);
+    body.extend_from_slice(&sites);
+    Ok(respond(&headers, "application/json", body, etag))
 }
 
 #[derive(Deserialize)]

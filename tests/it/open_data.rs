@@ -332,6 +332,42 @@ async fn datex2_light_has_its_header_and_wrapped_enums() {
     );
 }
 
+/// DATEX II Light's `publicationTime` is the time of the request, yet a poller gets
+/// 304 while no site changed: its ETag is the sites'.
+#[tokio::test]
+async fn datex2_light_revalidates_while_its_sites_are_unchanged() {
+    let server = TestServer::start().await;
+    small_city(&server).await;
+    let path = "/open-data/v1/datex2/parking-publication-light?region=qingdao";
+    let (status, headers, first) = http_get(server.http_addr, path, &[]).await;
+    assert_eq!(status, 200);
+    let etag = header(&headers, "etag").unwrap().to_owned();
+    assert!(etag.starts_with("W/\""), "weak: {etag}");
+    server.clock.advance(std::time::Duration::from_secs(5));
+    let (status, _, body) = http_get(server.http_addr, path, &[("If-None-Match", &etag)]).await;
+    assert_eq!(
+        (status, body.len()),
+        (304, 0),
+        "five seconds on, nothing changed"
+    );
+    let (status, headers, later) = http_get(server.http_addr, path, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "etag"), Some(etag.as_str()));
+    let time = |body: &[u8]| {
+        let document: Value = serde_json::from_slice(body).unwrap();
+        document["parkingPublicationLight"]["publicationTime"].clone()
+    };
+    assert_ne!(
+        time(&first),
+        time(&later),
+        "the publication time is the request's"
+    );
+    report_ok(&server, snapshot("live", 2, 7, server.clock.now())).await;
+    let (status, headers, _) = http_get(server.http_addr, path, &[("If-None-Match", &etag)]).await;
+    assert_eq!(status, 200, "a report changes a site");
+    assert_ne!(header(&headers, "etag"), Some(etag.as_str()));
+}
+
 #[tokio::test]
 async fn snapshots_revalidate_by_etag_and_bad_parameters_are_json_errors() {
     let server = TestServer::start_with(|settings| {
