@@ -526,3 +526,127 @@ async fn round_trip(importer: &TestServer, exporter: &TestServer) {
         }
     }
 }
+
+/// Every registered car park's id, sorted.
+async fn registered_ids(server: &TestServer) -> Vec<String> {
+    let mut ids: Vec<String> = all_car_parks(server)
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `--prune` deletes this operator's car parks in the region, with the prefix, that
+/// the file no longer has, after a dry run lists them; a record the file still names
+/// but the import skips keeps its car park; another operator's, another prefix's and
+/// an import without `--prune` delete nothing.
+#[tokio::test]
+async fn prune_deletes_what_the_file_no_longer_has_and_a_dry_run_lists_it() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = |uid: &str, lat: f64| {
+        serde_json::json!({"original_uid": uid, "name": format!("Lot {uid}"),
+            "type": "CAR_PARK", "lat": lat, "lon": 13.74, "capacity": 10})
+    };
+    let write = |name: &str, items: Vec<serde_json::Value>| {
+        let path = dir.path().join(name);
+        let body = serde_json::to_vec(&serde_json::json!({ "items": items })).unwrap();
+        std::fs::write(&path, body).unwrap();
+        path.display().to_string()
+    };
+    let then = write(
+        "then.json",
+        vec![
+            site("a", 51.0),
+            site("b", 51.01),
+            site("c", 51.02),
+            site("d", 51.03),
+        ],
+    );
+    // b is gone; d is still there but has lost its position (skipped).
+    let now = write(
+        "now.json",
+        vec![
+            site("a", 51.0),
+            site("c", 51.02),
+            serde_json::json!({"original_uid": "d", "name": "Lot d", "type": "CAR_PARK",
+                "capacity": 10}),
+        ],
+    );
+    let args = |file: &str, extra: &[&str]| -> Vec<String> {
+        let mut all: Vec<String> = [
+            "parkapi-v3",
+            file,
+            "--region",
+            "dresden",
+            "--time-zone",
+            "Europe/Berlin",
+            "--id-prefix",
+            "t.",
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        all.extend(extra.iter().map(|a| (*a).to_owned()));
+        all
+    };
+    let run = |key: &'static str, args: Vec<String>| {
+        let server = &server;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            import(server, key, &args).await
+        }
+    };
+    let (code, stdout, stderr) = run(OPERATOR_A.1, args(&then, &[])).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    // Not the file's: operator B's in the region, and A's under another prefix.
+    let mut theirs = crate::support::garage_north("t.z", 100.0);
+    theirs.region = "dresden".into();
+    crate::support::register_as(&server, theirs, OPERATOR_B.1).await;
+    let mut other_prefix = crate::support::garage_north("x.1", 200.0);
+    other_prefix.region = "dresden".into();
+    try_register(&server, other_prefix).await.unwrap();
+    let everything = ["t.a", "t.b", "t.c", "t.d", "t.z", "x.1"];
+
+    let (code, stdout, stderr) = run(OPERATOR_A.1, args(&now, &[])).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 0, updated 0, unchanged 2, skipped 1, failed 0",
+        "without --prune nothing is deleted"
+    );
+    assert_eq!(registered_ids(&server).await, everything);
+
+    let (code, stdout, stderr) = run(OPERATOR_A.1, args(&now, &["--prune", "--dry-run"])).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "dry run, nothing written: imported 0, updated 0, unchanged 2, skipped 1, failed 0, deleted 1"
+    );
+    assert!(
+        row(
+            &stdout,
+            &["deleted", "t.b", "Lot b", "not in the file (--prune)"]
+        )
+        .is_some(),
+        "{stdout}"
+    );
+    assert_eq!(
+        registered_ids(&server).await,
+        everything,
+        "a dry run deletes nothing"
+    );
+
+    let (code, stdout, stderr) = run(OPERATOR_A.1, args(&now, &["--prune"])).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        totals(&stdout),
+        "totals: imported 0, updated 0, unchanged 2, skipped 1, failed 0, deleted 1"
+    );
+    assert_eq!(
+        registered_ids(&server).await,
+        ["t.a", "t.c", "t.d", "t.z", "x.1"]
+    );
+}

@@ -106,6 +106,12 @@ pub struct ImportArgs {
     /// what an import would do.
     #[arg(long, env = "CITYPARK_DRY_RUN")]
     dry_run: bool,
+    /// Also delete this operator's car parks in --region (ids starting with
+    /// --id-prefix) that the file no longer has; a record the file has but the import
+    /// skips keeps its car park when the file names its id. Off by default: an import
+    /// only adds and updates. Try it with --dry-run first, which lists them.
+    #[arg(long, env = "CITYPARK_IMPORT_PRUNE")]
+    prune: bool,
 }
 
 fn reason(error: Error) -> String {
@@ -147,6 +153,8 @@ enum Outcome {
     Unchanged,
     /// Refused by the server (or, in a dry run, it would be), or not reachable.
     Failed(String),
+    /// Not in the file any more: deleted (or, in a dry run, it would be), `--prune`.
+    Deleted,
 }
 
 /// Who calls and how: the pieces every call of one import shares.
@@ -183,6 +191,49 @@ impl Caller {
             Ok(found) => Ok(found.car_park),
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(status),
+        }
+    }
+
+    /// The operator's car parks in `region`, every page.
+    async fn list(&self, region: &str) -> Result<Vec<pb::CarPark>, Status> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = patiently(|| {
+                let mut registry = self.registry.clone();
+                let request = self.request(pb::ListCarParksRequest {
+                    region: region.to_owned(),
+                    operator_id: self.operator.clone(),
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                });
+                async move { registry.list_car_parks(request).await }
+            })
+            .await?;
+            all.extend(page.car_parks);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Deletes one car park the file no longer has (in a dry run, says it would).
+    async fn prune(&self, id: &str) -> Outcome {
+        if self.dry_run {
+            return Outcome::Deleted;
+        }
+        let answer = patiently(|| {
+            let mut registry = self.registry.clone();
+            let request = self.request(pb::DeleteCarParkRequest { id: id.to_owned() });
+            async move { registry.delete_car_park(request).await }
+        })
+        .await;
+        match answer {
+            Ok(_) => Outcome::Deleted,
+            // Deleted meanwhile: gone either way.
+            Err(status) if status.code() == Code::NotFound => Outcome::Deleted,
+            Err(status) => Outcome::Failed(format!("deleting it: {}", describe(&status))),
         }
     }
 
@@ -359,12 +410,54 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         }
     }
     drop(outcomes);
-    print_report(&parsed, &results, &args)
+    let pruned = match args.prune {
+        true => prune(&caller, &parsed, &options).await?,
+        false => Vec::new(),
+    };
+    print_report(&parsed, &results, &pruned, &args)
+}
+
+/// With `--prune`: the operator's car parks in the region, with the prefix, that the
+/// file does not have (nor names among its skipped records), each deleted (or, in a
+/// dry run, listed).
+async fn prune(
+    caller: &Caller,
+    parsed: &Parsed,
+    options: &ImportOptions,
+) -> anyhow::Result<Vec<(pb::CarPark, Outcome)>> {
+    let kept: std::collections::HashSet<String> = parsed
+        .car_parks
+        .iter()
+        .map(|c| c.id.clone())
+        .chain(
+            parsed
+                .skipped
+                .iter()
+                .map(|s| format!("{}{}", options.id_prefix, import::sanitise(&s.source_ref))),
+        )
+        .collect();
+    let listed = caller
+        .list(options.region.as_str())
+        .await
+        .map_err(|status| anyhow!("cannot list the car parks to prune: {}", describe(&status)))?;
+    let mut pruned = Vec::new();
+    for car_park in listed {
+        if car_park.id.starts_with(&options.id_prefix) && !kept.contains(&car_park.id) {
+            let outcome = caller.prune(&car_park.id).await;
+            pruned.push((car_park, outcome));
+        }
+    }
+    Ok(pruned)
 }
 
 /// The table (every car park but the unchanged ones, then the skipped records), a note
 /// on default kinds and the totals; an error when any car park failed.
-fn print_report(parsed: &Parsed, results: &[Outcome], args: &ImportArgs) -> anyhow::Result<()> {
+fn print_report(
+    parsed: &Parsed,
+    results: &[Outcome],
+    pruned: &[(pb::CarPark, Outcome)],
+    args: &ImportArgs,
+) -> anyhow::Result<()> {
     let mut table = Table::new(vec![
         ("result", Align::Left),
         ("id", Align::Left),
@@ -372,7 +465,8 @@ fn print_report(parsed: &Parsed, results: &[Outcome], args: &ImportArgs) -> anyh
         ("detail", Align::Left),
     ]);
     let (mut imported, mut updated, mut unchanged, mut failed) = (0, 0, 0, 0);
-    for (car_park, outcome) in parsed.car_parks.iter().zip(results) {
+    let (mut deleted, pruned_rows) = (0, pruned.iter().map(|(c, o)| (c, o)));
+    for (car_park, outcome) in parsed.car_parks.iter().zip(results).chain(pruned_rows) {
         let (result, detail) = match outcome {
             Outcome::Imported => {
                 imported += 1;
@@ -395,6 +489,10 @@ fn print_report(parsed: &Parsed, results: &[Outcome], args: &ImportArgs) -> anyh
                 failed += 1;
                 ("failed", why.clone())
             }
+            Outcome::Deleted => {
+                deleted += 1;
+                ("deleted", "not in the file (--prune)".to_owned())
+            }
         };
         table.push(vec![
             result.to_owned(),
@@ -411,7 +509,7 @@ fn print_report(parsed: &Parsed, results: &[Outcome], args: &ImportArgs) -> anyh
             s.reason.clone(),
         ]);
     }
-    if imported + updated + failed + parsed.skipped.len() > 0 {
+    if imported + updated + failed + deleted + parsed.skipped.len() > 0 {
         table.print()?;
     }
     if parsed.kind_defaulted > 0 {
@@ -426,12 +524,19 @@ fn print_report(parsed: &Parsed, results: &[Outcome], args: &ImportArgs) -> anyh
     } else {
         "totals"
     };
+    let deleted = match args.prune {
+        true => format!(", deleted {deleted}"),
+        false => String::new(),
+    };
     say(format_args!(
-        "{run}: imported {imported}, updated {updated}, unchanged {unchanged}, skipped {}, failed {failed}",
+        "{run}: imported {imported}, updated {updated}, unchanged {unchanged}, skipped {}, failed {failed}{deleted}",
         parsed.skipped.len()
     ))?;
     if failed > 0 {
-        bail!("{failed} of {} car parks failed", results.len());
+        bail!(
+            "{failed} of {} car parks failed",
+            results.len() + pruned.len()
+        );
     }
     Ok(())
 }
