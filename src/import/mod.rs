@@ -108,6 +108,10 @@ pub struct Skipped {
     /// (`feature #3`) when it has neither.
     pub source_ref: String,
     pub reason: String,
+    /// The id the record would have had, where the file names it (a source id, or,
+    /// in formats whose ids are made of names, a name): a car park of that id is still
+    /// in the file (`import --prune` keeps it).
+    pub id: Option<String>,
 }
 
 /// Why a whole file cannot be read.
@@ -128,7 +132,19 @@ pub fn parse(format: Format, bytes: &[u8], options: &ImportOptions) -> Result<Pa
         Format::ParkApiV3 => parkapi_v3::lots(&root)?,
         Format::Ngsi => ngsi::lots(&root)?,
     };
-    Ok(collect(lots, options))
+    let mut parsed = collect(lots, options);
+    // ParkAPI city files have no ids: their ids are made of names.
+    let named = format == Format::ParkApiGeojson;
+    for s in &mut parsed.skipped {
+        if !is_position(&s.source_ref) {
+            let from = match named {
+                true => LotId::Name,
+                false => LotId::Source(s.source_ref.clone()),
+            };
+            s.id = id_of(&from, &s.source_ref, options).ok();
+        }
+    }
+    Ok(parsed)
 }
 
 /// Where a record's id comes from.
@@ -164,7 +180,23 @@ fn skipped(source_ref: impl Into<String>, reason: impl Into<String>) -> Skipped 
     Skipped {
         source_ref: source_ref.into(),
         reason: reason.into(),
+        id: None,
     }
+}
+
+/// What the parsers call a record in a [`position`].
+const POSITIONS: [&str; 3] = ["feature", "item", "entity"];
+
+/// How a record the file names neither by id nor by name is referred to: `feature #3`.
+fn position(what: &str, index: usize) -> String {
+    format!("{what} #{}", index + 1)
+}
+
+/// Whether `source_ref` is a [`position`], not a name the file gives.
+fn is_position(source_ref: &str) -> bool {
+    source_ref
+        .split_once(" #")
+        .is_some_and(|(what, n)| POSITIONS.contains(&what) && n.parse::<usize>().is_ok())
 }
 
 /// The common rules over the parsers' records, in file order: ids, the domain's
@@ -294,8 +326,13 @@ fn pb_capacity(capacity: &Capacity) -> Vec<pb::CategoryCapacity> {
 /// The id of a record: the prefix, then the source's id sanitised into the id
 /// charset, or the region and a slug of the name when the source has none.
 fn make_id(lot: &Lot, options: &ImportOptions) -> Result<String, String> {
+    id_of(&lot.id, &lot.name, options)
+}
+
+/// The id of a record whose id comes `from` its source or its `name`.
+fn id_of(from: &LotId, name: &str, options: &ImportOptions) -> Result<String, String> {
     let prefix = &options.id_prefix;
-    match &lot.id {
+    match from {
         LotId::Source(raw) => {
             let id = format!("{prefix}{}", sanitise(raw));
             if raw.trim().is_empty() {
@@ -313,12 +350,12 @@ fn make_id(lot: &Lot, options: &ImportOptions) -> Result<String, String> {
         }
         LotId::Name => {
             let head = format!("{prefix}{}-", options.region);
-            let mut slug = slug(&lot.name);
+            let mut slug = slug(name);
             if slug.is_empty() {
                 // A name of no Latin letters or digits: a stable hash of it instead.
                 slug = format!(
                     "{:016x}",
-                    xxhash_rust::xxh3::xxh3_64(lot.name.trim().as_bytes())
+                    xxhash_rust::xxh3::xxh3_64(name.trim().as_bytes())
                 );
             }
             let room = CarParkId::MAX_LEN.saturating_sub(head.len());
@@ -651,6 +688,13 @@ mod tests {
             id(&o, lot(LotId::Name, "Prohlis")).unwrap(),
             "pa.dresden-prohlis"
         );
+    }
+
+    #[test]
+    fn a_record_named_only_by_its_place_in_the_file_has_no_id() {
+        assert!(super::is_position(&super::position("feature", 2)));
+        assert!(!super::is_position("Parkhaus #2"));
+        assert!(!super::is_position("Lot b"));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{ImportError, Lot, LotId, Skipped, number, point, skipped, whole};
+use super::{ImportError, Lot, LotId, Skipped, number, point, position, skipped, whole};
 use crate::domain::{CarParkKind, SpaceCategory};
 
 const FORMAT: &str = "NGSI OffStreetParking entities";
@@ -59,7 +59,7 @@ fn unwrap(attribute: &Value) -> &Value {
 }
 
 fn lot(index: usize, entity: &Value) -> Result<Lot, Skipped> {
-    let position = format!("entity #{}", index + 1);
+    let position = position("entity", index);
     let Some(object) = entity.as_object() else {
         return Err(skipped(position, "not an entity object"));
     };

@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::{ImportError, Lot, LotId, Skipped, point, skipped, text, whole};
+use super::{ImportError, Lot, LotId, Skipped, point, position, skipped, text, whole};
 use crate::domain::{CarParkKind, SpaceCategory};
 
 const FORMAT: &str = "a ParkAPI city GeoJSON";
@@ -37,7 +37,7 @@ pub(super) fn lots(root: &Value) -> Result<Vec<Result<Lot, Skipped>>, ImportErro
 }
 
 fn lot(index: usize, feature: &Value) -> Result<Lot, Skipped> {
-    let position = format!("feature #{}", index + 1);
+    let position = position("feature", index);
     let Some(properties) = feature.get("properties").filter(|p| p.is_object()) else {
         return Err(skipped(position, "no properties"));
     };
@@ -192,6 +192,13 @@ mod tests {
             );
         }
         assert_eq!(parsed.skipped.len(), 3);
+        // Their ids are made of names, as they would be with a position: what
+        // `import --prune` keeps.
+        let skipped: Vec<Option<&str>> = parsed.skipped.iter().map(|s| s.id.as_deref()).collect();
+        assert!(
+            skipped.contains(&Some("zuerich-parkhaus-crowne-plaza")),
+            "{skipped:?}"
+        );
         let messe = find(&parsed, "zuerich-parkhaus-messe-zuerich-ag");
         assert_eq!(spaces(messe), [("standard", 2000)]);
         assert_eq!(messe.kind, pb::CarParkKind::Garage as i32, "--default-kind");

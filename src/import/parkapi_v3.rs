@@ -13,7 +13,7 @@
 
 use serde_json::Value;
 
-use super::{ImportError, Lot, LotId, Skipped, number, skipped, text, whole};
+use super::{ImportError, Lot, LotId, Skipped, number, position, skipped, text, whole};
 use crate::domain::{CarParkKind, SpaceCategory};
 
 const FORMAT: &str = "ParkAPI v3 parking sites";
@@ -56,7 +56,7 @@ fn lot(index: usize, site: &Value) -> Result<Lot, Skipped> {
     let source_ref = uid
         .clone()
         .or_else(|| name.clone())
-        .unwrap_or_else(|| format!("item #{}", index + 1));
+        .unwrap_or_else(|| position("item", index));
     if !site.is_object() {
         return Err(skipped(source_ref, "not a parking site object"));
     }

@@ -108,7 +108,7 @@ pub struct ImportArgs {
     dry_run: bool,
     /// Also delete this operator's car parks in --region (ids starting with
     /// --id-prefix) that the file no longer has; a record the file has but the import
-    /// skips keeps its car park when the file names its id. Off by default: an import
+    /// skips keeps its car park when the file names it. Off by default: an import
     /// only adds and updates. Try it with --dry-run first, which lists them.
     #[arg(long, env = "CITYPARK_IMPORT_PRUNE")]
     prune: bool,
@@ -429,12 +429,7 @@ async fn prune(
         .car_parks
         .iter()
         .map(|c| c.id.clone())
-        .chain(
-            parsed
-                .skipped
-                .iter()
-                .map(|s| format!("{}{}", options.id_prefix, import::sanitise(&s.source_ref))),
-        )
+        .chain(parsed.skipped.iter().filter_map(|s| s.id.clone()))
         .collect();
     let listed = caller
         .list(options.region.as_str())
