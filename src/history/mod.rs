@@ -247,12 +247,6 @@ pub trait History: Send + Sync + 'static {
     /// Records matching `query`, newest first.
     fn list<R: Record>(&self, query: &Query) -> impl Future<Output = Result<Vec<R>>> + Send;
 
-    /// Which of `ids` are kept.
-    fn contains<R: Record>(
-        &self,
-        ids: &[String],
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
-
     /// `operator`'s local `day` as history holds it: the sessions that left on it
     /// summed by state and payment, the refunds posted in `[from, to)` by currency,
     /// and which of the live `sessions` and `entries` (ids) it holds too, all read in

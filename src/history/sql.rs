@@ -428,24 +428,6 @@ impl History for SqlHistory {
             .collect()
     }
 
-    async fn contains<R: Record>(&self, ids: &[String]) -> Result<Vec<String>> {
-        let mut found = Vec::new();
-        for chunk in ids.chunks(ROWS_PER_INSERT) {
-            let sql = format!(
-                "SELECT id FROM {} WHERE id IN ({})",
-                R::TABLE,
-                params(1, chunk.len())
-            );
-            let values: Vec<Value> = chunk.iter().map(|id| Value::text(id.clone())).collect();
-            let ids: Vec<String> = on_pool!(&self.pool, p => {
-                bind_all!(sqlx::query_scalar(&sql), &values).fetch_all(p).await
-            })
-            .map_err(unavailable)?;
-            found.extend(ids);
-        }
-        Ok(found)
-    }
-
     async fn day(
         &self,
         operator: &OperatorId,

@@ -524,10 +524,10 @@ async fn a_session_in_arrears_moves_to_history_and_what_it_owes_stays_live() {
     let moved = session(&server, OPERATOR_A.1, &id).await.unwrap();
     assert_eq!(payment(&moved).status, i32::from(pb::PaymentStatus::Failed));
     let kept = history
-        .contains::<citypark::history::ClosedSession>(std::slice::from_ref(&id))
+        .get::<citypark::history::ClosedSession>(&id)
         .await
         .unwrap();
-    assert_eq!(kept, [id]);
+    assert!(kept.is_some(), "{id} is in history");
     let day_after = settlement(&server, "2026-11-30").await;
     assert_eq!(
         (day_after.sessions_unpaid, day_after.arrears_minor),
