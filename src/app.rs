@@ -14,7 +14,7 @@ use crate::{
     clock::{Clock, SystemClock},
     domain::Error,
     engine::Engine,
-    grpc::{AdmissionLayer, Api, MetricsLayer, RateLimits},
+    grpc::{AdmissionLayer, Api, BrowserLayer, MetricsLayer, RateLimits},
     history::{History, SqlHistory},
     map::{Map, MapSettings},
     net::{self, ConnLimits},
@@ -373,9 +373,9 @@ pub async fn run(
         // A peer that stops answering pings is dropped, and with it its streams.
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .layer(MetricsLayer)
-        .layer(cors(&settings.cors_origins))
-        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(MetricsLayer::new())
+        // CORS and gRPC-Web, for browsers' calls only.
+        .layer(BrowserLayer::new(cors(&settings.cors_origins)))
         // Innermost, so that it sees gRPC-Web calls translated and its refusals go
         // back through the translation and CORS.
         .layer(admission)

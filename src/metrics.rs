@@ -8,7 +8,8 @@
 use std::{collections::BTreeSet, sync::OnceLock};
 
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -418,10 +419,13 @@ pub fn record_tombstones_compacted(kind: &'static str, n: u64) {
     counter!(TOMBSTONES_COMPACTED, "kind" => kind).increment(n);
 }
 
-/// Counts one answered gRPC request.
-pub fn record_request(method: &'static str, code: &'static str, seconds: f64) {
-    counter!(GRPC_REQUESTS, "method" => method, "code" => code).increment(1);
-    histogram!(GRPC_DURATION, "method" => method, "code" => code).record(seconds);
+/// The counter and the latency histogram of a gRPC method's answers with one status
+/// code, for the metrics layer to keep.
+pub fn request_handles(method: &'static str, code: &'static str) -> (Counter, Histogram) {
+    (
+        counter!(GRPC_REQUESTS, "method" => method, "code" => code),
+        histogram!(GRPC_DURATION, "method" => method, "code" => code),
+    )
 }
 
 /// Counts one report's result.

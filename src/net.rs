@@ -222,6 +222,9 @@ pin_project_lite::pin_project! {
         peer: Peer,
         limits: Arc<ConnLimits>,
         timer: Pin<Box<Sleep>>,
+        // The timer holds this connection's waker: until it fires, a read need not
+        // poll it again (most reads of a busy connection find nothing and would).
+        armed: bool,
         closed: bool,
         _slot: OwnedSemaphorePermit,
         _gauge: metrics::Held,
@@ -252,8 +255,12 @@ impl AsyncRead for Conn {
         // Nothing to read: the server is waiting for the client, which is when a
         // connection without calls runs out of time. An end of stream closes it as a
         // client's close would, without an error to log.
+        if *this.armed && !this.timer.is_elapsed() {
+            return Poll::Pending;
+        }
         loop {
             if this.timer.as_mut().poll(cx).is_pending() {
+                *this.armed = true;
                 return Poll::Pending;
             }
             let now = Instant::now();
@@ -472,6 +479,7 @@ async fn open(
         },
         timer: Box::pin(tokio::time::sleep_until(first.into())),
         limits,
+        armed: false,
         closed: false,
         _slot: slot,
         _gauge: metrics::Held::connection(),

@@ -1,6 +1,7 @@
 //! Admits each call before its handler: finds who calls (an operator by API key or
 //! client certificate, a driver by token, else the address it comes from) once, for
-//! the handler to reuse, and refuses the call when that caller's rate is spent.
+//! the handler to reuse, refuses the call when that caller's rate is spent, and holds
+//! a unary or server-streaming call's body to one message (`methods::OneMessage`).
 //!
 //! Rates are token buckets: a caller may make `rate` calls a second on average and
 //! `2 × rate` at once. A refusal is RESOURCE_EXHAUSTED with the delay after which a
@@ -28,6 +29,8 @@ use crate::{
     service::Caller,
     tokens::{DriverTokens, looks_like_jwt},
 };
+
+use super::methods::{METHODS, OneMessage};
 
 /// Calls a second allowed to one caller of each class; 0 is unlimited.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +190,17 @@ impl Admission {
     /// `Some(refusal)` when the caller's rate is spent.
     fn admit<B>(&self, request: &mut http::Request<B>) -> Option<Status> {
         let caller = self.verify(request);
+        let rate = match &caller {
+            Some(Caller::Operator(_)) => self.limits.operator,
+            Some(Caller::Driver(_)) => self.limits.driver,
+            None => self.limits.anonymous,
+        };
+        if rate <= 0.0 || exempt(request.uri().path()) {
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(Verified(caller));
+            }
+            return None;
+        }
         let key = match &caller {
             Some(Caller::Operator(o)) => Key::Operator(o.clone()),
             Some(Caller::Driver(d)) => Key::Driver(d.clone()),
@@ -201,10 +215,6 @@ impl Admission {
         };
         if let Some(caller) = caller {
             request.extensions_mut().insert(Verified(caller));
-        }
-        let rate = rate_of(&self.limits, &key);
-        if rate <= 0.0 || exempt(request.uri().path()) {
-            return None;
         }
         let class = key.class();
         let retry = self.take(key, rate, Instant::now()).err()?;
@@ -266,7 +276,7 @@ pub struct AdmissionService<S> {
 
 impl<S, B> Service<http::Request<B>> for AdmissionService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<OneMessage<B>>, Response = http::Response<tonic::body::Body>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -278,9 +288,16 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match self.admission.admit(&mut request) {
-            None => Admitted::Called {
-                future: self.inner.call(request),
-            },
+            None => {
+                let one = METHODS
+                    .find(request.uri().path())
+                    .is_some_and(|i| METHODS.methods[i].one_request);
+                Admitted::Called {
+                    future: self
+                        .inner
+                        .call(request.map(|body| OneMessage::new(body, one))),
+                }
+            }
             Some(refusal) => Admitted::Refused {
                 response: Some(refusal.into_http()),
             },

@@ -439,7 +439,7 @@ impl Harness {
         );
         let routes = super::routes(api, MAX_MESSAGE_BYTES).prepare();
         City {
-            stack: MetricsLayer.layer(admission.layer(routes)),
+            stack: MetricsLayer::new().layer(admission.layer(routes)),
             service,
             shutdown,
         }

@@ -7,6 +7,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -14,123 +15,142 @@ use std::{
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::status::{code_label, decode_error_field};
-use crate::{
-    metrics,
-    net::{CallGuard, Peer},
+use super::{
+    methods::METHODS,
+    status::{code_label, decode_error_field},
 };
+use crate::net::{CallGuard, Peer};
 
-/// Every method the server offers; any other path is labelled "other", which keeps
-/// the label set bounded whatever clients send.
-const METHODS: &[&str] = &[
-    "/citypark.v1.Registry/UpsertCarPark",
-    "/citypark.v1.Registry/GetCarPark",
-    "/citypark.v1.Registry/ListCarParks",
-    "/citypark.v1.Registry/DeleteCarPark",
-    "/citypark.v1.Ingest/Report",
-    "/citypark.v1.Ingest/Publish",
-    "/citypark.v1.Availability/FindNearby",
-    "/citypark.v1.Availability/GetAvailability",
-    "/citypark.v1.Availability/WatchAvailability",
-    "/citypark.v1.Availability/Ping",
-    "/citypark.v1.Availability/GetOccupancyHistory",
-    "/citypark.v1.Reservations/CreateReservation",
-    "/citypark.v1.Reservations/GetReservation",
-    "/citypark.v1.Reservations/ListReservations",
-    "/citypark.v1.Reservations/CancelReservation",
-    "/citypark.v1.Reservations/CheckIn",
-    "/citypark.v1.Reservations/CheckOut",
-    "/citypark.v1.Reservations/GetReservationCalendar",
-    "/citypark.v1.SharedParking/OfferSpace",
-    "/citypark.v1.SharedParking/UpdateOffer",
-    "/citypark.v1.SharedParking/WithdrawOffer",
-    "/citypark.v1.SharedParking/ListMyOffers",
-    "/citypark.v1.SharedParking/SearchOffers",
-    "/citypark.v1.SharedParking/BookOffer",
-    "/citypark.v1.SharedParking/GetBooking",
-    "/citypark.v1.SharedParking/CancelBooking",
-    "/citypark.v1.SharedParking/ListMyBookings",
-    "/citypark.v1.SharedParking/CheckIn",
-    "/citypark.v1.SharedParking/CheckOut",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
+/// The status codes gRPC has, 0 to 16.
+const CODES: usize = 17;
 
-fn method_label(path: &str) -> &'static str {
-    METHODS
-        .iter()
-        .find(|m| **m == path)
-        .map_or("other", |m| &m[1..])
+/// Wraps a service with request metrics. Made once per server, after the metrics
+/// recorder is installed: it keeps the counter and histogram of each method and status
+/// code it has seen, so a call pays neither a lookup by labels nor their hashing.
+#[derive(Clone)]
+pub struct MetricsLayer {
+    handles: Arc<Handles>,
 }
 
-/// Wraps a service with request metrics.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MetricsLayer;
+impl Default for MetricsLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MetricsLayer {
+    pub fn new() -> Self {
+        let cells = (METHODS.methods.len() + 1) * CODES;
+        Self {
+            handles: Arc::new(Handles {
+                cells: (0..cells).map(|_| OnceLock::new()).collect(),
+            }),
+        }
+    }
+}
+
+/// A method's counter and histogram per status code, made on first use; the last row
+/// is for every path no method has ("other", which keeps the label set bounded
+/// whatever clients send).
+struct Handles {
+    cells: Box<[OnceLock<(metrics::Counter, metrics::Histogram)>]>,
+}
+
+impl Handles {
+    fn record(&self, method: Option<usize>, code: Code, seconds: f64) {
+        let row = method.unwrap_or(METHODS.methods.len());
+        let (counter, histogram) = self.cells[row * CODES + code as usize].get_or_init(|| {
+            let label = method.map_or("other", |i| METHODS.methods[i].label);
+            crate::metrics::request_handles(label, code_label(code))
+        });
+        counter.increment(1);
+        histogram.record(seconds);
+    }
+}
 
 impl<S> Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        MetricsService { inner }
+        MetricsService {
+            inner,
+            handles: self.handles.clone(),
+        }
     }
 }
 
 /// See [`MetricsLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MetricsService<S> {
     inner: S,
+    handles: Arc<Handles>,
 }
 
 impl<S, B, RB> Service<http::Request<B>> for MetricsService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
 {
     type Response = http::Response<CountedBody<RB>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = Counted<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = method_label(request.uri().path());
+        let method = METHODS.find(request.uri().path());
         let start = Instant::now();
         // The connection has a call in flight until the answer's body ends, which
         // keeps the idle timeout off it.
         let call = request.extensions().get::<Peer>().map(Peer::call);
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = match future.await {
-                Ok(response) => response,
-                Err(error) => {
-                    metrics::record_request(
-                        method,
-                        code_label(Code::Unknown),
-                        start.elapsed().as_secs_f64(),
-                    );
-                    return Err(error);
-                }
-            };
-            honest_status(response.headers_mut());
-            // An error before any message comes as a trailers-only answer, its status in
-            // the headers; otherwise the status comes in the trailers, at the end of
-            // the call (a stream's, however long it ran), and is counted then.
-            let settled = grpc_status(response.headers());
-            let mut counter = Counter {
+        Counted {
+            future: self.inner.call(request),
+            counter: Some(Counter {
+                handles: self.handles.clone(),
                 method,
                 start,
                 done: false,
                 _call: call,
-            };
-            if let Some(code) = settled {
-                counter.record(code);
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer's headers, on their way to be counted.
+    pub struct Counted<F> {
+        #[pin]
+        future: F,
+        counter: Option<Counter>,
+    }
+}
+
+impl<F, RB, E> Future for Counted<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = Result<http::Response<CountedBody<RB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        let mut counter = this.counter.take().expect("polled after completion");
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                counter.record(Code::Unknown);
+                return Poll::Ready(Err(error));
             }
-            Ok(response.map(|inner| CountedBody { inner, counter }))
-        })
+        };
+        honest_status(response.headers_mut());
+        // An error before any message comes as a trailers-only answer, its status in
+        // the headers; otherwise the status comes in the trailers, at the end of the
+        // call (a stream's, however long it ran), and is counted then.
+        if let Some(code) = grpc_status(response.headers()) {
+            counter.record(code);
+        }
+        Poll::Ready(Ok(response.map(|inner| CountedBody { inner, counter })))
     }
 }
 
@@ -145,7 +165,8 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
 
 /// Counts a call once, when its status is known.
 struct Counter {
-    method: &'static str,
+    handles: Arc<Handles>,
+    method: Option<usize>,
     start: Instant,
     done: bool,
     _call: Option<CallGuard>,
@@ -154,11 +175,8 @@ struct Counter {
 impl Counter {
     fn record(&mut self, code: Code) {
         if !std::mem::replace(&mut self.done, true) {
-            metrics::record_request(
-                self.method,
-                code_label(code),
-                self.start.elapsed().as_secs_f64(),
-            );
+            self.handles
+                .record(self.method, code, self.start.elapsed().as_secs_f64());
         }
     }
 }
@@ -269,6 +287,12 @@ const CODEC_ERRORS: &[(i32, &str, i32, &str)] = &[
 /// error before any handler ran) or trailers (a stream's) when it is one of
 /// `CODEC_ERRORS`.
 fn honest_status(headers: &mut http::HeaderMap) {
+    // Nearly every answer: no status in its headers, or OK in its trailers.
+    match headers.get("grpc-status") {
+        None => return,
+        Some(v) if v.as_bytes() == b"0" => return,
+        Some(_) => {}
+    }
     let Some(code) = headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())

@@ -5,16 +5,19 @@
 //! rejections; `layer` counts requests for the metrics.
 
 mod admission;
+mod browser;
 mod convert;
 pub mod fuzzing;
 mod handlers;
 mod layer;
+mod methods;
 mod reservations;
 mod sessions;
 mod shared;
 mod status;
 
 pub use admission::{AdmissionLayer, RateLimits, Verified};
+pub use browser::BrowserLayer;
 pub use handlers::Api;
 pub use layer::MetricsLayer;
 

@@ -868,3 +868,118 @@ async fn a_half_sent_metrics_request_does_not_hold_its_connection() {
     // And the port still answers whole requests.
     assert!(server.metrics_text().await.contains("citypark_"));
 }
+
+/// One gRPC frame: uncompressed, the length, the message.
+fn grpc_frame(message: &impl prost::Message) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend((body.len() as u32).to_be_bytes());
+    frame.extend(body);
+    frame
+}
+
+/// The status a raw HTTP/2 call to `path` gets with `chunks` as its body's DATA
+/// frames (each sent once the server has asked for more), from the headers of a
+/// trailers-only answer or else from the trailers.
+async fn raw_h2_call(server: &TestServer, path: &str, chunks: Vec<Vec<u8>>) -> (i32, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let frames = futures_util::stream::iter(chunks.into_iter().map(|c| {
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(axum::body::Bytes::from(c)))
+    }));
+    let request = http::Request::post(format!("http://citypark{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let status = |h: &http::HeaderMap| {
+        h.get("grpc-status").map(|v| {
+            // Percent-encoded, as the gRPC spec has it: only spaces here.
+            let message = h.get("grpc-message").map_or("", |m| m.to_str().unwrap());
+            (
+                v.to_str().unwrap().parse().unwrap(),
+                message.replace("%20", " "),
+            )
+        })
+    };
+    if let Some(s) = status(response.headers()) {
+        return s;
+    }
+    let collected = response.into_body().collect().await.unwrap();
+    status(collected.trailers().expect("trailers")).expect("grpc-status")
+}
+
+/// gRPC's status-code table: a second request message on a unary method is a
+/// cardinality violation, UNIMPLEMENTED. tonic alone answered the first and dropped the
+/// rest unread (issue 22, item 4).
+#[tokio::test]
+async fn a_second_request_message_on_a_unary_or_server_streaming_method_is_unimplemented() {
+    let (server, stored, _) = one_car_park().await;
+    let get = grpc_frame(&pb::GetCarParkRequest { id: "g1".into() });
+    let ok = raw_h2_call(
+        &server,
+        "/citypark.v1.Registry/GetCarPark",
+        vec![get.clone()],
+    )
+    .await;
+    assert_eq!(ok.0, 0, "one message is answered: {ok:?}");
+    // Two messages in one DATA frame, in two, and the second's prefix split.
+    let two = [get.clone(), get.clone()].concat();
+    let splits = [
+        vec![two.clone()],
+        vec![get.clone(), get.clone()],
+        vec![two[..get.len() + 2].to_vec(), two[get.len() + 2..].to_vec()],
+    ];
+    for chunks in splits {
+        let (code, message) =
+            raw_h2_call(&server, "/citypark.v1.Registry/GetCarPark", chunks).await;
+        assert_eq!(code, Code::Unimplemented as i32, "{message}");
+        assert!(message.contains("one request message"), "{message}");
+    }
+    // A write the same: nothing of the first message is applied.
+    let mut changed = stored.clone();
+    changed.name = "Renamed by a call that should fail".into();
+    let upsert = grpc_frame(&pb::UpsertCarParkRequest {
+        car_park: Some(changed),
+    });
+    let (code, _) = raw_h2_call(
+        &server,
+        "/citypark.v1.Registry/UpsertCarPark",
+        vec![upsert.clone(), upsert],
+    )
+    .await;
+    assert_eq!(code, Code::Unimplemented as i32);
+    let now = server
+        .registry()
+        .await
+        .get_car_park(pb::GetCarParkRequest { id: "g1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.car_park.unwrap().name, stored.name);
+    // A server-streaming method takes one request message too.
+    let watch = grpc_frame(&pb::WatchAvailabilityRequest {
+        selector: Some(pb::watch_availability_request::Selector::Ids(
+            pb::CarParkIds {
+                ids: vec!["g1".into()],
+            },
+        )),
+    });
+    let (code, _) = raw_h2_call(
+        &server,
+        "/citypark.v1.Availability/WatchAvailability",
+        vec![watch.clone(), watch],
+    )
+    .await;
+    assert_eq!(code, Code::Unimplemented as i32);
+    assert!(requests(&server, "Registry/GetCarPark", "unimplemented").await >= 3);
+}
