@@ -35,10 +35,13 @@ pub fn occupancy_fraction(kind: CarParkKind, local_hour: f64, weekend: bool) -> 
     let f = match (kind, weekend) {
         // Office and mall garages: full through working hours, then a smaller evening
         // peak from restaurants and shopping.
-        (CarParkKind::Garage | CarParkKind::Unspecified, false) => {
-            0.12 + 0.72 * plateau(h, 8.5, 18.0) + 0.12 * bump(h, 20.0, 1.5)
+        (
+            CarParkKind::Garage | CarParkKind::UndergroundGarage | CarParkKind::Unspecified,
+            false,
+        ) => 0.12 + 0.72 * plateau(h, 8.5, 18.0) + 0.12 * bump(h, 20.0, 1.5),
+        (CarParkKind::Garage | CarParkKind::UndergroundGarage | CarParkKind::Unspecified, true) => {
+            0.12 + 0.58 * bump(h, 15.0, 3.5)
         }
-        (CarParkKind::Garage | CarParkKind::Unspecified, true) => 0.12 + 0.58 * bump(h, 15.0, 3.5),
         // Commuters on weekdays; beaches and parks at weekends.
         (CarParkKind::SurfaceLot, false) => {
             0.08 + 0.62 * plateau(h, 8.0, 17.5) + 0.10 * bump(h, 19.5, 1.5)

@@ -59,19 +59,23 @@ impl SpaceCategory {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CarParkKind {
+    /// Multi-storey, or not known to be underground.
     Garage,
     SurfaceLot,
     OnStreet,
     SharedPrivate,
+    /// Below ground.
+    UndergroundGarage,
 }
 
 impl CarParkKind {
     /// Every kind.
-    pub const ALL: [CarParkKind; 4] = [
+    pub const ALL: [CarParkKind; 5] = [
         Self::Garage,
         Self::SurfaceLot,
         Self::OnStreet,
         Self::SharedPrivate,
+        Self::UndergroundGarage,
     ];
 
     /// The one name: for logs and the CLI.
@@ -81,6 +85,7 @@ impl CarParkKind {
             Self::SurfaceLot => "surface_lot",
             Self::OnStreet => "on_street",
             Self::SharedPrivate => "shared_private",
+            Self::UndergroundGarage => "underground_garage",
         }
     }
 

@@ -180,6 +180,7 @@ impl From<CarParkKind> for pb::CarParkKind {
             CarParkKind::SurfaceLot => Self::SurfaceLot,
             CarParkKind::OnStreet => Self::OnStreet,
             CarParkKind::SharedPrivate => Self::SharedPrivate,
+            CarParkKind::UndergroundGarage => Self::UndergroundGarage,
         }
     }
 }
@@ -193,6 +194,7 @@ impl TryFrom<pb::CarParkKind> for CarParkKind {
             pb::CarParkKind::SurfaceLot => Ok(Self::SurfaceLot),
             pb::CarParkKind::OnStreet => Ok(Self::OnStreet),
             pb::CarParkKind::SharedPrivate => Ok(Self::SharedPrivate),
+            pb::CarParkKind::UndergroundGarage => Ok(Self::UndergroundGarage),
             pb::CarParkKind::Unspecified => Err(Error::invalid("", "must be set")),
         }
     }

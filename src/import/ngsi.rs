@@ -204,7 +204,9 @@ fn kind(category: Option<&Value>, layout: Option<&Value>) -> Option<CarParkKind>
                 .any(|v| names.contains(&v))
         })
     };
-    if has(category, &["underground", "parkingGarage"]) {
+    if has(category, &["underground"]) {
+        Some(CarParkKind::UndergroundGarage)
+    } else if has(category, &["parkingGarage"]) {
         Some(CarParkKind::Garage)
     } else if has(category, &["parkingLot", "ground"]) {
         Some(CarParkKind::SurfaceLot)
@@ -271,7 +273,7 @@ mod tests {
             );
             assert_eq!(
                 c.kind,
-                pb::CarParkKind::Garage as i32,
+                pb::CarParkKind::UndergroundGarage as i32,
                 "{file}: underground"
             );
             assert_eq!(parsed.kind_defaulted, 0);

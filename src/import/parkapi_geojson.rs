@@ -79,7 +79,9 @@ fn lot(index: usize, feature: &Value) -> Result<Lot, Skipped> {
 /// The kind a ParkAPI `type` names; `None` for none or one it does not know.
 fn kind(lot_type: Option<&str>) -> Option<CarParkKind> {
     match lot_type?.trim() {
-        "Parkhaus" | "Tiefgarage" | "Parkplatz/Tiefgarage" => Some(CarParkKind::Garage),
+        // A lot that is partly a Tiefgarage is not all below ground.
+        "Parkhaus" | "Parkplatz/Tiefgarage" => Some(CarParkKind::Garage),
+        "Tiefgarage" | "underground" => Some(CarParkKind::UndergroundGarage),
         "Parkplatz" | "Parkfläche" => Some(CarParkKind::SurfaceLot),
         _ => None,
     }
@@ -142,7 +144,11 @@ mod tests {
         let zwinger = find(&parsed, "dresden-haus-am-zwinger");
         assert_eq!(zwinger.name, "Haus am Zwinger");
         assert_eq!(zwinger.address, "Kleine Brüdergasse 3");
-        assert_eq!(zwinger.kind, pb::CarParkKind::Garage as i32, "Tiefgarage");
+        assert_eq!(
+            zwinger.kind,
+            pb::CarParkKind::UndergroundGarage as i32,
+            "Tiefgarage"
+        );
         assert_eq!(spaces(zwinger), [("standard", 171)]);
         assert_eq!(
             zwinger.location,

@@ -76,7 +76,8 @@ fn lot(index: usize, site: &Value) -> Result<Lot, Skipped> {
         ));
     }
     let kind = match text(site.get("type")) {
-        Some("CAR_PARK" | "UNDERGROUND") => Some(CarParkKind::Garage),
+        Some("CAR_PARK") => Some(CarParkKind::Garage),
+        Some("UNDERGROUND") => Some(CarParkKind::UndergroundGarage),
         Some("OFF_STREET_PARKING_GROUND") => Some(CarParkKind::SurfaceLot),
         Some("ON_STREET") => Some(CarParkKind::OnStreet),
         Some(
@@ -296,7 +297,7 @@ mod tests {
         );
         assert_eq!(
             (fine.kind, fine.max_height_cm),
-            (pb::CarParkKind::Garage as i32, 200)
+            (pb::CarParkKind::UndergroundGarage as i32, 200)
         );
         assert_eq!(find(&parsed, "g1").kind, pb::CarParkKind::SurfaceLot as i32);
         assert_eq!(parsed.kind_defaulted, 1, "OTHER");

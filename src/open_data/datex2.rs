@@ -82,7 +82,8 @@ pub fn write_site(out: &mut Vec<u8>, site: &Site) {
         id: site.id(),
         kind: Wrapped {
             value: match site.kind() {
-                CarParkKind::Garage => "carPark",
+                // DATEX II Light has no value of its own for a garage below ground.
+                CarParkKind::Garage | CarParkKind::UndergroundGarage => "carPark",
                 CarParkKind::SurfaceLot => "offStreetParkingGround",
                 CarParkKind::OnStreet => "onStreet",
                 CarParkKind::SharedPrivate => "other",

@@ -41,6 +41,7 @@ pub fn key_values(site: &Site) -> Map<String, Value> {
     );
     let layout = match site.kind() {
         CarParkKind::Garage => "parkingGarage",
+        CarParkKind::UndergroundGarage => "underground",
         CarParkKind::SurfaceLot | CarParkKind::OnStreet => "parkingLot",
         CarParkKind::SharedPrivate => "private",
     };

@@ -75,6 +75,7 @@ pub fn item(site: &Site) -> Item<'_> {
         purpose: "CAR",
         kind: match site.kind() {
             CarParkKind::Garage => "CAR_PARK",
+            CarParkKind::UndergroundGarage => "UNDERGROUND",
             CarParkKind::SurfaceLot => "OFF_STREET_PARKING_GROUND",
             CarParkKind::OnStreet => "ON_STREET",
             CarParkKind::SharedPrivate => "OTHER",

@@ -73,7 +73,7 @@ async fn dresden_imports_once_then_is_unchanged_and_keeps_what_the_operator_set(
                 "imported",
                 "dresden-haus-am-zwinger",
                 "Haus am Zwinger",
-                "garage, standard 171"
+                "underground_garage, standard 171"
             ]
         )
         .is_some(),
@@ -110,7 +110,7 @@ async fn dresden_imports_once_then_is_unchanged_and_keeps_what_the_operator_set(
         .unwrap();
     assert_eq!(zwinger.name, "Haus am Zwinger");
     assert_eq!(zwinger.address, "Kleine Brüdergasse 3");
-    assert_eq!(zwinger.kind, pb::CarParkKind::Garage as i32);
+    assert_eq!(zwinger.kind, pb::CarParkKind::UndergroundGarage as i32);
     assert_eq!(zwinger.time_zone, "Europe/Berlin");
     assert_eq!(
         zwinger.location,
@@ -374,7 +374,7 @@ async fn parkapi_v3_and_ngsi_files_import_and_agree_with_each_other() {
         .unwrap();
     assert_eq!(trindade.name, "Parque de estacionamento Trindade");
     assert_eq!(trindade.address, "Rua de Fernandes Tomás, Porto, Portugal");
-    assert_eq!(trindade.kind, pb::CarParkKind::Garage as i32);
+    assert_eq!(trindade.kind, pb::CarParkKind::UndergroundGarage as i32);
     assert_eq!(trindade.capacity[0].spaces, 414);
     // NGSI-LD and normalized NGSI-v2 of the same entity: the same car park.
     for file in [

@@ -51,8 +51,8 @@ async fn get_json(server: &TestServer, path: &str) -> Value {
     serde_json::from_slice(&body).unwrap()
 }
 
-/// A city of four in qingdao (live and open, closed by its operator, stale, never
-/// reported) and one in yantai.
+/// A city of four in qingdao (live and open, closed by its operator, stale and
+/// underground, never reported) and one in yantai.
 async fn small_city(server: &TestServer) {
     let now = server.clock.now();
     register(server, garage("live", 36.06, 120.38)).await;
@@ -67,7 +67,14 @@ async fn small_city(server: &TestServer) {
     )
     .await;
     report_ok(server, snapshot("shut", 1, 10, now)).await;
-    register(server, garage("old", 36.08, 120.40)).await;
+    register(
+        server,
+        pb::CarPark {
+            kind: pb::CarParkKind::UndergroundGarage.into(),
+            ..garage("old", 36.08, 120.40)
+        },
+    )
+    .await;
     report_ok(server, snapshot("old", 1, 5, after(now, -600))).await;
     register(
         server,
@@ -182,6 +189,10 @@ async fn parking_sites_are_parkapi_v3_shaped_and_drop_realtime_when_stale() {
     }
     assert_eq!(items[3]["realtime_opening_status"], "CLOSED");
     assert_eq!(items[3]["type"], "OFF_STREET_PARKING_GROUND");
+    // A garage below ground is ParkAPI's UNDERGROUND, not CAR_PARK (issue 22, item 7).
+    assert_eq!(items[1]["original_uid"], "old");
+    assert_eq!(items[1]["type"], "UNDERGROUND");
+    assert_eq!(items[0]["type"], "CAR_PARK");
 }
 
 #[tokio::test]
@@ -288,6 +299,13 @@ async fn ngsi_ld_entities_are_fiware_offstreetparking_with_their_context() {
         n["name"],
         serde_json::json!({"type": "Property", "value": "Garage live"})
     );
+    let category = |e: &Value| e["category"]["value"].clone();
+    assert_eq!(category(n), serde_json::json!(["public", "parkingGarage"]));
+    let old = normalized
+        .iter()
+        .find(|e| e["id"].as_str().unwrap().ends_with(":old"))
+        .unwrap();
+    assert_eq!(category(old), serde_json::json!(["public", "underground"]));
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ const KINDS: Record<number, string> = {
   [CarParkKind.SURFACE_LOT]: "Surface lot",
   [CarParkKind.ON_STREET]: "On-street",
   [CarParkKind.SHARED_PRIVATE]: "Shared private space",
+  [CarParkKind.UNDERGROUND_GARAGE]: "Underground garage",
 };
 const CATEGORIES: Record<number, string> = {
   [SpaceCategory.STANDARD]: "Standard",

@@ -975,7 +975,13 @@ mod tests {
         );
         assert_eq!(
             listed("kinds"),
-            ["garage", "surface_lot", "on_street", "shared_private"]
+            [
+                "garage",
+                "surface_lot",
+                "on_street",
+                "shared_private",
+                "underground_garage"
+            ]
         );
         assert_eq!(
             category_name(pb::SpaceCategory::EvCharging as i32),
