@@ -96,6 +96,9 @@ struct Inner {
     slot_of: HashMap<CarParkId, u32>,
     slots: Vec<Option<Slot>>,
     vacant: Vec<u32>,
+    /// Car parks per region, kept with the id maps: a listing's total is counted in
+    /// the same read as its page.
+    per_region: HashMap<RegionId, usize>,
     tree: Tree,
     /// Versions of deleted car parks, so a replica never lets an older change
     /// resurrect one.
@@ -123,6 +126,10 @@ impl Inner {
             let mut state = slot.state.lock();
             let old = state.car_park.location;
             let moved_from = (old != car_park.location).then_some(old);
+            if state.car_park.region != car_park.region {
+                Self::count(&mut self.per_region, &state.car_park.region, -1);
+                Self::count(&mut self.per_region, &car_park.region, 1);
+            }
             if moved_from.is_some() {
                 self.tree.remove(&IndexPoint::new(old, i));
                 self.tree.insert(IndexPoint::new(car_park.location, i));
@@ -156,6 +163,7 @@ impl Inner {
         };
         self.by_id.insert(car_park.id.clone(), i);
         self.slot_of.insert(car_park.id.clone(), i);
+        Self::count(&mut self.per_region, &car_park.region, 1);
         self.tree.insert(IndexPoint::new(car_park.location, i));
         engine.publish(&car_park, ChangeKind::Updated(availability));
     }
@@ -168,10 +176,24 @@ impl Inner {
         };
         self.slot_of.remove(id);
         let car_park = self.slot_at(i).state.lock().car_park.clone();
+        Self::count(&mut self.per_region, &car_park.region, -1);
         self.tree.remove(&IndexPoint::new(car_park.location, i));
         self.slots[i as usize] = None;
         self.vacant.push(i);
         engine.publish(&car_park, ChangeKind::Removed);
+    }
+
+    /// Adds `by` (1 or -1) to `region`'s count in `per_region`, forgetting a region
+    /// left without car parks.
+    fn count(per_region: &mut HashMap<RegionId, usize>, region: &RegionId, by: isize) {
+        if by > 0 {
+            *per_region.entry(region.clone()).or_default() += 1;
+        } else if let Some(n) = per_region.get_mut(region) {
+            *n -= 1;
+            if *n == 0 {
+                per_region.remove(region);
+            }
+        }
     }
 
     /// The version a car park has, or had when it was deleted, or 0.
@@ -313,6 +335,29 @@ impl Engine {
         })
     }
 
+    /// As [`Self::list_live`], with the number of car parks the listing has in all
+    /// (in `region`, or everywhere), counted in the same read as the page.
+    pub fn list_live_counted(
+        &self,
+        region: Option<&RegionId>,
+        after: Option<&str>,
+        limit: usize,
+        now: Timestamp,
+    ) -> (Vec<(Arc<CarPark>, Availability)>, bool, usize) {
+        let inner = self.inner.read();
+        let total = match region {
+            Some(r) => inner.per_region.get(r).copied().unwrap_or(0),
+            None => inner.by_id.len(),
+        };
+        let (page, more) = Self::page_of(&inner, region, None, after, limit, |state| {
+            (
+                state.car_park.clone(),
+                state.live.availability(&state.car_park, now),
+            )
+        });
+        (page, more, total)
+    }
+
     /// One page in id order of what `read` takes from each matching car park.
     fn page<T>(
         &self,
@@ -322,8 +367,19 @@ impl Engine {
         limit: usize,
         read: impl Fn(&SlotState) -> T,
     ) -> (Vec<T>, bool) {
+        Self::page_of(&self.inner.read(), region, operator, after, limit, read)
+    }
+
+    /// [`Self::page`] under a lock the caller holds.
+    fn page_of<T>(
+        inner: &Inner,
+        region: Option<&RegionId>,
+        operator: Option<&OperatorId>,
+        after: Option<&str>,
+        limit: usize,
+        read: impl Fn(&SlotState) -> T,
+    ) -> (Vec<T>, bool) {
         use std::ops::Bound;
-        let inner = self.inner.read();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut matching = inner
             .by_id

@@ -337,17 +337,10 @@ async fn parking_sites(
                 .map_err(|_| Problem::bad_request("start: is not a next_id this API gave"))?,
         ),
     };
-    let total_count = match &region {
-        Some(region) => data
-            .regions
-            .get()
-            .iter()
-            .find(|r| &r.region == region)
-            .map_or(0, |r| r.car_parks),
-        None => data.regions.get().iter().map(|r| r.car_parks).sum(),
-    };
     let now = data.clock.now();
-    let (page, more) = data.engine.list_live(
+    // The total from the same read as the page: the regions' one-second count showed
+    // 139 beside 157 items while car parks were being registered.
+    let (page, more, total_count) = data.engine.list_live_counted(
         region.as_ref(),
         start.as_ref().map(|s| s.as_str()),
         limit,

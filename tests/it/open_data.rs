@@ -195,6 +195,47 @@ async fn parking_sites_are_parkapi_v3_shaped_and_drop_realtime_when_stale() {
     assert_eq!(items[0]["type"], "CAR_PARK");
 }
 
+/// `total_count` is counted in the same read as the items: it came from the regions'
+/// count, cached for a second, and showed 139 beside 157 items while car parks were
+/// registered (issue 22, item 3).
+#[tokio::test]
+async fn parking_sites_count_what_they_list_while_car_parks_come_and_go() {
+    let server = TestServer::start().await;
+    let page = |path: &'static str| get_json(&server, path);
+    for i in 0..6 {
+        register(&server, garage_north(&format!("c{i}"), f64::from(i) * 50.0)).await;
+        // A car park elsewhere too: the region's count is its own.
+        register(
+            &server,
+            pb::CarPark {
+                region: "yantai".into(),
+                ..garage(&format!("y{i}"), 37.5, 121.4 + f64::from(i) / 100.0)
+            },
+        )
+        .await;
+        for (path, expected) in [
+            ("/open-data/v1/parking-sites", 2 * (i + 1)),
+            ("/open-data/v1/parking-sites?region=qingdao", i + 1),
+            ("/open-data/v1/parking-sites?region=yantai", i + 1),
+        ] {
+            let listed = page(path).await;
+            assert_eq!(listed["items"].as_array().unwrap().len(), expected as usize);
+            assert_eq!(listed["total_count"], expected, "{path} after {i}");
+        }
+    }
+    server
+        .registry()
+        .await
+        .delete_car_park(authed(
+            pb::DeleteCarParkRequest { id: "c0".into() },
+            OPERATOR_A.1,
+        ))
+        .await
+        .unwrap();
+    let listed = page("/open-data/v1/parking-sites?region=qingdao").await;
+    assert_eq!(listed["total_count"], 5);
+}
+
 #[tokio::test]
 async fn parking_sites_page_with_a_cursor_until_every_site_came_once() {
     let server = TestServer::start().await;

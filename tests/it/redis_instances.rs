@@ -79,6 +79,69 @@ async fn report_through_a_is_seen_by_queries_and_watches_on_b_on_a_cluster() {
     writes_through_a_are_seen_on_b(&cluster.url()).await;
 }
 
+/// A car park registered at A in a region new to Redis is served by B within the
+/// replication delay: B learns of the region from the announcements stream that every
+/// instance follows, not from its poll of the regions set, which here runs once a
+/// minute (it ran every second, and B answered NOT_FOUND for up to that long; issue
+/// 22, item 3).
+#[tokio::test]
+async fn a_car_park_in_a_new_region_is_served_by_every_instance_at_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    new_regions_are_followed_at_once(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn a_car_park_in_a_new_region_is_served_by_every_instance_at_once_on_a_cluster() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    new_regions_are_followed_at_once(&cluster.url()).await;
+}
+
+async fn new_regions_are_followed_at_once(url: &str) {
+    let (prefix, clock) = (key_prefix(), shared_clock());
+    let slow_poll = |o: &mut citypark::store::redis::RedisOptions| {
+        o.regions_poll = Duration::from_secs(60);
+    };
+    let a = TestServer::start_redis_opts(url, &prefix, clock.clone(), slow_poll).await;
+    let b = TestServer::start_redis_opts(url, &prefix, clock.clone(), slow_poll).await;
+    for (i, region) in ["weihai", "rizhao", "linyi"].into_iter().enumerate() {
+        let id = format!("new-{region}");
+        register(
+            &a,
+            pb::CarPark {
+                region: region.into(),
+                ..garage_north(&id, 100.0 * i as f64)
+            },
+        )
+        .await;
+        let registered = Instant::now();
+        let mut registry = b.registry().await;
+        loop {
+            let request = pb::GetCarParkRequest { id: id.clone() };
+            match registry.get_car_park(request).await {
+                Ok(found) => {
+                    assert_eq!(found.into_inner().car_park.unwrap().region, region);
+                    break;
+                }
+                // Well inside the poll's minute; milliseconds in practice.
+                Err(s) if s.code() == Code::NotFound && registered.elapsed() < TEN_SECONDS => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(s) => panic!(
+                    "B lacks {id} {:?} after A registered it: {s}",
+                    registered.elapsed()
+                ),
+            }
+        }
+        assert_eq!(availability_of(&b, &id).await.car_park_id, id);
+    }
+}
+
+const TEN_SECONDS: Duration = Duration::from_secs(10);
+
 async fn writes_through_a_are_seen_on_b(url: &str) {
     let (prefix, clock) = (key_prefix(), shared_clock());
     let a = TestServer::start_redis_with(url, &prefix, clock.clone(), |_| {}).await;

@@ -38,14 +38,41 @@ pub(super) async fn claim(
         .map_err(|_| Error::Internal(format!("bad floor {answer:?} from claim.lua")))?;
     if !shared.regions.lock().await.contains(region) {
         shared.round_trip("registry");
-        let _: i64 = conn
+        let added: i64 = conn
             .sadd(keys::regions(&shared.options.prefix), region.as_str())
             .await
             .map_err(|e| unavailable(&e))?;
+        if added == 1 {
+            announce(shared, region).await;
+        }
         shared.region(region).await?;
     }
     Ok(Claim::Claimed { floor })
 }
+
+/// Tells every instance of a region new to Redis (after it joined the set, so that a
+/// reader of the stream from any point finds the rest in the set). Best effort: an
+/// instance that misses it finds the region in the set within a second.
+async fn announce(shared: &Shared, region: &RegionId) {
+    let mut conn = shared.conn.clone();
+    shared.round_trip("registry");
+    let sent: redis::RedisResult<String> = redis::cmd("XADD")
+        .arg(keys::announcements(&shared.options.prefix))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(ANNOUNCEMENTS_KEPT)
+        .arg("*")
+        .arg("region")
+        .arg(region.as_str())
+        .query_async(&mut conn)
+        .await;
+    if let Err(error) = sent {
+        tracing::warn!(%error, region = %region, "could not announce a new region");
+    }
+}
+
+/// Announcements kept: a new region is rare, and a reader further behind reads the set.
+const ANNOUNCEMENTS_KEPT: usize = 1000;
 
 /// Frees a deleted car park's id, keeping the version reached for `claim.lua`. Best
 /// effort: a leftover claim only stops the id from moving to another region.

@@ -53,6 +53,13 @@ pub fn regions(prefix: &str) -> String {
     format!("{prefix}:regions")
 }
 
+/// Stream announcing each region as it joins `regions` (field `region`), which every
+/// instance follows, so that a car park in a new region is served everywhere within
+/// milliseconds; capped (a late reader has the set).
+pub fn announcements(prefix: &str) -> String {
+    format!("{prefix}:regions:new")
+}
+
 /// String: the region a car park id belongs to, or `deleted:<version>` after a delete;
 /// keeps ids unique across regions and their versions growing (`claim.lua`).
 pub fn id_owner(prefix: &str, id: &CarParkId) -> String {

@@ -52,6 +52,9 @@ pub struct RedisOptions {
     pub stream_max_len: u64,
     /// How often an idle instance checks that Redis answers (health follows it).
     pub heartbeat: Duration,
+    /// How often the set of regions is read for one whose announcement this instance
+    /// missed (new regions are announced on a stream every instance follows).
+    pub regions_poll: Duration,
 }
 
 impl RedisOptions {
@@ -62,6 +65,7 @@ impl RedisOptions {
             connect_timeout: Duration::from_secs(30),
             stream_max_len: 100_000,
             heartbeat: Duration::from_secs(1),
+            regions_poll: Duration::from_secs(1),
         }
     }
 }

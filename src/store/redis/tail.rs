@@ -12,7 +12,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Weak},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use redis::{AsyncCommands, streams::StreamReadReply};
@@ -273,28 +273,105 @@ fn apply(store: &Shared, raw: &redis::streams::StreamId) {
     }
 }
 
-/// Starts following regions that other instances created, checking every second,
-/// until the store is dropped.
+/// Starts following regions that other instances created, until the store is
+/// dropped: at once from the announcements stream (`keys::announcements`), and from
+/// the regions set every `RedisOptions::regions_poll`, for an announcement missed (a
+/// reader reconnecting, an announcement that failed after its region joined the set).
+/// The stream's end is read before the set, and a
+/// region joins the set before it is announced, so nothing falls between the two.
 pub(super) async fn discover_regions(shared: Weak<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Duration::from_millis(100);
     loop {
-        tick.tick().await;
         let Some(store) = shared.upgrade() else {
             return;
         };
-        let mut conn = store.conn.clone();
-        let regions: redis::RedisResult<Vec<String>> = conn
-            .smembers(super::keys::regions(&store.options.prefix))
-            .await;
-        let Ok(regions) = regions else { continue };
-        for region in regions {
-            let Ok(region) = RegionId::parse(&region) else {
+        let (target, stream, every) = (
+            store.target.clone(),
+            super::keys::announcements(&store.options.prefix),
+            store.options.regions_poll,
+        );
+        drop(store);
+        // A read blocks for at most a second, or the poll's interval if shorter.
+        let block = every.min(BLOCK);
+        let mut conn = match Dedicated::connect(&target, block).await {
+            Ok(conn) => conn,
+            Err(_) => {
+                // The change streams' readers say so; the set is read meanwhile.
+                poll_regions(&shared).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
+            }
+        };
+        let end: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XREVRANGE")
+            .arg(&stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await;
+        let Ok(end) = end else {
+            tokio::time::sleep(backoff).await;
+            continue;
+        };
+        backoff = Duration::from_millis(100);
+        let mut from = end.ids.first().map_or("0-0".to_owned(), |e| e.id.clone());
+        let mut polled = Instant::now();
+        if !poll_regions(&shared).await {
+            return;
+        }
+        loop {
+            if polled.elapsed() >= every {
+                polled = Instant::now();
+                if !poll_regions(&shared).await {
+                    return;
+                }
+            }
+            let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(block.as_millis().max(1) as u64)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(&from)
+                .query_async(&mut conn)
+                .await;
+            let Ok(reply) = read else { break };
+            let Some(store) = shared.upgrade() else {
+                return;
             };
-            if let Err(error) = store.region(&region).await {
-                tracing::warn!(%error, region = %region, "could not start following a region");
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                let region: Option<String> = entry.get("region");
+                from = entry.id;
+                if let Some(Ok(region)) = region.as_deref().map(RegionId::parse)
+                    && let Err(error) = store.region(&region).await
+                {
+                    tracing::warn!(%error, region = %region, "could not start following a region");
+                }
             }
         }
     }
+}
+
+/// Follows every region in the regions set not followed yet; false once the store is
+/// dropped.
+async fn poll_regions(shared: &Weak<Shared>) -> bool {
+    let Some(store) = shared.upgrade() else {
+        return false;
+    };
+    let mut conn = store.conn.clone();
+    let regions: redis::RedisResult<Vec<String>> = conn
+        .smembers(super::keys::regions(&store.options.prefix))
+        .await;
+    for region in regions.unwrap_or_default() {
+        let Ok(region) = RegionId::parse(&region) else {
+            continue;
+        };
+        if let Err(error) = store.region(&region).await {
+            tracing::warn!(%error, region = %region, "could not start following a region");
+        }
+    }
+    true
 }
