@@ -313,6 +313,7 @@ pub(super) async fn discover_regions(shared: Weak<Shared>) {
             .await;
         let Ok(end) = end else {
             tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         };
         backoff = Duration::from_millis(100);
@@ -338,7 +339,11 @@ pub(super) async fn discover_regions(shared: Weak<Shared>) {
                 .arg(&from)
                 .query_async(&mut conn)
                 .await;
-            let Ok(reply) = read else { break };
+            let Ok(reply) = read else {
+                // Reconnect after a pause: a failing read must not spin.
+                tokio::time::sleep(backoff).await;
+                break;
+            };
             let Some(store) = shared.upgrade() else {
                 return;
             };
