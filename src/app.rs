@@ -448,16 +448,14 @@ pub async fn run(
             epoch,
             token.clone(),
         );
-        let regions = Arc::new(crate::http::Regions::new(backend.engine.clone()));
         let map = Map::new(
-            regions.clone(),
+            Arc::new(crate::http::Regions::new(backend.engine.clone())),
             settings.map.clone(),
             addr.map_or(0, |a| a.port()),
             settings.limits.max_watch_car_parks,
         );
         let open_data = OpenData::new(
             backend.engine.clone(),
-            regions,
             settings.clock.clone(),
             settings.publisher.clone(),
             changes,

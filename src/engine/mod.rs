@@ -327,12 +327,13 @@ impl Engine {
         limit: usize,
         now: Timestamp,
     ) -> (Vec<(Arc<CarPark>, Availability)>, bool) {
-        self.page(region, None, after, limit, |state| {
-            (
-                state.car_park.clone(),
-                state.live.availability(&state.car_park, now),
-            )
-        })
+        let (page, more, _) = self.list_live_counted(region, after, limit, now);
+        (page, more)
+    }
+
+    /// Whether `region` has a car park now.
+    pub fn has_region(&self, region: &RegionId) -> bool {
+        self.inner.read().per_region.contains_key(region)
     }
 
     /// As [`Self::list_live`], with the number of car parks the listing has in all

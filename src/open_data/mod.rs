@@ -34,7 +34,6 @@ use crate::{
     clock::Clock,
     domain::{RegionId, Timestamp},
     engine::Engine,
-    http::Regions,
 };
 use site::Site;
 
@@ -53,13 +52,11 @@ pub struct OpenData {
     clock: Arc<dyn Clock>,
     publisher: Arc<Publisher>,
     changes: Changes,
-    regions: Arc<Regions>,
 }
 
 impl OpenData {
     pub fn new(
         engine: Arc<Engine>,
-        regions: Arc<Regions>,
         clock: Arc<dyn Clock>,
         publisher: Publisher,
         changes: Changes,
@@ -69,7 +66,6 @@ impl OpenData {
             clock,
             publisher: Arc::new(publisher),
             changes,
-            regions,
         }
     }
 
@@ -94,7 +90,9 @@ impl OpenData {
         };
         let region =
             RegionId::parse(region).map_err(|e| Problem::bad_request(format!("region: {e}")))?;
-        if !self.regions.get().iter().any(|r| r.region == region) {
+        // The engine's own count, not the map's one-second one: a region registered a
+        // moment ago is there.
+        if !self.engine.has_region(&region) {
             return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 format!("no car park is in region {region}"),

@@ -234,6 +234,17 @@ async fn parking_sites_count_what_they_list_while_car_parks_come_and_go() {
         .unwrap();
     let listed = page("/open-data/v1/parking-sites?region=qingdao").await;
     assert_eq!(listed["total_count"], 5);
+    // A region registered a moment ago is known at once (not 404 for a second).
+    register(
+        &server,
+        pb::CarPark {
+            region: "weihai".into(),
+            ..garage("w0", 37.5, 122.1)
+        },
+    )
+    .await;
+    let listed = page("/open-data/v1/parking-sites?region=weihai").await;
+    assert_eq!(listed["total_count"], 1);
 }
 
 #[tokio::test]
