@@ -262,6 +262,7 @@ fn generate(n: usize, regions: &[RegionId], now: Timestamp) -> Vec<CarParkState>
             let car_park = CarPark {
                 region: regions[i % regions.len()].clone(),
                 // A day between reports: the city stays OPEN for the whole run.
+                modified_at: jiff::Timestamp::UNIX_EPOCH,
                 report_interval: Duration::from_secs(86_400),
                 reservation_policy: None,
                 ..cp

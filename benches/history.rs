@@ -94,6 +94,7 @@ fn car_park(n: u64) -> CarPark {
         tariff: Tariff::new("CNY", 600, 5_000, 15).unwrap(),
         covered: true,
         max_height_cm: None,
+        modified_at: jiff::Timestamp::UNIX_EPOCH,
         report_interval: Duration::from_secs(60),
         reservation_policy: None,
     }

@@ -178,6 +178,7 @@ fn main() {
         let mut rng = Rng::new(n as u64);
         let engine = Arc::new(Engine::new(4096));
         let city = common::city(n, &mut rng).into_iter().map(|cp| CarPark {
+            modified_at: jiff::Timestamp::UNIX_EPOCH,
             report_interval: std::time::Duration::from_secs(86_400),
             ..cp
         });

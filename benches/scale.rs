@@ -90,6 +90,7 @@ fn main() {
         let engine = Arc::new(Engine::new(4096));
         let city = common::city(n, &mut rng).into_iter().map(|cp| CarPark {
             // A day between reports: the city stays OPEN for the whole run.
+            modified_at: jiff::Timestamp::UNIX_EPOCH,
             report_interval: Duration::from_secs(86_400),
             reservation_policy: None,
             ..cp

@@ -48,6 +48,7 @@ pub fn city(n: usize, rng: &mut Rng) -> Vec<CarPark> {
                 tariff: Tariff::new("CNY", 500, 3000, 15).unwrap(),
                 covered: true,
                 max_height_cm: Some(210),
+                modified_at: jiff::Timestamp::UNIX_EPOCH,
                 report_interval: CarPark::DEFAULT_REPORT_INTERVAL,
                 reservation_policy: None,
             }

@@ -270,6 +270,8 @@ fn dress(rng: &mut Rng, index: usize, site: Site) -> pb::CarPark {
         max_height_cm,
         report_interval_seconds: 30,
         reservation_policy,
+        // The server's to set.
+        modified_at: None,
     }
 }
 

@@ -203,6 +203,11 @@ pub struct CarPark {
     /// take none, and a national city holds a million car parks.
     #[serde(default)]
     pub reservation_policy: Option<Box<ReservationPolicy>>,
+    /// When its registration last changed: set by [`CarPark::replacing`], whatever a
+    /// caller sends. Open data publishes it (ParkAPI's `static_data_updated_at`). A car
+    /// park stored before citypark kept it reads as the Unix epoch until it changes.
+    #[serde(default)]
+    pub modified_at: Timestamp,
 }
 
 impl CarPark {
@@ -256,18 +261,28 @@ impl CarPark {
         }
     }
 
-    /// The state an upsert of `self` by `caller` leaves, given what exists: an operator
-    /// changes only its own car parks, the region never changes, and live counts survive
-    /// (cut to a smaller capacity). Every store backend computes upserts with this.
+    /// The state an upsert of `self` by `caller` at `now` leaves, given what exists: an
+    /// operator changes only its own car parks, the region never changes, and live
+    /// counts survive (cut to a smaller capacity). `modified_at` becomes `now` unless
+    /// the upsert changes nothing, so a feed that sends the same registration again
+    /// does not look updated to open data's consumers. Every store backend computes
+    /// upserts with this.
     pub fn replacing(
         self,
         existing: Option<(&CarPark, &Live)>,
         caller: &OperatorId,
+        now: Timestamp,
     ) -> Result<(CarPark, Live), Error> {
         self.check_owner(caller)?;
         let Some((old, live)) = existing else {
             let live = Live::new(self.capacity);
-            return Ok((self, live));
+            return Ok((
+                Self {
+                    modified_at: now,
+                    ..self
+                },
+                live,
+            ));
         };
         old.check_owner(caller)?;
         if old.region != self.region {
@@ -276,7 +291,21 @@ impl CarPark {
         let mut live = live.clone();
         live.resize(self.capacity);
         let tariff = self.tariff.clone().replacing(&old.tariff);
-        Ok((Self { tariff, ..self }, live))
+        let unchanged = Self {
+            tariff,
+            modified_at: old.modified_at,
+            ..self
+        };
+        if unchanged == *old {
+            return Ok((unchanged, live));
+        }
+        Ok((
+            Self {
+                modified_at: now,
+                ..unchanged
+            },
+            live,
+        ))
     }
 
     /// Why a car park cannot be registered in `wanted`: its id is held in `held`. Ids
@@ -316,15 +345,16 @@ impl CarParkState {
         }
     }
 
-    /// The state an upsert of `car_park` by `caller` leaves over `existing` (see
+    /// The state an upsert of `car_park` by `caller` at `now` leaves over `existing` (see
     /// [`CarPark::replacing`]).
     pub fn upserted(
         existing: Option<&CarParkState>,
         car_park: CarPark,
         caller: &OperatorId,
+        now: Timestamp,
     ) -> Result<Self, Error> {
         let (car_park, live) =
-            car_park.replacing(existing.map(|s| (&*s.car_park, &s.live)), caller)?;
+            car_park.replacing(existing.map(|s| (&*s.car_park, &s.live)), caller, now)?;
         Ok(Self {
             car_park: Arc::new(car_park),
             live,
@@ -402,6 +432,40 @@ mod tests {
         assert_eq!(
             CarParkStatus::ALL.map(CarParkStatus::name),
             ["open", "closed", "stale", "no_data"]
+        );
+    }
+
+    #[test]
+    fn a_replace_stamps_its_time_only_when_it_changes_something() {
+        let (t0, t1, t2) = (
+            Timestamp::from_second(1_000).unwrap(),
+            Timestamp::from_second(2_000).unwrap(),
+            Timestamp::from_second(3_000).unwrap(),
+        );
+        let sent = super::super::reservation::tests::car_park(5);
+        let owner = sent.operator.clone();
+        let (first, live) = sent.clone().replacing(None, &owner, t0).unwrap();
+        assert_eq!(first.modified_at, t0);
+        // What a caller sends as modified_at is not what is kept.
+        let resent = CarPark {
+            modified_at: t2,
+            ..sent.clone()
+        };
+        let (same, _) = resent.replacing(Some((&first, &live)), &owner, t1).unwrap();
+        assert_eq!(
+            same, first,
+            "the same registration: the time it last changed"
+        );
+        let renamed = CarPark {
+            name: "Renamed".into(),
+            ..sent
+        };
+        let (changed, _) = renamed
+            .replacing(Some((&first, &live)), &owner, t2)
+            .unwrap();
+        assert_eq!(
+            (changed.name.as_str(), changed.modified_at),
+            ("Renamed", t2)
         );
     }
 

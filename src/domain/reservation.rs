@@ -949,6 +949,7 @@ pub(crate) mod tests {
             tariff: Tariff::new("CNY", 500, 0, 0).unwrap(),
             covered: true,
             max_height_cm: None,
+            modified_at: Timestamp::UNIX_EPOCH,
             report_interval: Duration::from_secs(60),
             reservation_policy: Some(Box::new(
                 ReservationPolicy::new(q, 15, 240, 7, 15, 30).unwrap(),

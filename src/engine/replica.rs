@@ -601,6 +601,7 @@ mod tests {
             tariff: Tariff::default(),
             covered: false,
             max_height_cm: None,
+            modified_at: Timestamp::UNIX_EPOCH,
             report_interval: Duration::from_secs(60),
             reservation_policy: None,
         };

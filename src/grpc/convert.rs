@@ -363,6 +363,8 @@ pub fn car_park(p: pb::CarPark, caller: &OperatorId) -> Result<CarPark> {
         tariff,
         covered: p.covered,
         max_height_cm: (p.max_height_cm > 0).then_some(p.max_height_cm as u32),
+        // The registry stamps it when it writes (`CarPark::replacing`).
+        modified_at: Timestamp::UNIX_EPOCH,
         report_interval: interval,
         reservation_policy,
     }
@@ -410,6 +412,7 @@ pub fn pb_car_park(c: &CarPark) -> pb::CarPark {
         max_height_cm: c.max_height_cm.map_or(0, |h| h as i32),
         report_interval_seconds: c.report_interval.as_secs() as i32,
         reservation_policy: c.reservation_policy.as_deref().map(pb_reservation_policy),
+        modified_at: (c.modified_at != Timestamp::UNIX_EPOCH).then(|| pb_timestamp(c.modified_at)),
     }
 }
 

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::domain::{
     Capacity, CarPark, CarParkId, CarParkKind, Error, LatLng, OpeningHours, OperatorId, RegionId,
-    SpaceCategory, Tariff, TimeZoneName,
+    SpaceCategory, Tariff, TimeZoneName, Timestamp,
 };
 use crate::pb;
 
@@ -270,6 +270,8 @@ fn car_park(lot: &Lot, options: &ImportOptions) -> Result<pb::CarPark, String> {
         tariff: Tariff::default(),
         covered: false,
         max_height_cm,
+        // The server stamps its own when it writes.
+        modified_at: Timestamp::UNIX_EPOCH,
         report_interval: Duration::from_secs(u64::from(
             options
                 .report_interval_seconds

@@ -4,7 +4,10 @@
 //! as ParkAPI v3 drops them when they are stale.
 //!
 //! Where citypark has no such data it leaves ParkAPI's fields out (`created_at`,
-//! `modified_at`: citypark does not keep when a car park was registered). ParkAPI's
+//! `modified_at`, the rows of ParkAPI's own database: citypark does not keep when a
+//! car park was registered). `static_data_updated_at` is the registration's last
+//! change (`CarPark::modified_at`; the Unix epoch for a car park stored before
+//! citypark kept it and unchanged since: the field is required). ParkAPI's
 //! `id` is its database's integer; here it is a stable integer drawn from the car
 //! park's id (53 bits of its SHA-256, so a JavaScript number holds it), and
 //! `original_uid` is the id itself. `source_id` is 1: a deployment is one source.
@@ -41,6 +44,7 @@ pub struct Item<'a> {
     is_covered: bool,
     has_fee: bool,
     has_realtime_data: bool,
+    static_data_updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     realtime_free_capacity: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,6 +93,7 @@ pub fn item(site: &Site) -> Item<'_> {
         is_covered: car_park.covered,
         has_fee: car_park.tariff.hourly_rate > 0 || car_park.tariff.daily_cap > 0,
         has_realtime_data: realtime.is_some(),
+        static_data_updated_at: rfc3339(car_park.modified_at),
         realtime_free_capacity: realtime.map(|r| r.available),
         realtime_capacity: realtime.map(|_| site.capacity),
         realtime_opening_status: realtime.map(|r| if r.open { "OPEN" } else { "CLOSED" }),

@@ -20,10 +20,11 @@ impl Service {
     ) -> Result<(Arc<CarPark>, bool)> {
         let id = car_park.id.clone();
         let region = car_park.region.clone();
+        let now = self.now();
         let mut current = Versioned::in_replica(&self.engine, id.as_str());
         // The rules first on what this instance holds, so that a refusal costs no
         // round trip; the store's claim and compare-and-set then settle races.
-        CarParkState::upserted(current.record.as_ref(), car_park.clone(), caller)?;
+        CarParkState::upserted(current.record.as_ref(), car_park.clone(), caller, now)?;
         let floor = match self.store.claim_id(&id, &region).await? {
             Claim::Claimed { floor } => floor,
             Claim::Taken(held) => {
@@ -35,7 +36,7 @@ impl Service {
                     .await?
                     .pop()
                     .unwrap_or_else(Versioned::none);
-                CarParkState::upserted(current.record.as_ref(), car_park, caller)?;
+                CarParkState::upserted(current.record.as_ref(), car_park, caller, now)?;
                 return Err(CarPark::region_taken(&id, &held, &region));
             }
         };
@@ -49,8 +50,12 @@ impl Service {
                 vec![target],
                 floor,
                 |_, current: &Versioned<CarParkState>| {
-                    let record =
-                        CarParkState::upserted(current.record.as_ref(), car_park.clone(), caller)?;
+                    let record = CarParkState::upserted(
+                        current.record.as_ref(),
+                        car_park.clone(),
+                        caller,
+                        now,
+                    )?;
                     let stored = record.car_park.clone();
                     Ok(Decision {
                         change: Some(Change::put(record, Parts::ALL)),

@@ -140,6 +140,7 @@ fn base_car_park() -> CarParkState {
         tariff: Tariff::default(),
         covered: false,
         max_height_cm: None,
+        modified_at: Timestamp::UNIX_EPOCH,
         report_interval: Duration::from_secs(60),
         reservation_policy: None,
     })

@@ -96,6 +96,7 @@ fn car_park(id: &str, operator: &str) -> CarPark {
         tariff: Tariff::new("CNY", 600, 5000, 0).unwrap(),
         covered: true,
         max_height_cm: None,
+        modified_at: jiff::Timestamp::UNIX_EPOCH,
         report_interval: Duration::from_secs(60),
         reservation_policy: None,
     }

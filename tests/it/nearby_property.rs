@@ -219,6 +219,7 @@ fn car_park(i: usize, spec: &Spec, at: LatLng) -> CarPark {
         tariff: Tariff::new("CNY", rate, cap, free).unwrap(),
         covered: false,
         max_height_cm: None,
+        modified_at: jiff::Timestamp::UNIX_EPOCH,
         report_interval: Duration::from_secs(60),
         reservation_policy: None,
     }

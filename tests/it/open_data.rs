@@ -247,6 +247,63 @@ async fn parking_sites_count_what_they_list_while_car_parks_come_and_go() {
     assert_eq!(listed["total_count"], 1);
 }
 
+/// ParkAPI v3 requires `static_data_updated_at`: when the registration last changed.
+/// A replace that changes nothing and a report leave it (and the ETag) as they were.
+#[tokio::test]
+async fn parking_sites_say_when_each_registration_last_changed() {
+    let server = TestServer::start().await;
+    let first = server.clock.now();
+    let stored = register(&server, garage("g1", 36.06, 120.38)).await;
+    assert_eq!(stored.modified_at, Some(pb_time(first)));
+    let path = "/open-data/v1/parking-sites?region=qingdao";
+    let updated_at = |page: &Value| page["items"][0]["static_data_updated_at"].clone();
+    let iso =
+        |t: citypark::domain::Timestamp| Value::from(t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    let (status, headers, body) = http_get(server.http_addr, path, &[]).await;
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(updated_at(&page), iso(first));
+    let etag = header(&headers, "etag").unwrap().to_owned();
+
+    server.advance(60);
+    let again = register(&server, garage("g1", 36.06, 120.38)).await;
+    assert_eq!(
+        again.modified_at, stored.modified_at,
+        "the same registration"
+    );
+    let (status, _, _) = http_get(server.http_addr, path, &[("If-None-Match", &etag)]).await;
+    assert_eq!(status, 304, "nothing a consumer sees changed");
+
+    server.advance(60);
+    let renamed = register(
+        &server,
+        pb::CarPark {
+            name: "Garage g1, renamed".into(),
+            ..garage("g1", 36.06, 120.38)
+        },
+    )
+    .await;
+    let changed = server.clock.now();
+    assert_eq!(renamed.modified_at, Some(pb_time(changed)));
+    server.advance(60);
+    report_ok(&server, snapshot("g1", 1, 42, server.clock.now())).await;
+    let page = get_json(&server, path).await;
+    assert_eq!(page["items"][0]["name"], "Garage g1, renamed");
+    assert_eq!(
+        updated_at(&page),
+        iso(changed),
+        "a report is not a registration"
+    );
+    let got = server
+        .registry()
+        .await
+        .get_car_park(pb::GetCarParkRequest { id: "g1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.car_park.unwrap().modified_at, Some(pb_time(changed)));
+}
+
 #[tokio::test]
 async fn parking_sites_page_with_a_cursor_until_every_site_came_once() {
     let server = TestServer::start().await;
@@ -680,7 +737,8 @@ fn the_schemas_refuse_what_their_standards_refuse() {
         ]}),
     );
     let site = json!({"id": 1, "source_id": 1, "original_uid": "a", "name": "A",
-        "purpose": "CAR", "has_realtime_data": false, "lat": 1.0, "lon": 2.0});
+        "purpose": "CAR", "type": "CAR_PARK", "has_realtime_data": false, "lat": 1.0,
+        "lon": 2.0, "capacity": 10, "static_data_updated_at": "2026-12-01T10:00:00Z"});
     let list = validator(
         "parkapi-v3/parking-site-list.schema.json",
         &["parkapi-v3/parking-site.schema.json"],
@@ -689,6 +747,12 @@ fn the_schemas_refuse_what_their_standards_refuse() {
     let mut bad = site.clone();
     bad["type"] = "GARAGE".into();
     refused(&list, json!({"items": [bad], "total_count": 1}));
+    // Upstream's required fields, each of them.
+    for field in ["type", "capacity", "static_data_updated_at"] {
+        let mut bad = site.clone();
+        bad.as_object_mut().unwrap().remove(field);
+        refused(&list, json!({"items": [bad], "total_count": 1}));
+    }
     let model = validator(
         "fiware/OffStreetParking.schema.json",
         &["fiware/common-schema.json"],

@@ -267,6 +267,8 @@ async fn state_and_changes_an_older_version_wrote_are_served_and_applied() {
             max_height_cm: 0,
             report_interval_seconds: 30,
             reservation_policy: None,
+            // Stored before citypark kept when a registration changed.
+            modified_at: None,
         }
     );
     let street = car_park_of(&server, "qd-002350").await.unwrap();

@@ -355,10 +355,19 @@ async fn upsert_get_list_delete(kind: Kind) {
     report_ok(&server, snapshot("g1", 1, 5, server.now())).await;
     assert_eq!(counts(&server, "g1").await, (5, 1, 0));
 
-    // Every field comes back as given, with the operator filled in.
-    let full = register(&server, every_field("full")).await;
+    // Every field comes back as given, with the operator and the time of the change
+    // filled in: the server's, whatever the caller sent.
+    let full = register(
+        &server,
+        pb::CarPark {
+            modified_at: Some(pb_time(after(server.now(), -86_400))),
+            ..every_field("full")
+        },
+    )
+    .await;
     let expected = pb::CarPark {
         operator_id: OPERATOR_A.0.into(),
+        modified_at: Some(pb_time(server.now())),
         ..every_field("full")
     };
     assert_eq!(full, expected);
