@@ -14,7 +14,7 @@ use crate::{
     clock::{Clock, SystemClock},
     domain::Error,
     engine::Engine,
-    grpc::{AdmissionLayer, Api, BrowserLayer, MetricsLayer, RateLimits},
+    grpc::{AdmissionLayer, Api, BrowserLayer, ConnectLayer, MetricsLayer, RateLimits},
     history::{History, SqlHistory},
     map::{Map, MapSettings},
     net::{self, ConnLimits},
@@ -238,8 +238,8 @@ fn open_data_cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer 
         .expose_headers([ETAG])
 }
 
-/// CORS for gRPC-Web: the headers a gRPC-Web client sends (the API key included) and
-/// the trailers-as-headers it must be able to read.
+/// CORS for gRPC-Web and Connect: the headers their clients send (the API key
+/// included) and the trailers-as-headers a gRPC-Web client must be able to read.
 fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
     use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
     cors_from(origins)
@@ -250,6 +250,8 @@ fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
             HeaderName::from_static("x-grpc-web"),
             HeaderName::from_static("x-user-agent"),
             HeaderName::from_static("grpc-timeout"),
+            HeaderName::from_static("connect-protocol-version"),
+            HeaderName::from_static("connect-timeout-ms"),
         ])
         .expose_headers([
             HeaderName::from_static("grpc-status"),
@@ -363,8 +365,10 @@ pub async fn run(
         reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
 
     let max = settings.max_message_bytes;
+    let request_metrics = MetricsLayer::new();
     // Browsers speak gRPC-Web over HTTP/1.1 or HTTP/2 and ask CORS first; native
-    // clients speak gRPC over HTTP/2. One port serves both.
+    // clients speak gRPC over HTTP/2; the rest speak Connect's HTTP/JSON. One port
+    // serves all three.
     let router = Server::builder()
         .accept_http1(true)
         // One connection may not hold more calls than this (a watch is one each);
@@ -373,7 +377,9 @@ pub async fn run(
         // A peer that stops answering pings is dropped, and with it its streams.
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .layer(MetricsLayer::new())
+        // Outermost: a Connect call becomes a gRPC call that takes the whole stack.
+        .layer(ConnectLayer::new(max, request_metrics.clone()))
+        .layer(request_metrics)
         // CORS and gRPC-Web, for browsers' calls only.
         .layer(BrowserLayer::new(cors(&settings.cors_origins)))
         // Innermost, so that it sees gRPC-Web calls translated and its refusals go

@@ -68,6 +68,14 @@ impl Handles {
     }
 }
 
+impl MetricsLayer {
+    /// Counts a call answered before it reached the stack (the Connect layer's
+    /// refusals), as the stack counts any other.
+    pub(super) fn record(&self, method: Option<usize>, code: Code, seconds: f64) {
+        self.handles.record(method, code, seconds);
+    }
+}
+
 impl<S> Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
 

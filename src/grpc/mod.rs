@@ -2,10 +2,12 @@
 //!
 //! `handlers` converts and delegates to `service`; `status` is the one mapping from
 //! errors to gRPC statuses (`From<Error> for Status`, so handlers use `?`) and report
-//! rejections; `layer` counts requests for the metrics.
+//! rejections; `layer` counts requests for the metrics; `connect` serves every unary
+//! method as HTTP/JSON by the Connect protocol, through the same stack.
 
 mod admission;
 mod browser;
+mod connect;
 mod convert;
 pub mod fuzzing;
 mod handlers;
@@ -18,6 +20,7 @@ mod status;
 
 pub use admission::{AdmissionLayer, RateLimits, Verified};
 pub use browser::BrowserLayer;
+pub use connect::ConnectLayer;
 pub use handlers::Api;
 pub use layer::MetricsLayer;
 

@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod binary;
+mod connect;
 mod connections;
 mod demo;
 mod durable;

@@ -1190,16 +1190,39 @@ pub async fn http_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    http_call(addr, "GET", path, headers, &[]).await
+}
+
+/// One HTTP/1.1 request on a connection of its own, as the simplest client sends it:
+/// the status, the headers (names in lower case) and the body.
+pub async fn http_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: citypark\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: citypark\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
+    // A server may answer before it has read the whole body (one over a limit), and
+    // close: what it answered counts, not the rest of the write or a reset after it.
+    let wrote = stream.write_all(body).await;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
+    let read = stream.read_to_end(&mut answer).await;
+    if answer.is_empty() {
+        wrote.unwrap();
+        read.unwrap();
+    }
     let split = answer
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
