@@ -4,7 +4,9 @@
 //! without its map, with a warning, and `/map/` says how to get it.
 //!
 //! The encoded descriptor set is written to `OUT_DIR/citypark_descriptor.bin` so the
-//! server can offer gRPC reflection without a second compile. The map is built in a
+//! server can offer gRPC reflection without a second compile, and the OpenAPI
+//! description of the HTTP/JSON API generated from it (`build/openapi.rs`) to
+//! `OUT_DIR/openapi.json`. The map is built in a
 //! copy of `web/` under `OUT_DIR` (a build script writes nowhere else), and its
 //! directory is passed to the crate as `CITYPARK_MAP_DIST`.
 
@@ -15,6 +17,9 @@ use std::{
 };
 
 use prost::Message as _;
+
+#[path = "build/openapi.rs"]
+mod openapi;
 
 const PROTOS: &[&str] = &[
     "proto/citypark/v1/types.proto",
@@ -33,6 +38,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("citypark_descriptor.bin"), fds.encode_to_vec())?;
+    // The HTTP/JSON API's description, from the same descriptors and their comments.
+    println!("cargo:rerun-if-changed=build/openapi.rs");
+    let description = openapi::generate(&fds, "citypark.v1", &env::var("CARGO_PKG_VERSION")?);
+    fs::write(
+        out.join("openapi.json"),
+        serde_json::to_string_pretty(&description)?,
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

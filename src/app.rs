@@ -466,11 +466,17 @@ pub async fn run(
             settings.publisher.clone(),
             changes,
         );
+        let openapi = crate::openapi::OpenApi {
+            base_url: settings.map.grpc_web_url.clone(),
+            grpc_port: addr.map_or(0, |a| a.port()),
+            tls: tls.is_some(),
+        };
         let app = crate::http::router(
             service.clone(),
             Arc::new(settings.api_keys.clone()),
             map,
             open_data,
+            openapi,
             open_data_cors(&settings.cors_origins),
         );
         let task = tokio::spawn(serve_http(listener, "http", app, tls, token.clone()));

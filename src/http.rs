@@ -73,13 +73,15 @@ pub fn has_etag(request: &HeaderMap, etag: &axum::http::HeaderValue) -> bool {
         .any(|tag| tag == "*" || tag.as_bytes() == ours)
 }
 
-/// The routes of the HTTP port. Open data may be read from any page the CORS
-/// origins allow (all when none are set), like the gRPC-Web API.
+/// The routes of the HTTP port. Open data and the API's OpenAPI description may be
+/// read from any page the CORS origins allow (all when none are set), like the
+/// gRPC-Web API.
 pub fn router(
     service: Service,
     keys: Arc<ApiKeys>,
     map: Map,
     open_data: OpenData,
+    openapi: crate::openapi::OpenApi,
     cors: tower_http::cors::CorsLayer,
 ) -> Router {
     Router::new()
@@ -92,6 +94,7 @@ pub fn router(
                 .with_state((service, keys)),
         )
         .merge(map.routes())
+        .merge(openapi.routes().layer(cors.clone()))
         .merge(open_data.routes().layer(cors))
         .layer(axum::middleware::from_fn(count))
 }

@@ -20,6 +20,7 @@ pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod open_data;
+pub mod openapi;
 pub mod pb;
 pub mod rng;
 pub mod service;

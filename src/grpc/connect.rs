@@ -254,10 +254,62 @@ fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// Whether a request is a Connect unary call: a Connect content type. gRPC's
-/// (`application/grpc…`) and gRPC-Web's never are.
-fn is_connect<B>(request: &http::Request<B>) -> bool {
-    Codec::of(request.headers()).is_some()
+/// What a request to the gRPC port speaks, by its content type.
+enum Protocol {
+    /// gRPC or gRPC-Web (`application/grpc…`), or a CORS preflight: the stack's.
+    Grpc,
+    /// A Connect unary call.
+    Connect,
+    /// Neither: answered here, in Connect's terms, as the plain HTTP client that sent
+    /// it most likely speaks them.
+    Neither,
+}
+
+fn protocol<B>(request: &http::Request<B>) -> Protocol {
+    if Codec::of(request.headers()).is_some() {
+        return Protocol::Connect;
+    }
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc || request.method() == Method::OPTIONS {
+        Protocol::Grpc
+    } else {
+        Protocol::Neither
+    }
+}
+
+/// The answer to a request in no protocol the port speaks: a POST without a content
+/// type it knows is 415 (Connect's answer), anything else 405.
+fn unsupported(method: &Method) -> Refusal {
+    if *method != Method::POST {
+        return not_a_post();
+    }
+    let mut refusal = Refusal::new(
+        Code::InvalidArgument,
+        "send Content-Type application/json (or application/proto) for HTTP/JSON by the \
+         Connect protocol, or application/grpc for gRPC",
+    );
+    refusal.status = Some(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    refusal.headers.push((
+        header::HeaderName::from_static("accept-post"),
+        HeaderValue::from_static("application/json, application/proto"),
+    ));
+    refusal
+}
+
+/// Connect's unary calls are POSTs (its GET for side-effect-free methods is not served).
+fn not_a_post() -> Refusal {
+    let mut refusal = Refusal::new(
+        Code::Unimplemented,
+        "a Connect unary call is a POST (GET is not served)",
+    );
+    refusal.status = Some(StatusCode::METHOD_NOT_ALLOWED);
+    refusal
+        .headers
+        .push((header::ALLOW, HeaderValue::from_static("POST")));
+    refusal
 }
 
 /// Translates Connect unary calls; see the module's documentation. Outermost, so that
@@ -320,10 +372,19 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if !is_connect(&request) {
-            return Either::Native {
-                future: self.inner.call(request),
-            };
+        match protocol(&request) {
+            Protocol::Grpc => {
+                return Either::Native {
+                    future: self.inner.call(request),
+                };
+            }
+            Protocol::Neither => {
+                let answer = unsupported(request.method()).response();
+                return Either::Connect {
+                    future: Box::pin(std::future::ready(Ok(answer))),
+                };
+            }
+            Protocol::Connect => {}
         }
         // The ready service makes the call, and a clone stays for the next one.
         let ready = self.inner.clone();
@@ -394,14 +455,7 @@ where
 /// version 1 if it says, uncompressed, to a unary method.
 fn check(parts: &http::request::Parts, path: &str) -> Result<&'static Unary, Refusal> {
     if parts.method != Method::POST {
-        let mut refusal = Refusal::new(
-            Code::Unimplemented,
-            "a Connect unary call is a POST (GET is not served)",
-        );
-        refusal
-            .headers
-            .push((header::ALLOW, HeaderValue::from_static("POST")));
-        return Err(refusal);
+        return Err(not_a_post());
     }
     if let Some(version) = parts.headers.get("connect-protocol-version")
         && version != "1"

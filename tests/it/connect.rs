@@ -246,6 +246,15 @@ async fn errors_are_connects_json_with_its_http_status() {
             "connect-protocol-version",
         ),
         (
+            "no content type (neither Connect nor gRPC)",
+            "/citypark.v1.Registry/GetCarPark",
+            vec![],
+            b"{}".to_vec(),
+            415,
+            "invalid_argument",
+            "Content-Type application/json",
+        ),
+        (
             "over the message size limit",
             "/citypark.v1.Registry/GetCarPark",
             vec![json_type],
@@ -273,6 +282,9 @@ async fn errors_are_connects_json_with_its_http_status() {
         let message = answer["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{what}: {message}");
     }
+    // A GET is not a Connect unary call.
+    let (status, headers, _) = http_get(server.addr, "/citypark.v1.Availability/Ping", &[]).await;
+    assert_eq!((status, header(&headers, "allow")), (405, Some("POST")));
     // Calls refused before the stack, for a method it has, count as any other. (The
     // recorder is the test process's: other tests' calls may count too.)
     let after = server.metrics_text().await;

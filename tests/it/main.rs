@@ -19,6 +19,7 @@ mod metrics_kit;
 mod nearby;
 mod nearby_property;
 mod open_data;
+mod openapi;
 mod payments;
 mod postgres_support;
 mod rate_limits;
