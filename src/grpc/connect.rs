@@ -30,7 +30,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use super::{MetricsLayer, methods::METHODS};
+use super::{MetricsLayer, methods::METHODS, protojson::Plans};
 
 /// A method served over Connect: its request and response messages.
 struct Unary {
@@ -46,7 +46,8 @@ enum Known {
 }
 
 /// Every method of citypark's services and health, by path.
-static PATHS: LazyLock<HashMap<String, Known>> = LazyLock::new(|| {
+/// The descriptors of citypark's services and health, whose unary methods are served.
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
     let mut pool = DescriptorPool::new();
     for set in [
         crate::pb::FILE_DESCRIPTOR_SET,
@@ -55,7 +56,15 @@ static PATHS: LazyLock<HashMap<String, Known>> = LazyLock::new(|| {
         pool.decode_file_descriptor_set(set)
             .expect("built-in descriptor set");
     }
-    pool.services()
+    pool
+});
+
+/// How each message of [`POOL`] is written as JSON.
+static PLANS: LazyLock<Plans> = LazyLock::new(|| Plans::new(&POOL));
+
+/// Every method of [`POOL`], by path.
+static PATHS: LazyLock<HashMap<String, Known>> = LazyLock::new(|| {
+    POOL.services()
         .flat_map(|service| service.methods().collect::<Vec<_>>())
         .map(|method| {
             let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
@@ -138,15 +147,12 @@ impl Codec {
                     tracing::error!(error = %e, message = descriptor.full_name(), "connect: answer not translated");
                     Refusal::new(Code::Internal, "the answer could not be translated")
                 };
-                let message = DynamicMessage::decode(descriptor.clone(), message)
-                    .map_err(|e| internal(&e))?;
-                let mut out = Vec::with_capacity(128);
                 // Every field, zero values included: a client in a language without
                 // proto3's defaults reads `"available": 0`, not a missing key.
-                let options = prost_reflect::SerializeOptions::new().skip_default_fields(false);
-                message
-                    .serialize_with_options(&mut serde_json::Serializer::new(&mut out), &options)
-                    .map_err(|e| internal(&e))?;
+                let mut out = Vec::with_capacity(message.len() * 3);
+                PLANS
+                    .write(descriptor.full_name(), &message, &mut out)
+                    .map_err(|_| internal(&"not the message its descriptor describes"))?;
                 Ok(out.into())
             }
         }

@@ -13,6 +13,7 @@ pub mod fuzzing;
 mod handlers;
 mod layer;
 mod methods;
+mod protojson;
 mod reservations;
 mod sessions;
 mod shared;
