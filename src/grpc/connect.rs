@@ -26,7 +26,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, Limited};
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use prost_reflect::{DescriptorPool, MessageDescriptor};
 use tonic::Code;
 use tower::{Layer, Service};
 
@@ -121,19 +121,20 @@ impl Codec {
                 } else {
                     &body
                 };
-                let mut json = serde_json::Deserializer::from_slice(text);
-                let message = DynamicMessage::deserialize(descriptor.clone(), &mut json)
-                    .and_then(|message| json.end().map(|()| message))
+                let mut message = Vec::with_capacity(body.len());
+                PLANS
+                    .read(descriptor.full_name(), text, &mut message)
                     .map_err(|e| {
                         Refusal::new(
                             Code::InvalidArgument,
                             format!(
-                                "the body is not {} in proto3 JSON: {e}",
-                                descriptor.full_name()
+                                "the body is not {} in proto3 JSON: {}",
+                                descriptor.full_name(),
+                                e.0
                             ),
                         )
                     })?;
-                Ok(message.encode_to_vec().into())
+                Ok(message.into())
             }
         }
     }

@@ -1,8 +1,11 @@
 //! The proto3 JSON of a message, written straight from its wire bytes by a plan made
-//! once from its descriptor: what the Connect layer answers with. A dynamic message
+//! once from its descriptor: what the Connect layer answers with; and a request's
+//! JSON read into wire bytes by the same plan. A dynamic message
 //! built and walked field by field (prost-reflect's serializer) cost about twice a
 //! whole gRPC call for a FindNearby answer (BENCHMARKS.md, "Plain HTTP/JSON");
-//! this reads each field once and writes it at once.
+//! this reads each field once and writes it at once. Reading a request into a
+//! dynamic message cost 6–7% of a JSON report's time; the plan writes its wire bytes
+//! as it walks the parsed JSON.
 //!
 //! The output is protobuf's JSON mapping with every field: a field without presence
 //! (a plain proto3 scalar, a repeated field, a map) is written with its zero value when
@@ -15,6 +18,7 @@
 use std::{collections::HashMap, fmt::Write as _};
 
 use base64::Engine as _;
+use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor};
 
 /// Plans for every message of a pool, by full name.
@@ -31,6 +35,8 @@ struct Plan {
     /// A field's index by its number, for numbers below 64 (every citypark field);
     /// others are found by a scan.
     by_number: [u8; 64],
+    /// A field's index by its JSON name and by its proto name, for reading.
+    by_key: HashMap<String, usize>,
     /// Written by prost-reflect instead (see the module's documentation).
     dynamic: bool,
 }
@@ -40,6 +46,10 @@ const NONE: u8 = u8::MAX;
 struct Field {
     /// `"jsonName":`, escaped once.
     key: String,
+    /// The JSON name, for messages about the field.
+    json: String,
+    /// Its oneof (not the one a proto3 `optional` makes), by index: one member at most.
+    oneof: Option<u16>,
     number: u32,
     value: Value,
     shape: Shape,
@@ -374,8 +384,15 @@ fn plan(descriptor: &MessageDescriptor, by_name: &HashMap<String, usize>) -> Pla
         let mut key = String::new();
         string(field.json_name(), &mut key);
         key.push(':');
+        let oneof = field
+            .containing_oneof()
+            .filter(|o| !o.is_synthetic())
+            .and_then(|o| descriptor.oneofs().position(|x| x.name() == o.name()))
+            .map(|i| i as u16);
         fields.push(Field {
             key,
+            json: field.json_name().to_owned(),
+            oneof,
             number: field.number(),
             value,
             shape,
@@ -389,10 +406,16 @@ fn plan(descriptor: &MessageDescriptor, by_name: &HashMap<String, usize>) -> Pla
     }
     // More fields than the index holds: left to prost-reflect.
     dynamic |= fields.len() >= NONE as usize;
+    let mut by_key = HashMap::new();
+    for (i, field) in descriptor.fields().enumerate() {
+        by_key.insert(field.json_name().to_owned(), i);
+        by_key.insert(field.name().to_owned(), i);
+    }
     Plan {
         descriptor: descriptor.clone(),
         fields,
         by_number,
+        by_key,
         dynamic,
     }
 }
@@ -587,6 +610,398 @@ fn duration(seconds: i64, nanos: i32, out: &mut String) {
     out.push_str("s\"");
 }
 
+/// A request that is not its message's JSON: what is wrong, and where.
+#[derive(Debug)]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    fn at(path: &str, what: impl std::fmt::Display) -> Self {
+        if path.is_empty() {
+            Invalid(what.to_string())
+        } else {
+            Invalid(format!("{path}: {what}"))
+        }
+    }
+}
+
+type Json = serde_json::Value;
+
+impl Plans {
+    /// Reads `json`, the proto3 JSON of a message of kind `name`, into its wire bytes.
+    /// Every form the mapping allows is read: a field by its JSON or its proto name,
+    /// `null` for its default, enums by name or number, integers as numbers or strings,
+    /// bytes in either base64 alphabet, with or without padding.
+    pub fn read(&self, name: &str, json: &[u8], out: &mut Vec<u8>) -> Result<(), Invalid> {
+        let index = *self
+            .by_name
+            .get(name)
+            .ok_or_else(|| Invalid(format!("no message {name}")))?;
+        let value: Json = serde_json::from_slice(json).map_err(|e| Invalid(e.to_string()))?;
+        self.read_message(index, &value, "", out)
+    }
+
+    fn read_message(
+        &self,
+        index: usize,
+        value: &Json,
+        path: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Invalid> {
+        let plan = &self.plans[index];
+        if plan.dynamic {
+            let message = DynamicMessage::deserialize(plan.descriptor.clone(), value)
+                .map_err(|e| Invalid::at(path, e))?;
+            message.encode_raw(out);
+            return Ok(());
+        }
+        let Json::Object(object) = value else {
+            return Err(Invalid::at(
+                path,
+                format!("must be an object ({})", plan.descriptor.full_name()),
+            ));
+        };
+        let mut oneofs: Vec<(u16, &str)> = Vec::new();
+        for (key, value) in object {
+            let Some(&i) = plan.by_key.get(key.as_str()) else {
+                return Err(Invalid::at(
+                    path,
+                    format!("{} has no field {key:?}", plan.descriptor.full_name()),
+                ));
+            };
+            // null is the field's default: nothing to write.
+            if value.is_null() {
+                continue;
+            }
+            let field = &plan.fields[i];
+            let here = if path.is_empty() {
+                field.json.clone()
+            } else {
+                format!("{path}.{}", field.json)
+            };
+            if let Some(oneof) = field.oneof {
+                if let Some((_, other)) = oneofs.iter().find(|(o, _)| *o == oneof) {
+                    return Err(Invalid::at(
+                        path,
+                        format!("{other:?} and {key:?} are one of a kind: set one"),
+                    ));
+                }
+                oneofs.push((oneof, key));
+            }
+            match field.shape {
+                Shape::Plain | Shape::Present => {
+                    self.read_value(field.number, &field.value, value, &here, out)?
+                }
+                Shape::List => {
+                    let Json::Array(items) = value else {
+                        return Err(Invalid::at(&here, "must be an array"));
+                    };
+                    if packable(&field.value) {
+                        let mut packed = Vec::new();
+                        for (n, item) in items.iter().enumerate() {
+                            scalar(&field.value, item, &format!("{here}[{n}]"), &mut packed)?;
+                        }
+                        if !packed.is_empty() {
+                            bytes_field(field.number, &packed, out);
+                        }
+                    } else {
+                        for (n, item) in items.iter().enumerate() {
+                            self.read_value(
+                                field.number,
+                                &field.value,
+                                item,
+                                &format!("{here}[{n}]"),
+                                out,
+                            )?;
+                        }
+                    }
+                }
+                Shape::Map => {
+                    let (Value::MapEntry(key_kind, value_kind), Json::Object(entries)) =
+                        (&field.value, value)
+                    else {
+                        return Err(Invalid::at(&here, "must be an object"));
+                    };
+                    for (k, v) in entries {
+                        let mut entry = Vec::new();
+                        self.read_value(
+                            1,
+                            key_kind,
+                            &map_key(key_kind, k),
+                            &format!("{here}.{k}"),
+                            &mut entry,
+                        )?;
+                        self.read_value(2, value_kind, v, &format!("{here}.{k}"), &mut entry)?;
+                        bytes_field(field.number, &entry, out);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One value of field `number`, tag and all.
+    fn read_value(
+        &self,
+        number: u32,
+        kind: &Value,
+        value: &Json,
+        path: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Invalid> {
+        match kind {
+            Value::Message(index) => {
+                let mut nested = Vec::new();
+                self.read_message(*index, value, path, &mut nested)?;
+                bytes_field(number, &nested, out);
+            }
+            Value::Timestamp => {
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| Invalid::at(path, "must be an RFC 3339 time"))?;
+                let at: jiff::Timestamp = text
+                    .parse()
+                    .map_err(|_| Invalid::at(path, format!("{text:?} is not an RFC 3339 time")))?;
+                let mut nested = Vec::new();
+                seconds_nanos(at.as_second(), at.subsec_nanosecond(), &mut nested);
+                bytes_field(number, &nested, out);
+            }
+            Value::Duration => {
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| Invalid::at(path, "must be a duration such as \"300s\""))?;
+                let (seconds, nanos) = parse_duration(text).ok_or_else(|| {
+                    Invalid::at(path, format!("{text:?} is not a duration such as \"300s\""))
+                })?;
+                let mut nested = Vec::new();
+                seconds_nanos(seconds, nanos, &mut nested);
+                bytes_field(number, &nested, out);
+            }
+            Value::Empty => {
+                if !value.as_object().is_some_and(|o| o.is_empty()) {
+                    return Err(Invalid::at(path, "must be {}"));
+                }
+                bytes_field(number, &[], out);
+            }
+            Value::String => {
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| Invalid::at(path, "must be a string"))?;
+                bytes_field(number, text.as_bytes(), out);
+            }
+            Value::Bytes => {
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| Invalid::at(path, "must be base64"))?;
+                let bytes =
+                    base64_bytes(text).ok_or_else(|| Invalid::at(path, "must be base64"))?;
+                bytes_field(number, &bytes, out);
+            }
+            Value::MapEntry(..) => return Err(Invalid::at(path, "a map inside a map")),
+            scalar_kind => {
+                tag(number, wire_type(scalar_kind), out);
+                scalar(scalar_kind, value, path, out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a repeated field of this kind is packed.
+fn packable(kind: &Value) -> bool {
+    !matches!(
+        kind,
+        Value::String
+            | Value::Bytes
+            | Value::Message(_)
+            | Value::Timestamp
+            | Value::Duration
+            | Value::Empty
+            | Value::MapEntry(..)
+    )
+}
+
+fn wire_type(kind: &Value) -> u8 {
+    match kind {
+        Value::Double | Value::Fixed64 | Value::Sfixed64 => 1,
+        Value::Float | Value::Fixed32 | Value::Sfixed32 => 5,
+        Value::String
+        | Value::Bytes
+        | Value::Message(_)
+        | Value::Timestamp
+        | Value::Duration
+        | Value::Empty
+        | Value::MapEntry(..) => 2,
+        _ => 0,
+    }
+}
+
+/// A number or a bool's value, without its tag.
+fn scalar(kind: &Value, value: &Json, path: &str, out: &mut Vec<u8>) -> Result<(), Invalid> {
+    let integer = |min: i128, max: i128| -> Result<i128, Invalid> {
+        let n = match value {
+            Json::Number(n) => n
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| n.as_u64().map(i128::from))
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 1e20)
+                        .map(|f| f as i128)
+                }),
+            Json::String(s) => s.parse::<i128>().ok().or_else(|| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 1e20)
+                    .map(|f| f as i128)
+            }),
+            _ => None,
+        };
+        n.filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| Invalid::at(path, format!("must be an integer from {min} to {max}")))
+    };
+    let float = || -> Result<f64, Invalid> {
+        match value {
+            Json::Number(n) => n.as_f64(),
+            Json::String(s) => match s.as_str() {
+                "NaN" => Some(f64::NAN),
+                "Infinity" => Some(f64::INFINITY),
+                "-Infinity" => Some(f64::NEG_INFINITY),
+                s => s.parse().ok(),
+            },
+            _ => None,
+        }
+        .ok_or_else(|| Invalid::at(path, "must be a number"))
+    };
+    match kind {
+        Value::Double => out.extend_from_slice(&float()?.to_le_bytes()),
+        Value::Float => out.extend_from_slice(&(float()? as f32).to_le_bytes()),
+        Value::Int32 => varint(
+            integer(i32::MIN.into(), i32::MAX.into())? as i64 as u64,
+            out,
+        ),
+        Value::Sint32 => {
+            let v = integer(i32::MIN.into(), i32::MAX.into())? as i64;
+            varint(((v << 1) ^ (v >> 63)) as u64, out)
+        }
+        Value::Uint32 => varint(integer(0, u32::MAX.into())? as u64, out),
+        Value::Sfixed32 => out
+            .extend_from_slice(&(integer(i32::MIN.into(), i32::MAX.into())? as i32).to_le_bytes()),
+        Value::Fixed32 => {
+            out.extend_from_slice(&(integer(0, u32::MAX.into())? as u32).to_le_bytes())
+        }
+        Value::Int64 => varint(
+            integer(i64::MIN.into(), i64::MAX.into())? as i64 as u64,
+            out,
+        ),
+        Value::Sint64 => {
+            let v = integer(i64::MIN.into(), i64::MAX.into())? as i64;
+            varint(((v << 1) ^ (v >> 63)) as u64, out)
+        }
+        Value::Uint64 => varint(integer(0, u64::MAX.into())? as u64, out),
+        Value::Sfixed64 => out
+            .extend_from_slice(&(integer(i64::MIN.into(), i64::MAX.into())? as i64).to_le_bytes()),
+        Value::Fixed64 => {
+            out.extend_from_slice(&(integer(0, u64::MAX.into())? as u64).to_le_bytes())
+        }
+        Value::Bool => match value {
+            Json::Bool(b) => varint(u64::from(*b), out),
+            _ => return Err(Invalid::at(path, "must be true or false")),
+        },
+        Value::Enum(names) => {
+            let number = match value {
+                Json::String(name) => names
+                    .iter()
+                    .find(|(_, n)| n == name)
+                    .map(|(number, _)| *number)
+                    .ok_or_else(|| {
+                        Invalid::at(path, format!("{name:?} is not one of its values"))
+                    })?,
+                _ => integer(i32::MIN.into(), i32::MAX.into())? as i32,
+            };
+            varint(number as i64 as u64, out)
+        }
+        _ => return Err(Invalid::at(path, "must be a number")),
+    }
+    Ok(())
+}
+
+/// A map's key, which JSON writes as a string, as the value of its kind.
+fn map_key(kind: &Value, key: &str) -> Json {
+    match kind {
+        Value::String => Json::from(key),
+        Value::Bool => match key {
+            "true" => Json::Bool(true),
+            "false" => Json::Bool(false),
+            _ => Json::from(key),
+        },
+        _ => Json::from(key),
+    }
+}
+
+fn base64_bytes(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+}
+
+/// `"-1.5s"`: seconds, up to nine digits of fraction, and `s`.
+fn parse_duration(text: &str) -> Option<(i64, i32)> {
+    let digits = text.strip_suffix('s')?;
+    let (negative, digits) = match digits.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, digits),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || fraction.len() > 9
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let seconds: i64 = whole.parse().ok()?;
+    let nanos: i32 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<9}").parse().ok()?
+    };
+    Some(if negative {
+        (-seconds, -nanos)
+    } else {
+        (seconds, nanos)
+    })
+}
+
+fn seconds_nanos(seconds: i64, nanos: i32, out: &mut Vec<u8>) {
+    if seconds != 0 {
+        tag(1, 0, out);
+        varint(seconds as u64, out);
+    }
+    if nanos != 0 {
+        tag(2, 0, out);
+        varint(nanos as i64 as u64, out);
+    }
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn tag(number: u32, wire_type: u8, out: &mut Vec<u8>) {
+    varint(u64::from(number) << 3 | u64::from(wire_type), out);
+}
+
+fn bytes_field(number: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    tag(number, 2, out);
+    varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -764,5 +1179,126 @@ mod tests {
             );
         }
         assert!(plans.write("citypark.v1.Nothing", b"", &mut out).is_err());
+    }
+
+    /// `json` read by our plans and by prost-reflect: the same message.
+    fn read_both(
+        pool: &DescriptorPool,
+        plans: &Plans,
+        name: &str,
+        json: &str,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let mut ours = Vec::new();
+        plans
+            .read(name, json.as_bytes(), &mut ours)
+            .unwrap_or_else(|e| panic!("{json}: {e:?}"));
+        let descriptor = pool.get_message_by_name(name).unwrap();
+        let mut de = serde_json::Deserializer::from_str(json);
+        let theirs = DynamicMessage::deserialize(descriptor, &mut de)
+            .unwrap()
+            .encode_to_vec();
+        (ours, theirs)
+    }
+
+    #[test]
+    fn requests_read_as_prost_reflect_reads_them_in_every_form_the_mapping_allows() {
+        let pool = pool();
+        let plans = Plans::new(&pool);
+        let nearby = [
+            r#"{"location": {"latitude": 36.06, "longitude": 120.38}, "radiusM": 800, "limit": 3}"#,
+            r#"{"location": {"latitude": "36.06", "longitude": -1e2}, "radius_m": "800", "limit": 3.0,
+                "category": "SPACE_CATEGORY_EV_CHARGING", "kinds": ["CAR_PARK_KIND_GARAGE", 3],
+                "maxPriceMinor": "-12", "openNow": true, "stay": {"start": "2026-12-06T08:00:00+08:00",
+                "end": "2026-12-06T10:00:00.5Z"}, "includeStale": null}"#,
+            r#"{"maxPriceMinor": 0, "kinds": []}"#,
+            "{}",
+        ];
+        for json in nearby {
+            let (ours, theirs) = read_both(&pool, &plans, "citypark.v1.FindNearbyRequest", json);
+            assert_eq!(
+                pb::FindNearbyRequest::decode(ours.as_slice()).unwrap(),
+                pb::FindNearbyRequest::decode(theirs.as_slice()).unwrap(),
+                "{json}"
+            );
+        }
+        let report = r#"{"report": {"carParkId": "g1", "sequence": "9007199254740993",
+            "observedAt": "2026-12-06T08:44:57.239042252Z", "restartSequence": true,
+            "snapshot": {"free": [{"category": "SPACE_CATEGORY_STANDARD", "count": 0},
+            {"category": 2, "count": 4}]}}}"#;
+        let (ours, theirs) = read_both(&pool, &plans, "citypark.v1.ReportRequest", report);
+        let ours = pb::ReportRequest::decode(ours.as_slice()).unwrap();
+        assert_eq!(ours, pb::ReportRequest::decode(theirs.as_slice()).unwrap());
+        assert_eq!(ours.report.unwrap().sequence, 9_007_199_254_740_993);
+        let history = r#"{"carParkId": "g1", "step": "300.5s", "from": "2026-12-06T00:00:00Z"}"#;
+        let (ours, theirs) = read_both(
+            &pool,
+            &plans,
+            "citypark.v1.GetOccupancyHistoryRequest",
+            history,
+        );
+        assert_eq!(
+            pb::GetOccupancyHistoryRequest::decode(ours.as_slice()).unwrap(),
+            pb::GetOccupancyHistoryRequest::decode(theirs.as_slice()).unwrap()
+        );
+    }
+
+    #[test]
+    fn what_is_not_the_message_is_refused_saying_where() {
+        let plans = Plans::new(&pool());
+        for (json, says) in [
+            (r#"{"idx": "a"}"#, "no field \"idx\""),
+            (r#"{"id": 5}"#, "id: must be a string"),
+            ("[]", "must be an object"),
+            ("{", "EOF"),
+            (r#"{"id": "a"} x"#, "trailing"),
+        ] {
+            let error = plans
+                .read(
+                    "citypark.v1.GetCarParkRequest",
+                    json.as_bytes(),
+                    &mut Vec::new(),
+                )
+                .unwrap_err();
+            assert!(error.0.contains(says), "{json}: {}", error.0);
+        }
+        for (json, says) in [
+            (r#"{"limit": 1.5}"#, "limit: must be an integer"),
+            (r#"{"limit": 3000000000}"#, "limit: must be an integer"),
+            (
+                r#"{"location": {"latitude": "north"}}"#,
+                "location.latitude: must be a number",
+            ),
+            (
+                r#"{"category": "SPACE_CATEGORY_BIKE"}"#,
+                "category: \"SPACE_CATEGORY_BIKE\" is not",
+            ),
+            (r#"{"openNow": 1}"#, "openNow: must be true or false"),
+            (
+                r#"{"stay": {"start": "yesterday"}}"#,
+                "stay.start: \"yesterday\" is not",
+            ),
+            (
+                r#"{"kinds": "CAR_PARK_KIND_GARAGE"}"#,
+                "kinds: must be an array",
+            ),
+        ] {
+            let error = plans
+                .read(
+                    "citypark.v1.FindNearbyRequest",
+                    json.as_bytes(),
+                    &mut Vec::new(),
+                )
+                .unwrap_err();
+            assert!(error.0.contains(says), "{json}: {}", error.0);
+        }
+        let both = r#"{"report": {"snapshot": {}, "delta": {}}}"#;
+        let error = plans
+            .read(
+                "citypark.v1.ReportRequest",
+                both.as_bytes(),
+                &mut Vec::new(),
+            )
+            .unwrap_err();
+        assert!(error.0.contains("one of a kind"), "{}", error.0);
     }
 }
