@@ -555,12 +555,33 @@ where
     RB::Error: std::fmt::Display,
 {
     let (parts, body) = response.into_parts();
-    let collected = body.collect().await.map_err(|e| {
-        tracing::warn!(error = %e, "connect: the answer's body failed");
-        Refusal::new(Code::Internal, "the answer was cut short")
-    })?;
-    let trailers = collected.trailers().cloned().unwrap_or_default();
-    let data = collected.to_bytes();
+    let mut body = std::pin::pin!(body);
+    // A unary answer is one data frame and the trailers: the frame is kept as it is,
+    // not copied, unless more come.
+    let (mut data, mut more, mut trailers) = (Bytes::new(), BytesMut::new(), HeaderMap::new());
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            tracing::warn!(error = %e, "connect: the answer's body failed");
+            Refusal::new(Code::Internal, "the answer was cut short")
+        })?;
+        match frame.into_data() {
+            Ok(chunk) if data.is_empty() && more.is_empty() => data = chunk,
+            Ok(chunk) => {
+                if more.is_empty() {
+                    more.extend_from_slice(&data);
+                }
+                more.extend_from_slice(&chunk);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = t;
+                }
+            }
+        }
+    }
+    if !more.is_empty() {
+        data = more.freeze();
+    }
     let mut headers = metadata(&parts.headers);
     for (name, value) in metadata(&trailers).iter() {
         if let Ok(name) = header::HeaderName::from_bytes(format!("trailer-{name}").as_bytes()) {
@@ -568,11 +589,15 @@ where
         }
     }
     // A trailers-only answer (an error before any message) has its status in the
-    // headers; otherwise it is in the trailers.
-    let status = tonic::Status::from_header_map(&parts.headers)
-        .or_else(|| tonic::Status::from_header_map(&trailers))
-        .unwrap_or_else(|| tonic::Status::unknown("the answer had no status"));
-    if status.code() != Code::Ok {
+    // headers; otherwise it is in the trailers. OK is read without building a Status.
+    let ok = match parts.headers.get("grpc-status") {
+        Some(code) => code == "0",
+        None => trailers.get("grpc-status").is_some_and(|code| code == "0"),
+    };
+    if !ok {
+        let status = tonic::Status::from_header_map(&parts.headers)
+            .or_else(|| tonic::Status::from_header_map(&trailers))
+            .unwrap_or_else(|| tonic::Status::unknown("the answer had no status"));
         return Err(Refusal {
             code: status.code(),
             message: status.message().to_owned(),

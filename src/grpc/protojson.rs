@@ -115,7 +115,12 @@ impl Plans {
         let index = *self.by_name.get(name).ok_or(Malformed)?;
         let mut text = String::with_capacity(bytes.len() * 3);
         self.message(index, bytes, &mut text)?;
-        out.extend_from_slice(text.as_bytes());
+        if out.is_empty() {
+            // The usual case: the text is the output, not copied into it.
+            *out = text.into_bytes();
+        } else {
+            out.extend_from_slice(text.as_bytes());
+        }
         Ok(())
     }
 
