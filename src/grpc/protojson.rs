@@ -880,33 +880,37 @@ fn scalar(kind: &Value, value: &Json, path: &str, out: &mut Vec<u8>) -> Result<(
     match kind {
         Value::Double => out.extend_from_slice(&float()?.to_le_bytes()),
         Value::Float => out.extend_from_slice(&(float()? as f32).to_le_bytes()),
-        Value::Int32 => varint(
-            integer(i32::MIN.into(), i32::MAX.into())? as i64 as u64,
-            out,
-        ),
-        Value::Sint32 => {
-            let v = integer(i32::MIN.into(), i32::MAX.into())? as i64;
-            varint(((v << 1) ^ (v >> 63)) as u64, out)
-        }
-        Value::Uint32 => varint(integer(0, u32::MAX.into())? as u64, out),
-        Value::Sfixed32 => out
-            .extend_from_slice(&(integer(i32::MIN.into(), i32::MAX.into())? as i32).to_le_bytes()),
-        Value::Fixed32 => {
-            out.extend_from_slice(&(integer(0, u32::MAX.into())? as u32).to_le_bytes())
-        }
-        Value::Int64 => varint(
-            integer(i64::MIN.into(), i64::MAX.into())? as i64 as u64,
-            out,
-        ),
-        Value::Sint64 => {
-            let v = integer(i64::MIN.into(), i64::MAX.into())? as i64;
-            varint(((v << 1) ^ (v >> 63)) as u64, out)
-        }
-        Value::Uint64 => varint(integer(0, u64::MAX.into())? as u64, out),
-        Value::Sfixed64 => out
-            .extend_from_slice(&(integer(i64::MIN.into(), i64::MAX.into())? as i64).to_le_bytes()),
-        Value::Fixed64 => {
-            out.extend_from_slice(&(integer(0, u64::MAX.into())? as u64).to_le_bytes())
+        Value::Int32
+        | Value::Sint32
+        | Value::Sfixed32
+        | Value::Uint32
+        | Value::Fixed32
+        | Value::Int64
+        | Value::Sint64
+        | Value::Sfixed64
+        | Value::Uint64
+        | Value::Fixed64 => {
+            let (min, max): (i128, i128) = match kind {
+                Value::Int32 | Value::Sint32 | Value::Sfixed32 => {
+                    (i32::MIN.into(), i32::MAX.into())
+                }
+                Value::Uint32 | Value::Fixed32 => (0, u32::MAX.into()),
+                Value::Uint64 | Value::Fixed64 => (0, u64::MAX.into()),
+                _ => (i64::MIN.into(), i64::MAX.into()),
+            };
+            // In range, so the low 64 bits are the value, two's complement for a
+            // negative one and as it is for a uint64 above i64's.
+            let bits = integer(min, max)? as i64;
+            match kind {
+                Value::Sint32 | Value::Sint64 => varint(((bits << 1) ^ (bits >> 63)) as u64, out),
+                Value::Sfixed32 | Value::Fixed32 => {
+                    out.extend_from_slice(&(bits as u32).to_le_bytes())
+                }
+                Value::Sfixed64 | Value::Fixed64 => {
+                    out.extend_from_slice(&(bits as u64).to_le_bytes())
+                }
+                _ => varint(bits as u64, out),
+            }
         }
         Value::Bool => match value {
             Json::Bool(b) => varint(u64::from(*b), out),
@@ -1245,6 +1249,47 @@ mod tests {
             pb::GetOccupancyHistoryRequest::decode(ours.as_slice()).unwrap(),
             pb::GetOccupancyHistoryRequest::decode(theirs.as_slice()).unwrap()
         );
+    }
+
+    /// The kinds citypark's messages do not use, by their encodings.
+    #[test]
+    fn every_integer_kind_is_encoded_as_protobuf_encodes_it() {
+        let encoded = |kind: Value, json: serde_json::Value| {
+            let mut out = Vec::new();
+            scalar(&kind, &json, "f", &mut out).map(|()| out)
+        };
+        use serde_json::json;
+        assert_eq!(encoded(Value::Sint32, json!(-1)).unwrap(), [1]);
+        assert_eq!(encoded(Value::Sint64, json!("-2")).unwrap(), [3]);
+        assert_eq!(
+            encoded(Value::Sfixed32, json!(-2)).unwrap(),
+            [0xfe, 0xff, 0xff, 0xff]
+        );
+        assert_eq!(
+            encoded(Value::Fixed64, json!("18446744073709551615")).unwrap(),
+            [0xff; 8]
+        );
+        assert_eq!(
+            encoded(Value::Uint64, json!(u64::MAX)).unwrap(),
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1]
+        );
+        assert_eq!(
+            encoded(Value::Int32, json!(-1)).unwrap().len(),
+            10,
+            "sign-extended"
+        );
+        assert_eq!(
+            encoded(Value::Float, json!("-Infinity")).unwrap(),
+            f32::NEG_INFINITY.to_le_bytes()
+        );
+        for (kind, json) in [
+            (Value::Uint32, json!(-1)),
+            (Value::Fixed32, json!(4_294_967_296u64)),
+            (Value::Sfixed64, json!("9223372036854775808")),
+            (Value::Int64, json!(true)),
+        ] {
+            assert!(encoded(kind, json.clone()).is_err(), "{json}");
+        }
     }
 
     #[test]
