@@ -13,11 +13,21 @@ use axum::{
     routing::get,
 };
 
-/// The description as generated, parsed once.
-static DESCRIPTION: LazyLock<serde_json::Value> = LazyLock::new(|| {
-    serde_json::from_str(include_str!(concat!(env!("OUT_DIR"), "/openapi.json")))
-        .expect("build.rs writes valid JSON")
+/// The description as generated, made compact once: an object whose first key each
+/// answer puts before it is `servers` (a request's only part of its own).
+static DESCRIPTION: LazyLock<String> = LazyLock::new(|| {
+    let description: serde_json::Value =
+        serde_json::from_str(include_str!(concat!(env!("OUT_DIR"), "/openapi.json")))
+            .expect("build.rs writes valid JSON");
+    description.to_string()
 });
+
+/// The description with `servers` naming `url`.
+fn with_server(url: &str) -> String {
+    let servers = serde_json::json!([{ "url": url }]);
+    // `{"servers":[…],` and the rest of the generated object after its `{`.
+    format!("{{\"servers\":{servers},{}", &DESCRIPTION[1..])
+}
 
 /// Where the API is, for the description's `servers`.
 #[derive(Debug, Clone)]
@@ -54,14 +64,12 @@ impl OpenApi {
 
 async fn description(State(api): State<Arc<OpenApi>>, headers: HeaderMap) -> Response {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let mut description = DESCRIPTION.clone();
-    description["servers"] = serde_json::json!([{ "url": api.server_url(host) }]);
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        description.to_string(),
+        with_server(&api.server_url(host)),
     )
         .into_response()
 }
@@ -92,12 +100,19 @@ mod tests {
 
     #[test]
     fn every_unary_method_has_its_path_and_streams_none() {
-        let paths = DESCRIPTION["paths"].as_object().unwrap();
+        let description: serde_json::Value =
+            serde_json::from_str(&with_server("http://parking.example:50051")).unwrap();
+        assert_eq!(
+            description["servers"][0]["url"],
+            "http://parking.example:50051"
+        );
+        assert_eq!(description["openapi"], "3.1.0");
+        let paths = description["paths"].as_object().unwrap();
         assert!(paths.contains_key("/citypark.v1.Ingest/Report"));
         assert!(paths.contains_key("/citypark.v1.Availability/FindNearby"));
         assert!(!paths.contains_key("/citypark.v1.Availability/WatchAvailability"));
         assert!(!paths.contains_key("/citypark.v1.Ingest/Publish"));
-        let schema = &DESCRIPTION["components"]["schemas"]["citypark.v1.FindNearbyRequest"];
+        let schema = &description["components"]["schemas"]["citypark.v1.FindNearbyRequest"];
         assert_eq!(schema["properties"]["radiusM"]["type"], "number");
         assert!(
             schema["properties"]["radiusM"]["description"]
