@@ -121,6 +121,8 @@ pub struct Settings {
     pub publisher: Publisher,
     /// How finished records move to history (with a backend that has one).
     pub history: HistorySettings,
+    /// The MQTT broker reports come from (and signs' availability goes to), if any.
+    pub mqtt: Option<crate::mqtt::MqttSettings>,
 }
 
 impl Default for Settings {
@@ -145,6 +147,7 @@ impl Default for Settings {
                 national_identifier: "citypark".into(),
             },
             history: HistorySettings::default(),
+            mqtt: None,
         }
     }
 }
@@ -524,6 +527,9 @@ pub async fn run(
         let (service, token) = (service.clone(), token.clone());
         tokio::spawn(async move { service.sweep_history(token).await })
     };
+    let mqtt = settings.mqtt.clone().map(|mqtt| {
+        tokio::spawn(crate::mqtt::run(service.clone(), mqtt, token.clone()))
+    });
 
     tracing::info!(addr = ?addr, store = backend.store.name(), car_parks = backend.engine.len(), "citypark serving");
     let early = tokio::select! {
@@ -569,6 +575,9 @@ pub async fn run(
         let _ = reservation_sweeper.await;
         let _ = session_sweeper.await;
         let _ = history_sweeper.await;
+        if let Some(task) = mqtt {
+            let _ = task.await;
+        }
         let _ = sampler.await;
         let _ = upkeep.await;
         if let Some(task) = changes_task {

@@ -286,6 +286,39 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
     pub tls_client_ca_file: Option<PathBuf>,
 
+    /// An MQTT broker to take occupancy reports from (sensor networks, gateways that
+    /// speak no gRPC): `mqtt://host[:1883]`, or `mqtts://host[:8883]` for TLS. Reports
+    /// arrive on `citypark/v1/reports/<operator>/<car park id>` (QoS 1) and each one's
+    /// ack goes to `citypark/v1/acks/<operator>/<car park id>`. The broker's ACL must
+    /// keep each device to its operator's topics (deploy/mosquitto/).
+    #[arg(long, env = "CITYPARK_MQTT_URL")]
+    pub mqtt_url: Option<String>,
+
+    /// File holding the MQTT username and password, one line: `username:password`.
+    #[arg(long, env = "CITYPARK_MQTT_CREDENTIALS_FILE", requires = "mqtt_url")]
+    pub mqtt_credentials_file: Option<PathBuf>,
+
+    /// PEM certificates to trust for an `mqtts://` broker, besides the public roots.
+    #[arg(long, env = "CITYPARK_MQTT_CA_FILE", requires = "mqtt_url")]
+    pub mqtt_ca_file: Option<PathBuf>,
+
+    /// The MQTT client id: stable across restarts (the broker keeps the reports not
+    /// yet acknowledged in its session) and unique per instance. Default:
+    /// `citypark-<host name>-<gRPC port>`.
+    #[arg(long, env = "CITYPARK_MQTT_CLIENT_ID", requires = "mqtt_url")]
+    pub mqtt_client_id: Option<String>,
+
+    /// The shared subscription group (`$share/<group>/…`): of the instances in one
+    /// group, each report reaches one. Empty: every instance takes every report.
+    #[arg(long, env = "CITYPARK_MQTT_SHARE_GROUP", default_value = "citypark")]
+    pub mqtt_share_group: String,
+
+    /// Publish each car park's availability, retained, to
+    /// `citypark/v1/availability/<region>/<car park id>` on every change (at most once
+    /// a second per car park), for roadside guidance signs.
+    #[arg(long, env = "CITYPARK_MQTT_PUBLISH_AVAILABILITY", requires = "mqtt_url")]
+    pub mqtt_publish_availability: bool,
+
     /// Changes kept for slow watchers before they are resynced.
     #[arg(long, env = "CITYPARK_CHANGE_BUFFER", default_value_t = 4096)]
     pub change_buffer: usize,
@@ -539,6 +572,7 @@ impl ServeConfig {
             ));
         }
         self.payment_gateway()?;
+        self.mqtt()?;
         self.cors_origins()?;
         self.map()?;
         self.publisher()?;
@@ -701,6 +735,51 @@ impl ServeConfig {
     }
 
     /// The payment gateway's client, if one is configured; errors name the flag.
+    /// How to use the MQTT broker, when there is one: the URL, the credentials file
+    /// and the TLS roots read and checked.
+    pub fn mqtt(&self) -> Result<Option<crate::mqtt::MqttSettings>> {
+        let Some(url) = &self.mqtt_url else {
+            return Ok(None);
+        };
+        let broker =
+            crate::mqtt::Broker::parse(url).map_err(|e| Error::invalid("--mqtt-url", e))?;
+        let credentials = match &self.mqtt_credentials_file {
+            Some(path) => Some(
+                crate::mqtt::read_credentials(path)
+                    .map_err(|e| Error::invalid("--mqtt-credentials-file", e))?,
+            ),
+            None => None,
+        };
+        let client_id = match &self.mqtt_client_id {
+            Some(id) if id.is_empty() || id.len() > 128 => {
+                return Err(Error::invalid(
+                    "--mqtt-client-id",
+                    "must be 1 to 128 bytes",
+                ));
+            }
+            Some(id) => id.clone(),
+            None => crate::mqtt::default_client_id(self.grpc_addr.port()),
+        };
+        let group = self.mqtt_share_group.trim();
+        if group.contains(['/', '+', '#']) {
+            return Err(Error::invalid(
+                "--mqtt-share-group",
+                "a share group holds no '/', '+' or '#'",
+            ));
+        }
+        let settings = crate::mqtt::MqttSettings {
+            broker,
+            credentials,
+            ca_file: self.mqtt_ca_file.clone(),
+            client_id,
+            share_group: (!group.is_empty()).then(|| group.to_owned()),
+            publish_availability: self.mqtt_publish_availability,
+            max_message_bytes: self.max_message_bytes,
+        };
+        crate::mqtt::check(&settings).map_err(|e| Error::invalid("--mqtt-ca-file", e))?;
+        Ok(Some(settings))
+    }
+
     pub fn payment_gateway(&self) -> Result<Option<Arc<crate::gateway::Gateway>>> {
         let (Some(url), Some(secret_file)) =
             (&self.payment_gateway_url, &self.payment_gateway_secret_file)
@@ -810,6 +889,8 @@ impl ServeConfig {
             publisher: self
                 .publisher()
                 .unwrap_or_else(|_| crate::app::Settings::default().publisher),
+            // Checked by `validate`.
+            mqtt: self.mqtt().ok().flatten(),
             ..crate::app::Settings::default()
         }
     }

@@ -18,6 +18,7 @@ pub mod import;
 pub mod map;
 pub mod memory;
 pub mod metrics;
+pub mod mqtt;
 pub mod net;
 pub mod open_data;
 pub mod openapi;

@@ -59,6 +59,10 @@ pub const HISTORY_SAMPLE_QUEUE: &str = "citypark_history_sample_queue";
 pub const TOMBSTONES_COMPACTED: &str = "citypark_tombstones_compacted_total";
 pub const STORE_COMMITS: &str = "citypark_store_commits_total";
 pub const STORE_COMMIT_DURATION: &str = "citypark_store_commit_duration_seconds";
+pub const MQTT_CONNECTED: &str = "citypark_mqtt_connected";
+pub const MQTT_DISCONNECTS: &str = "citypark_mqtt_disconnects_total";
+pub const MQTT_MESSAGES: &str = "citypark_mqtt_messages_total";
+pub const MQTT_PUBLISHED: &str = "citypark_mqtt_published_total";
 
 /// Every name above (a unit test holds this list to the declarations).
 pub const ALL: &[&str] = &[
@@ -103,6 +107,10 @@ pub const ALL: &[&str] = &[
     TOMBSTONES_COMPACTED,
     STORE_COMMITS,
     STORE_COMMIT_DURATION,
+    MQTT_CONNECTED,
+    MQTT_DISCONNECTS,
+    MQTT_MESSAGES,
+    MQTT_PUBLISHED,
 ];
 
 /// The histograms of [`ALL`]: Prometheus serves each as `_bucket`, `_sum` and `_count`
@@ -369,6 +377,25 @@ fn describe() {
         Unit::Seconds,
         "time to append one commit of the durable embedded store to its commit log and sync it to disk"
     );
+    describe_gauge!(
+        MQTT_CONNECTED,
+        "1 while the MQTT broker connection (--mqtt-url) is up, 0 while it is down and being retried"
+    );
+    describe_counter!(
+        MQTT_DISCONNECTS,
+        Unit::Count,
+        "MQTT broker connections lost after they were up"
+    );
+    describe_counter!(
+        MQTT_MESSAGES,
+        Unit::Count,
+        "MQTT messages taken from the reports' topics, by outcome (decided; malformed: not reports, acked as rejected; bad_topic: not a report topic; dropped: QoS 0 with the queue full)"
+    );
+    describe_counter!(
+        MQTT_PUBLISHED,
+        Unit::Count,
+        "MQTT messages published, by kind (ack: a report's ack; availability: a car park's retained availability for signs)"
+    );
 }
 
 /// One transaction of the durable store, made or failed, and how long it took.
@@ -377,6 +404,26 @@ pub fn record_store_commit(ok: bool, seconds: f64) {
     if ok {
         histogram!(STORE_COMMIT_DURATION).record(seconds);
     }
+}
+
+/// Whether the MQTT broker connection is up.
+pub fn record_mqtt_connected(up: bool) {
+    gauge!(MQTT_CONNECTED).set(if up { 1.0 } else { 0.0 });
+}
+
+/// An MQTT connection that was up was lost.
+pub fn record_mqtt_disconnect() {
+    counter!(MQTT_DISCONNECTS).increment(1);
+}
+
+/// An MQTT message taken from the reports' topics, by what became of it.
+pub fn record_mqtt_message(outcome: &'static str) {
+    counter!(MQTT_MESSAGES, "outcome" => outcome).increment(1);
+}
+
+/// An MQTT message published, by kind.
+pub fn record_mqtt_published(kind: &'static str) {
+    counter!(MQTT_PUBLISHED, "kind" => kind).increment(1);
 }
 
 /// Whether history takes writes.

@@ -60,7 +60,7 @@ static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
 });
 
 /// How each message of [`POOL`] is written as JSON.
-static PLANS: LazyLock<Plans> = LazyLock::new(|| Plans::new(&POOL));
+pub(super) static PLANS: LazyLock<Plans> = LazyLock::new(|| Plans::new(&POOL));
 
 /// Every method of [`POOL`], by path.
 static PATHS: LazyLock<HashMap<String, Known>> = LazyLock::new(|| {

@@ -224,7 +224,7 @@ fn ack_applied(report: (String, u64), applied: &Applied) -> pb::ReportAck {
     }
 }
 
-fn ack_rejected(report: (String, u64), error: &Error) -> pb::ReportAck {
+pub(super) fn ack_rejected(report: (String, u64), error: &Error) -> pb::ReportAck {
     let (code, field, reason) = reject(error);
     pb::ReportAck {
         car_park_id: report.0,
@@ -239,13 +239,22 @@ fn ack_rejected(report: (String, u64), error: &Error) -> pb::ReportAck {
 
 /// A Publish message's reports as read: each one's key (car park, sequence) and whether
 /// it parsed; the valid ones went to the service, in order.
-struct Read {
+pub(super) struct Read {
     keys: Vec<(String, u64)>,
     parsed: Vec<Result<()>>,
 }
 
 impl Read {
     fn of(reports: Vec<pb::OccupancyReport>) -> (Self, Vec<crate::domain::Report>) {
+        Self::checked(reports, |_| Ok(()))
+    }
+
+    /// As `of`, with a report that fails `check` rejected as read (MQTT: a report on a
+    /// car park other than its topic's).
+    pub(super) fn checked(
+        reports: Vec<pb::OccupancyReport>,
+        check: impl Fn(&pb::OccupancyReport) -> Result<()>,
+    ) -> (Self, Vec<crate::domain::Report>) {
         let keys = reports
             .iter()
             .map(|r| (r.car_park_id.clone(), r.sequence))
@@ -253,14 +262,17 @@ impl Read {
         let mut valid = Vec::with_capacity(reports.len());
         let parsed = reports
             .into_iter()
-            .map(|r| convert::report(r).map(|r| valid.push(r)))
+            .map(|r| {
+                check(&r)?;
+                convert::report(r).map(|r| valid.push(r))
+            })
             .collect();
         (Self { keys, parsed }, valid)
     }
 
     /// Acks in order: invalid reports rejected as read, the valid ones as the service
     /// answered (`results`, one per valid report, or one error for them all).
-    fn acks(
+    pub(super) fn acks(
         self,
         caller: &OperatorId,
         results: Result<Vec<Result<Applied>>>,

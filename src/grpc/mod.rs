@@ -9,6 +9,7 @@ mod admission;
 mod browser;
 mod connect;
 mod convert;
+pub mod feeds;
 pub mod fuzzing;
 mod handlers;
 mod layer;

@@ -16,6 +16,8 @@ mod import;
 mod ingest;
 mod map;
 mod metrics_kit;
+mod mqtt;
+mod mqtt_support;
 mod nearby;
 mod nearby_property;
 mod open_data;

@@ -403,7 +403,7 @@ static TAKEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// A loopback port nothing listens on now. For a cluster node the bus port (+10000) must be
 /// free too, which also bounds the port below 55535.
-fn free_port(cluster: bool) -> u16 {
+pub fn free_port(cluster: bool) -> u16 {
     let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let port = {
