@@ -527,9 +527,10 @@ pub async fn run(
         let (service, token) = (service.clone(), token.clone());
         tokio::spawn(async move { service.sweep_history(token).await })
     };
-    let mqtt = settings.mqtt.clone().map(|mqtt| {
-        tokio::spawn(crate::mqtt::run(service.clone(), mqtt, token.clone()))
-    });
+    let mqtt = settings
+        .mqtt
+        .clone()
+        .map(|mqtt| tokio::spawn(crate::mqtt::run(service.clone(), mqtt, token.clone())));
 
     tracing::info!(addr = ?addr, store = backend.store.name(), car_parks = backend.engine.len(), "citypark serving");
     let early = tokio::select! {

@@ -316,7 +316,11 @@ pub struct ServeConfig {
     /// Publish each car park's availability, retained, to
     /// `citypark/v1/availability/<region>/<car park id>` on every change (at most once
     /// a second per car park), for roadside guidance signs.
-    #[arg(long, env = "CITYPARK_MQTT_PUBLISH_AVAILABILITY", requires = "mqtt_url")]
+    #[arg(
+        long,
+        env = "CITYPARK_MQTT_PUBLISH_AVAILABILITY",
+        requires = "mqtt_url"
+    )]
     pub mqtt_publish_availability: bool,
 
     /// Changes kept for slow watchers before they are resynced.
@@ -752,10 +756,7 @@ impl ServeConfig {
         };
         let client_id = match &self.mqtt_client_id {
             Some(id) if id.is_empty() || id.len() > 128 => {
-                return Err(Error::invalid(
-                    "--mqtt-client-id",
-                    "must be 1 to 128 bytes",
-                ));
+                return Err(Error::invalid("--mqtt-client-id", "must be 1 to 128 bytes"));
             }
             Some(id) => id.clone(),
             None => crate::mqtt::default_client_id(self.grpc_addr.port()),

@@ -224,13 +224,20 @@ mod tests {
                 ProtoList,
             ),
         ] {
-            assert_eq!(Encoding::of_content_type(given).unwrap(), expected, "{given:?}");
+            assert_eq!(
+                Encoding::of_content_type(given).unwrap(),
+                expected,
+                "{given:?}"
+            );
         }
         for refused in [
             "text/plain",
             "application/protobuf; proto=citypark.v1.ReportAck",
         ] {
-            assert!(Encoding::of_content_type(Some(refused)).is_err(), "{refused}");
+            assert!(
+                Encoding::of_content_type(Some(refused)).is_err(),
+                "{refused}"
+            );
         }
     }
 }

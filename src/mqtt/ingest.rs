@@ -61,7 +61,7 @@ pub(super) async fn serve(
         let taken = match read(&service, publish, &stop) {
             Ok(taken) => taken,
             Err(done) => {
-                in_flight.push_back(Box::pin(std::future::ready(done)));
+                in_flight.push_back(Box::pin(std::future::ready(*done)));
                 continue;
             }
         };
@@ -128,17 +128,17 @@ impl Taken {
 /// Reads a message's reports, or answers it at once when it cannot be read: a topic
 /// that is not a report topic is only acknowledged; a payload that is not reports is
 /// acked as rejected.
-fn read(service: &Service, publish: Publish, stop: &CancellationToken) -> Result<Taken, Done> {
+fn read(service: &Service, publish: Publish, stop: &CancellationToken) -> Result<Taken, Box<Done>> {
     let Some((operator, car_park)) = report_topic(&publish.topic) else {
         metrics::record_mqtt_message("bad_topic");
         tracing::debug!(topic = %String::from_utf8_lossy(&publish.topic), "not a report topic");
-        return Err(Done {
+        return Err(Box::new(Done {
             publish,
             topic: None,
             content_type: "",
             acks: Vec::new(),
             puback: true,
-        });
+        }));
     };
     let topic = format!("{ACKS}/{operator}/{car_park}");
     let content_type = publish
@@ -166,7 +166,9 @@ fn read(service: &Service, publish: Publish, stop: &CancellationToken) -> Result
         Err(error) => {
             // A refused content type is answered in JSON.
             let encoding = Encoding::of_content_type(content_type).unwrap_or(Encoding::Json);
-            Err(rejected(publish, &operator, &car_park, topic, encoding, &error))
+            Err(Box::new(rejected(
+                publish, &operator, &car_park, topic, encoding, &error,
+            )))
         }
     }
 }
@@ -198,7 +200,13 @@ async fn finish(client: &AsyncClient, done: Done) {
                 ..Default::default()
             };
             match client
-                .publish_with_properties(topic.clone(), QoS::AtLeastOnce, false, Bytes::from(ack), properties)
+                .publish_with_properties(
+                    topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    Bytes::from(ack),
+                    properties,
+                )
                 .await
             {
                 Ok(()) => metrics::record_mqtt_published("ack"),
@@ -206,9 +214,10 @@ async fn finish(client: &AsyncClient, done: Done) {
             }
         }
     }
-    if done.puback && done.publish.qos != QoS::AtMostOnce {
-        if let Err(error) = client.ack(&done.publish).await {
-            tracing::debug!(%error, "MQTT PUBACK not sent");
-        }
+    if done.puback
+        && done.publish.qos != QoS::AtMostOnce
+        && let Err(error) = client.ack(&done.publish).await
+    {
+        tracing::debug!(%error, "MQTT PUBACK not sent");
     }
 }

@@ -63,7 +63,9 @@ impl Broker {
         } else if let Some(rest) = url.strip_prefix("mqtt://") {
             (false, rest)
         } else {
-            return Err(format!("{url:?}: an MQTT URL starts with mqtt:// or mqtts://"));
+            return Err(format!(
+                "{url:?}: an MQTT URL starts with mqtt:// or mqtts://"
+            ));
         };
         let rest = rest.trim_end_matches('/');
         if rest.contains('@') {
@@ -292,7 +294,11 @@ impl Connection {
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 for code in &ack.return_codes {
                     if !matches!(code, SubscribeReasonCode::Success(_)) {
-                        tracing::error!(?code, subscription, "the broker refused the reports' subscription");
+                        tracing::error!(
+                            ?code,
+                            subscription,
+                            "the broker refused the reports' subscription"
+                        );
                     }
                 }
             }
@@ -338,9 +344,7 @@ fn jittered(wait: Duration) -> Duration {
 }
 
 /// Reads a report topic: `citypark/v1/reports/<operator>/<car park id>`.
-fn report_topic(
-    topic: &[u8],
-) -> Option<(crate::domain::OperatorId, crate::domain::CarParkId)> {
+fn report_topic(topic: &[u8]) -> Option<(crate::domain::OperatorId, crate::domain::CarParkId)> {
     let topic = std::str::from_utf8(topic).ok()?;
     let rest = topic.strip_prefix(REPORTS)?.strip_prefix('/')?;
     let (operator, car_park) = rest.split_once('/')?;
@@ -384,14 +388,26 @@ mod tests {
             port,
             tls,
         };
-        assert_eq!(Broker::parse("mqtt://broker").unwrap(), b("broker", 1883, false));
-        assert_eq!(Broker::parse("mqtts://broker").unwrap(), b("broker", 8883, true));
+        assert_eq!(
+            Broker::parse("mqtt://broker").unwrap(),
+            b("broker", 1883, false)
+        );
+        assert_eq!(
+            Broker::parse("mqtts://broker").unwrap(),
+            b("broker", 8883, true)
+        );
         assert_eq!(
             Broker::parse("mqtt://10.0.0.5:11883/").unwrap(),
             b("10.0.0.5", 11883, false)
         );
-        assert_eq!(Broker::parse("mqtt://[::1]").unwrap(), b("::1", 1883, false));
-        assert_eq!(Broker::parse("mqtt://[::1]:1884").unwrap(), b("::1", 1884, false));
+        assert_eq!(
+            Broker::parse("mqtt://[::1]").unwrap(),
+            b("::1", 1883, false)
+        );
+        assert_eq!(
+            Broker::parse("mqtt://[::1]:1884").unwrap(),
+            b("::1", 1884, false)
+        );
         for bad in [
             "tcp://broker",
             "mqtt://user:pw@broker",
@@ -413,7 +429,11 @@ mod tests {
             b"citypark/v1/acks/op-a/cp-1",
             b"citypark/v1/reports//cp-1",
         ] {
-            assert!(report_topic(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                report_topic(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

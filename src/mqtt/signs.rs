@@ -129,7 +129,13 @@ async fn publish(client: &AsyncClient, topic: String, payload: Vec<u8>) {
         ..Default::default()
     };
     let sent = client
-        .publish_with_properties(topic, QoS::AtLeastOnce, true, Bytes::from(payload), properties)
+        .publish_with_properties(
+            topic,
+            QoS::AtLeastOnce,
+            true,
+            Bytes::from(payload),
+            properties,
+        )
         .await;
     match sent {
         Ok(()) => metrics::record_mqtt_published("availability"),

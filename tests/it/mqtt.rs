@@ -9,6 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use citypark::{clock::ManualClock, domain::Timestamp, mqtt::MqttSettings, pb};
 use prost::Message;
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
 
 use crate::{
     mqtt_support::{Device, Mosquitto, json, mosquitto_passwd, topic},
@@ -49,7 +50,11 @@ async fn until_subscribed(device: &mut Device, operator: &str, now: Timestamp) {
             assert_eq!(topic(&ack), format!("citypark/v1/acks/{operator}/probe"));
             assert_eq!(json(&ack)["rejectCode"], "REJECT_CODE_NOT_FOUND");
             // Other probes' acks may still be on their way.
-            while device.next_within(Duration::from_millis(300)).await.is_some() {}
+            while device
+                .next_within(Duration::from_millis(300))
+                .await
+                .is_some()
+            {}
             return;
         }
     }
@@ -58,7 +63,9 @@ async fn until_subscribed(device: &mut Device, operator: &str, now: Timestamp) {
 
 #[tokio::test]
 async fn reports_over_mqtt_are_decided_and_acked_on_the_ack_topic() {
-    let Some(broker) = Mosquitto::start() else { return };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
     let server = TestServer::start_with(|s| s.mqtt = Some(settings(&broker, "citypark-a"))).await;
     register(&server, garage("g1", 36.07, 120.38)).await;
     register_as(&server, garage("gb", 36.08, 120.39), OPERATOR_B.1).await;
@@ -69,7 +76,9 @@ async fn reports_over_mqtt_are_decided_and_acked_on_the_ack_topic() {
     let reports = "citypark/v1/reports/op-a/g1";
 
     // One report, as JSON without a content type (an MQTT 3 device sends none).
-    device.publish(reports, snapshot_json(1, 42, now), None).await;
+    device
+        .publish(reports, snapshot_json(1, 42, now), None)
+        .await;
     let ack = device.next().await;
     assert_eq!(topic(&ack), "citypark/v1/acks/op-a/g1");
     let content_type = ack.properties.as_ref().and_then(|p| p.content_type.clone());
@@ -81,35 +90,64 @@ async fn reports_over_mqtt_are_decided_and_acked_on_the_ack_topic() {
     assert_eq!(free_standard(&availability_of(&server, "g1").await), 42);
 
     // Redelivered (QoS 1 may): a duplicate, harmless.
-    device.publish(reports, snapshot_json(1, 42, now), None).await;
-    assert_eq!(json(&device.next().await)["result"], "REPORT_RESULT_DUPLICATE");
+    device
+        .publish(reports, snapshot_json(1, 42, now), None)
+        .await;
+    assert_eq!(
+        json(&device.next().await)["result"],
+        "REPORT_RESULT_DUPLICATE"
+    );
 
     // A list, applied in order, one ack each.
-    let list = format!("[{},{}]", snapshot_json(2, 40, now), snapshot_json(3, 38, now));
-    device.publish(reports, list, Some("application/json")).await;
+    let list = format!(
+        "[{},{}]",
+        snapshot_json(2, 40, now),
+        snapshot_json(3, 38, now)
+    );
+    device
+        .publish(reports, list, Some("application/json"))
+        .await;
     for sequence in ["2", "3"] {
         let ack = json(&device.next().await);
-        assert_eq!((ack["sequence"].as_str(), ack["result"].as_str()), (Some(sequence), Some("REPORT_RESULT_APPLIED")));
+        assert_eq!(
+            (ack["sequence"].as_str(), ack["result"].as_str()),
+            (Some(sequence), Some("REPORT_RESULT_APPLIED"))
+        );
     }
     assert_eq!(free_standard(&availability_of(&server, "g1").await), 38);
 
     // Binary protobuf by content type: one report, and a list; acks in protobuf.
     let one = snapshot("", 4, 30, now).encode_to_vec();
-    device.publish(reports, one, Some("application/protobuf")).await;
+    device
+        .publish(reports, one, Some("application/protobuf"))
+        .await;
     let ack = device.next().await;
     let content_type = ack.properties.as_ref().and_then(|p| p.content_type.clone());
-    assert_eq!(content_type.as_deref(), Some("application/protobuf; proto=citypark.v1.ReportAck"));
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/protobuf; proto=citypark.v1.ReportAck")
+    );
     let ack = pb::ReportAck::decode(ack.payload).unwrap();
-    assert_eq!((ack.car_park_id.as_str(), ack.sequence, ack.result()), ("g1", 4, pb::ReportResult::Applied));
+    assert_eq!(
+        (ack.car_park_id.as_str(), ack.sequence, ack.result()),
+        ("g1", 4, pb::ReportResult::Applied)
+    );
     let list = pb::PublishRequest {
         reports: vec![snapshot("g1", 5, 25, now), snapshot("g1", 6, 20, now)],
     };
     device
-        .publish(reports, list.encode_to_vec(), Some("application/protobuf; proto=citypark.v1.PublishRequest"))
+        .publish(
+            reports,
+            list.encode_to_vec(),
+            Some("application/protobuf; proto=citypark.v1.PublishRequest"),
+        )
         .await;
     for sequence in [5, 6] {
         let ack = pb::ReportAck::decode(device.next().await.payload).unwrap();
-        assert_eq!((ack.sequence, ack.result()), (sequence, pb::ReportResult::Applied));
+        assert_eq!(
+            (ack.sequence, ack.result()),
+            (sequence, pb::ReportResult::Applied)
+        );
     }
     assert_eq!(free_standard(&availability_of(&server, "g1").await), 20);
 
@@ -119,17 +157,32 @@ async fn reports_over_mqtt_are_decided_and_acked_on_the_ack_topic() {
     assert_eq!(ack["result"], "REPORT_RESULT_REJECTED");
     assert_eq!(ack["rejectCode"], "REJECT_CODE_INVALID_ARGUMENT");
     assert_eq!(ack["sequence"], "0");
-    device.publish(reports, snapshot_json(7, 1, now), Some("text/plain")).await;
+    device
+        .publish(reports, snapshot_json(7, 1, now), Some("text/plain"))
+        .await;
     let ack = json(&device.next().await);
     assert_eq!(ack["rejectCode"], "REJECT_CODE_INVALID_ARGUMENT", "{ack}");
-    assert!(ack["reason"].as_str().unwrap().contains("text/plain"), "{ack}");
+    assert!(
+        ack["reason"].as_str().unwrap().contains("text/plain"),
+        "{ack}"
+    );
     // A report on another car park than the topic's.
     let elsewhere = snapshot_json(7, 1, now).replacen('{', r#"{"carParkId":"gb","#, 1);
     device.publish(reports, elsewhere, None).await;
     let ack = json(&device.next().await);
-    assert_eq!((ack["rejectCode"].as_str(), ack["field"].as_str()), (Some("REJECT_CODE_INVALID_ARGUMENT"), Some("car_park_id")), "{ack}");
+    assert_eq!(
+        (ack["rejectCode"].as_str(), ack["field"].as_str()),
+        (Some("REJECT_CODE_INVALID_ARGUMENT"), Some("car_park_id")),
+        "{ack}"
+    );
     // The operator in the topic must own the car park: op-a's topic, op-b's car park.
-    device.publish("citypark/v1/reports/op-a/gb", snapshot_json(1, 1, now), None).await;
+    device
+        .publish(
+            "citypark/v1/reports/op-a/gb",
+            snapshot_json(1, 1, now),
+            None,
+        )
+        .await;
     let ack = device.next().await;
     assert_eq!(topic(&ack), "citypark/v1/acks/op-a/gb");
     assert_eq!(json(&ack)["rejectCode"], "REJECT_CODE_PERMISSION_DENIED");
@@ -150,14 +203,20 @@ async fn reports_over_mqtt_are_decided_and_acked_on_the_ack_topic() {
 /// deploy/mosquitto/acl.conf, as shipped, on a broker that asks for logins.
 #[tokio::test]
 async fn the_acl_example_keeps_each_device_to_its_operators_topics() {
-    let Some(mut broker) = Mosquitto::start_with("") else { return };
+    let Some(mut broker) = Mosquitto::start_with("") else {
+        return;
+    };
     let passwords = broker.path("passwd");
     std::fs::write(&passwords, "").unwrap();
     for user in ["citypark", "op-a", "op-b"] {
         mosquitto_passwd(&passwords, user, &format!("{user}-secret"));
     }
     let acl = broker.path("acl");
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/mosquitto/acl.conf"), &acl).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/mosquitto/acl.conf"),
+        &acl,
+    )
+    .unwrap();
     broker.stop();
     let config = format!(
         "allow_anonymous false\npassword_file {}\nacl_file {}\n",
@@ -178,21 +237,43 @@ async fn the_acl_example_keeps_each_device_to_its_operators_topics() {
     let mut a = Device::connect(broker.port(), "sensor-a", Some(("op-a", "op-a-secret"))).await;
     a.subscribe("citypark/v1/acks/#").await;
     until_subscribed(&mut a, "op-a", server.now()).await;
-    // op-a writes on op-b's topic, on a car park op-b owns: the broker drops it.
-    a.publish("citypark/v1/reports/op-b/gb", snapshot_json(1, 7, now), None).await;
+    // op-a writes on op-b's topic, on a car park op-b owns: the broker drops it and
+    // says so.
+    while a.pubacks.try_recv().is_ok() {}
+    a.publish(
+        "citypark/v1/reports/op-b/gb",
+        snapshot_json(1, 7, now),
+        None,
+    )
+    .await;
+    let refused = tokio::time::timeout(Duration::from_secs(5), a.pubacks.recv()).await;
+    assert_eq!(refused.unwrap(), Some(PubAckReason::NotAuthorized));
     // Then on its own: the ack proves the server has seen all op-a sent before.
-    a.publish("citypark/v1/reports/op-a/ga", snapshot_json(1, 8, now), None).await;
+    a.publish(
+        "citypark/v1/reports/op-a/ga",
+        snapshot_json(1, 8, now),
+        None,
+    )
+    .await;
     let ack = a.next().await;
     // op-a reads only its own acks, though it subscribed to every operator's.
     assert_eq!(topic(&ack), "citypark/v1/acks/op-a/ga");
     assert_eq!(json(&ack)["result"], "REPORT_RESULT_APPLIED");
     assert_ne!(free_standard(&availability_of(&server, "gb").await), 7);
-    assert!(a.next_within(Duration::from_millis(500)).await.is_none(), "op-a read an ack not its own");
+    assert!(
+        a.next_within(Duration::from_millis(500)).await.is_none(),
+        "op-a read an ack not its own"
+    );
 
     // op-b's own report on gb goes through, and only op-b reads its ack.
     let mut b = Device::connect(broker.port(), "sensor-b", Some(("op-b", "op-b-secret"))).await;
     b.subscribe("citypark/v1/acks/op-b/#").await;
-    b.publish("citypark/v1/reports/op-b/gb", snapshot_json(1, 9, now), None).await;
+    b.publish(
+        "citypark/v1/reports/op-b/gb",
+        snapshot_json(1, 9, now),
+        None,
+    )
+    .await;
     assert_eq!(json(&b.next().await)["result"], "REPORT_RESULT_APPLIED");
     assert_eq!(free_standard(&availability_of(&server, "gb").await), 9);
     assert!(a.next_within(Duration::from_millis(300)).await.is_none());
@@ -200,7 +281,12 @@ async fn the_acl_example_keeps_each_device_to_its_operators_topics() {
     // A device cannot forge what signs read: its retained message is dropped, and a
     // sign sees only citypark's.
     a.client
-        .publish("citypark/v1/availability/qingdao/ga", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, true, "forged")
+        .publish(
+            "citypark/v1/availability/qingdao/ga",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            true,
+            "forged",
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -219,7 +305,9 @@ async fn the_acl_example_keeps_each_device_to_its_operators_topics() {
 
 #[tokio::test]
 async fn signs_read_retained_availability_at_most_once_a_second_per_car_park() {
-    let Some(broker) = Mosquitto::start() else { return };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
     let mut mqtt = settings(&broker, "citypark-signs");
     mqtt.publish_availability = true;
     let server = TestServer::start_with(|s| s.mqtt = Some(mqtt)).await;
@@ -241,8 +329,16 @@ async fn signs_read_retained_availability_at_most_once_a_second_per_car_park() {
     assert_eq!(first["carParkId"], "g1");
     assert_eq!(first["region"], "qingdao");
     assert_eq!(first["status"], "CAR_PARK_STATUS_OPEN");
-    assert_eq!(first["categories"][0]["category"], "SPACE_CATEGORY_STANDARD");
-    assert!(first["observedAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{first}");
+    assert_eq!(
+        first["categories"][0]["category"],
+        "SPACE_CATEGORY_STANDARD"
+    );
+    assert!(
+        first["observedAt"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{first}"
+    );
 
     // Ten changes within a second: the sign gets the first and then the last, not
     // every one.
@@ -255,7 +351,11 @@ async fn signs_read_retained_availability_at_most_once_a_second_per_car_park() {
         seen.push(json(&message)["categories"][0]["free"].as_i64().unwrap());
     }
     let window = started.elapsed().as_secs_f64();
-    assert_eq!(seen.last(), Some(&21), "the last state is published: {seen:?}");
+    assert_eq!(
+        seen.last(),
+        Some(&21),
+        "the last state is published: {seen:?}"
+    );
     assert!(
         seen.len() as f64 <= window.ceil() + 1.0,
         "{} publications in {window:.1} s: {seen:?}",
@@ -265,7 +365,10 @@ async fn signs_read_retained_availability_at_most_once_a_second_per_car_park() {
     // A car park removed is cleared from the broker: a new sign does not see it.
     let mut registry = server.registry().await;
     registry
-        .delete_car_park(authed(pb::DeleteCarParkRequest { id: "g1".into() }, OPERATOR_A.1))
+        .delete_car_park(authed(
+            pb::DeleteCarParkRequest { id: "g1".into() },
+            OPERATOR_A.1,
+        ))
         .await
         .unwrap();
     let cleared = sign.next().await;
@@ -274,7 +377,10 @@ async fn signs_read_retained_availability_at_most_once_a_second_per_car_park() {
     late.subscribe("citypark/v1/availability/+/+").await;
     assert!(late.next_within(Duration::from_millis(500)).await.is_none());
     let metrics = server.metrics_text().await;
-    assert!(metrics.contains("citypark_mqtt_published_total{kind=\"availability\"}"), "{metrics}");
+    assert!(
+        metrics.contains("citypark_mqtt_published_total{kind=\"availability\"}"),
+        "{metrics}"
+    );
 }
 
 /// Two instances on one Redis, one share group: each report is decided once, by one
@@ -284,7 +390,9 @@ async fn a_shared_subscription_gives_each_report_to_one_instance() {
     let Some(broker) = Mosquitto::start_with("allow_anonymous true\nsys_interval 1\n") else {
         return;
     };
-    let Some(redis) = RedisServer::start() else { return };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let prefix = key_prefix();
     let clock = Arc::new(ManualClock::new(start_time()));
     let one = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |s| {
@@ -318,17 +426,27 @@ async fn a_shared_subscription_gives_each_report_to_one_instance() {
     let now = one.now();
     for id in &ids {
         device
-            .publish(&format!("citypark/v1/reports/op-a/{id}"), snapshot_json(1, 17, now), None)
+            .publish(
+                &format!("citypark/v1/reports/op-a/{id}"),
+                snapshot_json(1, 17, now),
+                None,
+            )
             .await;
     }
     let mut results = Vec::new();
     while let Some(ack) = device.next_within(Duration::from_secs(2)).await {
         let ack = json(&ack);
-        results.push((ack["carParkId"].as_str().unwrap().to_owned(), ack["result"].as_str().unwrap().to_owned()));
+        results.push((
+            ack["carParkId"].as_str().unwrap().to_owned(),
+            ack["result"].as_str().unwrap().to_owned(),
+        ));
     }
     results.sort();
     let expected: Vec<(String, String)> = {
-        let mut e: Vec<_> = ids.iter().map(|id| (id.clone(), "REPORT_RESULT_APPLIED".to_owned())).collect();
+        let mut e: Vec<_> = ids
+            .iter()
+            .map(|id| (id.clone(), "REPORT_RESULT_APPLIED".to_owned()))
+            .collect();
         e.sort();
         e
     };
@@ -353,36 +471,70 @@ async fn a_broker_that_comes_and_goes_leaves_grpc_alone_and_is_reconnected() {
     register(&server, garage("g1", 36.07, 120.38)).await;
     let now = server.now();
     report_ok(&server, snapshot("g1", 1, 50, now)).await;
-    assert!(server.metrics_text().await.contains("citypark_mqtt_connected 0"));
+    assert!(
+        server
+            .metrics_text()
+            .await
+            .contains("citypark_mqtt_connected 0")
+    );
 
     let mut broker = Mosquitto::start_on(port, "allow_anonymous true\n").unwrap();
     eventually("MQTT connects", || async {
-        server.metrics_text().await.contains("citypark_mqtt_connected 1").then_some(())
+        server
+            .metrics_text()
+            .await
+            .contains("citypark_mqtt_connected 1")
+            .then_some(())
     })
     .await;
     let mut device = Device::connect(port, "sensor-1", None).await;
     device.subscribe("citypark/v1/acks/op-a/#").await;
     until_subscribed(&mut device, "op-a", server.now()).await;
-    device.publish("citypark/v1/reports/op-a/g1", snapshot_json(2, 40, now), None).await;
-    assert_eq!(json(&device.next().await)["result"], "REPORT_RESULT_APPLIED");
+    device
+        .publish(
+            "citypark/v1/reports/op-a/g1",
+            snapshot_json(2, 40, now),
+            None,
+        )
+        .await;
+    assert_eq!(
+        json(&device.next().await)["result"],
+        "REPORT_RESULT_APPLIED"
+    );
     drop(device);
 
     broker.stop();
     eventually("MQTT is seen down", || async {
-        server.metrics_text().await.contains("citypark_mqtt_connected 0").then_some(())
+        server
+            .metrics_text()
+            .await
+            .contains("citypark_mqtt_connected 0")
+            .then_some(())
     })
     .await;
     report_ok(&server, snapshot("g1", 3, 30, now)).await;
     assert_eq!(free_standard(&availability_of(&server, "g1").await), 30);
     let metrics = server.metrics_text().await;
-    assert!(metrics.contains("citypark_mqtt_disconnects_total"), "{metrics}");
+    assert!(
+        metrics.contains("citypark_mqtt_disconnects_total"),
+        "{metrics}"
+    );
 
     // A broker without persistence lost the subscription: it is made again.
     broker.spawn();
     let mut device = Device::connect(port, "sensor-1", None).await;
     device.subscribe("citypark/v1/acks/op-a/#").await;
     until_subscribed(&mut device, "op-a", server.now()).await;
-    device.publish("citypark/v1/reports/op-a/g1", snapshot_json(4, 20, now), None).await;
-    assert_eq!(json(&device.next().await)["result"], "REPORT_RESULT_APPLIED");
+    device
+        .publish(
+            "citypark/v1/reports/op-a/g1",
+            snapshot_json(4, 20, now),
+            None,
+        )
+        .await;
+    assert_eq!(
+        json(&device.next().await)["result"],
+        "REPORT_RESULT_APPLIED"
+    );
     assert_eq!(free_standard(&availability_of(&server, "g1").await), 20);
 }

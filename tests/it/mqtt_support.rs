@@ -75,10 +75,6 @@ impl Mosquitto {
         self.port
     }
 
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
     /// A file in the broker's own directory (a password file, an ACL).
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -114,7 +110,10 @@ impl Mosquitto {
         self.child = Some(child);
         let until = Instant::now() + READY_WITHIN;
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() > until {
                 let log = std::fs::read_to_string(self.dir.path().join("mosquitto.log"))
                     .unwrap_or_default();
@@ -248,7 +247,12 @@ impl Device {
     }
 
     /// Publishes with QoS 1 and, when given, an MQTT 5 content type.
-    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>, content_type: Option<&str>) {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        content_type: Option<&str>,
+    ) {
         let properties = PublishProperties {
             content_type: content_type.map(str::to_owned),
             ..Default::default()
@@ -261,7 +265,10 @@ impl Device {
 
     /// The next message received, within `bound`.
     pub async fn next_within(&mut self, bound: Duration) -> Option<Publish> {
-        tokio::time::timeout(bound, self.inbox.recv()).await.ok().flatten()
+        tokio::time::timeout(bound, self.inbox.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next message received; fails the test after 10 s.
