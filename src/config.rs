@@ -761,6 +761,12 @@ impl ServeConfig {
             Some(id) => id.clone(),
             None => crate::mqtt::default_client_id(self.grpc_addr.port()),
         };
+        if self.mqtt_ca_file.is_some() && !broker.tls {
+            return Err(Error::invalid(
+                "--mqtt-ca-file",
+                "is for an mqtts:// broker; --mqtt-url is plain mqtt://",
+            ));
+        }
         let group = self.mqtt_share_group.trim();
         if group.contains(['/', '+', '#']) {
             return Err(Error::invalid(
@@ -1017,6 +1023,68 @@ mod tests {
             bad(&["--tombstone-grace-minutes", "0"]),
             "--tombstone-grace-minutes"
         );
+        assert_eq!(bad(&["--mqtt-url", "tcp://broker"]), "--mqtt-url");
+        assert_eq!(bad(&["--mqtt-url", "mqtt://u:p@broker"]), "--mqtt-url");
+        fn mqtt<'a>(more: &[&'a str]) -> Vec<&'a str> {
+            [&["--mqtt-url", "mqtt://broker"][..], more].concat()
+        }
+        assert_eq!(
+            bad(&mqtt(&["--mqtt-credentials-file", "/nonexistent/login"])),
+            "--mqtt-credentials-file"
+        );
+        assert_eq!(
+            bad(&mqtt(&["--mqtt-ca-file", "/nonexistent/ca.pem"])),
+            "--mqtt-ca-file"
+        );
+        assert_eq!(
+            bad(&[
+                "--mqtt-url",
+                "mqtts://broker",
+                "--mqtt-ca-file",
+                "/nonexistent/ca.pem"
+            ]),
+            "--mqtt-ca-file"
+        );
+        assert_eq!(
+            bad(&mqtt(&["--mqtt-share-group", "a/b"])),
+            "--mqtt-share-group"
+        );
+        assert_eq!(bad(&mqtt(&["--mqtt-client-id", ""])), "--mqtt-client-id");
+    }
+
+    #[test]
+    fn mqtt_settings_follow_the_flags() {
+        let config = parse(&["--mqtt-url", "mqtts://broker.city:8884"]);
+        let mqtt = config.mqtt().unwrap().expect("mqtt");
+        assert_eq!(
+            (mqtt.broker.host.as_str(), mqtt.broker.port, mqtt.broker.tls),
+            ("broker.city", 8884, true)
+        );
+        assert_eq!(mqtt.share_group.as_deref(), Some("citypark"));
+        assert!(mqtt.client_id.starts_with("citypark-") && mqtt.client_id.ends_with("-50051"));
+        assert!(!mqtt.publish_availability);
+        let config = parse(&[
+            "--mqtt-url",
+            "mqtt://broker",
+            "--mqtt-share-group",
+            "",
+            "--mqtt-client-id",
+            "citypark-7",
+            "--mqtt-publish-availability",
+        ]);
+        let mqtt = config
+            .settings(ApiKeys::default(), DriverTokens::default())
+            .mqtt
+            .expect("mqtt");
+        assert_eq!(
+            (
+                mqtt.share_group,
+                mqtt.client_id.as_str(),
+                mqtt.publish_availability
+            ),
+            (None, "citypark-7", true)
+        );
+        assert!(parse(&[]).mqtt().unwrap().is_none());
     }
 
     #[test]

@@ -420,6 +420,27 @@ mod tests {
     }
 
     #[test]
+    fn credentials_are_one_line_of_username_and_password() {
+        let dir = std::env::temp_dir().join(format!("citypark-mqtt-login-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("login");
+        for (text, expected) in [
+            ("citypark:s3cret\n", Some(("citypark", "s3cret"))),
+            ("citypark:a:b:c", Some(("citypark", "a:b:c"))),
+            ("citypark:\r\n", Some(("citypark", ""))),
+            ("citypark", None),
+            (":password", None),
+            ("a:b\nc:d\n", None),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let read = read_credentials(&file).ok();
+            let read = read.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+            assert_eq!(read, expected, "{text:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn report_topics_name_an_operator_and_a_car_park() {
         let (operator, car_park) = report_topic(b"citypark/v1/reports/op-a/cp-1").unwrap();
         assert_eq!((operator.as_str(), car_park.as_str()), ("op-a", "cp-1"));
