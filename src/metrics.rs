@@ -1,7 +1,8 @@
 //! Every metric citypark exports, named and described in this one file.
 //!
 //! Names carry the `citypark_` prefix and base units; only counters end in `_total`.
-//! Labels are bounded: gRPC method, code, region, result, reason, status. Never a car
+//! Labels are bounded: gRPC method, code, region, result, reason, status, the one MQTT
+//! broker. Never a car
 //! park id or a plate. [`ALL`] lists every name, so the dashboard and the alert rules
 //! (`deploy/`) can be checked against it (`tests/it/metrics_kit.rs`).
 
@@ -379,12 +380,12 @@ fn describe() {
     );
     describe_gauge!(
         MQTT_CONNECTED,
-        "1 while the MQTT broker connection (--mqtt-url) is up, 0 while it is down and being retried"
+        "1 while the connection to the MQTT broker (--mqtt-url; its host:port as the broker label) is up, 0 while it is down and being retried"
     );
     describe_counter!(
         MQTT_DISCONNECTS,
         Unit::Count,
-        "MQTT broker connections lost after they were up"
+        "MQTT broker connections lost after they were up, by broker (host:port)"
     );
     describe_counter!(
         MQTT_MESSAGES,
@@ -406,14 +407,14 @@ pub fn record_store_commit(ok: bool, seconds: f64) {
     }
 }
 
-/// Whether the MQTT broker connection is up.
-pub fn record_mqtt_connected(up: bool) {
-    gauge!(MQTT_CONNECTED).set(if up { 1.0 } else { 0.0 });
+/// Whether the connection to the MQTT broker at `broker` (host:port) is up.
+pub fn record_mqtt_connected(broker: &str, up: bool) {
+    gauge!(MQTT_CONNECTED, "broker" => broker.to_owned()).set(if up { 1.0 } else { 0.0 });
 }
 
-/// An MQTT connection that was up was lost.
-pub fn record_mqtt_disconnect() {
-    counter!(MQTT_DISCONNECTS).increment(1);
+/// An MQTT connection to `broker` that was up was lost.
+pub fn record_mqtt_disconnect(broker: &str) {
+    counter!(MQTT_DISCONNECTS, "broker" => broker.to_owned()).increment(1);
 }
 
 /// An MQTT message taken from the reports' topics, by what became of it.

@@ -37,8 +37,8 @@ struct Done {
     puback: bool,
 }
 
-/// Decides the reports `inbound` brings until it ends (or `stop` fires, when what was
-/// taken is still answered).
+/// Decides the reports `inbound` brings until it ends, answering all it took. `stop` is
+/// the server's: reports that fail because it fired are left unacknowledged.
 pub(super) async fn serve(
     service: Service,
     client: AsyncClient,

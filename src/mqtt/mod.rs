@@ -139,7 +139,12 @@ pub struct MqttSettings {
 impl MqttSettings {
     fn options(&self) -> Result<MqttOptions, String> {
         let mut options = MqttOptions::new(&self.client_id, &self.broker.host, self.broker.port);
+        // An ack is a small message that should leave at once: with Nagle's algorithm
+        // it waits for the broker's TCP ack of the previous one (tens of ms).
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
         options
+            .set_network_options(network)
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_start(false)
             .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS))
@@ -209,30 +214,37 @@ pub async fn run(service: Service, settings: MqttSettings, stop: CancellationTok
         }
     };
     let (client, mut events) = AsyncClient::new(options, REQUEST_CAPACITY);
-    metrics::record_mqtt_connected(false);
+    let broker = format!("{}:{}", settings.broker.host, settings.broker.port);
+    metrics::record_mqtt_connected(&broker, false);
     let (tx, rx) = mpsc::channel(usize::from(RECEIVE_MAXIMUM));
-    let ingest_stop = CancellationToken::new();
     let mut ingest = tokio::spawn(ingest::serve(
         service.clone(),
         client.clone(),
         rx,
-        ingest_stop.clone(),
+        stop.clone(),
     ));
-    let signs = settings
-        .publish_availability
-        .then(|| tokio::spawn(signs::serve(service, client.clone(), stop.clone())));
+    // Told when the broker has lost the session (it restarted without persistence):
+    // its retained availability went with it.
+    let fresh = Arc::new(tokio::sync::Notify::new());
+    let signs = settings.publish_availability.then(|| {
+        tokio::spawn(signs::serve(
+            service,
+            client.clone(),
+            fresh.clone(),
+            stop.clone(),
+        ))
+    });
     let subscription = settings.subscription();
-    let mut connection = Connection::new(&settings);
+    let mut connection = Connection::new(broker.clone(), fresh);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             event = events.poll() => connection.on(event, &client, &subscription, &tx, &stop).await,
         }
     }
-    // Decide what was taken and send its acks: the connection is served meanwhile, or
-    // nothing would go out.
+    // Decide what was taken and send its acks (closing the queue ends the ingest task
+    // once they are out): the connection is served meanwhile, or nothing would go out.
     drop(tx);
-    ingest_stop.cancel();
     let finishing = async {
         loop {
             tokio::select! {
@@ -250,22 +262,27 @@ pub async fn run(service: Service, settings: MqttSettings, stop: CancellationTok
         let flush = async { while events.poll().await.is_ok() {} };
         let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
     }
-    metrics::record_mqtt_connected(false);
+    metrics::record_mqtt_connected(&broker, false);
 }
 
 /// The connection's state: up or down, and how long to wait before the next try.
 struct Connection {
     up: bool,
+    /// Whether a connection was made before (the first has nothing to restore).
+    connected_before: bool,
     back_off: Duration,
     broker: String,
+    fresh: Arc<tokio::sync::Notify>,
 }
 
 impl Connection {
-    fn new(settings: &MqttSettings) -> Self {
+    fn new(broker: String, fresh: Arc<tokio::sync::Notify>) -> Self {
         Self {
             up: false,
+            connected_before: false,
             back_off: BACK_OFF.0,
-            broker: format!("{}:{}", settings.broker.host, settings.broker.port),
+            broker,
+            fresh,
         }
     }
 
@@ -282,7 +299,11 @@ impl Connection {
                 tracing::info!(broker = %self.broker, session_present = ack.session_present, "MQTT connected");
                 self.up = true;
                 self.back_off = BACK_OFF.0;
-                metrics::record_mqtt_connected(true);
+                metrics::record_mqtt_connected(&self.broker, true);
+                if self.connected_before && !ack.session_present {
+                    self.fresh.notify_one();
+                }
+                self.connected_before = true;
                 // Subscribed again on every connection: a session the broker lost (it
                 // restarted without persistence) must not leave the reports unread.
                 let mut filter = Filter::new(subscription, QoS::AtLeastOnce);
@@ -316,12 +337,12 @@ impl Connection {
             Err(error) => {
                 if self.up {
                     tracing::warn!(broker = %self.broker, %error, "MQTT connection lost; reconnecting");
-                    metrics::record_mqtt_disconnect();
+                    metrics::record_mqtt_disconnect(&self.broker);
                 } else {
                     tracing::debug!(broker = %self.broker, %error, wait = ?self.back_off, "MQTT connect failed");
                 }
                 self.up = false;
-                metrics::record_mqtt_connected(false);
+                metrics::record_mqtt_connected(&self.broker, false);
                 let wait = jittered(self.back_off);
                 self.back_off = (self.back_off * 2).min(BACK_OFF.1);
                 tokio::select! {

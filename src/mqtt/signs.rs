@@ -10,6 +10,7 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
+    sync::Arc,
     time::Duration,
 };
 
@@ -18,7 +19,10 @@ use rumqttc::v5::{
     AsyncClient,
     mqttbytes::{QoS, v5::PublishProperties},
 };
-use tokio::time::Instant;
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::AVAILABILITY;
@@ -42,23 +46,33 @@ struct Slot {
     pending: Option<Vec<u8>>,
 }
 
-/// Publishes availability until `stop`.
-pub(super) async fn serve(service: Service, client: AsyncClient, stop: CancellationToken) {
+/// Every car park's events: the current state of each, then its changes.
+fn watch_all(service: &Service, stop: &CancellationToken) -> Option<mpsc::Receiver<WatchEvent>> {
     let world = BoundingBox::new(
         LatLng::new(-90.0, -180.0).expect("a corner of the world"),
         LatLng::new(90.0, 180.0).expect("a corner of the world"),
     )
     .expect("the world is a box");
-    let mut events = match service.watch(
+    let watch = service.watch(
         WatchSelector::Area(world),
         "mqtt-availability".into(),
         stop.clone(),
-    ) {
-        Ok(events) => events,
-        Err(error) => {
-            tracing::error!(%error, "MQTT availability not published");
-            return;
-        }
+    );
+    watch
+        .inspect_err(|error| tracing::error!(%error, "MQTT availability not published"))
+        .ok()
+}
+
+/// Publishes availability until `stop`; when `fresh` says the broker lost its retained
+/// messages, every car park's state again.
+pub(super) async fn serve(
+    service: Service,
+    client: AsyncClient,
+    fresh: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let Some(mut events) = watch_all(&service, &stop) else {
+        return;
     };
     let mut slots: HashMap<CarParkId, Slot> = HashMap::new();
     // When each car park with a pending state may be published, soonest first.
@@ -67,6 +81,15 @@ pub(super) async fn serve(service: Service, client: AsyncClient, stop: Cancellat
         let next = due.peek().map(|Reverse((at, _))| *at);
         tokio::select! {
             _ = stop.cancelled() => return,
+            () = fresh.notified() => {
+                // A new watch starts with every car park's state, published as it
+                // comes (within a second of the last publication, at the second's end).
+                tracing::info!("the MQTT broker lost its retained availability: publishing it again");
+                let Some(again) = watch_all(&service, &stop) else { return };
+                events = again;
+                let long_ago = Instant::now().checked_sub(EVERY).unwrap_or_else(Instant::now);
+                slots.values_mut().for_each(|slot| slot.sent = long_ago);
+            }
             event = events.recv() => match event {
                 Some(WatchEvent::Update(availability)) => {
                     let now = Instant::now();

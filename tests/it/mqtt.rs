@@ -191,7 +191,10 @@ async fn reports_over_mqtt_are_decided_and_acked_on_the_ack_topic() {
 
     let metrics = server.metrics_text().await;
     for line in [
-        "citypark_mqtt_connected 1",
+        &format!(
+            "citypark_mqtt_connected{{broker=\"127.0.0.1:{}\"}} 1",
+            broker.port()
+        ),
         "citypark_mqtt_messages_total{outcome=\"decided\"}",
         "citypark_mqtt_messages_total{outcome=\"malformed\"}",
         "citypark_mqtt_published_total{kind=\"ack\"}",
@@ -467,70 +470,59 @@ async fn a_broker_that_comes_and_goes_leaves_grpc_alone_and_is_reconnected() {
     let port = crate::redis_support::free_port(false);
     let mut mqtt = settings_on(port, "citypark-flaky");
     mqtt.share_group = None;
+    mqtt.publish_availability = true;
     let server = TestServer::start_with(|s| s.mqtt = Some(mqtt)).await;
     register(&server, garage("g1", 36.07, 120.38)).await;
     let now = server.now();
     report_ok(&server, snapshot("g1", 1, 50, now)).await;
-    assert!(
-        server
-            .metrics_text()
-            .await
-            .contains("citypark_mqtt_connected 0")
-    );
+    assert_eq!(free_standard(&availability_of(&server, "g1").await), 50);
+    // The gauge is labelled by broker, so this test reads its own.
+    let gauge = |up: u8| format!("citypark_mqtt_connected{{broker=\"127.0.0.1:{port}\"}} {up}");
+    let seen = |up: u8| {
+        let (server, line) = (&server, gauge(up));
+        async move { server.metrics_text().await.contains(&line).then_some(()) }
+    };
+    assert!(server.metrics_text().await.contains(&gauge(0)));
 
     let mut broker = Mosquitto::start_on(port, "allow_anonymous true\n").unwrap();
-    eventually("MQTT connects", || async {
-        server
-            .metrics_text()
-            .await
-            .contains("citypark_mqtt_connected 1")
-            .then_some(())
-    })
-    .await;
+    eventually("MQTT connects", || seen(1)).await;
     let mut device = Device::connect(port, "sensor-1", None).await;
     device.subscribe("citypark/v1/acks/op-a/#").await;
     until_subscribed(&mut device, "op-a", server.now()).await;
+    let report = snapshot_json(2, 40, now);
     device
-        .publish(
-            "citypark/v1/reports/op-a/g1",
-            snapshot_json(2, 40, now),
-            None,
-        )
+        .publish("citypark/v1/reports/op-a/g1", report, None)
         .await;
     assert_eq!(
         json(&device.next().await)["result"],
         "REPORT_RESULT_APPLIED"
     );
     drop(device);
+    let retained = |id: &'static str| async move {
+        let mut sign = Device::connect(port, id, None).await;
+        sign.subscribe("citypark/v1/availability/+/g1").await;
+        let message = sign.next_within(Duration::from_millis(500)).await?;
+        (json(&message)["categories"][0]["free"] == 40).then_some(())
+    };
+    eventually("a sign reads g1's 40", || retained("sign-1")).await;
 
     broker.stop();
-    eventually("MQTT is seen down", || async {
-        server
-            .metrics_text()
-            .await
-            .contains("citypark_mqtt_connected 0")
-            .then_some(())
-    })
-    .await;
-    report_ok(&server, snapshot("g1", 3, 30, now)).await;
-    assert_eq!(free_standard(&availability_of(&server, "g1").await), 30);
-    let metrics = server.metrics_text().await;
-    assert!(
-        metrics.contains("citypark_mqtt_disconnects_total"),
-        "{metrics}"
-    );
+    eventually("MQTT is seen down", || seen(0)).await;
+    assert_eq!(free_standard(&availability_of(&server, "g1").await), 40);
+    let lost = format!("citypark_mqtt_disconnects_total{{broker=\"127.0.0.1:{port}\"}} 1");
+    assert!(server.metrics_text().await.contains(&lost));
 
-    // A broker without persistence lost the subscription: it is made again.
+    // The broker kept nothing (no persistence): citypark subscribes again, and
+    // publishes every car park's availability again, though none changed.
     broker.spawn();
+    eventually("MQTT reconnects", || seen(1)).await;
+    eventually("a new sign reads g1's 40", || retained("sign-2")).await;
     let mut device = Device::connect(port, "sensor-1", None).await;
     device.subscribe("citypark/v1/acks/op-a/#").await;
     until_subscribed(&mut device, "op-a", server.now()).await;
+    let report = snapshot_json(3, 20, now);
     device
-        .publish(
-            "citypark/v1/reports/op-a/g1",
-            snapshot_json(4, 20, now),
-            None,
-        )
+        .publish("citypark/v1/reports/op-a/g1", report, None)
         .await;
     assert_eq!(
         json(&device.next().await)["result"],
