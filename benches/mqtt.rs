@@ -164,7 +164,10 @@ impl Device {
             if outstanding == 0 {
                 break;
             }
-            let (_, _, ok) = self.acks.recv().await.expect("acks");
+            let ack = tokio::time::timeout(Duration::from_secs(10), self.acks.recv()).await;
+            let Ok(Some((_, _, ok))) = ack else {
+                panic!("no ack for 10 s with {outstanding} reports outstanding");
+            };
             outstanding -= 1;
             applied += u64::from(ok);
         }

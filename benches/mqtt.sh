@@ -23,10 +23,12 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; drop_benc
 bench_history "$out"
 
 mqtt_port=${MQTT_PORT:-18830}
-# The broker passes on up to 1,000 unacknowledged QoS 1 messages each way and queues
-# without a bound: the bench measures citypark, not the broker's flow control.
+# The broker passes on up to 1,000 unacknowledged QoS 1 messages each way, queues
+# without a bound and sends at once (no Nagle): the bench measures citypark, not the
+# broker's flow control.
 cat >"$out/mosquitto.conf" <<CONF
 listener $mqtt_port 127.0.0.1
+set_tcp_nodelay true
 allow_anonymous true
 persistence false
 max_inflight_messages 1000

@@ -41,8 +41,9 @@ const RECEIVE_MAXIMUM: u16 = 1_024;
 const REQUEST_CAPACITY: usize = 4_096;
 /// How long the broker keeps the session (its subscription and the reports not yet
 /// acknowledged) after the connection drops: a restart or a broker blip within it
-/// loses nothing.
-const SESSION_EXPIRY_SECS: u32 = 600;
+/// loses nothing. Short, because an instance that crashed keeps getting its share of
+/// the reports until then (one that stops leaves the share group first).
+const SESSION_EXPIRY_SECS: u32 = 60;
 /// The first and the longest wait before reconnecting.
 const BACK_OFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
 
@@ -241,6 +242,21 @@ pub async fn run(service: Service, settings: MqttSettings, stop: CancellationTok
             _ = stop.cancelled() => break,
             event = events.poll() => connection.on(event, &client, &subscription, &tx, &stop).await,
         }
+    }
+    // Leave the share group first: the broker keeps a stopped instance's session, and
+    // would go on giving it its share of the reports, held until it came back.
+    if connection.up && client.try_unsubscribe(subscription.clone()).is_ok() {
+        let unsubscribed = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::UnsubAck(_))) | Err(_) => return,
+                    // Taken after the stop: left unacknowledged, for the session's next
+                    // connection (its redelivery is harmless).
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), unsubscribed).await;
     }
     // Decide what was taken and send its acks (closing the queue ends the ingest task
     // once they are out): the connection is served meanwhile, or nothing would go out.

@@ -457,6 +457,26 @@ async fn a_shared_subscription_gives_each_report_to_one_instance() {
     for id in &ids {
         assert_eq!(free_standard(&availability_of(&two, id).await), 17);
     }
+
+    // An instance that stops leaves the group: every report goes to the other at once,
+    // none waits in the stopped one's session.
+    two.stop().await.unwrap();
+    for id in &ids {
+        let topic = format!("citypark/v1/reports/op-a/{id}");
+        device
+            .publish(&topic, snapshot_json(2, 16, now), None)
+            .await;
+    }
+    let mut applied = 0;
+    while let Some(ack) = device.next_within(Duration::from_secs(3)).await {
+        assert_eq!(json(&ack)["result"], "REPORT_RESULT_APPLIED");
+        applied += 1;
+    }
+    assert_eq!(
+        applied,
+        ids.len(),
+        "reports were left with the stopped instance"
+    );
 }
 
 /// The broker is down at start, comes up, goes away and comes back: gRPC ingest never
