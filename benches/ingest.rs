@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use citypark::pb::{self, ingest_client::IngestClient, registry_client::RegistryClient};
+use citypark::pb::{self, ingest_client::IngestClient};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::transport::Channel;
 
@@ -36,41 +36,6 @@ fn category(category: pb::SpaceCategory, n: i32) -> pb::CategoryCount {
         category: category.into(),
         count: n,
     }
-}
-
-async fn register(channel: Channel, key: &str, run: &str) -> Vec<String> {
-    let mut registry = RegistryClient::new(channel);
-    let mut ids = Vec::new();
-    for i in 0..CAR_PARKS {
-        let id = format!("bench-{run}-{i:05}");
-        let car_park = pb::CarPark {
-            id: id.clone(),
-            region: "qingdao".into(),
-            name: format!("Bench car park {i}"),
-            location: Some(pb::LatLng {
-                latitude: 36.0 + (i as f64) * 1e-4,
-                longitude: 120.3,
-            }),
-            kind: pb::CarParkKind::Garage.into(),
-            capacity: vec![pb::CategoryCapacity {
-                category: pb::SpaceCategory::Standard.into(),
-                spaces: 500,
-            }],
-            time_zone: "Asia/Shanghai".into(),
-            ..Default::default()
-        };
-        registry
-            .upsert_car_park(authed(
-                pb::UpsertCarParkRequest {
-                    car_park: Some(car_park),
-                },
-                key,
-            ))
-            .await
-            .expect("bench car park registers");
-        ids.push(id);
-    }
-    ids
 }
 
 /// A car park's gate in the plates mode: the car inside (its number), and the next
@@ -235,7 +200,9 @@ fn main() {
                 .unwrap()
                 .as_millis()
         );
-        let ids = register(channel.clone(), &key, &run).await;
+        let prefix = format!("bench-{run}");
+        let ids =
+            common::grpc::register_garages(channel.clone(), &key, &prefix, CAR_PARKS, 120.3).await;
         let mut sequences = vec![0u64; ids.len()];
         let plates = std::env::var("CITYPARK_BENCH_PLATES").is_ok_and(|v| v == "1");
         let mut gates = vec![Gate::default(); ids.len()];

@@ -10,17 +10,15 @@
 
 mod common;
 
-use common::grpc::{authed, ping};
+use common::grpc::ping;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use citypark::pb::{self, registry_client::RegistryClient};
 use rumqttc::v5::{
     AsyncClient, Event, MqttOptions,
     mqttbytes::{QoS, v5::Packet},
 };
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 const CAR_PARKS: usize = 2_000;
 /// Reports published and not yet acked, in the throughput runs: the broker's and the
@@ -29,41 +27,6 @@ const IN_FLIGHT: usize = 1_000;
 /// Reports a second at most in the latency runs, one at a time: the delay is the
 /// path's, not a queue's.
 const PACED: f64 = 500.0;
-
-async fn register(channel: Channel, key: &str, run: &str) -> Vec<String> {
-    let mut registry = RegistryClient::new(channel);
-    let mut ids = Vec::new();
-    for i in 0..CAR_PARKS {
-        let id = format!("mqtt-{run}-{i:05}");
-        let car_park = pb::CarPark {
-            id: id.clone(),
-            region: "qingdao".into(),
-            name: format!("MQTT bench car park {i}"),
-            location: Some(pb::LatLng {
-                latitude: 36.0 + (i as f64) * 1e-4,
-                longitude: 120.4,
-            }),
-            kind: pb::CarParkKind::Garage.into(),
-            capacity: vec![pb::CategoryCapacity {
-                category: pb::SpaceCategory::Standard.into(),
-                spaces: 500,
-            }],
-            time_zone: "Asia/Shanghai".into(),
-            ..Default::default()
-        };
-        registry
-            .upsert_car_park(authed(
-                pb::UpsertCarParkRequest {
-                    car_park: Some(car_park),
-                },
-                key,
-            ))
-            .await
-            .expect("bench car park registers");
-        ids.push(id);
-    }
-    ids
-}
 
 /// A device: one broker connection, its acks (car park, sequence, applied) on a channel.
 struct Device {
@@ -238,7 +201,9 @@ fn main() {
                 .unwrap()
                 .as_millis()
         );
-        let ids = register(channel.clone(), &key, &run).await;
+        let prefix = format!("mqtt-{run}");
+        let ids =
+            common::grpc::register_garages(channel.clone(), &key, &prefix, CAR_PARKS, 120.4).await;
         let mut sequences = vec![0u64; ids.len()];
         let mut device = device(port, &operator).await;
         let (mut pings, mut rates, mut ratios, mut p50s, mut p99s) =

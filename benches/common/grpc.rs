@@ -94,6 +94,47 @@ pub async fn ping(channel: Channel, seconds: f64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Registers `count` garages of 500 standard spaces as the operator of `key`, with ids
+/// `<prefix>-<i>`, in a line north from 36.0 N at `longitude`; returns their ids.
+pub async fn register_garages(
+    channel: Channel,
+    key: &str,
+    prefix: &str,
+    count: usize,
+    longitude: f64,
+) -> Vec<String> {
+    let mut registry = pb::registry_client::RegistryClient::new(channel);
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let id = format!("{prefix}-{i:05}");
+        let car_park = pb::CarPark {
+            id: id.clone(),
+            region: "qingdao".into(),
+            name: format!("Bench car park {i}"),
+            location: Some(pb::LatLng {
+                latitude: 36.0 + (i as f64) * 1e-4,
+                longitude,
+            }),
+            kind: pb::CarParkKind::Garage.into(),
+            capacity: vec![pb::CategoryCapacity {
+                category: pb::SpaceCategory::Standard.into(),
+                spaces: 500,
+            }],
+            time_zone: "Asia/Shanghai".into(),
+            ..Default::default()
+        };
+        let request = pb::UpsertCarParkRequest {
+            car_park: Some(car_park),
+        };
+        registry
+            .upsert_car_park(authed(request, key))
+            .await
+            .expect("bench car park registers");
+        ids.push(id);
+    }
+    ids
+}
+
 /// The value of the first /metrics line at `url` starting with `prefix`.
 pub async fn metric(url: &str, prefix: &str) -> Option<f64> {
     let url = url.strip_prefix("http://")?;

@@ -61,6 +61,14 @@ async fn until_subscribed(device: &mut Device, operator: &str, now: Timestamp) {
     panic!("the server never took a report from the broker");
 }
 
+/// A device of operator A that reads its acks, once the server takes its reports.
+async fn operator_a_device(port: u16, id: &str, now: Timestamp) -> Device {
+    let mut device = Device::connect(port, id, None).await;
+    device.subscribe("citypark/v1/acks/op-a/#").await;
+    until_subscribed(&mut device, "op-a", now).await;
+    device
+}
+
 #[tokio::test]
 async fn reports_over_mqtt_are_decided_and_acked_on_the_ack_topic() {
     let Some(broker) = Mosquitto::start() else {
@@ -69,9 +77,7 @@ async fn reports_over_mqtt_are_decided_and_acked_on_the_ack_topic() {
     let server = TestServer::start_with(|s| s.mqtt = Some(settings(&broker, "citypark-a"))).await;
     register(&server, garage("g1", 36.07, 120.38)).await;
     register_as(&server, garage("gb", 36.08, 120.39), OPERATOR_B.1).await;
-    let mut device = Device::connect(broker.port(), "sensor-1", None).await;
-    device.subscribe("citypark/v1/acks/op-a/#").await;
-    until_subscribed(&mut device, "op-a", server.now()).await;
+    let mut device = operator_a_device(broker.port(), "sensor-1", server.now()).await;
     let now = server.now();
     let reports = "citypark/v1/reports/op-a/g1";
 
@@ -410,9 +416,7 @@ async fn a_shared_subscription_gives_each_report_to_one_instance() {
     for (i, id) in ids.iter().enumerate() {
         register(&one, garage(id, 36.07 + i as f64 * 0.001, 120.38)).await;
     }
-    let mut device = Device::connect(broker.port(), "gateway-1", None).await;
-    device.subscribe("citypark/v1/acks/op-a/#").await;
-    until_subscribed(&mut device, "op-a", one.now()).await;
+    let mut device = operator_a_device(broker.port(), "gateway-1", one.now()).await;
     // Both instances connected (the broker's $SYS count, published every second: the
     // two, the device and this watcher); each subscribes as its connection is
     // acknowledged, which a moment more covers.
@@ -506,9 +510,7 @@ async fn a_broker_that_comes_and_goes_leaves_grpc_alone_and_is_reconnected() {
 
     let mut broker = Mosquitto::start_on(port, "allow_anonymous true\n").unwrap();
     eventually("MQTT connects", || seen(1)).await;
-    let mut device = Device::connect(port, "sensor-1", None).await;
-    device.subscribe("citypark/v1/acks/op-a/#").await;
-    until_subscribed(&mut device, "op-a", server.now()).await;
+    let mut device = operator_a_device(port, "sensor-1", server.now()).await;
     let report = snapshot_json(2, 40, now);
     device
         .publish("citypark/v1/reports/op-a/g1", report, None)
@@ -537,9 +539,7 @@ async fn a_broker_that_comes_and_goes_leaves_grpc_alone_and_is_reconnected() {
     broker.spawn();
     eventually("MQTT reconnects", || seen(1)).await;
     eventually("a new sign reads g1's 40", || retained("sign-2")).await;
-    let mut device = Device::connect(port, "sensor-1", None).await;
-    device.subscribe("citypark/v1/acks/op-a/#").await;
-    until_subscribed(&mut device, "op-a", server.now()).await;
+    let mut device = operator_a_device(port, "sensor-1", server.now()).await;
     let report = snapshot_json(3, 20, now);
     device
         .publish("citypark/v1/reports/op-a/g1", report, None)
