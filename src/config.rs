@@ -782,6 +782,7 @@ impl ServeConfig {
             share_group: (!group.is_empty()).then(|| group.to_owned()),
             publish_availability: self.mqtt_publish_availability,
             max_message_bytes: self.max_message_bytes,
+            max_back_off: crate::mqtt::MAX_BACK_OFF,
         };
         crate::mqtt::check(&settings).map_err(|e| Error::invalid("--mqtt-ca-file", e))?;
         Ok(Some(settings))
@@ -1063,6 +1064,7 @@ mod tests {
         assert_eq!(mqtt.share_group.as_deref(), Some("citypark"));
         assert!(mqtt.client_id.starts_with("citypark-") && mqtt.client_id.ends_with("-50051"));
         assert!(!mqtt.publish_availability);
+        assert_eq!(mqtt.max_back_off, std::time::Duration::from_secs(30));
         let config = parse(&[
             "--mqtt-url",
             "mqtt://broker",

@@ -44,8 +44,10 @@ const REQUEST_CAPACITY: usize = 4_096;
 /// loses nothing. Short, because an instance that crashed keeps getting its share of
 /// the reports until then (one that stops leaves the share group first).
 const SESSION_EXPIRY_SECS: u32 = 60;
-/// The first and the longest wait before reconnecting.
-const BACK_OFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
+/// The first wait before reconnecting; it doubles with each failure.
+const FIRST_BACK_OFF: Duration = Duration::from_millis(250);
+/// The longest wait before reconnecting, unless the settings say otherwise.
+pub const MAX_BACK_OFF: Duration = Duration::from_secs(30);
 
 /// A broker's address, from `mqtt://host[:port]` or `mqtts://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +137,8 @@ pub struct MqttSettings {
     pub publish_availability: bool,
     /// The largest report message taken (the gRPC port's limit).
     pub max_message_bytes: usize,
+    /// The longest wait between two tries to reach the broker ([`MAX_BACK_OFF`]).
+    pub max_back_off: Duration,
 }
 
 impl MqttSettings {
@@ -236,7 +240,7 @@ pub async fn run(service: Service, settings: MqttSettings, stop: CancellationTok
         ))
     });
     let subscription = settings.subscription();
-    let mut connection = Connection::new(broker.clone(), fresh);
+    let mut connection = Connection::new(broker.clone(), settings.max_back_off, fresh);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -284,6 +288,7 @@ pub async fn run(service: Service, settings: MqttSettings, stop: CancellationTok
 /// The connection's state: up or down, and how long to wait before the next try.
 struct Connection {
     up: bool,
+    max_back_off: Duration,
     /// Whether a connection was made before (the first has nothing to restore).
     connected_before: bool,
     back_off: Duration,
@@ -292,11 +297,12 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(broker: String, fresh: Arc<tokio::sync::Notify>) -> Self {
+    fn new(broker: String, max_back_off: Duration, fresh: Arc<tokio::sync::Notify>) -> Self {
         Self {
             up: false,
+            max_back_off,
             connected_before: false,
-            back_off: BACK_OFF.0,
+            back_off: FIRST_BACK_OFF,
             broker,
             fresh,
         }
@@ -314,7 +320,7 @@ impl Connection {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(broker = %self.broker, session_present = ack.session_present, "MQTT connected");
                 self.up = true;
-                self.back_off = BACK_OFF.0;
+                self.back_off = FIRST_BACK_OFF;
                 metrics::record_mqtt_connected(&self.broker, true);
                 if self.connected_before && !ack.session_present {
                     self.fresh.notify_one();
@@ -360,7 +366,7 @@ impl Connection {
                 self.up = false;
                 metrics::record_mqtt_connected(&self.broker, false);
                 let wait = jittered(self.back_off);
-                self.back_off = (self.back_off * 2).min(BACK_OFF.1);
+                self.back_off = (self.back_off * 2).min(self.max_back_off);
                 tokio::select! {
                     _ = stop.cancelled() => {}
                     _ = tokio::time::sleep(wait) => {}
