@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AVAILABILITY;
 use crate::{
-    domain::{Availability, BoundingBox, CarParkId, LatLng},
+    domain::{Availability, BoundingBox, CarParkId, LatLng, RegionId},
     grpc::feeds::availability_json,
     metrics,
     service::{Service, WatchEvent, WatchSelector},
@@ -39,11 +39,13 @@ const EVERY: Duration = Duration::from_secs(1);
 
 /// What is known of one car park's publications.
 struct Slot {
-    topic: String,
+    /// The region it was published under (its topic's).
+    region: RegionId,
     /// When it was last published.
     sent: Instant,
     /// The newest state, not yet published (it came within `EVERY` of the last).
-    pending: Option<Vec<u8>>,
+    /// Written as JSON only when it goes out, so the states it replaced cost nothing.
+    pending: Option<Availability>,
 }
 
 /// Every car park's events: the current state of each, then its changes.
@@ -93,28 +95,29 @@ pub(super) async fn serve(
             event = events.recv() => match event {
                 Some(WatchEvent::Update(availability)) => {
                     let now = Instant::now();
-                    let topic = topic(&availability);
-                    let payload = availability_json(&availability);
                     match slots.get_mut(&availability.car_park) {
-                        Some(slot) if slot.topic == topic && now < slot.sent + EVERY => {
-                            if slot.pending.replace(payload).is_none() {
-                                due.push(Reverse((slot.sent + EVERY, availability.car_park)));
+                        Some(slot) if slot.region == availability.region && now < slot.sent + EVERY => {
+                            let id = availability.car_park.clone();
+                            if slot.pending.replace(availability).is_none() {
+                                due.push(Reverse((slot.sent + EVERY, id)));
                             }
                         }
                         previous => {
-                            if let Some(moved) = previous.filter(|s| s.topic != topic) {
+                            if let Some(moved) = previous.filter(|s| s.region != availability.region) {
                                 // It moved to another region: its old sign topic is cleared.
-                                publish(&client, moved.topic.clone(), Vec::new()).await;
+                                let old = topic(&moved.region, &availability.car_park);
+                                publish(&client, old, Vec::new()).await;
                             }
-                            publish(&client, topic.clone(), payload).await;
-                            slots.insert(availability.car_park, Slot { topic, sent: now, pending: None });
+                            publish_state(&client, &availability).await;
+                            let slot = Slot { region: availability.region, sent: now, pending: None };
+                            slots.insert(availability.car_park, slot);
                         }
                     }
                 }
                 Some(WatchEvent::Removed(id)) => {
                     // An empty retained message clears the topic: signs stop showing it.
                     if let Some(slot) = slots.remove(&id) {
-                        publish(&client, slot.topic, Vec::new()).await;
+                        publish(&client, topic(&slot.region, &id), Vec::new()).await;
                     }
                 }
                 Some(WatchEvent::Resync(_) | WatchEvent::SnapshotComplete(_)) => {}
@@ -123,9 +126,9 @@ pub(super) async fn serve(
             _ = sleep_until(next) => {
                 let Some(Reverse((_, id))) = due.pop() else { continue };
                 let Some(slot) = slots.get_mut(&id) else { continue };
-                if let Some(payload) = slot.pending.take() {
+                if let Some(availability) = slot.pending.take() {
                     slot.sent = Instant::now();
-                    publish(&client, slot.topic.clone(), payload).await;
+                    publish_state(&client, &availability).await;
                 }
             }
         }
@@ -139,11 +142,14 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn topic(availability: &Availability) -> String {
-    format!(
-        "{AVAILABILITY}/{}/{}",
-        availability.region, availability.car_park
-    )
+fn topic(region: &RegionId, car_park: &CarParkId) -> String {
+    format!("{AVAILABILITY}/{region}/{car_park}")
+}
+
+/// Publishes a car park's state, retained, on its region's topic.
+async fn publish_state(client: &AsyncClient, availability: &Availability) {
+    let topic = topic(&availability.region, &availability.car_park);
+    publish(client, topic, availability_json(availability)).await;
 }
 
 async fn publish(client: &AsyncClient, topic: String, payload: Vec<u8>) {
