@@ -18,6 +18,8 @@ use std::{
 
 use prost::Message as _;
 
+#[path = "src/grpc/connect_codes.rs"]
+mod connect_codes;
 #[path = "build/openapi.rs"]
 mod openapi;
 
@@ -40,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(out.join("citypark_descriptor.bin"), fds.encode_to_vec())?;
     // The HTTP/JSON API's description, from the same descriptors and their comments.
     println!("cargo:rerun-if-changed=build/openapi.rs");
+    println!("cargo:rerun-if-changed=src/grpc/connect_codes.rs");
     let description = openapi::generate(&fds, "citypark.v1", &env::var("CARGO_PKG_VERSION")?);
     fs::write(
         out.join("openapi.json"),

@@ -13,26 +13,6 @@ use prost_types::{
 };
 use serde_json::{Map, Value, json};
 
-/// Connect's codes, as its error's `code` names them.
-const CODES: [&str; 16] = [
-    "canceled",
-    "unknown",
-    "invalid_argument",
-    "deadline_exceeded",
-    "not_found",
-    "already_exists",
-    "permission_denied",
-    "resource_exhausted",
-    "failed_precondition",
-    "aborted",
-    "out_of_range",
-    "unimplemented",
-    "internal",
-    "unavailable",
-    "data_loss",
-    "unauthenticated",
-];
-
 /// The description of every unary method of the files in `package`.
 pub fn generate(set: &FileDescriptorSet, package: &str, version: &str) -> Value {
     let mut schemas = BTreeMap::new();
@@ -99,7 +79,7 @@ pub fn generate(set: &FileDescriptorSet, package: &str, version: &str) -> Value 
             "description": "Connect's error: the status code by name, a message for people, and the gRPC status details (each a protobuf message, its type and its binary encoding in base64).",
             "required": ["code"],
             "properties": {
-                "code": {"type": "string", "enum": CODES},
+                "code": {"type": "string", "enum": crate::connect_codes::CODES},
                 "message": {"type": "string"},
                 "details": {"type": "array", "items": {
                     "type": "object",

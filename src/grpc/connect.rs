@@ -218,12 +218,11 @@ impl Refusal {
     }
 }
 
-/// Connect's name of a code: gRPC's, but for CANCELLED, which Connect spells
-/// "canceled".
+/// Connect's name of a code (an error's: OK has none, and is named as gRPC names it).
 fn connect_code(code: Code) -> &'static str {
-    match code {
-        Code::Cancelled => "canceled",
-        other => code_label(other),
+    match code as usize {
+        n @ 1..=16 => super::connect_codes::CODES[n - 1],
+        _ => code_label(code),
     }
 }
 

@@ -8,6 +8,7 @@
 mod admission;
 mod browser;
 mod connect;
+mod connect_codes;
 mod convert;
 pub mod feeds;
 pub mod fuzzing;
