@@ -5,6 +5,7 @@
 
 mod carpark;
 mod error;
+mod forecast;
 mod geo;
 mod ids;
 mod occupancy;
@@ -22,6 +23,7 @@ pub use carpark::{
     SpaceCategory,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use forecast::{Forecaster, KNOTS, Prediction};
 pub use geo::{BoundingBox, EARTH_RADIUS_M, LatLng, Radius, chord_to_m};
 pub use ids::{BayId, CarParkId, DriverId, OfferId, OperatorId, RegionId};
 pub use occupancy::{

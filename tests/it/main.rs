@@ -8,6 +8,7 @@ mod connections;
 mod demo;
 mod durable;
 mod durable_crash;
+mod forecast;
 mod fuzz_seeds;
 mod grpc_web;
 mod history;

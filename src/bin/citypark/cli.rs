@@ -30,6 +30,9 @@ pub enum Command {
     /// The history database: apply its schema's migrations, or show them.
     #[command(subcommand)]
     History(crate::history::HistoryCommand),
+    /// Availability forecasts: the backtest on an occupancy history.
+    #[command(subcommand)]
+    Forecast(crate::forecast::ForecastCommand),
     /// Print the SHA-256 of an API key, for --api-keys and the keys file.
     HashKey {
         /// The key to hash.

@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod forecast;
 mod health;
 mod history;
 mod import;
@@ -70,6 +71,7 @@ fn main() -> ExitCode {
         Command::Serve(config) => serve(*config, &runtime),
         Command::Token(args) => exit_with(reserve::token(args)),
         Command::History(command) => exit_with(runtime.block_on(history::run(command))),
+        Command::Forecast(command) => exit_with(forecast::run(command)),
         Command::Backup(args) => exit_with(live::backup(args)),
         Command::ExportToRedis(args) => exit_with(runtime.block_on(live::export_to_redis(args))),
         Command::HashKey { key } => {
