@@ -65,6 +65,7 @@ fn measure(n: usize) {
             max_price: None,
             include_stale: false,
             include_no_data: true,
+            arrival: None,
         };
         results += black_box(engine.nearby(&query, now)).len();
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# gRPC benchmark: FindNearby against the Ping echo baseline (E), same server, same
-# load generator (h2load, Debian's nghttp2-client), runs interleaved A/B/A/B and
-# reported as medians. Usage: benches/grpc.sh [rounds] [requests-per-run]
+# gRPC benchmark: FindNearby, and FindNearby with an arrival time (each result's
+# forecast then), against the Ping echo baseline (E), same server, same load generator
+# (h2load, Debian's nghttp2-client), runs interleaved A/B/C/A/B/C and reported as
+# medians. Usage: benches/grpc.sh [rounds] [requests-per-run]
 #
 # The server is the release binary with the demo city (2,350 car parks, simulated
 # operators streaming occupancy meanwhile) on the embedded store kept in memory
@@ -30,13 +31,22 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$out"' EXIT
 
 # One gRPC frame: flag byte 0 (uncompressed), 4-byte big-endian length, protobuf.
 python3 - "$out" <<'PY'
-import struct, sys
+import struct, sys, time
 out = sys.argv[1]
 def frame(msg): return b"\x00" + struct.pack(">I", len(msg)) + msg
 def double(field, v): return bytes([(field << 3) | 1]) + struct.pack("<d", v)
 def sub(field, body): return bytes([(field << 3) | 2, len(body)]) + body
+def varint(field, v):
+    out = bytes([field << 3])
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out += bytes([b | (0x80 if v else 0)])
+        if not v: return out
 latlng = double(1, 36.066) + double(2, 120.383)
+# Twenty minutes from now: valid for the whole run (arrival times reach 7 days ahead).
+arrival = sub(14, varint(1, int(time.time()) + 20 * 60))
 open(f"{out}/nearby.bin", "wb").write(frame(sub(1, latlng)))          # FindNearby{location}
+open(f"{out}/arrive.bin", "wb").write(frame(sub(1, latlng) + arrival)) # ... arrival_time
 open(f"{out}/ping.bin", "wb").write(frame(b""))                        # Ping{}
 PY
 
@@ -58,12 +68,14 @@ run() { # method body -> req/s
 }
 
 run Ping ping >/dev/null # warm-up
-ping=(); nearby=()
+ping=(); nearby=(); arrive=()
 for i in $(seq 1 "$rounds"); do
   ping+=("$(run Ping ping)")
   nearby+=("$(run FindNearby nearby)")
-  echo "round $i: Ping ${ping[-1]} req/s, FindNearby ${nearby[-1]} req/s"
+  arrive+=("$(run FindNearby arrive)")
+  echo "round $i: Ping ${ping[-1]} req/s, FindNearby ${nearby[-1]} req/s, with arrival_time ${arrive[-1]} req/s"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-p=$(median "${ping[@]}"); f=$(median "${nearby[@]}")
+p=$(median "${ping[@]}"); f=$(median "${nearby[@]}"); a=$(median "${arrive[@]}")
 echo "median: Ping (E) $p req/s, FindNearby $f req/s, ratio $(python3 -c "print(f'{$f/$p:.2f}')")"
+echo "median: FindNearby with arrival_time $a req/s, ratio $(python3 -c "print(f'{$a/$p:.2f}')")"

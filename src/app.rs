@@ -403,6 +403,12 @@ pub async fn run(
     let incoming = net::incoming(grpc, connections, tls.clone(), &port_tasks, token.clone());
     // The sampler takes the change feed before the first call can change anything.
     let sampler = tokio::spawn(service.sample_occupancy(token.clone()));
+    // Forecasters learn from live numbers at once; their last three weeks come from
+    // history in the background.
+    let restore = {
+        let (service, token) = (service.clone(), token.clone());
+        tokio::spawn(async move { service.restore_forecasts(token).await })
+    };
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = grpc_stopped.await;
@@ -580,6 +586,7 @@ pub async fn run(
             let _ = task.await;
         }
         let _ = sampler.await;
+        let _ = restore.await;
         let _ = upkeep.await;
         if let Some(task) = changes_task {
             let _ = task.await;

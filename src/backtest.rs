@@ -217,12 +217,12 @@ fn score(series: &[Point], zone: &TimeZone, sums: &mut [Sums]) {
                 continue;
             };
             let helsinki = weeks.iter().sum::<f64>() / weeks.len() as f64;
-            let prediction = forecaster.forecast(target, zone).expect("observed");
+            let prediction = forecaster.forecast(target, zone, 0).expect("observed");
             let forecasts = [
                 f64::from(p.free),
                 week_before,
                 helsinki,
-                f64::from(prediction.free),
+                f64::from(prediction.available),
             ];
             let capacity = f64::from(p.capacity.max(1));
             for (s, f) in sum.errors.iter_mut().zip(forecasts) {

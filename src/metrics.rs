@@ -57,6 +57,7 @@ pub const HISTORY_ERRORS: &str = "citypark_history_errors_total";
 pub const HISTORY_WRITE_DURATION: &str = "citypark_history_write_duration_seconds";
 pub const HISTORY_SAMPLES: &str = "citypark_history_samples_total";
 pub const HISTORY_SAMPLE_QUEUE: &str = "citypark_history_sample_queue";
+pub const FORECASTS_RESTORED: &str = "citypark_forecasts_restored_total";
 pub const TOMBSTONES_COMPACTED: &str = "citypark_tombstones_compacted_total";
 pub const STORE_COMMITS: &str = "citypark_store_commits_total";
 pub const STORE_COMMIT_DURATION: &str = "citypark_store_commit_duration_seconds";
@@ -105,6 +106,7 @@ pub const ALL: &[&str] = &[
     HISTORY_WRITE_DURATION,
     HISTORY_SAMPLES,
     HISTORY_SAMPLE_QUEUE,
+    FORECASTS_RESTORED,
     TOMBSTONES_COMPACTED,
     STORE_COMMITS,
     STORE_COMMIT_DURATION,
@@ -359,6 +361,11 @@ fn describe() {
         "occupancy samples waiting to be written to history"
     );
     describe_counter!(
+        FORECASTS_RESTORED,
+        Unit::Count,
+        "forecasters (one car park and category) restored from history at start, by result (restored; failed: history could not be read, counted once)"
+    );
+    describe_counter!(
         TOMBSTONES_COMPACTED,
         Unit::Count,
         "version tombstones of removed records dropped once past the change stream's reach, by kind"
@@ -455,6 +462,11 @@ pub fn record_history_write(kind: &'static str, seconds: f64) {
 /// `n` occupancy samples written or dropped.
 pub fn record_samples(result: &'static str, n: u64) {
     counter!(HISTORY_SAMPLES, "result" => result).increment(n);
+}
+
+/// `n` forecasters restored from history at start (or a failed restore).
+pub fn record_forecasts_restored(result: &'static str, n: u64) {
+    counter!(FORECASTS_RESTORED, "result" => result).increment(n);
 }
 
 /// Occupancy samples waiting to be written.

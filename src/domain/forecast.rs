@@ -19,7 +19,7 @@
 
 use jiff::tz::TimeZone;
 
-use super::Timestamp;
+use super::{CATEGORY_COUNT, CarPark, Live, SpaceCategory, Timestamp};
 
 /// Minutes in a profile slot.
 const SLOT_MINUTES: i64 = 30;
@@ -91,12 +91,12 @@ pub struct Forecaster {
     last_day: i32,
 }
 
-/// A forecast of one time: free spaces predicted, the 80% interval and the chance of
-/// at least one free space.
+/// A forecast of one time: available spaces predicted (free minus those held for
+/// reservations), the 80% interval and the chance of at least one available space.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Prediction {
-    /// Predicted free spaces, rounded.
-    pub free: u32,
+    /// Predicted available spaces, rounded.
+    pub available: u32,
     /// 10th percentile: 9 times in 10 there are at least this many (rounded down).
     pub p10: u32,
     /// 90th percentile: 9 times in 10 there are at most this many (rounded up).
@@ -318,9 +318,10 @@ impl Forecaster {
         (lo0 + (lo1 - lo0) * w, hi0 + (hi1 - hi0) * w)
     }
 
-    /// The forecast of free spaces `at`, for a car park of `zone`; None before the
-    /// first observation. A time before the newest observation is forecast as of it.
-    pub fn forecast(&self, at: Timestamp, zone: &TimeZone) -> Option<Prediction> {
+    /// The forecast of available spaces `at` for a car park of `zone` that holds `held`
+    /// spaces for reservations; None before the first observation. A time before the
+    /// newest observation is forecast as of it.
+    pub fn forecast(&self, at: Timestamp, zone: &TimeZone, held: u32) -> Option<Prediction> {
         if self.is_empty() {
             return None;
         }
@@ -338,12 +339,17 @@ impl Forecaster {
         .clamp(0.0, 1.0);
         let (lo, hi) = self.spread_at(age);
         let capacity = self.capacity as f32;
+        let held = held as f32;
         let free = share * capacity;
-        let p10 = ((share + lo).clamp(0.0, 1.0) * capacity).floor();
-        let p90 = ((share + hi).clamp(0.0, 1.0) * capacity).ceil();
-        // At least one space: free ≥ 0.5 under a normal on each side of the median,
-        // with the spread of that side's percentile.
-        let threshold = 0.5;
+        let p10 = ((share + lo).clamp(0.0, 1.0) * capacity - held)
+            .max(0.0)
+            .floor();
+        let p90 = ((share + hi).clamp(0.0, 1.0) * capacity - held)
+            .max(0.0)
+            .ceil();
+        // At least one space available: free ≥ held + 0.5 under a normal on each side
+        // of the median, with the spread of that side's percentile.
+        let threshold = held + 0.5;
         let probability = if free >= threshold {
             let sigma = (-lo * capacity / Z90).max(1e-3);
             normal_cdf((free - threshold) / sigma)
@@ -352,11 +358,61 @@ impl Forecaster {
             1.0 - normal_cdf((threshold - free) / sigma)
         };
         Some(Prediction {
-            free: free.round() as u32,
+            available: (free - held).max(0.0).round() as u32,
             p10: p10 as u32,
             p90: p90 as u32,
             probability: probability.clamp(0.0, 1.0),
         })
+    }
+}
+
+/// A car park's forecasters, one per category it has spaces of, made as its numbers
+/// arrive. Kept beside its live state (the engine), so a forecast costs no lookup.
+#[derive(Debug, Clone, Default)]
+pub struct Forecasts([Option<Box<Forecaster>>; CATEGORY_COUNT]);
+
+impl Forecasts {
+    /// Learns the car park's newest numbers (each category's free spaces when
+    /// observed); numbers already seen change nothing.
+    pub fn observe(&mut self, car_park: &CarPark, live: &Live) {
+        let Some(at) = live.observed_at() else {
+            return;
+        };
+        for category in SpaceCategory::ALL {
+            let capacity = car_park.capacity.of(category);
+            if capacity == 0 {
+                continue;
+            }
+            self.0[category.index()]
+                .get_or_insert_with(Box::default)
+                .observe(at, car_park.time_zone.zone(), live.free(category), capacity);
+        }
+    }
+
+    /// One category's forecaster.
+    pub fn of(&self, category: SpaceCategory) -> Option<&Forecaster> {
+        self.0[category.index()].as_deref()
+    }
+
+    /// Puts `forecaster` in for `category` (one restored from history).
+    pub fn set(&mut self, category: SpaceCategory, forecaster: Forecaster) {
+        self.0[category.index()] = Some(Box::new(forecaster));
+    }
+
+    /// The forecast of `category`'s available spaces `at`; None when the category has
+    /// no spaces or no numbers were seen.
+    pub fn forecast(
+        &self,
+        car_park: &CarPark,
+        live: &Live,
+        category: SpaceCategory,
+        at: Timestamp,
+    ) -> Option<Prediction> {
+        if car_park.capacity.of(category) == 0 {
+            return None;
+        }
+        self.of(category)?
+            .forecast(at, car_park.time_zone.zone(), live.held(category))
     }
 }
 
@@ -429,10 +485,10 @@ mod tests {
     fn nothing_seen_forecasts_nothing_and_one_observation_persists() {
         let utc = TimeZone::UTC;
         let mut f = Forecaster::new();
-        assert_eq!(f.forecast(at(0, 600), &utc), None);
+        assert_eq!(f.forecast(at(0, 600), &utc, 0), None);
         f.observe(at(0, 600), &utc, 40, 100);
-        let p = f.forecast(at(0, 660), &utc).unwrap();
-        assert_eq!(p.free, 40);
+        let p = f.forecast(at(0, 660), &utc, 0).unwrap();
+        assert_eq!(p.available, 40);
         assert!(p.p10 < 40 && p.p90 > 40, "{p:?}");
         assert!(p.probability > 0.99, "{p:?}");
     }
@@ -455,16 +511,19 @@ mod tests {
             }
         }
         f.observe(at(21, 8 * 60), &utc, free_at(8 * 60), 100);
-        let p = f.forecast(at(21, 9 * 60), &utc).unwrap();
-        assert!(p.free <= 12, "{p:?}");
+        let p = f.forecast(at(21, 9 * 60), &utc, 0).unwrap();
+        assert!(p.available <= 12, "{p:?}");
         assert!(p.probability < 1.0);
         // Today runs 20 spaces emptier than usual: part of it is still there in 30
         // minutes.
         let mut g = f.clone();
         g.observe(at(21, 8 * 60 + 10), &utc, free_at(8 * 60 + 10) + 20, 100);
-        let q = g.forecast(at(21, 8 * 60 + 40), &utc).unwrap();
+        let q = g.forecast(at(21, 8 * 60 + 40), &utc, 0).unwrap();
         let usual = free_at(8 * 60 + 40);
-        assert!(q.free > usual + 2 && q.free < usual + 21, "{q:?} {usual}");
+        assert!(
+            q.available > usual + 2 && q.available < usual + 21,
+            "{q:?} {usual}"
+        );
     }
 
     #[test]
@@ -476,8 +535,8 @@ mod tests {
                 f.observe(at(day, minute), &utc, 0, 200);
             }
         }
-        let p = f.forecast(at(14, 30), &utc).unwrap();
-        assert_eq!(p.free, 0);
+        let p = f.forecast(at(14, 30), &utc, 0).unwrap();
+        assert_eq!(p.available, 0);
         assert!(p.probability < 0.5, "{p:?}");
     }
 

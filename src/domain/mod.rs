@@ -23,13 +23,13 @@ pub use carpark::{
     SpaceCategory,
 };
 pub use error::{Error, ErrorKind, Result};
-pub use forecast::{Forecaster, KNOTS, Prediction};
+pub use forecast::{Forecaster, Forecasts, KNOTS, Prediction};
 pub use geo::{BoundingBox, EARTH_RADIUS_M, LatLng, Radius, chord_to_m};
 pub use ids::{BayId, CarParkId, DriverId, OfferId, OperatorId, RegionId};
 pub use occupancy::{
     Availability, CategoryAvailability, Live, MAX_FUTURE_SKEW, Report, ReportBody, ReportOutcome,
 };
-pub use query::{Admitted, NearbyQuery};
+pub use query::{Admitted, Arrival, NearbyQuery};
 pub(crate) use reservation::key_suffix;
 pub use reservation::{
     Actor, Booking, CHECKED_IN_RETENTION, CalendarSlot, Created, MAX_CALENDAR_SLOTS, Plate,

@@ -228,6 +228,11 @@ impl Live {
     }
 
     /// Sequence of the last applied report (0 if none).
+    /// When the newest numbers were observed; None before the first report.
+    pub fn observed_at(&self) -> Option<Timestamp> {
+        self.observed_at
+    }
+
     pub fn last_sequence(&self) -> u64 {
         self.last_sequence
     }

@@ -20,6 +20,35 @@ pub struct NearbyQuery {
     pub max_price: Option<i64>,
     pub include_stale: bool,
     pub include_no_data: bool,
+    /// When the driver arrives: each result carries its forecast then.
+    pub arrival: Option<Arrival>,
+}
+
+/// A driver's arrival: when, and how likely a space must be then for a car park to
+/// be shown (0 shows every one).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Arrival {
+    pub at: Timestamp,
+    pub min_probability: f32,
+}
+
+impl Arrival {
+    /// How far ahead a forecast may be asked for: past a week, it is the weekly
+    /// profile alone, which the caller can read as well as citypark.
+    pub const MAX_AHEAD: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
+    /// How far in the past a time may be and count as now (clients' clocks drift).
+    pub const PAST_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
+    /// A time to forecast, checked against `now`: a little in the past counts as now.
+    pub fn time(at: Timestamp, now: Timestamp, field: &str) -> Result<Timestamp, Error> {
+        if at < now - Self::PAST_SKEW {
+            return Err(Error::invalid(field, "must not be in the past"));
+        }
+        if at > now + Self::MAX_AHEAD {
+            return Err(Error::invalid(field, "must be at most 7 days ahead"));
+        }
+        Ok(at.max(now))
+    }
 }
 
 /// Why a candidate made it into the answer.

@@ -24,8 +24,9 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 
 use crate::domain::{
-    Admitted, Availability, BoundingBox, CarPark, CarParkId, CarParkStatus, Error, LatLng, Live,
-    NearbyQuery, OperatorId, RegionId, Result, SpaceCategory, Timestamp, chord_to_m,
+    Admitted, Availability, BoundingBox, CarPark, CarParkId, CarParkStatus, Error, Forecaster,
+    Forecasts, LatLng, Live, NearbyQuery, OperatorId, Prediction, RegionId, Result, SpaceCategory,
+    Timestamp, chord_to_m,
 };
 use index::{IndexPoint, Tree, envelope_of};
 pub use replica::{Loading, Replica};
@@ -71,6 +72,8 @@ pub struct Nearby {
     pub distance_m: f64,
     pub availability: Availability,
     pub admitted: Admitted,
+    /// The forecast at the query's arrival time, when it gave one and numbers were seen.
+    pub forecast: Option<Prediction>,
 }
 
 struct SlotState {
@@ -80,6 +83,27 @@ struct SlotState {
     version: u64,
     /// The status last sent to watchers, so the sweeper reports only transitions.
     last_status: CarParkStatus,
+    /// What its numbers so far say of its numbers to come; learns each change.
+    forecasts: Forecasts,
+}
+
+impl SlotState {
+    fn new(car_park: Arc<CarPark>, live: Live, version: u64, last_status: CarParkStatus) -> Self {
+        let mut state = Self {
+            car_park,
+            live,
+            version,
+            last_status,
+            forecasts: Forecasts::default(),
+        };
+        state.learn();
+        state
+    }
+
+    /// Lets the forecasters learn the numbers just set.
+    fn learn(&mut self) {
+        self.forecasts.observe(&self.car_park, &self.live);
+    }
 }
 
 struct Slot {
@@ -134,22 +158,25 @@ impl Inner {
                 self.tree.remove(&IndexPoint::new(old, i));
                 self.tree.insert(IndexPoint::new(car_park.location, i));
             }
+            let forecasts = std::mem::take(&mut state.forecasts);
             *state = SlotState {
                 car_park: car_park.clone(),
                 live,
                 version,
                 last_status: availability.status,
+                forecasts,
             };
+            state.learn();
             engine.publish_move(&car_park, moved_from, ChangeKind::Updated(availability));
             return;
         }
         let slot = Slot {
-            state: Mutex::new(SlotState {
-                car_park: car_park.clone(),
+            state: Mutex::new(SlotState::new(
+                car_park.clone(),
                 live,
                 version,
-                last_status: availability.status,
-            }),
+                availability.status,
+            )),
         };
         let i = match self.vacant.pop() {
             Some(i) => {
@@ -397,6 +424,60 @@ impl Engine {
         (page, more)
     }
 
+    /// `read` of a car park's registration, live numbers and forecasters; None if it
+    /// is not registered.
+    pub fn with_forecasts<R>(
+        &self,
+        id: &str,
+        read: impl FnOnce(&CarPark, &Live, &Forecasts) -> R,
+    ) -> Option<R> {
+        let inner = self.inner.read();
+        let state = inner.slot(id)?.state.lock();
+        Some(read(&state.car_park, &state.live, &state.forecasts))
+    }
+
+    /// Every car park's id and the categories it has spaces of, in id order.
+    pub fn categories(&self) -> Vec<(CarParkId, Vec<SpaceCategory>)> {
+        let inner = self.inner.read();
+        inner
+            .by_id
+            .iter()
+            .map(|(id, &i)| {
+                let state = inner.slot_at(i).state.lock();
+                let capacity = &state.car_park.capacity;
+                let categories = SpaceCategory::ALL
+                    .into_iter()
+                    .filter(|c| capacity.of(*c) > 0)
+                    .collect();
+                (id.clone(), categories)
+            })
+            .collect()
+    }
+
+    /// Puts in `forecaster`, restored from history, for a car park's `category`, once
+    /// it has learned the car park's current numbers too; false if the car park is gone.
+    pub fn restore_forecaster(
+        &self,
+        id: &str,
+        category: SpaceCategory,
+        mut forecaster: Forecaster,
+    ) -> bool {
+        let inner = self.inner.read();
+        let Some(slot) = inner.slot(id) else {
+            return false;
+        };
+        let mut state = slot.state.lock();
+        let capacity = state.car_park.capacity.of(category);
+        if let Some(at) = state.live.observed_at()
+            && capacity > 0
+        {
+            let zone = state.car_park.time_zone.zone().clone();
+            forecaster.observe(at, &zone, state.live.free(category), capacity);
+        }
+        state.forecasts.set(category, forecaster);
+        true
+    }
+
     /// The nearest car parks that the query admits, nearest first, ties by id.
     pub fn nearby(&self, query: &NearbyQuery, now: Timestamp) -> Vec<Nearby> {
         let inner = self.inner.read();
@@ -414,6 +495,20 @@ impl Engine {
             }
             let state = inner.slot_at(point.slot).state.lock();
             if let Some(admitted) = query.admits(&state.car_park, &state.live, now) {
+                let forecast = query.arrival.and_then(|arrival| {
+                    state.forecasts.forecast(
+                        &state.car_park,
+                        &state.live,
+                        query.category,
+                        arrival.at,
+                    )
+                });
+                if let Some(arrival) = query.arrival
+                    && arrival.min_probability > 0.0
+                    && forecast.is_none_or(|f| f.probability < arrival.min_probability)
+                {
+                    continue;
+                }
                 let availability =
                     state
                         .live
@@ -425,6 +520,7 @@ impl Engine {
                         distance_m: chord_to_m(d2.sqrt()),
                         availability,
                         admitted,
+                        forecast,
                     },
                 ));
             }

@@ -387,6 +387,7 @@ impl Engine {
                         held.live = state.live;
                         held.version = version;
                         held.last_status = availability.status;
+                        held.learn();
                         self.publish(&held.car_park, ChangeKind::Updated(availability));
                     }
                     return Some(version);
@@ -438,12 +439,12 @@ impl Engine {
         for (record, version) in entries {
             let last_status = record.live.status(&record.car_park, now);
             inner.slots.push(Some(Slot {
-                state: Mutex::new(SlotState {
-                    car_park: record.car_park,
-                    live: record.live,
+                state: Mutex::new(SlotState::new(
+                    record.car_park,
+                    record.live,
                     version,
                     last_status,
-                }),
+                )),
             }));
         }
         inner.slot_of.reserve(ids.len());

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use crate::{
     domain::{
-        Availability, BayId, BoundingBox, CATEGORY_COUNT, Capacity, CarPark, CarParkId,
+        Arrival, Availability, BayId, BoundingBox, CATEGORY_COUNT, Capacity, CarPark, CarParkId,
         CarParkKind, CarParkStatus, Error, LatLng, NearbyQuery, OpeningHours, OpeningPeriod,
-        OperatorId, PlateColor, Radius, RegionId, Report, ReportBody, ReservationPolicy, Result,
-        SpaceCategory, Stay, Tariff, TimeZoneName, Timestamp,
+        OperatorId, PlateColor, Prediction, Radius, RegionId, Report, ReportBody,
+        ReservationPolicy, Result, SpaceCategory, Stay, Tariff, TimeZoneName, Timestamp,
     },
     engine::Nearby,
     pb,
@@ -566,6 +566,23 @@ pub fn nearby_query(r: pb::FindNearbyRequest) -> Result<NearbyQuery> {
         }
         None => None,
     };
+    let min_probability = r.min_arrival_probability;
+    let arrival = match &r.arrival_time {
+        Some(t) => Some(Arrival {
+            at: timestamp(t, "arrival_time")?,
+            min_probability: min_probability as f32,
+        }),
+        None if min_probability != 0.0 => {
+            return Err(Error::invalid(
+                "min_arrival_probability",
+                "needs an arrival_time to forecast",
+            ));
+        }
+        None => None,
+    };
+    if !(0.0..=1.0).contains(&min_probability) {
+        return Err(Error::invalid("min_arrival_probability", "must be 0 to 1"));
+    }
     NearbyQuery {
         center,
         radius,
@@ -578,12 +595,25 @@ pub fn nearby_query(r: pb::FindNearbyRequest) -> Result<NearbyQuery> {
         max_price: r.max_price_minor,
         include_stale: r.include_stale,
         include_no_data: r.include_no_data,
+        arrival,
     }
     .validated()
 }
 
+/// A forecast of one time.
+pub fn pb_forecast_point(time: Timestamp, p: &Prediction) -> pb::ForecastPoint {
+    pb::ForecastPoint {
+        time: Some(pb_timestamp(time)),
+        available: p.available as i32,
+        p10: p.p10 as i32,
+        p90: p.p90 as i32,
+        probability: f64::from(p.probability),
+    }
+}
+
 /// One result; the full registration and every category only for view FULL.
-pub fn pb_nearby(n: &Nearby, full: bool, category: SpaceCategory) -> pb::NearbyCarPark {
+pub fn pb_nearby(n: &Nearby, full: bool, query: &NearbyQuery) -> pb::NearbyCarPark {
+    let category = query.category;
     let cp = &n.car_park;
     pb::NearbyCarPark {
         car_park_id: cp.id.to_string(),
@@ -605,6 +635,10 @@ pub fn pb_nearby(n: &Nearby, full: bool, category: SpaceCategory) -> pb::NearbyC
         car_park: full.then(|| pb_car_park(cp)),
         availability: full.then(|| pb_availability(&n.availability)),
         offer_id: String::new(),
+        arrival_forecast: query
+            .arrival
+            .zip(n.forecast.as_ref())
+            .map(|(arrival, p)| pb_forecast_point(arrival.at, p)),
     }
 }
 

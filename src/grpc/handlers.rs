@@ -434,10 +434,10 @@ impl pb::availability_server::Availability for Api {
         let full = convert::full_view(request.view)?;
         let include_shared = request.include_shared;
         let query = convert::nearby_query(request)?;
-        let results = self.service.find_nearby(&query);
+        let results = self.service.find_nearby(&query)?;
         let mut ranked: Vec<(f64, pb::NearbyCarPark)> = results
             .iter()
-            .map(|n| (n.distance_m, convert::pb_nearby(n, full, query.category)))
+            .map(|n| (n.distance_m, convert::pb_nearby(n, full, &query)))
             .collect();
         if include_shared {
             let offers = self.service.nearby_offers(&query)?;
@@ -513,6 +513,30 @@ impl pb::availability_server::Availability for Api {
     async fn ping(&self, request: Request<pb::PingRequest>) -> Reply<pb::PingResponse> {
         Ok(Response::new(pb::PingResponse {
             payload: request.into_inner().payload,
+        }))
+    }
+
+    async fn forecast(&self, request: Request<pb::ForecastRequest>) -> Reply<pb::ForecastResponse> {
+        let r = request.get_ref();
+        let id = convert::car_park_id(&r.car_park_id, "car_park_id")?;
+        let category = convert::query_category(r.category, "category")?;
+        let times = r
+            .times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| convert::timestamp(t, &format!("times[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let answer = self.service.forecast(&id, category, &times)?;
+        Ok(Response::new(pb::ForecastResponse {
+            car_park_id: id.to_string(),
+            category: pb::SpaceCategory::from(category).into(),
+            forecasts: answer
+                .points
+                .iter()
+                .map(|(at, p)| convert::pb_forecast_point(*at, p))
+                .collect(),
+            observed_at: answer.observed_at.map(convert::pb_timestamp),
+            days_learned: answer.days_learned,
         }))
     }
 

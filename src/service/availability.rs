@@ -4,15 +4,26 @@ use std::time::Duration;
 
 use super::Service;
 use crate::{
-    domain::{Availability, CarParkId, Error, NearbyQuery, Result},
+    domain::{Arrival, Availability, CarParkId, Error, NearbyQuery, Result},
     engine::Nearby,
     metrics,
 };
 
 impl Service {
     /// The nearest car parks the query admits.
-    pub fn find_nearby(&self, query: &NearbyQuery) -> Vec<Nearby> {
-        self.engine.nearby(query, self.now())
+    pub fn find_nearby(&self, query: &NearbyQuery) -> Result<Vec<Nearby>> {
+        let now = self.now();
+        match query.arrival {
+            Some(arrival) => {
+                let mut query = query.clone();
+                query.arrival = Some(Arrival {
+                    at: Arrival::time(arrival.at, now, "arrival_time")?,
+                    ..arrival
+                });
+                Ok(self.engine.nearby(&query, now))
+            }
+            None => Ok(self.engine.nearby(query, now)),
+        }
     }
 
     /// Live states by id, in request order, and the ids that are not registered.

@@ -6,9 +6,11 @@
 //! `availability` (queries and the status sweep), `watch` (watch streams),
 //! `reservations` (the reservation ledger, arrivals by plate, the no-show sweep),
 //! `shared` (shared parking: offers, search, bookings), `sessions` (parking sessions
-//! by plate, wallets and the charges of closed sessions).
+//! by plate, wallets and the charges of closed sessions), `forecasts` (availability
+//! forecasts and their restore from history).
 
 mod availability;
+mod forecasts;
 mod handoff;
 mod ingest;
 mod registry;
@@ -25,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use forecasts::{ForecastAnswer, MAX_FORECAST_TIMES};
 pub use handoff::{HistorySettings, Retention};
 pub use ingest::Queued;
 pub use reservations::Caller;

@@ -542,6 +542,41 @@ fn availability_seeds(h: &Harness, f: &Fixture) -> Vec<Seed> {
         seed(
             h,
             m,
+            "arriving",
+            pb::FindNearbyRequest {
+                arrival_time: Some(pb_time(after(f.now, 20 * 60))),
+                min_arrival_probability: 0.9,
+                ..near_here()
+            },
+        ),
+        seed(
+            h,
+            "Availability/Forecast",
+            "three-hours",
+            pb::ForecastRequest {
+                car_park_id: f.car_park.clone(),
+                category: pb::SpaceCategory::Standard.into(),
+                times: (0..13)
+                    .map(|q| pb_time(after(f.now, q * 15 * 60)))
+                    .collect(),
+            },
+        ),
+        seed(
+            h,
+            "Availability/Forecast",
+            "past-and-far",
+            pb::ForecastRequest {
+                car_park_id: f.car_park.clone(),
+                category: EvCharging.into(),
+                times: vec![
+                    pb_time(after(f.now, -3_600)),
+                    pb_time(after(f.now, 8 * 86_400)),
+                ],
+            },
+        ),
+        seed(
+            h,
+            m,
             "radius-nan",
             pb::FindNearbyRequest {
                 radius_m: f64::NAN,

@@ -254,6 +254,7 @@ fn query(q: &QuerySpec, center: LatLng) -> NearbyQuery {
         max_price: q.max_price,
         include_stale: q.include_stale,
         include_no_data: q.include_no_data,
+        arrival: None,
     }
     .validated()
     .unwrap()

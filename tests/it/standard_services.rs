@@ -188,7 +188,8 @@ async fn reflection_resolves_a_service_and_every_file_it_imports() {
             "GetAvailability",
             "WatchAvailability",
             "Ping",
-            "GetOccupancyHistory"
+            "GetOccupancyHistory",
+            "Forecast",
         ]
     );
 

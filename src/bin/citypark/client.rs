@@ -251,6 +251,39 @@ pub struct NearbyArgs {
     /// Also list shared private spaces free for the whole stay (needs --stay-hours).
     #[arg(long, requires = "stay_hours", env = "CITYPARK_INCLUDE_SHARED")]
     shared: bool,
+    /// When you arrive, as +MINUTES from now (+20) or an RFC 3339 time: adds each car
+    /// park's forecast then (available spaces, 80% interval, chance of a space).
+    #[arg(long, value_parser = parse_arrival, allow_hyphen_values = true, env = "CITYPARK_ARRIVE")]
+    arrive: Option<Arrival>,
+    /// Only car parks with at least this chance (0 to 1) of a space when you arrive.
+    #[arg(long, requires = "arrive", env = "CITYPARK_MIN_ARRIVAL_PROBABILITY")]
+    min_probability: Option<f64>,
+}
+
+/// `--arrive`: a time, and how to show it.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    at: SystemTime,
+    label: String,
+}
+
+fn parse_arrival(raw: &str) -> Result<Arrival, String> {
+    if let Some(minutes) = raw.strip_prefix('+') {
+        let minutes: u32 = minutes
+            .parse()
+            .map_err(|_| format!("{raw:?} is not +MINUTES (such as +20) or an RFC 3339 time"))?;
+        return Ok(Arrival {
+            at: SystemTime::now() + Duration::from_secs(u64::from(minutes) * 60),
+            label: format!("+{minutes} min"),
+        });
+    }
+    let at: jiff::Timestamp = raw
+        .parse()
+        .map_err(|_| format!("{raw:?} is not +MINUTES (such as +20) or an RFC 3339 time"))?;
+    Ok(Arrival {
+        at: SystemTime::from(at),
+        label: at.strftime("%H:%M UTC").to_string(),
+    })
 }
 
 /// Arguments of `get`.
@@ -438,6 +471,8 @@ async fn nearby(args: NearbyArgs) -> anyhow::Result<()> {
         include_no_data: args.include_no_data,
         view: pb::NearbyView::Basic.into(),
         include_shared: args.shared,
+        arrival_time: args.arrive.as_ref().map(|a| a.at.into()),
+        min_arrival_probability: args.min_probability.unwrap_or(0.0),
     };
     let mut client = AvailabilityClient::new(connect(&args.connect).await?);
     let results = client
@@ -468,6 +503,13 @@ async fn nearby(args: NearbyArgs) -> anyhow::Result<()> {
         columns.push(("price", Align::Right));
     }
     columns.push(("age", Align::Right));
+    if let Some(arrival) = &args.arrive {
+        say(format_args!(
+            "forecast at {}: available spaces (80% interval) and the chance of a space",
+            arrival.label
+        ))?;
+        columns.push(("at arrival", Align::Right));
+    }
     let mut table = Table::new(columns);
     for (rank, result) in results.iter().enumerate() {
         let mut row = vec![
@@ -492,6 +534,20 @@ async fn nearby(args: NearbyArgs) -> anyhow::Result<()> {
             );
         }
         row.push(format_age(result.data_age_seconds));
+        if args.arrive.is_some() {
+            row.push(result.arrival_forecast.as_ref().map_or_else(
+                || "-".to_owned(),
+                |f| {
+                    format!(
+                        "{} ({}–{}) {:.0}%",
+                        f.available,
+                        f.p10,
+                        f.p90,
+                        100.0 * f.probability
+                    )
+                },
+            ));
+        }
         table.push(row);
     }
     table.print()?;
