@@ -42,6 +42,21 @@ fn birmingham_slice() -> String {
     slice
 }
 
+/// The real binary's output for `args`, which must succeed.
+fn citypark_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The goals of issue 24, on the slice: at 30, 60 and 120 minutes citypark's MAE is at
 /// least 10% below the best of persistence, seasonal naive and Helsinki's method, and
 /// the 80% interval covers 75–85% at every horizon.
@@ -84,17 +99,13 @@ fn forecast_backtest_prints_the_table_and_names_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
     let slice = dir.path().join("slice.csv");
     std::fs::write(&slice, birmingham_slice()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
-        .args(["forecast", "backtest", "--time-zone", "Europe/London"])
-        .arg(&slice)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = citypark_ok(&[
+        "forecast",
+        "backtest",
+        "--time-zone",
+        "Europe/London",
+        slice.to_str().unwrap(),
+    ]);
     assert!(stdout.starts_with("10 car parks, "), "{stdout}");
     for row in [
         "15 min",
@@ -267,24 +278,17 @@ async fn forecasts_learn_the_morning_fill_and_find_nearby_filters_on_arrival() {
     assert_eq!(ids, ["g-steady"]);
 
     // The CLI's forecast column.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_citypark"))
-        .args(["nearby", "--server", &format!("http://{}", server.addr)])
-        .args([
-            "--lat",
-            "36.066",
-            "--lon",
-            "120.383",
-            "--arrive",
-            &ten.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = citypark_ok(&[
+        "nearby",
+        "--server",
+        &format!("http://{}", server.addr),
+        "--lat",
+        "36.066",
+        "--lon",
+        "120.383",
+        "--arrive",
+        &ten.to_string(),
+    ]);
     assert!(stdout.contains("at arrival"), "{stdout}");
     // g-fills: 0 available (0 to p90), a chance under half.
     let row = stdout.lines().find(|l| l.contains("g-fills")).unwrap();
