@@ -22,7 +22,7 @@ pub struct BacktestArgs {
     pub file: PathBuf,
     /// The IANA time zone of local times in the file and of the car parks' weekly
     /// profile (times with an offset are read as they are).
-    #[arg(long, default_value = "UTC")]
+    #[arg(long, default_value = "UTC", env = "CITYPARK_BACKTEST_TIME_ZONE")]
     pub time_zone: String,
 }
 
