@@ -2,9 +2,10 @@
 //! and the page itself in a real Chromium driven by playwright-core
 //! (`web/test/map.e2e.mjs`) against the demo city: every car park shows as a dot, a
 //! reported change recolours its dot within 2 s, a click opens the car park's
-//! details with a chart of its last day (no history yet, or history unavailable,
-//! without harm to the rest), a search finds the nearest free spaces, and a
-//! screenshot is saved under `target/`; and the chart of a day a history holds.
+//! details with a chart of its last day and a forecast of its next three hours (no
+//! history or forecast yet, or either unavailable, without harm to the rest), a
+//! search finds the nearest free spaces, and a screenshot is saved under `target/`;
+//! and the chart of a day a history holds.
 //! Without Chromium the browser tests say why and skip, unless
 //! `CITYPARK_REQUIRE_TOOLS=1` (CI), which makes them fail instead.
 
@@ -351,6 +352,10 @@ async fn the_map_shows_the_demo_city_live_in_chromium() {
     });
     assert_eq!(heading, MARKUP);
     assert_eq!(tooltip, format!("{MARKUP} — No data"));
+    // Never reported: nothing to forecast from (FAILED_PRECONDITION), which is no
+    // error either.
+    let forecast = tokio::task::block_in_place(|| browser.ask("forecast", RECOLOUR * 5));
+    assert_eq!(forecast, "empty No forecast yet");
     let heading = tokio::task::block_in_place(|| browser.ask("click map-probe", RECOLOUR * 5));
     assert_eq!(heading, "Garage map-probe");
     // Beside it, its last day: this server keeps no history, so there is none to
@@ -359,6 +364,18 @@ async fn the_map_shows_the_demo_city_live_in_chromium() {
     assert!(
         history.starts_with("empty ") || history.starts_with("chart "),
         "{history}"
+    );
+    // And its next three hours: a dot every 15 minutes in one band, on the scale of
+    // its 100 standard spaces, saying what Forecast says. Its numbers are seconds old
+    // and it has no profile yet, so the forecast is the same whenever it is asked.
+    let forecast = tokio::task::block_in_place(|| browser.ask("forecast", RECOLOUR * 5));
+    let (in_1_h, in_3_h) = next_hours(&server, "map-probe").await;
+    let words: Vec<&str> = forecast.splitn(5, ' ').collect();
+    assert_eq!(words[..4], ["chart", "13", "1", "100"], "{forecast}");
+    assert!(
+        words[4].starts_with(&format!("In 1 h: {in_1_h} space"))
+            && words[4].contains(&format!(". In 3 h: {in_3_h} space")),
+        "{forecast}; Forecast answered {in_1_h} in 1 h, {in_3_h} in 3 h"
     );
 
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/map-demo.png");
@@ -371,16 +388,20 @@ async fn the_map_shows_the_demo_city_live_in_chromium() {
     );
     eprintln!("screenshot: {}", shot.display());
 
-    // History down: the chart says so, and the rest of the panel is as ever.
-    let (heading, history) = tokio::task::block_in_place(|| {
+    // History and forecasts down: each chart says so, and the rest of the panel is as
+    // ever.
+    let (heading, history, forecast) = tokio::task::block_in_place(|| {
         browser.ask("break-history", RECOLOUR * 5);
+        browser.ask("break-forecast", RECOLOUR * 5);
         (
             browser.ask("click map-no-data", RECOLOUR * 5),
             browser.ask("history", RECOLOUR * 5),
+            browser.ask("forecast", RECOLOUR * 5),
         )
     });
     assert_eq!(heading, MARKUP);
     assert_eq!(history, "error History unavailable");
+    assert_eq!(forecast, "error Forecast unavailable");
     browser.close();
     demo.stop().await;
     server.stop().await.unwrap();
@@ -442,6 +463,22 @@ async fn last_day(server: &TestServer, id: &str) -> Vec<pb::OccupancyBucket> {
     let mut availability = server.availability().await;
     let reply = availability.get_occupancy_history(request).await.unwrap();
     reply.into_inner().buckets
+}
+
+/// `id`'s standard spaces forecast in 1 and in 3 hours, from a minute ahead as the
+/// panel asks.
+async fn next_hours(server: &TestServer, id: &str) -> (i32, i32) {
+    let start = after(jiff::Timestamp::now(), 60);
+    let request = pb::ForecastRequest {
+        car_park_id: id.into(),
+        category: pb::SpaceCategory::Standard.into(),
+        times: [3600, 3 * 3600]
+            .map(|secs| pb_time(after(start, secs)))
+            .to_vec(),
+    };
+    let mut availability = server.availability().await;
+    let reply = availability.forecast(request).await.unwrap().into_inner();
+    (reply.forecasts[0].available, reply.forecasts[1].available)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 // citypark's live city map: every car park of a region as a dot coloured by its live
 // availability, kept current by one WatchAvailability stream over gRPC-Web; a click
-// asks FindNearby; the side panel shows GetCarPark and a chart of GetOccupancyHistory.
+// asks FindNearby; the side panel shows GetCarPark, a chart of GetOccupancyHistory and
+// one of Forecast.
 
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -16,11 +17,16 @@ import {
   SpaceCategory,
 } from "./gen/citypark/v1/types_pb.js";
 import {
+  FORECAST_STEPS,
+  FORECAST_STEP_MS,
   HISTORY_SPAN_MS,
   HISTORY_STEP_MS,
+  forecastChart,
+  forecastFailed,
   historyChart,
   historyFailed,
   showCarPark,
+  showForecast,
   showHistory,
   showNearby,
 } from "./panel.js";
@@ -114,6 +120,8 @@ function restyle(dot: Dot) {
 let selected: string | null = null;
 /** The selected car park's history chart, shown again with each update of it. */
 let selectedHistory: HTMLElement | undefined;
+/** The selected car park's forecast chart, likewise. */
+let selectedForecast: HTMLElement | undefined;
 
 function addDot(carPark: CarPark) {
   const existing = dots.get(carPark.id);
@@ -146,15 +154,18 @@ function removeDot(id: string) {
 
 async function select(id: string) {
   selected = id;
+  const known = dots.get(id);
   const history = historyChart();
   selectedHistory = history;
   void loadHistory(id, history);
-  const known = dots.get(id);
-  if (known) showCarPark(panel, known.carPark, known.availability, history);
+  const forecast = forecastChart();
+  selectedForecast = forecast;
+  void loadForecast(id, forecast, known && standardSpaces(known.carPark));
+  if (known) showCarPark(panel, known.carPark, known.availability, history, forecast);
   try {
     const got = await registry.getCarPark({ id });
     if (selected === id && got.carPark) {
-      showCarPark(panel, got.carPark, got.availability, history);
+      showCarPark(panel, got.carPark, got.availability, history, forecast);
     }
   } catch (e) {
     if (selected === id) say(`Could not read ${id}: ${ConnectError.from(e).rawMessage}`, true);
@@ -177,6 +188,33 @@ async function loadHistory(id: string, chart: HTMLElement) {
     showHistory(chart, got.buckets, from, to);
   } catch (e) {
     historyFailed(chart, ConnectError.from(e).rawMessage);
+  }
+}
+
+/** A car park's registered standard spaces, the top of its forecast's scale. */
+function standardSpaces(carPark: CarPark): number | undefined {
+  return carPark.capacity.find((c) => c.category === SpaceCategory.STANDARD)?.spaces;
+}
+
+/** Fills `chart` with the next hours of `id`'s standard spaces, beside GetCarPark: a
+ * failure shows in the chart and nowhere else. */
+async function loadForecast(id: string, chart: HTMLElement, capacity: number | undefined) {
+  // From a minute ahead, so that a clock a little behind the server's still asks
+  // about now or later (the server takes up to 5 minutes past as now).
+  const start = Date.now() + 60_000;
+  const times = Array.from({ length: FORECAST_STEPS + 1 }, (_, i) =>
+    timestampFromDate(new Date(start + i * FORECAST_STEP_MS)),
+  );
+  try {
+    const got = await availability.forecast({
+      carParkId: id,
+      category: SpaceCategory.STANDARD,
+      times,
+    });
+    showForecast(chart, got, capacity);
+  } catch (e) {
+    const error = ConnectError.from(e);
+    forecastFailed(chart, error.code === Code.FailedPrecondition, error.rawMessage);
   }
 }
 
@@ -326,7 +364,9 @@ function update(a: CarParkAvailability) {
   dot.availability = a;
   dot.state = dotState(a);
   restyle(dot);
-  if (selected === a.carParkId) showCarPark(panel, dot.carPark, a, selectedHistory);
+  if (selected === a.carParkId) {
+    showCarPark(panel, dot.carPark, a, selectedHistory, selectedForecast);
+  }
 }
 
 // --- nearby search ------------------------------------------------------------------

@@ -1,9 +1,14 @@
-// The side panel: a car park's details with a chart of its last day, and the answers
-// of a nearby search. Text is set with textContent only: names and addresses come
+// The side panel: a car park's details with a chart of its last day and one of its
+// next three hours, and the answers of a nearby search. Text is set with textContent only: names and addresses come
 // from operators; the chart is SVG elements made one by one, never markup.
 
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import type { NearbyCarPark, OccupancyBucket } from "./gen/citypark/v1/availability_pb.js";
+import type {
+  ForecastPoint,
+  ForecastResponse,
+  NearbyCarPark,
+  OccupancyBucket,
+} from "./gen/citypark/v1/availability_pb.js";
 import {
   type CarPark,
   type CarParkAvailability,
@@ -71,13 +76,15 @@ function rows(table: HTMLTableElement, pairs: [string, string][]) {
   }
 }
 
-/** Shows a car park; `history` is its chart (see `historyChart`), the same element
- * every time the car park is shown again, so that it outlives live updates. */
+/** Shows a car park; `history` and `forecast` are its charts (see `historyChart` and
+ * `forecastChart`), the same elements every time the car park is shown again, so that
+ * they outlive live updates. */
 export function showCarPark(
   panel: HTMLElement,
   carPark: CarPark,
   availability: CarParkAvailability | undefined,
   history?: HTMLElement,
+  forecast?: HTMLElement,
 ) {
   panel.replaceChildren();
   panel.append(el("h2", carPark.name || carPark.id));
@@ -120,6 +127,7 @@ export function showCarPark(
   if (!availability) {
     panel.append(el("p", "Waiting for the live feed…"));
     if (history) panel.append(history);
+    if (forecast) panel.append(forecast);
     return;
   }
   const live = el("table", undefined, "facts");
@@ -147,6 +155,7 @@ export function showCarPark(
   }
   panel.append(spaces);
   if (history) panel.append(history);
+  if (forecast) panel.append(forecast);
 }
 
 export function showNearby(
@@ -203,27 +212,35 @@ function clock(at: Date): string {
   return at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+const HISTORY_CAPTION = "Free spaces, last 24 h";
+
 /** A car park's history chart, loading until `showHistory` or `historyFailed` fills
  * it. Its `data-state` is "loading", "chart", "empty" or "error". */
 export function historyChart(): HTMLElement {
   const figure = el("figure", undefined, "history-chart");
   figure.dataset.state = "loading";
   figure.setAttribute("aria-busy", "true");
-  figure.append(el("figcaption", "Free spaces, last 24 h"), el("p", "Loading history…", "muted"));
+  figure.append(el("figcaption", HISTORY_CAPTION), el("p", "Loading history…", "muted"));
   return figure;
 }
 
-function settle(figure: HTMLElement, state: "chart" | "empty" | "error", ...content: Node[]) {
+/** Ends a chart's loading: its state, and its caption above `content`. */
+function settle(
+  figure: HTMLElement,
+  caption: string,
+  state: "chart" | "empty" | "error",
+  ...content: Node[]
+) {
   figure.dataset.state = state;
   figure.removeAttribute("aria-busy");
-  figure.replaceChildren(el("figcaption", "Free spaces, last 24 h"), ...content);
+  figure.replaceChildren(el("figcaption", caption), ...content);
 }
 
 /** The history could not be read: says so, and only in the chart. */
 export function historyFailed(figure: HTMLElement, why: string) {
   const p = el("p", "History unavailable", "muted");
   p.title = why;
-  settle(figure, "error", p);
+  settle(figure, HISTORY_CAPTION, "error", p);
 }
 
 // The drawing, in the SVG's own units (it is scaled to the panel's width).
@@ -245,7 +262,7 @@ export function showHistory(
   to: Date,
 ) {
   if (buckets.length === 0) {
-    settle(figure, "empty", el("p", "No history yet", "muted"));
+    settle(figure, HISTORY_CAPTION, "empty", el("p", "No history yet", "muted"));
     return;
   }
   const lo = Math.min(...buckets.map((b) => b.minFree));
@@ -354,5 +371,155 @@ export function showHistory(
       (carried > 0 ? ". Dashed: unchanged, carried forward." : "."),
     "muted history-summary",
   );
-  settle(figure, "chart", chart, summary);
+  settle(figure, HISTORY_CAPTION, "chart", chart, summary);
+}
+
+// --- the next three hours -------------------------------------------------------------
+
+/** What the forecast shows: Forecast at FORECAST_STEPS + 1 times FORECAST_STEP_MS
+ * apart, over the next FORECAST_HOURS. */
+export const FORECAST_HOURS = 3;
+export const FORECAST_STEP_MS = 15 * 60_000;
+export const FORECAST_STEPS = (FORECAST_HOURS * 3600_000) / FORECAST_STEP_MS;
+
+const FORECAST_CAPTION = `Next ${FORECAST_HOURS} hours`;
+
+/** A car park's forecast chart, loading until `showForecast` or `forecastFailed`
+ * fills it. Its `data-state` is "loading", "chart", "empty" or "error". */
+export function forecastChart(): HTMLElement {
+  const figure = el("figure", undefined, "forecast-chart");
+  figure.dataset.state = "loading";
+  figure.setAttribute("aria-busy", "true");
+  figure.append(el("figcaption", FORECAST_CAPTION), el("p", "Loading forecast…", "muted"));
+  return figure;
+}
+
+/** No forecast, only in the chart: "empty" when the car park has nothing to forecast
+ * from (FAILED_PRECONDITION: no numbers yet, or no standard spaces), else "error". */
+export function forecastFailed(figure: HTMLElement, nothingYet: boolean, why: string) {
+  const p = el("p", nothingYet ? "No forecast yet" : "Forecast unavailable", "muted");
+  p.title = why;
+  settle(figure, FORECAST_CAPTION, nothingYet ? "empty" : "error", p);
+}
+
+/** A probability as a percentage, never "0%" or "100%": a forecast is never sure. */
+function chance(probability: number): string {
+  if (probability > 0.99) return ">99%";
+  if (probability < 0.01) return "<1%";
+  return `${Math.round(probability * 100)}%`;
+}
+
+/** A point's spaces and their 80% interval, e.g. "12 spaces (6–20)". */
+function spacesAround(p: ForecastPoint): string {
+  const n = `${p.available} space${p.available === 1 ? "" : "s"}`;
+  return p.p10 === p.p90 ? n : `${n} (${p.p10}–${p.p90})`;
+}
+
+/** What the forecast has learned from, by `days_learned`. */
+function learned(days: number): string {
+  if (days === 0) return "From its latest numbers only: no day learned yet.";
+  // Under a week, some weekdays are known only from the others.
+  return (
+    `Learned from ${days} day${days === 1 ? "" : "s"} of its numbers` +
+    (days < 7 ? ", some weekdays from the others." : ".")
+  );
+}
+
+/** Draws Forecast's `answer` (its times in order, the first about now): a band from
+ * p10 to p90, a line through the available spaces with a dot per time, scaled to
+ * `capacity` when known; below it the spaces in 1 and in 3 hours. */
+export function showForecast(figure: HTMLElement, answer: ForecastResponse, capacity?: number) {
+  const points = answer.forecasts.flatMap((p) =>
+    p.time ? [{ at: timestampDate(p.time).getTime(), p }] : [],
+  );
+  const first = points[0];
+  const last = points.at(-1);
+  if (!first || !last) {
+    settle(figure, FORECAST_CAPTION, "empty", el("p", "No forecast yet", "muted"));
+    return;
+  }
+  const lo = Math.min(...points.map((q) => q.p.available));
+  const hi = Math.max(...points.map((q) => q.p.available));
+  const top = Math.max(1, capacity ?? 0, ...points.map((q) => q.p.p90));
+  const t0 = first.at;
+  const span = Math.max(1, last.at - t0);
+  const plotW = W - LEFT - RIGHT;
+  const plotH = H - TOP - BOTTOM;
+  const round = (n: number) => Math.round(n * 10) / 10;
+  const x = (ms: number) => round(LEFT + (Math.min(Math.max(ms - t0, 0), span) / span) * plotW);
+  const y = (n: number) => round(TOP + plotH - (Math.min(Math.max(n, 0), top) / top) * plotH);
+
+  const label =
+    `Available spaces over the next ${FORECAST_HOURS} hours, forecast between ${lo} and ${hi}` +
+    (capacity ? ` of ${capacity}` : "");
+  const chart = svg("svg", {
+    viewBox: `0 0 ${W} ${H}`,
+    role: "img",
+    "aria-label": label,
+  });
+  chart.append(svg("title", {}, label));
+
+  // The frame as the history's: 0 and the top of the scale, a tick every hour.
+  const axes = svg("g", { class: "axes" });
+  axes.append(
+    svg("line", { class: "grid", x1: LEFT, x2: W - RIGHT, y1: y(top), y2: y(top) }),
+    svg("line", { class: "axis", x1: LEFT, x2: W - RIGHT, y1: y(0), y2: y(0) }),
+    svg("text", { x: LEFT - 4, y: y(top) + 3.5, "text-anchor": "end" }, String(top)),
+    svg("text", { x: LEFT - 4, y: y(0) + 3.5, "text-anchor": "end" }, "0"),
+  );
+  const baseline = H - 4;
+  for (let h = 0; h <= FORECAST_HOURS; h++) {
+    const at = x(t0 + (h / FORECAST_HOURS) * span);
+    const anchor = h === 0 ? "start" : h === FORECAST_HOURS ? "end" : "middle";
+    axes.append(
+      svg("line", { class: "grid", x1: at, x2: at, y1: y(top), y2: y(0) + 3 }),
+      svg("text", { x: at, y: baseline, "text-anchor": anchor }, h === 0 ? "now" : `+${h} h`),
+    );
+  }
+  chart.append(axes);
+
+  // The 80% interval: up along p90, back along p10.
+  const band = svg("polygon", {
+    class: "band",
+    points: [
+      ...points.map((q) => `${x(q.at)},${y(q.p.p90)}`),
+      ...[...points].reverse().map((q) => `${x(q.at)},${y(q.p.p10)}`),
+    ].join(" "),
+  });
+  band.append(svg("title", {}, "8 times in 10 the spaces will be in this band"));
+  chart.append(band);
+
+  const line = svg("g", { class: "lines" });
+  line.append(
+    svg("polyline", {
+      class: "line",
+      points: points.map((q) => `${x(q.at)},${y(q.p.available)}`).join(" "),
+    }),
+  );
+  for (const q of points) {
+    const dot = svg("circle", { class: "point", cx: x(q.at), cy: y(q.p.available), r: 2 });
+    dot.append(
+      svg(
+        "title",
+        {},
+        `${clock(new Date(q.at))}: ${spacesAround(q.p)}, ${chance(q.p.probability)} chance of a space`,
+      ),
+    );
+    line.append(dot);
+  }
+  chart.append(line);
+
+  // The first point at or past `hours` from the first (the last if none is).
+  const inHours = (hours: number) =>
+    (points.find((q) => q.at - t0 >= hours * 3600_000) ?? last).p;
+  const soon = inHours(1);
+  const later = inHours(FORECAST_HOURS);
+  const summary = el(
+    "p",
+    `In 1 h: ${spacesAround(soon)}, ${chance(soon.probability)} chance of a space. ` +
+      `In ${FORECAST_HOURS} h: ${spacesAround(later)}, ${chance(later.probability)} chance.`,
+    "forecast-summary",
+  );
+  const note = el("p", learned(answer.daysLearned), "muted forecast-learned");
+  settle(figure, FORECAST_CAPTION, "chart", chart, summary, note);
 }

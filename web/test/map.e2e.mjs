@@ -11,6 +11,11 @@
 //                                    lines), or `<empty|error> <its text>`
 //   break-history                    from now on GetOccupancyHistory answers
 //                                    UNAVAILABLE, as with its database down
+//   forecast                         the panel's forecast chart once loaded: answers
+//                                    `chart <points> <bands> <top> <summary>` (dots on
+//                                    the line, interval bands, the scale's top), or
+//                                    `<empty|error> <its text>`
+//   break-forecast                   from now on Forecast answers UNAVAILABLE
 //   hover <id>                       hover over the dot; answers its tooltip's text
 //   nearby <lat> <lng>               click the map there; answers the results' ids
 //   status <text> <ms>               the status line holds <text> within <ms>; answers it
@@ -42,6 +47,25 @@ page.on("requestfailed", (r) => {
 await page.goto(url);
 
 const dot = (id) => `path.cp-dot[data-car-park="${id}"]`;
+
+/** From now on Availability's `method` answers UNAVAILABLE with `message`. */
+async function breakCall(method, message) {
+  // A gRPC-Web answer with its status in the headers (a trailers-only answer),
+  // readable across origins as the server's own would be.
+  await page.route(`**/citypark.v1.Availability/${method}`, (route) =>
+    route.fulfill({
+      status: 200,
+      headers: {
+        "content-type": "application/grpc-web+proto",
+        "grpc-status": "14",
+        "grpc-message": message,
+        "access-control-allow-origin": route.request().headers().origin ?? "*",
+        "access-control-expose-headers": "grpc-status, grpc-message",
+      },
+      body: "",
+    }),
+  );
+}
 
 async function handle(words) {
   switch (words[0]) {
@@ -95,24 +119,28 @@ async function handle(words) {
       );
       return `ok chart ${steps} ${carried} ${dashed} ${await svg.getAttribute("aria-label")}`;
     }
-    case "break-history": {
-      // A gRPC-Web answer with its status in the headers (a trailers-only answer),
-      // readable across origins as the server's own would be.
-      await page.route("**/citypark.v1.Availability/GetOccupancyHistory", (route) =>
-        route.fulfill({
-          status: 200,
-          headers: {
-            "content-type": "application/grpc-web+proto",
-            "grpc-status": "14",
-            "grpc-message": "history down",
-            "access-control-allow-origin": route.request().headers().origin ?? "*",
-            "access-control-expose-headers": "grpc-status, grpc-message",
-          },
-          body: "",
-        }),
+    case "forecast": {
+      const chart = page.locator("#panel .forecast-chart");
+      await page.waitForSelector('#panel .forecast-chart:not([data-state="loading"])', {
+        timeout: 5_000,
+      });
+      const state = await chart.getAttribute("data-state");
+      if (state !== "chart") return `ok ${state} ${await chart.locator("p").textContent()}`;
+      const svg = chart.locator('svg[role="img"]');
+      const [points, bands] = await Promise.all(
+        ["circle.point", "polygon.band"].map((s) => svg.locator(s).count()),
       );
-      return "ok";
+      // The scale's top is the upper label of the frame.
+      const top = await svg.locator("g.axes text").first().textContent();
+      const summary = await chart.locator("p.forecast-summary").textContent();
+      return `ok chart ${points} ${bands} ${top} ${summary}`;
     }
+    case "break-history":
+      await breakCall("GetOccupancyHistory", "history down");
+      return "ok";
+    case "break-forecast":
+      await breakCall("Forecast", "forecasts down");
+      return "ok";
     case "hover": {
       await page.locator(dot(words[1])).hover();
       const tip = page.locator(".leaflet-tooltip");
