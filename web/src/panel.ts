@@ -1,6 +1,7 @@
 // The side panel: a car park's details with a chart of its last day and one of its
-// next three hours, and the answers of a nearby search. Text is set with textContent only: names and addresses come
-// from operators; the chart is SVG elements made one by one, never markup.
+// next three hours, and the answers of a nearby search. Text is set with textContent
+// only: names and addresses come from operators; the charts are SVG elements made one
+// by one, never markup.
 
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type {
