@@ -168,7 +168,8 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_DRIVER_JWT_ISSUER")]
     pub driver_jwt_issuer: Option<String>,
 
-    /// The `aud` driver tokens must carry; unchecked when unset.
+    /// The `aud` driver tokens must carry (one string, or an array holding it); unchecked
+    /// when unset.
     #[arg(long, env = "CITYPARK_DRIVER_JWT_AUDIENCE")]
     pub driver_jwt_audience: Option<String>,
 

@@ -1,6 +1,8 @@
 //! Drivers' identity: bearer JWTs (`sub` is the driver id), verified with configured
-//! keys: an HS256 secret and/or a PEM public key (RS256, ES256 or EdDSA). `exp` is
-//! required; issuer and audience are checked when configured.
+//! keys: an HS256 secret and/or a PEM public key (RS256, ES256 or EdDSA). `exp` and
+//! `sub` are required; so are `iss` and `aud` when an issuer or an audience is
+//! configured, and then they must match (`aud` may be one string or, as RFC 7519
+//! §4.1.3 allows, an array that contains the audience).
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
@@ -23,6 +25,13 @@ struct Claims {
     aud: Option<String>,
 }
 
+/// What a verified token tells: the library checks `exp`, `iss` and `aud` itself from
+/// the payload (an `aud` array included), so only the driver is read here.
+#[derive(serde::Deserialize)]
+struct Subject {
+    sub: String,
+}
+
 /// The keys driver tokens are verified with.
 #[derive(Clone, Default)]
 pub struct DriverTokens {
@@ -42,7 +51,12 @@ fn validation(
 ) -> Validation {
     let mut v = Validation::new(algorithms[0]);
     v.algorithms = algorithms.to_vec();
-    v.set_required_spec_claims(&["exp", "sub"]);
+    // A configured issuer or audience is required, not only checked when present: a
+    // token without one would otherwise pass.
+    let mut required = vec!["exp", "sub"];
+    required.extend(issuer.map(|_| "iss"));
+    required.extend(audience.map(|_| "aud"));
+    v.set_required_spec_claims(&required);
     // A token with `nbf` is refused before it; clocks may differ by the leeway.
     v.validate_nbf = true;
     v.leeway = 30;
@@ -106,7 +120,7 @@ impl DriverTokens {
         // (an HS256 token's refusal by an RSA key says less than by a secret's).
         let mut why = None;
         for (key, validation) in &self.keys {
-            match jsonwebtoken::decode::<Claims>(token, key, validation) {
+            match jsonwebtoken::decode::<Subject>(token, key, validation) {
                 Ok(data) => {
                     return DriverId::parse(&data.claims.sub).map_err(|_| {
                         Error::Unauthenticated("the token's sub is not a valid driver id".into())
@@ -121,7 +135,7 @@ impl DriverTokens {
                 }
             }
         }
-        let why = why.unwrap_or("it is malformed");
+        let why = why.unwrap_or_else(|| "it is malformed".into());
         Err(Error::Unauthenticated(format!(
             "invalid driver token: {why}"
         )))
@@ -154,8 +168,11 @@ impl DriverTokens {
 
 /// Why a token was refused, in words of our own (the library's text is not for
 /// clients). With several keys, the last key's reason is given.
-fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> String {
     use jsonwebtoken::errors::ErrorKind as K;
+    if let K::MissingRequiredClaim(claim) = kind {
+        return format!("it lacks the {claim} claim, which this server requires");
+    }
     match kind {
         K::ExpiredSignature => "it has expired",
         K::ImmatureSignature => "it is not valid yet (nbf)",
@@ -165,9 +182,9 @@ fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
         K::InvalidAlgorithm | K::InvalidAlgorithmName => {
             "its algorithm is not the one of a key this server accepts"
         }
-        K::MissingRequiredClaim(_) => "it lacks a required claim (exp and sub are required)",
         _ => "it is malformed",
     }
+    .into()
 }
 
 /// Whether a bearer credential is a JWT (three base64url parts) rather than an API key.
@@ -215,6 +232,70 @@ mod tests {
         }
         assert!(DriverTokens::default().authenticate(&good).is_err());
         assert!(!looks_like_jwt("demo-key-op1"));
+    }
+
+    /// An HS256 token of `claims` (JSON) signed with `secret`.
+    fn signed(secret: &[u8], claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    fn refusal_of(tokens: &DriverTokens, token: &str) -> String {
+        match tokens.authenticate(token) {
+            Err(Error::Unauthenticated(why)) => why,
+            other => panic!("accepted or refused otherwise: {other:?}"),
+        }
+    }
+
+    /// With an issuer and an audience configured, a token signed by the right key but
+    /// without `iss` or without `aud` is refused, naming the claim (issue 25, 1).
+    #[test]
+    fn a_configured_issuer_and_audience_are_required() {
+        let mut tokens = DriverTokens::default();
+        tokens.add_secret(b"s3cret", Some("city"), Some("citypark"));
+        let exp = now() + 60;
+        let no_iss = signed(
+            b"s3cret",
+            serde_json::json!({"sub": "al", "exp": exp, "aud": "citypark"}),
+        );
+        assert!(refusal_of(&tokens, &no_iss).contains("iss claim"));
+        let no_aud = signed(
+            b"s3cret",
+            serde_json::json!({"sub": "al", "exp": exp, "iss": "city"}),
+        );
+        assert!(refusal_of(&tokens, &no_aud).contains("aud claim"));
+        // Without an issuer or audience configured, neither is needed.
+        let mut open = DriverTokens::default();
+        open.add_secret(b"s3cret", None, None);
+        let bare = signed(b"s3cret", serde_json::json!({"sub": "al", "exp": exp}));
+        assert_eq!(open.authenticate(&bare).unwrap().as_str(), "al");
+    }
+
+    /// `aud` may be an array (RFC 7519 §4.1.3): accepted when it holds the audience
+    /// (issue 25, 2).
+    #[test]
+    fn an_audience_array_is_accepted_when_it_holds_the_audience() {
+        let mut tokens = DriverTokens::default();
+        tokens.add_secret(b"s3cret", Some("city"), Some("citypark"));
+        let exp = now() + 60;
+        let listed = signed(
+            b"s3cret",
+            serde_json::json!({"sub": "al", "exp": exp, "iss": "city", "aud": ["billing", "citypark"]}),
+        );
+        assert_eq!(tokens.authenticate(&listed).unwrap().as_str(), "al");
+        let elsewhere = signed(
+            b"s3cret",
+            serde_json::json!({"sub": "al", "exp": exp, "iss": "city", "aud": ["billing"]}),
+        );
+        assert!(refusal_of(&tokens, &elsewhere).contains("audience"));
+        // And without an audience configured, an array is no reason to refuse.
+        let mut open = DriverTokens::default();
+        open.add_secret(b"s3cret", None, None);
+        assert_eq!(open.authenticate(&listed).unwrap().as_str(), "al");
     }
 
     /// A key pair made for this test only (`openssl genpkey -algorithm ed25519`).

@@ -243,6 +243,8 @@ async fn driver_tokens_hold_against_forgery_and_rotate() {
             claims(extra),
         )
     };
+    // Exactly these claims, signed with the new secret.
+    let bare = |claims| signed(Algorithm::HS256, &EncodingKey::from_secret(NEW), claims);
     let rsa = EncodingKey::from_rsa_pem(TEST_RSA_KEY.as_bytes()).unwrap();
     let good = hs(NEW, serde_json::json!({}));
     // `alg: none`: a valid token's claims under an unsigned header.
@@ -290,6 +292,28 @@ async fn driver_tokens_hold_against_forgery_and_rotate() {
         (
             "another audience",
             hs(NEW, serde_json::json!({"aud": "elsewhere"})),
+            Some("audience"),
+        ),
+        // A configured issuer and audience are required, not only checked when there.
+        (
+            "no issuer",
+            bare(serde_json::json!({"sub": "alice", "exp": now + 600, "aud": "citypark"})),
+            Some("lacks the iss claim"),
+        ),
+        (
+            "no audience",
+            bare(serde_json::json!({"sub": "alice", "exp": now + 600, "iss": "city"})),
+            Some("lacks the aud claim"),
+        ),
+        // `aud` as an array (RFC 7519 §4.1.3).
+        (
+            "an audience array holding this server",
+            hs(NEW, serde_json::json!({"aud": ["billing", "citypark"]})),
+            None,
+        ),
+        (
+            "an audience array without it",
+            hs(NEW, serde_json::json!({"aud": ["billing"]})),
             Some("audience"),
         ),
     ];
