@@ -320,3 +320,108 @@ async fn shutdown_ends_open_watch_and_publish_streams_and_drains() {
     let status = expect_code(publisher.answer().await, Code::Unavailable);
     assert!(status.message().contains("shutting down"), "{status:?}");
 }
+
+/// Every method the server serves (as its reflection lists them) is counted in the
+/// request metrics under its own label, not as "other": each is called once with an
+/// empty message (what it answers does not matter) and its own count must grow. (The
+/// recorder is the process's, so other tests' calls add to the counts, never take.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_served_method_has_its_own_label_in_the_request_metrics() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    use v1::server_reflection_request::MessageRequest;
+    use v1::server_reflection_response::MessageResponse;
+    let server = TestServer::start().await;
+    let MessageResponse::ListServicesResponse(list) =
+        reflect_v1(&server, MessageRequest::ListServices(String::new())).await
+    else {
+        panic!("expected a service list");
+    };
+    let mut paths = Vec::new();
+    for service in list
+        .service
+        .iter()
+        .filter(|s| s.name.starts_with("citypark."))
+    {
+        let found = files(
+            reflect_v1(
+                &server,
+                MessageRequest::FileContainingSymbol(service.name.clone()),
+            )
+            .await,
+        );
+        let (package, short) = service.name.rsplit_once('.').unwrap();
+        let declared = found
+            .iter()
+            .filter(|f| f.package() == package)
+            .flat_map(|f| &f.service)
+            .find(|s| s.name() == short)
+            .expect("the service's file");
+        for method in &declared.method {
+            paths.push((
+                format!("/{}/{}", service.name, method.name()),
+                method.client_streaming(),
+                method.server_streaming(),
+            ));
+        }
+    }
+    // Every citypark service, Sessions' nine methods among them.
+    assert!(
+        paths
+            .iter()
+            .filter(|p| p.0.starts_with("/citypark.v1.Sessions/"))
+            .count()
+            >= 9
+    );
+    let before = requests_by_method(&server.metrics_text().await);
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    for (path, client_streaming, server_streaming) in &paths {
+        grpc.ready().await.unwrap();
+        let path = PathAndQuery::try_from(path.as_str()).unwrap();
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        // The answer is an error for most (a required field is missing): only the
+        // label counts here.
+        let _ = match (client_streaming, server_streaming) {
+            (false, false) => grpc
+                .unary(tonic::Request::new(()), path, codec)
+                .await
+                .map(|_| ()),
+            (false, true) => grpc
+                .server_streaming(tonic::Request::new(()), path, codec)
+                .await
+                .map(|_| ()),
+            (true, _) => grpc
+                .streaming(tonic::Request::new(tokio_stream::iter([()])), path, codec)
+                .await
+                .map(|_| ()),
+        };
+    }
+    eventually("every call is counted under its method", || async {
+        let after = requests_by_method(&server.metrics_text().await);
+        let uncounted: Vec<&str> = paths
+            .iter()
+            .map(|(path, ..)| &path[1..])
+            .filter(|m| {
+                after.get(*m).copied().unwrap_or(0.0) <= before.get(*m).copied().unwrap_or(0.0)
+            })
+            .collect();
+        uncounted.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// `citypark_grpc_requests_total` summed over codes, by method label.
+fn requests_by_method(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut sums = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("citypark_grpc_requests_total{"))
+    {
+        let Some(rest) = line.split("method=\"").nth(1) else {
+            continue;
+        };
+        let method = rest.split('"').next().unwrap().to_owned();
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        *sums.entry(method).or_insert(0.0) += value;
+    }
+    sums
+}
