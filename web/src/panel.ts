@@ -252,6 +252,21 @@ const RIGHT = 8;
 const TOP = 8;
 const BOTTOM = 18;
 
+/** A chart's SVG titled `label`, and its axes: 0 and `top` of the scale (placed by
+ * `y`), to which the caller adds its time ticks before appending them. */
+function frame(label: string, top: number, y: (n: number) => number) {
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
+  chart.append(svg("title", {}, label));
+  const axes = svg("g", { class: "axes" });
+  axes.append(
+    svg("line", { class: "grid", x1: LEFT, x2: W - RIGHT, y1: y(top), y2: y(top) }),
+    svg("line", { class: "axis", x1: LEFT, x2: W - RIGHT, y1: y(0), y2: y(0) }),
+    svg("text", { x: LEFT - 4, y: y(top) + 3.5, "text-anchor": "end" }, String(top)),
+    svg("text", { x: LEFT - 4, y: y(0) + 3.5, "text-anchor": "end" }, "0"),
+  );
+  return { chart, axes };
+}
+
 /** Draws `buckets` (GetOccupancyHistory's, oldest first, `HISTORY_STEP_MS` apart)
  * over [from, to): a band from the fewest to the most free spaces of each step, a
  * line through the free spaces at its end, lighter and dashed where a step only
@@ -279,21 +294,8 @@ export function showHistory(
   const y = (free: number) => round(TOP + plotH - (Math.min(free, top) / top) * plotH);
 
   const label = `Free spaces over the last 24 hours, between ${lo} and ${hi} of ${capacity}`;
-  const chart = svg("svg", {
-    viewBox: `0 0 ${W} ${H}`,
-    role: "img",
-    "aria-label": label,
-  });
-  chart.append(svg("title", {}, label));
-
-  // The frame: 0 and the top of the scale, a tick every 6 hours.
-  const axes = svg("g", { class: "axes" });
-  axes.append(
-    svg("line", { class: "grid", x1: LEFT, x2: W - RIGHT, y1: y(top), y2: y(top) }),
-    svg("line", { class: "axis", x1: LEFT, x2: W - RIGHT, y1: y(0), y2: y(0) }),
-    svg("text", { x: LEFT - 4, y: y(top) + 3.5, "text-anchor": "end" }, String(top)),
-    svg("text", { x: LEFT - 4, y: y(0) + 3.5, "text-anchor": "end" }, "0"),
-  );
+  // The frame, and a tick every 6 hours.
+  const { chart, axes } = frame(label, top, y);
   for (let h = 0; h <= 24; h += 6) {
     const at = x(t0 + (h / 24) * span);
     axes.append(svg("line", { class: "grid", x1: at, x2: at, y1: y(top), y2: y(0) + 3 }));
@@ -453,21 +455,8 @@ export function showForecast(figure: HTMLElement, answer: ForecastResponse, capa
   const label =
     `Available spaces over the next ${FORECAST_HOURS} hours, forecast between ${lo} and ${hi}` +
     (capacity ? ` of ${capacity}` : "");
-  const chart = svg("svg", {
-    viewBox: `0 0 ${W} ${H}`,
-    role: "img",
-    "aria-label": label,
-  });
-  chart.append(svg("title", {}, label));
-
-  // The frame as the history's: 0 and the top of the scale, a tick every hour.
-  const axes = svg("g", { class: "axes" });
-  axes.append(
-    svg("line", { class: "grid", x1: LEFT, x2: W - RIGHT, y1: y(top), y2: y(top) }),
-    svg("line", { class: "axis", x1: LEFT, x2: W - RIGHT, y1: y(0), y2: y(0) }),
-    svg("text", { x: LEFT - 4, y: y(top) + 3.5, "text-anchor": "end" }, String(top)),
-    svg("text", { x: LEFT - 4, y: y(0) + 3.5, "text-anchor": "end" }, "0"),
-  );
+  // The history's frame, and a tick every hour.
+  const { chart, axes } = frame(label, top, y);
   const baseline = H - 4;
   for (let h = 0; h <= FORECAST_HOURS; h++) {
     const at = x(t0 + (h / FORECAST_HOURS) * span);
