@@ -436,8 +436,8 @@ impl Engine {
         Some(read(&state.car_park, &state.live, &state.forecasts))
     }
 
-    /// Every car park's id and the categories it has spaces of, in id order.
-    pub fn categories(&self) -> Vec<(CarParkId, Vec<SpaceCategory>)> {
+    /// Every car park's id, time zone and the categories it has spaces of, in id order.
+    pub fn categories(&self) -> Vec<(CarParkId, jiff::tz::TimeZone, Vec<SpaceCategory>)> {
         let inner = self.inner.read();
         inner
             .by_id
@@ -449,7 +449,11 @@ impl Engine {
                     .into_iter()
                     .filter(|c| capacity.of(*c) > 0)
                     .collect();
-                (id.clone(), categories)
+                (
+                    id.clone(),
+                    state.car_park.time_zone.zone().clone(),
+                    categories,
+                )
             })
             .collect()
     }

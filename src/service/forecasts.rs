@@ -96,7 +96,7 @@ impl Service {
         let to = self.now();
         let from = to - jiff::SignedDuration::from_hours(RESTORE_DAYS * 24);
         let (mut restored, mut samples) = (0usize, 0usize);
-        for (id, categories) in self.engine.categories() {
+        for (id, zone, categories) in self.engine.categories() {
             for category in categories {
                 if stop.is_cancelled() {
                     return;
@@ -114,12 +114,6 @@ impl Service {
                 if kept.is_empty() {
                     continue;
                 }
-                let Some(zone) = self
-                    .engine
-                    .with_forecasts(id.as_str(), |cp, _, _| cp.time_zone.zone().clone())
-                else {
-                    continue;
-                };
                 let mut forecaster = Forecaster::new();
                 for s in &kept {
                     // A bucket's numbers as they stood at its end.
