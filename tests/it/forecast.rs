@@ -408,3 +408,30 @@ async fn forecasters_are_restored_from_history_at_start() {
     .await;
     assert!(reply.forecasts[0].available <= 2, "{reply:?}");
 }
+
+/// On Redis, every instance learns every car park's numbers, through the replica
+/// path: a report made on one instance is forecast from on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_on_redis_learns_every_report() {
+    use crate::redis_support::{RedisServer, key_prefix};
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (prefix, clock) = (key_prefix(), Arc::new(ManualClock::new(start_time())));
+    let a = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
+    let b = TestServer::start_redis_with(&redis.url(), &prefix, clock.clone(), |_| {}).await;
+    register(&a, garage("r1", here().latitude, here().longitude)).await;
+    let mut sequence = 1;
+    for free in [80, 70, 60] {
+        report_ok(&a, snapshot("r1", sequence, free, clock.now())).await;
+        sequence += 1;
+        clock.advance(Duration::from_secs(15 * 60));
+    }
+    report_ok(&a, snapshot("r1", sequence, 50, clock.now())).await;
+    let reply = eventually("b forecasts from a's newest report", || async {
+        let reply = forecast(&b, "r1", &[0]).await.ok()?;
+        (reply.observed_at == Some(pb_time(clock.now()))).then_some(reply)
+    })
+    .await;
+    assert_eq!(reply.forecasts[0].available, 50, "{reply:?}");
+}
