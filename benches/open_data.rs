@@ -206,10 +206,12 @@ fn main() {
         let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
         let mut keys = ApiKeys::default();
         keys.insert_plain(OperatorId::parse("bench-operator").unwrap(), KEY);
-        let settings = Settings {
+        let mut settings = Settings {
             api_keys: keys,
             ..Settings::default()
         };
+        // Every consumer comes from this one address.
+        settings.limits.max_watchers_per_client = settings.limits.max_watchers;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = runtime.spawn(app::run(
             grpc,

@@ -63,7 +63,7 @@ async fn serve_http(
     http.timer(TokioTimer::new())
         .header_read_timeout(METRICS_HEADER_TIMEOUT);
     let mut acceptor = net::Acceptor::new(listener, name);
-    while let Some((stream, _)) = acceptor.accept(&stop).await {
+    while let Some((stream, remote)) = acceptor.accept(&stop).await {
         let (tls, http, app) = (tls.clone(), http.clone(), app.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -80,6 +80,17 @@ async fn serve_http(
                     }
                 }
             };
+            // Routes see the caller's address (axum's `ConnectInfo`): per-client caps
+            // are kept under it.
+            let app = tower::ServiceExt::map_request(
+                app,
+                move |mut request: axum::extract::Request<_>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(remote));
+                    request
+                },
+            );
             let connection =
                 http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
             // A client gone or too slow with its headers ends its connection; nothing
@@ -459,7 +470,10 @@ pub async fn run(
         let (changes, changes_task) = Changes::start(
             &backend.engine,
             backend.engine.change_buffer(),
-            settings.limits.max_watchers,
+            crate::streams::Places::new(
+                settings.limits.max_watchers,
+                settings.limits.max_watchers_per_client,
+            ),
             epoch,
             token.clone(),
         );

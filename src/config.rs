@@ -194,12 +194,14 @@ pub struct ServeConfig {
     #[arg(long, env = "CITYPARK_SESSION_RETENTION_DAYS", default_value_t = 90)]
     pub session_retention_days: u32,
 
-    /// Most watch streams open at once, in all.
+    /// Most watch streams open at once, in all; open data's change streams (the HTTP
+    /// port) have their own count under the same number.
     #[arg(long, env = "CITYPARK_MAX_WATCHERS", default_value_t = 10_000)]
     pub max_watchers: usize,
 
     /// Most watch streams one client holds at once: an operator or a driver by its
-    /// credential, an anonymous watcher by its address.
+    /// credential, an anonymous watcher by its address; also the most open-data change
+    /// streams one address holds.
     #[arg(long, env = "CITYPARK_MAX_WATCHERS_PER_CLIENT", default_value_t = 100)]
     pub max_watchers_per_client: usize,
 

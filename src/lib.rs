@@ -27,6 +27,7 @@ pub mod pb;
 pub mod rng;
 pub mod service;
 pub mod store;
+pub mod streams;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;

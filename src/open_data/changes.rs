@@ -13,16 +13,14 @@
 use std::{
     collections::VecDeque,
     convert::Infallible,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Query, State, rejection::QueryRejection},
+    extract::{ConnectInfo, Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse as _, Response},
 };
@@ -34,6 +32,7 @@ use super::{OpenData, Problem, RegionQuery, site::rfc3339};
 use crate::{
     domain::{CarParkStatus, RegionId},
     engine::{Change, ChangeKind, Engine},
+    streams::{Full, Place, Places},
 };
 
 /// How often an idle stream carries a comment, so proxies keep it open and clients
@@ -111,8 +110,9 @@ struct Hub {
     kept: Mutex<VecDeque<Frame>>,
     capacity: usize,
     frames: broadcast::Sender<Frame>,
-    clients: AtomicUsize,
-    max_clients: usize,
+    /// The streams open, in all and per address: their own count, apart from gRPC's
+    /// watches, under the same caps (`--max-watchers`, `--max-watchers-per-client`).
+    places: Places,
     stop: CancellationToken,
 }
 
@@ -122,11 +122,12 @@ pub struct Changes(Arc<Hub>);
 
 impl Changes {
     /// Starts the hub on `engine`'s feed until `stop`; `capacity` frames are kept for
-    /// resuming and buffered per client; at most `max_clients` streams at once.
+    /// resuming and buffered per client; streams open at once are bounded by `places`
+    /// (the client is the caller's address).
     pub fn start(
         engine: &Engine,
         capacity: usize,
-        max_clients: usize,
+        places: Places,
         epoch: u64,
         stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -137,8 +138,7 @@ impl Changes {
             kept: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
             frames,
-            clients: AtomicUsize::new(0),
-            max_clients,
+            places,
             stop: stop.clone(),
         });
         let mut feed = engine.subscribe();
@@ -204,37 +204,46 @@ impl Hub {
     }
 }
 
-/// Holds a client's place under the cap, and the gauge of open streams.
+/// Holds a client's place under the caps, and the gauge of open streams.
 struct Slot {
     hub: Arc<Hub>,
+    _place: Place,
     _gauge: crate::metrics::Held,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.hub.clients.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 pub(super) async fn stream(
     State(data): State<OpenData>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     query: Result<Query<RegionQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let region = data.region(query?.region.as_deref())?;
     let hub = data.changes.0.clone();
-    if hub.clients.fetch_add(1, Ordering::Relaxed) >= hub.max_clients {
-        hub.clients.fetch_sub(1, Ordering::Relaxed);
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "this server has {} change streams open, its most (--max-watchers); retry later",
-                hub.max_clients
+    // Open data is anonymous: a client is its address (an IPv6 client, its /64), as
+    // for gRPC's anonymous watchers.
+    let place = hub
+        .places
+        .take(crate::net::address_key(remote.ip()))
+        .map_err(|full| match full {
+            Full::Server(max) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this server has {max} change streams open, its most (--max-watchers); \
+                     retry later"
+                ),
             ),
-        ));
-    }
+            Full::Client(max) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this address has {max} change streams open, the most one client may \
+                     (--max-watchers-per-client); close one: a stream of the whole city \
+                     carries every region's changes"
+                ),
+            ),
+        })?;
     let slot = Slot {
         hub: hub.clone(),
+        _place: place,
         _gauge: crate::metrics::Held::change_stream(),
     };
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());

@@ -101,7 +101,7 @@ pub struct Service {
     /// Whose turn it is to change each shared offer and its bookings on this instance.
     offer_turns: Arc<shared::OfferTurns>,
     /// Watch streams open, in all and per client.
-    watchers: Arc<watch::Watchers>,
+    watchers: crate::streams::Places,
     /// Whose turn it is to open and close sessions at each car park on this instance.
     session_turns: Arc<reservations::LedgerTurns>,
     /// Wakes the payment sweep when a session closes with a charge to make.
@@ -129,6 +129,8 @@ impl Service {
             }
             false => (None, None),
         };
+        let watchers =
+            crate::streams::Places::new(limits.max_watchers, limits.max_watchers_per_client);
         let service = Self {
             engine,
             store,
@@ -139,7 +141,7 @@ impl Service {
             stop: CancellationToken::new(),
             ledger_turns: Arc::default(),
             offer_turns: Arc::default(),
-            watchers: Arc::default(),
+            watchers,
             session_turns: Arc::default(),
             payments_due: Arc::default(),
             payments: Arc::default(),

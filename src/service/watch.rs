@@ -1,9 +1,6 @@
 //! Watches: the current state of a selection, then its changes, resynced when behind.
 
-use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    sync::Arc,
-};
+use std::collections::{BTreeSet, HashSet};
 
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -13,6 +10,7 @@ use crate::{
     domain::{Availability, BoundingBox, CarParkId, Error, Result},
     engine::{Change, ChangeKind},
     metrics,
+    streams::Full,
 };
 
 /// Which car parks a watcher follows.
@@ -70,7 +68,16 @@ impl Service {
     ) -> Result<mpsc::Receiver<WatchEvent>> {
         // A slot for the stream's whole life, so no client can hold the memory of
         // thousands of watchers.
-        let slot = self.watchers.take(client, &self.limits)?;
+        let slot = self.watchers.take(client).map_err(|full| match full {
+            Full::Server(max) => Error::ResourceExhausted(format!(
+                "this server has {max} watch streams open, its most (--max-watchers); retry later"
+            )),
+            Full::Client(max) => Error::ResourceExhausted(format!(
+                "this client has {max} watch streams open, the most one client may \
+                 (--max-watchers-per-client); close one, or watch an area or a list of ids \
+                 in one stream"
+            )),
+        })?;
         // Subscribe before the first snapshot, so no change can fall between the two.
         let mut changes = self.engine.subscribe();
         let first = self.snapshot(&selector, true)?;
@@ -167,57 +174,4 @@ async fn send_snapshot(tx: &mpsc::Sender<WatchEvent>, states: Vec<Availability>)
         tx.send(WatchEvent::Update(state)).await.map_err(drop)?;
     }
     tx.send(WatchEvent::SnapshotComplete(n)).await.map_err(drop)
-}
-
-/// Watch streams open, in all and per client.
-#[derive(Default)]
-pub(super) struct Watchers(Arc<parking_lot::Mutex<(usize, HashMap<String, usize>)>>);
-
-/// One open watch stream's place; given back when dropped.
-pub(super) struct WatchSlot {
-    watchers: Arc<parking_lot::Mutex<(usize, HashMap<String, usize>)>>,
-    client: String,
-}
-
-impl Watchers {
-    /// A place for one more stream of `client`, or RESOURCE_EXHAUSTED naming which cap.
-    fn take(&self, client: String, limits: &super::Limits) -> Result<WatchSlot> {
-        let mut guard = self.0.lock();
-        let (total, per_client) = &mut *guard;
-        if *total >= limits.max_watchers {
-            return Err(Error::ResourceExhausted(format!(
-                "this server has {} watch streams open, its most (--max-watchers); retry later",
-                limits.max_watchers
-            )));
-        }
-        let mine = per_client.entry(client.clone()).or_default();
-        if *mine >= limits.max_watchers_per_client {
-            return Err(Error::ResourceExhausted(format!(
-                "this client has {} watch streams open, the most one client may \
-                 (--max-watchers-per-client); close one, or watch an area or a list of ids \
-                 in one stream",
-                limits.max_watchers_per_client
-            )));
-        }
-        *mine += 1;
-        *total += 1;
-        Ok(WatchSlot {
-            watchers: self.0.clone(),
-            client,
-        })
-    }
-}
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        let mut guard = self.watchers.lock();
-        let (total, per_client) = &mut *guard;
-        *total -= 1;
-        if let Some(n) = per_client.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                per_client.remove(&self.client);
-            }
-        }
-    }
 }

@@ -585,9 +585,24 @@ struct EventStream {
 
 impl EventStream {
     async fn open(server: &TestServer, path: &str, last_event_id: Option<&str>) -> Self {
-        let stream = tokio::net::TcpStream::connect(server.http_addr)
-            .await
-            .unwrap();
+        let from = std::net::Ipv4Addr::LOCALHOST.into();
+        match Self::open_from(server, path, last_event_id, from).await {
+            Ok(stream) => stream,
+            Err((status, problem)) => panic!("{path}: {status} {problem}"),
+        }
+    }
+
+    /// As `open`, on a connection from the loopback address `from` (any of 127/8): the
+    /// stream, or the refusal's status and JSON body.
+    async fn open_from(
+        server: &TestServer,
+        path: &str,
+        last_event_id: Option<&str>,
+        from: std::net::IpAddr,
+    ) -> Result<Self, (http::StatusCode, Value)> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        let stream = socket.connect(server.http_addr).await.unwrap();
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
@@ -607,13 +622,17 @@ impl EventStream {
             )
             .await
             .unwrap();
-        assert_eq!(response.status(), 200);
+        if response.status() != 200 {
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            return Err((status, serde_json::from_slice(&body).unwrap()));
+        }
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        Self {
+        Ok(Self {
             body: response.into_body(),
             buffer: String::new(),
             _connection: connection,
-        }
+        })
     }
 
     /// The next event (comments and `retry:` skipped), within `PATIENCE`.
@@ -721,6 +740,54 @@ async fn changes_stream_as_events_and_resume_from_the_last_event_id() {
         (event.as_str(), &data["car_park_id"]),
         ("removed", &Value::from("shut"))
     );
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_change_stream() {
+    let server = TestServer::start_with(|s| {
+        s.limits.max_watchers = 5;
+        s.limits.max_watchers_per_client = 2;
+    })
+    .await;
+    let path = "/open-data/v1/changes";
+    let address = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
+    let open = |from| EventStream::open_from(&server, path, None, address(from));
+
+    // One address holds its two, and a third is refused with why: 429, not the
+    // server's 503, for it is this client that holds too many.
+    let first = open(1).await.unwrap();
+    let _second = open(1).await.unwrap();
+    let (status, problem) = open(1)
+        .await
+        .err()
+        .expect("a third stream from one address");
+    assert_eq!(status, 429, "{problem}");
+    let detail = problem.to_string();
+    assert!(detail.contains("--max-watchers-per-client"), "{detail}");
+
+    // Other addresses still get theirs, up to the server's cap of five in all.
+    let _others = [
+        open(2).await.unwrap(),
+        open(2).await.unwrap(),
+        open(3).await.unwrap(),
+    ];
+    let (status, problem) = open(4).await.err().expect("a sixth stream");
+    assert_eq!(status, 503, "{problem}");
+    assert!(problem.to_string().contains("--max-watchers"), "{problem}");
+
+    // A closed stream gives its place back to its address.
+    drop(first);
+    eventually("the closed stream's place to come back", || async {
+        open(1).await.ok()
+    })
+    .await;
+
+    // The streams have their own count: gRPC watches from the same address are
+    // counted apart and are not refused for the streams.
+    let mut watch = watch_area(&server, (-89.0, -179.0), (89.0, 179.0))
+        .await
+        .expect("a gRPC watch beside the address's change streams");
+    next_event(&mut watch).await;
 }
 
 /// The checks above can fail: each schema refuses a document its standard refuses.
