@@ -45,12 +45,17 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Serves `app` (the metrics, or the HTTP port's routes) on `listener`, the port
 /// `name`, until `stop`, then lets the requests in flight finish. HTTP/1.1 only (over
-/// TLS where configured), with a header-read timeout.
+/// TLS where configured), with a header-read timeout. With a `budget`, each connection
+/// takes a place in it (the HTTP port's share of the gRPC port's budget) or is
+/// refused at once, the refusal a task of `tasks`; the metrics port, on the ops
+/// network, has none.
 async fn serve_http(
     listener: tokio::net::TcpListener,
     name: &'static str,
     app: axum::Router,
     tls: Option<Tls>,
+    budget: Option<net::Budget>,
+    tasks: tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     use hyper_util::{
@@ -63,10 +68,22 @@ async fn serve_http(
     http.timer(TokioTimer::new())
         .header_read_timeout(METRICS_HEADER_TIMEOUT);
     let mut acceptor = net::Acceptor::new(listener, name);
+    let refusing = net::refusals();
     while let Some((stream, remote)) = acceptor.accept(&stop).await {
+        let place = match &budget {
+            None => None,
+            Some(budget) => match budget.http() {
+                Some(place) => Some(place),
+                None => {
+                    net::refuse_soon(stream, name, tls.is_none(), &refusing, &tasks);
+                    continue;
+                }
+            },
+        };
         let (tls, http, app) = (tls.clone(), http.clone(), app.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _place = place;
             let stream = match tls {
                 None => tokio_util::either::Either::Left(stream),
                 // The handshake has the header timeout too; a failed one is the
@@ -411,7 +428,16 @@ pub async fn run(
         .connections
         .clone()
         .within_open_files(net::open_files_limit());
-    let incoming = net::incoming(grpc, connections, tls.clone(), &port_tasks, token.clone());
+    // One budget for the gRPC and HTTP ports' connections (the HTTP port may hold half).
+    let budget = net::Budget::new(connections.max_connections);
+    let incoming = net::incoming(
+        grpc,
+        connections,
+        budget.clone(),
+        tls.clone(),
+        &port_tasks,
+        token.clone(),
+    );
     // The sampler takes the change feed before the first call can change anything.
     let sampler = tokio::spawn(service.sample_occupancy(token.clone()));
     // Forecasters learn from live numbers at once; their last three weeks come from
@@ -456,6 +482,8 @@ pub async fn run(
                 "metrics",
                 app,
                 tls.clone(),
+                None,
+                port_tasks.clone(),
                 stop,
             )))
         }
@@ -502,7 +530,15 @@ pub async fn run(
             openapi,
             open_data_cors(&settings.cors_origins),
         );
-        let task = tokio::spawn(serve_http(listener, "http", app, tls, token.clone()));
+        let task = tokio::spawn(serve_http(
+            listener,
+            "http",
+            app,
+            tls,
+            Some(budget.clone()),
+            port_tasks.clone(),
+            token.clone(),
+        ));
         (Some(task), Some(changes_task))
     });
 

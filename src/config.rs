@@ -241,9 +241,9 @@ pub struct ServeConfig {
     )]
     pub max_streams_per_connection: u32,
 
-    /// Most connections open at once on the gRPC port; more are refused at once (a
-    /// GOAWAY or a 503 naming this flag). Lowered at start if the open-files limit is
-    /// too small for it.
+    /// Most connections open at once on the gRPC and HTTP ports together, the HTTP port
+    /// holding at most half; more are refused at once (a GOAWAY or a 503 naming this
+    /// flag). Lowered at start if the open-files limit is too small for it.
     #[arg(long, env = "CITYPARK_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 

@@ -96,7 +96,63 @@ pub fn router(
         .merge(map.routes())
         .merge(openapi.routes().layer(cors.clone()))
         .merge(open_data.routes().layer(cors))
+        .layer(axum::middleware::from_fn(read_body_in_time))
         .layer(axum::middleware::from_fn(count))
+}
+
+/// How long a request's body may take to arrive once its headers have (which have
+/// their own timeout): the port's one body, a gateway's callback of at most 64 KiB,
+/// comes at once, and a caller trickling one must not hold a connection (an open file)
+/// for longer.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a request's body whole, within [`BODY_READ_TIMEOUT`] and at most
+/// `MAX_BODY_BYTES` (no route takes more), before any route sees it: 408 for a body
+/// too slow, 413 for one too large, both as JSON.
+async fn read_body_in_time(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
+    let read = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect();
+    let (status, message) = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(body)) => {
+            let body = axum::body::Body::from(body.to_bytes());
+            return next
+                .run(axum::extract::Request::from_parts(parts, body))
+                .await;
+        }
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request's body did not arrive within {} s of its headers",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        ),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request's body is over {MAX_BODY_BYTES} bytes"),
+        ),
+        // The client broke off its body; whatever is said may not reach it.
+        Ok(Err(_)) => (
+            StatusCode::BAD_REQUEST,
+            "the request's body was cut off".to_owned(),
+        ),
+    };
+    let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    // The rest of the body is not read: the connection cannot carry another request.
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Counts each request by its route's pattern (bounded: never the path itself) and

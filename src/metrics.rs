@@ -268,12 +268,12 @@ fn describe() {
     describe_gauge!(
         CONNECTIONS,
         Unit::Count,
-        "connections open on the gRPC port"
+        "connections open, by port (grpc, http); both are under --max-connections together"
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
         Unit::Count,
-        "connections refused because --max-connections were open"
+        "connections refused, by port (grpc, http), because --max-connections were open (on the HTTP port, also when it held half of them)"
     );
     describe_counter!(
         CONNECTIONS_CLOSED,
@@ -283,7 +283,7 @@ fn describe() {
     describe_counter!(
         ACCEPT_ERRORS,
         Unit::Count,
-        "errors accepting a connection, by port (grpc, metrics): out of open files; each is followed by a pause"
+        "errors accepting a connection, by port (grpc, http, metrics): out of open files; each is followed by a pause"
     );
     describe_counter!(
         TLS_RELOADS,
@@ -621,9 +621,9 @@ pub fn record_resync() {
     counter!(WATCH_RESYNCS).increment(1);
 }
 
-/// Counts a connection refused at the cap.
-pub fn record_connection_refused() {
-    counter!(CONNECTIONS_REFUSED).increment(1);
+/// Counts a connection refused at the cap on a port (grpc, http).
+pub fn record_connection_refused(port: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "port" => port).increment(1);
 }
 
 /// Counts a connection the server closed, and why.
@@ -662,34 +662,33 @@ pub fn record_change_stream_bytes(bytes: u64) {
 
 /// Holds a gauge of things open (watchers, connections) one higher for as long as it
 /// lives.
-#[derive(Debug)]
-pub struct Held(&'static str);
+pub struct Held(metrics::Gauge);
 
 impl Held {
     /// An open watch stream.
     pub fn watcher() -> Self {
-        Self::new(WATCHERS)
+        Self::new(gauge!(WATCHERS))
     }
 
-    /// An open connection on the gRPC port.
-    pub fn connection() -> Self {
-        Self::new(CONNECTIONS)
+    /// An open connection on a port (grpc, http).
+    pub fn connection(port: &'static str) -> Self {
+        Self::new(gauge!(CONNECTIONS, "port" => port))
     }
 
     /// An open open-data change stream.
     pub fn change_stream() -> Self {
-        Self::new(HTTP_CHANGE_STREAMS)
+        Self::new(gauge!(HTTP_CHANGE_STREAMS))
     }
 
-    fn new(name: &'static str) -> Self {
-        gauge!(name).increment(1.0);
-        Self(name)
+    fn new(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        gauge!(self.0).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 

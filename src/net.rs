@@ -1,5 +1,6 @@
 //! The gRPC port's connections: accepted under a cap, with a back-off when the process
-//! runs out of files, TLS where configured, and closed when they carry no call.
+//! runs out of files, TLS where configured, and closed when they carry no call. The
+//! HTTP port's connections count under the same cap (`Budget`).
 //!
 //! A connection that has never started a call is closed after the first-call timeout
 //! (an idle socket, a bare HTTP/2 preface, a slow HTTP/1.1 header); one that has carried
@@ -67,6 +68,55 @@ impl ConnLimits {
             }
         }
         self
+    }
+}
+
+/// The connections the gRPC and HTTP ports hold together: one budget of
+/// `--max-connections` (fitted to the open-files limit), so that no flood on either
+/// port can take the files the process needs to answer the other. The HTTP port may
+/// hold at most half of it: slow callers there (a callback trickling its body) leave
+/// the gRPC port, where drivers' apps call, at least the other half.
+#[derive(Clone)]
+pub struct Budget {
+    all: Arc<Semaphore>,
+    http: Arc<Semaphore>,
+}
+
+/// One open connection's place in the [`Budget`], and its gauge; given back when
+/// dropped.
+pub struct Place {
+    _all: OwnedSemaphorePermit,
+    _port: Option<OwnedSemaphorePermit>,
+    _gauge: metrics::Held,
+}
+
+impl Budget {
+    /// A budget of `max_connections` for both ports.
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            all: Arc::new(Semaphore::new(max_connections)),
+            http: Arc::new(Semaphore::new((max_connections / 2).max(1))),
+        }
+    }
+
+    /// A place for a connection on the gRPC port; `None` when the budget is spent.
+    pub fn grpc(&self) -> Option<Place> {
+        Some(Place {
+            _all: self.all.clone().try_acquire_owned().ok()?,
+            _port: None,
+            _gauge: metrics::Held::connection("grpc"),
+        })
+    }
+
+    /// A place for a connection on the HTTP port; `None` when the budget is spent or
+    /// the HTTP port holds its half.
+    pub fn http(&self) -> Option<Place> {
+        let port = self.http.clone().try_acquire_owned().ok()?;
+        Some(Place {
+            _all: self.all.clone().try_acquire_owned().ok()?,
+            _port: Some(port),
+            _gauge: metrics::Held::connection("http"),
+        })
     }
 }
 
@@ -226,8 +276,7 @@ pin_project_lite::pin_project! {
         // poll it again (most reads of a busy connection find nothing and would).
         armed: bool,
         closed: bool,
-        _slot: OwnedSemaphorePermit,
-        _gauge: metrics::Held,
+        _place: Place,
     }
 }
 
@@ -373,14 +422,14 @@ impl Acceptor {
 pub fn incoming(
     listener: TcpListener,
     limits: ConnLimits,
+    budget: Budget,
     tls: Option<Tls>,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (sender, receiver) = mpsc::channel(128);
     let limits = Arc::new(limits);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let refusing = refusals();
     let mut acceptor = Acceptor::new(listener, "grpc");
     let spawner = tasks.clone();
     tasks.spawn(async move {
@@ -392,15 +441,8 @@ pub fn incoming(
             let Some((stream, remote)) = accepted else {
                 return;
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                metrics::record_connection_refused();
-                if let Ok(refusal) = refusing.clone().try_acquire_owned() {
-                    let plain = tls.is_none();
-                    spawner.spawn(async move {
-                        refuse(stream, plain).await;
-                        drop(refusal);
-                    });
-                }
+            let Some(place) = budget.grpc() else {
+                refuse_soon(stream, "grpc", tls.is_none(), &refusing, &spawner);
                 continue;
             };
             let (limits, tls, sender) = (limits.clone(), tls.clone(), sender.clone());
@@ -408,7 +450,7 @@ pub fn incoming(
             spawner.spawn(async move {
                 let opened = tokio::select! {
                     () = stop.cancelled() => return,
-                    opened = open(stream, remote, slot, limits, tls) => opened,
+                    opened = open(stream, remote, place, limits, tls) => opened,
                 };
                 if let Some(conn) = opened {
                     let _ = sender.send(Ok(conn)).await;
@@ -434,7 +476,7 @@ fn is_transient(error: &io::Error) -> bool {
 async fn open(
     stream: TcpStream,
     remote: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    place: Place,
     limits: Arc<ConnLimits>,
     tls: Option<Tls>,
 ) -> Option<Conn> {
@@ -481,9 +523,31 @@ async fn open(
         limits,
         armed: false,
         closed: false,
-        _slot: slot,
-        _gauge: metrics::Held::connection(),
+        _place: place,
     })
+}
+
+/// Refuses a connection over the budget on `port`: answered in its protocol while
+/// fewer than [`MAX_REFUSING`] refusals are in progress (see [`refuse`]), else closed.
+pub fn refuse_soon(
+    stream: TcpStream,
+    port: &'static str,
+    plain: bool,
+    refusing: &Arc<Semaphore>,
+    tasks: &TaskTracker,
+) {
+    metrics::record_connection_refused(port);
+    if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+        tasks.spawn(async move {
+            refuse(stream, plain).await;
+            drop(refusal);
+        });
+    }
+}
+
+/// Refusals in progress on one port, at most [`MAX_REFUSING`].
+pub fn refusals() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(MAX_REFUSING))
 }
 
 /// What a refused client is told, in the protocol it speaks: HTTP/2 (gRPC) gets the

@@ -275,3 +275,103 @@ fn eleven_hundred_idle_connections_against_1024_open_files_leave_the_server_answ
         .count();
     assert!((1..50).contains(&warnings), "{warnings} warnings");
 }
+
+#[test]
+fn slow_callbacks_on_the_http_port_leave_the_grpc_port_answering() {
+    // This test holds 1,100 sockets itself.
+    let own = citypark::net::raise_open_files_limit().unwrap_or(0);
+    assert!(
+        own >= 2_000,
+        "this test needs 2,000 open files and may have {own}: raise the hard limit (ulimit -Hn)"
+    );
+    let server = Binary::serve_with_open_files(&["--log-format", "json"], 1024);
+    let listening = server.lines_until("listening", Duration::from_secs(20));
+    let listening: serde_json::Value = serde_json::from_str(listening.last().unwrap()).unwrap();
+    let address =
+        |port: &str| -> std::net::SocketAddr { listening[port].as_str().unwrap().parse().unwrap() };
+    let (grpc, http, metrics) = (address("grpc"), address("http"), address("metrics"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // 1,100 payment callbacks that send their headers and 1 byte of a 4,096-byte
+        // body, then nothing: more than the server's 1,024 files.
+        const SLOW: &[u8] = b"POST /payments/v1/callback HTTP/1.1\r\nhost: citypark\r\n\
+            content-type: application/json\r\ncontent-length: 4096\r\n\r\n{";
+        let started = Instant::now();
+        let callers = (0..1_100).map(|_| async move {
+            let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(http))
+                .await
+                .ok()?
+                .ok()?;
+            stream.write_all(SLOW).await.ok()?;
+            Some(stream)
+        });
+        let mut held: Vec<TcpStream> = futures_util::future::join_all(callers)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        // Until the server has taken in (or refused) all it will: its open files stop
+        // changing.
+        let files = || {
+            std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+                .unwrap()
+                .count()
+        };
+        let mut last = files();
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = files();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+
+        // While they wait, a new gRPC client is answered at once, before the body-read
+        // timeout (10 s) frees anything.
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2));
+        let answered = tokio::time::timeout(Duration::from_secs(3), async {
+            ping_on(endpoint.connect().await.ok()?).await.ok()
+        })
+        .await;
+        assert!(
+            matches!(answered, Ok(Some(()))),
+            "a new gRPC client got no answer while slow callers held the HTTP port"
+        );
+
+        // The HTTP port held at most half of the connection budget and refused the
+        // rest with a 503 (or, past the refusals in progress, closed them).
+        let text = metrics_text_at(metrics).await;
+        let refused = counter(&text, "citypark_connections_refused_total", "port=\"http\"");
+        assert!(refused >= 100.0, "{refused} refused on the HTTP port");
+        let open = counter(&text, "citypark_connections{", "port=\"http\"");
+        assert!(
+            (1.0..=512.0).contains(&open),
+            "{open} connections open on the HTTP port"
+        );
+
+        // Each slow caller that was let in is answered 408 once its body is 10 s late,
+        // and its connection closed.
+        let mut timed_out = 0;
+        for stream in held.iter_mut().take(20) {
+            let mut answer = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut answer));
+            if let Ok(Ok(_)) = read.await
+                && answer.starts_with(b"HTTP/1.1 408")
+            {
+                timed_out += 1;
+                let answer = String::from_utf8_lossy(&answer);
+                assert!(answer.contains("did not arrive within 10 s"), "{answer}");
+            }
+        }
+        assert!(timed_out > 0, "no slow caller was answered 408");
+        assert!(
+            started.elapsed() >= Duration::from_secs(9),
+            "answered 408 before the body-read timeout"
+        );
+        drop(held);
+    });
+}

@@ -399,6 +399,12 @@ async fn callbacks_must_be_signed_and_name_a_gateway_session() {
         post_callback(server.http_addr, bad, &sign(SECRET, bad.as_bytes())).await,
         400
     );
+    // A body over 64 KiB is not read on, however it is signed.
+    let huge = format!(r#"{{"session_id":"g1~2","pad":"{}"}}"#, "x".repeat(64 * 1024));
+    assert_eq!(
+        post_callback(server.http_addr, &huge, &sign(SECRET, huge.as_bytes())).await,
+        413
+    );
     // Without a gateway, plates link only with WALLET.
     let plain = TestServer::start().await;
     let refused = plain
