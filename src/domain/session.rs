@@ -595,7 +595,9 @@ impl PlateLink {
     }
 }
 
-/// One operator's local day of sessions (清分): what a city reconciles with it.
+/// One operator's local day of sessions (清分): what a city reconciles with it. Every
+/// fee of a session paid or unpaid on the day is in exactly one of revenue, arrears,
+/// barrier and pending, so those four add up to the day's fees.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settlement {
     pub currency: String,
@@ -611,6 +613,9 @@ pub struct Settlement {
     pub arrears_minor: i64,
     /// Fees of unlinked plates, for the operator to collect at the car park.
     pub barrier_minor: i64,
+    /// Fees whose charge (wallet or gateway) has not completed yet: they move to
+    /// revenue, or to arrears if refused for good.
+    pub pending_minor: i64,
 }
 
 impl Settlement {
@@ -671,10 +676,14 @@ impl Settlement {
             SessionState::ClosedUnpaid => {
                 self.currency(currency)?;
                 self.sessions_unpaid += n;
+                // Every unpaid fee lands in one sum: refused for good, to collect at
+                // the barrier, or else still being charged.
                 if status == PaymentStatus::Failed {
                     self.arrears_minor += fee_minor;
                 } else if method == PaymentMethod::Barrier {
                     self.barrier_minor += fee_minor;
+                } else {
+                    self.pending_minor += fee_minor;
                 }
             }
             SessionState::ClosedFree => self.sessions_free += n,
@@ -1018,11 +1027,70 @@ mod tests {
                 refunds_minor: 0,
                 arrears_minor: 1000,
                 barrier_minor: 1000,
+                pending_minor: 0,
             }
         );
         let next: jiff::civil::Date = "2026-12-02".parse().unwrap();
         let settled = Settlement::of_day(next, all.iter().map(|s| (*s, &zone)), []).unwrap();
         assert_eq!((settled.sessions_unpaid, settled.barrier_minor), (1, 3000));
+    }
+
+    #[test]
+    fn every_fee_of_the_day_lands_in_exactly_one_sum() {
+        // Every state, method and status, as history's aggregate gives them: the sums
+        // add up to the fees of the sessions paid and unpaid, whatever their payment.
+        let mut settled = Settlement::default();
+        let mut fees = 0;
+        for state in SessionState::ALL {
+            for method in PaymentMethod::ALL {
+                for status in PaymentStatus::ALL {
+                    settled
+                        .add(
+                            "CNY",
+                            state.as_str(),
+                            method.as_str(),
+                            status.as_str(),
+                            2,
+                            100,
+                        )
+                        .unwrap();
+                    if matches!(state, SessionState::ClosedPaid | SessionState::ClosedUnpaid) {
+                        fees += 100;
+                    }
+                }
+            }
+        }
+        let s = &settled;
+        assert_eq!(
+            s.revenue_minor + s.arrears_minor + s.barrier_minor + s.pending_minor,
+            fees
+        );
+
+        // A gateway charge not yet answered is pending, neither revenue nor barrier.
+        let park = car_park();
+        let ann = DriverId::parse("ann").unwrap();
+        let mut waiting = ParkingSession::enter(
+            SessionId::of_report(&park.id, 1),
+            &park,
+            read(PlateColor::Blue, "", at(0)),
+            None,
+            false,
+        );
+        waiting
+            .exit(at(90), Some((ann, PaymentMethod::Gateway)))
+            .unwrap();
+        assert!(waiting.is_due());
+        let zone = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+        let day = "2026-12-01".parse().unwrap();
+        let settled = Settlement::of_day(day, [(&waiting, &zone)], []).unwrap();
+        assert_eq!(
+            (
+                settled.sessions_unpaid,
+                settled.pending_minor,
+                settled.barrier_minor
+            ),
+            (1, 1000, 0)
+        );
     }
 
     #[test]

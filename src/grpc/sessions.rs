@@ -295,6 +295,7 @@ impl pb::sessions_server::Sessions for Api {
             refunds_minor: s.refunds_minor,
             arrears_minor: s.arrears_minor,
             barrier_minor: s.barrier_minor,
+            pending_minor: s.pending_minor,
         }))
     }
 }

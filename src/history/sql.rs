@@ -506,9 +506,9 @@ impl History for SqlHistory {
         day: jiff::civil::Date,
     ) -> Result<Option<Settlement>> {
         let sql = "SELECT currency, sessions_paid, sessions_unpaid, sessions_free, \
-                   sessions_voided, revenue_minor, refunds_minor, arrears_minor, barrier_minor \
-                   FROM settlements WHERE operator = $1 AND day = $2";
-        type Row = (String, i64, i64, i64, i64, i64, i64, i64, i64);
+                   sessions_voided, revenue_minor, refunds_minor, arrears_minor, barrier_minor, \
+                   pending_minor FROM settlements WHERE operator = $1 AND day = $2";
+        type Row = (String, i64, i64, i64, i64, i64, i64, i64, i64, i64);
         let row: Option<Row> = on_pool!(&self.pool, p => {
             sqlx::query_as(sql)
                 .bind(operator.as_str())
@@ -517,7 +517,18 @@ impl History for SqlHistory {
                 .await
         })
         .map_err(unavailable)?;
-        let Some((currency, paid, unpaid, free, voided, revenue, refunds, arrears, barrier)) = row
+        let Some((
+            currency,
+            paid,
+            unpaid,
+            free,
+            voided,
+            revenue,
+            refunds,
+            arrears,
+            barrier,
+            pending,
+        )) = row
         else {
             return Ok(None);
         };
@@ -532,6 +543,7 @@ impl History for SqlHistory {
             refunds_minor: refunds,
             arrears_minor: arrears,
             barrier_minor: barrier,
+            pending_minor: pending,
         }))
     }
 
@@ -551,9 +563,9 @@ impl History for SqlHistory {
         let sql = format!(
             "INSERT INTO settlements (operator, day, listed_at, currency, sessions_paid, \
              sessions_unpaid, sessions_free, sessions_voided, revenue_minor, refunds_minor, \
-             arrears_minor, barrier_minor, closed_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
-             WHERE {DAY_SESSIONS} = $14 \
+             arrears_minor, barrier_minor, pending_minor, closed_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 \
+             WHERE {DAY_SESSIONS} = $15 \
              ON CONFLICT (operator, day) DO NOTHING"
         );
         let recheck = format!(
@@ -577,6 +589,7 @@ impl History for SqlHistory {
             Value::Int(Some(s.refunds_minor)),
             Value::Int(Some(s.arrears_minor)),
             Value::Int(Some(s.barrier_minor)),
+            Value::Int(Some(s.pending_minor)),
             Value::Int(Some(now.as_millisecond())),
             Value::Int(Some(counted)),
         ];

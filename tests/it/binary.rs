@@ -528,7 +528,7 @@ async fn history_migrate_then_serve_with_check() {
         ]
     };
     let pending = run(history("status")).await;
-    assert!(pending.contains("0 of 2 migrations applied"), "{pending}");
+    assert!(pending.contains("0 of 3 migrations applied"), "{pending}");
     let key = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(key.path(), "a plate key of this test only").unwrap();
     let check = |db: &str| {
@@ -552,7 +552,7 @@ async fn history_migrate_then_serve_with_check() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("citypark history migrate"), "{stderr}");
     let applied = run(history("migrate")).await;
-    assert!(applied.contains("2 of 2 migrations applied"), "{applied}");
+    assert!(applied.contains("3 of 3 migrations applied"), "{applied}");
     let status = run(history("status")).await;
     assert!(status.contains("1\tapplied\thistory"), "{status}");
     assert!(status.contains("2\tapplied\tsettlements"), "{status}");

@@ -535,6 +535,10 @@ async fn closed_days_are_kept_once_per_operator_and_day(backend: Backend) {
         sessions_paid: 1,
         revenue_minor: 600,
         refunds_minor: 100,
+        // Every money column comes back as it went in.
+        arrears_minor: 3,
+        barrier_minor: 5,
+        pending_minor: 7,
         ..Default::default()
     };
     let start = day.to_zoned(jiff::tz::TimeZone::UTC).unwrap().timestamp();

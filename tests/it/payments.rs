@@ -44,6 +44,8 @@ enum Script {
     Decline,
     /// Pending, then the callback, sent twice (to both instances).
     PendingThenCallbackTwice,
+    /// Pending; the test sends the callback itself.
+    Pending,
 }
 
 #[derive(Default)]
@@ -140,6 +142,7 @@ async fn charge(
             });
             Json(serde_json::json!({"status": "pending"})).into_response()
         }
+        (Script::Pending, _) => Json(serde_json::json!({"status": "pending"})).into_response(),
     }
 }
 
@@ -339,6 +342,7 @@ async fn gateway_on_two_instances(url: &str) {
                 );
             }
             Script::PendingThenCallbackTwice => assert_eq!(charges, Some(1), "{id}"),
+            Script::Pending => unreachable!("not scripted here"),
         }
         if charges.is_some() {
             assert_eq!(ledger.amounts[id], 1000, "two hours at 5.00");
@@ -379,6 +383,114 @@ async fn with_two_instances_on_a_cluster_each_session_is_charged_through_the_gat
 }
 
 #[tokio::test]
+async fn a_day_s_settlement_counts_the_charges_still_pending_at_the_gateway() {
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let scripts = Arc::new(Mutex::new(HashMap::new()));
+    let gateway = gateway_client(
+        start_gateway(TestGateway {
+            ledger: ledger.clone(),
+            scripts: scripts.clone(),
+            callbacks: Arc::default(),
+        })
+        .await,
+    );
+    let server = TestServer::start_with(|s| s.payments.gateway = Some(gateway)).await;
+    register(&server, garage("p1", 36.06, 120.38)).await;
+    report_ok(&server, snapshot("p1", 1, 100, server.now())).await;
+    // Three drivers pay through the gateway; a fourth plate is nobody's (the barrier).
+    for i in 0..3 {
+        link_gateway(&server, &format!("g{i}"), &plate(i)).await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let ack = report_ok(
+            &server,
+            gate_report("p1", 2 + i as u64, true, &plate(i), server.now()),
+        )
+        .await;
+        ids.push(ack.session_id);
+    }
+    scripts
+        .lock()
+        .unwrap()
+        .extend(ids.iter().map(|id| (id.clone(), Script::Pending)));
+    server.advance(3 * 3600);
+    for i in 0..4 {
+        report_ok(
+            &server,
+            gate_report("p1", 6 + i as u64, false, &plate(i), server.now()),
+        )
+        .await;
+    }
+    eventually("the gateway to be asked for the three charges", || async {
+        (ledger.lock().unwrap().requests.len() == 3).then_some(())
+    })
+    .await;
+
+    // The fees of the day: every session closed, paid or not.
+    let fees = |sessions: &[pb::ParkingSession]| sessions.iter().map(|s| s.fee_minor).sum::<i64>();
+    let sessions = crate::sessions::list_sessions(&server, OPERATOR_A.1, Default::default()).await;
+    assert_eq!(sessions.len(), 4);
+    let day_fees = fees(&sessions);
+    let one = sessions[0].fee_minor;
+    assert!(one > 0);
+    let day = "2026-11-30";
+    let pending = crate::sessions::settlement(&server, day).await;
+    assert_eq!(
+        (pending.sessions_paid, pending.sessions_unpaid),
+        (0, 4),
+        "{pending:?}"
+    );
+    assert_eq!(
+        (
+            pending.revenue_minor,
+            pending.pending_minor,
+            pending.barrier_minor,
+            pending.arrears_minor
+        ),
+        (0, 3 * one, one, 0),
+        "the gateway's charges are pending, apart from the barrier's fee"
+    );
+    let sums = |s: &pb::GetSettlementResponse| {
+        s.revenue_minor + s.arrears_minor + s.barrier_minor + s.pending_minor
+    };
+    assert_eq!(
+        sums(&pending),
+        day_fees,
+        "the sums add up to the day's fees"
+    );
+
+    // The gateway answers: two succeeded, one declined.
+    for (i, id) in ids.iter().take(3).enumerate() {
+        let status = if i < 2 { "succeeded" } else { "declined" };
+        let body = serde_json::json!({
+            "session_id": id, "status": status, "receipt_id": format!("r{i}"),
+            "reason": "card blocked",
+        })
+        .to_string();
+        assert_eq!(
+            post_callback(server.http_addr, &body, &sign(SECRET, body.as_bytes())).await,
+            200
+        );
+    }
+    let settled = eventually("the callbacks to settle the charges", || async {
+        let s = crate::sessions::settlement(&server, day).await;
+        (s.pending_minor == 0).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        (
+            settled.revenue_minor,
+            settled.arrears_minor,
+            settled.barrier_minor
+        ),
+        (2 * one, one, one),
+        "{settled:?}"
+    );
+    assert_eq!(sums(&settled), day_fees);
+}
+
+#[tokio::test]
 async fn callbacks_must_be_signed_and_name_a_gateway_session() {
     let gw = TestGateway {
         ledger: Arc::default(),
@@ -400,7 +512,10 @@ async fn callbacks_must_be_signed_and_name_a_gateway_session() {
         400
     );
     // A body over 64 KiB is not read on, however it is signed.
-    let huge = format!(r#"{{"session_id":"g1~2","pad":"{}"}}"#, "x".repeat(64 * 1024));
+    let huge = format!(
+        r#"{{"session_id":"g1~2","pad":"{}"}}"#,
+        "x".repeat(64 * 1024)
+    );
     assert_eq!(
         post_callback(server.http_addr, &huge, &sign(SECRET, huge.as_bytes())).await,
         413

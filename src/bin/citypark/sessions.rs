@@ -580,7 +580,12 @@ pub async fn settlement(args: SettlementArgs) -> anyhow::Result<()> {
         (
             "at the barrier",
             s.barrier_minor,
-            "to collect at the barrier, or still pending",
+            "to collect at the barrier",
+        ),
+        (
+            "pending",
+            s.pending_minor,
+            "being charged: to revenue, or arrears if refused",
         ),
     ];
     let width = rows
