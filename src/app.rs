@@ -35,6 +35,13 @@ use crate::{
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most bytes of headers one gRPC request may send (HTTP/2's
+/// SETTINGS_MAX_HEADER_LIST_SIZE, told to every client). Four times h2's default, so
+/// that a credential too big to read (`auth::MAX_CREDENTIAL_BYTES`) still reaches
+/// citypark and is refused with a reason; beyond it the HTTP/2 layer answers 431,
+/// which gRPC clients show as UNKNOWN.
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
 /// How long the metrics and HTTP ports wait for a request's headers before they close
 /// the connection: a scraper or a gateway sends them at once, and a half-sent request
 /// must not hold a connection (an open file) forever.
@@ -405,6 +412,7 @@ pub async fn run(
         // One connection may not hold more calls than this (a watch is one each);
         // further calls wait for a place, on the client's side.
         .max_concurrent_streams(Some(settings.max_streams_per_connection))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         // A peer that stops answering pings is dropped, and with it its streams.
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))

@@ -93,6 +93,7 @@ impl ApiKeys {
                 "this call needs an operator API key: send `authorization: Bearer <key>`".into(),
             )
         })?;
+        credential_size(header)?;
         let key = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -105,6 +106,25 @@ impl ApiKeys {
             .cloned()
             .ok_or_else(|| Error::Unauthenticated("unknown API key".into()))
     }
+}
+
+/// The longest credential (an `authorization` value: an API key or a driver's JWT) this
+/// server reads. Real ones are well under 2 KiB; a bigger one is refused with this
+/// reason rather than parsed or verified. (A request's headers together may take up to
+/// the gRPC port's header limit, `MAX_HEADER_LIST_BYTES` in `app.rs`.)
+pub const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
+
+/// UNAUTHENTICATED, saying why, for a credential over [`MAX_CREDENTIAL_BYTES`].
+pub fn credential_size(credential: &str) -> Result<()> {
+    if credential.len() > MAX_CREDENTIAL_BYTES {
+        return Err(Error::Unauthenticated(format!(
+            "the credential is {} bytes; this server reads at most {} KiB (a driver token or \
+             an API key is far smaller)",
+            credential.len(),
+            MAX_CREDENTIAL_BYTES / 1024
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -143,5 +163,11 @@ mod tests {
         ));
         assert!(keys.add_list("op-c:nothex").is_err());
         assert!(keys.add_toml("[[operator]]\nid = \"x\"\n").is_err());
+        // A credential too big to read is refused with its size, not looked up.
+        let huge = format!("Bearer {}", "k".repeat(MAX_CREDENTIAL_BYTES));
+        assert!(matches!(
+            keys.authenticate(Some(&huge)),
+            Err(Error::Unauthenticated(why)) if why.contains("at most 8 KiB")
+        ));
     }
 }

@@ -111,6 +111,7 @@ impl DriverTokens {
 
     /// The driver a bearer token names, if a configured key signed it and it is valid.
     pub fn authenticate(&self, token: &str) -> Result<DriverId> {
+        crate::auth::credential_size(token)?;
         if self.keys.is_empty() {
             return Err(Error::Unauthenticated(
                 "this server accepts no driver tokens (no --driver-jwt-* key configured)".into(),

@@ -75,6 +75,8 @@ impl Api {
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().unwrap_or(""));
+        // Said before the credential is read as either kind, so the reason survives.
+        header.map_or(Ok(()), crate::auth::credential_size)?;
         let credential = header
             .and_then(|h| {
                 h.strip_prefix("Bearer ")

@@ -342,3 +342,50 @@ async fn driver_tokens_hold_against_forgery_and_rotate() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_oversized_token_is_refused_with_a_reason_not_a_bare_http_status() {
+    let server = TestServer::start().await;
+    // A validly signed token padded to 16 KB, as a confused or hostile client sends.
+    let padded = signed(
+        jsonwebtoken::Algorithm::HS256,
+        &jsonwebtoken::EncodingKey::from_secret(DRIVER_SECRET.as_bytes()),
+        serde_json::json!({"sub": "alice", "exp": unix_now() + 600, "pad": "x".repeat(12_000)}),
+    );
+    assert!(padded.len() > 16_000, "{}", padded.len());
+    let mut reservations = server.reservations().await;
+    let refused = reservations
+        .list_reservations(authed(pb::ListReservationsRequest::default(), &padded))
+        .await
+        .expect_err("a 16 KB token is refused");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("8 KiB"),
+        "the refusal says why: {refused:?}"
+    );
+    // A token of ordinary size on the same connection is taken.
+    reservations
+        .list_reservations(authed(
+            pb::ListReservationsRequest::default(),
+            &driver_token("alice"),
+        ))
+        .await
+        .expect("an ordinary token after the oversized one");
+
+    // Past the headers' limit (64 KiB, told to clients in HTTP/2's settings) the
+    // HTTP/2 layer refuses the request itself, as documented; the connection and the
+    // server carry on.
+    let huge = "k".repeat(70 * 1024);
+    let refused = reservations
+        .list_reservations(authed(pb::ListReservationsRequest::default(), &huge))
+        .await
+        .expect_err("headers over the limit are refused");
+    assert!(refused.message().contains("431"), "{refused:?}");
+    reservations
+        .list_reservations(authed(
+            pb::ListReservationsRequest::default(),
+            &driver_token("alice"),
+        ))
+        .await
+        .expect("an ordinary call after headers over the limit");
+}
