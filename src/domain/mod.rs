@@ -43,9 +43,9 @@ pub use session::{
     SessionId, SessionState, Settlement, Viewer, account_regions, accounts_region,
 };
 pub use shared::{
-    Blackout, Booked, BookingId, BookingRequest, BookingState, CancelledBy, MAX_SPACES, OfferState,
-    Party, SHARED_GRACE, SHARED_SLOT_MINUTES, SharedBooking, SharedOffer, WeeklyPeriod, book,
-    booking_days, ledger_of,
+    Blackout, Booked, BookingId, BookingRequest, BookingState, CancelledBy, MAX_SPACES,
+    OfferChange, OfferState, Party, SHARED_GRACE, SHARED_SLOT_MINUTES, SharedBooking, SharedOffer,
+    WeeklyPeriod, book, booking_days, ledger_of,
 };
 pub use tariff::{Stay, Tariff};
 pub use text::check_text;

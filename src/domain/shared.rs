@@ -106,7 +106,44 @@ pub struct SharedOffer {
     pub state: OfferState,
 }
 
+/// What a host does to its offer.
+#[derive(Debug, Clone)]
+pub enum OfferChange {
+    /// New terms (schedule, price, spaces, …) in place of the old.
+    Terms(Box<SharedOffer>),
+    /// No new bookings from now on; the offer stays, readable, with its bookings.
+    Withdraw,
+}
+
 impl SharedOffer {
+    /// The offer after `change`: it keeps its id, host and region (an offer's region
+    /// is where its records live and cannot change), and new terms keep its state (an
+    /// update never reopens a withdrawn offer). The result is validated.
+    pub fn changed(&self, change: &OfferChange) -> Result<SharedOffer, Error> {
+        let mut offer = match change {
+            OfferChange::Terms(terms) => {
+                if terms.region != self.region {
+                    return Err(Error::FailedPrecondition(format!(
+                        "offer {} is in region {}; an offer's region cannot change",
+                        self.id, self.region
+                    )));
+                }
+                SharedOffer {
+                    state: self.state,
+                    ..(**terms).clone()
+                }
+            }
+            OfferChange::Withdraw => SharedOffer {
+                state: OfferState::Withdrawn,
+                ..self.clone()
+            },
+        };
+        offer.id = self.id.clone();
+        offer.host = self.host.clone();
+        offer.validate()?;
+        Ok(offer)
+    }
+
     /// Checks what a host may set; errors name the field under `offer`.
     pub fn validate(&self) -> Result<(), Error> {
         let field = |f: &str| format!("offer.{f}");
@@ -679,6 +716,41 @@ mod tests {
             max_booking_minutes: 24 * 60,
             state: OfferState::Active,
         }
+    }
+
+    #[test]
+    fn a_host_changes_terms_or_withdraws_but_not_who_where_or_whether() {
+        let stored = offer("Asia/Shanghai", nights(), 2);
+        // New terms under another id and host still change this offer, for its host.
+        let mut terms = offer("Asia/Shanghai", nights(), 3);
+        terms.id = OfferId::parse("other").unwrap();
+        terms.host = DriverId::parse("someone-else").unwrap();
+        let changed = stored
+            .changed(&OfferChange::Terms(Box::new(terms.clone())))
+            .unwrap();
+        assert_eq!(
+            (changed.spaces, &changed.id, &changed.host),
+            (3, &stored.id, &stored.host)
+        );
+        // Withdrawn, and new terms leave it withdrawn.
+        let withdrawn = stored.changed(&OfferChange::Withdraw).unwrap();
+        assert_eq!(withdrawn.state, OfferState::Withdrawn);
+        let updated = withdrawn
+            .changed(&OfferChange::Terms(Box::new(terms.clone())))
+            .unwrap();
+        assert_eq!(updated.state, OfferState::Withdrawn);
+        // The region is where its records live; terms that break a rule are refused.
+        terms.region = RegionId::parse("yantai").unwrap();
+        assert!(matches!(
+            stored.changed(&OfferChange::Terms(Box::new(terms.clone()))),
+            Err(Error::FailedPrecondition(_))
+        ));
+        terms.region = stored.region.clone();
+        terms.spaces = 0;
+        assert!(matches!(
+            stored.changed(&OfferChange::Terms(Box::new(terms))),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 
     /// Every night of the week, 22:00 to 07:00.

@@ -16,8 +16,8 @@ use crate::{
     audit::{self, Who},
     domain::{
         Blackout, BookingId, BookingRequest, BookingState, CancelledBy, DriverId, Error,
-        NearbyQuery, OfferId, OfferState, Plate, Radius, RegionId, Result, SharedBooking,
-        SharedOffer, SpaceCategory, TimeZoneName, WeeklyPeriod, key_suffix,
+        NearbyQuery, OfferChange, OfferId, OfferState, Plate, Radius, RegionId, Result,
+        SharedBooking, SharedOffer, SpaceCategory, TimeZoneName, WeeklyPeriod, key_suffix,
     },
     pb,
     service::OfferFound,
@@ -263,11 +263,7 @@ impl pb::shared_parking_server::SharedParking for Api {
             .change_offer(
                 &host,
                 &id,
-                |old| {
-                    let mut o = new.clone();
-                    o.state = old.state;
-                    Ok(o)
-                },
+                OfferChange::Terms(Box::new(new)),
                 r.cancel_bookings,
                 why,
             )
@@ -290,17 +286,7 @@ impl pb::shared_parking_server::SharedParking for Api {
         let why = reason(&r.reason)?;
         let result = self
             .service
-            .change_offer(
-                &host,
-                &id,
-                |old| {
-                    let mut o = old.clone();
-                    o.state = OfferState::Withdrawn;
-                    Ok(o)
-                },
-                r.cancel_bookings,
-                why,
-            )
+            .change_offer(&host, &id, OfferChange::Withdraw, r.cancel_bookings, why)
             .await;
         audit::write(Who::Driver(&host), "withdraw_offer", id.as_str(), &result);
         let (stored, cancelled) = result?;

@@ -907,12 +907,19 @@ impl Service {
     /// The settlement of `operator`'s local `day`: as kept when the day closed, or
     /// else history's sessions of the day as one SQL aggregate, plus the live sessions
     /// of the day that history does not hold yet (a session being handed off is
-    /// counted once).
+    /// counted once). `operator` asks for the day of `of` (its own when `None`): an
+    /// operator settles only its own car parks.
     pub async fn settlement(
         &self,
         operator: &OperatorId,
+        of: Option<&str>,
         day: jiff::civil::Date,
     ) -> Result<Settlement> {
+        if of.is_some_and(|of| of != operator.as_str()) {
+            return Err(Error::PermissionDenied(
+                "an operator may settle only its own car parks".into(),
+            ));
+        }
         Ok(self.settle(operator, day, true).await?.0)
     }
 

@@ -19,9 +19,9 @@ use super::{Service, handoff::page_query, reservations::parse_page_token};
 use crate::{
     audit::{self, Who},
     domain::{
-        Booked, BookingId, BookingRequest, BookingState, DriverId, Error, LatLng, OfferId,
-        OfferState, Party, Radius, Result, SharedBooking, SharedOffer, SlotCounts, Timestamp, book,
-        booking_days, chord_to_m, ledger_of,
+        Booked, BookingId, BookingRequest, BookingState, DriverId, Error, LatLng, OfferChange,
+        OfferId, OfferState, Party, Radius, Result, SharedBooking, SharedOffer, SlotCounts,
+        Timestamp, book, booking_days, chord_to_m, ledger_of,
     },
     metrics,
     store::{Aggregate, AnyWrite, Change, Parts, Store, Versioned, Write},
@@ -172,15 +172,15 @@ impl Service {
         }
     }
 
-    /// A host replaces its offer's terms (`change` given the offer as it stands), or
-    /// withdraws it. Bookings the new terms strand are refused, or cancelled by the
+    /// A host replaces its offer's terms, or withdraws it (`SharedOffer::changed` is
+    /// what may change). Bookings the new terms strand are refused, or cancelled by the
     /// host with `reason` when `cancel_bookings`, in the same group as the offer, with
     /// the days they free.
     pub async fn change_offer(
         &self,
         host: &DriverId,
         id: &OfferId,
-        change: impl Fn(&SharedOffer) -> Result<SharedOffer>,
+        change: OfferChange,
         cancel_bookings: bool,
         reason: &str,
     ) -> Result<(SharedOffer, Vec<BookingId>)> {
@@ -230,16 +230,7 @@ impl Service {
                         Some(o) if o.host == *host => o,
                         _ => return Err(not_found_offer(id)),
                     };
-                    let mut offer = change(&stored)?;
-                    if offer.region != stored.region {
-                        return Err(Error::FailedPrecondition(format!(
-                            "offer {id} is in region {}; an offer's region cannot change",
-                            stored.region
-                        )));
-                    }
-                    offer.id = stored.id.clone();
-                    offer.host = stored.host.clone();
-                    offer.validate()?;
+                    let offer = stored.changed(&change)?;
                     let open: Vec<SharedBooking> = bookings
                         .iter()
                         .filter_map(|v| v.record.clone())
