@@ -32,9 +32,10 @@ pub use occupancy::{
 pub use query::{Admitted, Arrival, NearbyQuery};
 pub(crate) use reservation::key_suffix;
 pub use reservation::{
-    Actor, Booking, CHECKED_IN_RETENTION, CalendarSlot, Created, MAX_CALENDAR_SLOTS, Plate,
-    Reservation, ReservationId, ReservationPolicy, ReservationRequest, ReservationState,
-    SlotCounts, calendar, calendar_slots, check_key_elsewhere, check_window, reserve,
+    Actor, Booking, CHECKED_IN_RETENTION, CLAIM_GRACE, CalendarSlot, Claim, Created,
+    MAX_CALENDAR_SLOTS, Plate, Reservation, ReservationClaims, ReservationId, ReservationPolicy,
+    ReservationRequest, ReservationState, SlotCounts, calendar, calendar_slots,
+    check_key_elsewhere, check_window, reserve,
 };
 pub use schedule::{OpeningHours, OpeningPeriod, TimeZoneName};
 pub use session::{

@@ -770,9 +770,94 @@ pub struct Booking<'a> {
     /// now (for a window that covers now).
     pub free_now: u32,
     pub held_now: u32,
-    /// The driver's RESERVED reservations, and how many they may hold.
-    pub active: usize,
-    pub max_active: usize,
+}
+
+/// How long a claim counts while its reservation is not seen: the create that made it
+/// writes the reservation at once, so a claim this old whose reservation never
+/// appeared is one whose create failed or whose instance stopped.
+pub const CLAIM_GRACE: Duration = Duration::from_secs(60);
+
+/// The reservations a driver's creates are taking, one record per driver in the
+/// driver's account shard (`accounts_region`): the one record every create for the
+/// driver writes, at whichever car park and on whichever instance, so that its limit
+/// is checked and taken in one compare-and-set and two creates at once cannot both
+/// pass it. A reservation's own records live in its car park's region, which one
+/// atomic write cannot span; so a create claims here first, then writes the
+/// reservation. A claim counts until the replica holds its reservation (whose state
+/// then decides) or, if it never appears, for [`CLAIM_GRACE`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReservationClaims {
+    pub driver: DriverId,
+    pub region: RegionId,
+    pub claims: Vec<Claim>,
+}
+
+/// One create's claim: the reservation it makes, and when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Claim {
+    pub reservation: ReservationId,
+    pub at: Timestamp,
+}
+
+impl ReservationClaims {
+    /// A driver's record with no claim.
+    pub fn new(driver: &DriverId) -> Self {
+        Self {
+            driver: driver.clone(),
+            region: super::accounts_region(driver.as_str()),
+            claims: Vec::new(),
+        }
+    }
+
+    /// Claims `id` for the driver, whose reservations the replica holds as `held`
+    /// (read at once, so a claim is either among them or not yet seen) and who may hold
+    /// `max` RESERVED: refused when those and the claims still in flight reach `max`.
+    /// Claims whose reservation is seen (counted by its state now) or too old to count
+    /// are dropped. Whether the record changed.
+    pub fn claim(
+        &mut self,
+        id: &ReservationId,
+        held: &[(ReservationId, ReservationState)],
+        max: usize,
+        now: Timestamp,
+    ) -> Result<bool, Error> {
+        let before = self.claims.len();
+        let seen = |r: &ReservationId| held.iter().any(|(h, _)| h == r);
+        self.claims
+            .retain(|c| !seen(&c.reservation) && now < c.at + CLAIM_GRACE);
+        if self.claims.iter().any(|c| c.reservation == *id) {
+            // A retry of a create in flight: it was counted when it claimed.
+            return Ok(self.claims.len() != before);
+        }
+        let reserved = held
+            .iter()
+            .filter(|(_, state)| *state == ReservationState::Reserved)
+            .count();
+        if reserved + self.claims.len() >= max {
+            return Err(Error::FailedPrecondition(format!(
+                "a driver may hold at most {max} reservations at once"
+            )));
+        }
+        self.claims.push(Claim {
+            reservation: id.clone(),
+            at: now,
+        });
+        Ok(true)
+    }
+
+    /// Gives back the claim of a create that made nothing; whether there was one.
+    pub fn release(&mut self, id: &ReservationId) -> bool {
+        let before = self.claims.len();
+        self.claims.retain(|c| c.reservation != *id);
+        self.claims.len() != before
+    }
+
+    /// Whether every claim is past [`CLAIM_GRACE`], so none counts any more: the record
+    /// can go (a record lives about a minute after its driver's last create, and a
+    /// driver's creates within it share one).
+    pub fn spent(&self, now: Timestamp) -> bool {
+        self.claims.iter().all(|c| now >= c.at + CLAIM_GRACE)
+    }
 }
 
 /// Makes the reservation `id` for `driver`, or says why not.
@@ -800,13 +885,8 @@ pub fn reserve(
             ))
         };
     }
+    // The driver's limit was taken before, in its claims (`ReservationClaims`).
     let policy = check_window(car_park, request, now)?;
-    if booking.active >= booking.max_active {
-        return Err(Error::FailedPrecondition(format!(
-            "a driver may hold at most {} reservations at once",
-            booking.max_active
-        )));
-    }
     let grace = Duration::from_secs(u64::from(policy.no_show_grace_minutes) * 60);
     let no_show_at = (request.start + grace).min(request.end);
     if request.start <= now
@@ -1021,18 +1101,22 @@ pub(crate) mod tests {
                     .collect(),
                 Err(_) => Vec::new(),
             };
-            let active = self
-                .reservations
-                .values()
-                .filter(|r| r.driver == who && r.state == ReservationState::Reserved)
-                .count();
+            // The limit, as the service takes it: a claim before the reservation.
+            if !self.reservations.contains_key(&id) && check_window(&self.cp, request, now).is_ok()
+            {
+                let held: Vec<(ReservationId, ReservationState)> = self
+                    .reservations
+                    .values()
+                    .filter(|r| r.driver == who)
+                    .map(|r| (r.id.clone(), r.state))
+                    .collect();
+                ReservationClaims::new(&who).claim(&id, &held, 3, now)?;
+            }
             let booking = Booking {
                 existing: self.reservations.get(&id),
                 days: &mut days,
                 free_now: self.free_now,
                 held_now: self.held(now),
-                active,
-                max_active: 3,
             };
             let created = reserve(&self.cp, request, &who, id, booking, now)?;
             if let Created::New(r) = &created {
@@ -1294,6 +1378,40 @@ pub(crate) mod tests {
         assert!(!format!("{p:?}").contains("12345"));
         assert!(Plate::parse("A").is_err());
         assert!(Plate::parse("AB\u{202e}12").is_err());
+    }
+
+    #[test]
+    fn a_driver_s_claims_take_its_limit_whichever_car_parks_they_are_at() {
+        let ann = driver("ann");
+        let id =
+            |cp: &str, key: &str| ReservationId::for_key(&CarParkId::parse(cp).unwrap(), &ann, key);
+        let t0: Timestamp = "2026-12-01T08:00:00Z".parse().unwrap();
+        let mut claims = ReservationClaims::new(&ann);
+        assert_eq!(claims.region, crate::domain::accounts_region("ann"));
+        // Two creates in flight (nothing seen yet) and one RESERVED: the fourth is over.
+        let reserved = vec![(id("g0", "a"), ReservationState::Reserved)];
+        assert!(claims.claim(&id("g1", "b"), &reserved, 3, t0).unwrap());
+        assert!(claims.claim(&id("g2", "c"), &reserved, 3, t0).unwrap());
+        let over = claims.claim(&id("g3", "d"), &reserved, 3, t0);
+        assert!(matches!(over, Err(Error::FailedPrecondition(m)) if m.contains("at most 3")));
+        // A retry of a claim in flight is the same claim.
+        assert!(!claims.claim(&id("g1", "b"), &reserved, 3, t0).unwrap());
+        // Seen, a claim counts by its reservation's state: one cancelled frees a place.
+        let held = vec![
+            (id("g0", "a"), ReservationState::Reserved),
+            (id("g1", "b"), ReservationState::Cancelled),
+        ];
+        assert!(claims.claim(&id("g3", "d"), &held, 3, t0).unwrap());
+        assert_eq!(claims.claims.len(), 2, "the seen claim is dropped");
+        // A create that made nothing gives its claim back.
+        assert!(claims.release(&id("g3", "d")));
+        assert!(!claims.release(&id("g3", "d")));
+        // A claim whose reservation never appears lapses after the grace.
+        let later = t0 + CLAIM_GRACE;
+        assert!(!claims.spent(t0));
+        assert!(claims.spent(later));
+        assert!(claims.claim(&id("g4", "e"), &reserved, 3, later).unwrap());
+        assert_eq!(claims.claims.len(), 1);
     }
 
     #[test]

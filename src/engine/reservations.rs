@@ -18,8 +18,8 @@ use super::{
     replica::{Held, expected, finished_by, newer, unindex},
 };
 use crate::domain::{
-    CATEGORY_COUNT, CarParkId, DriverId, Plate, RegionId, Reservation, ReservationId,
-    ReservationState, Result, SlotCounts, SpaceCategory, Timestamp,
+    CATEGORY_COUNT, CarParkId, DriverId, Plate, RegionId, Reservation, ReservationClaims,
+    ReservationId, ReservationState, Result, SlotCounts, SpaceCategory, Timestamp,
 };
 
 /// Every reservation and slot count this engine holds.
@@ -37,6 +37,8 @@ pub(super) struct Book {
     finished: BTreeSet<(Timestamp, ReservationId)>,
     by_state: [usize; 5],
     days: HashMap<String, Held<SlotCounts>>,
+    /// Per driver, the reservations its creates are taking (`ReservationClaims`).
+    claims: HashMap<DriverId, Held<ReservationClaims>>,
 }
 
 fn state_index(state: ReservationState) -> usize {
@@ -47,6 +49,15 @@ fn state_index(state: ReservationState) -> usize {
 }
 
 impl Book {
+    fn set_claims(
+        &mut self,
+        driver: DriverId,
+        record: Option<Arc<ReservationClaims>>,
+        version: u64,
+    ) {
+        self.claims.insert(driver, Held { record, version });
+    }
+
     fn version(&self, id: &str) -> u64 {
         ReservationId::parse(id)
             .ok()
@@ -494,5 +505,36 @@ impl Replica<SlotCounts> for Engine {
             }
         }
         Ok(())
+    }
+}
+
+super::replica::keyed_replica!(
+    ReservationClaims,
+    DriverId,
+    driver,
+    book,
+    claims,
+    set_claims,
+    |id| { DriverId::parse(id).ok() }
+);
+
+impl Engine {
+    /// Every driver's claims record held, with its version: the sweep drops the spent.
+    pub fn reservation_claims(&self) -> Vec<(Arc<ReservationClaims>, u64)> {
+        self.book
+            .read()
+            .claims
+            .values()
+            .filter_map(|h| Some((h.record.clone()?, h.version)))
+            .collect()
+    }
+
+    /// Whether this replica holds reservation `id` (in any state).
+    pub fn holds_reservation(&self, id: &ReservationId) -> bool {
+        self.book
+            .read()
+            .reservations
+            .get(id)
+            .is_some_and(|h| h.record.is_some())
     }
 }

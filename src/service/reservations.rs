@@ -8,6 +8,12 @@
 //! never conflict with each other; creates on other instances can, and then the
 //! records are read from the authority and the rule decides again. A driver never sees
 //! contention: only a full slot, a limit or a bad request refuses a create.
+//!
+//! A driver's limit on reservations held at once spans car parks, whose records live
+//! in their own regions: a create first claims its reservation in the driver's
+//! `ReservationClaims` record (one compare-and-set, in the driver's account shard),
+//! where every create for the driver meets, and gives the claim back if it then makes
+//! nothing.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -19,8 +25,8 @@ use crate::{
     audit::{self, Who},
     domain::{
         Actor, Booking, CalendarSlot, CarPark, CarParkId, Created, DriverId, Error, OperatorId,
-        PlateRead, RegionId, Reservation, ReservationId, ReservationRequest, ReservationState,
-        Result, SlotCounts, SpaceCategory, Timestamp, calendar, calendar_slots,
+        PlateRead, RegionId, Reservation, ReservationClaims, ReservationId, ReservationRequest,
+        ReservationState, Result, SlotCounts, SpaceCategory, Timestamp, calendar, calendar_slots,
         check_key_elsewhere, check_window, reserve,
     },
     history::KeptReservation,
@@ -114,10 +120,6 @@ impl Service {
             .cloned()
             .collect();
         check_key_elsewhere(&elsewhere, &request.idempotency_key)?;
-        let active = mine
-            .iter()
-            .filter(|r| r.state == ReservationState::Reserved)
-            .count();
         let now = self.now();
         // Only a window the car park takes has days to read.
         let (days, policy) = match check_window(&car_park, &request, now) {
@@ -127,6 +129,106 @@ impl Service {
             ),
             Err(_) => (Vec::new(), None),
         };
+        // The driver's limit is taken in its claims before the reservation is written
+        // (a retry of one this replica holds needs none; a bad window is refused by the
+        // rule below, with its reason).
+        let claimed = policy.is_some() && !self.engine.holds_reservation(&id);
+        if claimed {
+            self.claim_reservation(driver, &id, now).await?;
+        }
+        let created = self
+            .write_reservation(driver, &car_park, &id, &request, days, policy, now)
+            .await;
+        if claimed && created.is_err() {
+            self.release_claim(driver, &id).await;
+        }
+        created
+    }
+
+    /// Takes a place for reservation `id` under `driver`'s limit, in its claims
+    /// record; FAILED_PRECONDITION when the driver holds its most already.
+    async fn claim_reservation(
+        &self,
+        driver: &DriverId,
+        id: &ReservationId,
+        now: Timestamp,
+    ) -> Result<()> {
+        let max = self.limits.max_active_reservations_per_driver;
+        let fresh = ReservationClaims::new(driver);
+        let (region, key) = (&fresh.region, &[driver.to_string()]);
+        self.transact_group(
+            ATTEMPTS,
+            "reservation",
+            |source| async move {
+                Ok(self
+                    .read_records::<ReservationClaims>(region, key, source)
+                    .await?
+                    .pop()
+                    .expect("one id, one record"))
+            },
+            |current: Versioned<ReservationClaims>| {
+                let mut claims = current.record.clone().unwrap_or_else(|| fresh.clone());
+                // The driver's reservations as this replica holds them now, read once.
+                let held: Vec<(ReservationId, ReservationState)> = self
+                    .engine
+                    .reservations_of(driver)
+                    .into_iter()
+                    .map(|r| (r.id, r.state))
+                    .collect();
+                if !claims.claim(id, &held, max, now)? {
+                    return Ok((Vec::new(), ()));
+                }
+                Ok((vec![put(driver.to_string(), claims, current.version)], ()))
+            },
+        )
+        .await
+    }
+
+    /// Gives back the claim of a create that made nothing. A claim not given back (the
+    /// store unreachable) stops counting after `CLAIM_GRACE`.
+    async fn release_claim(&self, driver: &DriverId, id: &ReservationId) {
+        let fresh = ReservationClaims::new(driver);
+        let (region, key) = (&fresh.region, &[driver.to_string()]);
+        let released = self
+            .transact_group(
+                ATTEMPTS,
+                "reservation",
+                |source| async move {
+                    Ok(self
+                        .read_records::<ReservationClaims>(region, key, source)
+                        .await?
+                        .pop()
+                        .expect("one id, one record"))
+                },
+                |current: Versioned<ReservationClaims>| {
+                    let Some(mut claims) = current.record.clone() else {
+                        return Ok((Vec::new(), ()));
+                    };
+                    if !claims.release(id) {
+                        return Ok((Vec::new(), ()));
+                    }
+                    Ok((vec![put(driver.to_string(), claims, current.version)], ()))
+                },
+            )
+            .await;
+        if let Err(error) = released {
+            tracing::warn!(reservation = %id, %error, "a claim was not given back; it lapses by itself");
+        }
+    }
+
+    /// Writes reservation `id` at `car_park` with its days (`days`, under `policy`),
+    /// or finds it written already.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_reservation(
+        &self,
+        driver: &DriverId,
+        car_park: &CarPark,
+        id: &ReservationId,
+        request: &ReservationRequest,
+        days: Vec<String>,
+        policy: Option<&crate::domain::ReservationPolicy>,
+        now: Timestamp,
+    ) -> Result<(Reservation, bool)> {
         let (region, id_key, days) = (&car_park.region, &[id.to_string()], &days);
         let turn = self.ledger_turns.of(&car_park.id);
         let _turn = turn.lock().await;
@@ -149,8 +251,7 @@ impl Service {
                 let mut days: Vec<SlotCounts> = SlotCounts::days(request.start, request.end)
                     .zip(&counted)
                     .filter_map(|(day, v)| {
-                        (v.record.clone())
-                            .or_else(|| Some(SlotCounts::new(&car_park, policy?, day)))
+                        (v.record.clone()).or_else(|| Some(SlotCounts::new(car_park, policy?, day)))
                     })
                     .collect();
                 let booking = Booking {
@@ -161,10 +262,8 @@ impl Service {
                         .free(car_park.id.as_str(), request.category)
                         .unwrap_or(0),
                     held_now: self.engine.held(&car_park.id, request.category, now),
-                    active,
-                    max_active: self.limits.max_active_reservations_per_driver,
                 };
-                match reserve(&car_park, &request, driver, id.clone(), booking, now)? {
+                match reserve(car_park, request, driver, id.clone(), booking, now)? {
                     Created::Existing(r) => Ok((Vec::new(), (r, false))),
                     Created::New(r) => {
                         let mut writes = vec![put(r.id.to_string(), r.clone(), existing.version)];
@@ -475,8 +574,9 @@ impl Service {
         }
     }
 
-    /// Deletes reservations past their retention and slot counts of days over, each if
-    /// still at the version read (else another instance changed or dropped it first).
+    /// Deletes reservations past their retention, slot counts of days over and drivers'
+    /// claims records whose claims all lapsed, each if still at the version read (else
+    /// another instance changed or dropped it first).
     async fn drop_old_records(&self, now: Timestamp) {
         // With a history, the hand-off moves finished reservations there; without one
         // they are dropped a week after they finished.
@@ -496,7 +596,18 @@ impl Service {
             .into_iter()
             .map(|(d, v)| delete(&d.region, d.id(), v))
             .collect();
+        let claims: Vec<Write<ReservationClaims>> = self
+            .engine
+            .reservation_claims()
+            .into_iter()
+            .filter(|(c, _)| c.spent(now))
+            .map(|(c, v)| delete(&c.region, c.driver.to_string(), v))
+            .collect();
         let mut failed = None;
+        if !claims.is_empty() {
+            let done = self.store.commit(claims, "reservation", now).await;
+            failed = failed.or(done.into_iter().find_map(Result::err));
+        }
         if !reservations.is_empty() {
             let done = self.store.commit(reservations, "reservation", now).await;
             failed = failed.or(done.into_iter().find_map(Result::err));

@@ -18,15 +18,15 @@ use crate::{
     domain::{
         Arrear, Capacity, CarPark, CarParkId, CarParkKind, CarParkState, LatLng, LedgerEntry,
         OpenSession, OpeningHours, OperatorId, ParkingSession, PlateLink, RegionId, Reservation,
-        SharedBooking, SharedOffer, SlotCounts, SpaceCategory, Tariff, TimeZoneName, Timestamp,
-        Wallet,
+        ReservationClaims, SharedBooking, SharedOffer, SlotCounts, SpaceCategory, Tariff,
+        TimeZoneName, Timestamp, Wallet,
     },
     engine::Engine,
 };
 
 /// The kinds, in the order of `store/redis/kinds.rs`: a fuzz input's first byte picks
 /// one by its index.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 12] = [
     CarParkState::KIND,
     SlotCounts::KIND,
     Reservation::KIND,
@@ -38,6 +38,7 @@ pub const KINDS: [&str; 11] = [
     Wallet::KIND,
     LedgerEntry::KIND,
     Arrear::KIND,
+    ReservationClaims::KIND,
 ];
 
 /// In a fuzz input's first byte: decode over a record held (a partial change).
@@ -75,7 +76,8 @@ pub fn stored_record(data: &[u8]) -> Result<(), String> {
         7 => check::<PlateLink>(text, None),
         8 => check::<Wallet>(text, None),
         9 => check::<LedgerEntry>(text, None),
-        _ => check::<Arrear>(text, None),
+        10 => check::<Arrear>(text, None),
+        _ => check::<ReservationClaims>(text, None),
     }
 }
 

@@ -4,11 +4,14 @@
 //! and its days in one group (`Store::commit_group`), so no two writers can both take a
 //! slot's last space, and every write is as small as one reservation.
 //!
-//! Formats: 1 is the JSON of `domain::Reservation`, and of `domain::SlotCounts`, behind
-//! a `1:` prefix.
+//! Per driver, in its account shard, one record of the reservations its creates are
+//! taking (`domain::ReservationClaims`), where the driver's limit is checked and taken.
+//!
+//! Formats: 1 is the JSON of `domain::Reservation`, of `domain::SlotCounts` and of
+//! `domain::ReservationClaims`, behind a `1:` prefix.
 
 use super::table::whole_record_kind;
-use crate::domain::{Reservation, SlotCounts};
+use crate::domain::{Reservation, ReservationClaims, SlotCounts};
 
 whole_record_kind!(
     Reservation,
@@ -21,4 +24,10 @@ whole_record_kind!(
     "slot_counts",
     "slot_count_versions",
     "slot_counts"
+);
+whole_record_kind!(
+    ReservationClaims,
+    "reservation_claims",
+    "reservation_claim_versions",
+    "reservation_claims"
 );

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use citypark::{
     domain::{
         Arrear, CarParkId, CarParkState, LedgerEntry, OpenSession, ParkingSession, PaymentStatus,
-        Plate, PlateLink, Reservation, SessionId, SessionState, SharedBooking, SharedOffer,
-        SlotCounts, Wallet,
+        Plate, PlateLink, Reservation, ReservationClaims, SessionId, SessionState, SharedBooking,
+        SharedOffer, SlotCounts, Wallet,
     },
     grpc::fuzzing::{Fixture, Harness},
     pb::{self, SpaceCategory::*},
@@ -1125,6 +1125,9 @@ async fn write_stored_record_seeds() {
     add("slot_counts", "format1", false, &[&slots[0]]);
     let reservation = stored_parts::<Reservation>(&server, &reservation.id);
     add("reservation", "format1", false, &[&reservation[0]]);
+    // The driver's claim, taken by its create a moment ago.
+    let claims = stored_parts::<ReservationClaims>(&server, "d2");
+    add("reservation_claims", "format1", false, &[&claims[0]]);
     let offer = stored_parts::<SharedOffer>(&server, "o1");
     add("shared_offer", "format1", false, &[&offer[0]]);
     let booking = stored_parts::<SharedBooking>(&server, &booking.id);

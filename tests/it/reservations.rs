@@ -559,6 +559,114 @@ async fn a_thousand_drivers_race_for_twenty_spaces_on_the_embedded_store() {
     assert_race(&[&server]).await;
 }
 
+/// One driver creates 24 reservations at once at 8 car parks in two regions, over
+/// the given servers in turn: exactly its limit (3) are made, the rest refused with
+/// the limit named, and a create refused for a full car park gives its place back.
+async fn one_driver_at_many_car_parks_at_once(servers: &[&TestServer]) {
+    let ids: Vec<String> = (0..8).map(|i| format!("lim-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let mut park = reservable_garage(id, 5);
+        if i % 2 == 1 {
+            park.region = "yantai".into();
+        }
+        register(servers[0], park).await;
+    }
+    register(servers[0], reservable_garage("lim-full", 1)).await;
+    for s in servers {
+        for id in ids.iter().chain([&"lim-full".to_owned()]) {
+            eventually("the car park reached every instance", || async {
+                car_park_of(s, id).await.ok().map(|_| ())
+            })
+            .await;
+        }
+    }
+    let mut clients = Vec::new();
+    for s in servers {
+        clients.push(s.reservations().await);
+    }
+    let now = servers[0].now();
+    let token = driver_token("one-driver");
+    // A refusal for a full car park takes no place under the limit.
+    let full = reservation_request(
+        "lim-full",
+        after(now, 3600),
+        after(now, 7200),
+        "鲁B00001",
+        "f",
+    );
+    clients[0]
+        .clone()
+        .create_reservation(authed(full.clone(), &driver_token("another-driver")))
+        .await
+        .expect("the one space");
+    let refused = clients[0]
+        .clone()
+        .create_reservation(authed(full, &token))
+        .await
+        .expect_err("a car park with no quota is full");
+    assert!(refused.message().contains("fully booked"), "{refused:?}");
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let mut client = clients[i % clients.len()].clone();
+            let request = reservation_request(
+                &ids[i % ids.len()],
+                after(now, 3600 + 3600 * (i as i64 / 8)),
+                after(now, 7200 + 3600 * (i as i64 / 8)),
+                "鲁B00001",
+                &format!("k{i}"),
+            );
+            let token = token.clone();
+            tokio::spawn(async move { client.create_reservation(authed(request, &token)).await })
+        })
+        .collect();
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        let key = match t.await.unwrap() {
+            Ok(_) => "reserved".to_owned(),
+            Err(s) if s.code() == Code::FailedPrecondition && s.message().contains("at most 3") => {
+                "over the limit".to_owned()
+            }
+            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+        };
+        *outcomes.entry(key).or_default() += 1;
+    }
+    let expected: HashMap<String, usize> = [
+        ("reserved".to_owned(), 3),
+        ("over the limit".to_owned(), 21),
+    ]
+    .into();
+    assert_eq!(
+        outcomes, expected,
+        "one driver holds at most 3, however it races"
+    );
+    for s in servers {
+        let held = eventually("every instance sees the driver's reservations", || async {
+            let mine = listed(s, &token).await;
+            (mine.len() == 3).then_some(mine)
+        })
+        .await;
+        assert!(
+            held.iter()
+                .all(|r| state_of(r) == pb::ReservationState::Reserved)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_driver_racing_at_many_car_parks_holds_at_most_its_limit_on_the_embedded_store() {
+    let server = TestServer::start().await;
+    one_driver_at_many_car_parks_at_once(&[&server]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_driver_racing_over_two_instances_holds_at_most_its_limit() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b, _, _) = two_instances(&redis.url()).await;
+    one_driver_at_many_car_parks_at_once(&[&a, &b]).await;
+}
+
 fn shared_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(start_time()))
 }

@@ -11,7 +11,8 @@ use super::file::MAX_PARTS;
 use crate::{
     domain::{
         Arrear, CarParkState, Error, LedgerEntry, OpenSession, ParkingSession, PlateLink, RegionId,
-        Reservation, Result, SharedBooking, SharedOffer, SlotCounts, Timestamp, Wallet,
+        Reservation, ReservationClaims, Result, SharedBooking, SharedOffer, SlotCounts, Timestamp,
+        Wallet,
     },
     engine::{Engine, Loading},
     store::{Aggregate, redis::RedisStore, table::Stored},
@@ -141,6 +142,7 @@ pub(super) const KINDS: &[&dyn Kind] = &[
     &Of::<Wallet>(PhantomData),
     &Of::<LedgerEntry>(PhantomData),
     &Of::<Arrear>(PhantomData),
+    &Of::<ReservationClaims>(PhantomData),
 ];
 
 /// Loads the whole live state into `engine`; records loaded by kind.

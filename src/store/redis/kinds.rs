@@ -7,7 +7,7 @@ use super::{Shared, snapshot};
 use crate::{
     domain::{
         Arrear, CarParkState, LedgerEntry, OpenSession, ParkingSession, PlateLink, RegionId,
-        Reservation, Result, SharedBooking, SharedOffer, SlotCounts, Wallet,
+        Reservation, ReservationClaims, Result, SharedBooking, SharedOffer, SlotCounts, Wallet,
     },
     engine::Loading,
     store::{
@@ -112,6 +112,7 @@ pub(super) const KINDS: &[&dyn Kind] = &[
     &Of::<Wallet>(PhantomData),
     &Of::<LedgerEntry>(PhantomData),
     &Of::<Arrear>(PhantomData),
+    &Of::<ReservationClaims>(PhantomData),
 ];
 
 /// The kinds' names in load order (the durable store's test holds its list to it).
