@@ -154,6 +154,38 @@ impl Service {
         now: Timestamp,
     ) -> Result<()> {
         let max = self.limits.max_active_reservations_per_driver;
+        self.change_claims(driver, |claims| {
+            // The driver's reservations as this replica holds them now, read once.
+            let held: Vec<(ReservationId, ReservationState)> = self
+                .engine
+                .reservations_of(driver)
+                .into_iter()
+                .map(|r| (r.id, r.state))
+                .collect();
+            claims.claim(id, &held, max, now)
+        })
+        .await
+    }
+
+    /// Gives back the claim of a create that made nothing. A claim not given back (the
+    /// store unreachable) stops counting after `CLAIM_GRACE`.
+    async fn release_claim(&self, driver: &DriverId, id: &ReservationId) {
+        let released = self
+            .change_claims(driver, |claims| Ok(claims.release(id)))
+            .await;
+        if let Err(error) = released {
+            tracing::warn!(reservation = %id, %error, "a claim was not given back; it lapses by itself");
+        }
+    }
+
+    /// Changes `driver`'s claims record (a new one if it has none) by `change`, which
+    /// says whether it changed anything; written by compare-and-set, decided again on
+    /// a conflict.
+    async fn change_claims(
+        &self,
+        driver: &DriverId,
+        change: impl Fn(&mut ReservationClaims) -> Result<bool>,
+    ) -> Result<()> {
         let fresh = ReservationClaims::new(driver);
         let (region, key) = (&fresh.region, &[driver.to_string()]);
         self.transact_group(
@@ -168,52 +200,13 @@ impl Service {
             },
             |current: Versioned<ReservationClaims>| {
                 let mut claims = current.record.clone().unwrap_or_else(|| fresh.clone());
-                // The driver's reservations as this replica holds them now, read once.
-                let held: Vec<(ReservationId, ReservationState)> = self
-                    .engine
-                    .reservations_of(driver)
-                    .into_iter()
-                    .map(|r| (r.id, r.state))
-                    .collect();
-                if !claims.claim(id, &held, max, now)? {
+                if !change(&mut claims)? {
                     return Ok((Vec::new(), ()));
                 }
                 Ok((vec![put(driver.to_string(), claims, current.version)], ()))
             },
         )
         .await
-    }
-
-    /// Gives back the claim of a create that made nothing. A claim not given back (the
-    /// store unreachable) stops counting after `CLAIM_GRACE`.
-    async fn release_claim(&self, driver: &DriverId, id: &ReservationId) {
-        let fresh = ReservationClaims::new(driver);
-        let (region, key) = (&fresh.region, &[driver.to_string()]);
-        let released = self
-            .transact_group(
-                ATTEMPTS,
-                "reservation",
-                |source| async move {
-                    Ok(self
-                        .read_records::<ReservationClaims>(region, key, source)
-                        .await?
-                        .pop()
-                        .expect("one id, one record"))
-                },
-                |current: Versioned<ReservationClaims>| {
-                    let Some(mut claims) = current.record.clone() else {
-                        return Ok((Vec::new(), ()));
-                    };
-                    if !claims.release(id) {
-                        return Ok((Vec::new(), ()));
-                    }
-                    Ok((vec![put(driver.to_string(), claims, current.version)], ()))
-                },
-            )
-            .await;
-        if let Err(error) = released {
-            tracing::warn!(reservation = %id, %error, "a claim was not given back; it lapses by itself");
-        }
     }
 
     /// Writes reservation `id` at `car_park` with its days (`days`, under `policy`),

@@ -508,14 +508,25 @@ async fn race(servers: &[&TestServer], car_park: &str, racers: usize) -> HashMap
             tokio::spawn(async move { client.create_reservation(authed(request, &token)).await })
         })
         .collect();
+    tally(tasks, "fully booked").await
+}
+
+/// Creates run at once, counted by outcome: "reserved", `refusal` (a
+/// FAILED_PRECONDITION saying so), or any other code and message.
+async fn tally(
+    tasks: Vec<
+        tokio::task::JoinHandle<
+            Result<tonic::Response<pb::CreateReservationResponse>, tonic::Status>,
+        >,
+    >,
+    refusal: &str,
+) -> HashMap<String, usize> {
     let mut outcomes: HashMap<String, usize> = HashMap::new();
     for t in tasks {
         let key = match t.await.unwrap() {
             Ok(_) => "reserved".to_owned(),
-            Err(s)
-                if s.code() == Code::FailedPrecondition && s.message().contains("fully booked") =>
-            {
-                "fully booked".to_owned()
+            Err(s) if s.code() == Code::FailedPrecondition && s.message().contains(refusal) => {
+                refusal.to_owned()
             }
             Err(s) => format!("{:?}: {}", s.code(), s.message()),
         };
@@ -619,22 +630,9 @@ async fn one_driver_at_many_car_parks_at_once(servers: &[&TestServer]) {
             tokio::spawn(async move { client.create_reservation(authed(request, &token)).await })
         })
         .collect();
-    let mut outcomes: HashMap<String, usize> = HashMap::new();
-    for t in tasks {
-        let key = match t.await.unwrap() {
-            Ok(_) => "reserved".to_owned(),
-            Err(s) if s.code() == Code::FailedPrecondition && s.message().contains("at most 3") => {
-                "over the limit".to_owned()
-            }
-            Err(s) => format!("{:?}: {}", s.code(), s.message()),
-        };
-        *outcomes.entry(key).or_default() += 1;
-    }
-    let expected: HashMap<String, usize> = [
-        ("reserved".to_owned(), 3),
-        ("over the limit".to_owned(), 21),
-    ]
-    .into();
+    let outcomes = tally(tasks, "at most 3").await;
+    let expected: HashMap<String, usize> =
+        [("reserved".to_owned(), 3), ("at most 3".to_owned(), 21)].into();
     assert_eq!(
         outcomes, expected,
         "one driver holds at most 3, however it races"
