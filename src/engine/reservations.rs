@@ -528,13 +528,4 @@ impl Engine {
             .filter_map(|h| Some((h.record.clone()?, h.version)))
             .collect()
     }
-
-    /// Whether this replica holds reservation `id` (in any state).
-    pub fn holds_reservation(&self, id: &ReservationId) -> bool {
-        self.book
-            .read()
-            .reservations
-            .get(id)
-            .is_some_and(|h| h.record.is_some())
-    }
 }

@@ -130,9 +130,9 @@ impl Service {
             Err(_) => (Vec::new(), None),
         };
         // The driver's limit is taken in its claims before the reservation is written
-        // (a retry of one this replica holds needs none; a bad window is refused by the
-        // rule below, with its reason).
-        let claimed = policy.is_some() && !self.engine.holds_reservation(&id);
+        // (a retry of one this replica holds, among the driver's, needs none; a bad
+        // window is refused by the rule below, with its reason).
+        let claimed = policy.is_some() && !mine.iter().any(|r| r.id == id);
         if claimed {
             self.claim_reservation(driver, &id, now).await?;
         }

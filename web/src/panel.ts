@@ -215,14 +215,20 @@ function clock(at: Date): string {
 
 const HISTORY_CAPTION = "Free spaces, last 24 h";
 
-/** A car park's history chart, loading until `showHistory` or `historyFailed` fills
- * it. Its `data-state` is "loading", "chart", "empty" or "error". */
-export function historyChart(): HTMLElement {
-  const figure = el("figure", undefined, "history-chart");
+/** A chart of class `kind` under `caption`, loading `what` until it is settled. Its
+ * `data-state` is "loading", then "chart", "empty" or "error" (see `settle`). */
+function loadingChart(kind: string, caption: string, what: string): HTMLElement {
+  const figure = el("figure", undefined, kind);
   figure.dataset.state = "loading";
   figure.setAttribute("aria-busy", "true");
-  figure.append(el("figcaption", HISTORY_CAPTION), el("p", "Loading history…", "muted"));
+  figure.append(el("figcaption", caption), el("p", `Loading ${what}…`, "muted"));
   return figure;
+}
+
+/** A car park's history chart, loading until `showHistory` or `historyFailed` fills
+ * it. */
+export function historyChart(): HTMLElement {
+  return loadingChart("history-chart", HISTORY_CAPTION, "history");
 }
 
 /** Ends a chart's loading: its state, and its caption above `content`. */
@@ -388,13 +394,9 @@ export const FORECAST_STEPS = (FORECAST_HOURS * 3600_000) / FORECAST_STEP_MS;
 const FORECAST_CAPTION = `Next ${FORECAST_HOURS} hours`;
 
 /** A car park's forecast chart, loading until `showForecast` or `forecastFailed`
- * fills it. Its `data-state` is "loading", "chart", "empty" or "error". */
+ * fills it. */
 export function forecastChart(): HTMLElement {
-  const figure = el("figure", undefined, "forecast-chart");
-  figure.dataset.state = "loading";
-  figure.setAttribute("aria-busy", "true");
-  figure.append(el("figcaption", FORECAST_CAPTION), el("p", "Loading forecast…", "muted"));
-  return figure;
+  return loadingChart("forecast-chart", FORECAST_CAPTION, "forecast");
 }
 
 /** No forecast, only in the chart: "empty" when the car park has nothing to forecast
