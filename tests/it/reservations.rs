@@ -657,6 +657,31 @@ async fn one_driver_racing_at_many_car_parks_holds_at_most_its_limit_on_the_embe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_driver_racing_on_the_durable_store_holds_at_most_its_limit_after_a_restart() {
+    let (dir, clock) = (tempfile::tempdir().unwrap(), shared_clock());
+    let server = TestServer::start_durable_with(dir.path(), clock.clone(), |_| {}).await;
+    one_driver_at_many_car_parks_at_once(&[&server]).await;
+    server.stop().await.unwrap();
+    // Started again on its files, it still counts the driver's three.
+    let server = TestServer::start_durable_with(dir.path(), clock, |_| {}).await;
+    let now = server.now();
+    let request = reservation_request(
+        "lim-0",
+        after(now, 4 * 3600),
+        after(now, 5 * 3600),
+        "鲁B00001",
+        "k99",
+    );
+    let refused = server
+        .reservations()
+        .await
+        .create_reservation(authed(request, &driver_token("one-driver")))
+        .await
+        .expect_err("a fourth after the restart");
+    assert!(refused.message().contains("at most 3"), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_driver_racing_over_two_instances_holds_at_most_its_limit() {
     let Some(redis) = RedisServer::start() else {
         return;
